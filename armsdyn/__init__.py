@@ -1,0 +1,54 @@
+"""armsdyn: system-dynamics models of arms races, run from config files.
+
+The public API::
+
+    import armsdyn
+    ds = armsdyn.run("configs/richardson.toml")     # xarray Dataset (scenario, time)
+    table = armsdyn.compute_metrics(ds)             # one row per scenario
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+try:
+    __version__ = importlib.metadata.version("armsdyn")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+from armsdyn.config import Experiment, FigureSpec, Scenario, load_config  # noqa: E402
+from armsdyn.errors import (  # noqa: E402
+    ArmsdynError,
+    ConfigError,
+    ModelError,
+    NumericalWarning,
+    ResultsError,
+)
+from armsdyn.experiment import Fault, find_faults, run  # noqa: E402
+from armsdyn.metrics import compute_metrics  # noqa: E402
+from armsdyn.model import Model, TimeSettings, Variable, load_model  # noqa: E402
+from armsdyn.output import write_results  # noqa: E402
+from armsdyn.richardson import Richardson  # noqa: E402
+
+__all__ = [
+    "ArmsdynError",
+    "ConfigError",
+    "Experiment",
+    "Fault",
+    "FigureSpec",
+    "Model",
+    "ModelError",
+    "NumericalWarning",
+    "ResultsError",
+    "Richardson",
+    "Scenario",
+    "TimeSettings",
+    "Variable",
+    "__version__",
+    "compute_metrics",
+    "find_faults",
+    "load_config",
+    "load_model",
+    "run",
+    "write_results",
+]

@@ -1,0 +1,145 @@
+"""The ``armsdyn`` command line.
+
+Errors a user can cause (a bad config, a broken model, an existing results
+folder) print one clear message and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from armsdyn.errors import ArmsdynError, NumericalWarning
+
+EPILOG = """\
+examples:
+  armsdyn run configs/richardson.toml            run every scenario, write results/richardson/
+  armsdyn run configs/richardson.toml --out /tmp/r --force
+  armsdyn check configs/richardson.toml          validate the config and model only
+  armsdyn models                                 list models in ./models with their parameters
+  armsdyn describe models/richardson.mdl         every variable with units and documentation
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="armsdyn",
+        description="Run system-dynamics arms-race experiments from TOML config files.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from armsdyn import __version__
+
+    parser.add_argument("--version", action="version", version=f"armsdyn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run an experiment and write its results folder",
+                       description="Run every scenario of CONFIG with PySD and write results.nc, "
+                       "metrics.csv, figures/ and manifest.json into the results folder.")
+    p.add_argument("config", type=Path, help="experiment config file (TOML)")
+    p.add_argument("--out", type=Path, help="results folder (default: results/<experiment name>)")
+    p.add_argument("--force", action="store_true", help="replace an existing results folder")
+
+    p = sub.add_parser("check", help="validate a config and its model without running",
+                       description="Validate CONFIG: keys, types, time settings and every variable "
+                       "name against the model. Exit status 0 when valid, 2 otherwise.")
+    p.add_argument("config", type=Path, help="experiment config file (TOML)")
+
+    p = sub.add_parser("models", help="list the models in a folder with their parameters")
+    p.add_argument("folder", type=Path, nargs="?", default=Path("models"),
+                   help="folder of .mdl/.xmile/.stmx files (default: ./models)")
+
+    p = sub.add_parser("describe", help="list a model's variables with units and documentation")
+    p.add_argument("model", type=Path, help="a .mdl, .xmile or .stmx file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``armsdyn`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ArmsdynError as exc:
+        print(f"armsdyn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("armsdyn: interrupted; no results were written", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from armsdyn.config import load_config
+    from armsdyn.experiment import run
+    from armsdyn.output import now, write_results
+
+    started = now()
+    experiment = load_config(args.config)
+    target = args.out or Path("results") / experiment.name
+    if target.exists() and not args.force:
+        # Fail before spending time on the runs; write_results checks again under its lock.
+        print(f"armsdyn: error: {target}: results folder already exists; pass --force to replace it, "
+              "or --out to write elsewhere", file=sys.stderr)
+        return 2
+    print(f"armsdyn: {experiment.name}: {len(experiment.scenarios)} scenarios of {experiment.model.path}",
+          file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NumericalWarning)
+        ds = run(experiment, progress=lambda line: print(f"  {line}", file=sys.stderr))
+    for w in caught:
+        print(f"armsdyn: warning: {w.message}", file=sys.stderr)
+    write_results(ds, experiment, target, force=args.force, started=started,
+                  command=["armsdyn", *sys.argv[1:]])
+    print(f"armsdyn: wrote {target}", file=sys.stderr)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from armsdyn.config import load_config
+
+    exp = load_config(args.config)
+    print(f"{args.config}: valid: experiment {exp.name!r}, model {exp.model.path}, "
+          f"{len(exp.scenarios)} scenarios, {len(exp.variables)} saved variables, {len(exp.figures)} figures")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from armsdyn.errors import ModelError
+    from armsdyn.model import SUFFIXES, load_model
+
+    files = sorted(p for p in args.folder.glob("*") if p.suffix.lower() in SUFFIXES) if args.folder.is_dir() else []
+    if not files:
+        msg = f"{args.folder}: no model files ({', '.join(SUFFIXES)}) found"
+        raise ModelError(msg)
+    for path in files:
+        model = load_model(path)
+        print(f"{path}  (stocks: {', '.join(v.name for v in model.of_kind('stock'))})")
+        for var in model.of_kind("constant"):
+            print(f"    {var.name} = {var.default:g} {var.units}".rstrip() if var.default is not None
+                  else f"    {var.name} {var.units}".rstrip())
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from armsdyn.model import load_model
+
+    model = load_model(args.model)
+    t = model.time
+    print(f"{model.path}: time {t.initial:g} to {t.final:g} {t.units}, step {t.step:g}, saved every {t.saveper:g}")
+    for kind in ("stock", "flow", "auxiliary", "stateful", "constant", "lookup", "data"):
+        variables = model.of_kind(kind)
+        if not variables:
+            continue
+        print(f"\n{kind}s:")
+        for var in variables:
+            value = f" = {var.default:g}" if var.default is not None else ""
+            units = f" [{var.units}]" if var.units else ""
+            print(f"  {var.name}{value}{units}")
+            if var.doc:
+                print(f"      {var.doc}")
+    return 0
+
+
+_COMMANDS = {"run": _run, "check": _check, "models": _models, "describe": _describe}

@@ -1,0 +1,545 @@
+"""Read and validate experiment config files (TOML).
+
+Everything is checked before any simulation runs: the structure of the file,
+the types and ranges of values, and every variable name against the model.
+All problems found are reported together, each with its key path, what was
+wrong and what is allowed. Nothing in a config is ever evaluated as code.
+
+A config looks like::
+
+    [experiment]
+    name = "richardson"
+    description = "Classic regimes of Richardson's model"
+    model = "../models/richardson.mdl"      # relative to this file, or the project
+
+    [time]                                  # optional; overrides the model's settings
+    initial = 0
+    final = 30
+    step = 0.03125
+    saveper = 0.25
+
+    [parameters]                            # base overrides, for every scenario
+    "defence coefficient k" = 0.9
+
+    [[scenarios]]
+    name = "stable"
+    description = "Fatigue outweighs mutual reaction"
+    parameters = { "fatigue coefficient a" = 1.2 }
+    # a time series is a list of [time, value] pairs, interpolated linearly:
+    # parameters = { "grievance g" = [[0, 1], [10, 3]] }
+
+    [output]
+    variables = ["arms X", "arms Y"]        # default: stocks and flows
+
+    [[figures]]
+    kind = "time_series"
+    variables = ["arms X", "arms Y"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from armsdyn.errors import ConfigError, ModelError, did_you_mean
+from armsdyn.model import Model, TimeSettings, load_model
+
+#: A parameter override: a constant, or a time series of (time, value) pairs.
+ParameterValue = float | tuple[tuple[float, float], ...]
+
+#: Figure kinds a config may ask for, with the keys each one takes.
+FIGURE_KINDS: dict[str, str] = {
+    "time_series": "variables against time, one panel per variable, scenarios overlaid",
+    "phase_portrait": "two stocks against each other, with Richardson nullclines and equilibrium",
+}
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SAFE_NAME_RULE = "1-100 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario: a name and the parameter overrides it runs with.
+
+    Attributes
+    ----------
+    name : str
+        Unique within the experiment; the label on the ``scenario`` dimension.
+    description : str
+        Free text for humans.
+    parameters : mapping of str to ParameterValue
+        The experiment's base overrides updated with the scenario's own.
+    """
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+
+    def pysd_params(self) -> dict[str, float | pd.Series]:
+        """The overrides in the form PySD's ``run(params=...)`` accepts."""
+        out: dict[str, float | pd.Series] = {}
+        for name, value in self.parameters.items():
+            if isinstance(value, tuple):
+                times, values = zip(*value, strict=True)
+                out[name] = pd.Series(values, index=times, dtype=float)
+            else:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure requested by a config.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`FIGURE_KINDS`.
+    name : str
+        File name stem inside ``figures/``.
+    variables : tuple of str
+        Model names of the variables drawn (for a phase portrait: x then y).
+    scenarios : tuple of str
+        Scenarios drawn; empty means all.
+    """
+
+    kind: str
+    name: str
+    variables: tuple[str, ...]
+    scenarios: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A fully validated experiment, ready to run.
+
+    Attributes
+    ----------
+    name, description : str
+        From ``[experiment]``; `name` names the results folder.
+    config_path : pathlib.Path or None
+        The config file (None for experiments built in Python).
+    config_text : str
+        The config file's text, recorded in the manifest.
+    model : Model
+        The loaded model.
+    time : TimeSettings
+        The model's time settings updated with ``[time]``.
+    scenarios : tuple of Scenario
+        In config order.
+    variables : tuple of str
+        Model names of the saved variables.
+    figures : tuple of FigureSpec
+        Figures to draw.
+    """
+
+    name: str
+    description: str
+    config_path: Path | None
+    config_text: str
+    model: Model
+    time: TimeSettings
+    scenarios: tuple[Scenario, ...]
+    variables: tuple[str, ...]
+    figures: tuple[FigureSpec, ...] = ()
+
+    @property
+    def config_sha256(self) -> str:
+        """SHA-256 of the config text."""
+        return hashlib.sha256(self.config_text.encode()).hexdigest()
+
+    def scenario(self, name: str) -> Scenario:
+        """The scenario called `name`."""
+        for s in self.scenarios:
+            if s.name == name:
+                return s
+        msg = f"no scenario {name!r}{did_you_mean(name, [s.name for s in self.scenarios])}"
+        raise KeyError(msg)
+
+
+class _Problems:
+    """Collects validation problems so that one error reports all of them."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.items.append(f"{where}: {what}" if where else what)
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        if len(self.items) == 1:
+            msg = f"{self.source}: {self.items[0]}"
+        else:
+            lines = "\n".join(f"  - {item}" for item in self.items)
+            msg = f"{self.source}: {len(self.items)} problems:\n{lines}"
+        raise ConfigError(msg)
+
+
+_SCHEMA: dict[str, dict[str, str]] = {
+    "": {
+        "experiment": "table",
+        "time": "table",
+        "parameters": "table",
+        "scenarios": "array of tables",
+        "output": "table",
+        "figures": "array of tables",
+    },
+    "experiment": {"name": "string", "description": "string", "model": "string"},
+    "time": {"initial": "number", "final": "number", "step": "number", "saveper": "number"},
+    "scenarios": {"name": "string", "description": "string", "parameters": "table"},
+    "output": {"variables": "list of strings"},
+    "figures": {"kind": "string", "name": "string", "variables": "list of strings", "scenarios": "list of strings"},
+}
+
+
+def _type_ok(value: Any, expected: str) -> bool:
+    if expected == "table":
+        return isinstance(value, dict)
+    if expected == "array of tables":
+        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+    if expected == "string":
+        return isinstance(value, str)
+    if expected == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected == "list of strings":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    raise AssertionError(expected)  # pragma: no cover - schema typo
+
+
+def _check_table(table: dict[str, Any], section: str, where: str, problems: _Problems) -> dict[str, Any]:
+    """Drop and report unknown or mistyped keys; return the good ones."""
+    schema = _SCHEMA[section]
+    good = {}
+    for key, value in table.items():
+        path = f"{where}.{key}" if where else key
+        if key not in schema:
+            allowed = ", ".join(schema)
+            problems.add(path, f"unknown key{did_you_mean(key, schema)} (allowed: {allowed})")
+        elif not _type_ok(value, schema[key]):
+            problems.add(path, f"expected a {schema[key]}, got {_describe(value)}")
+        else:
+            good[key] = value
+    return good
+
+
+def _describe(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
+    return f"{names.get(type(value), type(value).__name__)} {value!r}"[:80]
+
+
+def load_config(path: str | os.PathLike[str]) -> Experiment:
+    """Read, validate and resolve an experiment config file.
+
+    Parameters
+    ----------
+    path : path-like
+        A TOML file (see the module docstring for its layout).
+
+    Returns
+    -------
+    Experiment
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found, each with its key path.
+    ModelError
+        If the model file exists but cannot be translated.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        msg = f"{path}: config file not found"
+        raise ConfigError(msg) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{path}: cannot read config file: {exc}"
+        raise ConfigError(msg) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{path}: not valid TOML: {exc}"
+        raise ConfigError(msg) from None
+    return parse_config(data, text=text, source=path)
+
+
+def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None = None) -> Experiment:
+    """Validate an already-parsed config mapping; see :func:`load_config`.
+
+    Relative model paths are resolved against the directory of `source` first,
+    then against the current directory.
+    """
+    label = str(source) if source else "<config>"
+    problems = _Problems(label)
+    top = _check_table(dict(data), "", "", problems)
+
+    exp = _check_table(top.get("experiment", {}), "experiment", "experiment", problems)
+    if "experiment" not in top:
+        problems.add("experiment", "missing table [experiment] (with keys name and model)")
+    name = exp.get("name")
+    if "experiment" in top and name is None:
+        problems.add("experiment.name", "missing; it names the results folder")
+    elif name is not None and not SAFE_NAME.match(name):
+        problems.add("experiment.name", f"{name!r} is not a safe folder name ({SAFE_NAME_RULE})")
+    model = None
+    if "experiment" in top and "model" not in exp:
+        problems.add("experiment.model", "missing; give the path of a .mdl, .xmile or .stmx file")
+    elif "model" in exp:
+        model = _resolve_model(exp["model"], source, problems)
+
+    # Without the model the names cannot be checked: report what we have.
+    if model is None:
+        problems.raise_if_any()
+        raise AssertionError("unreachable")  # pragma: no cover
+    time = _parse_time(top.get("time", {}), model, problems)
+    base = _parse_parameters(top.get("parameters", {}), "parameters", model, problems)
+    scenarios = _parse_scenarios(top.get("scenarios"), base, model, problems)
+    variables = _parse_output(top.get("output", {}), model, problems)
+    figures = _parse_figures(top.get("figures", []), {s.name for s in scenarios}, model, problems)
+    problems.raise_if_any()
+
+    # Figures are redrawn from saved results, so what they draw must be saved.
+    for fig in figures:
+        variables += tuple(v for v in fig.variables if v not in variables)
+    return Experiment(
+        name=name,
+        description=exp.get("description", ""),
+        config_path=source,
+        config_text=text,
+        model=model,
+        time=time,
+        scenarios=scenarios,
+        variables=variables,
+        figures=figures,
+    )
+
+
+def _resolve_model(value: str, source: Path | None, problems: _Problems) -> Model | None:
+    candidate = Path(value)
+    tried = [candidate] if candidate.is_absolute() else []
+    if not candidate.is_absolute():
+        if source is not None:
+            tried.append(source.parent / candidate)
+        tried.append(Path.cwd() / candidate)
+    for path in tried:
+        if path.is_file():
+            try:
+                return load_model(path)
+            except ModelError as exc:
+                problems.add("experiment.model", str(exc))
+                return None
+    looked = ", ".join(str(p) for p in dict.fromkeys(tried))
+    problems.add("experiment.model", f"model file {value!r} not found (looked for {looked})")
+    return None
+
+
+def _parse_time(table: dict[str, Any], model: Model, problems: _Problems) -> TimeSettings:
+    good = _check_table(table, "time", "time", problems)
+    bad = False
+    for key, value in good.items():
+        if not math.isfinite(value):
+            problems.add(f"time.{key}", f"must be a finite number, got {value!r}")
+            bad = True
+    if bad:
+        return model.time
+    settings = TimeSettings(
+        initial=float(good.get("initial", model.time.initial)),
+        final=float(good.get("final", model.time.final)),
+        step=float(good.get("step", model.time.step)),
+        saveper=float(good.get("saveper", model.time.saveper)),
+        units=model.time.units,
+    )
+
+    def origin(key: str) -> str:
+        return "" if key in good else " (the model's own value)"
+
+    if settings.step <= 0:
+        problems.add("time.step", f"must be positive, got {settings.step}{origin('step')}")
+        return settings
+    if settings.final <= settings.initial:
+        problems.add(
+            "time.final",
+            f"must be after time.initial ({settings.initial}{origin('initial')}), got {settings.final}{origin('final')}",
+        )
+        return settings
+    if settings.saveper <= 0 or not _is_multiple(settings.saveper, settings.step):
+        problems.add(
+            "time.saveper",
+            f"must be a positive whole multiple of time.step ({settings.step}{origin('step')}), "
+            f"got {settings.saveper}{origin('saveper')}",
+        )
+        return settings
+    if not _is_multiple(settings.final - settings.initial, settings.saveper):
+        problems.add(
+            "time.final",
+            f"the span from time.initial to time.final ({settings.final - settings.initial}) "
+            f"must be a whole multiple of time.saveper ({settings.saveper})",
+        )
+    n_steps = (settings.final - settings.initial) / settings.step
+    if n_steps > 10_000_000:
+        problems.add("time.step", f"gives {n_steps:.3g} steps; at most 10,000,000 are allowed")
+    return settings
+
+
+def _is_multiple(value: float, unit: float) -> bool:
+    ratio = value / unit
+    return round(ratio) >= 1 and abs(ratio - round(ratio)) <= 1e-9 * max(1.0, ratio)
+
+
+def _parse_parameters(
+    table: Any, where: str, model: Model, problems: _Problems
+) -> dict[str, ParameterValue]:
+    if not isinstance(table, dict):
+        problems.add(where, f"expected a table of parameter = value, got {_describe(table)}")
+        return {}
+    constants = [v.name for v in model.of_kind("constant")]
+    out: dict[str, ParameterValue] = {}
+    for key, value in table.items():
+        path = f'{where}."{key}"'
+        try:
+            var = model.variable(key)
+        except KeyError:
+            hint = did_you_mean(key, constants)
+            problems.add(path, f"unknown parameter in model {model.path}{hint}")
+            continue
+        if var.kind != "constant":
+            problems.add(
+                path,
+                f"{var.name!r} is a {var.kind}, not a constant; only constants can be set "
+                f"(stocks start from constants such as 'initial ...'); constants: {', '.join(constants)}",
+            )
+            continue
+        parsed = _parse_value(value, path, problems)
+        if parsed is not None:
+            out[var.name] = parsed
+    return out
+
+
+def _parse_value(value: Any, path: str, problems: _Problems) -> ParameterValue | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if math.isnan(value):
+            problems.add(path, "must be a number, got nan")
+            return None
+        return float(value)
+    if isinstance(value, list) and value:
+        pairs = []
+        for i, pair in enumerate(value):
+            ok = (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in pair)
+            )
+            if not ok:
+                problems.add(f"{path}[{i}]", f"expected a [time, value] pair of finite numbers, got {_describe(pair)}")
+                return None
+            pairs.append((float(pair[0]), float(pair[1])))
+        times = [t for t, _ in pairs]
+        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+            problems.add(path, "times of a [time, value] series must increase strictly")
+            return None
+        return tuple(pairs)
+    problems.add(path, f"expected a number or a list of [time, value] pairs, got {_describe(value)}")
+    return None
+
+
+def _parse_scenarios(
+    tables: Any, base: dict[str, ParameterValue], model: Model, problems: _Problems
+) -> tuple[Scenario, ...]:
+    if tables is None:
+        return (Scenario(name="base", description="The model with the base parameters", parameters=base),)
+    if not tables:
+        problems.add("scenarios", "is empty; give at least one [[scenarios]] table, or none for a single 'base' run")
+    scenarios = []
+    seen: dict[str, int] = {}
+    for i, table in enumerate(tables):
+        where = f"scenarios[{i}]"
+        good = _check_table(table, "scenarios", where, problems)
+        name = good.get("name")
+        if name is None:
+            if "name" not in table:
+                problems.add(f"{where}.name", "missing; every scenario needs a unique name")
+            continue
+        if not SAFE_NAME.match(name):
+            problems.add(f"{where}.name", f"{name!r} is not a safe name ({SAFE_NAME_RULE})")
+            continue
+        if name in seen:
+            problems.add(f"{where}.name", f"duplicate scenario name {name!r} (also scenarios[{seen[name]}])")
+            continue
+        seen[name] = i
+        own = _parse_parameters(good.get("parameters", {}), f"{where}.parameters", model, problems)
+        scenarios.append(Scenario(name=name, description=good.get("description", ""), parameters={**base, **own}))
+    return tuple(scenarios)
+
+
+def _check_variables(names: list[str], where: str, model: Model, problems: _Problems) -> list[str]:
+    out = []
+    for i, name in enumerate(names):
+        try:
+            var = model.variable(name)
+        except KeyError:
+            problems.add(f"{where}[{i}]", f"unknown variable {name!r} in model {model.path}{did_you_mean(name, model.variables)}")
+            continue
+        if var.kind == "lookup":
+            problems.add(f"{where}[{i}]", f"{var.name!r} is a lookup table, which has no values over time")
+            continue
+        out.append(var.name)
+    return out
+
+
+def _parse_output(table: dict[str, Any], model: Model, problems: _Problems) -> tuple[str, ...]:
+    good = _check_table(table, "output", "output", problems)
+    if "variables" not in good:
+        return tuple(v.name for v in model.of_kind("stock", "flow"))
+    names = _check_variables(good["variables"], "output.variables", model, problems)
+    if not good["variables"]:
+        problems.add("output.variables", "is empty; name at least one variable or drop the key for stocks and flows")
+    return tuple(dict.fromkeys(names))
+
+
+def _parse_figures(
+    tables: list[dict[str, Any]], scenario_names: set[str], model: Model, problems: _Problems
+) -> tuple[FigureSpec, ...]:
+    figures = []
+    names: set[str] = set()
+    for i, table in enumerate(tables):
+        where = f"figures[{i}]"
+        good = _check_table(table, "figures", where, problems)
+        kind = good.get("kind")
+        if kind not in FIGURE_KINDS:
+            if "kind" not in table:
+                problems.add(f"{where}.kind", f"missing (allowed: {', '.join(FIGURE_KINDS)})")
+            elif kind is not None:
+                problems.add(
+                    f"{where}.kind",
+                    f"unknown figure kind {kind!r}{did_you_mean(kind, FIGURE_KINDS)} (allowed: {', '.join(FIGURE_KINDS)})",
+                )
+            continue
+        variables = _check_variables(good.get("variables", []), f"{where}.variables", model, problems)
+        if "variables" not in good or not good["variables"]:
+            problems.add(f"{where}.variables", "missing or empty; name the variables to draw")
+        elif kind == "phase_portrait" and len(good["variables"]) != 2:
+            problems.add(f"{where}.variables", f"a phase portrait takes exactly two variables (x, y), got {len(good['variables'])}")
+        for j, s in enumerate(good.get("scenarios", [])):
+            if s not in scenario_names:
+                problems.add(f"{where}.scenarios[{j}]", f"unknown scenario {s!r}{did_you_mean(s, scenario_names)}")
+        name = good.get("name", kind)
+        if not SAFE_NAME.match(name):
+            problems.add(f"{where}.name", f"{name!r} is not a safe file name ({SAFE_NAME_RULE})")
+        elif name in names:
+            problems.add(f"{where}.name", f"duplicate figure name {name!r}; give each figure its own name")
+        names.add(name)
+        figures.append(FigureSpec(kind=kind, name=name, variables=tuple(variables), scenarios=tuple(good.get("scenarios", []))))
+    return tuple(figures)
+

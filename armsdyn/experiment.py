@@ -1,0 +1,160 @@
+"""Run an experiment's scenarios with PySD and assemble one xarray Dataset."""
+
+from __future__ import annotations
+
+import math
+import os
+import time as _time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from armsdyn import __version__
+from armsdyn.config import Experiment, load_config
+from armsdyn.errors import NumericalWarning
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Where a scenario's results first became non-finite.
+
+    Attributes
+    ----------
+    scenario, variable : str
+        Scenario name and the model name of the variable.
+    time : float
+        First saved time at which the value is inf or NaN.
+    value : float
+        That value (inf, -inf or nan).
+    """
+
+    scenario: str
+    variable: str
+    time: float
+    value: float
+
+
+def run(
+    experiment: Experiment | str | os.PathLike[str],
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> xr.Dataset:
+    """Run every scenario of an experiment and return the results.
+
+    Parameters
+    ----------
+    experiment : Experiment or path-like
+        A validated experiment, or the path of a config file to load.
+    progress : callable, optional
+        Called with one line of text after each scenario.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``(scenario, time)``; one data variable per saved model variable,
+        keyed by its Python-safe name with attrs ``long_name`` (the model's
+        name), ``units`` and ``description``. Every scalar model constant is a
+        coordinate on ``scenario`` holding the value each scenario ran with
+        (NaN where a scenario gave it as a time series).
+
+    Warns
+    -----
+    NumericalWarning
+        For each scenario whose results overflow to inf or become NaN.
+    """
+    exp = experiment if isinstance(experiment, Experiment) else load_config(experiment)
+    model = exp.model
+    times = exp.time.save_times()
+    values = {name: np.empty((len(exp.scenarios), times.size)) for name in exp.variables}
+    for i, scenario in enumerate(exp.scenarios):
+        started = _time.perf_counter()
+        out = model.simulate(scenario.pysd_params(), exp.time, exp.variables)
+        for name in exp.variables:
+            values[name][i] = out[name]
+        if progress is not None:
+            elapsed = _time.perf_counter() - started
+            progress(f"[{i + 1}/{len(exp.scenarios)}] {scenario.name}: {elapsed:.2f} s")
+
+    ds = xr.Dataset(
+        coords={
+            "scenario": ("scenario", [s.name for s in exp.scenarios], {"long_name": "Scenario"}),
+            "time": ("time", times, {"long_name": "Time", "units": exp.time.units}),
+        },
+        attrs={
+            "experiment": exp.name,
+            "description": exp.description,
+            "model": model.path.name,
+            "model_sha256": model.sha256,
+            "config_sha256": exp.config_sha256,
+            "initial_time": exp.time.initial,
+            "final_time": exp.time.final,
+            "time_step": exp.time.step,
+            "saveper": exp.time.saveper,
+            "time_units": exp.time.units,
+            "armsdyn_version": __version__,
+        },
+    )
+    ds.coords["scenario_description"] = ("scenario", [s.description for s in exp.scenarios])
+    for name in exp.variables:
+        var = model.variable(name)
+        ds[var.py_name] = (("scenario", "time"), values[name], _attrs(var.name, var.units, var.doc))
+    for var in model.of_kind("constant"):
+        if var.default is None:
+            continue
+        column = []
+        for s in exp.scenarios:
+            value = s.parameters.get(var.name, var.default)
+            column.append(value if isinstance(value, float) else math.nan)
+        attrs = _attrs(var.name, var.units, var.doc)
+        if any(isinstance(s.parameters.get(var.name), tuple) for s in exp.scenarios):
+            attrs["note"] = "NaN where the scenario set this parameter as a time series"
+        ds.coords[var.py_name] = ("scenario", np.array(column, dtype=float), attrs)
+
+    for fault in find_faults(ds):
+        msg = (
+            f"scenario {fault.scenario!r}: {fault.variable!r} became {fault.value} "
+            f"at time {fault.time:g} {exp.time.units}".rstrip()
+        )
+        warnings.warn(msg, NumericalWarning, stacklevel=2)
+    return ds
+
+
+def _attrs(long_name: str, units: str, description: str) -> dict[str, str]:
+    return {"long_name": long_name, "units": units, "description": description}
+
+
+def find_faults(ds: xr.Dataset) -> list[Fault]:
+    """First non-finite value in each scenario of a results Dataset.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Results with dims ``(scenario, time)``.
+
+    Returns
+    -------
+    list of Fault
+        At most one per scenario: the earliest time, and among variables that
+        fail at that time the first in the Dataset's order.
+    """
+    faults = []
+    for scenario in ds["scenario"].values:
+        first: Fault | None = None
+        for key, da in ds.data_vars.items():
+            if "time" not in da.dims:
+                continue
+            series = da.sel(scenario=scenario).values
+            bad = np.flatnonzero(~np.isfinite(series))
+            if bad.size and (first is None or ds["time"].values[bad[0]] < first.time):
+                first = Fault(
+                    scenario=str(scenario),
+                    variable=da.attrs.get("long_name", str(key)),
+                    time=float(ds["time"].values[bad[0]]),
+                    value=float(series[bad[0]]),
+                )
+        if first is not None:
+            faults.append(first)
+    return faults

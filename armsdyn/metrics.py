@@ -1,0 +1,102 @@
+"""Per-scenario summary metrics of a results Dataset.
+
+Columns (one row per scenario):
+
+``final <name>``
+    Value of each saved variable at the final time.
+``nonfinite variable``, ``nonfinite time``
+    The first variable to overflow to inf or become NaN and the time it did;
+    ``"none"`` and empty where the run stayed finite.
+
+For a Richardson model (all of :data:`armsdyn.richardson.PARAMETER_NAMES` are
+coordinates of the Dataset) also: ``determinant ab-kl``, ``equilibrium X``,
+``equilibrium Y`` (empty when degenerate), ``eigenvalue 1``/``eigenvalue 2``
+(real and imaginary parts), ``stability`` and ``regime`` (see
+:mod:`armsdyn.richardson`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from armsdyn.experiment import find_faults
+from armsdyn.richardson import PARAMETER_NAMES, Richardson
+
+
+def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
+    """Summarise each scenario of a results Dataset.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Results from :func:`armsdyn.run`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by scenario; columns described in the module docstring.
+    """
+    scenarios = [str(s) for s in ds["scenario"].values]
+    table = pd.DataFrame(index=pd.Index(scenarios, name="scenario"))
+    for key, da in ds.data_vars.items():
+        if "time" in da.dims:
+            table[f"final {da.attrs.get('long_name', key)}"] = da.isel(time=-1).values
+    table["nonfinite variable"] = "none"
+    table["nonfinite time"] = np.nan
+    for fault in find_faults(ds):
+        table.loc[fault.scenario, "nonfinite variable"] = fault.variable
+        table.loc[fault.scenario, "nonfinite time"] = fault.time
+    richardson = _richardson_columns(ds)
+    if richardson is not None:
+        table = table.join(richardson)
+    return table
+
+
+def _coord_by_long_name(ds: xr.Dataset) -> dict[str, xr.DataArray]:
+    return {c.attrs["long_name"]: c for c in ds.coords.values() if "long_name" in c.attrs}
+
+
+def richardson_parameters(ds: xr.Dataset, scenario: str) -> tuple[Richardson, float, float] | None:
+    """Richardson parameters and initial arms a scenario ran with, if the model is Richardson's.
+
+    Returns
+    -------
+    tuple of (Richardson, x0, y0), or None
+        None when the Dataset lacks any of the parameters (another model), or
+        a parameter was a time series in this scenario.
+    """
+    coords = _coord_by_long_name(ds)
+    if not all(name in coords for name in PARAMETER_NAMES.values()):
+        return None
+    values = {name: float(coords[name].sel(scenario=scenario)) for name in PARAMETER_NAMES.values()}
+    if not all(np.isfinite(list(values.values()))):
+        return None
+    return Richardson.from_values(values), values[PARAMETER_NAMES["x0"]], values[PARAMETER_NAMES["y0"]]
+
+
+def _richardson_columns(ds: xr.Dataset) -> pd.DataFrame | None:
+    rows = {}
+    for scenario in (str(s) for s in ds["scenario"].values):
+        found = richardson_parameters(ds, scenario)
+        if found is None:
+            if rows or _coord_by_long_name(ds).keys() >= set(PARAMETER_NAMES.values()):
+                rows[scenario] = {"regime": "not analysed: a parameter varies over time"}
+                continue
+            return None
+        model, x0, y0 = found
+        eq = model.equilibrium()
+        ev = model.eigenvalues()
+        rows[scenario] = {
+            "determinant ab-kl": model.determinant,
+            "equilibrium X": np.nan if eq is None else eq[0],
+            "equilibrium Y": np.nan if eq is None else eq[1],
+            "eigenvalue 1 real": ev[0].real,
+            "eigenvalue 1 imag": ev[0].imag,
+            "eigenvalue 2 real": ev[1].real,
+            "eigenvalue 2 imag": ev[1].imag,
+            "stability": model.stability(),
+            "regime": model.regime(x0, y0),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")

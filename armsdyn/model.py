@@ -1,0 +1,363 @@
+"""Load Vensim and XMILE models through PySD, with a translation cache and metadata.
+
+PySD translates a model file into a Python module written next to the file it
+reads. armsdyn never lets that happen inside ``models/``: it copies the model
+into a cache folder named by the SHA-256 of the file's content (and PySD's
+version), translates it there once, and loads the cached translation on later
+runs. Editing the model file changes its hash, so the next load translates
+again; a half-written cache entry is never used because entries are built in a
+temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from armsdyn.errors import ModelError, did_you_mean
+
+SUFFIXES = (".mdl", ".xmile", ".stmx")
+CONTROL_NAMES = ("INITIAL TIME", "FINAL TIME", "TIME STEP", "SAVEPER", "Time")
+
+
+@contextlib.contextmanager
+def _quiet_pysd() -> Iterator[None]:
+    """Silence PySD's and pandas' own deprecation chatter and numeric warnings.
+
+    Overflow and NaN are detected on the results instead (see `experiment`), where
+    they can be reported with the variable and the time they first appear.
+    """
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", module=r"pysd(\.|$)")
+        yield
+
+
+def _pysd() -> Any:
+    with _quiet_pysd():
+        import pysd
+    return pysd
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One model variable, as the model file declares it.
+
+    Attributes
+    ----------
+    name : str
+        The model's own (Vensim or XMILE) name, used in configs and labels.
+    py_name : str
+        PySD's Python-safe name, used as the key in result Datasets.
+    kind : str
+        ``"constant"``, ``"stock"``, ``"flow"`` (an auxiliary that feeds a stock's
+        rate), ``"auxiliary"``, ``"stateful"`` (SMOOTH, DELAY and the like),
+        ``"lookup"`` or ``"data"``.
+    units : str
+        Units from the model file (empty when none are given).
+    doc : str
+        Documentation string from the model file.
+    default : float or None
+        Value in the model file, for scalar constants; None otherwise.
+    """
+
+    name: str
+    py_name: str
+    kind: str
+    units: str
+    doc: str
+    default: float | None = None
+
+
+@dataclass(frozen=True)
+class TimeSettings:
+    """Simulation time settings, in the model's time unit.
+
+    Attributes
+    ----------
+    initial, final : float
+        Start and end of the simulation.
+    step : float
+        Euler integration step.
+    saveper : float
+        Interval between saved values; a whole multiple of `step`.
+    units : str
+        The model's time unit.
+    """
+
+    initial: float
+    final: float
+    step: float
+    saveper: float
+    units: str = ""
+
+    def save_times(self) -> np.ndarray:
+        """Times at which values are saved, from `initial` to `final` inclusive."""
+        n = round((self.final - self.initial) / self.saveper)
+        return self.initial + self.saveper * np.arange(n + 1)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cache_dir() -> Path:
+    """Folder holding translated models: ``$ARMSDYN_CACHE_DIR``, else the user cache."""
+    env = os.environ.get("ARMSDYN_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "armsdyn"
+
+
+class Model:
+    """A translated model with its metadata, ready to simulate.
+
+    Use :func:`load_model` to create one.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The model file.
+    sha256 : str
+        Hash of the model file's content when it was loaded.
+    variables : dict of str to Variable
+        Every variable except the time controls, keyed by the model's own name
+        (sorted by name, as PySD lists them).
+    time : TimeSettings
+        The model file's own time settings.
+    translation : pathlib.Path
+        The cached PySD translation that is run.
+    """
+
+    def __init__(self, path: Path, sha256: str, translation: Path) -> None:
+        self.path = path
+        self.sha256 = sha256
+        self.translation = translation
+        pysd = _pysd()
+        with _quiet_pysd():
+            try:
+                self._pysd = pysd.load(str(translation))
+            except Exception as exc:  # a broken translation is a model error
+                msg = f"{path}: PySD could not load the translated model: {exc}"
+                raise ModelError(msg) from exc
+        self.variables = self._read_variables()
+        self.time = self._read_time()
+        self._by_key = {}
+        for var in self.variables.values():
+            self._by_key[var.name.lower()] = var
+            self._by_key[var.py_name] = var
+
+    def _read_variables(self) -> dict[str, Variable]:
+        doc = self._pysd.doc
+        deps = self._pysd.dependencies
+        flows: set[str] = set()
+        for py_name, dep in deps.items():
+            for key in dep:
+                if key.startswith("_integ_") and py_name == key.removeprefix("_integ_"):
+                    flows.update(deps[key].get("step", {}))
+        variables = {}
+        for row in doc.itertuples(index=False):
+            name = row[doc.columns.get_loc("Real Name")]
+            if name in CONTROL_NAMES:
+                continue
+            py_name = row[doc.columns.get_loc("Py Name")]
+            vtype = row[doc.columns.get_loc("Type")]
+            subtype = row[doc.columns.get_loc("Subtype")]
+            units = row[doc.columns.get_loc("Units")]
+            comment = row[doc.columns.get_loc("Comment")]
+            if vtype == "Stateful":
+                kind = "stock" if subtype == "Integ" else "stateful"
+            elif vtype == "Constant":
+                kind = "constant"
+            elif vtype == "Lookup":
+                kind = "lookup"
+            elif vtype == "Data":
+                kind = "data"
+            else:
+                kind = "flow" if py_name in flows else "auxiliary"
+            default = None
+            if kind == "constant":
+                with _quiet_pysd():
+                    value = self._pysd[name]
+                if np.ndim(value) == 0:
+                    default = float(value)
+            variables[name] = Variable(
+                name=name,
+                py_name=py_name,
+                kind=kind,
+                units=units if isinstance(units, str) else "",
+                doc=" ".join(comment.split()) if isinstance(comment, str) else "",
+                default=default,
+            )
+        return variables
+
+    def _read_time(self) -> TimeSettings:
+        comp = self._pysd.components
+        units = self._pysd.doc.set_index("Real Name").loc["TIME STEP", "Units"]
+        return TimeSettings(
+            initial=float(comp.initial_time()),
+            final=float(comp.final_time()),
+            step=float(comp.time_step()),
+            saveper=float(comp.saveper()),
+            units=units if isinstance(units, str) else "",
+        )
+
+    @property
+    def name(self) -> str:
+        """The model file's name without its suffix."""
+        return self.path.stem
+
+    def of_kind(self, *kinds: str) -> list[Variable]:
+        """Variables of the given kinds, sorted by name."""
+        return [v for v in self.variables.values() if v.kind in kinds]
+
+    def variable(self, name: str) -> Variable:
+        """Look up a variable by its model name (any case) or Python-safe name.
+
+        Raises
+        ------
+        KeyError
+            With a message naming the model and suggesting the closest name.
+        """
+        var = self._by_key.get(name) or self._by_key.get(name.lower())
+        if var is None:
+            hint = did_you_mean(name, self.variables)
+            msg = f"no variable {name!r} in model {self.path}{hint}"
+            raise KeyError(msg)
+        return var
+
+    def simulate(
+        self,
+        params: Mapping[str, float | pd.Series],
+        time: TimeSettings,
+        variables: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        """Run the model once with PySD from a clean state.
+
+        Parameters
+        ----------
+        params : mapping
+            Constant overrides by model name: a number, or a ``pandas.Series`` of
+            values indexed by time (interpolated linearly by PySD).
+        time : TimeSettings
+            Time settings for this run.
+        variables : sequence of str
+            Model names of the variables to return.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            One array per requested variable, aligned with ``time.save_times()``.
+        """
+        # PySD keeps parameters set by one run for the next: reloading the
+        # translated module (a few ms) guarantees that runs are independent.
+        model = self._pysd
+        with _quiet_pysd():
+            model.reload()
+            try:
+                df = model.run(
+                    params=dict(params),
+                    return_columns=list(variables),
+                    return_timestamps=time.save_times(),
+                    initial_condition=(time.initial, {}),
+                    final_time=time.final,
+                    time_step=time.step,
+                    saveper=time.saveper,
+                )
+            except Exception as exc:
+                msg = f"{self.path}: PySD failed while simulating: {exc}"
+                raise ModelError(msg) from exc
+        return {name: df[name].to_numpy(dtype=float) for name in variables}
+
+
+_loaded: dict[tuple[str, str], Model] = {}
+
+
+def load_model(path: str | os.PathLike[str]) -> Model:
+    """Load a Vensim (``.mdl``) or XMILE (``.xmile``, ``.stmx``) model through PySD.
+
+    The translation is cached by content hash (see :func:`cache_dir`); a model
+    file that changes is translated again.
+
+    Parameters
+    ----------
+    path : path-like
+        The model file.
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ModelError
+        If the file is missing, has an unsupported suffix, or cannot be translated.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES:
+        msg = f"{path}: unsupported model file type {path.suffix!r}; expected one of {', '.join(SUFFIXES)}"
+        raise ModelError(msg)
+    if not path.is_file():
+        msg = f"{path}: model file not found"
+        raise ModelError(msg)
+    sha = file_sha256(path)
+    key = (str(path.resolve()), sha)
+    if key not in _loaded:
+        _loaded[key] = Model(path, sha, _translate(path, sha))
+    return _loaded[key]
+
+
+def _translate(path: Path, sha: str) -> Path:
+    pysd = _pysd()
+    entry = cache_dir() / f"{sha[:20]}-pysd{pysd.__version__}"
+    translated = entry / f"{_module_name(path)}.py"
+    if translated.is_file():
+        return translated
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".translating-", dir=entry.parent))
+    try:
+        source = tmp / f"{_module_name(path)}{path.suffix.lower()}"
+        shutil.copyfile(path, source)
+        reader = pysd.read_vensim if path.suffix.lower() == ".mdl" else pysd.read_xmile
+        with _quiet_pysd():
+            try:
+                reader(str(source), initialize=False)
+            except Exception as exc:
+                msg = f"{path}: PySD could not translate the model: {type(exc).__name__}: {exc}"
+                raise ModelError(msg) from exc
+        try:
+            tmp.rename(entry)
+        except OSError:
+            # Another process finished the same translation first: use theirs.
+            if not translated.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return translated
+
+
+def _module_name(path: Path) -> str:
+    # The translation is imported as a module, so its name must be an identifier.
+    stem = "".join(c if c.isalnum() else "_" for c in path.stem)
+    return stem if stem[:1].isalpha() else f"m_{stem}"
+
+
+def is_finite_number(value: object) -> bool:
+    """True for an int or float that is neither NaN nor infinite (bool excluded)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,205 @@
+"""Write a results folder atomically, with a manifest of its provenance.
+
+The folder is built in a hidden temporary sibling and renamed into place only
+when every file is complete, so a crash, a full disk or a kill leaves either
+the earlier complete folder or none, never a half-written one. A lock file
+beside the folder keeps two runs from writing the same folder at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from armsdyn.config import Experiment
+from armsdyn.errors import ResultsError
+from armsdyn.metrics import compute_metrics
+
+RESULTS_FILE = "results.nc"
+METRICS_FILE = "metrics.csv"
+MANIFEST_FILE = "manifest.json"
+FIGURES_DIR = "figures"
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            msg = f"{target}: another armsdyn run is writing this results folder; wait for it to finish"
+            raise ResultsError(msg) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
+
+
+def write_results(
+    ds: xr.Dataset,
+    experiment: Experiment,
+    target: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    started: str | None = None,
+    command: Sequence[str] | None = None,
+) -> Path:
+    """Write ``results.nc``, ``metrics.csv``, ``figures/`` and ``manifest.json``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Results from :func:`armsdyn.run`.
+    experiment : Experiment
+        The experiment that produced them.
+    target : path-like
+        The results folder to create.
+    force : bool
+        Replace an existing folder; without it an existing folder is an error.
+    started : str, optional
+        ISO time the run started, for the manifest (default: now).
+    command : sequence of str, optional
+        The command line, for the manifest (default: ``sys.argv``).
+
+    Returns
+    -------
+    pathlib.Path
+        The results folder.
+
+    Raises
+    ------
+    ResultsError
+        If the folder exists (without `force`), is being written by another
+        run, or cannot be written; nothing is left half-written.
+    """
+    target = Path(target)
+    started = started or now()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"{target.parent}: cannot create the results parent folder: {exc}"
+        raise ResultsError(msg) from exc
+    with _locked(target):
+        if target.exists() and not force:
+            msg = f"{target}: results folder already exists; pass --force to replace it, or --out to write elsewhere"
+            raise ResultsError(msg)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            _fill(tmp, ds, experiment, started, command)
+            _replace(tmp, target)
+        except OSError as exc:
+            msg = f"{target}: could not write results ({exc}); nothing was written"
+            raise ResultsError(msg) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _fill(folder: Path, ds: xr.Dataset, experiment: Experiment, started: str, command: Sequence[str] | None) -> None:
+    from armsdyn.figures import draw_figures  # matplotlib is slow to import; only here
+
+    ds.to_netcdf(folder / RESULTS_FILE, engine="netcdf4")
+    compute_metrics(ds).to_csv(folder / METRICS_FILE)
+    draw_figures(ds, experiment.figures, folder / FIGURES_DIR)
+    manifest = build_manifest(experiment, started=started, command=command)
+    manifest["files"] = {
+        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+    with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    if not target.exists():
+        tmp.rename(target)
+        return
+    # Swap in two renames; the earlier folder is removed only once the new one is in place.
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    target.rename(old)
+    try:
+        tmp.rename(target)
+    except OSError:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def git_commit(folder: Path) -> str | None:
+    """The git commit checked out in `folder`, with ``-dirty`` if changed; None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def build_manifest(experiment: Experiment, *, started: str, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Provenance of a run: config, model, versions, commit, command and times."""
+    folder = experiment.config_path.parent if experiment.config_path else Path.cwd()
+    return {
+        "experiment": experiment.name,
+        "description": experiment.description,
+        "config": {
+            "path": str(experiment.config_path) if experiment.config_path else None,
+            "sha256": experiment.config_sha256,
+            "text": experiment.config_text,
+        },
+        "model": {"path": str(experiment.model.path), "sha256": experiment.model.sha256},
+        "time": {
+            "initial": experiment.time.initial,
+            "final": experiment.time.final,
+            "step": experiment.time.step,
+            "saveper": experiment.time.saveper,
+            "units": experiment.time.units,
+        },
+        "scenarios": [s.name for s in experiment.scenarios],
+        "versions": {
+            "python": sys.version.split()[0],
+            **{dist: _version(dist) for dist in ("armsdyn", "pysd", "numpy", "xarray", "scipy", "matplotlib")},
+        },
+        "git_commit": git_commit(folder),
+        "command": list(command if command is not None else sys.argv),
+        "started": started,
+        "finished": now(),
+    }

@@ -1,0 +1,175 @@
+"""Closed-form analysis of Richardson's two-state arms-race model.
+
+The model is the linear system
+
+.. math::
+
+    \\dot x = k\\,y - a\\,x + g, \\qquad \\dot y = l\\,x - b\\,y + h,
+
+with defence coefficients :math:`k, l`, fatigue coefficients :math:`a, b` and
+grievances :math:`g, h`. Writing :math:`z = (x, y)`, :math:`\\dot z = J z + c`
+with :math:`J = \\begin{pmatrix} -a & k \\\\ l & -b \\end{pmatrix}` and
+:math:`c = (g, h)`. When :math:`\\det J = ab - kl \\ne 0` the unique equilibrium
+is :math:`z^* = -J^{-1} c`; it is stable exactly when :math:`ab > kl` (for
+positive fatigue). When :math:`ab < kl` the equilibrium is a saddle and the
+trajectory runs away, upward (a runaway race) or downward (a disarmament
+spiral), depending on which side of the stable manifold it starts.
+
+References
+----------
+.. [1] Richardson, L. F. (1960). *Arms and Insecurity*. Pittsburgh: Boxwood Press.
+.. [2] Braun, M. (1993). *Differential Equations and Their Applications*, 4th ed.,
+   section 4.5. New York: Springer. https://doi.org/10.1007/978-1-4612-4360-1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+#: Model names of the Richardson parameters in ``models/richardson.mdl``.
+PARAMETER_NAMES: dict[str, str] = {
+    "k": "defence coefficient k",
+    "l": "defence coefficient l",
+    "a": "fatigue coefficient a",
+    "b": "fatigue coefficient b",
+    "g": "grievance g",
+    "h": "grievance h",
+    "x0": "initial arms X",
+    "y0": "initial arms Y",
+}
+
+#: Relative tolerance under which ``a*b - k*l`` counts as zero.
+DEGENERATE_RTOL = 1e-12
+
+
+@dataclass(frozen=True)
+class Richardson:
+    """Parameters of Richardson's model, with its closed-form analysis.
+
+    Parameters
+    ----------
+    k, l : float
+        Defence coefficients of X and Y (1/time).
+    a, b : float
+        Fatigue coefficients of X and Y (1/time).
+    g, h : float
+        Grievances of X and Y (arms/time).
+    """
+
+    k: float
+    l: float  # noqa: E741 - Richardson's own symbol
+    a: float
+    b: float
+    g: float
+    h: float
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, float]) -> Richardson:
+        """Build from a mapping keyed by the model names in :data:`PARAMETER_NAMES`."""
+        return cls(**{sym: float(values[PARAMETER_NAMES[sym]]) for sym in "klabgh"})
+
+    @property
+    def jacobian(self) -> np.ndarray:
+        """The constant Jacobian :math:`J` of the system."""
+        return np.array([[-self.a, self.k], [self.l, -self.b]])
+
+    @property
+    def determinant(self) -> float:
+        """:math:`ab - kl`; its sign decides stability."""
+        return self.a * self.b - self.k * self.l
+
+    def is_degenerate(self) -> bool:
+        """True when :math:`ab = kl` (to rounding): no isolated equilibrium."""
+        scale = max(abs(self.a * self.b), abs(self.k * self.l), 1e-300)
+        return abs(self.determinant) <= DEGENERATE_RTOL * scale
+
+    def equilibrium(self) -> np.ndarray | None:
+        """The equilibrium :math:`(x^*, y^*)`, or None when the system is degenerate."""
+        if self.is_degenerate():
+            return None
+        return np.linalg.solve(self.jacobian, -np.array([self.g, self.h]))
+
+    def eigenvalues(self) -> np.ndarray:
+        """Eigenvalues of the Jacobian, sorted by real part (largest last), as complex."""
+        ev = np.linalg.eigvals(self.jacobian).astype(complex)
+        return ev[np.argsort(ev.real, kind="stable")]
+
+    def stability(self) -> str:
+        """``"stable"``, ``"saddle"``, ``"unstable"`` or ``"degenerate"``.
+
+        Decided by the eigenvalues: both with negative real part is stable, one
+        positive and one negative a saddle, both positive unstable.
+        """
+        if self.is_degenerate():
+            return "degenerate"
+        re = self.eigenvalues().real
+        if np.all(re < 0):
+            return "stable"
+        if np.all(re > 0):
+            return "unstable"
+        return "saddle"
+
+    def regime(self, x0: float, y0: float) -> str:
+        """Name the arms-race regime of the trajectory starting at ``(x0, y0)``.
+
+        Returns
+        -------
+        str
+            ``"stable equilibrium"`` (converges to an equilibrium with both arms
+            non-negative), ``"stable disarmament"`` (converges to an equilibrium
+            with negative arms, i.e. arms are driven to zero), ``"runaway race"``
+            (diverges with growing arms), ``"disarmament spiral"`` (diverges with
+            falling arms), ``"balanced"`` (starts exactly on a saddle's stable
+            manifold) or ``"degenerate"``.
+        """
+        stability = self.stability()
+        eq = self.equilibrium()
+        if eq is None:
+            return "degenerate"
+        if stability == "stable":
+            return "stable equilibrium" if np.all(eq >= 0) else "stable disarmament"
+        # Unstable directions: the sign of the fastest growing mode decides.
+        values, vectors = np.linalg.eig(self.jacobian)
+        i = int(np.argmax(values.real))
+        v = np.real(vectors[:, i])
+        coeffs = np.linalg.solve(vectors, np.array([x0, y0]) - eq)
+        growth = np.real(coeffs[i]) * v
+        scale = max(np.abs([x0, y0, *eq]).max(), 1.0)
+        if np.all(np.abs(growth) <= 1e-12 * scale):
+            return "balanced"
+        return "runaway race" if growth.sum() > 0 else "disarmament spiral"
+
+    def solve(self, x0: float, y0: float, t: np.ndarray, t0: float = 0.0) -> np.ndarray:
+        """Exact solution at times `t`, by the matrix exponential.
+
+        Uses the augmented system :math:`\\frac{d}{dt}(z, 1) = \\begin{pmatrix} J & c
+        \\\\ 0 & 0\\end{pmatrix} (z, 1)`, which also covers singular :math:`J`.
+
+        Parameters
+        ----------
+        x0, y0 : float
+            Arms at time `t0`.
+        t : array_like
+            Times at which to evaluate the solution.
+        t0 : float
+            Initial time.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(2, len(t))``: rows x and y.
+        """
+        m = np.zeros((3, 3))
+        m[:2, :2] = self.jacobian
+        m[:2, 2] = [self.g, self.h]
+        start = np.array([x0, y0, 1.0])
+        t = np.atleast_1d(np.asarray(t, dtype=float))
+        out = np.empty((2, t.size))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i, ti in enumerate(t):
+                out[:, i] = (scipy.linalg.expm(m * (ti - t0)) @ start)[:2]
+        return out
