@@ -16,19 +16,19 @@ try:
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-from armsdyn.config import Experiment, FigureSpec, Scenario, load_config  # noqa: E402
-from armsdyn.errors import (  # noqa: E402
+from armsdyn.config import Experiment, FigureSpec, Scenario, load_config
+from armsdyn.errors import (
     ArmsdynError,
     ConfigError,
     ModelError,
     NumericalWarning,
     ResultsError,
 )
-from armsdyn.experiment import Fault, find_faults, run  # noqa: E402
-from armsdyn.metrics import compute_metrics  # noqa: E402
-from armsdyn.model import Model, TimeSettings, Variable, load_model  # noqa: E402
-from armsdyn.output import write_results  # noqa: E402
-from armsdyn.richardson import Richardson  # noqa: E402
+from armsdyn.experiment import Fault, find_faults, run
+from armsdyn.metrics import compute_metrics
+from armsdyn.model import Model, TimeSettings, Variable, load_model
+from armsdyn.output import write_results
+from armsdyn.richardson import Richardson
 
 __all__ = [
     "ArmsdynError",

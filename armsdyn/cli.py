@@ -36,21 +36,32 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"armsdyn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run an experiment and write its results folder",
-                       description="Run every scenario of CONFIG with PySD and write results.nc, "
-                       "metrics.csv, figures/ and manifest.json into the results folder.")
+    p = sub.add_parser(
+        "run",
+        help="run an experiment and write its results folder",
+        description="Run every scenario of CONFIG with PySD and write results.nc, "
+        "metrics.csv, figures/ and manifest.json into the results folder.",
+    )
     p.add_argument("config", type=Path, help="experiment config file (TOML)")
     p.add_argument("--out", type=Path, help="results folder (default: results/<experiment name>)")
     p.add_argument("--force", action="store_true", help="replace an existing results folder")
 
-    p = sub.add_parser("check", help="validate a config and its model without running",
-                       description="Validate CONFIG: keys, types, time settings and every variable "
-                       "name against the model. Exit status 0 when valid, 2 otherwise.")
+    p = sub.add_parser(
+        "check",
+        help="validate a config and its model without running",
+        description="Validate CONFIG: keys, types, time settings and every variable "
+        "name against the model. Exit status 0 when valid, 2 otherwise.",
+    )
     p.add_argument("config", type=Path, help="experiment config file (TOML)")
 
     p = sub.add_parser("models", help="list the models in a folder with their parameters")
-    p.add_argument("folder", type=Path, nargs="?", default=Path("models"),
-                   help="folder of .mdl/.xmile/.stmx files (default: ./models)")
+    p.add_argument(
+        "folder",
+        type=Path,
+        nargs="?",
+        default=Path("models"),
+        help="folder of .mdl/.xmile/.stmx files (default: ./models)",
+    )
 
     p = sub.add_parser("describe", help="list a model's variables with units and documentation")
     p.add_argument("model", type=Path, help="a .mdl, .xmile or .stmx file")
@@ -80,18 +91,21 @@ def _run(args: argparse.Namespace) -> int:
     target = args.out or Path("results") / experiment.name
     if target.exists() and not args.force:
         # Fail before spending time on the runs; write_results checks again under its lock.
-        print(f"armsdyn: error: {target}: results folder already exists; pass --force to replace it, "
-              "or --out to write elsewhere", file=sys.stderr)
+        print(
+            f"armsdyn: error: {target}: results folder already exists; pass --force to replace it, "
+            "or --out to write elsewhere",
+            file=sys.stderr,
+        )
         return 2
-    print(f"armsdyn: {experiment.name}: {len(experiment.scenarios)} scenarios of {experiment.model.path}",
-          file=sys.stderr)
+    print(
+        f"armsdyn: {experiment.name}: {len(experiment.scenarios)} scenarios of {experiment.model.path}", file=sys.stderr
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NumericalWarning)
         ds = run(experiment, progress=lambda line: print(f"  {line}", file=sys.stderr))
     for w in caught:
         print(f"armsdyn: warning: {w.message}", file=sys.stderr)
-    write_results(ds, experiment, target, force=args.force, started=started,
-                  command=["armsdyn", *sys.argv[1:]])
+    write_results(ds, experiment, target, force=args.force, started=started, command=["armsdyn", *sys.argv[1:]])
     print(f"armsdyn: wrote {target}", file=sys.stderr)
     return 0
 
@@ -100,8 +114,10 @@ def _check(args: argparse.Namespace) -> int:
     from armsdyn.config import load_config
 
     exp = load_config(args.config)
-    print(f"{args.config}: valid: experiment {exp.name!r}, model {exp.model.path}, "
-          f"{len(exp.scenarios)} scenarios, {len(exp.variables)} saved variables, {len(exp.figures)} figures")
+    print(
+        f"{args.config}: valid: experiment {exp.name!r}, model {exp.model.path}, "
+        f"{len(exp.scenarios)} scenarios, {len(exp.variables)} saved variables, {len(exp.figures)} figures"
+    )
     return 0
 
 
@@ -117,8 +133,11 @@ def _models(args: argparse.Namespace) -> int:
         model = load_model(path)
         print(f"{path}  (stocks: {', '.join(v.name for v in model.of_kind('stock'))})")
         for var in model.of_kind("constant"):
-            print(f"    {var.name} = {var.default:g} {var.units}".rstrip() if var.default is not None
-                  else f"    {var.name} {var.units}".rstrip())
+            print(
+                f"    {var.name} = {var.default:g} {var.units}".rstrip()
+                if var.default is not None
+                else f"    {var.name} {var.units}".rstrip()
+            )
     return 0
 
 

@@ -39,6 +39,7 @@ A config looks like::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -56,10 +57,10 @@ from armsdyn.model import Model, TimeSettings, load_model
 #: A parameter override: a constant, or a time series of (time, value) pairs.
 ParameterValue = float | tuple[tuple[float, float], ...]
 
-#: Figure kinds a config may ask for, with the keys each one takes.
-FIGURE_KINDS: dict[str, str] = {
-    "time_series": "variables against time, one panel per variable, scenarios overlaid",
-    "phase_portrait": "two stocks against each other, with Richardson nullclines and equilibrium",
+#: Figure kinds a config may ask for, and the layouts each offers (first is the default).
+FIGURE_KINDS: dict[str, tuple[str, ...]] = {
+    "time_series": ("overlay", "small_multiples"),
+    "phase_portrait": ("small_multiples",),
 }
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -110,12 +111,15 @@ class FigureSpec:
         Model names of the variables drawn (for a phase portrait: x then y).
     scenarios : tuple of str
         Scenarios drawn; empty means all.
+    layout : str
+        Arrangement of panels, for kinds that offer a choice (empty: the kind's default).
     """
 
     kind: str
     name: str
     variables: tuple[str, ...]
     scenarios: tuple[str, ...] = ()
+    layout: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,13 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "time": {"initial": "number", "final": "number", "step": "number", "saveper": "number"},
     "scenarios": {"name": "string", "description": "string", "parameters": "table"},
     "output": {"variables": "list of strings"},
-    "figures": {"kind": "string", "name": "string", "variables": "list of strings", "scenarios": "list of strings"},
+    "figures": {
+        "kind": "string",
+        "name": "string",
+        "variables": "list of strings",
+        "scenarios": "list of strings",
+        "layout": "string",
+    },
 }
 
 
@@ -371,7 +381,8 @@ def _parse_time(table: dict[str, Any], model: Model, problems: _Problems) -> Tim
     if settings.final <= settings.initial:
         problems.add(
             "time.final",
-            f"must be after time.initial ({settings.initial}{origin('initial')}), got {settings.final}{origin('final')}",
+            f"must be after time.initial ({settings.initial}{origin('initial')}), "
+            f"got {settings.final}{origin('final')}",
         )
         return settings
     if settings.saveper <= 0 or not _is_multiple(settings.saveper, settings.step):
@@ -398,9 +409,7 @@ def _is_multiple(value: float, unit: float) -> bool:
     return round(ratio) >= 1 and abs(ratio - round(ratio)) <= 1e-9 * max(1.0, ratio)
 
 
-def _parse_parameters(
-    table: Any, where: str, model: Model, problems: _Problems
-) -> dict[str, ParameterValue]:
+def _parse_parameters(table: Any, where: str, model: Model, problems: _Problems) -> dict[str, ParameterValue]:
     if not isinstance(table, dict):
         problems.add(where, f"expected a table of parameter = value, got {_describe(table)}")
         return {}
@@ -446,7 +455,7 @@ def _parse_value(value: Any, path: str, problems: _Problems) -> ParameterValue |
                 return None
             pairs.append((float(pair[0]), float(pair[1])))
         times = [t for t, _ in pairs]
-        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(times)):
             problems.add(path, "times of a [time, value] series must increase strictly")
             return None
         return tuple(pairs)
@@ -489,7 +498,9 @@ def _check_variables(names: list[str], where: str, model: Model, problems: _Prob
         try:
             var = model.variable(name)
         except KeyError:
-            problems.add(f"{where}[{i}]", f"unknown variable {name!r} in model {model.path}{did_you_mean(name, model.variables)}")
+            problems.add(
+                f"{where}[{i}]", f"unknown variable {name!r} in model {model.path}{did_you_mean(name, model.variables)}"
+            )
             continue
         if var.kind == "lookup":
             problems.add(f"{where}[{i}]", f"{var.name!r} is a lookup table, which has no values over time")
@@ -523,23 +534,41 @@ def _parse_figures(
             elif kind is not None:
                 problems.add(
                     f"{where}.kind",
-                    f"unknown figure kind {kind!r}{did_you_mean(kind, FIGURE_KINDS)} (allowed: {', '.join(FIGURE_KINDS)})",
+                    f"unknown figure kind {kind!r}{did_you_mean(kind, FIGURE_KINDS)} "
+                    f"(allowed: {', '.join(FIGURE_KINDS)})",
                 )
             continue
         variables = _check_variables(good.get("variables", []), f"{where}.variables", model, problems)
         if "variables" not in good or not good["variables"]:
             problems.add(f"{where}.variables", "missing or empty; name the variables to draw")
         elif kind == "phase_portrait" and len(good["variables"]) != 2:
-            problems.add(f"{where}.variables", f"a phase portrait takes exactly two variables (x, y), got {len(good['variables'])}")
+            problems.add(
+                f"{where}.variables",
+                f"a phase portrait takes exactly two variables (x, y), got {len(good['variables'])}",
+            )
         for j, s in enumerate(good.get("scenarios", [])):
             if s not in scenario_names:
                 problems.add(f"{where}.scenarios[{j}]", f"unknown scenario {s!r}{did_you_mean(s, scenario_names)}")
+        layout = good.get("layout", FIGURE_KINDS[kind][0])
+        if layout not in FIGURE_KINDS[kind]:
+            problems.add(
+                f"{where}.layout",
+                f"unknown layout {layout!r} for {kind}{did_you_mean(layout, FIGURE_KINDS[kind])} "
+                f"(allowed: {', '.join(FIGURE_KINDS[kind])})",
+            )
         name = good.get("name", kind)
         if not SAFE_NAME.match(name):
             problems.add(f"{where}.name", f"{name!r} is not a safe file name ({SAFE_NAME_RULE})")
         elif name in names:
             problems.add(f"{where}.name", f"duplicate figure name {name!r}; give each figure its own name")
         names.add(name)
-        figures.append(FigureSpec(kind=kind, name=name, variables=tuple(variables), scenarios=tuple(good.get("scenarios", []))))
+        figures.append(
+            FigureSpec(
+                kind=kind,
+                name=name,
+                variables=tuple(variables),
+                scenarios=tuple(good.get("scenarios", [])),
+                layout=layout,
+            )
+        )
     return tuple(figures)
-

@@ -58,7 +58,8 @@ def run(
         keyed by its Python-safe name with attrs ``long_name`` (the model's
         name), ``units`` and ``description``. Every scalar model constant is a
         coordinate on ``scenario`` holding the value each scenario ran with
-        (NaN where a scenario gave it as a time series).
+        (NaN where a scenario gave it as a time series), unless it is saved as
+        a data variable; :func:`parameter_values` reads either.
 
     Warns
     -----
@@ -102,7 +103,8 @@ def run(
         var = model.variable(name)
         ds[var.py_name] = (("scenario", "time"), values[name], _attrs(var.name, var.units, var.doc))
     for var in model.of_kind("constant"):
-        if var.default is None:
+        if var.default is None or var.py_name in ds.data_vars:
+            # A saved constant is already a data variable; one name cannot be both.
             continue
         column = []
         for s in exp.scenarios:
@@ -140,21 +142,36 @@ def find_faults(ds: xr.Dataset) -> list[Fault]:
         At most one per scenario: the earliest time, and among variables that
         fail at that time the first in the Dataset's order.
     """
-    faults = []
-    for scenario in ds["scenario"].values:
-        first: Fault | None = None
-        for key, da in ds.data_vars.items():
-            if "time" not in da.dims:
-                continue
-            series = da.sel(scenario=scenario).values
-            bad = np.flatnonzero(~np.isfinite(series))
-            if bad.size and (first is None or ds["time"].values[bad[0]] < first.time):
-                first = Fault(
-                    scenario=str(scenario),
+    times = ds["time"].values
+    first: dict[int, Fault] = {}
+    for key, da in ds.data_vars.items():
+        if da.dims != ("scenario", "time"):
+            continue
+        values = da.values
+        bad = ~np.isfinite(values)
+        for i in np.flatnonzero(bad.any(axis=1)):
+            j = int(np.argmax(bad[i]))
+            if i not in first or times[j] < first[i].time:
+                first[int(i)] = Fault(
+                    scenario=str(ds["scenario"].values[i]),
                     variable=da.attrs.get("long_name", str(key)),
-                    time=float(ds["time"].values[bad[0]]),
-                    value=float(series[bad[0]]),
+                    time=float(times[j]),
+                    value=float(values[i, j]),
                 )
-        if first is not None:
-            faults.append(first)
+    faults = [first[i] for i in sorted(first)]
     return faults
+
+
+def parameter_values(ds: xr.Dataset, name: str) -> xr.DataArray | None:
+    """The value of model constant `name` in each scenario, or None if absent.
+
+    Reads the ``scenario`` coordinate, or a saved data variable that holds the
+    constant (NaN in scenarios where it varies over time).
+    """
+    for key, da in ds.variables.items():
+        if name in (key, da.attrs.get("long_name")) and da.dims in (("scenario",), ("scenario", "time")):
+            if da.dims == ("scenario",):
+                return ds[key]
+            first = ds[key].isel(time=0, drop=True)
+            return first.where((ds[key] == first).all("time"))
+    return None

@@ -17,14 +17,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are files; never open a window
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from armsdyn.config import FigureSpec  # noqa: E402
-from armsdyn.metrics import richardson_parameters  # noqa: E402
+from armsdyn.config import FigureSpec
+from armsdyn.metrics import richardson_parameters
 
 STYLE = Path(__file__).with_name("paper.mplstyle")
 SINGLE_COLUMN = 3.5  # inches
@@ -50,7 +50,8 @@ def _variable(ds: xr.Dataset, name: str) -> xr.DataArray:
     for key, da in ds.data_vars.items():
         if name in (key, da.attrs.get("long_name")):
             return da
-    msg = f"no variable {name!r} in the results (have: {', '.join(str(d.attrs.get('long_name', k)) for k, d in ds.data_vars.items())})"
+    have = ", ".join(str(d.attrs.get("long_name", k)) for k, d in ds.data_vars.items())
+    msg = f"no variable {name!r} in the results (have: {have})"
     raise KeyError(msg)
 
 
@@ -63,41 +64,77 @@ def time_series(
     variables: Sequence[str],
     scenarios: Sequence[str] | None = None,
     ax: Axes | Sequence[Axes] | None = None,
+    *,
+    layout: str = "overlay",
 ) -> tuple[Figure, list[Axes]]:
-    """Variables against time, one panel per variable, scenarios overlaid.
+    """Variables against time.
 
     Parameters
     ----------
     ds : xarray.Dataset
         Results with dims ``(scenario, time)``.
     variables : sequence of str
-        Model names (or Dataset keys) of the variables, one panel each.
+        Model names (or Dataset keys) of the variables.
     scenarios : sequence of str, optional
         Scenarios to draw; all by default.
     ax : Axes or sequence of Axes, optional
-        One axes per variable; new figure when omitted.
+        One axes per panel; a new figure when omitted.
+    layout : {"overlay", "small_multiples"}
+        ``"overlay"``: a panel per variable with the scenarios overlaid.
+        ``"small_multiples"``: a panel per scenario with the variables overlaid
+        (variables must share units to be read on one axis).
 
     Returns
     -------
     (Figure, list of Axes)
     """
+    names = _scenarios(ds, scenarios)
+    arrays = [_variable(ds, v) for v in variables]
+    if layout not in TIME_SERIES_LAYOUTS:
+        msg = f"unknown layout {layout!r} (allowed: {', '.join(TIME_SERIES_LAYOUTS)})"
+        raise ValueError(msg)
+    panels = len(arrays) if layout == "overlay" else len(names)
     if ax is None:
+        ncols = 1 if layout == "overlay" or panels == 1 else 2
+        nrows = -(-panels // ncols)
+        width = SINGLE_COLUMN if ncols == 1 else DOUBLE_COLUMN
         fig, axes_arr = plt.subplots(
-            len(variables), 1, sharex=True, squeeze=False,
-            figsize=(SINGLE_COLUMN, 0.4 + 1.6 * len(variables)),
+            nrows, ncols, sharex=True, squeeze=False, figsize=(width, 0.5 + 1.7 * nrows), layout="constrained"
         )
-        axes = list(axes_arr[:, 0])
+        axes = list(axes_arr.ravel())
+        for extra in axes[panels:]:
+            extra.set_visible(False)
+        axes = axes[:panels]
     else:
         axes = [ax] if isinstance(ax, Axes) else list(ax)
         fig = axes[0].figure
-    for panel, name in zip(axes, variables, strict=True):
-        da = _variable(ds, name)
-        for scenario in _scenarios(ds, scenarios):
-            panel.plot(ds["time"].values, da.sel(scenario=scenario).values, label=scenario)
-        panel.set_ylabel(axis_label(da))
-    axes[-1].set_xlabel(axis_label(ds["time"]))
-    axes[0].legend(loc="best")
+    t = ds["time"].values
+    if layout == "overlay":
+        for panel, da in zip(axes, arrays, strict=True):
+            for scenario in names:
+                panel.plot(t, da.sel(scenario=scenario).values, label=scenario)
+            panel.set_ylabel(axis_label(da))
+    else:
+        units = {da.attrs.get("units", "") for da in arrays}
+        ylabel = f"value ({units.pop()})" if len(units) == 1 else "value"
+        for panel, scenario in zip(axes, names, strict=True):
+            for da in arrays:
+                panel.plot(t, da.sel(scenario=scenario).values, label=da.attrs.get("long_name", da.name))
+            panel.set_title(scenario)
+            panel.set_ylabel(ylabel)
+    ncols = axes[0].get_gridspec().ncols if axes[0].get_gridspec() is not None else 1
+    for i, panel in enumerate(axes):
+        if i + ncols >= len(axes):  # bottom panel of its column
+            panel.set_xlabel(axis_label(ds["time"]))
+    handles, labels = axes[0].get_legend_handles_labels()
+    if ax is None and panels > 1:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
+    else:
+        axes[0].legend(loc="best")
     return fig, axes
+
+
+TIME_SERIES_LAYOUTS = ("overlay", "small_multiples")
 
 
 def phase_portrait(
@@ -133,9 +170,11 @@ def phase_portrait(
         ncols = min(len(names), 2)
         nrows = -(-len(names) // ncols)
         width = SINGLE_COLUMN if ncols == 1 else DOUBLE_COLUMN
-        fig, axes_arr = plt.subplots(nrows, ncols, squeeze=False, figsize=(width, 0.2 + 2.9 * nrows))
+        fig, axes_arr = plt.subplots(
+            nrows, ncols, squeeze=False, figsize=(width, 0.5 + 2.6 * nrows), layout="constrained"
+        )
         axes = list(axes_arr.ravel())
-        for extra in axes[len(names):]:
+        for extra in axes[len(names) :]:
             extra.set_visible(False)
         axes = axes[: len(names)]
     else:
@@ -163,7 +202,11 @@ def phase_portrait(
         panel.set_xlabel(axis_label(dx))
         panel.set_ylabel(axis_label(dy))
         panel.set_title(scenario)
-    axes[0].legend(loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if ax is None:
+        fig.legend(handles, labels, loc="outside lower center", ncols=3)
+    else:
+        axes[0].legend(loc="best")
     return fig, axes
 
 
@@ -190,7 +233,12 @@ def _richardson_background(panel: Axes, model: Any, xlim: tuple[float, float], y
     if eq is not None:
         stable = model.stability() == "stable"
         panel.plot(
-            eq[0], eq[1], marker="o", markersize=5, linestyle="none", color="k",
+            eq[0],
+            eq[1],
+            marker="o",
+            markersize=5,
+            linestyle="none",
+            color="k",
             markerfacecolor="k" if stable else "white",
             label="stable equilibrium" if stable else "unstable equilibrium",
         )
@@ -198,7 +246,9 @@ def _richardson_background(panel: Axes, model: Any, xlim: tuple[float, float], y
 
 #: Figure kinds, keyed as in configs; each draws a FigureSpec from a Dataset.
 FIGURE_KINDS: dict[str, Callable[[xr.Dataset, FigureSpec], tuple[Figure, list[Axes]]]] = {
-    "time_series": lambda ds, spec: time_series(ds, spec.variables, spec.scenarios or None),
+    "time_series": lambda ds, spec: time_series(
+        ds, spec.variables, spec.scenarios or None, layout=spec.layout or "overlay"
+    ),
     "phase_portrait": lambda ds, spec: phase_portrait(ds, *spec.variables, spec.scenarios or None),
 }
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from armsdyn.experiment import find_faults
+from armsdyn.experiment import find_faults, parameter_values
 from armsdyn.richardson import PARAMETER_NAMES, Richardson
 
 
@@ -54,10 +54,6 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
     return table
 
 
-def _coord_by_long_name(ds: xr.Dataset) -> dict[str, xr.DataArray]:
-    return {c.attrs["long_name"]: c for c in ds.coords.values() if "long_name" in c.attrs}
-
-
 def richardson_parameters(ds: xr.Dataset, scenario: str) -> tuple[Richardson, float, float] | None:
     """Richardson parameters and initial arms a scenario ran with, if the model is Richardson's.
 
@@ -67,10 +63,10 @@ def richardson_parameters(ds: xr.Dataset, scenario: str) -> tuple[Richardson, fl
         None when the Dataset lacks any of the parameters (another model), or
         a parameter was a time series in this scenario.
     """
-    coords = _coord_by_long_name(ds)
-    if not all(name in coords for name in PARAMETER_NAMES.values()):
+    columns = {name: parameter_values(ds, name) for name in PARAMETER_NAMES.values()}
+    if any(c is None for c in columns.values()):
         return None
-    values = {name: float(coords[name].sel(scenario=scenario)) for name in PARAMETER_NAMES.values()}
+    values = {name: float(c.sel(scenario=scenario)) for name, c in columns.items()}
     if not all(np.isfinite(list(values.values()))):
         return None
     return Richardson.from_values(values), values[PARAMETER_NAMES["x0"]], values[PARAMETER_NAMES["y0"]]
@@ -81,10 +77,10 @@ def _richardson_columns(ds: xr.Dataset) -> pd.DataFrame | None:
     for scenario in (str(s) for s in ds["scenario"].values):
         found = richardson_parameters(ds, scenario)
         if found is None:
-            if rows or _coord_by_long_name(ds).keys() >= set(PARAMETER_NAMES.values()):
-                rows[scenario] = {"regime": "not analysed: a parameter varies over time"}
-                continue
-            return None
+            if any(parameter_values(ds, name) is None for name in PARAMETER_NAMES.values()):
+                return None  # not Richardson's model
+            rows[scenario] = {"regime": "not analysed: a parameter varies over time"}
+            continue
         model, x0, y0 = found
         eq = model.equilibrium()
         ev = model.eigenvalues()

@@ -158,6 +158,7 @@ class Model:
                 raise ModelError(msg) from exc
         self.variables = self._read_variables()
         self.time = self._read_time()
+        self._touched: set[str] = set()
         self._by_key = {}
         for var in self.variables.values():
             self._by_key[var.name.lower()] = var
@@ -265,16 +266,21 @@ class Model:
         dict of str to numpy.ndarray
             One array per requested variable, aligned with ``time.save_times()``.
         """
-        # PySD keeps parameters set by one run for the next: reloading the
-        # translated module (a few ms) guarantees that runs are independent.
+        # PySD keeps parameters set by one run for the next. Every constant an
+        # earlier run changed is set back to the model file's value (cheaper than
+        # reloading the module, which is the fallback for non-scalar constants).
         model = self._pysd
+        restore = {name: self.variables[name].default for name in self._touched - set(params)}
+        self._touched |= set(params)
         with _quiet_pysd():
-            model.reload()
+            if any(value is None for value in restore.values()):
+                model.reload()
+                restore = {}
+                self._touched = set(params)
             try:
                 df = model.run(
-                    params=dict(params),
+                    params={**restore, **params},
                     return_columns=list(variables),
-                    return_timestamps=time.save_times(),
                     initial_condition=(time.initial, {}),
                     final_time=time.final,
                     time_step=time.step,
@@ -283,6 +289,9 @@ class Model:
             except Exception as exc:
                 msg = f"{self.path}: PySD failed while simulating: {exc}"
                 raise ModelError(msg) from exc
+        if len(df.index) != len(time.save_times()) or not np.allclose(df.index, time.save_times()):
+            msg = f"{self.path}: PySD returned values at unexpected times ({len(df.index)} rows)"
+            raise ModelError(msg)
         return {name: df[name].to_numpy(dtype=float) for name in variables}
 
 

@@ -124,9 +124,7 @@ def _fill(folder: Path, ds: xr.Dataset, experiment: Experiment, started: str, co
     compute_metrics(ds).to_csv(folder / METRICS_FILE)
     draw_figures(ds, experiment.figures, folder / FIGURES_DIR)
     manifest = build_manifest(experiment, started=started, command=command)
-    manifest["files"] = {
-        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+    manifest["files"] = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=False)
         fh.write("\n")

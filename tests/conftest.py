@@ -1,0 +1,49 @@
+"""Shared fixtures: real model files, real configs, a private translation cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+CONFIGS = ROOT / "configs"
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Tests must not depend on (or pollute) the user's translation cache; the
+    # variable is inherited by CLI subprocesses too.
+    os.environ["ARMSDYN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def richardson_mdl(tmp_path: Path) -> Path:
+    """A private copy of models/richardson.mdl that a test may edit."""
+    return Path(shutil.copy(MODELS / "richardson.mdl", tmp_path / "richardson.mdl"))
+
+
+def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m armsdyn ARGS`` in a subprocess and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "armsdyn", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+def write_config(folder: Path, body: str, *, model: Path = MODELS / "richardson.mdl", name: str = "exp") -> Path:
+    """Write a config file whose [experiment] table points at `model`."""
+    path = folder / f"{name}.toml"
+    head = f'[experiment]\nname = "{name}"\nmodel = "{model.as_posix()}"\n'
+    path.write_text(head + body, encoding="utf-8")
+    return path

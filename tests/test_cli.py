@@ -1,0 +1,132 @@
+"""The command line, run as a user runs it: in a subprocess."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from armsdyn.model import file_sha256
+from tests.conftest import CONFIGS, MODELS, ROOT, run_cli
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "richardson"
+    proc = run_cli("run", CONFIGS / "richardson.toml", "--out", out, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "[5/5] mutual_goodwill" in proc.stderr  # a progress line per scenario
+    return out
+
+
+def test_run_writes_every_documented_file(results: Path) -> None:
+    for name in ("results.nc", "metrics.csv", "manifest.json"):
+        assert (results / name).is_file(), name
+    for stem in ("arms_over_time", "phase_portrait"):
+        for suffix in (".pdf", ".png"):
+            path = results / "figures" / f"{stem}{suffix}"
+            assert path.stat().st_size > 1000, path
+    assert not [p for p in results.parent.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_results_reopen_with_attrs_and_coords(results: Path) -> None:
+    with xr.open_dataset(results / "results.nc") as ds:
+        assert ds["arms_x"].dims == ("scenario", "time")
+        assert ds["arms_y"].attrs["long_name"] == "arms Y"
+        assert ds["arms_y"].attrs["units"] == "arms"
+        assert ds["arming_rate_x"].attrs["description"]
+        assert ds["time"].attrs["units"] == "Year"
+        assert float(ds.sel(scenario="asymmetric")["fatigue_coefficient_b"]) == 1.2
+        assert set(ds["scenario"].values) == {
+            "stable",
+            "runaway",
+            "disarmament_spiral",
+            "asymmetric",
+            "mutual_goodwill",
+        }
+
+
+def test_metrics_table_has_one_row_per_scenario(results: Path) -> None:
+    table = pd.read_csv(results / "metrics.csv", index_col="scenario")
+    with xr.open_dataset(results / "results.nc") as ds:
+        assert list(table.index) == list(ds["scenario"].values)
+        np.testing.assert_allclose(table["final arms Y"], ds["arms_y"].isel(time=-1).values)
+    assert {"equilibrium X", "eigenvalue 1 real", "stability", "regime", "nonfinite time"} <= set(table.columns)
+
+
+def test_manifest_records_provenance(results: Path) -> None:
+    manifest = json.loads((results / "manifest.json").read_text())
+    config = CONFIGS / "richardson.toml"
+    assert manifest["config"]["text"] == config.read_text()
+    assert manifest["config"]["sha256"] == file_sha256(config)
+    assert manifest["model"]["sha256"] == file_sha256(MODELS / "richardson.mdl")
+    assert set(manifest["versions"]) >= {"armsdyn", "pysd", "numpy", "xarray"}
+    assert manifest["command"][:2] == ["armsdyn", "run"]
+    assert manifest["started"] <= manifest["finished"]
+    assert "git_commit" in manifest
+    for name, digest in manifest["files"].items():
+        assert file_sha256(results / name) == digest
+
+
+def test_existing_results_are_not_overwritten_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    assert run_cli("run", CONFIGS / "richardson.toml", "--out", out).returncode == 0
+    marker = out / "manifest.json"
+    before = marker.read_text()
+    again = run_cli("run", CONFIGS / "richardson.toml", "--out", out)
+    assert again.returncode == 2
+    assert "already exists; pass --force" in again.stderr
+    assert marker.read_text() == before
+    forced = run_cli("run", CONFIGS / "richardson.toml", "--out", out, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(marker.read_text())["started"] >= json.loads(before)["started"]
+
+
+def test_bad_config_exits_2_without_traceback_and_creates_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        CONFIGS.joinpath("richardson.toml")
+        .read_text()
+        .replace('"fatigue coefficient a"', '"fatigue coeficient a"', 1)
+        .replace('"../models/richardson.mdl"', f'"{(MODELS / "richardson.mdl").as_posix()}"')
+    )
+    proc = run_cli("run", bad, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "did you mean 'fatigue coefficient a'" in proc.stderr
+    assert str(bad) in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_check_validates_without_running(tmp_path: Path) -> None:
+    proc = run_cli("check", CONFIGS / "richardson.toml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "valid" in proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_models_lists_models_with_parameters() -> None:
+    proc = run_cli("models", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "richardson.mdl" in proc.stdout
+    assert "defence coefficient k = 0.9 1/Year" in proc.stdout
+
+
+def test_describe_lists_variables_with_units_and_docs() -> None:
+    proc = run_cli("describe", MODELS / "richardson.mdl")
+    assert proc.returncode == 0, proc.stderr
+    assert "arms X [arms]" in proc.stdout
+    assert "Armaments of state X" in proc.stdout
+    missing = run_cli("describe", "nowhere.mdl")
+    assert missing.returncode == 2
+    assert "nowhere.mdl: model file not found" in missing.stderr
+
+
+def test_help_shows_examples() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "armsdyn run configs/richardson.toml" in proc.stdout

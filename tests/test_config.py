@@ -1,0 +1,199 @@
+"""Config validation: every bad input is reported clearly before anything runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from armsdyn import ConfigError, load_config
+from armsdyn.cli import main
+from tests.conftest import CONFIGS, MODELS, write_config
+
+GOOD = """
+[time]
+initial = 0
+final = 10
+step = 0.125
+saveper = 0.5
+
+[parameters]
+"defence coefficient k" = 0.5
+
+[[scenarios]]
+name = "one"
+parameters = { "fatigue coefficient a" = 1.5 }
+
+[[scenarios]]
+name = "two"
+parameters = { "grievance g" = [[0, 1.0], [10, 3.0]] }
+
+[output]
+variables = ["arms X", "arms Y"]
+
+[[figures]]
+kind = "time_series"
+variables = ["arms X"]
+"""
+
+# (id, text to replace, replacement, message regex)
+BAD = [
+    ("unknown-top-key", "[time]", "[tiem]", r"tiem: unknown key; did you mean 'time'\? \(allowed: experiment, time"),
+    ("unknown-time-key", "final = 10", "finale = 10", r"time\.finale: unknown key; did you mean 'final'\?"),
+    ("wrong-type", "final = 10", 'final = "10"', r"time\.final: expected a number, got string '10'"),
+    ("step-zero", "step = 0.125", "step = 0", r"time\.step: must be positive, got 0\.0"),
+    ("step-negative", "step = 0.125", "step = -1", r"time\.step: must be positive"),
+    ("final-before-initial", "final = 10", "final = -5", r"time\.final: must be after time\.initial \(0\.0\)"),
+    (
+        "saveper-not-multiple",
+        "saveper = 0.5",
+        "saveper = 0.3",
+        r"time\.saveper: must be a positive whole multiple of time\.step \(0\.125\)",
+    ),
+    ("time-nan", "final = 10", "final = nan", r"time\.final: must be a finite number, got nan"),
+    (
+        "unknown-parameter",
+        '"defence coefficient k" = 0.5',
+        '"defence coeficient k" = 0.5',
+        r"""parameters\."defence coeficient k": unknown parameter in model .*richardson\.mdl; """
+        r"did you mean 'defence coefficient k'\?",
+    ),
+    (
+        "stock-as-parameter",
+        '"defence coefficient k" = 0.5',
+        '"arms X" = 3',
+        r"""parameters\."arms X": 'arms X' is a stock, not a constant; only constants can be set""",
+    ),
+    (
+        "parameter-wrong-type",
+        '"defence coefficient k" = 0.5',
+        '"defence coefficient k" = "high"',
+        r"""parameters\."defence coefficient k": expected a number or a list of \[time, value\] pairs, """
+        r"got string 'high'",
+    ),
+    ("parameter-nan", '"defence coefficient k" = 0.5', '"defence coefficient k" = nan', r"must be a number, got nan"),
+    (
+        "series-bad-pair",
+        "[[0, 1.0], [10, 3.0]]",
+        "[[0, 1.0], [10]]",
+        r"""scenarios\[1\]\.parameters\."grievance g"\[1\]: expected a \[time, value\] pair""",
+    ),
+    (
+        "series-unsorted",
+        "[[0, 1.0], [10, 3.0]]",
+        "[[10, 1.0], [0, 3.0]]",
+        r"times of a \[time, value\] series must increase strictly",
+    ),
+    (
+        "duplicate-scenario",
+        'name = "two"',
+        'name = "one"',
+        r"scenarios\[1\]\.name: duplicate scenario name 'one' \(also scenarios\[0\]\)",
+    ),
+    (
+        "unsafe-scenario-name",
+        'name = "two"',
+        'name = "../../etc"',
+        r"scenarios\[1\]\.name: '\.\./\.\./etc' is not a safe name",
+    ),
+    ("scenario-missing-name", 'name = "two"\n', "", r"scenarios\[1\]\.name: missing"),
+    (
+        "unknown-output-variable",
+        '["arms X", "arms Y"]',
+        '["arms X", "arm Y"]',
+        r"output\.variables\[1\]: unknown variable 'arm Y' .*did you mean 'arms Y'\?",
+    ),
+    (
+        "unknown-figure-kind",
+        'kind = "time_series"',
+        'kind = "timeseries"',
+        r"figures\[0\]\.kind: unknown figure kind 'timeseries'; did you mean 'time_series'\?",
+    ),
+    (
+        "figure-unknown-variable",
+        'variables = ["arms X"]\n',
+        'variables = ["army X"]\n',
+        r"figures\[0\]\.variables\[0\]: unknown variable 'army X'",
+    ),
+    ("not-toml", "[time]", "[time", r"not valid TOML: .*line"),
+    ("duplicate-key", "final = 10", "final = 10\nfinal = 11", r"not valid TOML"),
+]
+
+
+def _bad_config(tmp_path: Path, old: str, new: str) -> Path:
+    assert old in GOOD, old
+    return write_config(tmp_path, GOOD.replace(old, new, 1))
+
+
+def test_good_config_is_valid(tmp_path: Path) -> None:
+    exp = load_config(write_config(tmp_path, GOOD))
+    assert [s.name for s in exp.scenarios] == ["one", "two"]
+    # Base overrides reach every scenario; a scenario's own override wins.
+    assert exp.scenario("one").parameters == {"defence coefficient k": 0.5, "fatigue coefficient a": 1.5}
+    assert exp.scenario("two").parameters["grievance g"] == ((0.0, 1.0), (10.0, 3.0))
+    assert exp.time.final == 10.0
+    assert exp.time.saveper == 0.5
+    assert exp.variables == ("arms X", "arms Y")
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_config_is_rejected_with_a_clear_message(tmp_path: Path, old: str, new: str, message: str) -> None:
+    path = _bad_config(tmp_path, old, new)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value), "the message must name the config file"
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_cli_exits_2_and_writes_nothing_on_a_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, message: str
+) -> None:
+    path = _bad_config(tmp_path, old, new)
+    out = tmp_path / "results" / "exp"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("armsdyn: error: ")
+    assert "Traceback" not in err
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_all_problems_are_reported_together(tmp_path: Path) -> None:
+    text = GOOD.replace("step = 0.125", "step = 0").replace('"fatigue coefficient a"', '"fatigue coeff a"')
+    with pytest.raises(ConfigError, match=r"2 problems:\n  - time\.step: .*\n  - scenarios\[0\]\.parameters"):
+        load_config(write_config(tmp_path, text))
+
+
+def test_missing_model_file_lists_where_it_looked(tmp_path: Path) -> None:
+    path = write_config(tmp_path, GOOD, model=Path("no/such.mdl"))
+    with pytest.raises(ConfigError, match=r"experiment\.model: model file 'no/such\.mdl' not found \(looked for "):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.toml: config file not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_unsafe_experiment_name(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text(f'[experiment]\nname = "/tmp/evil"\nmodel = "{(MODELS / "richardson.mdl").as_posix()}"\n')
+    with pytest.raises(ConfigError, match=r"experiment\.name: '/tmp/evil' is not a safe folder name"):
+        load_config(path)
+
+
+def test_model_path_resolves_relative_to_the_config_file() -> None:
+    exp = load_config(CONFIGS / "richardson.toml")
+    assert exp.model.path.resolve() == (MODELS / "richardson.mdl").resolve()
+
+
+def test_default_output_is_stocks_and_flows_and_infinite_parameters_are_allowed(tmp_path: Path) -> None:
+    text = '[[scenarios]]\nname = "s"\nparameters = { "grievance g" = inf }\n'
+    exp = load_config(write_config(tmp_path, text))
+    assert set(exp.variables) == {"arms X", "arms Y", "arming rate X", "arming rate Y"}
+    assert math.isinf(exp.scenario("s").parameters["grievance g"])
+
+
+def test_without_scenarios_there_is_one_base_scenario(tmp_path: Path) -> None:
+    exp = load_config(write_config(tmp_path, '[parameters]\n"grievance g" = 2\n'))
+    assert [(s.name, dict(s.parameters)) for s in exp.scenarios] == [("base", {"grievance g": 2.0})]
