@@ -36,6 +36,7 @@ __all__ = [
     "Experiment",
     "Fault",
     "FigureSpec",
+    "MetricsSpec",
     "Model",
     "ModelError",
     "NumericalWarning",

@@ -57,10 +57,13 @@ from armsdyn.model import Model, TimeSettings, load_model
 #: A parameter override: a constant, or a time series of (time, value) pairs.
 ParameterValue = float | tuple[tuple[float, float], ...]
 
-#: Figure kinds a config may ask for, and the layouts each offers (first is the default).
-FIGURE_KINDS: dict[str, tuple[str, ...]] = {
-    "time_series": ("overlay", "small_multiples"),
-    "phase_portrait": ("small_multiples",),
+#: Figure kinds a config may ask for: (layouts, the first the default; keys the kind requires).
+FIGURE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "time_series": (("overlay", "small_multiples"), ("variables",)),
+    "phase_portrait": (("small_multiples",), ("variables",)),
+    "scenario_grid": (("rows_are_scenarios",), ("panels",)),
+    "metric_bars": (("grouped",), ("metrics",)),
+    "metric_vs_parameter": (("line",), ("parameter", "metrics")),
 }
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -113,13 +116,38 @@ class FigureSpec:
         Scenarios drawn; empty means all.
     layout : str
         Arrangement of panels, for kinds that offer a choice (empty: the kind's default).
+    panels : tuple of tuple of str
+        For ``scenario_grid``: the variables drawn together in each column.
+    metrics : tuple of str
+        For metric figures: names of columns of the metrics table.
+    parameter : str
+        For ``metric_vs_parameter``: the model constant on the horizontal axis.
     """
 
     kind: str
     name: str
-    variables: tuple[str, ...]
+    variables: tuple[str, ...] = ()
     scenarios: tuple[str, ...] = ()
     layout: str = ""
+    panels: tuple[tuple[str, ...], ...] = ()
+    metrics: tuple[str, ...] = ()
+    parameter: str = ""
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    """Options of the metrics computed on an experiment's results.
+
+    Attributes
+    ----------
+    regain_share : float
+        Share of pre-treaty effective power whose recovery ends a breakout.
+    baseline : str
+        Scenario without a treaty that treaty scenarios are compared with ("" for none).
+    """
+
+    regain_share: float = 0.9
+    baseline: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +172,8 @@ class Experiment:
         Model names of the saved variables.
     figures : tuple of FigureSpec
         Figures to draw.
+    metrics : MetricsSpec
+        Options of the metrics table.
     """
 
     name: str
@@ -155,6 +185,7 @@ class Experiment:
     scenarios: tuple[Scenario, ...]
     variables: tuple[str, ...]
     figures: tuple[FigureSpec, ...] = ()
+    metrics: MetricsSpec = MetricsSpec()
 
     @property
     def config_sha256(self) -> str:
@@ -199,7 +230,9 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "scenarios": "array of tables",
         "output": "table",
         "figures": "array of tables",
+        "metrics": "table",
     },
+    "metrics": {"regain_share": "number", "baseline": "string"},
     "experiment": {"name": "string", "description": "string", "model": "string"},
     "time": {"initial": "number", "final": "number", "step": "number", "saveper": "number"},
     "scenarios": {"name": "string", "description": "string", "parameters": "table"},
@@ -210,6 +243,9 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "variables": "list of strings",
         "scenarios": "list of strings",
         "layout": "string",
+        "panels": "list of lists of strings",
+        "metrics": "list of strings",
+        "parameter": "string",
     },
 }
 
@@ -225,6 +261,8 @@ def _type_ok(value: Any, expected: str) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if expected == "list of strings":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if expected == "list of lists of strings":
+        return isinstance(value, list) and all(_type_ok(v, "list of strings") for v in value)
     raise AssertionError(expected)  # pragma: no cover - schema typo
 
 
@@ -318,11 +356,15 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     scenarios = _parse_scenarios(top.get("scenarios"), base, model, problems)
     variables = _parse_output(top.get("output", {}), model, problems)
     figures = _parse_figures(top.get("figures", []), {s.name for s in scenarios}, model, problems)
+    metrics = _parse_metrics(top.get("metrics", {}), {s.name for s in scenarios}, problems)
+    needed = _check_metric_names(figures, variables, model, problems)
     problems.raise_if_any()
 
     # Figures are redrawn from saved results, so what they draw must be saved.
     for fig in figures:
-        variables += tuple(v for v in fig.variables if v not in variables)
+        drawn = (*fig.variables, *(v for panel in fig.panels for v in panel))
+        variables += tuple(v for v in drawn if v not in variables)
+    variables += tuple(v for v in needed if v not in variables)
     return Experiment(
         name=name,
         description=exp.get("description", ""),
@@ -333,6 +375,7 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
         scenarios=scenarios,
         variables=variables,
         figures=figures,
+        metrics=metrics,
     )
 
 
@@ -538,23 +581,40 @@ def _parse_figures(
                     f"(allowed: {', '.join(FIGURE_KINDS)})",
                 )
             continue
+        layouts, required = FIGURE_KINDS[kind]
+        for key in ("variables", "panels", "metrics", "parameter"):
+            if key in good and key not in required:
+                problems.add(f"{where}.{key}", f"not used by kind {kind!r} (it takes: {', '.join(required)})")
+            elif key in required and not good.get(key):
+                problems.add(f"{where}.{key}", f"missing or empty; kind {kind!r} needs it")
         variables = _check_variables(good.get("variables", []), f"{where}.variables", model, problems)
-        if "variables" not in good or not good["variables"]:
-            problems.add(f"{where}.variables", "missing or empty; name the variables to draw")
-        elif kind == "phase_portrait" and len(good["variables"]) != 2:
+        if kind == "phase_portrait" and good.get("variables") and len(good["variables"]) != 2:
             problems.add(
                 f"{where}.variables",
                 f"a phase portrait takes exactly two variables (x, y), got {len(good['variables'])}",
             )
+        panels = tuple(
+            tuple(_check_variables(panel, f"{where}.panels[{j}]", model, problems))
+            for j, panel in enumerate(good.get("panels", []))
+        )
+        parameter = ""
+        if good.get("parameter"):
+            try:
+                parameter = model.variable(good["parameter"]).name
+            except KeyError:
+                constants = [v.name for v in model.of_kind("constant")]
+                problems.add(
+                    f"{where}.parameter",
+                    f"unknown parameter {good['parameter']!r}{did_you_mean(good['parameter'], constants)}",
+                )
         for j, s in enumerate(good.get("scenarios", [])):
             if s not in scenario_names:
                 problems.add(f"{where}.scenarios[{j}]", f"unknown scenario {s!r}{did_you_mean(s, scenario_names)}")
-        layout = good.get("layout", FIGURE_KINDS[kind][0])
-        if layout not in FIGURE_KINDS[kind]:
+        layout = good.get("layout", layouts[0])
+        if layout not in layouts:
             problems.add(
                 f"{where}.layout",
-                f"unknown layout {layout!r} for {kind}{did_you_mean(layout, FIGURE_KINDS[kind])} "
-                f"(allowed: {', '.join(FIGURE_KINDS[kind])})",
+                f"unknown layout {layout!r} for {kind}{did_you_mean(layout, layouts)} (allowed: {', '.join(layouts)})",
             )
         name = good.get("name", kind)
         if not SAFE_NAME.match(name):
@@ -569,6 +629,40 @@ def _parse_figures(
                 variables=tuple(variables),
                 scenarios=tuple(good.get("scenarios", [])),
                 layout=layout,
+                panels=panels,
+                metrics=tuple(good.get("metrics", [])),
+                parameter=parameter,
             )
         )
     return tuple(figures)
+
+
+def _check_metric_names(
+    figures: tuple[FigureSpec, ...], variables: tuple[str, ...], model: Model, problems: _Problems
+) -> tuple[str, ...]:
+    """Check metric names that figures use; return model variables the metrics need saved."""
+    from armsdyn import metrics  # imported here: metrics imports this module
+
+    needed: list[str] = []
+    available = metrics.metric_names(model, variables)
+    for i, fig in enumerate(figures):
+        for j, name in enumerate(fig.metrics):
+            if name not in available:
+                problems.add(
+                    f"figures[{i}].metrics[{j}]",
+                    f"unknown metric {name!r} for this model{did_you_mean(name, available)}",
+                )
+            else:
+                needed += available[name]
+    return tuple(dict.fromkeys(needed))
+
+
+def _parse_metrics(table: dict[str, Any], scenario_names: set[str], problems: _Problems) -> MetricsSpec:
+    good = _check_table(table, "metrics", "metrics", problems)
+    share = good.get("regain_share", MetricsSpec.regain_share)
+    if not (0 < share <= 1):
+        problems.add("metrics.regain_share", f"must be in (0, 1], got {share!r}")
+    baseline = good.get("baseline", "")
+    if baseline and baseline not in scenario_names:
+        problems.add("metrics.baseline", f"unknown scenario {baseline!r}{did_you_mean(baseline, scenario_names)}")
+    return MetricsSpec(regain_share=float(share), baseline=baseline)

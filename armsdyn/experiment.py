@@ -96,6 +96,9 @@ def run(
             "saveper": exp.time.saveper,
             "time_units": exp.time.units,
             "armsdyn_version": __version__,
+            # Metric options travel with the results so saved results give the same table.
+            "metrics_regain_share": exp.metrics.regain_share,
+            "metrics_baseline": exp.metrics.baseline,
         },
     )
     ds.coords["scenario_description"] = ("scenario", [s.description for s in exp.scenarios])

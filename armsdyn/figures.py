@@ -244,12 +244,250 @@ def _richardson_background(panel: Axes, model: Any, xlim: tuple[float, float], y
         )
 
 
+def scenario_grid(
+    ds: xr.Dataset,
+    panels: Sequence[Sequence[str]],
+    scenarios: Sequence[str] | None = None,
+    ax: Sequence[Sequence[Axes]] | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """A grid of time series: a row per scenario, a column per group of variables.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Results with dims ``(scenario, time)``.
+    panels : sequence of sequence of str
+        Each inner sequence is drawn together in one column (e.g. a variable of
+        both states); columns share their vertical axis across scenarios.
+    scenarios : sequence of str, optional
+        Scenarios, a row each; all by default.
+    ax : 2-D sequence of Axes, optional
+        ``ax[row][column]``; a new figure when omitted.
+
+    Returns
+    -------
+    (Figure, list of Axes)
+        Axes in row-major order.
+    """
+    names = _scenarios(ds, scenarios)
+    if ax is None:
+        fig, grid = plt.subplots(
+            len(names),
+            len(panels),
+            sharex=True,
+            sharey="col",
+            squeeze=False,
+            figsize=(DOUBLE_COLUMN, 0.6 + 1.05 * len(names)),
+            layout="constrained",
+        )
+        rows = [list(r) for r in grid]
+    else:
+        rows = [list(r) for r in ax]
+        fig = rows[0][0].figure
+    t = ds["time"].values
+    for r, scenario in enumerate(names):
+        for c, group in enumerate(panels):
+            panel = rows[r][c]
+            for name in group:
+                da = _variable(ds, name)
+                panel.plot(t, da.sel(scenario=scenario).values, label=da.attrs.get("long_name", name))
+            if r == 0:
+                units = {_variable(ds, n).attrs.get("units", "") for n in group}
+                title = _common_stem([_variable(ds, n).attrs.get("long_name", n) for n in group])
+                panel.set_title(f"{title} ({units.pop()})" if len(units) == 1 and title else title)
+            if c == 0:
+                panel.set_ylabel(scenario, rotation=0, ha="right", va="center")
+            if r == len(names) - 1:
+                panel.set_xlabel(axis_label(ds["time"]))
+    handles, labels = rows[0][0].get_legend_handles_labels()
+    if ax is None:
+        fig.legend(handles, [lab.split()[-1] for lab in labels], loc="outside lower center", ncols=len(labels))
+    return fig, [a for r in rows for a in r]
+
+
+def _common_stem(labels: Sequence[str]) -> str:
+    # "hardware A", "hardware B" -> "hardware": the shared words label the column.
+    words = [label.split() for label in labels]
+    common = []
+    for group in zip(*words, strict=False):
+        if len(set(group)) != 1:
+            break
+        common.append(group[0])
+    return " ".join(common) or " / ".join(labels)
+
+
+def metric_bars(
+    ds: xr.Dataset,
+    metrics: Sequence[str],
+    scenarios: Sequence[str] | None = None,
+    ax: Axes | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """Metrics per scenario as grouped horizontal bars, values labelled.
+
+    Undefined values are not drawn as zero: the bar is left out and its status
+    (e.g. "no breakdown", "not regained") is written in its place.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Results; the metrics are computed with :func:`armsdyn.compute_metrics`.
+    metrics : sequence of str
+        Columns of the metrics table, a bar each per scenario.
+    scenarios : sequence of str, optional
+        Scenarios, a group each; all by default.
+    ax : Axes, optional
+
+    Returns
+    -------
+    (Figure, list of Axes)
+    """
+    from armsdyn.metrics import compute_metrics
+
+    table = compute_metrics(ds)
+    names = _scenarios(ds, scenarios)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 0.6 + 0.22 * len(names) * len(metrics)), layout="constrained")
+    else:
+        fig = ax.figure
+    height = 0.8 / len(metrics)
+    y = np.arange(len(names))
+    hatches = ["", "///", "...", "xx"]
+    for m, metric in enumerate(metrics):
+        values = table.loc[names, metric].to_numpy(dtype=float)
+        pos = y - 0.4 + height * (m + 0.5)
+        bars = ax.barh(
+            pos,
+            np.nan_to_num(values),
+            height=height * 0.9,
+            label=metric,
+            hatch=hatches[m % len(hatches)],
+            edgecolor="white",
+            linewidth=0,
+        )
+        for bar, value, scenario in zip(bars, values, names, strict=True):
+            if np.isfinite(value):
+                ax.annotate(
+                    f"{value:.3g}",
+                    (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    xytext=(2, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=6,
+                )
+            else:
+                bar.set_visible(False)
+                ax.annotate(
+                    _status(table, metric, scenario),
+                    (0, bar.get_y() + bar.get_height() / 2),
+                    xytext=(2, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=6,
+                    color="0.35",
+                )
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel(_metric_label(ds, metrics))
+    if len(metrics) > 1:
+        ax.legend(loc="best")
+    return fig, [ax]
+
+
+def _status(table: Any, metric: str, scenario: str) -> str:
+    state = metric.split()[-1]
+    column = f"breakout status {state}"
+    if metric.startswith(("breakout time", "mobilisation edge")) and column in table.columns:
+        return str(table.loc[scenario, column])
+    if "treaty status" in table.columns and table.loc[scenario, "treaty status"] == "no treaty":
+        return "no treaty"
+    return "undefined"
+
+
+def _metric_label(ds: xr.Dataset, metrics: Sequence[str]) -> str:
+    stem = _common_stem(list(metrics))
+    units = ds["time"].attrs.get("units", "")
+    if stem.startswith(("breakout time", "mobilisation edge", "breakdown time", "treaty start")) and units:
+        return f"{stem} ({units})"
+    return stem
+
+
+def metric_vs_parameter(
+    ds: xr.Dataset,
+    parameter: str,
+    metrics: Sequence[str],
+    scenarios: Sequence[str] | None = None,
+    ax: Axes | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """Metrics against the value of one parameter across scenarios.
+
+    Infinite parameter values (e.g. a knowledge half-life that never decays)
+    are drawn at the right edge of a logarithmic axis and labelled "∞".
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Results; scenarios differ in `parameter`.
+    parameter : str
+        Model name of a constant (a coordinate on ``scenario``).
+    metrics : sequence of str
+        Metric columns, a line each.
+    scenarios : sequence of str, optional
+        Scenarios to include; all by default.
+    ax : Axes, optional
+
+    Returns
+    -------
+    (Figure, list of Axes)
+    """
+    from armsdyn.experiment import parameter_values
+    from armsdyn.metrics import compute_metrics
+
+    table = compute_metrics(ds)
+    names = _scenarios(ds, scenarios)
+    coord = parameter_values(ds, parameter)
+    if coord is None:
+        msg = f"no parameter {parameter!r} among the results' coordinates"
+        raise KeyError(msg)
+    x = coord.sel(scenario=names).values.astype(float)
+    if ax is None:
+        fig, ax = plt.subplots(layout="constrained")
+    else:
+        fig = ax.figure
+    finite = x[np.isfinite(x)]
+    log = finite.size > 0 and np.all(finite > 0) and finite.max() / finite.min() >= 10
+    inf_at = (finite.max() * (4 if log else 1.25)) if finite.size else 1.0
+    xs = np.where(np.isposinf(x), inf_at, x)
+    order = np.argsort(xs)
+    for metric in metrics:
+        ax.plot(xs[order], table.loc[names, metric].to_numpy(dtype=float)[order], marker="o", label=metric)
+    if log:
+        ax.set_xscale("log")
+    # Few scenarios: tick exactly the parameter values they ran with.
+    ticks = sorted(set(finite.tolist()))
+    labels = [f"{t:g}" for t in ticks]
+    if np.isposinf(x).any():
+        ticks.append(inf_at)
+        labels.append("∞")
+    ax.set_xticks(ticks, labels)
+    ax.minorticks_off()
+    ax.set_xlabel(axis_label(coord))
+    ax.set_ylabel(_metric_label(ds, metrics))
+    if len(metrics) > 1:
+        ax.legend(loc="best")
+    return fig, [ax]
+
+
 #: Figure kinds, keyed as in configs; each draws a FigureSpec from a Dataset.
 FIGURE_KINDS: dict[str, Callable[[xr.Dataset, FigureSpec], tuple[Figure, list[Axes]]]] = {
     "time_series": lambda ds, spec: time_series(
         ds, spec.variables, spec.scenarios or None, layout=spec.layout or "overlay"
     ),
     "phase_portrait": lambda ds, spec: phase_portrait(ds, *spec.variables, spec.scenarios or None),
+    "scenario_grid": lambda ds, spec: scenario_grid(ds, spec.panels, spec.scenarios or None),
+    "metric_bars": lambda ds, spec: metric_bars(ds, spec.metrics, spec.scenarios or None),
+    "metric_vs_parameter": lambda ds, spec: metric_vs_parameter(
+        ds, spec.parameter, spec.metrics, spec.scenarios or None
+    ),
 }
 
 

@@ -13,16 +13,59 @@ coordinates of the Dataset) also: ``determinant ab-kl``, ``equilibrium X``,
 ``equilibrium Y`` (empty when degenerate), ``eigenvalue 1``/``eigenvalue 2``
 (real and imaginary parts), ``stability`` and ``regime`` (see
 :mod:`armsdyn.richardson`).
+
+For a model with a disarmament treaty (see :mod:`armsdyn.treaty`) also the
+treaty metrics: hardware and insecurity reductions, dampening efficiency,
+breakout times, mobilisation edge, peak insecurity and cumulative burden, with
+the options (regain share, baseline scenario) read from the Dataset's attrs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from armsdyn import treaty
 from armsdyn.experiment import find_faults, parameter_values
+from armsdyn.model import Model
 from armsdyn.richardson import PARAMETER_NAMES, Richardson
+
+RICHARDSON_COLUMNS = (
+    "determinant ab-kl",
+    "equilibrium X",
+    "equilibrium Y",
+    "eigenvalue 1 real",
+    "eigenvalue 1 imag",
+    "eigenvalue 2 real",
+    "eigenvalue 2 imag",
+    "stability",
+    "regime",
+)
+
+
+def metric_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]:
+    """Metric columns an experiment on `model` saving `variables` will have.
+
+    Returns
+    -------
+    dict of str to list of str
+        Each metric name mapped to the model variables it needs saved.
+    """
+    names: dict[str, list[str]] = {f"final {v}": [v] for v in variables}
+    names["nonfinite variable"] = names["nonfinite time"] = []
+    constants = {v.name for v in model.of_kind("constant")}
+    if set(PARAMETER_NAMES.values()) <= constants:
+        names.update({c: [] for c in RICHARDSON_COLUMNS})
+    required = treaty.required_variables()
+    if all(r in model.variables for r in required):
+        optional = [
+            f"cumulative arms burden {s}" for s in treaty.STATES if f"cumulative arms burden {s}" in model.variables
+        ]
+        names.update({c: [*required, *optional] for c in treaty.COLUMNS})
+    return names
 
 
 def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
@@ -51,6 +94,12 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
     richardson = _richardson_columns(ds)
     if richardson is not None:
         table = table.join(richardson)
+    if treaty.applies(ds):
+        options = {
+            "regain_share": float(ds.attrs.get("metrics_regain_share", treaty.DEFAULT_REGAIN_SHARE)),
+            "baseline": ds.attrs.get("metrics_baseline") or None,
+        }
+        table = table.join(treaty.treaty_metrics(ds, **options))
     return table
 
 
