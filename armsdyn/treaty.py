@@ -17,10 +17,12 @@ cut window
     From the treaty start to the end of the cuts: the start plus the constant
     ``disarmament period`` when the model has one, else the time hardware
     reaches its minimum while the treaty is in force; never past the breakdown.
+pre-treaty value
+    A variable's value at the last saved time before the treaty is in force.
 hardware reduction S
-    ``1 - min(hardware S in the cut window) / hardware S at the start``.
+    ``1 - hardware S at the end of the cut window / its pre-treaty value``.
 insecurity before S, insecurity after S
-    ``insecurity S`` at the treaty start and at the end of the cut window.
+    ``insecurity S`` before the treaty and at the end of the cut window.
 insecurity reduction S
     ``1 - insecurity after / insecurity before``.
 insecurity reduction vs baseline S
@@ -32,7 +34,7 @@ dampening efficiency S
     proportion to the cuts; near 0 means the cuts barely dampen it.
 breakout time S
     Time from breakdown until ``effective power S`` first regains
-    ``regain_share`` (default 0.9) of its value at the treaty start (linear
+    ``regain_share`` (default 0.9) of its pre-treaty value (linear
     interpolation between saved times).
 mobilisation edge A over B
     ``breakout time B - breakout time A``: positive when A rebuilds faster.
@@ -155,6 +157,7 @@ def treaty_metrics(
         start = end_cut = breakdown = None
         if on.size:
             start = int(on[0])
+            pre = max(start - 1, 0)
             off = np.flatnonzero(treaty[i, start:] <= 0.5)
             breakdown = start + int(off[0]) if off.size else None
             row["treaty status"] = "broke down" if breakdown is not None else "in force to the end"
@@ -189,8 +192,8 @@ def treaty_metrics(
                 end_cut = min(int(np.searchsorted(t, t[start] + period[i] - 1e-9)), stop)
             else:
                 end_cut = start + int(np.argmin(hardware[start : stop + 1]))
-            hw_red = 1.0 - hardware[end_cut] / hardware[start]
-            before, after = insecurity[start], insecurity[end_cut]
+            hw_red = 1.0 - hardware[end_cut] / hardware[pre]
+            before, after = insecurity[pre], insecurity[end_cut]
             ins_red = 1.0 - after / before
             row[f"hardware reduction {s}"] = hw_red
             row[f"insecurity before {s}"] = before
@@ -204,7 +207,7 @@ def treaty_metrics(
                 row[f"breakout status {s}"] = "no breakdown"
                 breakouts[s] = np.nan
             else:
-                regained = _crossing(t[breakdown:], power[breakdown:], regain_share * power[start])
+                regained = _crossing(t[breakdown:], power[breakdown:], regain_share * power[pre])
                 breakouts[s] = regained - t[breakdown]
                 row[f"breakout status {s}"] = "not regained" if np.isnan(regained) else "regained"
             row[f"breakout time {s}"] = breakouts[s]

@@ -116,6 +116,36 @@ BAD = [
         'variables = ["army X"]\n',
         r"figures\[0\]\.variables\[0\]: unknown variable 'army X'",
     ),
+    (
+        "figure-key-not-for-kind",
+        'variables = ["arms X"]\n',
+        'variables = ["arms X"]\nmetrics = ["final arms X"]\n',
+        r"figures\[0\]\.metrics: not used by kind 'time_series' \(it takes: variables\)",
+    ),
+    (
+        "unknown-layout",
+        'kind = "time_series"',
+        'kind = "time_series"\nlayout = "grid"',
+        r"figures\[0\]\.layout: unknown layout 'grid' for time_series \(allowed: overlay, small_multiples\)",
+    ),
+    (
+        "unknown-metric",
+        'kind = "time_series"\nvariables = ["arms X"]',
+        'kind = "metric_bars"\nmetrics = ["final arms Z"]',
+        r"figures\[0\]\.metrics\[0\]: unknown metric 'final arms Z' for this model; did you mean 'final arms [XY]'\?",
+    ),
+    (
+        "metric-regain-share",
+        "[output]",
+        "[metrics]\nregain_share = 1.5\n[output]",
+        r"metrics\.regain_share: must be in \(0, 1\], got 1\.5",
+    ),
+    (
+        "unknown-baseline",
+        "[output]",
+        '[metrics]\nbaseline = "on"\n[output]',
+        r"metrics\.baseline: unknown scenario 'on'; did you mean 'one'\?",
+    ),
     ("not-toml", "[time]", "[time", r"not valid TOML: .*line"),
     ("duplicate-key", "final = 10", "final = 10\nfinal = 11", r"not valid TOML"),
 ]
