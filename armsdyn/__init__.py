@@ -21,6 +21,7 @@ from armsdyn.errors import (
     ArmsdynError,
     ConfigError,
     ModelError,
+    NumericalError,
     NumericalWarning,
     ResultsError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "MetricsSpec",
     "Model",
     "ModelError",
+    "NumericalError",
     "NumericalWarning",
     "ResultsError",
     "Richardson",

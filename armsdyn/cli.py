@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="experiment config file (TOML)")
     p.add_argument("--out", type=Path, help="results folder (default: results/<experiment name>)")
     p.add_argument("--force", action="store_true", help="replace an existing results folder")
+    p.add_argument(
+        "--stop-on-fault",
+        action="store_true",
+        help="stop at the first scenario that overflows to inf or NaN (default: warn and go on)",
+    )
 
     p = sub.add_parser(
         "check",
@@ -106,7 +111,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NumericalWarning)
-        ds = run(experiment, progress=lambda line: print(f"  {line}", file=sys.stderr))
+        ds = run(
+            experiment,
+            progress=lambda line: print(f"  {line}", file=sys.stderr),
+            stop_on_fault=args.stop_on_fault,
+        )
     for w in caught:
         print(f"armsdyn: warning: {w.message}", file=sys.stderr)
     write_results(ds, experiment, target, force=args.force, started=started, command=["armsdyn", *sys.argv[1:]])

@@ -26,6 +26,10 @@ class ResultsError(ArmsdynError, OSError):
     """A results folder cannot be written (exists, locked, or the disk failed)."""
 
 
+class NumericalError(ArmsdynError, ArithmeticError):
+    """A simulation produced non-finite values and the run was asked to stop at the first."""
+
+
 class NumericalWarning(UserWarning):
     """A simulation produced non-finite values (overflow or NaN)."""
 

@@ -14,7 +14,7 @@ import xarray as xr
 
 from armsdyn import __version__
 from armsdyn.config import Experiment, load_config
-from armsdyn.errors import NumericalWarning
+from armsdyn.errors import NumericalError, NumericalWarning
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ def run(
     experiment: Experiment | str | os.PathLike[str],
     *,
     progress: Callable[[str], None] | None = None,
+    stop_on_fault: bool = False,
 ) -> xr.Dataset:
     """Run every scenario of an experiment and return the results.
 
@@ -50,6 +51,9 @@ def run(
         A validated experiment, or the path of a config file to load.
     progress : callable, optional
         Called with one line of text after each scenario.
+    stop_on_fault : bool
+        Raise :class:`NumericalError` at the first scenario whose results
+        become non-finite, instead of warning and going on.
 
     Returns
     -------
@@ -65,6 +69,11 @@ def run(
     -----
     NumericalWarning
         For each scenario whose results overflow to inf or become NaN.
+
+    Raises
+    ------
+    NumericalError
+        With `stop_on_fault`, at the first such scenario.
     """
     exp = experiment if isinstance(experiment, Experiment) else load_config(experiment)
     model = exp.model
@@ -75,6 +84,15 @@ def run(
         out = model.simulate(scenario.pysd_params(), exp.time, exp.variables)
         for name in exp.variables:
             values[name][i] = out[name]
+        if stop_on_fault:
+            for name in exp.variables:
+                bad = np.flatnonzero(~np.isfinite(out[name]))
+                if bad.size:
+                    msg = (
+                        f"scenario {scenario.name!r}: {name!r} became {out[name][bad[0]]} at time "
+                        f"{times[bad[0]]:g} {exp.time.units}; stopped (without stop_on_fault the run goes on)"
+                    )
+                    raise NumericalError(msg)
         if progress is not None:
             elapsed = _time.perf_counter() - started
             progress(f"[{i + 1}/{len(exp.scenarios)}] {scenario.name}: {elapsed:.2f} s")

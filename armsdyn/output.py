@@ -9,7 +9,9 @@ beside the folder keeps two runs from writing the same folder at once.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import importlib.metadata
@@ -102,6 +104,7 @@ def write_results(
         msg = f"{target.parent}: cannot create the results parent folder: {exc}"
         raise ResultsError(msg) from exc
     with _locked(target):
+        _recover(target)
         if target.exists() and not force:
             msg = f"{target}: results folder already exists; pass --force to replace it, or --out to write elsewhere"
             raise ResultsError(msg)
@@ -111,6 +114,10 @@ def write_results(
             _replace(tmp, target)
         except OSError as exc:
             msg = f"{target}: could not write results ({exc}); nothing was written"
+            raise ResultsError(msg) from exc
+        except RuntimeError as exc:
+            # The netCDF library reports a full disk or a write error as a bare RuntimeError.
+            msg = f"{target}: could not write {RESULTS_FILE} ({exc}; is the disk full?); nothing was written"
             raise ResultsError(msg) from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -132,11 +139,48 @@ def _fill(folder: Path, ds: xr.Dataset, experiment: Experiment, started: str, co
         os.fsync(fh.fileno())
 
 
+def _recover(target: Path) -> None:
+    """Undo what a run killed mid-write left beside `target` (called under the lock).
+
+    A killed run can leave a hidden ``.NAME.partial-*`` folder (never complete:
+    delete it) and, on systems without an atomic exchange, a ``.NAME.old-*``
+    folder holding the earlier complete results while `target` is missing
+    (put it back).
+    """
+    for partial in target.parent.glob(f".{target.name}.partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    for old in sorted(target.parent.glob(f".{target.name}.old-*")):
+        if not target.exists():
+            old.rename(target)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
 def _replace(tmp: Path, target: Path) -> None:
     if not target.exists():
         tmp.rename(target)
         return
-    # Swap in two renames; the earlier folder is removed only once the new one is in place.
+    if _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the earlier results
+        return
+    # No atomic exchange: two renames. A kill between them leaves the earlier
+    # results in .NAME.old-*, which _recover puts back on the next run.
     old = target.parent / f".{target.name}.old-{os.getpid()}"
     target.rename(old)
     try:
