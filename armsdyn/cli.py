@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="results folder (default: results/<experiment name>)")
     p.add_argument("--force", action="store_true", help="replace an existing results folder")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes for a [sensitivity] study's ensemble (default: all cores)",
+    )
+    p.add_argument(
         "--stop-on-fault",
         action="store_true",
         help="stop at the first scenario that overflows to inf or NaN (default: warn and go on)",
@@ -118,7 +125,25 @@ def _run(args: argparse.Namespace) -> int:
         )
     for w in caught:
         print(f"armsdyn: warning: {w.message}", file=sys.stderr)
-    write_results(ds, experiment, target, force=args.force, started=started, command=["armsdyn", *sys.argv[1:]])
+    study = None
+    if experiment.sensitivity is not None:
+        from armsdyn.sensitivity import run_study
+
+        spec = experiment.sensitivity
+        print(
+            f"armsdyn: sensitivity study: {spec.method}, {len(spec.parameters)} parameters, "
+            f"{len(spec.outputs)} outputs",
+            file=sys.stderr,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            study = run_study(experiment, workers=args.workers)
+        for w in caught:
+            print(f"armsdyn: warning: {w.message}", file=sys.stderr)
+        print(f"  {study[0].sizes['run']} runs", file=sys.stderr)
+    write_results(
+        ds, experiment, target, force=args.force, started=started, command=["armsdyn", *sys.argv[1:]], study=study
+    )
     print(f"armsdyn: wrote {target}", file=sys.stderr)
     return 0
 

@@ -44,7 +44,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ import pandas as pd
 
 from armsdyn.errors import ConfigError, ModelError, did_you_mean
 from armsdyn.model import Model, TimeSettings, load_model
+from armsdyn.sensitivity import AGGREGATES, DISTRIBUTIONS, METHODS, Output, SampledParameter, SensitivitySpec
 
 #: A parameter override: a constant, or a time series of (time, value) pairs.
 ParameterValue = float | tuple[tuple[float, float], ...]
@@ -174,6 +175,8 @@ class Experiment:
         Figures to draw.
     metrics : MetricsSpec
         Options of the metrics table.
+    sensitivity : SensitivitySpec or None
+        The sensitivity study, when the config has a ``[sensitivity]`` table.
     """
 
     name: str
@@ -186,6 +189,7 @@ class Experiment:
     variables: tuple[str, ...]
     figures: tuple[FigureSpec, ...] = ()
     metrics: MetricsSpec = MetricsSpec()
+    sensitivity: SensitivitySpec | None = None
 
     @property
     def config_sha256(self) -> str:
@@ -231,8 +235,22 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "output": "table",
         "figures": "array of tables",
         "metrics": "table",
+        "sensitivity": "table",
     },
     "metrics": {"regain_share": "number", "baseline": "string"},
+    "sensitivity": {
+        "method": "string",
+        "samples": "integer",
+        "seed": "integer",
+        "levels": "integer",
+        "second_order": "boolean",
+        "scenario": "string",
+        "fan_variables": "list of strings",
+        "parameters": "array of tables",
+        "outputs": "array of tables",
+    },
+    "sensitivity.parameters": {"name": "string", "bounds": "list of numbers", "distribution": "string"},
+    "sensitivity.outputs": {"metric": "string", "variable": "string", "aggregate": "string", "at": "number"},
     "experiment": {"name": "string", "description": "string", "model": "string"},
     "time": {"initial": "number", "final": "number", "step": "number", "saveper": "number"},
     "scenarios": {"name": "string", "description": "string", "parameters": "table"},
@@ -261,6 +279,12 @@ def _type_ok(value: Any, expected: str) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if expected == "list of strings":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if expected == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected == "boolean":
+        return isinstance(value, bool)
+    if expected == "list of numbers":
+        return isinstance(value, list) and all(_type_ok(v, "number") for v in value)
     if expected == "list of lists of strings":
         return isinstance(value, list) and all(_type_ok(v, "list of strings") for v in value)
     raise AssertionError(expected)  # pragma: no cover - schema typo
@@ -280,6 +304,12 @@ def _check_table(table: dict[str, Any], section: str, where: str, problems: _Pro
         else:
             good[key] = value
     return good
+
+
+def _unknown(what: str, value: str, allowed: Iterable[str]) -> str:
+    """``unknown <what> 'x'; did you mean 'y'? (allowed: ...)``."""
+    allowed = list(allowed)
+    return f"unknown {what} {value!r}{did_you_mean(value, allowed)} (allowed: {', '.join(allowed)})"
 
 
 def _describe(value: Any) -> str:
@@ -358,6 +388,10 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     figures = _parse_figures(top.get("figures", []), {s.name for s in scenarios}, model, problems)
     metrics = _parse_metrics(top.get("metrics", {}), {s.name for s in scenarios}, problems)
     needed = _check_metric_names(figures, variables, model, problems)
+    sensitivity = None
+    if "sensitivity" in top:
+        sensitivity, more = _parse_sensitivity(top["sensitivity"], scenarios, variables, model, problems)
+        needed += more
     problems.raise_if_any()
 
     # Figures are redrawn from saved results, so what they draw must be saved.
@@ -376,6 +410,7 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
         variables=variables,
         figures=figures,
         metrics=metrics,
+        sensitivity=sensitivity,
     )
 
 
@@ -575,11 +610,7 @@ def _parse_figures(
             if "kind" not in table:
                 problems.add(f"{where}.kind", f"missing (allowed: {', '.join(FIGURE_KINDS)})")
             elif kind is not None:
-                problems.add(
-                    f"{where}.kind",
-                    f"unknown figure kind {kind!r}{did_you_mean(kind, FIGURE_KINDS)} "
-                    f"(allowed: {', '.join(FIGURE_KINDS)})",
-                )
+                problems.add(f"{where}.kind", _unknown("figure kind", kind, FIGURE_KINDS))
             continue
         layouts, required = FIGURE_KINDS[kind]
         for key in ("variables", "panels", "metrics", "parameter"):
@@ -614,7 +645,7 @@ def _parse_figures(
         if layout not in layouts:
             problems.add(
                 f"{where}.layout",
-                f"unknown layout {layout!r} for {kind}{did_you_mean(layout, layouts)} (allowed: {', '.join(layouts)})",
+                _unknown(f"layout for {kind}", layout, layouts),
             )
         name = good.get("name", kind)
         if not SAFE_NAME.match(name):
@@ -666,3 +697,152 @@ def _parse_metrics(table: dict[str, Any], scenario_names: set[str], problems: _P
     if baseline and baseline not in scenario_names:
         problems.add("metrics.baseline", f"unknown scenario {baseline!r}{did_you_mean(baseline, scenario_names)}")
     return MetricsSpec(regain_share=float(share), baseline=baseline)
+
+
+def _parse_sensitivity(
+    table: dict[str, Any],
+    scenarios: tuple[Scenario, ...],
+    variables: tuple[str, ...],
+    model: Model,
+    problems: _Problems,
+) -> tuple[SensitivitySpec | None, tuple[str, ...]]:
+    """Validate ``[sensitivity]``; return the spec and the variables its outputs need saved."""
+    good = _check_table(table, "sensitivity", "sensitivity", problems)
+    n_before = len(problems.items)
+    method = good.get("method")
+    if method is None:
+        problems.add("sensitivity.method", f"missing (allowed: {', '.join(METHODS)})")
+    elif method not in METHODS:
+        problems.add(
+            "sensitivity.method",
+            _unknown("method", method, METHODS),
+        )
+    for key, low in (("samples", 1), ("levels", 2), ("seed", 0)):
+        if key in good and good[key] < low:
+            problems.add(f"sensitivity.{key}", f"must be at least {low}, got {good[key]}")
+    if method == "morris" and good.get("levels", 4) % 2:
+        problems.add("sensitivity.levels", f"morris needs an even number of levels, got {good['levels']}")
+    names = [s.name for s in scenarios]
+    scenario = good.get("scenario", names[0] if names else "")
+    if scenario not in names:
+        problems.add("sensitivity.scenario", f"unknown scenario {scenario!r}{did_you_mean(scenario, names)}")
+    constants = [v.name for v in model.of_kind("constant")]
+    parameters = []
+    seen: set[str] = set()
+    for i, entry in enumerate(good.get("parameters", [])):
+        where = f"sensitivity.parameters[{i}]"
+        entry = _check_table(entry, "sensitivity.parameters", where, problems)
+        name = entry.get("name")
+        if name is None:
+            problems.add(f"{where}.name", "missing; name a model constant")
+            continue
+        try:
+            var = model.variable(name)
+        except KeyError:
+            problems.add(f"{where}.name", f"unknown parameter {name!r}{did_you_mean(name, constants)}")
+            continue
+        if var.kind != "constant":
+            problems.add(f"{where}.name", f"{var.name!r} is a {var.kind}, not a constant")
+            continue
+        if var.name in seen:
+            problems.add(f"{where}.name", f"{var.name!r} is sampled twice")
+            continue
+        seen.add(var.name)
+        dist = entry.get("distribution", "unif")
+        bounds = entry.get("bounds")
+        if dist not in DISTRIBUTIONS:
+            problems.add(
+                f"{where}.distribution",
+                _unknown("distribution", dist, DISTRIBUTIONS),
+            )
+            continue
+        problem = _bounds_problem(bounds, dist, method)
+        if problem:
+            problems.add(f"{where}.bounds", problem)
+            continue
+        parameters.append(SampledParameter(var.name, tuple(float(b) for b in bounds), dist))
+    if ("parameters" in good and not good["parameters"]) or "parameters" not in good:
+        problems.add("sensitivity.parameters", "missing or empty; add [[sensitivity.parameters]] tables")
+    outputs = []
+    needed: list[str] = []
+    from armsdyn import metrics  # imported here: metrics imports this module
+
+    available = metrics.metric_names(model, variables)
+    for i, entry in enumerate(good.get("outputs", [])):
+        where = f"sensitivity.outputs[{i}]"
+        entry = _check_table(entry, "sensitivity.outputs", where, problems)
+        if ("metric" in entry) == ("variable" in entry):
+            problems.add(where, "give exactly one of metric or variable")
+            continue
+        if "metric" in entry:
+            name = entry["metric"]
+            if name not in available:
+                problems.add(f"{where}.metric", f"unknown metric {name!r}{did_you_mean(name, available)}")
+                continue
+            needed += available[name]
+            outputs.append(Output(name=name, metric=name))
+            continue
+        checked = _check_variables([entry["variable"]], f"{where}.variable", model, problems)
+        aggregate = entry.get("aggregate", "final")
+        if aggregate not in AGGREGATES:
+            problems.add(
+                f"{where}.aggregate",
+                _unknown("aggregate", aggregate, AGGREGATES),
+            )
+            continue
+        if (aggregate == "at") != ("at" in entry):
+            problems.add(f"{where}.at", 'give a time with aggregate = "at", and only then')
+            continue
+        if checked:
+            label = f"{checked[0]} at {entry['at']:g}" if aggregate == "at" else f"{checked[0]} {aggregate}"
+            needed.append(checked[0])
+            outputs.append(
+                Output(name=label, variable=checked[0], aggregate=aggregate, at=float(entry.get("at", "nan")))
+            )
+    if not good.get("outputs"):
+        problems.add("sensitivity.outputs", "missing or empty; add [[sensitivity.outputs]] tables")
+    fan = tuple(_check_variables(good.get("fan_variables", []), "sensitivity.fan_variables", model, problems))
+    needed += fan
+    if len(problems.items) > n_before:
+        return None, ()
+    spec = SensitivitySpec(
+        method=method,
+        parameters=tuple(parameters),
+        outputs=tuple(outputs),
+        samples=good.get("samples", 256),
+        seed=good.get("seed", 0),
+        levels=good.get("levels", 4),
+        second_order=good.get("second_order", False),
+        scenario=scenario,
+        fan_variables=fan,
+        variables=tuple(dict.fromkeys(needed)),
+    )
+    series = [k for k, v in next(s for s in scenarios if s.name == scenario).parameters.items() if isinstance(v, tuple)]
+    if series:
+        problems.add(
+            "sensitivity.scenario",
+            f"scenario {scenario!r} sets {', '.join(map(repr, series))} as a time series; "
+            "a sensitivity study starts from constants only",
+        )
+        return None, ()
+    return spec, spec.variables
+
+
+def _bounds_problem(bounds: list[float] | None, dist: str, method: str | None) -> str:
+    """What is wrong with a parameter's bounds for its distribution ("" if nothing)."""
+    want = DISTRIBUTIONS[dist]
+    if bounds is None:
+        return f"missing; {dist} takes {want} numbers"
+    if len(bounds) != want:
+        return f"{dist} takes {want} numbers, got {len(bounds)}"
+    if not all(math.isfinite(b) for b in bounds):
+        return f"must be finite numbers, got {bounds}"
+    if dist in ("unif", "logunif", "triang", "truncnorm") and not bounds[0] < bounds[1]:
+        return f"low must be below high, got {bounds[0]} and {bounds[1]}"
+    if dist == "logunif" and bounds[0] <= 0:
+        return f"logunif needs a positive low bound, got {bounds[0]}"
+    if dist in ("norm", "lognorm") and bounds[1] <= 0:
+        return f"the standard deviation must be positive, got {bounds[1]}"
+    if method in ("oat", "grid") and dist not in ("unif", "logunif"):
+        return f"method {method!r} needs unif or logunif bounds, got {dist}"
+    return ""

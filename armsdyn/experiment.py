@@ -149,6 +149,11 @@ def _attrs(long_name: str, units: str, description: str) -> dict[str, str]:
     return {"long_name": long_name, "units": units, "description": description}
 
 
+def case_dim(ds: xr.Dataset) -> str:
+    """The Dataset's case dimension: ``"scenario"`` for experiments, ``"run"`` for ensembles."""
+    return "scenario" if "scenario" in ds.dims else "run"
+
+
 def find_faults(ds: xr.Dataset) -> list[Fault]:
     """First non-finite value in each scenario of a results Dataset.
 
@@ -163,10 +168,11 @@ def find_faults(ds: xr.Dataset) -> list[Fault]:
         At most one per scenario: the earliest time, and among variables that
         fail at that time the first in the Dataset's order.
     """
+    dim = case_dim(ds)
     times = ds["time"].values
     first: dict[int, Fault] = {}
     for key, da in ds.data_vars.items():
-        if da.dims != ("scenario", "time"):
+        if da.dims != (dim, "time"):
             continue
         values = da.values
         bad = ~np.isfinite(values)
@@ -174,7 +180,7 @@ def find_faults(ds: xr.Dataset) -> list[Fault]:
             j = int(np.argmax(bad[i]))
             if i not in first or times[j] < first[i].time:
                 first[int(i)] = Fault(
-                    scenario=str(ds["scenario"].values[i]),
+                    scenario=str(ds[dim].values[i]),
                     variable=da.attrs.get("long_name", str(key)),
                     time=float(times[j]),
                     value=float(values[i, j]),
@@ -184,14 +190,15 @@ def find_faults(ds: xr.Dataset) -> list[Fault]:
 
 
 def parameter_values(ds: xr.Dataset, name: str) -> xr.DataArray | None:
-    """The value of model constant `name` in each scenario, or None if absent.
+    """The value of model constant `name` in each scenario (or run), or None if absent.
 
     Reads the ``scenario`` coordinate, or a saved data variable that holds the
     constant (NaN in scenarios where it varies over time).
     """
+    dim = case_dim(ds)
     for key, da in ds.variables.items():
-        if name in (key, da.attrs.get("long_name")) and da.dims in (("scenario",), ("scenario", "time")):
-            if da.dims == ("scenario",):
+        if name in (key, da.attrs.get("long_name")) and da.dims in ((dim,), (dim, "time")):
+            if da.dims == (dim,):
                 return ds[key]
             first = ds[key].isel(time=0, drop=True)
             return first.where((ds[key] == first).all("time"))

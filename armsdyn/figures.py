@@ -477,6 +477,173 @@ def metric_vs_parameter(
     return fig, [ax]
 
 
+def sensitivity_indices(indices: xr.Dataset, output: str, ax: Axes | None = None) -> tuple[Figure, list[Axes]]:
+    """The indices of one output, drawn as the study's method calls for.
+
+    ``oat``: a tornado chart (output at each parameter's low and high bound,
+    widest swing on top); ``morris``: mu* against sigma, with mu*'s interval;
+    ``sobol``: S1 and ST bars with their 95% intervals; ``latin`` and
+    ``monte_carlo``: Spearman rank correlations with 95% intervals.
+
+    Parameters
+    ----------
+    indices : xarray.Dataset
+        From :func:`armsdyn.sensitivity.analyze`, dims ``(output, parameter)``.
+    output : str
+        Which output to draw.
+    ax : Axes, optional
+
+    Returns
+    -------
+    (Figure, list of Axes)
+    """
+    method = indices.attrs["method"]
+    row = indices.sel(output=output)
+    names = [str(p) for p in indices["parameter"].values]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 0.8 + 0.25 * len(names)), layout="constrained")
+    else:
+        fig = ax.figure
+    y = np.arange(len(names))
+    if method == "oat":
+        order = np.argsort(row["swing"].values)
+        base = float(row["base"].values[0])
+        low, high = row["at_low"].values[order], row["at_high"].values[order]
+        ax.barh(y, low - base, left=base, color="#0072B2", label="parameter at low bound")
+        ax.barh(
+            y,
+            high - base,
+            left=base,
+            color="#D55E00",
+            hatch="///",
+            edgecolor="white",
+            linewidth=0,
+            label="parameter at high bound",
+        )
+        ax.axvline(base, color="0.2", linewidth=0.6)
+        ax.set_yticks(y, [names[i] for i in order])
+        ax.set_xlabel(output)
+        ax.legend(loc="best")
+    elif method == "morris":
+        mu_star, sigma, conf = row["mu_star"].values, row["sigma"].values, row["mu_star_conf"].values
+        ax.errorbar(mu_star, sigma, xerr=conf, fmt="o", color="0.1", ecolor="0.6", capsize=2)
+        for name, xv, yv in zip(names, mu_star, sigma, strict=True):
+            ax.annotate(name, (xv, yv), xytext=(3, 3), textcoords="offset points", fontsize=6)
+        ax.set_xlabel(f"μ* (mean |elementary effect|) of {output}")
+        ax.set_ylabel("σ (spread of effects)")  # noqa: RUF001 - the Greek letter is meant
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+    elif method == "sobol":
+        h = 0.38
+        ax.barh(
+            y - h / 2,
+            row["S1"].values,
+            height=h,
+            xerr=row["S1_conf"].values,
+            color="#0072B2",
+            label="S1 (first order)",
+            error_kw={"elinewidth": 0.6, "capsize": 2},
+        )
+        ax.barh(
+            y + h / 2,
+            row["ST"].values,
+            height=h,
+            xerr=row["ST_conf"].values,
+            color="#D55E00",
+            hatch="///",
+            edgecolor="white",
+            linewidth=0,
+            label="ST (total)",
+            error_kw={"elinewidth": 0.6, "capsize": 2},
+        )
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"Sobol index of {output}")
+        ax.legend(loc="best")
+    else:
+        rho = row["spearman"].values
+        err = np.vstack([rho - row["spearman_low"].values, row["spearman_high"].values - rho])
+        ax.barh(y, rho, xerr=err, color="#0072B2", error_kw={"elinewidth": 0.6, "capsize": 2})
+        ax.axvline(0, color="0.2", linewidth=0.6)
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"Spearman rank correlation with {output}")
+    return fig, [ax]
+
+
+def fan_chart(
+    ds: xr.Dataset, variable: str, percentiles: Sequence[float] = (5, 25, 50, 75, 95), ax: Axes | None = None
+) -> tuple[Figure, list[Axes]]:
+    """Percentile bands over time of one variable across the runs of an ensemble.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An ensemble, dims ``(run, time)``.
+    variable : str
+        Model name (or key) of the variable.
+    percentiles : sequence of float
+        Symmetric about 50: the outer pairs shade wider bands, the median is a line.
+    ax : Axes, optional
+
+    Returns
+    -------
+    (Figure, list of Axes)
+    """
+    da = _variable(ds, variable)
+    if ax is None:
+        fig, ax = plt.subplots(layout="constrained")
+    else:
+        fig = ax.figure
+    t = ds["time"].values
+    with np.errstate(invalid="ignore"):
+        bands = np.nanpercentile(da.values, percentiles, axis=0)
+    qs = list(percentiles)
+    pairs = [(i, len(qs) - 1 - i) for i in range(len(qs) // 2)]
+    for depth, (lo, hi) in enumerate(pairs):
+        ax.fill_between(
+            t,
+            bands[lo],
+            bands[hi],
+            color="#0072B2",
+            alpha=0.18 + 0.2 * depth,
+            linewidth=0,
+            label=f"{qs[lo]:g}-{qs[hi]:g}th percentile",
+        )
+    if len(qs) % 2:
+        ax.plot(t, bands[len(qs) // 2], color="0.1", label="median")
+    ax.set_xlabel(axis_label(ds["time"]))
+    ax.set_ylabel(axis_label(da))
+    ax.legend(loc="best")
+    return fig, [ax]
+
+
+def draw_study_figures(ensemble: xr.Dataset, indices: xr.Dataset, spec: Any, folder: Path) -> list[Path]:
+    """Draw a sensitivity study's figures: indices per output and fan charts.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    jobs: list[tuple[str, Callable[[], tuple[Figure, list[Axes]]]]] = []
+    if spec.method != "grid":
+        for i, output in enumerate(indices["output"].values):
+            jobs.append((f"sensitivity_{spec.method}_{i + 1}", lambda o=str(output): sensitivity_indices(indices, o)))
+    for i, variable in enumerate(spec.fan_variables):
+        jobs.append((f"fan_chart_{i + 1}", lambda v=variable: fan_chart(ensemble, v)))
+    with paper_style():
+        for stem, draw in jobs:
+            fig, _ = draw()
+            try:
+                written += save_figure(fig, folder / stem)
+            finally:
+                plt.close(fig)
+    return written
+
+
 #: Figure kinds, keyed as in configs; each draws a FigureSpec from a Dataset.
 FIGURE_KINDS: dict[str, Callable[[xr.Dataset, FigureSpec], tuple[Figure, list[Axes]]]] = {
     "time_series": lambda ds, spec: time_series(

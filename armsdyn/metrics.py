@@ -23,13 +23,14 @@ the options (regain share, baseline scenario) read from the Dataset's attrs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from armsdyn import treaty
-from armsdyn.experiment import find_faults, parameter_values
+from armsdyn.experiment import case_dim, find_faults, parameter_values
 from armsdyn.model import Model
 from armsdyn.richardson import PARAMETER_NAMES, Richardson
 
@@ -81,16 +82,17 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
     pandas.DataFrame
         Indexed by scenario; columns described in the module docstring.
     """
-    scenarios = [str(s) for s in ds["scenario"].values]
-    table = pd.DataFrame(index=pd.Index(scenarios, name="scenario"))
+    dim = case_dim(ds)
+    table = pd.DataFrame(index=pd.Index(_labels(ds, dim), name=dim))
     for key, da in ds.data_vars.items():
         if "time" in da.dims:
             table[f"final {da.attrs.get('long_name', key)}"] = da.isel(time=-1).values
     table["nonfinite variable"] = "none"
     table["nonfinite time"] = np.nan
+    position = {str(label): i for i, label in enumerate(table.index)}
     for fault in find_faults(ds):
-        table.loc[fault.scenario, "nonfinite variable"] = fault.variable
-        table.loc[fault.scenario, "nonfinite time"] = fault.time
+        table.iloc[position[fault.scenario], table.columns.get_loc("nonfinite variable")] = fault.variable
+        table.iloc[position[fault.scenario], table.columns.get_loc("nonfinite time")] = fault.time
     richardson = _richardson_columns(ds)
     if richardson is not None:
         table = table.join(richardson)
@@ -103,7 +105,11 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
     return table
 
 
-def richardson_parameters(ds: xr.Dataset, scenario: str) -> tuple[Richardson, float, float] | None:
+def _labels(ds: xr.Dataset, dim: str) -> list[Any]:
+    return [str(s) if dim == "scenario" else s for s in ds[dim].values.tolist()]
+
+
+def richardson_parameters(ds: xr.Dataset, scenario: Any) -> tuple[Richardson, float, float] | None:
     """Richardson parameters and initial arms a scenario ran with, if the model is Richardson's.
 
     Returns
@@ -115,7 +121,8 @@ def richardson_parameters(ds: xr.Dataset, scenario: str) -> tuple[Richardson, fl
     columns = {name: parameter_values(ds, name) for name in PARAMETER_NAMES.values()}
     if any(c is None for c in columns.values()):
         return None
-    values = {name: float(c.sel(scenario=scenario)) for name, c in columns.items()}
+    dim = case_dim(ds)
+    values = {name: float(c.sel({dim: scenario})) for name, c in columns.items()}
     if not all(np.isfinite(list(values.values()))):
         return None
     return Richardson.from_values(values), values[PARAMETER_NAMES["x0"]], values[PARAMETER_NAMES["y0"]]
@@ -123,7 +130,7 @@ def richardson_parameters(ds: xr.Dataset, scenario: str) -> tuple[Richardson, fl
 
 def _richardson_columns(ds: xr.Dataset) -> pd.DataFrame | None:
     rows = {}
-    for scenario in (str(s) for s in ds["scenario"].values):
+    for scenario in _labels(ds, case_dim(ds)):
         found = richardson_parameters(ds, scenario)
         if found is None:
             if any(parameter_values(ds, name) is None for name in PARAMETER_NAMES.values()):

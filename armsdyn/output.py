@@ -35,6 +35,9 @@ RESULTS_FILE = "results.nc"
 METRICS_FILE = "metrics.csv"
 MANIFEST_FILE = "manifest.json"
 FIGURES_DIR = "figures"
+STUDY_DIR = "sensitivity"
+ENSEMBLE_FILE = "ensemble.nc"
+INDICES_FILE = "indices.nc"
 
 
 def now() -> str:
@@ -67,6 +70,7 @@ def write_results(
     force: bool = False,
     started: str | None = None,
     command: Sequence[str] | None = None,
+    study: tuple[xr.Dataset, xr.Dataset] | None = None,
 ) -> Path:
     """Write ``results.nc``, ``metrics.csv``, ``figures/`` and ``manifest.json``.
 
@@ -84,6 +88,10 @@ def write_results(
         ISO time the run started, for the manifest (default: now).
     command : sequence of str, optional
         The command line, for the manifest (default: ``sys.argv``).
+    study : (xarray.Dataset, xarray.Dataset), optional
+        A sensitivity study's ensemble and indices (see
+        :func:`armsdyn.sensitivity.run_study`), written to ``sensitivity/`` with
+        their figures in ``figures/``.
 
     Returns
     -------
@@ -110,7 +118,7 @@ def write_results(
             raise ResultsError(msg)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         try:
-            _fill(tmp, ds, experiment, started, command)
+            _fill(tmp, ds, experiment, started, command, study)
             _replace(tmp, target)
         except OSError as exc:
             msg = f"{target}: could not write results ({exc}); nothing was written"
@@ -124,12 +132,25 @@ def write_results(
     return target
 
 
-def _fill(folder: Path, ds: xr.Dataset, experiment: Experiment, started: str, command: Sequence[str] | None) -> None:
-    from armsdyn.figures import draw_figures  # matplotlib is slow to import; only here
+def _fill(
+    folder: Path,
+    ds: xr.Dataset,
+    experiment: Experiment,
+    started: str,
+    command: Sequence[str] | None,
+    study: tuple[xr.Dataset, xr.Dataset] | None,
+) -> None:
+    from armsdyn.figures import draw_figures, draw_study_figures  # matplotlib is slow to import
 
     ds.to_netcdf(folder / RESULTS_FILE, engine="netcdf4")
     compute_metrics(ds).to_csv(folder / METRICS_FILE)
     draw_figures(ds, experiment.figures, folder / FIGURES_DIR)
+    if study is not None:
+        ensemble, indices = study
+        (folder / STUDY_DIR).mkdir()
+        ensemble.to_netcdf(folder / STUDY_DIR / ENSEMBLE_FILE, engine="netcdf4")
+        indices.to_netcdf(folder / STUDY_DIR / INDICES_FILE, engine="netcdf4")
+        draw_study_figures(ensemble, indices, experiment.sensitivity, folder / FIGURES_DIR)
     manifest = build_manifest(experiment, started=started, command=command)
     manifest["files"] = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:

@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from armsdyn.experiment import parameter_values
+from armsdyn.experiment import case_dim, parameter_values
 
 STATES = ("A", "B")
 REQUIRED = ("hardware {s}", "insecurity {s}", "effective power {s}")
@@ -94,7 +94,7 @@ def required_variables() -> list[str]:
 
 def _series(ds: xr.Dataset, name: str) -> np.ndarray | None:
     for key, da in ds.data_vars.items():
-        if name in (key, da.attrs.get("long_name")) and da.dims == ("scenario", "time"):
+        if name in (key, da.attrs.get("long_name")) and da.dims == (case_dim(ds), "time"):
             return da.values
     return None
 
@@ -143,7 +143,8 @@ def treaty_metrics(
         msg = f"treaty metrics need {TREATY!r} and, for A and B, " + ", ".join(r.format(s="S") for r in REQUIRED)
         raise KeyError(msg)
     t = ds["time"].values
-    scenarios = [str(s) for s in ds["scenario"].values]
+    dim = case_dim(ds)
+    scenarios = [str(s) if dim == "scenario" else s for s in ds[dim].values.tolist()]
     if baseline is not None and baseline not in scenarios:
         msg = f"baseline scenario {baseline!r} is not among the scenarios ({', '.join(scenarios)})"
         raise KeyError(msg)
@@ -213,7 +214,7 @@ def treaty_metrics(
             row[f"breakout time {s}"] = breakouts[s]
         row["mobilisation edge A over B"] = breakouts["B"] - breakouts["A"]
         rows.append(row)
-    return pd.DataFrame(rows, index=pd.Index(scenarios, name="scenario"))
+    return pd.DataFrame(rows, index=pd.Index(scenarios, name=dim))
 
 
 def _burden(ds: xr.Dataset, s: str, i: int, t: np.ndarray) -> float:

@@ -126,7 +126,7 @@ BAD = [
         "unknown-layout",
         'kind = "time_series"',
         'kind = "time_series"\nlayout = "grid"',
-        r"figures\[0\]\.layout: unknown layout 'grid' for time_series \(allowed: overlay, small_multiples\)",
+        r"figures\[0\]\.layout: unknown layout for time_series 'grid' \(allowed: overlay, small_multiples\)",
     ),
     (
         "unknown-metric",

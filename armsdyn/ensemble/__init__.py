@@ -1,0 +1,36 @@
+"""Ensemble engine: run many parameter samples of a model at once, vectorised with numpy.
+
+PySD runs one parameter set at a time, with Python calls per variable per time
+step. This engine compiles a model parsed by PySD (its *abstract model*, so
+Vensim and XMILE files alike) into one Python function of numpy expressions
+that advances every sample of a chunk together, with PySD's semantics:
+initialisation order, Euler update order, saving times, and the arithmetic of
+its stateful objects and built-in functions. Results agree with PySD's to
+rounding.
+
+Public API::
+
+    from armsdyn.ensemble import compile_model, run_ensemble
+
+    model = compile_model("models/richardson.mdl")
+    ds = model.run({"defence coefficient k": ks, "grievance g": gs})  # Dataset (run, time)
+    ds = run_ensemble("models/richardson.mdl", samples, workers=4)     # across processes
+
+Scalar models only. A construct the engine cannot compile raises
+:class:`UnsupportedConstruct` from :func:`compile_model`; :func:`run_ensemble`
+then falls back to PySD (one run per sample) with a :class:`FallbackWarning`.
+"""
+
+from armsdyn.ensemble._engine import DEFAULT_CHUNK_SIZE, CompiledModel, compile_model
+from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
+from armsdyn.ensemble._parallel import run_ensemble
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "CompiledModel",
+    "FallbackWarning",
+    "SampleError",
+    "UnsupportedConstruct",
+    "compile_model",
+    "run_ensemble",
+]

@@ -1,0 +1,934 @@
+"""Compile PySD's abstract model into vectorised Python source.
+
+PySD parses Vensim and XMILE files into the same *abstract model* (a tree of
+dataclasses per variable). This module walks that tree and produces, for every
+variable, a numpy expression over arrays of shape ``(n,)``, one value per
+parameter sample. Stateful constructs (INTEG, SMOOTH, DELAY, ...) become state
+arrays with initialisation and update statements that copy the arithmetic of
+PySD's ``statefuls`` classes step for step.
+
+Arithmetic and logic expressions are rendered exactly as PySD's own builder
+renders them (same operator templates, same parenthesisation rules), so Python
+parses both into the same evaluation order and the results agree bit for bit
+wherever numpy and Python floats round alike.
+
+The compiled model (:class:`ModelGraph`) is plain picklable data; the source of
+one simulation function is produced from it by :func:`generate_source` for a
+given set of output variables. No user text is ever evaluated: the source is
+assembled from the parsed tree, names are PySD's Python-safe identifiers, and
+numbers are written with ``repr``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from armsdyn.ensemble._errors import UnsupportedConstruct
+from armsdyn.errors import ModelError
+
+CONTROL = {"initial_time": "t0", "final_time": "tf", "time_step": "dt", "saveper": "sp"}
+"""PySD names of the time controls and the local names the generated code gives them."""
+
+# PySD's OperationBuilder templates and arithmetic orders (python_expressions_builder.py).
+_OPS: dict[str, tuple[str, int]] = {
+    "^": ("{l}**{r}", 1),
+    "*": ("{l}*{r}", 2),
+    "/": ("{l}/{r}", 2),
+    "+": ("{l} + {r}", 3),
+    "-": ("{l} - {r}", 3),
+    "=": ("{l} == {r}", 4),
+    "<>": ("{l} != {r}", 4),
+    ">=": ("{l} >= {r}", 4),
+    ">": ("{l} > {r}", 4),
+    "<=": ("{l} <= {r}", 4),
+    "<": ("{l} < {r}", 4),
+    ":AND:": ("np.logical_and({l}, {r})", 0),
+    ":OR:": ("np.logical_or({l}, {r})", 0),
+}
+_UNARY: dict[str, tuple[str, int]] = {":NOT:": ("np.logical_not({x})", 0), "negative": ("-{x}", 3)}
+_COMPARISONS = {"=", "<>", ">=", ">", "<=", "<"}
+_BOOL_OPS = _COMPARISONS | {":AND:", ":OR:", ":NOT:"}
+
+# One-to-one numpy functions (PySD's functionspace).
+_NUMPY_FUNCS = {
+    "abs": "np.abs",
+    "exp": "np.exp",
+    "sin": "np.sin",
+    "cos": "np.cos",
+    "tan": "np.tan",
+    "arcsin": "np.arcsin",
+    "arccos": "np.arccos",
+    "arctan": "np.arctan",
+    "sinh": "np.sinh",
+    "cosh": "np.cosh",
+    "tanh": "np.tanh",
+    "sqrt": "np.sqrt",
+    "ln": "np.log",
+    "min": "np.minimum",
+    "max": "np.maximum",
+    "power": "np.power",
+}
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
+_NUMBER = re.compile(r"-?[0-9.]+(e[-+]?[0-9]+)?\Z")
+
+# Names under which the model languages know PySD's function names, for messages.
+_CONSTRUCT_NAMES = {
+    "Xpulse": "PULSE",
+    "Xpulse_train": "PULSE TRAIN",
+    "Xramp": "RAMP",
+    "vmax_xmile": "MAX (array)",
+    "vmin_xmile": "MIN (array)",
+    "a_function_of": "A FUNCTION OF",
+}
+
+
+@dataclass(frozen=True)
+class Code:
+    """A rendered expression.
+
+    Attributes
+    ----------
+    text : str
+        Python source of the expression.
+    order : int
+        PySD's arithmetic order (0 atom or call, 1 power, 2 product, 3 sum, 4 comparison).
+    deps : frozenset of str
+        Node names it reads; ``"T"`` for time; ``"S:<state>"`` for a state.
+    boolean : bool
+        True if the value is a comparison or logical result.
+    """
+
+    text: str
+    order: int = 0
+    deps: frozenset[str] = frozenset()
+    boolean: bool = False
+
+
+@dataclass
+class Node:
+    """A named value: a model variable, a hidden argument of a stateful, or a stateful's output."""
+
+    name: str
+    step: Code
+    init: Code
+    constant: str | None = None  # PySD name when the node is a model constant read from the samples
+
+
+@dataclass
+class Stateful:
+    """One stateful object (INTEG, SMOOTH, DELAY, ...) and the operands it reads."""
+
+    kind: str
+    var: str
+    element: str
+    construct: str
+    args: dict[str, Code]
+    nonneg: bool = False
+    order: int | None = None
+
+
+@dataclass
+class ElementInfo:
+    """Metadata of one model variable."""
+
+    name: str
+    py_name: str
+    kind: str
+    units: str
+    doc: str
+    node: str | None = None
+    flows: tuple[str, ...] = ()
+
+
+# Which operands each stateful kind reads when it is initialised and when it advances
+# (PySD's "initial" and "step" dependencies), and which ones its output reads.
+_INIT_ARGS = {
+    "integ": ("initial",),
+    "smooth": ("initial", "order"),
+    "delay": ("initial", "delay_time", "order"),
+    "delayn": ("initial", "delay_time", "order"),
+    "delayfixed": ("initial", "delay_time"),
+    "trend": ("initial_trend", "input", "average_time"),
+    "forecast": ("input", "initial_trend"),
+    "sampleiftrue": ("initial",),
+    "initial": ("initial",),
+}
+_STEP_ARGS = {
+    "integ": ("flow",),
+    "smooth": ("input", "smooth_time"),
+    "delay": ("input", "delay_time"),
+    "delayn": ("input", "delay_time"),
+    "delayfixed": ("input",),
+    "trend": ("input", "average_time"),
+    "forecast": ("input", "average_time", "horizon"),
+    "sampleiftrue": ("condition", "input"),
+    "initial": (),
+}
+_OUTPUT_ARGS = {
+    "delay": ("delay_time",),
+    "trend": ("input", "average_time"),
+    "forecast": ("input", "average_time", "horizon"),
+    "sampleiftrue": ("condition", "input"),
+}
+
+
+@dataclass
+class ModelGraph:
+    """A compiled model: nodes, statefuls, lookup tables and metadata (picklable).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The model file.
+    nodes : dict of str to Node
+        Every value, keyed by its name in the generated code.
+    statefuls : list of Stateful
+        Stateful objects in creation order (PySD's build order).
+    lookups : dict of str to tuple
+        Lookup tables by generated name: ``(xs, ys, kind)``.
+    constants : dict of str to float
+        Default value of every constant, by PySD name.
+    elements : dict of str to ElementInfo
+        Model variables by PySD name, in file order.
+    controls : dict of str to float
+        The model file's time controls by PySD name.
+    time_units : str
+        The model's time unit.
+    """
+
+    path: Path
+    nodes: dict[str, Node] = field(default_factory=dict)
+    statefuls: list[Stateful] = field(default_factory=list)
+    lookups: dict[str, tuple[np.ndarray, np.ndarray, str]] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
+    elements: dict[str, ElementInfo] = field(default_factory=dict)
+    controls: dict[str, float] = field(default_factory=dict)
+    time_units: str = ""
+
+
+def parse(path: Path) -> Any:
+    """PySD's abstract model of a Vensim or XMILE file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if path.suffix.lower() == ".mdl":
+            from pysd.translators.vensim.vensim_file import VensimFile
+
+            source = VensimFile(str(path))
+        else:
+            from pysd.translators.xmile.xmile_file import XmileFile
+
+            source = XmileFile(str(path))
+        try:
+            source.parse()
+            return source.get_abstract_model()
+        except Exception as exc:  # the parser's own errors carry no file name
+            msg = f"{path}: PySD could not parse the model: {type(exc).__name__}: {exc}"
+            raise ModelError(msg) from exc
+
+
+class Compiler:
+    """Turns PySD's abstract model into a :class:`ModelGraph`.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The model file (for messages).
+    abstract : pysd.translators.structures.abstract_model.AbstractModel
+        The parsed model.
+    """
+
+    def __init__(self, path: Path, abstract: Any) -> None:
+        from pysd.builders.python.namespace import NamespaceManager
+
+        self.path = path
+        self.graph = ModelGraph(path=path)
+        if len(abstract.sections) > 1:
+            macro = abstract.sections[1]
+            raise UnsupportedConstruct(path, macro.name, "MACRO")
+        self.section = abstract.sections[0]
+        if self.section.subscripts:
+            raise UnsupportedConstruct(path, self.section.subscripts[0].name, "subscript ranges")
+        # PySD's own namespace manager, fed in file order, gives PySD's Python names.
+        self.namespace = NamespaceManager()
+        for element in self.section.elements:
+            self.namespace.add_to_namespace(element.name)
+        self.clean = self.namespace.cleanspace
+        self._element: str = ""
+        self._memo: dict[int, str] = {}
+        self._memo_kind: dict[str, str] = {}
+        self._keep: list[Any] = []  # keeps memoised tree nodes alive so their ids stay unique
+        self._counter = 0
+        self._last_stateful: str | None = None
+        self._integ_refs: dict[str, tuple[str, ...]] = {}
+
+    # ------------------------------------------------------------------ model level
+    def compile(self) -> ModelGraph:
+        """Compile every variable; raise UnsupportedConstruct on the first unsupported one."""
+        from pysd.translators.structures.abstract_model import (
+            AbstractControlElement,
+            AbstractData,
+            AbstractLookup,
+        )
+
+        lookup_elements = []
+        regular = []
+        controls = []
+        for element in self.section.elements:
+            py = self.namespace.namespace[element.name]
+            if len(element.components) != 1 or element.components[0].subscripts[0]:
+                raise UnsupportedConstruct(self.path, element.name, "subscripts")
+            component = element.components[0]
+            if isinstance(element, AbstractControlElement):
+                controls.append((element, py))
+            elif isinstance(component, AbstractData):
+                raise UnsupportedConstruct(self.path, element.name, "DATA variables")
+            elif isinstance(component, AbstractLookup):
+                lookup_elements.append((element, py))
+            else:
+                regular.append((element, py))
+        # Lookup tables first: calls to them may come before their definition.
+        for element, py in lookup_elements:
+            self._element = element.name
+            self._lookup_element(element, py)
+        for element, py in controls:
+            self._element = element.name
+            self._control(element, py)
+        for element, py in regular:
+            self._element = element.name
+            self._variable(element, py)
+        self._resolve_controls()
+        self._check_references()
+        return self.graph
+
+    def _info(self, element: Any, py: str, kind: str, node: str | None = None) -> ElementInfo:
+        doc = element.documentation if isinstance(element.documentation, str) else ""
+        units = element.units if isinstance(element.units, str) else ""
+        info = ElementInfo(element.name, py, kind, units, " ".join(doc.split()), node)
+        self.graph.elements[py] = info
+        return info
+
+    def _lookup_element(self, element: Any, py: str) -> None:
+        from pysd.translators.structures.abstract_expressions import LookupsStructure
+
+        ast = element.components[0].ast
+        if not isinstance(ast, LookupsStructure):
+            raise UnsupportedConstruct(self.path, element.name, _construct_name(ast))
+        self._table(ast, f"LK_{py}")
+        self._info(element, py, "lookup")
+
+    def _table(self, ast: Any, name: str) -> str:
+        xs = np.asarray(ast.x, dtype=float)
+        ys = np.asarray(ast.y, dtype=float)
+        if len(xs) != len(ys) or len(xs) == 0:
+            msg = f"{self.path}: lookup of {self._element!r} has x and y of different lengths"
+            raise ModelError(msg)
+        if len(set(xs.tolist())) != len(xs):
+            msg = f"{self.path}: lookup of {self._element!r} repeats an x value"
+            raise ModelError(msg)
+        if ast.type not in ("interpolate", "extrapolate", "hold_backward"):
+            raise UnsupportedConstruct(self.path, self._element, f"lookups of type {ast.type!r}")
+        order = np.argsort(xs, kind="stable")  # PySD sorts the table by x
+        self.graph.lookups[name] = (xs[order], ys[order], ast.type)
+        return name
+
+    def _control(self, element: Any, py: str) -> None:
+        if py not in CONTROL:
+            raise UnsupportedConstruct(self.path, element.name, "a time control PySD does not know")
+        code = self.visit(element.components[0].ast, "step")
+        self._control_code = getattr(self, "_control_code", {})
+        self._control_code[py] = code
+        if py == "time_step":
+            units = element.units if isinstance(element.units, str) else ""
+            self.graph.time_units = units
+
+    def _resolve_controls(self) -> None:
+        # Controls are constant expressions that may refer to each other (SAVEPER = TIME STEP).
+        pending = dict(getattr(self, "_control_code", {}))
+        env: dict[str, float] = {}
+        while pending:
+            progressed = False
+            for py, code in list(pending.items()):
+                needed = {CONTROL[d] for d in _control_refs(code)}
+                if needed <= set(env):
+                    env[CONTROL[py]] = float(_evaluate(code.text, env))
+                    del pending[py]
+                    progressed = True
+            if not progressed:
+                msg = f"{self.path}: the time controls {sorted(pending)} refer to each other or to model variables"
+                raise ModelError(msg)
+        for py, local in CONTROL.items():
+            if local in env:
+                self.graph.controls[py] = env[local]
+
+    def _variable(self, element: Any, py: str) -> None:
+        ast = element.components[0].ast
+        n_before = len(self.graph.statefuls)
+        self._last_stateful = None
+        step = self.visit(ast, "step")
+        init = self.visit(ast, "init")
+        name = f"v_{py}"
+        created = self.graph.statefuls[n_before:]
+        if not created and not step.deps and not init.deps and not _uses_controls(step):
+            # PySD's "Constant": a number or an expression of numbers; samples may replace it.
+            value = _evaluate(step.text, {})
+            self.graph.constants[py] = value.item() if isinstance(value, np.ndarray) else value
+            self.graph.nodes[name] = Node(name, Code(f"C[{py!r}]"), Code(f"C[{py!r}]"), constant=py)
+            self._info(element, py, "constant", name)
+            return
+        self.graph.nodes[name] = Node(name, step, init)
+        # PySD types a variable "Stateful" when it built a stateful object for it.
+        kind = ("stock" if self._last_stateful == "integ" else "stateful") if created else "auxiliary"
+        info = self._info(element, py, kind, name)
+        # armsdyn.model counts as flows the variables named in the rate of the
+        # element's own INTEG object (PySD names it _integ_<py>): the first one built.
+        integs = [s for s in created if s.kind == "integ"]
+        if integs:
+            info.flows = self._integ_refs.get(integs[0].var, ())
+
+    def _check_references(self) -> None:
+        for node in self.graph.nodes.values():
+            for dep in node.step.deps | node.init.deps:
+                if dep.startswith("v_") and dep not in self.graph.nodes:
+                    msg = f"{self.path}: a variable refers to {dep[2:]!r}, which has no equation"
+                    raise ModelError(msg)
+        # Flows are auxiliaries only (armsdyn.model's classification).
+        for info in self.graph.elements.values():
+            if info.flows:
+                info.flows = tuple(
+                    f for f in info.flows if f in self.graph.elements and self.graph.elements[f].kind == "auxiliary"
+                )
+        for info in list(self.graph.elements.values()):
+            for flow in info.flows:
+                self.graph.elements[flow].kind = "flow"
+
+    # ------------------------------------------------------------------ expressions
+    def visit(self, ast: Any, mode: str) -> Code:
+        """Render one abstract-syntax node in ``"init"`` or ``"step"`` mode."""
+        from pysd.translators.structures import abstract_expressions as ae
+
+        if isinstance(ast, bool):
+            return Code(repr(ast))
+        if isinstance(ast, int | float | np.integer | np.floating):
+            return _number(ast)
+        if isinstance(ast, np.ndarray):
+            raise UnsupportedConstruct(self.path, self._element, "subscripted constants")
+        if isinstance(ast, ae.ReferenceStructure):
+            return self._reference(ast)
+        if isinstance(ast, ae.ArithmeticStructure | ae.LogicStructure):
+            return self._operation(ast, mode)
+        if isinstance(ast, ae.CallStructure):
+            return self._call(ast, mode)
+        if isinstance(ast, ae.GameStructure):
+            return self.visit(ast.expression, mode)
+        if isinstance(ast, ae.InlineLookupsStructure):
+            table = self._memo_table(ast)
+            return self._lookup_call(table, self.visit(ast.argument, mode))
+        stateful = self._stateful_spec(ast)
+        if stateful is not None:
+            return self._stateful(ast, *stateful)
+        raise UnsupportedConstruct(self.path, self._element, _construct_name(ast))
+
+    def _reference(self, ast: Any) -> Code:
+        if ast.subscripts is not None:
+            raise UnsupportedConstruct(self.path, self._element, "subscripts")
+        ref = ast.reference
+        if ref == "time":
+            return Code("t", deps=frozenset({"T"}))
+        py = self.clean.get(ref)
+        if py is None:
+            raise UnsupportedConstruct(self.path, self._element, f"a reference to subscript {ref!r}")
+        if py in CONTROL:
+            return Code(CONTROL[py])
+        if f"LK_{py}" in self.graph.lookups:
+            raise UnsupportedConstruct(self.path, self._element, "a lookup used without an argument")
+        return Code(f"v_{py}", deps=frozenset({f"v_{py}"}))
+
+    def _operation(self, ast: Any, mode: str) -> Code:
+        ops = list(ast.operators)
+        for op in ops:
+            if op not in _OPS and op not in _UNARY:
+                raise UnsupportedConstruct(self.path, self._element, f"the operator {op!r}")
+        if sum(op in _COMPARISONS for op in ops) > 1:
+            # Python would chain them ("a < b < c"), which numpy arrays cannot do.
+            raise UnsupportedConstruct(self.path, self._element, "chained comparisons")
+        args = [self.visit(a, mode) for a in ast.arguments]
+        deps = frozenset().union(*(a.deps for a in args))
+        last = ops[-1]
+        boolean = last in _BOOL_OPS
+        arithmetic = not boolean
+        # numpy refuses arithmetic negation of booleans; Python and PySD allow it.
+        args = [Code(f"_f({a.text})", 0, a.deps) if a.boolean and arithmetic else a for a in args]
+        order = (_OPS.get(last) or _UNARY[last])[1]
+        if len(args) == 1:
+            template, _ = _UNARY[ops[0]]
+            arg = _lower(args[0], order)
+            if ops[0] == "negative":
+                order = 1
+            return Code(template.format(x=arg.text), order, deps, boolean)
+        args[-1] = _lower(args[-1], 2 if last == "^" else order)
+        right = args.pop().text
+        while args or ops:
+            template = _OPS[ops.pop()][0]
+            left = _lower(args.pop(), order)
+            right = template.format(l=left.text, r=right)
+        return Code(right, order, deps, boolean)
+
+    def _call(self, ast: Any, mode: str) -> Code:
+        func = ast.function.reference
+        py = self.clean.get(func)
+        if py is not None and f"LK_{py}" in self.graph.lookups:
+            if len(ast.arguments) != 1:
+                raise UnsupportedConstruct(self.path, self._element, "a lookup called with several arguments")
+            return self._lookup_call(f"LK_{py}", self.visit(ast.arguments[0], mode))
+        if func == "active_initial":
+            # PySD returns the initial value while initialising, the expression afterwards.
+            return self.visit(ast.arguments[1] if mode == "init" else ast.arguments[0], mode)
+        if func == "pi":
+            return Code("np.pi")
+        args = [self.visit(a, mode) for a in ast.arguments]
+        deps = frozenset().union(*(a.deps for a in args)) if args else frozenset()
+        texts = [a.text for a in args]
+        time_deps = deps | {"T"}
+        if func in _NUMPY_FUNCS:
+            return Code(f"{_NUMPY_FUNCS[func]}({', '.join(texts)})", 0, deps)
+        simple = {
+            "log": lambda a: f"(np.log({a[0]})/np.log({a[1]}))",
+            "if_then_else": lambda a: f"np.where({a[0]}, {a[1]}, {a[2]})",
+            "integer": lambda a: f"np.trunc({a[0]})",
+            "modulo": lambda a: f"_modulo({a[0]}, {a[1]})",
+            "quantum": lambda a: f"_quantum({a[0]}, {a[1]})",
+            "xidz": lambda a: f"_xidz({a[0]}, {a[1]}, {a[2]})",
+            "zidz": lambda a: f"_zidz({a[0]}, {a[1]})",
+        }
+        if func in simple:
+            return Code(simple[func](texts), 0, deps)
+        timed = {
+            "step": lambda a: f"_step(t, dt, {a[0]}, {a[1]})",
+            "ramp": lambda a: f"_ramp(t, {a[0]}, {a[1]}, {a[2]})",
+            "Xramp": lambda a: f"_ramp(t, {a[0]}, {a[1]})",
+            "pulse": lambda a: f"_pulse(t, dt, {a[0]}, width={a[1]})",
+            "Xpulse": lambda a: f"_pulse(t, dt, {a[0]}, magnitude={a[1]})",
+            "pulse_train": lambda a: f"_pulse(t, dt, {a[0]}, repeat_time={a[1]}, width={a[2]}, end={a[3]})",
+            "Xpulse_train": lambda a: f"_pulse(t, dt, {a[0]}, repeat_time={a[1]}, magnitude={a[2]})",
+        }
+        if func in timed:
+            try:
+                return Code(timed[func](texts), 0, time_deps)
+            except IndexError:
+                raise UnsupportedConstruct(
+                    self.path, self._element, f"{_construct_name(ast)} with {len(texts)} arguments"
+                ) from None
+        raise UnsupportedConstruct(self.path, self._element, _construct_name(ast))
+
+    def _memo_table(self, ast: Any) -> str:
+        key = id(ast.lookups)
+        if key not in self._memo:
+            self._keep.append(ast.lookups)
+            self._counter += 1
+            self._memo[key] = self._table(ast.lookups, f"LK__{self._counter}")
+        return self._memo[key]
+
+    def _lookup_call(self, table: str, arg: Code) -> Code:
+        kind = self.graph.lookups[table][2]
+        func = {"interpolate": "_lookup", "extrapolate": "_lookup_extrapolate", "hold_backward": "_lookup_hold"}[kind]
+        return Code(f"{func}({table}_x, {table}_y, {arg.text})", 0, arg.deps)
+
+    # ------------------------------------------------------------------ statefuls
+    def _stateful_spec(self, ast: Any) -> tuple[str, str, dict[str, Any], int | None, bool] | None:
+        from pysd.translators.structures import abstract_expressions as ae
+
+        if isinstance(ast, ae.IntegStructure):
+            return "integ", "INTEG", {"flow": ast.flow, "initial": ast.initial}, None, bool(ast.non_negative)
+        if isinstance(ast, ae.SmoothStructure):
+            args = {"input": ast.input, "smooth_time": ast.smooth_time, "initial": ast.initial}
+            name = "SMOOTH" if ast.order == 1 else "SMOOTH3"
+            return "smooth", name, args, int(ast.order), False
+        if isinstance(ast, ae.SmoothNStructure):
+            args = {"input": ast.input, "smooth_time": ast.smooth_time, "initial": ast.initial, "order": ast.order}
+            return "smooth", "SMOOTH N", args, None, False
+        if isinstance(ast, ae.DelayStructure):
+            args = {"input": ast.input, "delay_time": ast.delay_time, "initial": ast.initial, "order": ast.order}
+            return "delay", "DELAY1" if ast.order == 1 else "DELAY3", args, None, False
+        if isinstance(ast, ae.DelayNStructure):
+            args = {"input": ast.input, "delay_time": ast.delay_time, "initial": ast.initial, "order": ast.order}
+            return "delayn", "DELAY N", args, None, False
+        if isinstance(ast, ae.DelayFixedStructure):
+            args = {"input": ast.input, "delay_time": ast.delay_time, "initial": ast.initial}
+            return "delayfixed", "DELAY FIXED", args, None, False
+        if isinstance(ast, ae.TrendStructure):
+            args = {"input": ast.input, "average_time": ast.average_time, "initial_trend": ast.initial_trend}
+            return "trend", "TREND", args, None, False
+        if isinstance(ast, ae.ForecastStructure):
+            args = {
+                "input": ast.input,
+                "average_time": ast.average_time,
+                "horizon": ast.horizon,
+                "initial_trend": ast.initial_trend,
+            }
+            return "forecast", "FORECAST", args, None, False
+        if isinstance(ast, ae.SampleIfTrueStructure):
+            args = {"condition": ast.condition, "input": ast.input, "initial": ast.initial}
+            return "sampleiftrue", "SAMPLE IF TRUE", args, None, False
+        if isinstance(ast, ae.InitialStructure):
+            return "initial", "INITIAL", {"initial": ast.initial}, None, False
+        return None
+
+    def _stateful(
+        self, ast: Any, kind: str, construct: str, args: dict[str, Any], order: int | None, nonneg: bool
+    ) -> Code:
+        key = id(ast)
+        if key not in self._memo:
+            self._keep.append(ast)
+            # Arguments first, as PySD builds them, so nested statefuls come first.
+            operands = {}
+            refs: tuple[str, ...] = ()
+            for arg, sub in args.items():
+                operands[arg], found = self._operand(sub)
+                if kind == "integ" and arg == "flow":
+                    refs = found
+            self._counter += 1
+            var = f"s{self._counter}"
+            st = Stateful(kind, var, self._element, construct, operands, nonneg, order)
+            self.graph.statefuls.append(st)
+            self._integ_refs[var] = refs
+            out = f"o{self._counter}"
+            deps = {f"S:{var}"} | {d for a in _OUTPUT_ARGS.get(kind, ()) for d in operands[a].deps}
+            code = Code(_output_text(st), 0, frozenset(deps))
+            self.graph.nodes[out] = Node(out, code, code)
+            self._memo[key] = out
+            self._memo_kind[out] = kind
+        out = self._memo[key]
+        # PySD types the variable by the stateful object it built last.
+        self._last_stateful = self._memo_kind[out]
+        return Code(out, 0, frozenset({out}))
+
+    def _operand(self, ast: Any) -> tuple[Code, tuple[str, ...]]:
+        """An argument of a stateful: a name or number as is, anything else as a hidden node.
+
+        Also returns the model variables the argument names directly (PySD's "calls").
+        """
+        step = self.visit(ast, "step")
+        init = self.visit(ast, "init")
+        refs = tuple(sorted(d[2:] for d in step.deps if d.startswith("v_")))
+        if step.text == init.text and _simple(step.text):
+            return step, refs
+        self._counter += 1
+        name = f"h{self._counter}"
+        self.graph.nodes[name] = Node(name, step, init)
+        return Code(name, 0, frozenset({name})), refs
+
+
+# ---------------------------------------------------------------------- helpers
+def _number(value: Any) -> Code:
+    if isinstance(value, np.integer):
+        value = int(value)
+    elif isinstance(value, np.floating):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        text = "np.nan" if math.isnan(value) else ("np.inf" if value > 0 else "(-np.inf)")
+        return Code(text)
+    return Code(repr(value))
+
+
+def _lower(code: Code, new_order: int) -> Code:
+    # PySD's BuildAST.lower_order: parenthesise when the operand binds less tightly.
+    if code.order >= new_order and code.order != 0 and new_order != 0:
+        return Code(f"({code.text})", 0, code.deps, code.boolean)
+    return code
+
+
+def _simple(text: str) -> bool:
+    return bool(_IDENT.match(text) or _NUMBER.match(text)) or text in ("np.nan", "np.inf", "(-np.inf)", "np.pi")
+
+
+def _uses_controls(code: Code) -> bool:
+    return bool(_control_refs(code))
+
+
+def _control_refs(code: Code) -> set[str]:
+    words = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", code.text))
+    return {py for py, local in CONTROL.items() if local in words}
+
+
+def _evaluate(text: str, env: dict[str, float]) -> Any:
+    # Only ever called on source this module generated from numbers and time controls.
+    from armsdyn.ensemble._runtime import NAMESPACE
+
+    with np.errstate(all="ignore"):
+        return eval(compile(text, "<constant>", "eval"), {**NAMESPACE, **env})
+
+
+def _construct_name(ast: Any) -> str:
+    from pysd.translators.structures import abstract_expressions as ae
+
+    if isinstance(ast, ae.CallStructure):
+        func = ast.function.reference
+        return _CONSTRUCT_NAMES.get(func, func.upper().replace("_", " "))
+    names = {
+        "AllocateAvailableStructure": "ALLOCATE AVAILABLE",
+        "AllocateByPriorityStructure": "ALLOCATE BY PRIORITY",
+        "GetConstantsStructure": "GET XLS/DIRECT CONSTANTS",
+        "GetDataStructure": "GET XLS/DIRECT DATA",
+        "GetLookupsStructure": "GET XLS/DIRECT LOOKUPS",
+        "DataStructure": "DATA variables",
+        "SubscriptsReferenceStructure": "subscripts",
+        "LookupsStructure": "a lookup definition inside an expression",
+    }
+    return names.get(type(ast).__name__, type(ast).__name__)
+
+
+def _output_text(st: Stateful) -> str:
+    s, a = st.var, {k: v.text for k, v in st.args.items()}
+    if st.kind in ("integ", "delayfixed", "initial"):
+        return s
+    if st.kind == "smooth":
+        return f"{s}[-1]"
+    if st.kind == "delay":
+        return f"{s}[-1] / {a['delay_time']}"
+    if st.kind == "delayn":
+        return f"{s}[-1] / {s}_T[0]"
+    if st.kind == "trend":
+        return f"_zidz({a['input']} - {s}, {a['average_time']} * np.abs({s}))"
+    if st.kind == "forecast":
+        return f"{a['input']} * (1 + _zidz({a['input']} - {s}, {a['average_time']} * {s}) * {a['horizon']})"
+    if st.kind == "sampleiftrue":
+        return f"np.where({a['condition']}, {a['input']}, {s})"
+    raise AssertionError(st.kind)
+
+
+def init_lines(st: Stateful, path: Path) -> list[str]:
+    """Statements that initialise one stateful object (PySD's ``initialize``)."""
+    s, a = st.var, {k: v.text for k, v in st.args.items()}
+    label = repr(f"{path}: {st.element!r} ({st.construct})")
+    if st.kind == "integ":
+        return [f"{s} = _full(n, {a['initial']})"]
+    if st.kind == "initial":
+        return [f"{s} = {a['initial']}"]
+    if st.kind == "sampleiftrue":
+        return [f"{s} = _full(n, {a['initial']})"]
+    if st.kind == "smooth":
+        order = str(st.order) if st.order is not None else f"_uniform({a['order']}, {label})"
+        return [f"{s}_K = {order}", f"{s} = _full2({s}_K, n, {a['initial']})"]
+    if st.kind in ("delay", "delayn"):
+        lines = [
+            f"{s}_K = _uniform(_delay_order({a['order']}, {a['delay_time']}, dt, n), {label})",
+            f"{s} = _full2({s}_K, n, {a['initial']} * {a['delay_time']})",
+        ]
+        if st.kind == "delayn":
+            lines.append(f"{s}_T = _full2({s}_K, n, {a['delay_time']})")
+        return lines
+    if st.kind == "delayfixed":
+        return [
+            f"{s}_K = _uniform(_fixed_order({a['delay_time']}, dt, n), {label})",
+            f"{s} = _full(n, {a['initial']})",
+            f"{s}_P = _full2({s}_K, n, {a['initial']})",
+            f"{s}_p = 0",
+        ]
+    if st.kind == "trend":
+        return [f"{s} = _full(n, {a['input']} / (1 + {a['initial_trend']} * {a['average_time']}))"]
+    if st.kind == "forecast":
+        return [f"{s} = _full(n, {a['input']} / (1 + {a['initial_trend']}))"]
+    raise AssertionError(st.kind)
+
+
+def update_lines(st: Stateful) -> list[str]:
+    """Statements that advance one stateful object by one Euler step (``state + ddt * dt``)."""
+    s, a = st.var, {k: v.text for k, v in st.args.items()}
+    if st.kind == "integ":
+        if st.nonneg:
+            return [f"{s} = np.maximum({s} + {a['flow']} * dt, 0)"]
+        return [f"{s} = {s} + {a['flow']} * dt"]
+    if st.kind == "smooth":
+        return [
+            "_x = np.empty_like(" + s + ")",
+            f"_x[0] = {a['input']}",
+            f"_x[1:] = {s}[:-1]",
+            f"{s} = {s} + (_x - {s}) * {s}_K / {a['smooth_time']} * dt",
+        ]
+    if st.kind in ("delay", "delayn"):
+        lines = []
+        times = a["delay_time"]
+        if st.kind == "delayn":
+            lines += [
+                f"_x = np.empty_like({s}_T)",
+                f"_x[0] = {a['delay_time']}",
+                f"_x[1:] = {s}_T[:-1]",
+                f"{s}_T = _x",
+            ]
+            times = f"{s}_T"
+        return [
+            *lines,
+            f"_o = {s} / {times}",
+            "_x = np.empty_like(_o)",
+            f"_x[0] = {a['input']}",
+            "_x[1:] = _o[:-1]",
+            f"{s} = {s} + (_x - _o) * {s}_K * dt",
+        ]
+    if st.kind == "delayfixed":
+        return [f"{s}_P[{s}_p] = {a['input']}", f"{s}_p = ({s}_p + 1) % {s}_K", f"{s} = {s}_P[{s}_p].copy()"]
+    if st.kind in ("trend", "forecast"):
+        return [f"{s} = {s} + ({a['input']} - {s}) / {a['average_time']} * dt"]
+    if st.kind == "sampleiftrue":
+        return [f"{s} = {s} * 0 + np.where({a['condition']}, {a['input']}, {s})"]
+    if st.kind == "initial":
+        return []
+    raise AssertionError(st.kind)
+
+
+# ---------------------------------------------------------------------- program
+def _order_nodes(graph: ModelGraph, targets: list[str], phase: str) -> list[str]:
+    """Topological order of everything `targets` need, in ``"init"`` or ``"step"`` phase.
+
+    In the init phase ``"I:<state>"`` stands for initialising a stateful object,
+    and reading a state requires it; in the step phase states are inputs.
+    """
+    by_var = {st.var: st for st in graph.statefuls}
+
+    def deps(name: str) -> list[str]:
+        if name.startswith("I:"):
+            st = by_var[name[2:]]
+            found: set[str] = set()
+            for arg in _INIT_ARGS[st.kind]:
+                if arg in st.args:
+                    found |= st.args[arg].deps
+            return sorted(_filter(found, phase))
+        node = graph.nodes[name]
+        code = node.init if phase == "init" else node.step
+        return sorted(_filter(code.deps, phase))
+
+    done: dict[str, bool] = {}
+    out: list[str] = []
+    for target in targets:
+        if target in done:
+            continue
+        stack = [(target, iter(deps(target)))]
+        done[target] = False
+        while stack:
+            name, it = stack[-1]
+            for dep in it:
+                state = done.get(dep)
+                if state is None:
+                    done[dep] = False
+                    stack.append((dep, iter(deps(dep))))
+                    break
+                if state is False:
+                    cycle = [n for n, _ in stack] + [dep]
+                    shown = " -> ".join(_pretty(graph, c) for c in cycle[cycle.index(dep) :])
+                    msg = f"{graph.path}: circular dependency in the {phase} equations: {shown}"
+                    raise ModelError(msg)
+            else:
+                stack.pop()
+                done[name] = True
+                out.append(name)
+    return out
+
+
+def _filter(deps: frozenset[str] | set[str], phase: str) -> set[str]:
+    found = set()
+    for d in deps:
+        if d == "T":
+            continue
+        if d.startswith("S:"):
+            if phase == "init":
+                found.add("I:" + d[2:])
+            continue
+        found.add(d)
+    return found
+
+
+def _pretty(graph: ModelGraph, name: str) -> str:
+    if name.startswith("v_") and name[2:] in graph.elements:
+        return repr(graph.elements[name[2:]].name)
+    if name.startswith("I:"):
+        st = next(s for s in graph.statefuls if s.var == name[2:])
+        return f"{st.construct} in {st.element!r}"
+    return name
+
+
+def _dynamic_nodes(graph: ModelGraph) -> set[str]:
+    """Nodes whose step value changes with time (reads time or a state, directly or not)."""
+    dynamic: set[str] = set()
+    order = _order_nodes(graph, list(graph.nodes), "step")
+    for name in order:
+        code = graph.nodes[name].step
+        if any(d == "T" or d.startswith("S:") or d in dynamic for d in code.deps):
+            dynamic.add(name)
+    return dynamic
+
+
+def generate_source(graph: ModelGraph, outputs: list[str]) -> str:
+    """Source of ``simulate(C, n, TS, SV, dt, t0, tf, sp, O)`` saving the `outputs` nodes.
+
+    ``C`` maps constant names to values (floats or per-sample arrays), ``TS`` and
+    ``SV`` are the step times and save flags, ``O`` a list of ``(n_save, n)``
+    arrays, one per output, filled row by row. Returns the number of rows saved.
+    """
+    nodes = graph.nodes
+    dynamic = _dynamic_nodes(graph)
+    by_var = {st.var: st for st in graph.statefuls}
+    # Advance only the stateful objects the outputs need, directly or through other states.
+    needed: list[Stateful] = []
+    targets: list[str] = []  # what advancing the needed states reads
+    while True:
+        reached = _order_nodes(graph, [*outputs, *targets], "step")
+        found = {d[2:] for n in reached for d in nodes[n].step.deps if d.startswith("S:")}
+        new = [st for st in graph.statefuls if st.var in found and st not in needed]
+        if not new:
+            break
+        needed += new
+        for st in new:
+            for arg in _STEP_ARGS[st.kind]:
+                targets += sorted(_filter(st.args[arg].deps, "step"))
+    needed = [st for st in graph.statefuls if st in needed]  # keep PySD's order
+    init_order = _order_nodes(graph, [f"I:{st.var}" for st in needed], "init")
+    advance = _order_nodes(graph, targets, "step")
+    saved = _order_nodes(graph, [*advance, *outputs], "step")
+    advance_set = set(advance)
+    constants = [n for n in _order_nodes(graph, [*init_order, *saved], "init") if n in nodes and nodes[n].constant]
+    const_set = set(constants)
+    static = [n for n in saved if n not in dynamic and n not in const_set]
+    per_step = [n for n in advance if n in dynamic]
+    per_save = [n for n in saved if n in dynamic and n not in advance_set]
+
+    body = ["def simulate(C, n, TS, SV, dt, t0, tf, sp, O):"]
+    add = body.append
+    add("    t = TS[0]")
+    for name in constants:
+        add(f"    {name} = {nodes[name].step.text}")
+    add("    # initialisation: stateful objects in dependency order (ACTIVE INITIAL gives its initial value)")
+    for name in init_order:
+        if name.startswith("I:"):
+            for line in init_lines(by_var[name[2:]], graph.path):
+                add(f"    {line}")
+        elif name not in const_set:
+            add(f"    {name} = {nodes[name].init.text}")
+    add("    # values that do not change during the run")
+    for name in static:
+        add(f"    {name} = {nodes[name].step.text}")
+    add("    k = 0")
+    add("    last = len(TS) - 1")
+    add("    for i in range(last + 1):")
+    add("        t = TS[i]")
+    for name in per_step:
+        add(f"        {name} = {nodes[name].step.text}")
+    add("        if SV[i]:")
+    for name in per_save:
+        add(f"            {name} = {nodes[name].step.text}")
+    for j, name in enumerate(outputs):
+        add(f"            O[{j}][k] = {name}")
+    add("            k += 1")
+    add("        if i == last:")
+    add("            break")
+    for st in needed:
+        for line in update_lines(st):
+            add(f"        {line}")
+    add("    return k")
+    return "\n".join(body) + "\n"

@@ -1,0 +1,435 @@
+"""The compiled model: run many parameter samples at once and assemble a Dataset."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from armsdyn.ensemble._compiler import Compiler, ModelGraph, generate_source, parse
+from armsdyn.ensemble._errors import SampleError
+from armsdyn.ensemble._runtime import NAMESPACE, NonUniformOrder
+from armsdyn.errors import ModelError, did_you_mean
+from armsdyn.model import SUFFIXES, TimeSettings, Variable, file_sha256
+
+DEFAULT_CHUNK_SIZE = 8192
+"""Samples advanced together: large enough to amortise numpy's per-call overhead,
+small enough that a step's working set stays in the CPU cache."""
+
+Samples = Mapping[str, Any] | pd.DataFrame
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """The integration times and which of them are saved, exactly as PySD steps them.
+
+    PySD advances time by repeated addition of TIME STEP (so float rounding
+    accumulates like PySD's) and saves a time when it lies within ``1e-5 * TIME
+    STEP`` of a multiple of SAVEPER from the initial time.
+    """
+
+    times: tuple[float, ...]
+    save: tuple[bool, ...]
+    settings: TimeSettings
+
+    @classmethod
+    def from_settings(cls, time: TimeSettings, path: Path) -> TimeGrid:
+        """Build the grid of `time`, checking it is usable."""
+        t0, tf, dt, sp = (float(v) for v in (time.initial, time.final, time.step, time.saveper))
+        if not (np.isfinite([t0, tf, dt, sp]).all() and dt > 0 and sp > 0 and tf >= t0):
+            msg = f"{path}: unusable time settings {time}"
+            raise ModelError(msg)
+        prec = dt * 1e-5
+        times, save = [], []
+        t = t0
+        while True:
+            delay = t - t0
+            times.append(t)
+            save.append(delay % sp < prec or -delay % sp < prec)
+            if not t + dt * 1e-5 < tf:
+                break
+            t = t + dt
+        expected = len(time.save_times())
+        if sum(save) != expected:
+            msg = f"{path}: SAVEPER {sp} is not a whole multiple of TIME STEP {dt} ({sum(save)} saved times)"
+            raise ModelError(msg)
+        return cls(tuple(times), tuple(save), time)
+
+
+@dataclass(frozen=True)
+class OutputMeta:
+    """How one variable appears in a result Dataset."""
+
+    py_name: str
+    name: str
+    units: str
+    doc: str
+
+    def attrs(self) -> dict[str, str]:
+        """``long_name``, ``units`` and ``description`` attributes."""
+        return {"long_name": self.name, "units": self.units, "description": self.doc}
+
+
+class CompiledModel:
+    """A model compiled to vectorised numpy code; see :func:`compile_model`.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The model file.
+    sha256 : str
+        Hash of the file's content when it was compiled.
+    variables : dict of str to armsdyn.model.Variable
+        Every variable except the time controls, keyed by the model's own name,
+        sorted by name (as :class:`armsdyn.model.Model` lists them).
+    time : armsdyn.model.TimeSettings
+        The model file's own time settings.
+    """
+
+    def __init__(self, graph: ModelGraph, sha256: str) -> None:
+        self.path = graph.path
+        self.sha256 = sha256
+        self._graph = graph
+        self._programs: dict[tuple[str, ...], Callable[..., int]] = {}
+        variables = {}
+        for info in graph.elements.values():
+            default = graph.constants.get(info.py_name)
+            number = isinstance(default, int | float | np.number) and not isinstance(default, bool)
+            variables[info.name] = Variable(
+                name=info.name,
+                py_name=info.py_name,
+                kind=info.kind,
+                units=info.units,
+                doc=info.doc,
+                default=float(default) if number else None,
+            )
+        self.variables = dict(sorted(variables.items()))
+        self._by_key: dict[str, Variable] = {}
+        for var in self.variables.values():
+            self._by_key[var.name.lower()] = var
+            self._by_key[var.py_name] = var
+        controls = graph.controls
+        missing = [k for k in ("initial_time", "final_time", "time_step") if k not in controls]
+        if missing:
+            msg = f"{self.path}: the model does not define {', '.join(missing)}"
+            raise ModelError(msg)
+        self.time = TimeSettings(
+            initial=controls["initial_time"],
+            final=controls["final_time"],
+            step=controls["time_step"],
+            saveper=controls.get("saveper", controls["time_step"]),
+            units=graph.time_units,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Compiled functions do not pickle; workers regenerate them from the graph.
+        state = self.__dict__.copy()
+        state["_programs"] = {}
+        return state
+
+    @property
+    def name(self) -> str:
+        """The model file's name without its suffix."""
+        return self.path.stem
+
+    def variable(self, name: str) -> Variable:
+        """Look up a variable by its model name (any case) or Python-safe name.
+
+        Raises
+        ------
+        KeyError
+            With a message naming the model and suggesting the closest name.
+        """
+        var = self._by_key.get(name) or self._by_key.get(name.lower())
+        if var is None:
+            hint = did_you_mean(name, self.variables)
+            msg = f"no variable {name!r} in model {self.path}{hint}"
+            raise KeyError(msg)
+        return var
+
+    def default_variables(self) -> list[str]:
+        """Python-safe names of the stocks and flows, the default outputs."""
+        return [v.py_name for v in self.variables.values() if v.kind in ("stock", "flow")]
+
+    def source(self, variables: Sequence[str] | None = None) -> str:
+        """The generated simulation function for `variables` (for inspection and debugging)."""
+        outputs = [f"v_{py}" for py in self._output_names(variables)]
+        return generate_source(self._graph, outputs)
+
+    # ------------------------------------------------------------------ running
+    def run(
+        self,
+        samples: Samples,
+        time: TimeSettings | None = None,
+        variables: Sequence[str] | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> xr.Dataset:
+        """Simulate every parameter sample, advancing a chunk of samples at once.
+
+        Parameters
+        ----------
+        samples : mapping or pandas.DataFrame
+            Model constant name (model name in any case, or Python-safe name) to a
+            1-D array of values, all of the same length n; or a DataFrame with one
+            column per constant. Constants not sampled keep the model's values.
+            An empty mapping runs the model once with its own values.
+        time : TimeSettings, optional
+            Time settings; the model file's own by default.
+        variables : sequence of str, optional
+            Variables to save (model or Python-safe names); stocks and flows by default.
+        chunk_size : int
+            Number of samples advanced together.
+
+        Returns
+        -------
+        xarray.Dataset
+            Dims ``(run, time)``; one data variable per saved variable, keyed by its
+            Python-safe name with attrs ``long_name``, ``units`` and ``description``;
+            the sampled values as coordinates on ``run``.
+
+        Raises
+        ------
+        SampleError
+            If a sample name is unknown or not a constant, or the arrays do not fit.
+        ModelError
+            If the time settings are unusable or the model cannot be initialised.
+        """
+        values, n = self.normalise_samples(samples)
+        names = self._output_names(variables)
+        grid = TimeGrid.from_settings(time or self.time, self.path)
+        arrays = self.simulate_arrays(values, n, grid, names, chunk_size)
+        return self.dataset(values, grid, names, arrays)
+
+    def normalise_samples(self, samples: Samples) -> tuple[dict[str, np.ndarray], int]:
+        """Sampled constants as float arrays keyed by Python-safe name, and their length."""
+        if isinstance(samples, pd.DataFrame):
+            items = [(str(c), samples[c].to_numpy()) for c in samples.columns]
+            n = len(samples.index)
+        elif isinstance(samples, Mapping):
+            items = list(samples.items())
+            n = None
+        else:
+            msg = f"samples must be a mapping of constant names to arrays or a DataFrame, not {type(samples).__name__}"
+            raise SampleError(msg)
+        values: dict[str, np.ndarray] = {}
+        for key, raw in items:
+            try:
+                var = self.variable(str(key))
+            except KeyError as exc:
+                raise SampleError(exc.args[0]) from None
+            if var.kind != "constant":
+                msg = f"{var.name!r} in model {self.path} is a {var.kind}, not a constant, so it cannot be sampled"
+                raise SampleError(msg)
+            if var.py_name in values:
+                msg = f"constant {var.name!r} is sampled twice"
+                raise SampleError(msg)
+            try:
+                arr = np.asarray(raw, dtype=float)
+            except (TypeError, ValueError):
+                msg = f"samples of {var.name!r} are not numbers"
+                raise SampleError(msg) from None
+            if arr.ndim != 1:
+                msg = f"samples of {var.name!r} must be a 1-D array, got shape {arr.shape}"
+                raise SampleError(msg)
+            if n is None:
+                n = len(arr)
+            if len(arr) != n:
+                msg = f"samples of {var.name!r} have {len(arr)} values; the others have {n}"
+                raise SampleError(msg)
+            values[var.py_name] = arr
+        return values, 1 if n is None else n
+
+    def _output_names(self, variables: Sequence[str] | None) -> list[str]:
+        if variables is None:
+            return self.default_variables()
+        if isinstance(variables, str):
+            variables = [variables]
+        names = []
+        for name in variables:
+            var = self.variable(name)
+            if var.kind == "lookup":
+                msg = f"{var.name!r} in model {self.path} is a lookup table; it has no value to save"
+                raise ModelError(msg)
+            if var.py_name not in names:
+                names.append(var.py_name)
+        return names
+
+    def program(self, names: Sequence[str]) -> Callable[..., int]:
+        """The compiled simulation function saving `names` (Python-safe), built once."""
+        key = tuple(names)
+        if key not in self._programs:
+            source = generate_source(self._graph, [f"v_{py}" for py in key])
+            namespace: dict[str, Any] = dict(NAMESPACE)
+            for table, (xs, ys, _kind) in self._graph.lookups.items():
+                namespace[f"{table}_x"] = xs
+                namespace[f"{table}_y"] = ys
+            # The source was generated from the parsed model, never from user text.
+            exec(compile(source, f"<armsdyn.ensemble:{self.path.name}>", "exec"), namespace)
+            self._programs[key] = namespace["simulate"]
+        return self._programs[key]
+
+    def simulate_arrays(
+        self,
+        values: Mapping[str, np.ndarray],
+        n: int,
+        grid: TimeGrid,
+        names: Sequence[str],
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> list[np.ndarray]:
+        """Run `n` samples chunk by chunk; one ``(n_save, n)`` array per saved variable.
+
+        Chunks always start at multiples of `chunk_size`, so a sample meets the
+        same neighbours (and numpy the same array layout) however the samples
+        are later split across processes.
+        """
+        if chunk_size < 1:
+            msg = f"chunk_size must be at least 1, got {chunk_size}"
+            raise ValueError(msg)
+        func = self.program(names)
+        n_save = sum(grid.save)
+        out = [np.empty((n_save, n)) for _ in names]
+        for lo in range(0, n, chunk_size):
+            hi = min(n, lo + chunk_size)
+            chunk = {k: v[lo:hi] for k, v in values.items()}
+            results = self._run_chunk(func, chunk, hi - lo, grid, len(names))
+            for arr, res in zip(out, results, strict=True):
+                arr[:, lo:hi] = res
+        return out
+
+    def _run_chunk(
+        self, func: Callable[..., int], chunk: dict[str, np.ndarray], m: int, grid: TimeGrid, n_out: int
+    ) -> list[np.ndarray]:
+        n_save = sum(grid.save)
+        out = [np.empty((n_save, m)) for _ in range(n_out)]
+        constants = {**self._graph.constants, **chunk}
+        time = grid.settings
+        try:
+            # Overflow and NaN are results to report, not errors (as with PySD in armsdyn.model).
+            with np.errstate(all="ignore"):
+                saved = func(
+                    constants, m, grid.times, grid.save, float(time.step), float(time.initial),
+                    float(time.final), float(time.saveper), out,
+                )  # fmt: skip
+        except NonUniformOrder as exc:
+            keys = exc.values
+        else:
+            keys = None
+        if keys is not None:
+            # Some samples need another delay order or pipe length: run each group separately.
+            _, groups = np.unique(keys, return_inverse=True)
+            for g in range(groups.max() + 1):
+                idx = np.flatnonzero(groups == g)
+                sub = {k: v[idx] for k, v in chunk.items()}
+                for arr, res in zip(out, self._run_chunk(func, sub, len(idx), grid, n_out), strict=True):
+                    arr[:, idx] = res
+            return out
+        if saved != n_save:
+            msg = f"{self.path}: saved {saved} times, expected {n_save}"
+            raise ModelError(msg)
+        return out
+
+    def output_meta(self, names: Sequence[str]) -> list[OutputMeta]:
+        """Dataset metadata of the variables `names` (Python-safe)."""
+        by_py = {v.py_name: v for v in self.variables.values()}
+        return [OutputMeta(py, by_py[py].name, by_py[py].units, by_py[py].doc) for py in names]
+
+    def dataset(
+        self, values: Mapping[str, np.ndarray], grid: TimeGrid, names: Sequence[str], arrays: Sequence[np.ndarray]
+    ) -> xr.Dataset:
+        """Assemble the result Dataset of :meth:`run`."""
+        return build_dataset(
+            self.path, self.sha256, grid.settings, values, self.output_meta(names), self.output_meta(list(values)),
+            arrays, engine="armsdyn.ensemble",
+        )  # fmt: skip
+
+
+def build_dataset(
+    path: Path,
+    sha256: str,
+    time: TimeSettings,
+    values: Mapping[str, np.ndarray],
+    outputs: Sequence[OutputMeta],
+    sampled: Sequence[OutputMeta],
+    arrays: Sequence[np.ndarray],
+    engine: str,
+) -> xr.Dataset:
+    """A ``(run, time)`` Dataset of saved variables with the sampled constants as ``run`` coordinates."""
+    n = arrays[0].shape[1] if arrays else len(next(iter(values.values()), [0]))
+    ds = xr.Dataset(
+        coords={
+            "run": ("run", np.arange(n), {"long_name": "Run"}),
+            "time": ("time", time.save_times(), {"long_name": "Time", "units": time.units}),
+        },
+        attrs={
+            "model": path.name,
+            "model_sha256": sha256,
+            "initial_time": time.initial,
+            "final_time": time.final,
+            "time_step": time.step,
+            "saveper": time.saveper,
+            "time_units": time.units,
+            "engine": engine,
+        },
+    )
+    for meta, arr in zip(outputs, arrays, strict=True):
+        # Saved as (time, run) row by row; the transpose is a view, not a copy.
+        ds[meta.py_name] = (("run", "time"), arr.T, meta.attrs())
+    for meta in sampled:
+        if meta.py_name in ds.data_vars:
+            continue  # a sampled constant that is also saved is already a data variable
+        ds.coords[meta.py_name] = ("run", np.asarray(values[meta.py_name], dtype=float), meta.attrs())
+    return ds
+
+
+_compiled: dict[tuple[str, str], CompiledModel] = {}
+
+
+def compile_model(path: str | os.PathLike[str]) -> CompiledModel:
+    """Compile a Vensim (``.mdl``) or XMILE (``.xmile``, ``.stmx``) model to vectorised numpy code.
+
+    The compiled model is cached in-process by the file's content hash, so a
+    file that changes is compiled again.
+
+    Parameters
+    ----------
+    path : path-like
+        The model file.
+
+    Returns
+    -------
+    CompiledModel
+
+    Raises
+    ------
+    UnsupportedConstruct
+        If the model uses a construct the engine cannot compile (subscripts,
+        macros, external data, ...); the message names the file, the variable
+        and the construct.
+    ModelError
+        If the file is missing, has an unsupported suffix or cannot be parsed.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES:
+        msg = f"{path}: unsupported model file type {path.suffix!r}; expected one of {', '.join(SUFFIXES)}"
+        raise ModelError(msg)
+    if not path.is_file():
+        msg = f"{path}: model file not found"
+        raise ModelError(msg)
+    sha = file_sha256(path)
+    key = (sha, path.suffix.lower())
+    if key not in _compiled:
+        graph = Compiler(path, parse(path)).compile()
+        _compiled[key] = CompiledModel(graph, sha)
+    model = _compiled[key]
+    if model.path != path:
+        # Same content under another name: share the compiled code, name this file in messages.
+        model = copy.copy(model)
+        model.path = path
+    return model

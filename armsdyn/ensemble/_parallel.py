@@ -1,0 +1,190 @@
+"""Run an ensemble across processes, and fall back to PySD for models the engine cannot compile."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from armsdyn.ensemble._engine import (
+    DEFAULT_CHUNK_SIZE,
+    CompiledModel,
+    OutputMeta,
+    Samples,
+    TimeGrid,
+    build_dataset,
+    compile_model,
+)
+from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
+from armsdyn.model import Model, TimeSettings, load_model
+
+# Per-process state of worker processes: each compiles (or loads) its model once.
+_worker_model: CompiledModel | None = None
+_worker_pysd: Model | None = None
+
+
+def run_ensemble(
+    path: str | os.PathLike[str],
+    samples: Samples,
+    time: TimeSettings | None = None,
+    variables: Sequence[str] | None = None,
+    *,
+    workers: int | None = 1,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> xr.Dataset:
+    """Run a model for every parameter sample, on one core or several.
+
+    Compiles the model with :func:`compile_model` and runs it with
+    :meth:`CompiledModel.run`. If the model uses a construct the engine cannot
+    compile, warns (:class:`FallbackWarning`, naming the construct) and runs
+    PySD once per sample instead, in `workers` processes, with the same result
+    layout.
+
+    Parameters
+    ----------
+    path : path-like
+        The model file.
+    samples : mapping or pandas.DataFrame
+        Constant name to a 1-D array of values (see :meth:`CompiledModel.run`).
+    time : TimeSettings, optional
+        Time settings; the model file's own by default.
+    variables : sequence of str, optional
+        Variables to save; stocks and flows by default.
+    workers : int or None
+        Processes to use; None means one per CPU. Results do not depend on it.
+    chunk_size : int
+        Samples advanced together by the compiled engine.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``(run, time)``, as :meth:`CompiledModel.run` returns.
+    """
+    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    try:
+        model = compile_model(path)
+    except UnsupportedConstruct as exc:
+        msg = f"{exc}; running the model with PySD instead, one sample at a time"
+        warnings.warn(msg, FallbackWarning, stacklevel=2)
+        return _run_pysd(Path(path), samples, time, variables, workers)
+    if workers == 1:
+        return model.run(samples, time, variables, chunk_size)
+    values, n = model.normalise_samples(samples)
+    names = model._output_names(variables)
+    grid = TimeGrid.from_settings(time or model.time, model.path)
+    # Tasks are whole chunks, so every sample is computed in the same chunk as in a serial run.
+    n_chunks = -(-n // chunk_size)
+    per_task = max(1, -(-n_chunks // (workers * 2)))
+    bounds = [(lo, min(n, lo + per_task * chunk_size)) for lo in range(0, n, per_task * chunk_size)]
+    n_save = sum(grid.save)
+    arrays = [np.empty((n_save, n)) for _ in names]
+    with _pool(min(workers, len(bounds)), _init_compiled, (model,)) as pool:
+        futures = [
+            pool.submit(_task_compiled, {k: v[lo:hi] for k, v in values.items()}, hi - lo, grid, names, chunk_size)
+            for lo, hi in bounds
+        ]
+        for (lo, hi), future in zip(bounds, futures, strict=True):
+            for arr, res in zip(arrays, future.result(), strict=True):
+                arr[:, lo:hi] = res
+    return model.dataset(values, grid, names, arrays)
+
+
+def _pool(workers: int, initializer: Any, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
+    # "spawn" starts clean interpreters: safe whatever threads the parent runs.
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs)
+
+
+def _init_compiled(model: CompiledModel) -> None:
+    global _worker_model
+    _worker_model = model
+
+
+def _task_compiled(
+    values: dict[str, np.ndarray], n: int, grid: TimeGrid, names: list[str], chunk_size: int
+) -> list[np.ndarray]:
+    assert _worker_model is not None
+    return _worker_model.simulate_arrays(values, n, grid, names, chunk_size)
+
+
+# ---------------------------------------------------------------------- PySD fallback
+def _run_pysd(
+    path: Path, samples: Samples, time: TimeSettings | None, variables: Sequence[str] | None, workers: int
+) -> xr.Dataset:
+    model = load_model(path)
+    values, n = _pysd_samples(model, samples)
+    if variables is None:
+        chosen = model.of_kind("stock", "flow")
+    else:
+        chosen = [model.variable(v) for v in ([variables] if isinstance(variables, str) else variables)]
+    names = list(dict.fromkeys(v.name for v in chosen))
+    time = time or model.time
+    grid = TimeGrid.from_settings(time, path)
+    by_name = {v.name: v for v in model.variables.values()}
+    params = [{name: float(arr[i]) for name, arr in values.items()} for i in range(n)]
+    if workers == 1 or n < 2:
+        results = [_simulate_pysd(model, p, time, names) for p in params]
+    else:
+        step = -(-n // workers)
+        blocks = [params[lo : lo + step] for lo in range(0, n, step)]
+        with _pool(len(blocks), _init_pysd, (str(path),)) as pool:
+            done = pool.map(_task_pysd, blocks, [time] * len(blocks), [names] * len(blocks))
+            results = [r for block in done for r in block]
+    arrays = [np.stack([r[name] for r in results], axis=1) for name in names]
+    outputs = [_meta(by_name[name]) for name in names]
+    by_py = {v.py_name: v for v in model.variables.values()}
+    sampled_py = {by_name[name].py_name: arr for name, arr in values.items()}
+    sampled = [_meta(by_py[py]) for py in sampled_py]
+    return build_dataset(path, model.sha256, grid.settings, sampled_py, outputs, sampled, arrays, engine="pysd")
+
+
+def _meta(var: Any) -> OutputMeta:
+    return OutputMeta(var.py_name, var.name, var.units, var.doc)
+
+
+def _pysd_samples(model: Model, samples: Samples) -> tuple[dict[str, np.ndarray], int]:
+    import pandas as pd
+
+    if isinstance(samples, pd.DataFrame):
+        items = [(str(c), samples[c].to_numpy()) for c in samples.columns]
+        n = len(samples.index)
+    else:
+        items = list(samples.items())
+        n = None
+    values: dict[str, np.ndarray] = {}
+    for key, raw in items:
+        try:
+            var = model.variable(str(key))
+        except KeyError as exc:
+            raise SampleError(exc.args[0]) from None
+        if var.kind != "constant":
+            msg = f"{var.name!r} in model {model.path} is a {var.kind}, not a constant, so it cannot be sampled"
+            raise SampleError(msg)
+        arr = np.asarray(raw, dtype=float)
+        if arr.ndim != 1 or (n is not None and len(arr) != n):
+            msg = f"samples of {var.name!r} must be a 1-D array like the others"
+            raise SampleError(msg)
+        n = len(arr)
+        values[var.name] = arr
+    return values, 1 if n is None else n
+
+
+def _simulate_pysd(model: Model, params: dict[str, float], time: TimeSettings, names: list[str]) -> dict[str, Any]:
+    return model.simulate(params, time, names)
+
+
+def _init_pysd(path: str) -> None:
+    global _worker_pysd
+    _worker_pysd = load_model(path)
+
+
+def _task_pysd(block: list[dict[str, float]], time: TimeSettings, names: list[str]) -> list[dict[str, Any]]:
+    assert _worker_pysd is not None
+    return [_simulate_pysd(_worker_pysd, p, time, names) for p in block]

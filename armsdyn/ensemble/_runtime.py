@@ -1,0 +1,189 @@
+"""Vectorised counterparts of PySD's run-time functions, used by generated code.
+
+Every function takes floats or arrays of shape ``(n,)`` (one value per sample)
+and mirrors the arithmetic of the PySD function it replaces operation by
+operation, so that results agree with PySD to the last bit wherever numpy and
+Python floats round alike. Scalar arguments stay cheap: numpy broadcasting
+handles a constant that no sample varies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from armsdyn.errors import ModelError
+
+# What Vensim (and PySD) treat as zero in XIDZ, ZIDZ, QUANTUM, RAMP and PULSE.
+SMALL_VENSIM = 1e-6
+
+Num = Any  # a float or a numpy array of shape (n,)
+
+
+class NonUniformOrder(Exception):
+    """Samples of one chunk need different delay orders or pipe lengths.
+
+    The generated code keeps one order per stateful object, so the engine
+    regroups the chunk by these values and runs each group on its own.
+    """
+
+    def __init__(self, values: np.ndarray) -> None:
+        super().__init__("non-uniform order")
+        self.values = values
+
+
+def full(n: int, value: Num) -> np.ndarray:
+    """A fresh float array of shape ``(n,)`` holding `value` (scalar or per-sample)."""
+    out = np.empty(n)
+    out[...] = value
+    return out
+
+
+def full2(k: int, n: int, value: Num) -> np.ndarray:
+    """A fresh ``(k, n)`` float array, every row holding `value`."""
+    out = np.empty((k, n))
+    out[...] = value
+    return out
+
+
+def as_float(value: Num) -> Num:
+    """Booleans as floats: numpy refuses ``-`` on booleans where Python allows it."""
+    return np.asarray(value, dtype=float)
+
+
+def uniform(values: Num, name: str) -> int:
+    """The single integer order in `values`, or raise NonUniformOrder to regroup samples."""
+    arr = np.asarray(values)
+    if arr.ndim == 0 or arr.size == 0:
+        return _as_order(arr.item() if arr.size else 1, name)
+    first = arr.flat[0]
+    if not np.all(arr == first):
+        raise NonUniformOrder(arr.astype(float))
+    return _as_order(first, name)
+
+
+def _as_order(value: float, name: str) -> int:
+    if not np.isfinite(value) or value < 1 or value != int(value):
+        # PySD fails here too (empty or non-integer state array); say why instead.
+        msg = f"{name}: order {value} is not a whole number of at least 1 (delay time shorter than TIME STEP?)"
+        raise ModelError(msg)
+    return int(value)
+
+
+def delay_order(order: Num, delay_time: Num, dt: float, n: int) -> np.ndarray:
+    """Per-sample order of DELAY1/DELAY3/DELAY N, as PySD's ``Delay.initialize`` sets it.
+
+    PySD lowers the order one by one while ``order * TIME STEP > delay time``.
+    """
+    k = np.trunc(np.broadcast_to(np.asarray(order, dtype=float), (n,)))
+    d = np.broadcast_to(np.asarray(delay_time, dtype=float), (n,))
+    for _ in range(int(np.nanmax(k, initial=0))):
+        lower = k * dt > d
+        if not lower.any():
+            break
+        k = np.where(lower, k - 1, k)
+    return k
+
+
+def fixed_order(delay_time: Num, dt: float, n: int) -> np.ndarray:
+    """Per-sample pipe length of DELAY FIXED: ``round(max(delay / TIME STEP, 1) + 1e-6)``."""
+    d = np.broadcast_to(np.asarray(delay_time, dtype=float), (n,))
+    return np.round(np.maximum(d / dt, 1) + SMALL_VENSIM)
+
+
+def xidz(a: Num, b: Num, x: Num) -> Num:
+    """Vensim XIDZ: ``a / b``, or `x` where ``|b| < 1e-6``."""
+    return np.where(np.abs(b) < SMALL_VENSIM, x, a / b)
+
+
+def zidz(a: Num, b: Num) -> Num:
+    """Vensim ZIDZ: ``a / b``, or 0 where ``|b| < 1e-6``."""
+    return np.where(np.abs(b) < SMALL_VENSIM, 0, a / b)
+
+
+def quantum(a: Num, b: Num) -> Num:
+    """Vensim QUANTUM: ``b * INTEGER(a / b)``, or `a` where ``b < 1e-6``."""
+    return np.where(b < SMALL_VENSIM, a, b * np.trunc(a / b))
+
+
+def modulo(x: Num, m: Num) -> Num:
+    """Vensim MODULO as PySD computes it: ``x - QUANTUM(x, m)``."""
+    return x - quantum(x, m)
+
+
+def step(t: float, dt: float, value: Num, tstep: Num) -> Num:
+    """Vensim STEP with PySD's half-time-step tolerance."""
+    return value * (t + dt / 2 > tstep)
+
+
+def ramp(t: float, slope: Num, start: Num, finish: Num | None = None) -> Num:
+    """Vensim RAMP (XMILE RAMP when `finish` is None)."""
+    final = t if finish is None else np.minimum(finish, t)
+    return (t + SMALL_VENSIM > start) * slope * (final - start)
+
+
+def pulse(
+    t: float,
+    dt: float,
+    start: Num,
+    repeat_time: Num = 0,
+    width: Num | None = None,
+    magnitude: Num | None = None,
+    end: Num | None = None,
+) -> Num:
+    """Vensim PULSE and PULSE TRAIN, XMILE PULSE: PySD's ``functions.pulse`` per sample."""
+    width = 0.5 * dt if width is None else width
+    out = magnitude / dt if magnitude is not None else 1
+    single = np.where((start - SMALL_VENSIM <= t) & (t < start + width), out, 0)
+    if isinstance(repeat_time, int | float) and repeat_time == 0:
+        return single
+    active = start <= t
+    if end is not None:
+        active = active & (t < end)
+    train = np.where(active & ((t - start + SMALL_VENSIM) % repeat_time < width), out, 0)
+    return np.where(repeat_time == 0, single, train)
+
+
+def lookup(xs: np.ndarray, ys: np.ndarray, x: Num) -> Num:
+    """Vensim lookup: linear interpolation, clamped to the end values outside the table."""
+    return np.interp(x, xs, ys)
+
+
+def lookup_extrapolate(xs: np.ndarray, ys: np.ndarray, x: Num) -> Num:
+    """XMILE extrapolating lookup: linear continuation of the first and last segments."""
+    y = np.interp(x, xs, ys)
+    if len(xs) < 2:
+        return y
+    k_hi = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    k_lo = (ys[1] - ys[0]) / (xs[1] - xs[0])
+    y = np.where(x > xs[-1], ys[-1] + k_hi * (x - xs[-1]), y)
+    return np.where(x < xs[0], ys[0] + k_lo * (x - xs[0]), y)
+
+
+def lookup_hold(xs: np.ndarray, ys: np.ndarray, x: Num) -> Num:
+    """XMILE discrete lookup: the value at the last point at or before `x`."""
+    idx = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, len(xs) - 1)
+    return ys[idx]
+
+
+NAMESPACE = {
+    "np": np,
+    "_full": full,
+    "_full2": full2,
+    "_f": as_float,
+    "_uniform": uniform,
+    "_delay_order": delay_order,
+    "_fixed_order": fixed_order,
+    "_xidz": xidz,
+    "_zidz": zidz,
+    "_quantum": quantum,
+    "_modulo": modulo,
+    "_step": step,
+    "_ramp": ramp,
+    "_pulse": pulse,
+    "_lookup": lookup,
+    "_lookup_extrapolate": lookup_extrapolate,
+    "_lookup_hold": lookup_hold,
+}
+"""Names the generated code may use, besides its own lookup tables."""

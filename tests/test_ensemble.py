@@ -1,0 +1,254 @@
+"""The ensemble engine: vectorised runs of many samples agree with PySD run by run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from armsdyn.ensemble import (
+    CompiledModel,
+    FallbackWarning,
+    SampleError,
+    UnsupportedConstruct,
+    compile_model,
+    run_ensemble,
+)
+from armsdyn.errors import ModelError
+from armsdyn.model import TimeSettings, load_model
+from tests.conftest import MODELS, SHARED
+
+MODEL_FILES = [
+    # Large models take PySD several seconds for 20 runs.
+    pytest.param(p, marks=pytest.mark.slow) if p.stat().st_size > 20_000 else p
+    for p in sorted(MODELS.glob("*.mdl")) + sorted(MODELS.glob("*.xmile"))
+]
+CASES = SHARED / "test-models"
+CASE_FILES = sorted(CASES.glob("*/*.mdl")) + sorted(CASES.glob("*/*.xmile")) if CASES.is_dir() else []
+RTOL = 1e-9
+ATOL = 1e-12  # floor for values that should be 0 but carry rounding noise
+
+# Exercises every construct the engine compiles, with delay times that make PySD
+# lower delay orders and pipe lengths differently from sample to sample.
+CONSTRUCTS_MDL = """{UTF-8}
+input= 1 + STEP(2, 3) + RAMP(0.5, 2, 8) + PULSE TRAIN(1, 1, 3, 15) + PULSE(start time, width) ~ ~ |
+start time = 4 ~ ~ |
+width = 2 ~ ~ |
+dtime= 2.5 ~ ~ |
+fixed= DELAY FIXED(input, dtime, 0) ~ ~ |
+d3= DELAY3(input, dtime) ~ ~ |
+d3i= DELAY3I(input, dtime, 7) ~ ~ |
+d1= DELAY1(input * 2, dtime) ~ ~ |
+d1i= DELAY1I(input, dtime, 3) ~ ~ |
+dn= DELAY N(input, dtime, 1, norder) ~ ~ |
+norder = 2 ~ ~ |
+s1= SMOOTH(input, dtime) ~ ~ |
+s1i= SMOOTHI(input, dtime, 4) ~ ~ |
+s3= SMOOTH3(input, dtime) ~ ~ |
+s3i= SMOOTH3I(input, dtime, 2) ~ ~ |
+sn= SMOOTH N(input, dtime, 3, norder) ~ ~ |
+tr= TREND(input, dtime, 0.1) ~ ~ |
+ai= ACTIVE INITIAL(stock * 2, 5) ~ ~ |
+stock= INTEG(ai / 10 + tr - SMOOTH(stock, dtime) / 5, 1) ~ ~ |
+init= INITIAL(stock + input) ~ ~ |
+sit = SAMPLE IF TRUE(Time > 6 :AND: Time < 9, stock, -1) ~ ~ |
+lk( [(0,0)-(10,10)],(0,0),(2,3),(5,4),(10,1)) ~ ~ |
+l= lk(Time * dtime / 2) ~ ~ |
+wl = WITH LOOKUP(Time, ([(0,0)-(10,10)],(0,1),(5,2),(10,0))) ~ ~ |
+m = MODULO(Time, dtime) + INTEGER(dtime * 1.7) + XIDZ(1, dtime - 2.5, 3) + ZIDZ(Time, dtime - 2.5) ~ ~ |
+q = IF THEN ELSE(Time >= dtime :OR: :NOT: (stock > 3), -(Time > 2), 1) ~ ~ |
+e = EXP(-Time/dtime) + LN(dtime) + LOG(dtime + Time, 10) + SQRT(dtime) + ABS(-dtime) + SIN(Time) + COS(Time)\
+ + TAN(Time / 10) + ARCTAN(dtime) + ARCSIN(0.5) + ARCCOS(0.5) + MIN(dtime, 3) + MAX(dtime, 3) + dtime ^ 2 ~ ~ |
+INITIAL TIME = 0 ~ ~ |
+FINAL TIME = 20 ~ ~ |
+TIME STEP = 1 ~ ~ |
+SAVEPER = 1 ~ ~ |
+"""
+
+SUBSCRIPTED_MDL = """{UTF-8}
+dim: a, b ~~|
+x[dim] = 1, 2 ~~|
+total = SUM(x[dim!]) * k ~~|
+k = 3 ~~|
+stock = INTEG(total - stock / tau, 0) ~~|
+tau = 4 ~~|
+INITIAL TIME = 0 ~ ~ |
+FINAL TIME = 10 ~ ~ |
+TIME STEP = 0.5 ~ ~ |
+SAVEPER = 1 ~ ~ |
+"""
+
+
+def vary_constants(model: CompiledModel, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every scalar constant drawn within +-30% of its default (infinite defaults kept).
+
+    Defaults between 0 and 1 stay at most 1: they are often fractions, and a
+    fraction above 1 takes a negative number to a fractional power, which PySD
+    (Python floats) turns complex where numpy gives NaN.
+    """
+    rng = np.random.default_rng(seed)
+    samples = {}
+    for var in model.variables.values():
+        if var.kind == "constant" and var.default is not None:
+            factor = rng.uniform(0.7, 1.3, n) if np.isfinite(var.default) else np.ones(n)
+            values = var.default * factor
+            samples[var.name] = np.minimum(values, 1) if 0 < var.default <= 1 else values
+    return samples
+
+
+def value_names(model: CompiledModel) -> list[str]:
+    """Every variable that has a value to save (all but lookup tables)."""
+    return [v.name for v in model.variables.values() if v.kind != "lookup"]
+
+
+def assert_matches_pysd(
+    path: Path, ds, samples: dict[str, np.ndarray], names: list[str], time: TimeSettings | None = None
+) -> None:
+    """Each run of `ds` equals PySD's run of the same sample, variable by variable."""
+    pysd_model = load_model(path)
+    time = time or pysd_model.time
+    n = ds.sizes["run"]
+    for i in range(n):
+        params = {name: float(values[i]) for name, values in samples.items()}
+        expected = pysd_model.simulate(params, time, names)
+        for name in names:
+            got = ds[pysd_model.variable(name).py_name].values[i]
+            np.testing.assert_allclose(
+                got, expected[name], rtol=RTOL, atol=ATOL, equal_nan=True, err_msg=f"{path.name}: {name}, run {i}"
+            )
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: Path(p).name)
+def test_models_match_pysd_for_sampled_constants(path: Path) -> None:
+    model = compile_model(path)
+    samples = vary_constants(model, 20)
+    names = value_names(model)
+    ds = model.run(samples, variables=names, chunk_size=8)  # several chunks, last one partial
+    assert ds.sizes["run"] == 20
+    assert_matches_pysd(path, ds, samples, names)
+
+
+@pytest.mark.parametrize("path", CASE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_conformance_cases_match_pysd(path: Path) -> None:
+    try:
+        model = compile_model(path)
+    except UnsupportedConstruct as exc:
+        pytest.skip(f"unsupported construct {exc.construct} in {exc.variable!r}")
+    try:
+        load_model(path)
+    except ModelError as exc:
+        pytest.skip(f"PySD cannot run this case: {exc}")
+    # Two identical samples at the defaults: the per-sample array code, checked against PySD's default run.
+    samples = {
+        v.name: np.full(2, v.default)
+        for v in model.variables.values()
+        if v.kind == "constant" and v.default is not None
+    }
+    names = value_names(model)
+    ds = model.run(samples, variables=names)
+    assert_matches_pysd(path, ds, samples, names)
+
+
+@pytest.mark.skipif(not CASE_FILES, reason=f"peer conformance models not found in {CASES}")
+def test_conformance_cases_are_present() -> None:
+    assert any(p.parent.name == "delay_fixed" for p in CASE_FILES)
+
+
+def test_every_supported_construct_matches_pysd_with_per_sample_delay_orders(tmp_path: Path) -> None:
+    path = tmp_path / "constructs.mdl"
+    path.write_text(CONSTRUCTS_MDL, encoding="utf-8")
+    model = compile_model(path)
+    # Delay times from 1 to 4.2 TIME STEPs: DELAY3 orders 1-3 and DELAY FIXED pipes 1-4 in one chunk.
+    samples = {
+        "dtime": np.array([1, 1.5, 2.5, 2.5, 4.2, 2.0, 3.0, 1.2]),
+        "start time": np.arange(8.0),
+        "width": np.array([1, 2, 0, 0.5, 3, 1, 1, 2.0]),
+    }
+    names = value_names(model)
+    ds = model.run(samples, variables=names)
+    assert_matches_pysd(path, ds, samples, names)
+    # Chunking and regrouping do not change any value.
+    assert ds.identical(model.run(samples, variables=names, chunk_size=3))
+
+
+def test_time_settings_override_matches_pysd() -> None:
+    path = MODELS / "richardson.mdl"
+    model = compile_model(path)
+    time = TimeSettings(initial=2, final=12, step=0.25, saveper=0.5, units="Year")
+    samples = vary_constants(model, 3, seed=1)
+    ds = model.run(samples, time)
+    np.testing.assert_array_equal(ds["time"].values, time.save_times())
+    assert_matches_pysd(path, ds, samples, [model.variable(py).name for py in ds.data_vars], time)
+
+
+def test_dataset_layout_names_and_attrs() -> None:
+    model = compile_model(MODELS / "richardson.mdl")
+    frame = pd.DataFrame({"defence coefficient k": [0.5, 0.9, 1.2], "grievance_g": [1.0, 0.0, -1.0]})
+    ds = model.run(frame)
+    assert ds["arms_x"].dims == ("run", "time")
+    assert set(ds.data_vars) == {"arms_x", "arms_y", "arming_rate_x", "arming_rate_y"}  # stocks and flows
+    assert ds["arms_x"].attrs["long_name"] == "arms X"
+    assert ds["arms_x"].attrs["units"] == "arms"
+    assert ds["arms_x"].attrs["description"].startswith("Armaments of state X")
+    np.testing.assert_array_equal(ds["defence_coefficient_k"].values, [0.5, 0.9, 1.2])
+    assert ds["grievance_g"].attrs["long_name"] == "grievance g"
+    np.testing.assert_array_equal(ds["time"].values, model.time.save_times())
+    # An unsampled run uses the model's own values.
+    single = model.run({}, variables=["arms X"])
+    assert single.sizes["run"] == 1
+
+
+def test_unknown_sample_name_suggests_the_closest() -> None:
+    model = compile_model(MODELS / "richardson.mdl")
+    with pytest.raises(SampleError, match=r"did you mean 'defence coefficient k'\?"):
+        model.run({"defense coefficient k": np.ones(3)})
+    with pytest.raises(SampleError, match="not a constant"):
+        model.run({"arms X": np.ones(3)})
+    with pytest.raises(SampleError, match="have 2 values"):
+        model.run({"grievance g": np.ones(3), "grievance h": np.ones(2)})
+
+
+def test_unsupported_construct_names_file_variable_and_construct(tmp_path: Path) -> None:
+    path = tmp_path / "random.mdl"
+    path.write_text(
+        "{UTF-8}\nnoise = RANDOM UNIFORM(0, 1, 0) ~~|\nlevel = INTEG(noise, 0) ~~|\n"
+        "INITIAL TIME = 0 ~~|\nFINAL TIME = 1 ~~|\nTIME STEP = 1 ~~|\nSAVEPER = 1 ~~|\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(UnsupportedConstruct) as info:
+        compile_model(path)
+    assert isinstance(info.value, ModelError)
+    assert (info.value.variable, info.value.construct) == ("noise", "RANDOM UNIFORM")
+    assert str(path) in str(info.value)
+
+
+def test_fallback_to_pysd_warns_and_matches_pysd(tmp_path: Path) -> None:
+    path = tmp_path / "subscripted.mdl"
+    path.write_text(SUBSCRIPTED_MDL, encoding="utf-8")
+    samples = {"k": np.array([1.0, 2.0, 3.0]), "tau": np.array([2.0, 4.0, 8.0])}
+    with pytest.warns(FallbackWarning, match="subscript"):
+        ds = run_ensemble(path, samples)
+    assert ds.attrs["engine"] == "pysd"
+    assert set(ds.data_vars) == {"stock", "total"}
+    assert_matches_pysd(path, ds, samples, ["stock", "total"])
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_same_results_as_one() -> None:
+    path = MODELS / "richardson.mdl"
+    samples = vary_constants(compile_model(path), 50, seed=2)
+    serial = run_ensemble(path, samples, workers=1, chunk_size=7)
+    parallel = run_ensemble(path, samples, workers=2, chunk_size=7)
+    assert parallel.identical(serial)
+
+
+def test_compiled_model_is_cached_by_content(tmp_path: Path) -> None:
+    first = compile_model(MODELS / "richardson.mdl")
+    assert compile_model(MODELS / "richardson.mdl") is first
+    copy = Path(shutil.copy(MODELS / "richardson.mdl", tmp_path / "copy.mdl"))
+    assert compile_model(copy).path == copy
+    copy.write_text(copy.read_text(encoding="utf-8").replace("0.9\n", "0.7\n", 1), encoding="utf-8")
+    assert compile_model(copy).variable("defence coefficient k").default == 0.7

@@ -1,0 +1,158 @@
+"""Sensitivity studies through the whole pipeline: config, SALib sampling, ensemble runs, indices, files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import armsdyn
+from armsdyn import ConfigError, Richardson
+from armsdyn.sensitivity import METHODS, run_study, sample
+from tests.conftest import MODELS, ROOT, run_cli, write_config
+
+DATA = ROOT / "tests" / "data"
+
+# Analytic Sobol indices of the Ishigami function with a = 7, b = 0.1
+# (Ishigami and Homma 1990; SALib's test suite uses the same values).
+A, B = 7.0, 0.1
+VAR = A**2 / 8 + B * math.pi**4 / 5 + B**2 * math.pi**8 / 18 + 0.5
+V1 = 0.5 * (1 + B * math.pi**4 / 5) ** 2
+V2 = A**2 / 8
+V13 = B**2 * math.pi**8 * (1 / 18 - 1 / 50)
+ISHIGAMI_S1 = np.array([V1, V2, 0.0]) / VAR
+ISHIGAMI_ST = np.array([V1 + V13, V2, V13]) / VAR
+
+
+def test_ishigami_indices_match_the_analytic_values_within_their_intervals() -> None:
+    exp = armsdyn.load_config(DATA / "ishigami.toml")
+    _, indices = run_study(exp)
+    row = indices.sel(output="Y final")
+    assert np.all(np.abs(row["S1"].values - ISHIGAMI_S1) <= row["S1_conf"].values)
+    assert np.all(np.abs(row["ST"].values - ISHIGAMI_ST) <= row["ST_conf"].values)
+
+
+OAT = """
+[time]
+final = 60
+step = 0.0625
+saveper = 1
+[parameters]
+"defence coefficient k" = 0.4
+"defence coefficient l" = 0.4
+"fatigue coefficient a" = 1.0
+"fatigue coefficient b" = 1.0
+"grievance h" = 1.0
+[sensitivity]
+method = "oat"
+levels = 3
+[[sensitivity.parameters]]
+name = "grievance g"
+bounds = [0.5, 2.0]
+[[sensitivity.parameters]]
+name = "fatigue coefficient a"
+bounds = [0.8, 1.6]
+[[sensitivity.parameters]]
+name = "defence coefficient k"
+bounds = [0.1, 0.6]
+[[sensitivity.outputs]]
+variable = "arms X"
+aggregate = "final"
+"""
+
+
+def test_one_at_a_time_sweep_of_richardson_reproduces_the_closed_form_equilibrium(tmp_path: Path) -> None:
+    exp = armsdyn.load_config(write_config(tmp_path, OAT))
+    ensemble, indices = run_study(exp)
+    base = {"k": 0.4, "l": 0.4, "a": 1.0, "b": 1.0, "g": 1.0, "h": 1.0}
+    mid = {"g": 1.25, "a": 1.2, "k": 0.35}  # OAT holds the others at their midpoints
+    symbol = {"grievance g": "g", "fatigue coefficient a": "a", "defence coefficient k": "k"}
+    row = indices.sel(output="arms X final")
+    for name, (lo, hi) in zip(symbol, [(0.5, 2.0), (0.8, 1.6), (0.1, 0.6)], strict=True):
+        for bound, key in ((lo, "at_low"), (hi, "at_high")):
+            params = {**base, **mid, symbol[name]: bound}
+            expected = Richardson(**params).equilibrium()[0]
+            got = float(row[key].sel(parameter=name))
+            assert got == pytest.approx(expected, rel=1e-4), (name, key)
+    # Every run is stable here, so the ensemble's final arms sit at the equilibrium too.
+    assert ensemble.sizes["run"] == 1 + 3 * 3
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_and_is_reproducible(tmp_path: Path, method: str) -> None:
+    text = OAT.replace('method = "oat"', f'method = "{method}"\nsamples = 16\nseed = 3').replace(
+        "levels = 3", "levels = 4"
+    )
+    exp = armsdyn.load_config(write_config(tmp_path, text))
+    first = sample(exp.sensitivity)
+    again = sample(exp.sensitivity)
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])
+    ensemble, indices = run_study(exp)
+    assert set(indices["parameter"].values) == {"grievance g", "fatigue coefficient a", "defence coefficient k"}
+    assert indices.attrs["method"] == method
+    assert "output: arms X final" in ensemble
+    if method != "grid":
+        assert indices.data_vars, "no indices computed"
+        assert np.isfinite(indices.to_array()).any()
+
+
+def test_serial_and_parallel_studies_are_identical(tmp_path: Path) -> None:
+    text = OAT.replace('method = "oat"', 'method = "sobol"\nsamples = 32\nseed = 5')
+    exp = armsdyn.load_config(write_config(tmp_path, text))
+    serial = run_study(exp, workers=1)
+    parallel = run_study(exp, workers=2)
+    xr.testing.assert_identical(serial[0], parallel[0])
+    xr.testing.assert_identical(serial[1], parallel[1])
+
+
+def test_cli_writes_the_study_with_its_figures(tmp_path: Path) -> None:
+    text = OAT.replace('method = "oat"', 'method = "morris"\nsamples = 8\nseed = 1\nfan_variables = ["arms X"]')
+    text = text.replace("levels = 3", "levels = 4")
+    out = tmp_path / "out"
+    proc = run_cli("run", write_config(tmp_path, text), "--out", out, "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "sensitivity study: morris" in proc.stderr
+    with xr.open_dataset(out / "sensitivity" / "indices.nc") as indices:
+        assert {"mu_star", "sigma", "mu_star_conf"} <= set(indices.data_vars)
+    with xr.open_dataset(out / "sensitivity" / "ensemble.nc") as ensemble:
+        assert ensemble["arms_x"].dims == ("run", "time")
+        assert "grievance_g" in ensemble.coords
+    for stem in ("sensitivity_morris_1", "fan_chart_1"):
+        assert (out / "figures" / f"{stem}.pdf").is_file()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('method = "oat"', 'method = "sobel"', r"sensitivity\.method: unknown method 'sobel'; did you mean 'sobol'\?"),
+        ('name = "grievance g"', 'name = "grievance q"', r"parameters\[0\]\.name: unknown parameter 'grievance q'"),
+        ("bounds = [0.5, 2.0]", "bounds = [2.0, 0.5]", r"parameters\[0\]\.bounds: low must be below high"),
+        (
+            "bounds = [0.5, 2.0]",
+            'bounds = [0.5, 2.0]\ndistribution = "norm"',
+            r"parameters\[0\]\.bounds: method 'oat' needs unif or logunif bounds",
+        ),
+        ('aggregate = "final"', 'aggregate = "average"', r"outputs\[0\]\.aggregate: unknown aggregate 'average'"),
+        (
+            'variable = "arms X"',
+            'metric = "breakout time A"',
+            r"outputs\[0\]\.metric: unknown metric 'breakout time A'",
+        ),
+        ("levels = 3", "levels = 1", r"sensitivity\.levels: must be at least 2"),
+        ('method = "oat"', 'method = "morris"', r"sensitivity\.levels: morris needs an even number of levels, got 3"),
+    ],
+    ids=["method", "parameter", "bounds-order", "bounds-dist", "aggregate", "metric", "levels", "morris-levels"],
+)
+def test_bad_sensitivity_tables_are_rejected(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in OAT
+    with pytest.raises(ConfigError, match=message):
+        armsdyn.load_config(write_config(tmp_path, OAT.replace(old, new, 1)))
+
+
+def test_model_path_for_data_fixture_exists() -> None:
+    assert (MODELS / "richardson.mdl").is_file()
+    assert (DATA / "ishigami.mdl").is_file()
