@@ -9,6 +9,7 @@ figure and its axes. Axis labels come from each variable's ``long_name`` and
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -618,6 +619,11 @@ def fan_chart(
     return fig, [ax]
 
 
+def _slug(text: str) -> str:
+    # Output and variable names become file names: keep them portable.
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_")[:80] or "figure"
+
+
 def draw_study_figures(ensemble: xr.Dataset, indices: xr.Dataset, spec: Any, folder: Path) -> list[Path]:
     """Draw a sensitivity study's figures: indices per output and fan charts.
 
@@ -630,10 +636,12 @@ def draw_study_figures(ensemble: xr.Dataset, indices: xr.Dataset, spec: Any, fol
     written = []
     jobs: list[tuple[str, Callable[[], tuple[Figure, list[Axes]]]]] = []
     if spec.method != "grid":
-        for i, output in enumerate(indices["output"].values):
-            jobs.append((f"sensitivity_{spec.method}_{i + 1}", lambda o=str(output): sensitivity_indices(indices, o)))
-    for i, variable in enumerate(spec.fan_variables):
-        jobs.append((f"fan_chart_{i + 1}", lambda v=variable: fan_chart(ensemble, v)))
+        for output in indices["output"].values:
+            jobs.append(
+                (f"sensitivity_{spec.method}_{_slug(output)}", lambda o=str(output): sensitivity_indices(indices, o))
+            )
+    for variable in spec.fan_variables:
+        jobs.append((f"fan_chart_{_slug(variable)}", lambda v=variable: fan_chart(ensemble, v)))
     with paper_style():
         for stem, draw in jobs:
             fig, _ = draw()

@@ -121,7 +121,7 @@ def test_cli_writes_the_study_with_its_figures(tmp_path: Path) -> None:
     with xr.open_dataset(out / "sensitivity" / "ensemble.nc") as ensemble:
         assert ensemble["arms_x"].dims == ("run", "time")
         assert "grievance_g" in ensemble.coords
-    for stem in ("sensitivity_morris_1", "fan_chart_1"):
+    for stem in ("sensitivity_morris_arms_X_final", "fan_chart_arms_X"):
         assert (out / "figures" / f"{stem}.pdf").is_file()
 
 
