@@ -19,6 +19,7 @@ examples:
   armsdyn run configs/richardson.toml            run every scenario, write results/richardson/
   armsdyn run configs/richardson.toml --out /tmp/r --force
   armsdyn check configs/richardson.toml          validate the config and model only
+  armsdyn figures results/richardson             redraw the figures from the saved results
   armsdyn models                                 list models in ./models with their parameters
   armsdyn describe models/richardson.mdl         every variable with units and documentation
 """
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
         "name against the model. Exit status 0 when valid, 2 otherwise.",
     )
     p.add_argument("config", type=Path, help="experiment config file (TOML)")
+
+    p = sub.add_parser(
+        "figures",
+        help="redraw a results folder's figures from its saved results",
+        description="Redraw every figure of RESULTS_DIR from its results.nc (and sensitivity/), "
+        "without running any model. The [[figures]] come from the config recorded in the folder's "
+        "manifest, or from --config.",
+    )
+    p.add_argument("results", type=Path, help="a results folder written by 'armsdyn run'")
+    p.add_argument("--config", type=Path, help="draw this config's [[figures]] instead")
 
     p = sub.add_parser("models", help="list the models in a folder with their parameters")
     p.add_argument(
@@ -199,4 +210,12 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "check": _check, "models": _models, "describe": _describe}
+def _figures(args: argparse.Namespace) -> int:
+    from armsdyn.output import redraw_figures
+
+    files = redraw_figures(args.results, args.config)
+    print(f"armsdyn: redrew {len(files)} files in {args.results / 'figures'}", file=sys.stderr)
+    return 0
+
+
+_COMMANDS = {"run": _run, "check": _check, "figures": _figures, "models": _models, "describe": _describe}

@@ -249,7 +249,12 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "parameters": "array of tables",
         "outputs": "array of tables",
     },
-    "sensitivity.parameters": {"name": "string", "bounds": "list of numbers", "distribution": "string"},
+    "sensitivity.parameters": {
+        "name": "string",
+        "bounds": "list of numbers",
+        "distribution": "string",
+        "also": "list of strings",
+    },
     "sensitivity.outputs": {"metric": "string", "variable": "string", "aggregate": "string", "at": "number"},
     "experiment": {"name": "string", "description": "string", "model": "string"},
     "time": {"initial": "number", "final": "number", "step": "number", "saveper": "number"},
@@ -760,7 +765,19 @@ def _parse_sensitivity(
         if problem:
             problems.add(f"{where}.bounds", problem)
             continue
-        parameters.append(SampledParameter(var.name, tuple(float(b) for b in bounds), dist))
+        also = []
+        for j, other in enumerate(entry.get("also", [])):
+            try:
+                also_var = model.variable(other)
+            except KeyError:
+                problems.add(f"{where}.also[{j}]", f"unknown parameter {other!r}{did_you_mean(other, constants)}")
+                continue
+            if also_var.kind != "constant" or also_var.name in seen:
+                problems.add(f"{where}.also[{j}]", f"{also_var.name!r} is not a constant sampled only here")
+                continue
+            seen.add(also_var.name)
+            also.append(also_var.name)
+        parameters.append(SampledParameter(var.name, tuple(float(b) for b in bounds), dist, tuple(also)))
     if ("parameters" in good and not good["parameters"]) or "parameters" not in good:
         problems.add("sensitivity.parameters", "missing or empty; add [[sensitivity.parameters]] tables")
     outputs = []

@@ -30,7 +30,7 @@ from armsdyn.metrics import richardson_parameters
 STYLE = Path(__file__).with_name("paper.mplstyle")
 SINGLE_COLUMN = 3.5  # inches
 DOUBLE_COLUMN = 7.2  # inches
-FORMATS = ("pdf", "png")
+FORMATS = ("pdf", "svg", "png")
 
 
 @contextlib.contextmanager
@@ -619,6 +619,62 @@ def fan_chart(
     return fig, [ax]
 
 
+def parameter_sweep(
+    ensemble: xr.Dataset, output: str, parameters: Sequence[str], ax: Axes | None = None
+) -> tuple[Figure, list[Axes]]:
+    """An output of a grid study against one parameter (a line) or two (a heatmap with contours).
+
+    Parameters
+    ----------
+    ensemble : xarray.Dataset
+        A grid study's ensemble, dims ``(run, time)``, with the output per run as
+        the data variable ``"output: <output>"`` and the parameters as coordinates.
+    output : str
+        The output's label.
+    parameters : sequence of str
+        One or two model names of sampled constants.
+    ax : Axes, optional
+
+    Returns
+    -------
+    (Figure, list of Axes)
+    """
+    from armsdyn.experiment import parameter_values
+
+    values = ensemble[f"output: {output}"].values
+    coords = [parameter_values(ensemble, p) for p in parameters]
+    if any(c is None for c in coords):
+        msg = f"the ensemble has no coordinate for one of {list(parameters)}"
+        raise KeyError(msg)
+    if ax is None:
+        fig, ax = plt.subplots(layout="constrained")
+    else:
+        fig = ax.figure
+    if len(parameters) == 1:
+        x = coords[0].values
+        order = np.argsort(x)
+        ax.plot(x[order], values[order], marker="o")
+        ax.set_xlabel(axis_label(coords[0]))
+        ax.set_ylabel(output)
+        return fig, [ax]
+    xs, ys = np.unique(coords[0].values), np.unique(coords[1].values)
+    grid = np.full((ys.size, xs.size), np.nan)
+    grid[np.searchsorted(ys, coords[1].values), np.searchsorted(xs, coords[0].values)] = values
+    mesh = ax.pcolormesh(xs, ys, grid, shading="nearest", cmap="viridis")
+    if np.isfinite(grid).sum() >= 4 and xs.size > 1 and ys.size > 1:
+        lines = ax.contour(xs, ys, grid, colors="white", linewidths=0.6)
+        ax.clabel(lines, fontsize=6, fmt="%.3g")
+    fig.colorbar(mesh, ax=ax, label=output)
+    # A log-uniform grid reads best on a log axis.
+    if xs.min() > 0 and xs.max() / xs.min() >= 20:
+        ax.set_xscale("log")
+    if ys.min() > 0 and ys.max() / ys.min() >= 20:
+        ax.set_yscale("log")
+    ax.set_xlabel(axis_label(coords[0]))
+    ax.set_ylabel(axis_label(coords[1]))
+    return fig, [ax]
+
+
 def _slug(text: str) -> str:
     # Output and variable names become file names: keep them portable.
     return re.sub(r"[^A-Za-z0-9]+", "_", str(text)).strip("_")[:80] or "figure"
@@ -635,6 +691,10 @@ def draw_study_figures(ensemble: xr.Dataset, indices: xr.Dataset, spec: Any, fol
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     jobs: list[tuple[str, Callable[[], tuple[Figure, list[Axes]]]]] = []
+    if spec.method == "grid" and len(spec.parameters) <= 2:
+        names = [p.name for p in spec.parameters]
+        for output in indices["output"].values:
+            jobs.append((f"sweep_{_slug(output)}", lambda o=str(output): parameter_sweep(ensemble, o, names)))
     if spec.method != "grid":
         for output in indices["output"].values:
             jobs.append(
@@ -688,7 +748,7 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> li
 
 
 def draw_figures(ds: xr.Dataset, specs: Sequence[FigureSpec], folder: Path) -> list[Path]:
-    """Draw every figure a config asks for into `folder`, as PDF and PNG.
+    """Draw every figure a config asks for into `folder`: PDF, SVG, PNG and a caption sidecar.
 
     Returns
     -------
@@ -704,4 +764,59 @@ def draw_figures(ds: xr.Dataset, specs: Sequence[FigureSpec], folder: Path) -> l
                 written += save_figure(fig, folder / spec.name)
             finally:
                 plt.close(fig)
+            caption = folder / f"{spec.name}.md"
+            caption.write_text(caption_text(ds, spec), encoding="utf-8")
+            written.append(caption)
     return written
+
+
+def caption_text(ds: xr.Dataset, spec: FigureSpec) -> str:
+    """A caption draft for a figure: model, scenarios and how they differ, time settings, config hash.
+
+    Everything comes from the results Dataset, so a redrawn figure gets the same caption.
+    """
+    from armsdyn.experiment import case_dim
+
+    dim = case_dim(ds)
+    names = list(spec.scenarios) or [str(s) for s in ds[dim].values]
+    drawn = [*spec.variables, *(v for panel in spec.panels for v in panel), *spec.metrics]
+    a = ds.attrs
+    lines = [
+        f"# {spec.name}",
+        "",
+        f"{spec.kind.replace('_', ' ').capitalize()} of {', '.join(drawn)}"
+        + (f" against {spec.parameter}" if spec.parameter else "")
+        + f", from model `{a.get('model', '?')}` (SHA-256 {str(a.get('model_sha256', '?'))[:12]}),"
+        f" experiment `{a.get('experiment', '?')}`.",
+        "",
+        f"Simulated from {a.get('initial_time', '?')} to {a.get('final_time', '?')} {a.get('time_units', '')}"
+        f" by Euler integration with time step {a.get('time_step', '?')}, saved every {a.get('saveper', '?')}"
+        f" (PySD {_version('pysd')}).",
+        "",
+        "Scenarios, with the parameters that differ between them:",
+        "",
+    ]
+    differing = []
+    for key, coord in ds.coords.items():
+        if coord.dims != (dim,) or key in (dim, "scenario_description") or coord.dtype.kind not in "fi":
+            continue
+        values = coord.sel({dim: names}).values
+        if not np.all((values == values[0]) | (np.isnan(values) & np.isnan(values[0]))):
+            differing.append((coord.attrs.get("long_name", key), coord.attrs.get("units", ""), values))
+    for i, name in enumerate(names):
+        settings = ", ".join(f"{label} = {values[i]:g}" for label, _, values in differing)
+        description = ""
+        if "scenario_description" in ds.coords:
+            description = f": {ds['scenario_description'].sel({dim: name}).item()}"
+        lines.append(f"- **{name}**{description}" + (f" ({settings})" if settings else ""))
+    lines += ["", f"Config SHA-256: {a.get('config_sha256', '?')}.", ""]
+    return "\n".join(lines)
+
+
+def _version(dist: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,74 @@ def build_manifest(experiment: Experiment, *, started: str, command: Sequence[st
         "started": started,
         "finished": now(),
     }
+
+
+def redraw_figures(folder: str | os.PathLike[str], config: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Redraw a results folder's figures from its saved results, without running any model.
+
+    Parameters
+    ----------
+    folder : path-like
+        A results folder written by :func:`write_results`.
+    config : path-like, optional
+        The config whose ``[[figures]]`` to draw; by default the config text
+        recorded in the folder's manifest.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The figure files now in ``figures/``.
+
+    Raises
+    ------
+    ResultsError
+        If the folder is not a complete results folder or cannot be updated.
+    ConfigError
+        If the config is invalid.
+    """
+    from armsdyn.config import load_config, parse_config
+    from armsdyn.figures import draw_figures, draw_study_figures
+
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        msg = f"{folder}: not a complete results folder (cannot read {MANIFEST_FILE}: {exc})"
+        raise ResultsError(msg) from exc
+    if config is not None:
+        experiment = load_config(config)
+    else:
+        recorded = manifest["config"]
+        source = Path(recorded["path"]) if recorded.get("path") else manifest_path
+        experiment = parse_config(tomllib.loads(recorded["text"]), text=recorded["text"], source=source)
+    with _locked(folder), xr.open_dataset(folder / RESULTS_FILE) as ds:
+        ds = ds.load()
+        study = None
+        if experiment.sensitivity is not None and (folder / STUDY_DIR / INDICES_FILE).is_file():
+            with (
+                xr.open_dataset(folder / STUDY_DIR / ENSEMBLE_FILE) as ensemble,
+                xr.open_dataset(folder / STUDY_DIR / INDICES_FILE) as indices,
+            ):
+                study = (ensemble.load(), indices.load())
+        tmp = Path(tempfile.mkdtemp(prefix=".figures.partial-", dir=folder))
+        try:
+            draw_figures(ds, experiment.figures, tmp)
+            if study is not None:
+                draw_study_figures(*study, experiment.sensitivity, tmp)
+            _replace(tmp, folder / FIGURES_DIR)
+            manifest["files"] = {
+                str(p.relative_to(folder)): _sha256(p)
+                for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.name != MANIFEST_FILE and not p.name.startswith(".")
+            }
+            manifest["figures_redrawn"] = now()
+            staged = folder / f".{MANIFEST_FILE}.partial"
+            staged.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            os.replace(staged, manifest_path)
+        except OSError as exc:
+            msg = f"{folder}: could not redraw figures ({exc}); the earlier figures are kept"
+            raise ResultsError(msg) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return sorted((folder / FIGURES_DIR).iterdir())

@@ -65,11 +65,15 @@ class SampledParameter:
         ln-sd]`` for ``lognorm``.
     distribution : str
         One of :data:`DISTRIBUTIONS`.
+    also : tuple of str
+        Other constants set to the same sampled value (e.g. the same parameter
+        of the other state, to vary both together).
     """
 
     name: str
     bounds: tuple[float, ...]
     distribution: str = "unif"
+    also: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -365,6 +369,8 @@ def run_study(experiment: Experiment, *, workers: int | None = 1) -> tuple[xr.Da
         # The treaty metrics read the cut period from the run coordinates.
         fixed.setdefault(treaty.PERIOD, experiment.model.variables[treaty.PERIOD].default)
     samples = {k: np.full(n, float(v)) for k, v in fixed.items()} | draws
+    for p in spec.parameters:
+        samples |= {other: draws[p.name] for other in p.also}
     ds = run_ensemble(experiment.model.path, samples, experiment.time, list(spec.variables), workers=workers)
     ds.attrs.update(
         {
