@@ -7,6 +7,7 @@ folder) print one clear message and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -52,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="processes for a [sensitivity] study's ensemble (default: all cores)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the study's chunks on this Dask distributed scheduler (e.g. tcp://host:8786)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted [sensitivity] study from its finished chunks",
+    )
+    p.add_argument(
+        "--chunk-size", type=int, default=8192, metavar="N", help="samples simulated together (default: 8192)"
     )
     p.add_argument(
         "--stop-on-fault",
@@ -146,15 +160,36 @@ def _run(args: argparse.Namespace) -> int:
             f"{len(spec.outputs)} outputs",
             file=sys.stderr,
         )
+        store = target.parent / f".{target.name}.study"
+        if args.force and not args.resume:
+            shutil.rmtree(store, ignore_errors=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            study = run_study(experiment, workers=args.workers)
+            try:
+                study = run_study(
+                    experiment,
+                    workers=args.workers,
+                    scheduler=args.scheduler,
+                    store=store,
+                    resume=args.resume,
+                    progress=sys.stderr.isatty(),
+                    chunk_size=max(1, args.chunk_size),
+                )
+            except KeyboardInterrupt:
+                print(
+                    f"armsdyn: interrupted; finished chunks are kept in {store}: "
+                    "run the same command with --resume to continue",
+                    file=sys.stderr,
+                )
+                return 130
         for w in caught:
             print(f"armsdyn: warning: {w.message}", file=sys.stderr)
         print(f"  {study[0].sizes['run']} runs", file=sys.stderr)
     write_results(
         ds, experiment, target, force=args.force, started=started, command=["armsdyn", *sys.argv[1:]], study=study
     )
+    if study is not None:
+        shutil.rmtree(store, ignore_errors=True)
     print(f"armsdyn: wrote {target}", file=sys.stderr)
     return 0
 

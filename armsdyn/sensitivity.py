@@ -32,6 +32,8 @@ References
 from __future__ import annotations
 
 import itertools
+import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -334,29 +336,52 @@ def analyze(spec: SensitivitySpec, samples: Mapping[str, np.ndarray], outputs: M
     return ds
 
 
-def run_study(experiment: Experiment, *, workers: int | None = 1) -> tuple[xr.Dataset, xr.Dataset]:
+def run_study(
+    experiment: Experiment,
+    *,
+    workers: int | None = 1,
+    scheduler: str | None = None,
+    store: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    chunk_size: int = 8192,
+) -> tuple[xr.Dataset, xr.Dataset]:
     """Sample, run the ensemble and analyse an experiment's sensitivity study.
 
     The samples start from the parameters of the study's scenario (the
     experiment's base overrides plus the scenario's own); the sampled
-    parameters replace those values.
+    parameters replace those values. The ensemble runs in chunks (see
+    :mod:`armsdyn.runner`), so memory stays bounded and an interrupted study
+    can resume from its finished chunks.
 
     Parameters
     ----------
     experiment : Experiment
         With a ``[sensitivity]`` table.
     workers : int or None
-        Processes for the ensemble (None: one per CPU); results do not depend on it.
+        Local processes (None: one per CPU); results do not depend on it.
+    scheduler : str, optional
+        Address of a Dask distributed scheduler to run the chunks on instead.
+    store : path-like, optional
+        Folder keeping finished chunks between attempts (default: a temporary one).
+    resume : bool
+        Continue from the finished chunks in `store`.
+    progress : bool
+        Show a progress bar on stderr.
+    chunk_size : int
+        Samples simulated together.
 
     Returns
     -------
     (xarray.Dataset, xarray.Dataset)
-        The ensemble's saved variables, dims ``(run, time)`` with the sampled
-        values as coordinates on ``run`` and the outputs as data variables on
-        ``run``; and the indices, dims ``(output, parameter)``.
+        The ensemble's outputs, one value per run (data variables named
+        ``"output: <label>"``, the sampled values as coordinates on ``run``),
+        plus the fan-chart variables for the first runs on ``(fan_run, time)``;
+        and the indices, dims ``(output, parameter)``.
     """
     from armsdyn import treaty
-    from armsdyn.ensemble import run_ensemble
+    from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_model
+    from armsdyn.runner import Reducer, run_chunked
 
     spec = experiment.sensitivity
     if spec is None:
@@ -371,7 +396,28 @@ def run_study(experiment: Experiment, *, workers: int | None = 1) -> tuple[xr.Da
     samples = {k: np.full(n, float(v)) for k, v in fixed.items()} | draws
     for p in spec.parameters:
         samples |= {other: draws[p.name] for other in p.also}
-    ds = run_ensemble(experiment.model.path, samples, experiment.time, list(spec.variables), workers=workers)
+    try:
+        compile_model(experiment.model.path)
+    except UnsupportedConstruct as exc:
+        warnings.warn(f"{exc}; the study runs PySD once per sample instead", FallbackWarning, stacklevel=2)
+    reducer = Reducer(
+        outputs=spec.outputs,
+        fan_variables=spec.fan_variables,
+        attrs={"metrics_regain_share": experiment.metrics.regain_share, "metrics_baseline": ""},
+    )
+    ds = run_chunked(
+        experiment.model.path,
+        samples,
+        experiment.time,
+        list(spec.variables),
+        reducer,
+        store=store,
+        resume=resume,
+        chunk_size=chunk_size,
+        workers=workers,
+        scheduler=scheduler,
+        progress=progress,
+    )
     ds.attrs.update(
         {
             "experiment": experiment.name,
@@ -379,12 +425,8 @@ def run_study(experiment: Experiment, *, workers: int | None = 1) -> tuple[xr.Da
             "model_sha256": experiment.model.sha256,
             "scenario": spec.scenario,
             "method": spec.method,
-            "metrics_regain_share": experiment.metrics.regain_share,
-            "metrics_baseline": "",
+            "fan_runs": reducer.fan_runs,
         }
     )
-    outputs = output_values(ds, spec.outputs)
-    indices = analyze(spec, draws, outputs)
-    for label, values in outputs.items():
-        ds[f"output: {label}"] = ("run", values, {"long_name": label})
-    return ds, indices
+    outputs = {o.name: ds[f"output: {o.name}"].values for o in spec.outputs}
+    return ds, analyze(spec, draws, outputs)

@@ -51,6 +51,7 @@ s3= SMOOTH3(input, dtime) ~ ~ |
 s3i= SMOOTH3I(input, dtime, 2) ~ ~ |
 sn= SMOOTH N(input, dtime, 3, norder) ~ ~ |
 tr= TREND(input, dtime, 0.1) ~ ~ |
+fc= FORECAST(input, dtime, 3) + QUANTUM(Time, 3) ~ ~ |
 ai= ACTIVE INITIAL(stock * 2, 5) ~ ~ |
 stock= INTEG(ai / 10 + tr - SMOOTH(stock, dtime) / 5, 1) ~ ~ |
 init= INITIAL(stock + input) ~ ~ |

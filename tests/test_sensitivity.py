@@ -119,7 +119,8 @@ def test_cli_writes_the_study_with_its_figures(tmp_path: Path) -> None:
     with xr.open_dataset(out / "sensitivity" / "indices.nc") as indices:
         assert {"mu_star", "sigma", "mu_star_conf"} <= set(indices.data_vars)
     with xr.open_dataset(out / "sensitivity" / "ensemble.nc") as ensemble:
-        assert ensemble["arms_x"].dims == ("run", "time")
+        assert ensemble["arms_x"].dims == ("fan_run", "time")
+        assert ensemble["output: arms X final"].dims == ("run",)
         assert "grievance_g" in ensemble.coords
     for stem in ("sensitivity_morris_arms_X_final", "fan_chart_arms_X"):
         assert (out / "figures" / f"{stem}.pdf").is_file()

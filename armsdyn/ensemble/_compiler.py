@@ -268,6 +268,7 @@ class Compiler:
         self._counter = 0
         self._last_stateful: str | None = None
         self._integ_refs: dict[str, tuple[str, ...]] = {}
+        self._control_code: dict[str, Code] = {}
 
     # ------------------------------------------------------------------ model level
     def compile(self) -> ModelGraph:
@@ -342,16 +343,14 @@ class Compiler:
     def _control(self, element: Any, py: str) -> None:
         if py not in CONTROL:
             raise UnsupportedConstruct(self.path, element.name, "a time control PySD does not know")
-        code = self.visit(element.components[0].ast, "step")
-        self._control_code = getattr(self, "_control_code", {})
-        self._control_code[py] = code
+        self._control_code[py] = self.visit(element.components[0].ast, "step")
         if py == "time_step":
             units = element.units if isinstance(element.units, str) else ""
             self.graph.time_units = units
 
     def _resolve_controls(self) -> None:
         # Controls are constant expressions that may refer to each other (SAVEPER = TIME STEP).
-        pending = dict(getattr(self, "_control_code", {}))
+        pending = dict(self._control_code)
         env: dict[str, float] = {}
         while pending:
             progressed = False

@@ -59,6 +59,9 @@ def run_ensemble(
         Variables to save; stocks and flows by default.
     workers : int or None
         Processes to use; None means one per CPU. Results do not depend on it.
+        Workers are started with ``spawn`` (safe whatever threads the caller
+        runs), so a script that uses ``workers > 1`` needs the usual
+        ``if __name__ == "__main__":`` guard.
     chunk_size : int
         Samples advanced together by the compiled engine.
 
@@ -79,9 +82,10 @@ def run_ensemble(
     values, n = model.normalise_samples(samples)
     names = model._output_names(variables)
     grid = TimeGrid.from_settings(time or model.time, model.path)
-    # Tasks are whole chunks, so every sample is computed in the same chunk as in a serial run.
+    # Tasks are whole chunks, so every sample is computed in the same chunk as in a serial run;
+    # several tasks per worker keep the workers busy until the end.
     n_chunks = -(-n // chunk_size)
-    per_task = max(1, -(-n_chunks // (workers * 2)))
+    per_task = max(1, -(-n_chunks // (workers * 8)))
     bounds = [(lo, min(n, lo + per_task * chunk_size)) for lo in range(0, n, per_task * chunk_size)]
     n_save = sum(grid.save)
     arrays = [np.empty((n_save, n)) for _ in names]

@@ -1,0 +1,303 @@
+"""Run a large ensemble in chunks: in parallel or on a Dask cluster, resumable, in bounded memory.
+
+The samples are cut into chunks of fixed size. Each chunk is simulated by the
+ensemble engine (:func:`armsdyn.ensemble.run_ensemble`, which falls back to
+PySD for models it cannot compile) and immediately *reduced* to what the study
+keeps: one number per run for each output, and the time series of a few runs
+for fan charts. Only reduced chunks ever reach the parent process, so memory
+stays bounded whatever the number of samples.
+
+The parent writes each finished chunk to a store folder (atomically: temporary
+file, then rename). A run that is interrupted (Ctrl-C, a killed process, a lost
+cluster) keeps every finished chunk; running again with ``resume=True`` skips
+them. The store records a hash of the samples and settings, so a resumed study
+cannot silently mix chunks of two different studies.
+
+Executors: serial (one worker), local processes (``workers > 1``), or an
+existing Dask distributed cluster (``scheduler="tcp://host:port"``). Chunks are
+combined in chunk order, so every executor gives identical results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from armsdyn.errors import ArmsdynError
+from armsdyn.model import TimeSettings
+
+PLAN_FILE = "plan.json"
+FAN_DIM = "fan_run"
+
+
+class StoreError(ArmsdynError, RuntimeError):
+    """A chunk store belongs to another study, or an interrupted study exists and was not resumed."""
+
+
+@dataclass(frozen=True)
+class Reducer:
+    """What a study keeps of each chunk's runs (picklable, for worker processes).
+
+    Attributes
+    ----------
+    outputs : tuple
+        :class:`armsdyn.sensitivity.Output` entries, one number per run each.
+    fan_variables : tuple of str
+        Variables whose full time series are kept for the first `fan_runs` runs.
+    fan_runs : int
+        How many runs' series are kept (the fan charts' sample).
+    attrs : mapping
+        Attrs set on each chunk before the outputs are computed (metric options).
+    """
+
+    outputs: tuple[Any, ...]
+    fan_variables: tuple[str, ...] = ()
+    fan_runs: int = 2000
+    attrs: Mapping[str, Any] | None = None
+
+    def __call__(self, ds: xr.Dataset, start: int) -> xr.Dataset:
+        from armsdyn.sensitivity import output_values
+
+        ds.attrs.update(self.attrs or {})
+        values = output_values(ds, self.outputs)
+        out = xr.Dataset(coords={k: v for k, v in ds.coords.items() if v.dims == ("run",)})
+        # Runs are numbered across the whole study, not within the chunk.
+        out = out.assign_coords(run=start + np.arange(ds.sizes["run"]))
+        for label, column in values.items():
+            out[f"output: {label}"] = ("run", np.asarray(column, dtype=float), {"long_name": label})
+        keep = max(0, min(ds.sizes["run"], self.fan_runs - start))
+        for name in self.fan_variables:
+            da = next(v for k, v in ds.data_vars.items() if name in (k, v.attrs.get("long_name")))
+            out[da.name] = ((FAN_DIM, "time"), da.values[:keep], da.attrs)
+        if self.fan_variables:
+            out.coords["time"] = ds["time"]
+        return out
+
+
+@dataclass(frozen=True)
+class _Task:
+    index: int
+    start: int
+    model_path: str
+    samples: dict[str, np.ndarray]
+    time: TimeSettings
+    variables: tuple[str, ...]
+    reduce: Reducer
+
+
+def _run_task(task: _Task) -> tuple[int, xr.Dataset]:
+    """Simulate and reduce one chunk (runs in a worker process or on a Dask worker)."""
+    import warnings
+
+    from armsdyn.ensemble import run_ensemble
+
+    with warnings.catch_warnings():
+        # Worker processes cannot report warnings usefully; the parent checks compilability.
+        warnings.simplefilter("ignore")
+        ds = run_ensemble(task.model_path, task.samples, task.time, list(task.variables), workers=1)
+    return task.index, task.reduce(ds, task.start)
+
+
+def plan_hash(
+    model_path: Path, samples: Mapping[str, np.ndarray], time: TimeSettings, chunk_size: int, reduce: Reducer
+) -> str:
+    """A fingerprint of everything that determines a study's chunks."""
+    h = hashlib.sha256()
+    h.update(Path(model_path).read_bytes())
+    for name in sorted(samples):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(samples[name], dtype=float).tobytes())
+    h.update(repr((time, chunk_size, reduce)).encode())
+    return h.hexdigest()
+
+
+def run_chunked(
+    model_path: str | os.PathLike[str],
+    samples: Mapping[str, np.ndarray],
+    time: TimeSettings,
+    variables: Sequence[str],
+    reduce: Reducer,
+    *,
+    store: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    chunk_size: int = 8192,
+    workers: int | None = 1,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Simulate every sample in chunks and return the reduced results, in run order.
+
+    Parameters
+    ----------
+    model_path : path-like
+        The model file.
+    samples : mapping of str to numpy.ndarray
+        Constant name to values, all of one length.
+    time : TimeSettings
+    variables : sequence of str
+        Variables the reduction needs.
+    reduce : Reducer
+        What to keep of each chunk.
+    store : path-like, optional
+        Folder for finished chunks; a temporary folder (removed afterwards) by default.
+    resume : bool
+        Reuse the finished chunks in `store` of the same study.
+    chunk_size : int
+        Samples per chunk.
+    workers : int or None
+        Local processes (None: one per CPU); ignored with `scheduler`.
+    scheduler : str, optional
+        Address of a Dask distributed scheduler to send the chunks to.
+    progress : bool
+        Show a progress bar with rate and ETA on stderr.
+
+    Returns
+    -------
+    xarray.Dataset
+        The reduced chunks concatenated along ``run`` (and ``fan_run``).
+
+    Raises
+    ------
+    StoreError
+        If `store` holds another study's chunks, or holds chunks and `resume` is false.
+    """
+    n = len(next(iter(samples.values())))
+    model_path = Path(model_path)
+    temporary = store is None
+    folder = Path(tempfile.mkdtemp(prefix="armsdyn-study-")) if temporary else Path(store)
+    try:
+        digest = plan_hash(model_path, samples, time, chunk_size, reduce)
+        n_chunks = max(1, -(-n // chunk_size))
+        _prepare_store(folder, digest, n_chunks, resume)
+        pending = [i for i in range(n_chunks) if not _chunk_path(folder, i).exists()]
+        tasks = (
+            _Task(
+                index=i,
+                start=i * chunk_size,
+                model_path=str(model_path),
+                samples={k: np.asarray(v)[i * chunk_size : (i + 1) * chunk_size] for k, v in samples.items()},
+                time=time,
+                variables=tuple(variables),
+                reduce=reduce,
+            )
+            for i in pending
+        )
+        bar = _progress_bar(n_chunks, n_chunks - len(pending), n, chunk_size, progress)
+        try:
+            for index, chunk in _execute(tasks, len(pending), workers, scheduler):
+                _write_chunk(folder, index, chunk)
+                bar.update(min(chunk_size, n - index * chunk_size))
+        finally:
+            bar.close()
+        return _combine(folder, n_chunks)
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _prepare_store(folder: Path, digest: str, n_chunks: int, resume: bool) -> None:
+    plan = folder / PLAN_FILE
+    if plan.exists():
+        recorded = json.loads(plan.read_text())
+        if recorded.get("hash") != digest:
+            msg = (
+                f"{folder}: holds chunks of a different study (other samples, model or settings); "
+                "remove it, or run without --resume to start over with --force"
+            )
+            raise StoreError(msg)
+        done = len(list(folder.glob("chunk-*.nc")))
+        if done and not resume:
+            msg = (
+                f"{folder}: an interrupted study left {done} of {n_chunks} chunks; "
+                "pass --resume to continue it, or --force to start over"
+            )
+            raise StoreError(msg)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    plan.write_text(json.dumps({"hash": digest, "chunks": n_chunks}) + "\n")
+
+
+def _chunk_path(folder: Path, index: int) -> Path:
+    return folder / f"chunk-{index:06d}.nc"
+
+
+def _write_chunk(folder: Path, index: int, chunk: xr.Dataset) -> None:
+    final = _chunk_path(folder, index)
+    partial = folder / f".{final.name}.partial"
+    chunk.to_netcdf(partial, engine="netcdf4")
+    os.replace(partial, final)
+
+
+def _combine(folder: Path, n_chunks: int) -> xr.Dataset:
+    chunks = []
+    for i in range(n_chunks):
+        with xr.open_dataset(_chunk_path(folder, i)) as ds:
+            chunks.append(ds.load())
+    run_vars = [k for k, v in chunks[0].data_vars.items() if v.dims == ("run",)]
+    fan_vars = [k for k, v in chunks[0].data_vars.items() if FAN_DIM in v.dims]
+    combined = xr.concat([c[run_vars] for c in chunks], dim="run")
+    if fan_vars:
+        fans = xr.concat([c[fan_vars] for c in chunks], dim=FAN_DIM)
+        combined = combined.merge(fans)
+    return combined
+
+
+def _execute(
+    tasks: Iterator[_Task], count: int, workers: int | None, scheduler: str | None
+) -> Iterator[tuple[int, xr.Dataset]]:
+    if count == 0:
+        return
+    if scheduler is not None:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+
+        with Client(scheduler) as client:
+            futures = [client.submit(_run_task, task, pure=False) for task in tasks]
+            for future in dask_completed(futures):
+                yield future.result()
+        return
+    workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
+    if workers == 1 or count == 1:
+        for task in tasks:
+            yield _run_task(task)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, count)) as pool:
+        futures = [pool.submit(_run_task, task) for task in tasks]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(n_chunks: int, done_chunks: int, n: int, chunk_size: int, show: bool) -> Any:
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(
+        total=n,
+        initial=min(n, done_chunks * chunk_size),
+        unit="run",
+        unit_scale=True,
+        desc="ensemble",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )

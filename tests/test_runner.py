@@ -1,0 +1,110 @@
+"""Chunked ensembles: identical across chunk sizes and executors, resumable after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import armsdyn
+from armsdyn.runner import StoreError
+from armsdyn.sensitivity import run_study
+from tests.conftest import CONFIGS, MODELS, run_cli
+
+STUDY = (CONFIGS / "knowledge_sensitivity.toml").read_text().replace('"../models/', f'"{MODELS}/')
+
+
+def _config(tmp_path: Path, samples: int = 8) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.replace("samples = 256", f"samples = {samples}"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[xr.Dataset, xr.Dataset]:
+    exp = armsdyn.load_config(_config(tmp_path_factory.mktemp("ref")))
+    return run_study(exp, chunk_size=10_000)
+
+
+def test_chunk_size_does_not_change_results(tmp_path: Path, reference: tuple[xr.Dataset, xr.Dataset]) -> None:
+    exp = armsdyn.load_config(_config(tmp_path))
+    ensemble, indices = run_study(exp, chunk_size=7, workers=2)
+    xr.testing.assert_identical(ensemble, reference[0])
+    xr.testing.assert_identical(indices, reference[1])
+
+
+def test_store_refuses_another_study_and_unrequested_resume(tmp_path: Path) -> None:
+    exp = armsdyn.load_config(_config(tmp_path))
+    store = tmp_path / "store"
+    run_study(exp, store=store, chunk_size=20)
+    with pytest.raises(StoreError, match="pass --resume to continue it"):
+        run_study(exp, store=store, chunk_size=20)
+    resumed = run_study(exp, store=store, chunk_size=20, resume=True)  # nothing left to run
+    assert resumed[0].sizes["run"] == 8 * (8 + 2)
+    with pytest.raises(StoreError, match="holds chunks of a different study"):
+        run_study(exp, store=store, chunk_size=21, resume=True)
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+    config = _config(tmp_path, samples=64)  # 640 runs
+    whole = tmp_path / "whole"
+    proc = run_cli("run", config, "--out", whole, "--workers", "1", "--chunk-size", "64")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "resumed"
+    store = tmp_path / ".resumed.study"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "armsdyn",
+            "run",
+            str(config),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--chunk-size",
+            "64",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(list(store.glob("chunk-*.nc"))) < 2 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    kept = len(list(store.glob("chunk-*.nc")))
+    assert 2 <= kept < 10, f"kill came too late to test resuming ({kept} chunks)"
+    assert not out.exists()
+    refused = run_cli("run", config, "--out", out, "--workers", "1", "--chunk-size", "64")
+    assert refused.returncode == 2
+    assert "--resume" in refused.stderr
+    resumed = run_cli("run", config, "--out", out, "--workers", "1", "--chunk-size", "64", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not store.exists()
+    for name in ("indices.nc", "ensemble.nc"):
+        with xr.open_dataset(whole / "sensitivity" / name) as a, xr.open_dataset(out / "sensitivity" / name) as b:
+            xr.testing.assert_identical(a.load(), b.load())
+
+
+@pytest.mark.slow
+def test_dask_cluster_gives_identical_results(tmp_path: Path, reference: tuple[xr.Dataset, xr.Dataset]) -> None:
+    distributed = pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+    ) as cluster:
+        exp = armsdyn.load_config(_config(tmp_path))
+        ensemble, indices = run_study(exp, scheduler=cluster.scheduler_address, chunk_size=13)
+    xr.testing.assert_identical(ensemble, reference[0])
+    xr.testing.assert_identical(indices, reference[1])
+    assert np.isfinite(indices["ST"]).any()
