@@ -5,6 +5,9 @@ The public API::
     import armsdyn
     ds = armsdyn.run("configs/richardson.toml")     # xarray Dataset (scenario, time)
     table = armsdyn.compute_metrics(ds)             # one row per scenario
+
+Ensembles and sensitivity studies: :mod:`armsdyn.ensemble`, :mod:`armsdyn.sensitivity`;
+figures: :mod:`armsdyn.figures`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ try:
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-from armsdyn.config import Experiment, FigureSpec, Scenario, load_config
+from armsdyn.analysis import analyse
+from armsdyn.calibration import (
+    CalibrationResult,
+    calibrate,
+    fit_trajectories,
+    richardson_combined_fit,
+    write_calibration,
+)
+from armsdyn.config import Experiment, FigureSpec, MetricsSpec, Scenario, load_config
+from armsdyn.data import DataError, load_csv, load_nmc, load_sipri
 from armsdyn.errors import (
     ArmsdynError,
     ConfigError,
@@ -28,12 +40,15 @@ from armsdyn.errors import (
 from armsdyn.experiment import Fault, find_faults, run
 from armsdyn.metrics import compute_metrics
 from armsdyn.model import Model, TimeSettings, Variable, load_model
-from armsdyn.output import write_results
+from armsdyn.output import redraw_figures, write_results
 from armsdyn.richardson import Richardson
+from armsdyn.sensitivity import run_study
 
 __all__ = [
     "ArmsdynError",
+    "CalibrationResult",
     "ConfigError",
+    "DataError",
     "Experiment",
     "Fault",
     "FigureSpec",
@@ -48,10 +63,20 @@ __all__ = [
     "TimeSettings",
     "Variable",
     "__version__",
+    "analyse",
+    "calibrate",
     "compute_metrics",
     "find_faults",
+    "fit_trajectories",
     "load_config",
+    "load_csv",
     "load_model",
+    "load_nmc",
+    "load_sipri",
+    "redraw_figures",
+    "richardson_combined_fit",
     "run",
+    "run_study",
+    "write_calibration",
     "write_results",
 ]

@@ -21,6 +21,8 @@ examples:
   armsdyn run configs/richardson.toml --out /tmp/r --force
   armsdyn check configs/richardson.toml          validate the config and model only
   armsdyn figures results/richardson             redraw the figures from the saved results
+  armsdyn calibrate configs/calibrate_richardson_1909.toml
+  armsdyn analyse configs/richardson.toml        equilibria and stability of each scenario
   armsdyn models                                 list models in ./models with their parameters
   armsdyn describe models/richardson.mdl         every variable with units and documentation
 """
@@ -90,6 +92,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results", type=Path, help="a results folder written by 'armsdyn run'")
     p.add_argument("--config", type=Path, help="draw this config's [[figures]] instead")
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit model parameters to observed series",
+        description="Fit the parameters named in CONFIG's [calibration] table to observed data by "
+        "trajectory matching (scipy least_squares), or apply Richardson's combined estimator; write "
+        "estimates with standard errors and intervals, fit statistics, residuals and figures.",
+    )
+    p.add_argument("config", type=Path, help="calibration config file (TOML)")
+    p.add_argument("--out", type=Path, help="results folder (default: results/<experiment name>)")
+    p.add_argument("--force", action="store_true", help="replace an existing results folder")
+
+    p = sub.add_parser(
+        "analyse",
+        help="find equilibria of a model's stocks and their stability",
+        description="For each scenario of CONFIG: equilibria of the stocks (root finding from several "
+        "starts), the numerical Jacobian there, its eigenvalues and a verdict.",
+    )
+    p.add_argument("config", type=Path, help="experiment config file (TOML)")
+    p.add_argument("--stocks", nargs="+", metavar="NAME", help="stocks to solve for (default: those in feedback)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random starting points (default: 0)")
+    p.add_argument("--out", type=Path, help="also write the table to this CSV file")
 
     p = sub.add_parser("models", help="list the models in a folder with their parameters")
     p.add_argument(
@@ -253,4 +277,50 @@ def _figures(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "check": _check, "figures": _figures, "models": _models, "describe": _describe}
+def _calibrate(args: argparse.Namespace) -> int:
+    from armsdyn.calibration import calibrate, load_calibration, write_calibration
+
+    spec = load_calibration(args.config)
+    target = args.out or Path("results") / spec.name
+    if target.exists() and not args.force:
+        print(
+            f"armsdyn: error: {target}: results folder already exists; pass --force to replace it, "
+            "or --out to write elsewhere",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"armsdyn: {spec.name}: calibrating {spec.model.path}", file=sys.stderr)
+    result = calibrate(spec)
+    print(result.estimates.to_string())
+    if not result.derived.empty:
+        print(result.derived.to_string())
+    summary = result.summary
+    facts = [f"{k} = {summary[k]}" for k in ("rmse", "r2", "stability", "share_stable_bootstrap") if k in summary]
+    print("; ".join(facts))
+    if summary.get("converged") is False:
+        print("armsdyn: warning: the optimiser did not report convergence", file=sys.stderr)
+    write_calibration(result, target, force=args.force, command=["armsdyn", *sys.argv[1:]])
+    print(f"armsdyn: wrote {target}", file=sys.stderr)
+    return 0
+
+
+def _analyse(args: argparse.Namespace) -> int:
+    from armsdyn.analysis import analyse, summarise
+    from armsdyn.config import load_config
+
+    table = analyse(load_config(args.config), stocks=args.stocks, seed=args.seed)
+    print(summarise(table))
+    if args.out:
+        table.to_csv(args.out, index=False)
+    return 0
+
+
+_COMMANDS = {
+    "run": _run,
+    "check": _check,
+    "figures": _figures,
+    "calibrate": _calibrate,
+    "analyse": _analyse,
+    "models": _models,
+    "describe": _describe,
+}

@@ -1,0 +1,1420 @@
+"""Calibrate a model's parameters to historical data (``armsdyn calibrate CONFIG``).
+
+Two estimators are offered:
+
+- ``method = "trajectory"`` (the default): trajectory matching. The model is
+  simulated (with PySD, or the ensemble engine) for trial parameter values and
+  :func:`scipy.optimize.least_squares` minimises the differences between the
+  simulated and observed series at the observed times. Standard errors come from
+  the Jacobian at the estimate, :math:`\\operatorname{cov} = s^2 (J^T J)^{-1}` with
+  :math:`s^2` the residual variance on :math:`n - p` degrees of freedom, and 95%
+  intervals use Student's t; a residual bootstrap (``bootstrap = N``) gives
+  percentile intervals that do not lean on the linearisation.
+- ``method = "richardson_combined"``: Richardson's own analysis of 1909-1913.
+  Adding his two equations for symmetric alliances gives
+  :math:`\\frac{d}{dt}(U+V) = \\kappa\\,(U + V - c)`; he estimated
+  :math:`\\kappa` and :math:`c` by regressing the yearly increments of
+  :math:`U+V` on its yearly means (:func:`richardson_combined_fit`).
+
+A calibration config looks like::
+
+    [experiment]
+    name = "calibrate_cold_war"
+    description = "free text"
+    model = "../models/richardson.mdl"
+
+    [time]                      # optional; default: the data's first and last times
+    initial = 1955
+    final = 1988
+    step = 0.0625
+    saveper = 1                 # every observed time must be a saved time
+
+    [parameters]                # optional fixed overrides (model constants)
+    "grievance h" = 0
+
+    [data]
+    file = "../models/data/cold_war.csv"   # relative to this config file
+    kind = "nmc"                # csv, nmc or sipri (see armsdyn.data)
+    columns = { USA = "arms X", RUS = "arms Y" }   # data series -> model variable
+    # series mapped to the same variable are summed (an alliance)
+    years = [1955, 1988]        # optional
+    scale = 1e-6                # optional factor applied to the data ...
+    units = "billion current US dollars"   # ... then state the resulting units
+
+    [calibration]
+    method = "trajectory"       # or "richardson_combined"
+    loss = "linear"             # or the robust "soft_l1", "huber"
+    f_scale = 1.0               # residual size where a robust loss turns (data units)
+    bootstrap = 200             # optional residual-bootstrap replicates
+    seed = 1
+    engine = "pysd"             # or "ensemble" (the vectorised engine; much faster)
+
+    [calibration.parameters]    # constants to fit: initial guess and bounds
+    "defence coefficient k" = { initial = 0.1, bounds = [0, 2] }
+
+    [calibration.initial_values]   # stocks whose initial value to fit ...
+    "arms X" = { bounds = [0, 100] }   # initial guess: the first observation
+    "arms Y" = "observed"       # ... or to fix at the first observation
+
+The results folder holds ``estimates.csv``, ``derived.csv`` (for Richardson's
+model: :math:`ab - kl` and the stability verdict), ``fit.csv`` (observed,
+fitted, residual), ``covariance.csv``, ``bootstrap.csv`` (when asked),
+``data.csv`` (the observations used), ``summary.json``, ``figures/`` and
+``manifest.json``; it is written atomically like a run's results folder.
+
+References
+----------
+.. [1] Richardson, L. F. (1960). *Arms and Insecurity*. Pittsburgh: Boxwood Press.
+.. [2] Braun, M. (1993). *Differential Equations and Their Applications*, 4th ed.,
+   section 4.5. New York: Springer.
+.. [3] Bates, D. M. and Watts, D. G. (1988). *Nonlinear Regression Analysis and Its
+   Applications*, ch. 2. New York: Wiley.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.optimize
+import scipy.stats
+
+from armsdyn import data as data_mod
+from armsdyn.config import (
+    SAFE_NAME,
+    SAFE_NAME_RULE,
+    Experiment,
+    ParameterValue,
+    Scenario,
+    _check_table,
+    _describe,
+    _parse_parameters,
+    _parse_time,
+    _Problems,
+    _resolve_model,
+    _type_ok,
+    _unknown,
+)
+from armsdyn.errors import ConfigError, ModelError, ResultsError, did_you_mean
+from armsdyn.model import Model, TimeSettings, file_sha256
+from armsdyn.richardson import PARAMETER_NAMES, Richardson
+
+METHODS = ("trajectory", "richardson_combined")
+LOSSES = ("linear", "soft_l1", "huber")
+ENGINES = ("pysd", "ensemble")
+DATA_KINDS = ("csv", "nmc", "sipri")
+
+ESTIMATES_FILE = "estimates.csv"
+DERIVED_FILE = "derived.csv"
+FIT_FILE = "fit.csv"
+COVARIANCE_FILE = "covariance.csv"
+BOOTSTRAP_FILE = "bootstrap.csv"
+DATA_FILE = "data.csv"
+SUMMARY_FILE = "summary.json"
+
+#: Keys of the tables of a calibration config that are not experiment-config tables.
+_SCHEMA: dict[str, dict[str, str]] = {
+    "": {
+        "experiment": "table",
+        "time": "table",
+        "parameters": "table",
+        "data": "table",
+        "calibration": "table",
+    },
+    "data": {
+        "file": "string",
+        "kind": "string",
+        "columns": "table",
+        "units": "string",
+        "scale": "number",
+        "years": "list of numbers",
+        "time": "string",
+        "series": "string",
+        "value": "string",
+        "variable": "string",
+        "era_conversion": "number",
+    },
+    "calibration": {
+        "method": "string",
+        "loss": "string",
+        "f_scale": "number",
+        "bootstrap": "integer",
+        "seed": "integer",
+        "engine": "string",
+        "parameters": "table",
+        "initial_values": "table",
+    },
+    "estimate": {"initial": "number", "bounds": "list of numbers"},
+}
+
+
+@dataclass(frozen=True)
+class FittedParameter:
+    """A model constant to estimate.
+
+    Attributes
+    ----------
+    name : str
+        The constant's model name.
+    initial : float
+        Starting guess of the optimiser.
+    bounds : (float, float)
+        Lower and upper bounds (``-inf``/``inf`` for none).
+    stock : str
+        For the initial value of a stock: the stock's name ("" otherwise).
+    """
+
+    name: str
+    initial: float
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+    stock: str = ""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the observations come from; see the module docstring's ``[data]``."""
+
+    file: Path
+    kind: str
+    columns: Mapping[str, str]
+    units: str
+    scale: float = 1.0
+    years: tuple[float, float] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """A validated calibration config.
+
+    Attributes
+    ----------
+    name, description : str
+        From ``[experiment]``.
+    config_path : pathlib.Path or None
+        The config file.
+    config_text : str
+        Its text, recorded in the manifest.
+    model : Model
+        The model calibrated.
+    time : TimeSettings
+        Simulation time settings.
+    fixed : mapping of str to ParameterValue
+        Fixed overrides from ``[parameters]`` (and initial values fixed at the data).
+    data : DataSpec
+        The data source.
+    observations : pandas.DataFrame
+        Indexed by time, one column per model variable (model names), in `data.units`.
+    method, loss, engine : str
+        Estimator, loss function and simulation engine.
+    parameters : tuple of FittedParameter
+        Constants to fit, in order.
+    f_scale : float
+        Soft margin of a robust loss.
+    bootstrap : int
+        Residual-bootstrap replicates (0 for none).
+    seed : int
+        Seed of the bootstrap.
+    """
+
+    name: str
+    description: str
+    config_path: Path | None
+    config_text: str
+    model: Model
+    time: TimeSettings
+    fixed: Mapping[str, ParameterValue]
+    data: DataSpec
+    observations: pd.DataFrame
+    method: str = "trajectory"
+    loss: str = "linear"
+    engine: str = "pysd"
+    parameters: tuple[FittedParameter, ...] = ()
+    f_scale: float = 1.0
+    bootstrap: int = 0
+    seed: int = 0
+
+    @property
+    def config_sha256(self) -> str:
+        """SHA-256 of the config text."""
+        return hashlib.sha256(self.config_text.encode()).hexdigest()
+
+    def experiment(self) -> Experiment:
+        """The calibration as an :class:`Experiment` (one scenario: the fixed values), for the manifest."""
+        return Experiment(
+            name=self.name,
+            description=self.description,
+            config_path=self.config_path,
+            config_text=self.config_text,
+            model=self.model,
+            time=self.time,
+            scenarios=(Scenario("calibration", "fixed parameters of the calibration", dict(self.fixed)),),
+            variables=tuple(self.observations.columns),
+        )
+
+
+@dataclass(frozen=True)
+class TrajectoryFit:
+    """The result of :func:`fit_trajectories`.
+
+    Attributes
+    ----------
+    estimates : pandas.DataFrame
+        Index ``parameter``; columns ``estimate``, ``std_error``, ``ci_low``,
+        ``ci_high`` (95%, Student's t on n - p degrees of freedom), ``initial``,
+        ``lower``, ``upper``, ``at_bound``.
+    covariance : pandas.DataFrame
+        Estimated covariance of the estimates.
+    fit : pandas.DataFrame
+        Tidy: ``variable``, ``time``, ``observed``, ``fitted``, ``residual``.
+    trajectories : pandas.DataFrame
+        The fitted model's variables at every saved time (for figures).
+    statistics : dict
+        ``n_observations``, ``n_parameters``, ``dof``, ``rmse``, ``r2`` (pooled),
+        per-variable ``rmse`` and ``r2``, ``sigma``, ``cost``, ``nfev``,
+        ``converged`` and the optimiser's ``message``.
+    """
+
+    estimates: pd.DataFrame
+    covariance: pd.DataFrame
+    fit: pd.DataFrame
+    trajectories: pd.DataFrame
+    statistics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """What :func:`calibrate` found; :func:`write_calibration` writes it.
+
+    Attributes
+    ----------
+    spec : CalibrationSpec
+        The calibration config.
+    estimates : pandas.DataFrame
+        One row per estimated quantity (see :class:`TrajectoryFit`), with
+        ``bootstrap_low``/``bootstrap_high`` when a bootstrap ran, and ``units``.
+    derived : pandas.DataFrame
+        Quantities computed from the estimates (for Richardson's model:
+        ``ab - kl``, equilibrium, eigenvalues), same columns where they apply.
+    fit : pandas.DataFrame
+        Observed, fitted and residual values.
+    covariance : pandas.DataFrame
+        Covariance of the estimates.
+    bootstrap : pandas.DataFrame or None
+        One row per bootstrap replicate.
+    summary : dict
+        Fit statistics and verdicts (e.g. ``stability``, ``share_stable_bootstrap``).
+    trajectories : pandas.DataFrame
+        Fitted variables at every saved time.
+    started : str
+        ISO time the calibration started.
+    """
+
+    spec: CalibrationSpec
+    estimates: pd.DataFrame
+    derived: pd.DataFrame
+    fit: pd.DataFrame
+    covariance: pd.DataFrame
+    bootstrap: pd.DataFrame | None
+    summary: dict[str, Any]
+    trajectories: pd.DataFrame
+    started: str
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _check(table: Any, section: str, where: str, problems: _Problems) -> dict[str, Any]:
+    """Like :func:`armsdyn.config._check_table`, for this module's own tables."""
+    if not isinstance(table, dict):
+        problems.add(where, f"expected a table, got {_describe(table)}")
+        return {}
+    schema = _SCHEMA[section]
+    good = {}
+    for key, value in table.items():
+        path = f"{where}.{key}" if where else key
+        if key not in schema:
+            problems.add(path, f"unknown key{did_you_mean(key, schema)} (allowed: {', '.join(schema)})")
+        elif not _type_ok(value, schema[key]):
+            problems.add(path, f"expected a {schema[key]}, got {_describe(value)}")
+        else:
+            good[key] = value
+    return good
+
+
+def load_calibration(path: str | os.PathLike[str]) -> CalibrationSpec:
+    """Read, validate and resolve a calibration config, loading its data.
+
+    Parameters
+    ----------
+    path : path-like
+        A TOML file (see the module docstring for its layout).
+
+    Returns
+    -------
+    CalibrationSpec
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found (including problems with the data file),
+        each with its key path.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        msg = f"{path}: config file not found"
+        raise ConfigError(msg) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{path}: cannot read config file: {exc}"
+        raise ConfigError(msg) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{path}: not valid TOML: {exc}"
+        raise ConfigError(msg) from None
+    return parse_calibration(raw, text=text, source=path)
+
+
+def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | None = None) -> CalibrationSpec:
+    """Validate an already-parsed calibration config; see :func:`load_calibration`."""
+    problems = _Problems(str(source) if source else "<config>")
+    top = _check(dict(raw), "", "", problems)
+    exp = _check_table(top.get("experiment", {}), "experiment", "experiment", problems)
+    for key, what in (("experiment", "a table [experiment] with keys name and model"), ("data", "a table [data]")):
+        if key not in top:
+            problems.add(key, f"missing; give {what}")
+    if "calibration" not in top:
+        problems.add("calibration", "missing; give a table [calibration] naming what to fit")
+    name = exp.get("name")
+    if "experiment" in top and name is None:
+        problems.add("experiment.name", "missing; it names the results folder")
+    elif name is not None and not SAFE_NAME.match(name):
+        problems.add("experiment.name", f"{name!r} is not a safe folder name ({SAFE_NAME_RULE})")
+    model = None
+    if "experiment" in top and "model" not in exp:
+        problems.add("experiment.model", "missing; give the path of a .mdl, .xmile or .stmx file")
+    elif "model" in exp:
+        model = _resolve_model(exp["model"], source, problems)
+    if model is None:
+        problems.raise_if_any()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    cal = _check(top.get("calibration", {}), "calibration", "calibration", problems)
+    method = cal.get("method", "trajectory")
+    if method not in METHODS:
+        problems.add("calibration.method", _unknown("method", method, METHODS))
+    for key, allowed in (("loss", LOSSES), ("engine", ENGINES)):
+        if cal.get(key, allowed[0]) not in allowed:
+            problems.add(f"calibration.{key}", _unknown(key, cal[key], allowed))
+    if cal.get("bootstrap", 0) < 0 or cal.get("bootstrap", 0) > 100_000:
+        problems.add("calibration.bootstrap", f"must be between 0 and 100000, got {cal['bootstrap']}")
+    if cal.get("seed", 0) < 0:
+        problems.add("calibration.seed", f"must be at least 0, got {cal['seed']}")
+    f_scale = cal.get("f_scale", 1.0)
+    if not (math.isfinite(f_scale) and f_scale > 0):
+        problems.add("calibration.f_scale", f"must be a positive finite number, got {f_scale!r}")
+
+    data_spec, observations = _parse_data(top.get("data", {}), source, model, problems)
+    fixed = _parse_parameters(top.get("parameters", {}), "parameters", model, problems)
+    time = _data_time(top.get("time", {}), model, observations, problems)
+    parameters: list[FittedParameter] = []
+    if method == "trajectory":
+        parameters = _parse_fitted(cal, model, fixed, observations, problems)
+        if cal.get("engine") == "ensemble":
+            series = [k for k, v in fixed.items() if isinstance(v, tuple)]
+            if series:
+                problems.add(
+                    "calibration.engine", f"the ensemble engine takes constants only; {series[0]!r} is a series"
+                )
+    elif method == "richardson_combined":
+        missing = [n for n in PARAMETER_NAMES.values() if n not in model.variables]
+        if missing:
+            problems.add(
+                "calibration.method", f"richardson_combined needs Richardson's model; {model.path} lacks {missing[0]!r}"
+            )
+        for key in ("parameters", "initial_values", "bootstrap"):
+            if key in cal:
+                problems.add(f"calibration.{key}", "not used by method 'richardson_combined' (it fits kappa and c)")
+    problems.raise_if_any()
+    # Problems were raised above otherwise; the asserts tell the type checker.
+    assert data_spec is not None
+    assert observations is not None
+
+    for fp in parameters:
+        if fp.stock:
+            fixed.pop(fp.name, None)
+    return CalibrationSpec(
+        name=name,
+        description=exp.get("description", ""),
+        config_path=source,
+        config_text=text,
+        model=model,
+        time=time,
+        fixed=fixed,
+        data=data_spec,
+        observations=observations,
+        method=method,
+        loss=cal.get("loss", "linear"),
+        engine=cal.get("engine", "pysd"),
+        parameters=tuple(parameters),
+        f_scale=float(f_scale),
+        bootstrap=cal.get("bootstrap", 0),
+        seed=cal.get("seed", 0),
+    )
+
+
+def _parse_data(
+    table: Any, source: Path | None, model: Model, problems: _Problems
+) -> tuple[DataSpec | None, pd.DataFrame | None]:
+    good = _check(table, "data", "data", problems)
+    n_before = len(problems.items)
+    kind = good.get("kind", "csv")
+    if kind not in DATA_KINDS:
+        problems.add("data.kind", _unknown("data kind", kind, DATA_KINDS))
+    if "file" not in good:
+        problems.add("data.file", "missing; give the data file's path, relative to this config")
+        return None, None
+    file = Path(good["file"])
+    if not file.is_absolute() and source is not None:
+        file = source.parent / file
+    columns: dict[str, str] = {}
+    raw_columns = good.get("columns")
+    if not raw_columns:
+        problems.add("data.columns", 'missing or empty; map data series to model variables, e.g. { usa = "arms X" }')
+    for key, value in (raw_columns or {}).items():
+        where = f'data.columns."{key}"'
+        if not isinstance(value, str):
+            problems.add(where, f"expected a model variable name, got {_describe(value)}")
+            continue
+        try:
+            var = model.variable(value)
+        except KeyError:
+            problems.add(
+                where, f"unknown variable {value!r} in model {model.path}{did_you_mean(value, model.variables)}"
+            )
+            continue
+        if var.kind in ("lookup", "constant"):
+            problems.add(where, f"{var.name!r} is a {var.kind}; map data to a variable that changes over time")
+            continue
+        columns[key] = var.name
+    for key, allowed in (
+        ("time", ("csv",)),
+        ("series", ("csv",)),
+        ("value", ("csv",)),
+        ("variable", ("nmc",)),
+        ("era_conversion", ("nmc",)),
+    ):
+        if key in good and kind not in allowed:
+            problems.add(f"data.{key}", f"only used with kind {' or '.join(map(repr, allowed))}, not {kind!r}")
+    years = good.get("years")
+    if years is not None and (len(years) != 2 or years[0] > years[1] or not all(map(math.isfinite, years))):
+        problems.add("data.years", f"expected [first, last] with first <= last, got {years}")
+        years = None
+    scale = good.get("scale", 1.0)
+    if not (math.isfinite(scale) and scale != 0):
+        problems.add("data.scale", f"must be a finite non-zero number, got {scale!r}")
+    if (kind == "csv" or scale != 1.0) and "units" not in good:
+        why = "a CSV does not say its units" if kind == "csv" else "data.scale changes the loader's units"
+        problems.add("data.units", f"missing; {why}, so state the units of the values used")
+    if len(problems.items) > n_before:
+        return None, None
+    try:
+        frame = _load(file, kind, list(columns), good, years)
+    except data_mod.DataError as exc:
+        problems.add("data", str(exc))
+        return None, None
+    units_in = {frame.attrs["units"][c] for c in columns}
+    if len(units_in) > 1 and any(list(columns.values()).count(v) > 1 for v in columns.values()):
+        problems.add("data.columns", f"series summed into one variable have different units: {sorted(units_in)}")
+        return None, None
+    units = good.get("units") or units_in.pop()
+    observations = pd.DataFrame(index=frame.index)
+    for variable in dict.fromkeys(columns.values()):
+        members = [c for c, v in columns.items() if v == variable]
+        observations[variable] = frame[members].sum(axis=1, min_count=len(members)) * scale
+    if years is not None:
+        observations = observations.loc[(observations.index >= years[0]) & (observations.index <= years[1])]
+    observations = observations.dropna(how="all")
+    if observations.empty:
+        problems.add("data", f"{file}: no observations of {', '.join(columns)} in the years asked for")
+        return None, None
+    observations.attrs = {"units": dict.fromkeys(observations.columns, units), "source": str(file)}
+    spec = DataSpec(
+        file=file,
+        kind=kind,
+        columns=columns,
+        units=units,
+        scale=float(scale),
+        years=None if years is None else (float(years[0]), float(years[1])),
+        options={k: good[k] for k in ("time", "series", "value", "variable", "era_conversion") if k in good},
+    )
+    return spec, observations
+
+
+def _load(
+    file: Path, kind: str, series: list[str], good: Mapping[str, Any], years: Sequence[float] | None
+) -> pd.DataFrame:
+    if kind == "nmc":
+        span = None if years is None else (int(years[0]), int(years[1]))
+        return data_mod.load_nmc(
+            file, series, variable=good.get("variable", "milex"), years=span, era_conversion=good.get("era_conversion")
+        )
+    if kind == "sipri":
+        span = None if years is None else (int(years[0]), int(years[1]))
+        return data_mod.load_sipri(file, series, years=span)
+    return data_mod.load_csv(
+        file,
+        time=good.get("time", "year"),
+        columns=series,
+        units=good.get("units"),
+        series=good.get("series"),
+        value=good.get("value", "value"),
+    )
+
+
+def _data_time(table: Any, model: Model, observations: pd.DataFrame | None, problems: _Problems) -> TimeSettings:
+    """Time settings: ``[time]`` over defaults spanning the data, with yearly saves."""
+    if observations is None:
+        return model.time
+    t = observations.index.to_numpy(dtype=float)
+    gaps = np.diff(t)
+    saveper = float(gaps.min()) if gaps.size else 1.0
+    step = model.time.step if _whole(saveper, model.time.step) else saveper
+    defaults = TimeSettings(float(t[0]), float(t[-1]), step, saveper, model.time.units)
+    # config._parse_time validates against a model's own settings: give it the data's defaults.
+    time = _parse_time(table if isinstance(table, dict) else {}, SimpleNamespace(time=defaults), problems)
+    if not isinstance(table, dict):
+        problems.add("time", f"expected a table, got {_describe(table)}")
+    saved = time.save_times()
+    off = [x for x in t if not np.any(np.isclose(saved, x, rtol=0, atol=1e-9 * max(1.0, abs(x))))]
+    if off and not problems.items:
+        problems.add(
+            "time",
+            f"observed time {off[0]:g} is not a saved time (saved: {saved[0]:g} to {saved[-1]:g} every "
+            f"{time.saveper:g}); set time.initial, time.final and time.saveper to cover the data",
+        )
+    return time
+
+
+def _whole(value: float, unit: float) -> bool:
+    ratio = value / unit
+    return round(ratio) >= 1 and abs(ratio - round(ratio)) <= 1e-9 * max(1.0, ratio)
+
+
+def _stock_initial(model: Model, stock: str) -> str | None:
+    """The constant a stock starts from (e.g. ``initial arms X``), if it starts from exactly one."""
+    var = model.variable(stock)
+    # PySD records what each stock's initial value depends on; only a lone constant can be fitted.
+    deps = model._pysd.dependencies.get(f"_integ_{var.py_name}", {}).get("initial", {})
+    by_py = {v.py_name: v for v in model.variables.values()}
+    if len(deps) == 1:
+        (py,) = deps
+        if py in by_py and by_py[py].kind == "constant":
+            return by_py[py].name
+    return None
+
+
+def _parse_fitted(
+    cal: Mapping[str, Any],
+    model: Model,
+    fixed: dict[str, ParameterValue],
+    observations: pd.DataFrame | None,
+    problems: _Problems,
+) -> list[FittedParameter]:
+    out: list[FittedParameter] = []
+    constants = [v.name for v in model.of_kind("constant")]
+    # (constant, its table, key path, stock whose initial value it is or "")
+    entries = [(k, v, f'calibration.parameters."{k}"', "") for k, v in cal.get("parameters", {}).items()]
+    stocks = [v.name for v in model.of_kind("stock")]
+    for stock, value in cal.get("initial_values", {}).items():
+        where = f'calibration.initial_values."{stock}"'
+        try:
+            var = model.variable(stock)
+        except KeyError:
+            problems.add(where, f"unknown stock{did_you_mean(stock, stocks)} (stocks: {', '.join(stocks)})")
+            continue
+        if var.kind != "stock":
+            problems.add(where, f"{var.name!r} is a {var.kind}, not a stock")
+            continue
+        constant = _stock_initial(model, var.name)
+        if constant is None:
+            problems.add(
+                where, f"{var.name!r} does not start from a single constant, so its initial value cannot be set"
+            )
+            continue
+        first = math.nan
+        if observations is not None and var.name in observations:
+            column = observations[var.name].dropna()
+            first = float(column.iloc[0]) if not column.empty else math.nan
+        if value == "observed":
+            if not math.isfinite(first):
+                problems.add(where, f"{var.name!r} is not observed, so it cannot start at the first observation")
+            else:
+                fixed[constant] = first
+            continue
+        if not isinstance(value, dict):
+            problems.add(where, f'expected "observed" or a table {{ initial, bounds }}, got {_describe(value)}')
+            continue
+        if "initial" not in value and not math.isfinite(first):
+            problems.add(where, f"{var.name!r} is not observed; give an initial guess")
+            continue
+        entries.append((constant, {"initial": first, **value}, where, var.name))
+    seen: set[str] = set()
+    for key, value, where, stock in entries:
+        if not stock:
+            try:
+                var = model.variable(key)
+            except KeyError:
+                problems.add(where, f"unknown parameter in model {model.path}{did_you_mean(key, constants)}")
+                continue
+            if var.kind != "constant":
+                problems.add(where, f"{var.name!r} is a {var.kind}, not a constant; only constants can be fitted")
+                continue
+            key = var.name
+        if key in seen:
+            problems.add(where, f"{key!r} is fitted twice")
+            continue
+        seen.add(key)
+        if key in fixed and not stock:
+            problems.add(where, f"{key!r} is also fixed in [parameters]; fit it or fix it, not both")
+            continue
+        good = _check(value, "estimate", where, problems)
+        bounds = good.get("bounds", [-math.inf, math.inf])
+        if len(bounds) != 2 or not bounds[0] < bounds[1] or any(math.isnan(b) for b in bounds):
+            problems.add(f"{where}.bounds", f"expected [low, high] with low < high, got {bounds}")
+            continue
+        default = model.variable(key).default
+        guess = good.get("initial")
+        if guess is None:
+            guess = default if default is not None and bounds[0] <= default <= bounds[1] else _middle(bounds)
+        if not (math.isfinite(guess) and bounds[0] <= guess <= bounds[1]):
+            problems.add(f"{where}.initial", f"must be a finite number within the bounds {bounds}, got {guess!r}")
+            continue
+        out.append(FittedParameter(key, float(guess), (float(bounds[0]), float(bounds[1])), stock))
+    if not out and "parameters" not in cal and "initial_values" not in cal:
+        problems.add("calibration.parameters", "missing; name at least one constant to fit")
+    elif not out and not problems.items:
+        problems.add("calibration.parameters", "nothing to fit; name at least one constant to fit")
+    return out
+
+
+def _middle(bounds: Sequence[float]) -> float:
+    low, high = bounds
+    if math.isfinite(low) and math.isfinite(high):
+        return (low + high) / 2
+    if math.isfinite(low):
+        return low + 1.0
+    if math.isfinite(high):
+        return high - 1.0
+    return 0.0
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+class _Simulator:
+    """Simulate the model for a batch of parameter vectors; values at every saved time.
+
+    The PySD engine runs :meth:`Model.simulate` once per vector; the ensemble
+    engine runs the batch at once (it matches PySD to rounding).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        time: TimeSettings,
+        fixed: Mapping[str, ParameterValue],
+        names: Sequence[str],
+        variables: Sequence[str],
+        engine: str,
+    ) -> None:
+        self.model = model
+        self.time = time
+        self.names = list(names)
+        self.variables = list(variables)
+        self.engine = engine
+        self.fixed = Scenario("fit", parameters=dict(fixed)).pysd_params()
+        self.runs = 0
+        if engine == "ensemble":
+            from armsdyn.ensemble import compile_model
+            from armsdyn.ensemble._engine import TimeGrid
+
+            self.compiled = compile_model(model.path)
+            self.grid = TimeGrid.from_settings(time, model.path)
+            self.py_names = [self.compiled.variable(v).py_name for v in self.variables]
+
+    def __call__(self, thetas: np.ndarray) -> np.ndarray:
+        """Shape ``(len(thetas), n_saved, n_variables)``."""
+        thetas = np.atleast_2d(thetas)
+        self.runs += len(thetas)
+        n_saved = len(self.time.save_times())
+        out = np.empty((len(thetas), n_saved, len(self.variables)))
+        if self.engine == "ensemble":
+            samples = {k: np.full(len(thetas), float(v)) for k, v in self.fixed.items()}
+            samples.update({name: thetas[:, j] for j, name in enumerate(self.names)})
+            # simulate_arrays skips building a Dataset, a third of the cost of a small batch.
+            values, n = self.compiled.normalise_samples(samples)
+            arrays = self.compiled.simulate_arrays(values, n, self.grid, self.py_names)
+            for j, arr in enumerate(arrays):
+                out[:, :, j] = arr.T
+            return out
+        for i, theta in enumerate(thetas):
+            params = {**self.fixed, **dict(zip(self.names, map(float, theta), strict=True))}
+            values = self.model.simulate(params, self.time, self.variables)
+            for j, name in enumerate(self.variables):
+                out[i, :, j] = values[name]
+        return out
+
+
+def fit_trajectories(
+    model: Model,
+    observations: pd.DataFrame,
+    parameters: Sequence[FittedParameter],
+    time: TimeSettings,
+    *,
+    fixed: Mapping[str, ParameterValue] | None = None,
+    loss: str = "linear",
+    f_scale: float = 1.0,
+    engine: str = "pysd",
+) -> TrajectoryFit:
+    """Fit constants of `model` so its variables match `observations` (trajectory matching).
+
+    Parameters
+    ----------
+    model : Model
+        The model (see :func:`armsdyn.model.load_model`).
+    observations : pandas.DataFrame
+        Indexed by time, one column per observed model variable (model names);
+        NaN cells are skipped. Every time must be a saved time of `time`.
+    parameters : sequence of FittedParameter
+        The constants to fit, with starting guesses and bounds.
+    time : TimeSettings
+        Simulation time settings.
+    fixed : mapping, optional
+        Other constant overrides.
+    loss : {"linear", "soft_l1", "huber"}
+        Loss of :func:`scipy.optimize.least_squares`; robust losses damp outliers.
+    f_scale : float
+        Where a robust loss turns from quadratic to linear, in data units.
+    engine : {"pysd", "ensemble"}
+        Simulate with PySD (one run at a time) or the vectorised ensemble engine.
+
+    Returns
+    -------
+    TrajectoryFit
+
+    Notes
+    -----
+    Residuals of all series are pooled with equal weight, so series should be in
+    comparable units. The Jacobian is taken by forward differences of whole
+    simulations (one batch per evaluation). Standard errors are those of the
+    linearised least-squares problem; with a robust loss they ignore the
+    down-weighting and serve as a guide only. A parameter at a bound has its
+    interval clipped there and is flagged ``at_bound``.
+    """
+    names = [p.name for p in parameters]
+    variables = list(observations.columns)
+    sim = _Simulator(model, time, fixed or {}, names, variables, engine)
+    saved = time.save_times()
+    obs_t = observations.index.to_numpy(dtype=float)
+    rows = np.array([int(np.argmin(np.abs(saved - t))) for t in obs_t])
+    observed = observations.to_numpy(dtype=float)
+    mask = np.isfinite(observed)
+    big = 1e6 * max(1.0, float(np.nanmax(np.abs(observed))))
+    lower = np.array([p.bounds[0] for p in parameters])
+    upper = np.array([p.bounds[1] for p in parameters])
+    x0 = np.array([p.initial for p in parameters])
+    typical = np.maximum(np.abs(x0), np.where(np.isfinite(upper - lower), 1e-3 * (upper - lower), 1e-3))
+    typical = np.maximum(typical, 1e-8)
+
+    def residuals_of(batch: np.ndarray) -> np.ndarray:
+        sims = sim(batch)[:, rows, :]
+        res = sims[:, mask] - observed[mask]
+        # A trial that overflows is pushed away by a huge (finite) residual instead of breaking the solver.
+        return np.where(np.isfinite(res), res, big)
+
+    cache: dict[bytes, np.ndarray] = {}
+
+    def fun(x: np.ndarray) -> np.ndarray:
+        key = x.tobytes()
+        if key not in cache:
+            cache.clear()
+            cache[key] = residuals_of(x[None, :])[0]
+        return cache[key]
+
+    def jac(x: np.ndarray) -> np.ndarray:
+        h = np.sqrt(np.finfo(float).eps) * np.maximum(np.abs(x), typical)
+        h = np.where(x + h > upper, -h, h)  # step inward at an upper bound
+        batch = np.vstack([x, x + np.diag(h)])
+        res = residuals_of(batch)
+        cache.clear()
+        cache[x.tobytes()] = res[0]
+        return ((res[1:] - res[0]) / h[:, None]).T
+
+    with np.errstate(all="ignore"):
+        result = scipy.optimize.least_squares(
+            fun, x0, jac=jac, bounds=(lower, upper), loss=loss, f_scale=f_scale, x_scale="jac", max_nfev=2000
+        )
+    theta = result.x
+    res = fun(theta)
+    jacobian = jac(theta)
+    n, p = res.size, theta.size
+    dof = max(n - p, 1)
+    sigma2 = float(res @ res) / dof
+    cov = sigma2 * np.linalg.pinv(jacobian.T @ jacobian)
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    tq = float(scipy.stats.t.ppf(0.975, dof))
+    at_bound = (np.isclose(theta, lower, rtol=1e-6, atol=1e-10)) | (np.isclose(theta, upper, rtol=1e-6, atol=1e-10))
+    estimates = pd.DataFrame(
+        {
+            "estimate": theta,
+            "std_error": se,
+            "ci_low": np.maximum(theta - tq * se, lower),
+            "ci_high": np.minimum(theta + tq * se, upper),
+            "initial": x0,
+            "lower": lower,
+            "upper": upper,
+            "at_bound": at_bound,
+        },
+        index=pd.Index(names, name="parameter"),
+    )
+    full = sim(theta[None, :])[0]
+    trajectories = pd.DataFrame(full, index=pd.Index(saved, name="time"), columns=variables)
+    fitted = full[rows, :]
+    tidy = []
+    stats: dict[str, Any] = {"rmse_by_variable": {}, "r2_by_variable": {}}
+    ss_res_total = ss_tot_total = 0.0
+    for j, name in enumerate(variables):
+        m = mask[:, j]
+        o, f = observed[m, j], fitted[m, j]
+        ss_res = float(np.sum((f - o) ** 2))
+        ss_tot = float(np.sum((o - o.mean()) ** 2))
+        ss_res_total += ss_res
+        ss_tot_total += ss_tot
+        stats["rmse_by_variable"][name] = math.sqrt(ss_res / m.sum())
+        stats["r2_by_variable"][name] = 1 - ss_res / ss_tot if ss_tot > 0 else math.nan
+        tidy.append(pd.DataFrame({"variable": name, "time": obs_t[m], "observed": o, "fitted": f, "residual": o - f}))
+    stats.update(
+        {
+            "n_observations": int(n),
+            "n_parameters": int(p),
+            "dof": int(n - p),
+            "rmse": math.sqrt(ss_res_total / n),
+            "r2": 1 - ss_res_total / ss_tot_total if ss_tot_total > 0 else math.nan,
+            "sigma": math.sqrt(sigma2),
+            "cost": float(result.cost),
+            "nfev": int(result.nfev),
+            "simulations": int(sim.runs),
+            "converged": bool(result.status > 0),
+            "message": str(result.message),
+            "loss": loss,
+            "engine": engine,
+        }
+    )
+    return TrajectoryFit(
+        estimates=estimates,
+        covariance=pd.DataFrame(cov, index=names, columns=names),
+        fit=pd.concat(tidy, ignore_index=True),
+        trajectories=trajectories,
+        statistics=stats,
+    )
+
+
+# --------------------------------------------------------------------------- Richardson's estimator
+
+
+def richardson_combined_fit(years: Sequence[float], totals: Sequence[float]) -> tuple[float, float, dict[str, Any]]:
+    """Richardson's fit of :math:`\\frac{d}{dt}(U+V) = \\kappa\\,(U + V - c)` to yearly totals.
+
+    As Richardson did (1960; Braun 1993, section 4.5), the yearly increments
+    :math:`\\Delta(U+V)` are regressed by ordinary least squares on the yearly
+    means of :math:`U+V`: the slope is :math:`\\kappa` and the intercept
+    :math:`-\\kappa c`. Increments between years further apart are divided by
+    the gap, so they stay rates per year.
+
+    Parameters
+    ----------
+    years : sequence of float
+        Strictly increasing times (at least three).
+    totals : sequence of float
+        :math:`U+V` at those times (e.g. both alliances' defence budgets).
+
+    Returns
+    -------
+    kappa : float
+        Growth rate (1/year).
+    c : float
+        The total at which the combined budget would stand still (units of `totals`).
+    details : dict
+        ``means``, ``increments``, ``fitted``, ``residuals`` (arrays),
+        ``intercept``, ``kappa_se``, ``c_se`` (delta method), ``kappa_ci``,
+        ``c_ci`` (95%, t with n - 2 degrees of freedom), ``r2``, ``rmse``,
+        ``n`` (number of increments), ``dof``.
+
+    Raises
+    ------
+    ValueError
+        If the years are not strictly increasing, values are not finite, or
+        there are fewer than three years.
+    """
+    t = np.asarray(years, dtype=float)
+    y = np.asarray(totals, dtype=float)
+    if t.shape != y.shape or t.ndim != 1:
+        msg = f"years and totals must be 1-D of the same length, got {t.shape} and {y.shape}"
+        raise ValueError(msg)
+    if t.size < 3:
+        msg = f"need at least three years (two increments and a degree of freedom), got {t.size}"
+        raise ValueError(msg)
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(y))):
+        msg = "years and totals must be finite numbers"
+        raise ValueError(msg)
+    if np.any(np.diff(t) <= 0):
+        msg = f"years must increase strictly, got {t.tolist()}"
+        raise ValueError(msg)
+    gaps = np.diff(t)
+    increments = np.diff(y) / gaps
+    means = (y[1:] + y[:-1]) / 2
+    design = np.column_stack([np.ones_like(means), means])
+    coef, *_ = np.linalg.lstsq(design, increments, rcond=None)
+    intercept, kappa = float(coef[0]), float(coef[1])
+    fitted = design @ coef
+    residuals = increments - fitted
+    n = increments.size
+    dof = n - 2
+    ss_res = float(residuals @ residuals)
+    ss_tot = float(np.sum((increments - increments.mean()) ** 2))
+    if dof > 0:
+        cov = ss_res / dof * np.linalg.inv(design.T @ design)
+        tq = float(scipy.stats.t.ppf(0.975, dof))
+    else:
+        cov = np.full((2, 2), math.nan)
+        tq = math.nan
+    c = -intercept / kappa if kappa != 0 else math.nan
+    # c = -intercept / kappa: gradient (-1/kappa, intercept/kappa^2) for the delta method.
+    grad = np.array([-1 / kappa, intercept / kappa**2]) if kappa != 0 else np.full(2, math.nan)
+    kappa_se = math.sqrt(cov[1, 1]) if np.isfinite(cov[1, 1]) else math.nan
+    c_se = float(math.sqrt(grad @ cov @ grad)) if np.all(np.isfinite(cov)) else math.nan
+    details = {
+        "years": t,
+        "totals": y,
+        "means": means,
+        "increments": increments,
+        "fitted": fitted,
+        "residuals": residuals,
+        "intercept": intercept,
+        "kappa_se": kappa_se,
+        "c_se": c_se,
+        "kappa_ci": (kappa - tq * kappa_se, kappa + tq * kappa_se),
+        "c_ci": (c - tq * c_se, c + tq * c_se),
+        "r2": 1 - ss_res / ss_tot if ss_tot > 0 else math.nan,
+        "rmse": math.sqrt(ss_res / n),
+        "n": int(n),
+        "dof": int(dof),
+    }
+    return kappa, c, details
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+def calibrate(config_path: str | os.PathLike[str] | CalibrationSpec) -> CalibrationResult:
+    """Run the calibration a config describes.
+
+    Parameters
+    ----------
+    config_path : path-like or CalibrationSpec
+        A calibration config file (see the module docstring), or one already loaded.
+
+    Returns
+    -------
+    CalibrationResult
+
+    Raises
+    ------
+    ConfigError
+        If the config or its data are invalid.
+    ModelError
+        If the model cannot be simulated.
+    """
+    from armsdyn.output import now
+
+    started = now()
+    spec = config_path if isinstance(config_path, CalibrationSpec) else load_calibration(config_path)
+    if spec.method == "richardson_combined":
+        return _calibrate_combined(spec, started)
+    fit = fit_trajectories(
+        spec.model,
+        spec.observations,
+        spec.parameters,
+        spec.time,
+        fixed=spec.fixed,
+        loss=spec.loss,
+        f_scale=spec.f_scale,
+        engine=spec.engine,
+    )
+    estimates = fit.estimates.copy()
+    boot = None
+    if spec.bootstrap:
+        boot = _bootstrap(spec, fit)
+        ok = boot[boot["converged"]]
+        estimates["bootstrap_low"] = [ok[name].quantile(0.025) for name in estimates.index]
+        estimates["bootstrap_high"] = [ok[name].quantile(0.975) for name in estimates.index]
+    estimates["units"] = [spec.model.variable(name).units for name in estimates.index]
+    summary = {"method": spec.method, **fit.statistics, "units": spec.data.units}
+    derived = _richardson_derived(spec, fit, boot, summary)
+    return CalibrationResult(
+        spec=spec,
+        estimates=estimates,
+        derived=derived,
+        fit=fit.fit,
+        covariance=fit.covariance,
+        bootstrap=boot,
+        summary=summary,
+        trajectories=fit.trajectories,
+        started=started,
+    )
+
+
+def _bootstrap(spec: CalibrationSpec, fit: TrajectoryFit) -> pd.DataFrame:
+    """Residual bootstrap: refit to the fitted values plus resampled residuals of the same series.
+
+    Residuals are resampled within each observed variable (series may differ in
+    spread), with replacement, and each replicate starts from the estimate.
+    """
+    rng = np.random.default_rng(spec.seed)
+    theta = fit.estimates["estimate"].to_numpy()
+    start = [
+        FittedParameter(p.name, float(np.clip(t, *p.bounds)), p.bounds, p.stock)
+        for p, t in zip(spec.parameters, theta, strict=True)
+    ]
+    rows = []
+    base = fit.fit
+    for i in range(spec.bootstrap):
+        synthetic = spec.observations.copy() * math.nan
+        for name, part in base.groupby("variable", sort=False):
+            draws = rng.choice(part["residual"].to_numpy(), size=len(part), replace=True)
+            synthetic.loc[part["time"].to_numpy(), name] = part["fitted"].to_numpy() + draws
+        try:
+            refit = fit_trajectories(
+                spec.model, synthetic, start, spec.time, fixed=spec.fixed, loss=spec.loss,
+                f_scale=spec.f_scale, engine=spec.engine,
+            )  # fmt: skip
+        except ModelError:
+            rows.append({"replicate": i, "converged": False})
+            continue
+        row = {"replicate": i, "converged": refit.statistics["converged"], "rmse": refit.statistics["rmse"]}
+        row.update(refit.estimates["estimate"].to_dict())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("replicate")
+
+
+def _richardson_derived(
+    spec: CalibrationSpec, fit: TrajectoryFit, boot: pd.DataFrame | None, summary: dict[str, Any]
+) -> pd.DataFrame:
+    """For Richardson's model: ab - kl (delta-method and bootstrap intervals) and the stability verdict."""
+    if any(n not in spec.model.variables for n in PARAMETER_NAMES.values()):
+        return pd.DataFrame()
+
+    def values_of(estimates: Mapping[str, float]) -> dict[str, float]:
+        out = {}
+        for name in PARAMETER_NAMES.values():
+            if name in estimates:
+                out[name] = float(estimates[name])
+            elif isinstance(spec.fixed.get(name), float):
+                out[name] = float(spec.fixed[name])
+            else:
+                out[name] = float(spec.model.variable(name).default)
+        return out
+
+    est = fit.estimates["estimate"]
+    model = Richardson.from_values(values_of(est.to_dict()))
+    # d(ab - kl) / d(k, l, a, b) = (-l, -k, b, a); other parameters do not enter.
+    partial = {"k": -model.l, "l": -model.k, "a": model.b, "b": model.a}
+    grad = np.array([next((v for s, v in partial.items() if PARAMETER_NAMES[s] == name), 0.0) for name in est.index])
+    cov = fit.covariance.to_numpy()
+    se = float(math.sqrt(max(grad @ cov @ grad, 0.0)))
+    dof = max(fit.statistics["dof"], 1)
+    tq = float(scipy.stats.t.ppf(0.975, dof))
+    eq = model.equilibrium()
+    ev = model.eigenvalues()
+    rows = {
+        "determinant ab-kl": {"estimate": model.determinant, "std_error": se,
+                              "ci_low": model.determinant - tq * se, "ci_high": model.determinant + tq * se},
+        "equilibrium X": {"estimate": math.nan if eq is None else eq[0]},
+        "equilibrium Y": {"estimate": math.nan if eq is None else eq[1]},
+        "eigenvalue 1 real": {"estimate": ev[0].real},
+        "eigenvalue 2 real": {"estimate": ev[1].real},
+        "eigenvalue imag": {"estimate": abs(ev[0].imag)},
+    }  # fmt: skip
+    summary["stability"] = model.stability()
+    summary["determinant ab-kl"] = model.determinant
+    summary["p_stable_normal"] = float(scipy.stats.norm.cdf(model.determinant / se)) if se > 0 else math.nan
+    if boot is not None:
+        ok = boot[boot["converged"]]
+        dets = np.array([Richardson.from_values(values_of(r)).determinant for r in ok.to_dict("records")])
+        boot["determinant ab-kl"] = np.nan
+        boot.loc[ok.index, "determinant ab-kl"] = dets
+        rows["determinant ab-kl"]["bootstrap_low"] = float(np.quantile(dets, 0.025)) if dets.size else math.nan
+        rows["determinant ab-kl"]["bootstrap_high"] = float(np.quantile(dets, 0.975)) if dets.size else math.nan
+        summary["share_stable_bootstrap"] = float(np.mean(dets > 0)) if dets.size else math.nan
+        summary["bootstrap_converged"] = len(ok)
+        summary["bootstrap_replicates"] = len(boot)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "quantity"
+    table["note"] = ""
+    table.loc["determinant ab-kl", "note"] = f"stability: {model.stability()} (stable when ab > kl)"
+    return table
+
+
+def _calibrate_combined(spec: CalibrationSpec, started: str) -> CalibrationResult:
+    obs = spec.observations.dropna()
+    totals = obs.sum(axis=1)
+    kappa, c, d = richardson_combined_fit(totals.index.to_numpy(dtype=float), totals.to_numpy())
+    units = spec.data.units
+    estimates = pd.DataFrame(
+        {
+            "estimate": [kappa, c],
+            "std_error": [d["kappa_se"], d["c_se"]],
+            "ci_low": [d["kappa_ci"][0], d["c_ci"][0]],
+            "ci_high": [d["kappa_ci"][1], d["c_ci"][1]],
+            "units": ["1/Year", units],
+        },
+        index=pd.Index(["kappa", "c"], name="parameter"),
+    )
+    t = totals.index.to_numpy(dtype=float)
+    fit = pd.DataFrame(
+        {
+            "variable": "yearly increment of U+V",
+            "time": (t[1:] + t[:-1]) / 2,
+            "mean": d["means"],
+            "observed": d["increments"],
+            "fitted": d["fitted"],
+            "residual": d["residuals"],
+        }
+    )
+    # The solution through the first year: U+V = c + (U0+V0 - c) exp(kappa (t - t0)).
+    grid = np.linspace(t[0], t[-1], 101)
+    path = c + (totals.iloc[0] - c) * np.exp(kappa * (grid - t[0]))
+    trajectories = pd.DataFrame({"U+V": path}, index=pd.Index(grid, name="time"))
+    summary = {
+        "method": spec.method,
+        "kappa": kappa,
+        "c": c,
+        "intercept": d["intercept"],
+        "r2": d["r2"],
+        "rmse": d["rmse"],
+        "n_observations": d["n"],
+        "n_parameters": 2,
+        "dof": d["dof"],
+        "units": units,
+        "series": list(spec.data.columns),
+        "note": "kappa = k - a and c = -(g + h)/(k - a) when k = l and a = b (Braun 1993, section 4.5)",
+    }
+    cov = pd.DataFrame(np.full((2, 2), math.nan), index=["kappa", "c"], columns=["kappa", "c"])
+    cov.loc["kappa", "kappa"] = d["kappa_se"] ** 2
+    cov.loc["c", "c"] = d["c_se"] ** 2
+    return CalibrationResult(
+        spec=spec,
+        estimates=estimates,
+        derived=pd.DataFrame(),
+        fit=fit,
+        covariance=cov,
+        bootstrap=None,
+        summary=summary,
+        trajectories=trajectories,
+        started=started,
+    )
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_calibration(
+    result: CalibrationResult,
+    target: str | os.PathLike[str],
+    force: bool = False,
+    *,
+    command: Sequence[str] | None = None,
+) -> Path:
+    """Write a calibration's results folder atomically.
+
+    Parameters
+    ----------
+    result : CalibrationResult
+        From :func:`calibrate`.
+    target : path-like
+        The folder to create (conventionally ``results/<experiment name>``).
+    force : bool
+        Replace an existing folder; without it an existing folder is an error.
+    command : sequence of str, optional
+        The command line, for the manifest (default: ``sys.argv``).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+
+    Raises
+    ------
+    ResultsError
+        If the folder exists (without `force`), is being written by another run,
+        or cannot be written; nothing is left half-written.
+    """
+    from armsdyn.output import _locked, _recover, _replace
+
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"{target.parent}: cannot create the results parent folder: {exc}"
+        raise ResultsError(msg) from exc
+    with _locked(target):
+        _recover(target)
+        if target.exists() and not force:
+            msg = f"{target}: results folder already exists; pass --force to replace it, or --out to write elsewhere"
+            raise ResultsError(msg)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            _fill(tmp, result, command)
+            _replace(tmp, target)
+        except OSError as exc:
+            msg = f"{target}: could not write the calibration results ({exc}); nothing was written"
+            raise ResultsError(msg) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _fill(folder: Path, result: CalibrationResult, command: Sequence[str] | None) -> None:
+    from armsdyn.output import _sha256, build_manifest
+
+    spec = result.spec
+    result.estimates.to_csv(folder / ESTIMATES_FILE)
+    if not result.derived.empty:
+        result.derived.to_csv(folder / DERIVED_FILE)
+    result.fit.to_csv(folder / FIT_FILE, index=False)
+    result.covariance.to_csv(folder / COVARIANCE_FILE)
+    if result.bootstrap is not None:
+        result.bootstrap.to_csv(folder / BOOTSTRAP_FILE)
+    observations = spec.observations.copy()
+    observations.columns = [f"{c} ({spec.data.units})" for c in observations.columns]
+    observations.to_csv(folder / DATA_FILE)
+    with open(folder / SUMMARY_FILE, "w", encoding="utf-8") as fh:
+        json.dump(_jsonable(result.summary), fh, indent=2)
+        fh.write("\n")
+    draw_calibration_figures(result, folder / "figures")
+    manifest = build_manifest(spec.experiment(), started=result.started, command=command)
+    manifest["calibration"] = {
+        "method": spec.method,
+        "loss": spec.loss,
+        "engine": spec.engine,
+        "bootstrap": spec.bootstrap,
+        "seed": spec.seed,
+        "parameters": [p.name for p in spec.parameters],
+    }
+    manifest["data"] = {
+        "path": str(spec.data.file),
+        "sha256": file_sha256(spec.data.file),
+        "kind": spec.data.kind,
+        "columns": dict(spec.data.columns),
+        "units": spec.data.units,
+        "scale": spec.data.scale,
+    }
+    manifest["files"] = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    with open(folder / "manifest.json", "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def draw_calibration_figures(result: CalibrationResult, folder: Path) -> list[Path]:
+    """Fitted against observed, and residuals, as PDF, SVG and PNG in `folder`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from armsdyn.figures import DOUBLE_COLUMN, SINGLE_COLUMN, paper_style, save_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = result.spec
+    units = spec.data.units
+    written: list[Path] = []
+    with paper_style():
+        if spec.method == "richardson_combined":
+            fit = result.fit
+            fig, (left, right) = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN, 2.6), layout="constrained")
+            left.plot(fit["mean"], fit["observed"], "o", label="observed")
+            grid = np.linspace(fit["mean"].min(), fit["mean"].max(), 50)
+            kappa, c = result.summary["kappa"], result.summary["c"]
+            left.plot(grid, kappa * (grid - c), label=f"fit: κ = {kappa:.2f}/yr, c = {c:.0f}")
+            left.set_xlabel(f"mean of U+V over the year ({units})")
+            left.set_ylabel("increment of U+V in the year")
+            left.legend()
+            totals = spec.observations.dropna().sum(axis=1)
+            right.plot(totals.index, totals.to_numpy(), "o", label="observed U+V")
+            right.plot(result.trajectories.index, result.trajectories["U+V"], label="solution of the fit")
+            right.set_xlabel("year")
+            right.xaxis.set_major_locator(MaxNLocator(integer=True))
+            right.set_ylabel(f"U+V ({units})")
+            right.legend()
+        else:
+            names = list(spec.observations.columns)
+            fig, axes = plt.subplots(
+                len(names), 1, sharex=True, squeeze=False, figsize=(SINGLE_COLUMN, 0.6 + 1.7 * len(names)),
+                layout="constrained",
+            )  # fmt: skip
+            for panel, name in zip(axes[:, 0], names, strict=True):
+                obs = spec.observations[name]
+                panel.plot(obs.index, obs.to_numpy(), "o", label="observed")
+                panel.plot(result.trajectories.index, result.trajectories[name].to_numpy(), label="fitted")
+                panel.set_title(name)
+                panel.set_ylabel(units)
+            axes[0, 0].legend()
+            axes[-1, 0].set_xlabel(f"time ({spec.time.units})" if spec.time.units else "time")
+        written += save_figure(fig, folder / "fit")
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.2), layout="constrained")
+        for name, part in result.fit.groupby("variable", sort=False):
+            ax.plot(part["time"], part["residual"], "o-", label=str(name))
+        ax.axhline(0, color="0.5", linewidth=0.6)
+        ax.set_xlabel("time")
+        ax.set_ylabel(f"observed - fitted ({units})")
+        ax.legend()
+        written += save_figure(fig, folder / "residuals")
+        plt.close(fig)
+    return written

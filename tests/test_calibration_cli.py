@@ -1,0 +1,45 @@
+"""`armsdyn calibrate` and `armsdyn analyse` as a user runs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from armsdyn import Richardson
+from tests.conftest import CONFIGS, run_cli
+
+
+def test_calibrate_richardson_1909_prints_and_writes_kappa_and_c(tmp_path: Path) -> None:
+    out = tmp_path / "cal"
+    proc = run_cli("calibrate", CONFIGS / "calibrate_richardson_1909.toml", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "kappa" in proc.stdout
+    assert (out / "manifest.json").is_file()
+    estimates = pd.read_csv(out / "estimates.csv", index_col=0)
+    assert round(float(estimates.loc["kappa", "estimate"]), 2) == 0.73
+    again = run_cli("calibrate", CONFIGS / "calibrate_richardson_1909.toml", "--out", out)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+
+
+def test_calibrate_bad_config_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text((CONFIGS / "calibrate_richardson_1909.toml").read_text().replace("[calibration]", "[calibratio]", 1))
+    proc = run_cli("calibrate", bad, "--out", tmp_path / "out")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_analyse_agrees_with_the_closed_form(tmp_path: Path) -> None:
+    csv = tmp_path / "eq.csv"
+    proc = run_cli("analyse", CONFIGS / "richardson.toml", "--out", csv)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(csv)
+    row = table[table["scenario"] == "asymmetric"].iloc[0]
+    expected = Richardson(0.9, 0.3, 0.6, 1.2, 1.5, 0.5).equilibrium()
+    assert row["arms X"] == pytest.approx(expected[0], rel=1e-6)
+    assert row["arms Y"] == pytest.approx(expected[1], rel=1e-6)
+    assert "stable" in proc.stdout
