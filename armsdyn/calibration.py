@@ -77,9 +77,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +103,9 @@ from armsdyn.config import (
     _resolve_model,
     _type_ok,
     _unknown,
+    read_toml,
 )
-from armsdyn.errors import ConfigError, ModelError, ResultsError, did_you_mean
+from armsdyn.errors import ModelError, did_you_mean
 from armsdyn.model import Model, TimeSettings, file_sha256
 from armsdyn.richardson import PARAMETER_NAMES, Richardson
 
@@ -373,19 +371,7 @@ def load_calibration(path: str | os.PathLike[str]) -> CalibrationSpec:
         each with its key path.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        msg = f"{path}: config file not found"
-        raise ConfigError(msg) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"{path}: cannot read config file: {exc}"
-        raise ConfigError(msg) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        msg = f"{path}: not valid TOML: {exc}"
-        raise ConfigError(msg) from None
+    raw, text = read_toml(path)
     return parse_calibration(raw, text=text, source=path)
 
 
@@ -1274,28 +1260,11 @@ def write_calibration(
         If the folder exists (without `force`), is being written by another run,
         or cannot be written; nothing is left half-written.
     """
-    from armsdyn.output import _locked, _recover, _replace
+    from armsdyn.output import atomic_folder
 
     target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        msg = f"{target.parent}: cannot create the results parent folder: {exc}"
-        raise ResultsError(msg) from exc
-    with _locked(target):
-        _recover(target)
-        if target.exists() and not force:
-            msg = f"{target}: results folder already exists; pass --force to replace it, or --out to write elsewhere"
-            raise ResultsError(msg)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-        try:
-            _fill(tmp, result, command)
-            _replace(tmp, target)
-        except OSError as exc:
-            msg = f"{target}: could not write the calibration results ({exc}); nothing was written"
-            raise ResultsError(msg) from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(target, force=force) as tmp:
+        _fill(tmp, result, command)
     return target
 
 

@@ -149,19 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from armsdyn.config import load_config
     from armsdyn.experiment import run
-    from armsdyn.output import now, write_results
+    from armsdyn.output import now, refuse_existing, write_results
 
     started = now()
     experiment = load_config(args.config)
     target = args.out or Path("results") / experiment.name
-    if target.exists() and not args.force:
-        # Fail before spending time on the runs; write_results checks again under its lock.
-        print(
-            f"armsdyn: error: {target}: results folder already exists; pass --force to replace it, "
-            "or --out to write elsewhere",
-            file=sys.stderr,
-        )
-        return 2
+    refuse_existing(target, force=args.force)  # before the runs; checked again under the lock
     print(
         f"armsdyn: {experiment.name}: {len(experiment.scenarios)} scenarios of {experiment.model.path}", file=sys.stderr
     )
@@ -279,16 +272,11 @@ def _figures(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from armsdyn.calibration import calibrate, load_calibration, write_calibration
+    from armsdyn.output import refuse_existing
 
     spec = load_calibration(args.config)
     target = args.out or Path("results") / spec.name
-    if target.exists() and not args.force:
-        print(
-            f"armsdyn: error: {target}: results folder already exists; pass --force to replace it, "
-            "or --out to write elsewhere",
-            file=sys.stderr,
-        )
-        return 2
+    refuse_existing(target, force=args.force)
     print(f"armsdyn: {spec.name}: calibrating {spec.model.path}", file=sys.stderr)
     result = calibrate(spec)
     print(result.estimates.to_string())

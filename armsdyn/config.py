@@ -342,6 +342,18 @@ def load_config(path: str | os.PathLike[str]) -> Experiment:
         If the model file exists but cannot be translated.
     """
     path = Path(path)
+    data, text = read_toml(path)
+    return parse_config(data, text=text, source=path)
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    """Read a TOML config file; return the parsed table and the text.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, unreadable or not valid TOML (with line and column).
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -351,11 +363,10 @@ def load_config(path: str | os.PathLike[str]) -> Experiment:
         msg = f"{path}: cannot read config file: {exc}"
         raise ConfigError(msg) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
         msg = f"{path}: not valid TOML: {exc}"
         raise ConfigError(msg) from None
-    return parse_config(data, text=text, source=path)
 
 
 def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None = None) -> Experiment:

@@ -63,6 +63,52 @@ def _locked(target: Path) -> Iterator[None]:
                 lock_path.unlink()
 
 
+def refuse_existing(target: Path, *, force: bool) -> None:
+    """Raise :class:`ResultsError` if `target` exists and `force` is not given."""
+    if target.exists() and not force:
+        msg = f"{target}: results folder already exists; pass --force to replace it, or --out to write elsewhere"
+        raise ResultsError(msg)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike[str], *, force: bool = False) -> Iterator[Path]:
+    """Build a results folder in a hidden temporary sibling; swap it into place on success.
+
+    Yields the temporary folder to fill. Under a lock beside `target`: leftovers
+    of killed runs are cleaned up first, an existing `target` is refused unless
+    `force`, and on any failure the temporary folder is removed and `target`
+    keeps its earlier content (or stays absent).
+
+    Raises
+    ------
+    ResultsError
+        If the folder exists (without `force`), is locked by another run, or
+        cannot be written (a full disk included).
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"{target.parent}: cannot create the results parent folder: {exc}"
+        raise ResultsError(msg) from exc
+    with _locked(target):
+        _recover(target)
+        refuse_existing(target, force=force)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            yield tmp
+            _replace(tmp, target)
+        except OSError as exc:
+            msg = f"{target}: could not write results ({exc}); nothing was written"
+            raise ResultsError(msg) from exc
+        except RuntimeError as exc:
+            # The netCDF library reports a full disk or a write error as a bare RuntimeError.
+            msg = f"{target}: could not write results ({exc}; is the disk full?); nothing was written"
+            raise ResultsError(msg) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_results(
     ds: xr.Dataset,
     experiment: Experiment,
@@ -105,31 +151,9 @@ def write_results(
         If the folder exists (without `force`), is being written by another
         run, or cannot be written; nothing is left half-written.
     """
-    target = Path(target)
     started = started or now()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        msg = f"{target.parent}: cannot create the results parent folder: {exc}"
-        raise ResultsError(msg) from exc
-    with _locked(target):
-        _recover(target)
-        if target.exists() and not force:
-            msg = f"{target}: results folder already exists; pass --force to replace it, or --out to write elsewhere"
-            raise ResultsError(msg)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-        try:
-            _fill(tmp, ds, experiment, started, command, study)
-            _replace(tmp, target)
-        except OSError as exc:
-            msg = f"{target}: could not write results ({exc}); nothing was written"
-            raise ResultsError(msg) from exc
-        except RuntimeError as exc:
-            # The netCDF library reports a full disk or a write error as a bare RuntimeError.
-            msg = f"{target}: could not write {RESULTS_FILE} ({exc}; is the disk full?); nothing was written"
-            raise ResultsError(msg) from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(target, force=force) as tmp:
+        _fill(tmp, ds, experiment, started, command, study)
     return target
 
 
