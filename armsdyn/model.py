@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -344,12 +345,23 @@ def _translate(path: Path, sha: str) -> Path:
         source = tmp / f"{_module_name(path)}{path.suffix.lower()}"
         shutil.copyfile(path, source)
         reader = pysd.read_vensim if path.suffix.lower() == ".mdl" else pysd.read_xmile
+        _check_definitions(path, source)
         with _quiet_pysd():
             try:
                 reader(str(source), initialize=False)
+            except KeyError as exc:
+                msg = f"{path}: the model uses a variable that it never defines: {exc.args[0]!r}"
+                raise ModelError(msg) from exc
             except Exception as exc:
                 msg = f"{path}: PySD could not translate the model: {type(exc).__name__}: {exc}"
                 raise ModelError(msg) from exc
+        unsupported = sorted(
+            set(re.findall(r'not_implemented_function\(\s*"([^"]+)"', source.with_suffix(".py").read_text()))
+        )
+        if unsupported:
+            names = ", ".join(name.upper() for name in unsupported)
+            msg = f"{path}: the model uses functions PySD does not implement: {names}"
+            raise ModelError(msg)
         try:
             tmp.rename(entry)
         except OSError:
@@ -359,6 +371,36 @@ def _translate(path: Path, sha: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return translated
+
+
+def _check_definitions(path: Path, source: Path) -> None:
+    """Refuse a model that defines one (unsubscripted) variable more than once.
+
+    Vensim names are case-insensitive, so ``reaction of X`` and ``Reaction Of X``
+    are the same variable; PySD would merge the two definitions and fail later
+    with an obscure message.
+    """
+    with _quiet_pysd():
+        try:
+            if source.suffix == ".mdl":
+                from pysd.translators.vensim.vensim_file import VensimFile
+
+                parsed = VensimFile(str(source))
+            else:
+                from pysd.translators.xmile.xmile_file import XmileFile
+
+                parsed = XmileFile(str(source))
+            parsed.parse()
+            abstract = parsed.get_abstract_model()
+        except Exception as exc:
+            msg = f"{path}: PySD could not parse the model: {type(exc).__name__}: {exc}"
+            raise ModelError(msg) from exc
+    for section in abstract.sections:
+        for element in section.elements:
+            plain = [c for c in element.components if not c.subscripts[0]]
+            if len(plain) > 1:
+                msg = f"{path}: variable {element.name!r} is defined {len(plain)} times (names ignore case)"
+                raise ModelError(msg)
 
 
 def _module_name(path: Path) -> str:

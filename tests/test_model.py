@@ -99,8 +99,36 @@ def test_syntax_error_names_the_file_and_leaves_no_cache_entry(tmp_path: Path) -
     path = tmp_path / "broken.mdl"
     shutil.copy(MODELS / "richardson.mdl", path)
     path.write_text(path.read_text().replace("reaction of X - fatigue of X + grievance g", "reaction of X - (("))
-    with pytest.raises(ModelError, match=r"broken\.mdl: PySD could not translate"):
+    with pytest.raises(ModelError, match=r"broken\.mdl: PySD could not (parse|translate)"):
         load_model(path)
     from armsdyn.model import cache_dir
 
     assert not list(cache_dir().glob(".translating-*")), "a failed translation left a temporary folder"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "reaction of X - fatigue of X + grievance g",
+            "FROBNICATE(reaction of X) - fatigue of X + grievance g",
+            r"uses functions PySD does not implement: FROBNICATE",
+        ),
+        ("reaction of Y=\n", "Reaction Of X=\n", r"variable 'reaction of X' is defined 2 times"),
+        ("reaction of Y=\n", "reaction of Z=\n", r"uses a variable that it never defines: 'reaction_of_y'"),
+    ],
+    ids=["unsupported-function", "name-clash", "undefined-variable"],
+)
+def test_broken_models_give_clear_errors_and_leave_the_cache_clean(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    from armsdyn.model import cache_dir
+
+    path = tmp_path / "broken.mdl"
+    text = (MODELS / "richardson.mdl").read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    before = set(cache_dir().iterdir()) if cache_dir().exists() else set()
+    with pytest.raises(ModelError, match=message):
+        load_model(path)
+    assert set(cache_dir().iterdir()) == before, "a failed translation changed the cache"
