@@ -7,7 +7,7 @@ import os
 import time as _time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import xarray as xr
@@ -26,15 +26,25 @@ class Fault:
     scenario, variable : str
         Scenario name and the model name of the variable.
     time : float
-        First saved time at which the value is inf or NaN.
+        First saved time at which the fault shows.
     value : float
-        That value (inf, -inf or nan).
+        The value there.
+    problem : str
+        ``"non-finite"`` (inf or NaN), or ``"below minimum"`` / ``"above maximum"``
+        of the range the model declares for the variable.
     """
 
     scenario: str
     variable: str
     time: float
     value: float
+    problem: str = "non-finite"
+
+    def describe(self) -> str:
+        """One line for warnings and error messages."""
+        if self.problem == "non-finite":
+            return f"{self.variable!r} became {self.value}"
+        return f"{self.variable!r} = {self.value:g}, {self.problem} of its declared range"
 
 
 def run(
@@ -86,11 +96,16 @@ def run(
             values[name][i] = out[name]
         if stop_on_fault:
             for name in exp.variables:
-                bad = np.flatnonzero(~np.isfinite(out[name]))
+                lo, hi = model.variable(name).limits
+                with np.errstate(invalid="ignore"):
+                    bad = np.flatnonzero(~np.isfinite(out[name]) | (out[name] < lo) | (out[name] > hi))
                 if bad.size:
+                    fault = Fault(scenario.name, name, float(times[bad[0]]), float(out[name][bad[0]]))
+                    if np.isfinite(fault.value):
+                        fault = replace(fault, problem="below minimum" if fault.value < lo else "above maximum")
                     msg = (
-                        f"scenario {scenario.name!r}: {name!r} became {out[name][bad[0]]} at time "
-                        f"{times[bad[0]]:g} {exp.time.units}; stopped (without stop_on_fault the run goes on)"
+                        f"scenario {scenario.name!r}: {fault.describe()} at time {fault.time:g} {exp.time.units}; "
+                        "stopped (without stop_on_fault the run goes on)"
                     )
                     raise NumericalError(msg)
         if progress is not None:
@@ -122,7 +137,12 @@ def run(
     ds.coords["scenario_description"] = ("scenario", [s.description for s in exp.scenarios])
     for name in exp.variables:
         var = model.variable(name)
-        ds[var.py_name] = (("scenario", "time"), values[name], _attrs(var.name, var.units, var.doc))
+        attrs = _attrs(var.name, var.units, var.doc)
+        # CF's names for a declared valid range; find_faults checks values against them.
+        for key, bound in zip(("valid_min", "valid_max"), var.limits, strict=True):
+            if math.isfinite(bound):
+                attrs[key] = bound
+        ds[var.py_name] = (("scenario", "time"), values[name], attrs)
     for var in model.of_kind("constant"):
         if var.default is None or var.py_name in ds.data_vars:
             # A saved constant is already a data variable; one name cannot be both.
@@ -137,10 +157,7 @@ def run(
         ds.coords[var.py_name] = ("scenario", np.array(column, dtype=float), attrs)
 
     for fault in find_faults(ds):
-        msg = (
-            f"scenario {fault.scenario!r}: {fault.variable!r} became {fault.value} "
-            f"at time {fault.time:g} {exp.time.units}".rstrip()
-        )
+        msg = f"scenario {fault.scenario!r}: {fault.describe()} at time {fault.time:g} {exp.time.units}".rstrip()
         warnings.warn(msg, NumericalWarning, stacklevel=2)
     return ds
 
@@ -155,7 +172,10 @@ def case_dim(ds: xr.Dataset) -> str:
 
 
 def find_faults(ds: xr.Dataset) -> list[Fault]:
-    """First non-finite value in each scenario of a results Dataset.
+    """First fault in each scenario of a results Dataset.
+
+    A fault is a value that is inf or NaN, or outside the range the model
+    declares for the variable (attrs ``valid_min``/``valid_max``).
 
     Parameters
     ----------
@@ -175,16 +195,23 @@ def find_faults(ds: xr.Dataset) -> list[Fault]:
         if da.dims != (dim, "time"):
             continue
         values = da.values
-        bad = ~np.isfinite(values)
-        for i in np.flatnonzero(bad.any(axis=1)):
-            j = int(np.argmax(bad[i]))
-            if i not in first or times[j] < first[i].time:
-                first[int(i)] = Fault(
-                    scenario=str(ds[dim].values[i]),
-                    variable=da.attrs.get("long_name", str(key)),
-                    time=float(times[j]),
-                    value=float(values[i, j]),
-                )
+        checks = [("non-finite", ~np.isfinite(values))]
+        with np.errstate(invalid="ignore"):
+            if "valid_min" in da.attrs:
+                checks.append(("below minimum", values < da.attrs["valid_min"]))
+            if "valid_max" in da.attrs:
+                checks.append(("above maximum", values > da.attrs["valid_max"]))
+        for problem, bad in checks:
+            for i in np.flatnonzero(bad.any(axis=1)):
+                j = int(np.argmax(bad[i]))
+                if i not in first or times[j] < first[i].time:
+                    first[int(i)] = Fault(
+                        scenario=str(ds[dim].values[i]),
+                        variable=da.attrs.get("long_name", str(key)),
+                        time=float(times[j]),
+                        value=float(values[i, j]),
+                        problem=problem,
+                    )
     faults = [first[i] for i in sorted(first)]
     return faults
 

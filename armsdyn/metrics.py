@@ -4,9 +4,10 @@ Columns (one row per scenario):
 
 ``final <name>``
     Value of each saved variable at the final time.
-``nonfinite variable``, ``nonfinite time``
-    The first variable to overflow to inf or become NaN and the time it did;
-    ``"none"`` and empty where the run stayed finite.
+``fault``, ``fault variable``, ``fault time``
+    The first numerical fault: ``"non-finite"`` (overflow to inf, or NaN), or a
+    value ``"below minimum"`` / ``"above maximum"`` of the range the model
+    declares; the variable and the time. ``"none"`` and empty where the run had none.
 
 For a Richardson model (all of :data:`armsdyn.richardson.PARAMETER_NAMES` are
 coordinates of the Dataset) also: ``determinant ab-kl``, ``equilibrium X``,
@@ -56,7 +57,7 @@ def metric_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]
         Each metric name mapped to the model variables it needs saved.
     """
     names: dict[str, list[str]] = {f"final {v}": [v] for v in variables}
-    names["nonfinite variable"] = names["nonfinite time"] = []
+    names["fault"] = names["fault variable"] = names["fault time"] = []
     constants = {v.name for v in model.of_kind("constant")}
     if set(PARAMETER_NAMES.values()) <= constants:
         names.update({c: [] for c in RICHARDSON_COLUMNS})
@@ -87,12 +88,15 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
     for key, da in ds.data_vars.items():
         if "time" in da.dims:
             table[f"final {da.attrs.get('long_name', key)}"] = da.isel(time=-1).values
-    table["nonfinite variable"] = "none"
-    table["nonfinite time"] = np.nan
+    table["fault"] = "none"
+    table["fault variable"] = ""
+    table["fault time"] = np.nan
     position = {str(label): i for i, label in enumerate(table.index)}
     for fault in find_faults(ds):
-        table.iloc[position[fault.scenario], table.columns.get_loc("nonfinite variable")] = fault.variable
-        table.iloc[position[fault.scenario], table.columns.get_loc("nonfinite time")] = fault.time
+        row = position[fault.scenario]
+        table.iloc[row, table.columns.get_loc("fault")] = fault.problem
+        table.iloc[row, table.columns.get_loc("fault variable")] = fault.variable
+        table.iloc[row, table.columns.get_loc("fault time")] = fault.time
     richardson = _richardson_columns(ds)
     if richardson is not None:
         table = table.join(richardson)

@@ -74,6 +74,9 @@ class Variable:
         Documentation string from the model file.
     default : float or None
         Value in the model file, for scalar constants; None otherwise.
+    limits : tuple of float
+        The range the model declares for the variable (Vensim ``units [min, max]``);
+        NaN where a bound is not declared.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Variable:
     units: str
     doc: str
     default: float | None = None
+    limits: tuple[float, float] = (math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ class Model:
             subtype = row[doc.columns.get_loc("Subtype")]
             units = row[doc.columns.get_loc("Units")]
             comment = row[doc.columns.get_loc("Comment")]
+            limits = row[doc.columns.get_loc("Limits")] if "Limits" in doc.columns else None
             if vtype == "Stateful":
                 kind = "stock" if subtype == "Integ" else "stateful"
             elif vtype == "Constant":
@@ -206,6 +211,7 @@ class Model:
                 units=units if isinstance(units, str) else "",
                 doc=" ".join(comment.split()) if isinstance(comment, str) else "",
                 default=default,
+                limits=_limits(limits),
             )
         return variables
 
@@ -373,6 +379,14 @@ def _translate(path: Path, sha: str) -> Path:
     return translated
 
 
+def _limits(value: object) -> tuple[float, float]:
+    # PySD gives (min, max) with None or NaN for an undeclared bound.
+    if not isinstance(value, tuple) or len(value) != 2:
+        return (math.nan, math.nan)
+    lo, hi = (math.nan if v is None else float(v) for v in value)
+    return (lo, hi)
+
+
 def _check_definitions(path: Path, source: Path) -> None:
     """Refuse a model that defines one (unsubscripted) variable more than once.
 
@@ -393,7 +407,7 @@ def _check_definitions(path: Path, source: Path) -> None:
             parsed.parse()
             abstract = parsed.get_abstract_model()
         except Exception as exc:
-            msg = f"{path}: PySD could not parse the model: {type(exc).__name__}: {exc}"
+            msg = f"{path}:{_file_line(path, exc)} PySD could not parse the model: {type(exc).__name__}: {exc}"
             raise ModelError(msg) from exc
     for section in abstract.sections:
         for element in section.elements:
@@ -401,6 +415,20 @@ def _check_definitions(path: Path, source: Path) -> None:
             if len(plain) > 1:
                 msg = f"{path}: variable {element.name!r} is defined {len(plain)} times (names ignore case)"
                 raise ModelError(msg)
+
+
+def _file_line(path: Path, exc: Exception) -> str:
+    """``"N:"`` for the file line a parse error points at, or ``""``.
+
+    PySD's parser counts lines within one equation; the text it quotes is
+    searched for in the file to give the user the file's own line number.
+    """
+    found = re.search(r"begins with '(.{3,}?)' \(line", str(exc))
+    if not found:
+        return ""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    at = text.find(found.group(1))
+    return f"{text.count(chr(10), 0, at) + 1}:" if at >= 0 else ""
 
 
 def _module_name(path: Path) -> str:

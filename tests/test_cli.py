@@ -55,7 +55,7 @@ def test_metrics_table_has_one_row_per_scenario(results: Path) -> None:
     with xr.open_dataset(results / "results.nc") as ds:
         assert list(table.index) == list(ds["scenario"].values)
         np.testing.assert_allclose(table["final arms Y"], ds["arms_y"].isel(time=-1).values)
-    assert {"equilibrium X", "eigenvalue 1 real", "stability", "regime", "nonfinite time"} <= set(table.columns)
+    assert {"equilibrium X", "eigenvalue 1 real", "stability", "regime", "fault time"} <= set(table.columns)
 
 
 def test_manifest_records_provenance(results: Path) -> None:

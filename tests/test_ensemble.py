@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from armsdyn.ensemble import (
+    BACKENDS,
     CompiledModel,
     FallbackWarning,
     SampleError,
@@ -28,6 +30,11 @@ MODEL_FILES = [
 ]
 CASES = SHARED / "test-models"
 CASE_FILES = sorted(CASES.glob("*/*.mdl")) + sorted(CASES.glob("*/*.xmile")) if CASES.is_dir() else []
+NUMBA = importlib.util.find_spec("numba") is not None
+BACKEND_PARAMS = [
+    "numpy",
+    pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="numba is not installed")),
+]
 RTOL = 1e-9
 ATOL = 1e-12  # floor for values that should be 0 but carry rounding noise
 
@@ -122,9 +129,16 @@ def assert_matches_pysd(
             )
 
 
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each code generator of the engine that this machine can run."""
+    return str(request.param)
+
+
 @pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: Path(p).name)
-def test_models_match_pysd_for_sampled_constants(path: Path) -> None:
-    model = compile_model(path)
+def test_models_match_pysd_for_sampled_constants(path: Path, backend: str) -> None:
+    model = compile_model(path, backend=backend)
+    assert model.backend == backend
     samples = vary_constants(model, 20)
     names = value_names(model)
     ds = model.run(samples, variables=names, chunk_size=8)  # several chunks, last one partial
@@ -133,9 +147,10 @@ def test_models_match_pysd_for_sampled_constants(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", CASE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_conformance_cases_match_pysd(path: Path) -> None:
+def test_conformance_cases_match_pysd(path: Path, backend: str) -> None:
     try:
-        model = compile_model(path)
+        model = compile_model(path, backend=backend)
+        assert model.backend == backend
     except UnsupportedConstruct as exc:
         pytest.skip(f"unsupported construct {exc.construct} in {exc.variable!r}")
     try:
@@ -158,10 +173,11 @@ def test_conformance_cases_are_present() -> None:
     assert any(p.parent.name == "delay_fixed" for p in CASE_FILES)
 
 
-def test_every_supported_construct_matches_pysd_with_per_sample_delay_orders(tmp_path: Path) -> None:
+def test_every_supported_construct_matches_pysd_with_per_sample_delay_orders(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "constructs.mdl"
     path.write_text(CONSTRUCTS_MDL, encoding="utf-8")
-    model = compile_model(path)
+    model = compile_model(path, backend=backend)
+    assert model.backend == backend
     # Delay times from 1 to 4.2 TIME STEPs: DELAY3 orders 1-3 and DELAY FIXED pipes 1-4 in one chunk.
     samples = {
         "dtime": np.array([1, 1.5, 2.5, 2.5, 4.2, 2.0, 3.0, 1.2]),
@@ -175,9 +191,9 @@ def test_every_supported_construct_matches_pysd_with_per_sample_delay_orders(tmp
     assert ds.identical(model.run(samples, variables=names, chunk_size=3))
 
 
-def test_time_settings_override_matches_pysd() -> None:
+def test_time_settings_override_matches_pysd(backend: str) -> None:
     path = MODELS / "richardson.mdl"
-    model = compile_model(path)
+    model = compile_model(path, backend=backend)
     time = TimeSettings(initial=2, final=12, step=0.25, saveper=0.5, units="Year")
     samples = vary_constants(model, 3, seed=1)
     ds = model.run(samples, time)
@@ -253,3 +269,34 @@ def test_compiled_model_is_cached_by_content(tmp_path: Path) -> None:
     assert compile_model(copy).path == copy
     copy.write_text(copy.read_text(encoding="utf-8").replace("0.9\n", "0.7\n", 1), encoding="utf-8")
     assert compile_model(copy).variable("defence coefficient k").default == 0.7
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_backends_agree_and_report_unusable_delay_orders_alike(tmp_path: Path) -> None:
+    path = MODELS / "knowledge_engine.mdl"
+    samples = vary_constants(compile_model(path), 30, seed=3)
+    time = TimeSettings(initial=0, final=40, step=0.125, saveper=1, units="Year")
+    by_numpy = compile_model(path, backend="numpy").run(samples, time, chunk_size=16)
+    by_numba = compile_model(path, backend="numba").run(samples, time, chunk_size=16)
+    assert set(by_numba.data_vars) == set(by_numpy.data_vars)
+    for name in by_numpy.data_vars:
+        np.testing.assert_allclose(by_numba[name], by_numpy[name], rtol=RTOL, atol=ATOL, equal_nan=True)
+    # A delay time below TIME STEP / order gives no usable order: both backends say so.
+    bad = tmp_path / "bad_delay.mdl"
+    bad.write_text(CONSTRUCTS_MDL.replace("dn= DELAY N(input, dtime, 1, norder)", "dn= DELAY N(input, dtime, 1, 0.5)"))
+    for name in ("numpy", "numba"):
+        with pytest.raises(ModelError, match=r"'dn' \(DELAY N\): order 0\.5 is not a whole number"):
+            compile_model(bad, backend=name).run({"dtime": np.array([2.0, 3.0])}, variables=["dn"])
+
+
+def test_backend_choice() -> None:
+    assert BACKENDS == ("auto", "numpy", "numba")
+    model = compile_model(MODELS / "richardson.mdl", backend="numpy")
+    assert model.backend == "numpy"
+    assert "def simulate(" in model.source()
+    auto = compile_model(MODELS / "richardson.mdl")
+    assert auto.backend == ("numba" if NUMBA else "numpy")
+    with pytest.raises(ValueError, match="unknown ensemble backend 'fortran'"):
+        compile_model(MODELS / "richardson.mdl", backend="fortran")
+    if NUMBA:
+        assert "prange" in auto.source(backend="numba")

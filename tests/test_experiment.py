@@ -101,8 +101,9 @@ name = "calm"
     assert fault.time == first_bad
     assert np.isfinite(ds.sel(scenario="calm").to_array()).all()
     table = armsdyn.compute_metrics(ds)
-    assert table.loc["explodes", "nonfinite time"] == fault.time
-    assert table.loc["calm", "nonfinite variable"] == "none"
+    assert table.loc["explodes", "fault time"] == fault.time
+    assert table.loc["explodes", "fault"] == "non-finite"
+    assert table.loc["calm", "fault"] == "none"
 
 
 def test_metrics_agree_with_the_simulated_finals(richardson_ds: xr.Dataset) -> None:

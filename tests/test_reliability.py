@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import armsdyn
@@ -121,3 +122,33 @@ def test_names_that_would_escape_the_results_folder_are_rejected(tmp_path: Path,
     assert proc.returncode == 2
     assert "is not a safe" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stock_leaving_its_declared_range_is_a_fault(tmp_path: Path) -> None:
+    model = tmp_path / "bounded.mdl"
+    text = (ROOT / "models" / "richardson.mdl").read_text()
+    model.write_text(
+        text.replace(
+            "arming rate X,\n\t\tinitial arms X)\n\t~\tarms\n",
+            "arming rate X,\n\t\tinitial arms X)\n\t~\tarms [0,?]\n",
+            1,
+        )
+    )
+    assert model.read_text() != text
+    config = write_config(
+        tmp_path,
+        '[[scenarios]]\nname = "spiral"\nparameters = { "defence coefficient k" = 1.2, "defence coefficient l" = 1.2, '
+        '"grievance g" = -1, "grievance h" = -1, "initial arms X" = 2, "initial arms Y" = 2 }\n'
+        '[[scenarios]]\nname = "calm"\n',
+        model=model,
+    )
+    with pytest.warns(armsdyn.NumericalWarning, match=r"scenario 'spiral': 'arms X' = -[0-9.e+-]+, below minimum"):
+        ds = armsdyn.run(config)
+    assert ds["arms_x"].attrs["valid_min"] == 0.0
+    table = armsdyn.compute_metrics(ds)
+    assert table.loc["spiral", "fault"] == "below minimum"
+    first_negative = float(ds["time"].values[np.flatnonzero(ds["arms_x"].sel(scenario="spiral").values < 0)[0]])
+    assert table.loc["spiral", "fault time"] == first_negative
+    assert table.loc["calm", "fault"] == "none"
+    with pytest.raises(NumericalError, match="below minimum of its declared range"):
+        armsdyn.run(config, stop_on_fault=True)
