@@ -296,6 +296,10 @@ def build_manifest(experiment: Experiment, *, started: str, command: Sequence[st
 def redraw_figures(folder: str | os.PathLike[str], config: str | os.PathLike[str] | None = None) -> list[Path]:
     """Redraw a results folder's figures from its saved results, without running any model.
 
+    A sensitivity study is re-analysed too: its indices are recomputed from the
+    saved runs with the config's settings (e.g. another confidence level of the
+    same design) and ``sensitivity/indices.nc`` is replaced.
+
     Parameters
     ----------
     folder : path-like
@@ -341,12 +345,23 @@ def redraw_figures(folder: str | os.PathLike[str], config: str | os.PathLike[str
                 xr.open_dataset(folder / STUDY_DIR / INDICES_FILE) as indices,
             ):
                 study = (ensemble.load(), indices.load())
+            from armsdyn.sensitivity import reanalyse
+
+            try:
+                study = (study[0], reanalyse(study[0], experiment.sensitivity))
+            except KeyError as exc:
+                msg = f"{folder}: cannot re-analyse the study: {exc.args[0]}"
+                raise ResultsError(msg) from exc
         tmp = Path(tempfile.mkdtemp(prefix=".figures.partial-", dir=folder))
         try:
             draw_figures(ds, experiment.figures, tmp)
             if study is not None:
                 draw_study_figures(*study, experiment.sensitivity, tmp)
             _replace(tmp, folder / FIGURES_DIR)
+            if study is not None:
+                staged_indices = folder / STUDY_DIR / f".{INDICES_FILE}.partial"
+                study[1].to_netcdf(staged_indices, engine="netcdf4")
+                os.replace(staged_indices, folder / STUDY_DIR / INDICES_FILE)
             manifest["files"] = {
                 str(p.relative_to(folder)): _sha256(p)
                 for p in sorted(folder.rglob("*"))

@@ -430,3 +430,35 @@ def run_study(
     )
     outputs = {o.name: ds[f"output: {o.name}"].values for o in spec.outputs}
     return ds, analyze(spec, draws, outputs)
+
+
+def reanalyse(ensemble: xr.Dataset, spec: SensitivitySpec) -> xr.Dataset:
+    """Recompute a finished study's indices from its saved runs, without simulating.
+
+    Parameters
+    ----------
+    ensemble : xarray.Dataset
+        The study's saved ensemble (``sensitivity/ensemble.nc``): the sampled
+        values as coordinates on ``run`` and one ``"output: <label>"`` variable per output.
+    spec : SensitivitySpec
+        The study; its method and parameters must be those the runs were sampled with.
+
+    Returns
+    -------
+    xarray.Dataset
+        The indices, as :func:`analyze` returns them.
+
+    Raises
+    ------
+    KeyError
+        If a parameter or output of `spec` is not in the saved runs.
+    """
+    by_name = {c.attrs.get("long_name", k): c for k, c in ensemble.coords.items() if c.dims == ("run",)}
+    missing = [p.name for p in spec.parameters if p.name not in by_name]
+    missing += [o.name for o in spec.outputs if f"output: {o.name}" not in ensemble]
+    if missing:
+        msg = f"the saved runs hold no values for {', '.join(map(repr, missing))}; rerun the study"
+        raise KeyError(msg)
+    samples = {p.name: by_name[p.name].values for p in spec.parameters}
+    outputs = {o.name: ensemble[f"output: {o.name}"].values for o in spec.outputs}
+    return analyze(spec, samples, outputs)

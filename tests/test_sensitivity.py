@@ -124,6 +124,15 @@ def test_cli_writes_the_study_with_its_figures(tmp_path: Path) -> None:
         assert "grievance_g" in ensemble.coords
     for stem in ("sensitivity_morris_arms_X_final", "fan_chart_arms_X"):
         assert (out / "figures" / f"{stem}.pdf").is_file()
+    # A finished study is re-analysed and re-plotted from its saved runs alone.
+    with xr.open_dataset(out / "sensitivity" / "indices.nc") as before:
+        first = before.load()
+    (out / "figures" / "fan_chart_arms_X.pdf").unlink()
+    again = run_cli("figures", out)
+    assert again.returncode == 0, again.stderr
+    assert (out / "figures" / "fan_chart_arms_X.pdf").is_file()
+    with xr.open_dataset(out / "sensitivity" / "indices.nc") as after:
+        xr.testing.assert_identical(after.load(), first)
 
 
 @pytest.mark.parametrize(
