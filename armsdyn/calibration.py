@@ -73,14 +73,12 @@ References
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -88,31 +86,44 @@ import pandas as pd
 import scipy.optimize
 import scipy.stats
 
-from armsdyn import data as data_mod
+from armsdyn.calibration_config import (
+    DATA_KINDS,
+    ENGINES,
+    LOSSES,
+    METHODS,
+    CalibrationSpec,
+    DataSpec,
+    FittedParameter,
+    load_calibration,
+    parse_calibration,
+)
 from armsdyn.config import (
-    SAFE_NAME,
-    SAFE_NAME_RULE,
-    Experiment,
     ParameterValue,
     Scenario,
-    _check_table,
-    _describe,
-    _parse_parameters,
-    _parse_time,
-    _Problems,
-    _resolve_model,
-    _type_ok,
-    _unknown,
-    read_toml,
 )
-from armsdyn.errors import ModelError, did_you_mean
+from armsdyn.errors import ModelError
 from armsdyn.model import Model, TimeSettings, file_sha256
 from armsdyn.richardson import PARAMETER_NAMES, Richardson
 
-METHODS = ("trajectory", "richardson_combined")
-LOSSES = ("linear", "soft_l1", "huber")
-ENGINES = ("pysd", "ensemble")
-DATA_KINDS = ("csv", "nmc", "sipri")
+__all__ = [
+    "DATA_KINDS",
+    "ENGINES",
+    "LOSSES",
+    "METHODS",
+    "CalibrationResult",
+    "CalibrationSpec",
+    "DataSpec",
+    "FittedParameter",
+    "TrajectoryFit",
+    "calibrate",
+    "draw_calibration_figures",
+    "fit_trajectories",
+    "load_calibration",
+    "parse_calibration",
+    "richardson_combined_fit",
+    "write_calibration",
+]
+
 
 ESTIMATES_FILE = "estimates.csv"
 DERIVED_FILE = "derived.csv"
@@ -121,146 +132,6 @@ COVARIANCE_FILE = "covariance.csv"
 BOOTSTRAP_FILE = "bootstrap.csv"
 DATA_FILE = "data.csv"
 SUMMARY_FILE = "summary.json"
-
-#: Keys of the tables of a calibration config that are not experiment-config tables.
-_SCHEMA: dict[str, dict[str, str]] = {
-    "": {
-        "experiment": "table",
-        "time": "table",
-        "parameters": "table",
-        "data": "table",
-        "calibration": "table",
-    },
-    "data": {
-        "file": "string",
-        "kind": "string",
-        "columns": "table",
-        "units": "string",
-        "scale": "number",
-        "years": "list of numbers",
-        "time": "string",
-        "series": "string",
-        "value": "string",
-        "variable": "string",
-        "era_conversion": "number",
-    },
-    "calibration": {
-        "method": "string",
-        "loss": "string",
-        "f_scale": "number",
-        "bootstrap": "integer",
-        "seed": "integer",
-        "engine": "string",
-        "parameters": "table",
-        "initial_values": "table",
-    },
-    "estimate": {"initial": "number", "bounds": "list of numbers"},
-}
-
-
-@dataclass(frozen=True)
-class FittedParameter:
-    """A model constant to estimate.
-
-    Attributes
-    ----------
-    name : str
-        The constant's model name.
-    initial : float
-        Starting guess of the optimiser.
-    bounds : (float, float)
-        Lower and upper bounds (``-inf``/``inf`` for none).
-    stock : str
-        For the initial value of a stock: the stock's name ("" otherwise).
-    """
-
-    name: str
-    initial: float
-    bounds: tuple[float, float] = (-math.inf, math.inf)
-    stock: str = ""
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Where the observations come from; see the module docstring's ``[data]``."""
-
-    file: Path
-    kind: str
-    columns: Mapping[str, str]
-    units: str
-    scale: float = 1.0
-    years: tuple[float, float] | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """A validated calibration config.
-
-    Attributes
-    ----------
-    name, description : str
-        From ``[experiment]``.
-    config_path : pathlib.Path or None
-        The config file.
-    config_text : str
-        Its text, recorded in the manifest.
-    model : Model
-        The model calibrated.
-    time : TimeSettings
-        Simulation time settings.
-    fixed : mapping of str to ParameterValue
-        Fixed overrides from ``[parameters]`` (and initial values fixed at the data).
-    data : DataSpec
-        The data source.
-    observations : pandas.DataFrame
-        Indexed by time, one column per model variable (model names), in `data.units`.
-    method, loss, engine : str
-        Estimator, loss function and simulation engine.
-    parameters : tuple of FittedParameter
-        Constants to fit, in order.
-    f_scale : float
-        Soft margin of a robust loss.
-    bootstrap : int
-        Residual-bootstrap replicates (0 for none).
-    seed : int
-        Seed of the bootstrap.
-    """
-
-    name: str
-    description: str
-    config_path: Path | None
-    config_text: str
-    model: Model
-    time: TimeSettings
-    fixed: Mapping[str, ParameterValue]
-    data: DataSpec
-    observations: pd.DataFrame
-    method: str = "trajectory"
-    loss: str = "linear"
-    engine: str = "pysd"
-    parameters: tuple[FittedParameter, ...] = ()
-    f_scale: float = 1.0
-    bootstrap: int = 0
-    seed: int = 0
-
-    @property
-    def config_sha256(self) -> str:
-        """SHA-256 of the config text."""
-        return hashlib.sha256(self.config_text.encode()).hexdigest()
-
-    def experiment(self) -> Experiment:
-        """The calibration as an :class:`Experiment` (one scenario: the fixed values), for the manifest."""
-        return Experiment(
-            name=self.name,
-            description=self.description,
-            config_path=self.config_path,
-            config_text=self.config_text,
-            model=self.model,
-            time=self.time,
-            scenarios=(Scenario("calibration", "fixed parameters of the calibration", dict(self.fixed)),),
-            variables=tuple(self.observations.columns),
-        )
 
 
 @dataclass(frozen=True)
@@ -332,384 +203,6 @@ class CalibrationResult:
 
 
 # --------------------------------------------------------------------------- config
-
-
-def _check(table: Any, section: str, where: str, problems: _Problems) -> dict[str, Any]:
-    """Like :func:`armsdyn.config._check_table`, for this module's own tables."""
-    if not isinstance(table, dict):
-        problems.add(where, f"expected a table, got {_describe(table)}")
-        return {}
-    schema = _SCHEMA[section]
-    good = {}
-    for key, value in table.items():
-        path = f"{where}.{key}" if where else key
-        if key not in schema:
-            problems.add(path, f"unknown key{did_you_mean(key, schema)} (allowed: {', '.join(schema)})")
-        elif not _type_ok(value, schema[key]):
-            problems.add(path, f"expected a {schema[key]}, got {_describe(value)}")
-        else:
-            good[key] = value
-    return good
-
-
-def load_calibration(path: str | os.PathLike[str]) -> CalibrationSpec:
-    """Read, validate and resolve a calibration config, loading its data.
-
-    Parameters
-    ----------
-    path : path-like
-        A TOML file (see the module docstring for its layout).
-
-    Returns
-    -------
-    CalibrationSpec
-
-    Raises
-    ------
-    ConfigError
-        Listing every problem found (including problems with the data file),
-        each with its key path.
-    """
-    path = Path(path)
-    raw, text = read_toml(path)
-    return parse_calibration(raw, text=text, source=path)
-
-
-def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | None = None) -> CalibrationSpec:
-    """Validate an already-parsed calibration config; see :func:`load_calibration`."""
-    problems = _Problems(str(source) if source else "<config>")
-    top = _check(dict(raw), "", "", problems)
-    exp = _check_table(top.get("experiment", {}), "experiment", "experiment", problems)
-    for key, what in (("experiment", "a table [experiment] with keys name and model"), ("data", "a table [data]")):
-        if key not in top:
-            problems.add(key, f"missing; give {what}")
-    if "calibration" not in top:
-        problems.add("calibration", "missing; give a table [calibration] naming what to fit")
-    name = exp.get("name")
-    if "experiment" in top and name is None:
-        problems.add("experiment.name", "missing; it names the results folder")
-    elif name is not None and not SAFE_NAME.match(name):
-        problems.add("experiment.name", f"{name!r} is not a safe folder name ({SAFE_NAME_RULE})")
-    model = None
-    if "experiment" in top and "model" not in exp:
-        problems.add("experiment.model", "missing; give the path of a .mdl, .xmile or .stmx file")
-    elif "model" in exp:
-        model = _resolve_model(exp["model"], source, problems)
-    if model is None:
-        problems.raise_if_any()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    cal = _check(top.get("calibration", {}), "calibration", "calibration", problems)
-    method = cal.get("method", "trajectory")
-    if method not in METHODS:
-        problems.add("calibration.method", _unknown("method", method, METHODS))
-    for key, allowed in (("loss", LOSSES), ("engine", ENGINES)):
-        if cal.get(key, allowed[0]) not in allowed:
-            problems.add(f"calibration.{key}", _unknown(key, cal[key], allowed))
-    if cal.get("bootstrap", 0) < 0 or cal.get("bootstrap", 0) > 100_000:
-        problems.add("calibration.bootstrap", f"must be between 0 and 100000, got {cal['bootstrap']}")
-    if cal.get("seed", 0) < 0:
-        problems.add("calibration.seed", f"must be at least 0, got {cal['seed']}")
-    f_scale = cal.get("f_scale", 1.0)
-    if not (math.isfinite(f_scale) and f_scale > 0):
-        problems.add("calibration.f_scale", f"must be a positive finite number, got {f_scale!r}")
-
-    data_spec, observations = _parse_data(top.get("data", {}), source, model, problems)
-    fixed = _parse_parameters(top.get("parameters", {}), "parameters", model, problems)
-    time = _data_time(top.get("time", {}), model, observations, problems)
-    parameters: list[FittedParameter] = []
-    if method == "trajectory":
-        parameters = _parse_fitted(cal, model, fixed, observations, problems)
-        if cal.get("engine") == "ensemble":
-            series = [k for k, v in fixed.items() if isinstance(v, tuple)]
-            if series:
-                problems.add(
-                    "calibration.engine", f"the ensemble engine takes constants only; {series[0]!r} is a series"
-                )
-    elif method == "richardson_combined":
-        missing = [n for n in PARAMETER_NAMES.values() if n not in model.variables]
-        if missing:
-            problems.add(
-                "calibration.method", f"richardson_combined needs Richardson's model; {model.path} lacks {missing[0]!r}"
-            )
-        for key in ("parameters", "initial_values", "bootstrap"):
-            if key in cal:
-                problems.add(f"calibration.{key}", "not used by method 'richardson_combined' (it fits kappa and c)")
-    problems.raise_if_any()
-    # Problems were raised above otherwise; the asserts tell the type checker.
-    assert data_spec is not None
-    assert observations is not None
-
-    for fp in parameters:
-        if fp.stock:
-            fixed.pop(fp.name, None)
-    return CalibrationSpec(
-        name=name,
-        description=exp.get("description", ""),
-        config_path=source,
-        config_text=text,
-        model=model,
-        time=time,
-        fixed=fixed,
-        data=data_spec,
-        observations=observations,
-        method=method,
-        loss=cal.get("loss", "linear"),
-        engine=cal.get("engine", "pysd"),
-        parameters=tuple(parameters),
-        f_scale=float(f_scale),
-        bootstrap=cal.get("bootstrap", 0),
-        seed=cal.get("seed", 0),
-    )
-
-
-def _parse_data(
-    table: Any, source: Path | None, model: Model, problems: _Problems
-) -> tuple[DataSpec | None, pd.DataFrame | None]:
-    good = _check(table, "data", "data", problems)
-    n_before = len(problems.items)
-    kind = good.get("kind", "csv")
-    if kind not in DATA_KINDS:
-        problems.add("data.kind", _unknown("data kind", kind, DATA_KINDS))
-    if "file" not in good:
-        problems.add("data.file", "missing; give the data file's path, relative to this config")
-        return None, None
-    file = Path(good["file"])
-    if not file.is_absolute() and source is not None:
-        file = source.parent / file
-    columns: dict[str, str] = {}
-    raw_columns = good.get("columns")
-    if not raw_columns:
-        problems.add("data.columns", 'missing or empty; map data series to model variables, e.g. { usa = "arms X" }')
-    for key, value in (raw_columns or {}).items():
-        where = f'data.columns."{key}"'
-        if not isinstance(value, str):
-            problems.add(where, f"expected a model variable name, got {_describe(value)}")
-            continue
-        try:
-            var = model.variable(value)
-        except KeyError:
-            problems.add(
-                where, f"unknown variable {value!r} in model {model.path}{did_you_mean(value, model.variables)}"
-            )
-            continue
-        if var.kind in ("lookup", "constant"):
-            problems.add(where, f"{var.name!r} is a {var.kind}; map data to a variable that changes over time")
-            continue
-        columns[key] = var.name
-    for key, allowed in (
-        ("time", ("csv",)),
-        ("series", ("csv",)),
-        ("value", ("csv",)),
-        ("variable", ("nmc",)),
-        ("era_conversion", ("nmc",)),
-    ):
-        if key in good and kind not in allowed:
-            problems.add(f"data.{key}", f"only used with kind {' or '.join(map(repr, allowed))}, not {kind!r}")
-    years = good.get("years")
-    if years is not None and (len(years) != 2 or years[0] > years[1] or not all(map(math.isfinite, years))):
-        problems.add("data.years", f"expected [first, last] with first <= last, got {years}")
-        years = None
-    scale = good.get("scale", 1.0)
-    if not (math.isfinite(scale) and scale != 0):
-        problems.add("data.scale", f"must be a finite non-zero number, got {scale!r}")
-    if (kind == "csv" or scale != 1.0) and "units" not in good:
-        why = "a CSV does not say its units" if kind == "csv" else "data.scale changes the loader's units"
-        problems.add("data.units", f"missing; {why}, so state the units of the values used")
-    if len(problems.items) > n_before:
-        return None, None
-    try:
-        frame = _load(file, kind, list(columns), good, years)
-    except data_mod.DataError as exc:
-        problems.add("data", str(exc))
-        return None, None
-    units_in = {frame.attrs["units"][c] for c in columns}
-    if len(units_in) > 1 and any(list(columns.values()).count(v) > 1 for v in columns.values()):
-        problems.add("data.columns", f"series summed into one variable have different units: {sorted(units_in)}")
-        return None, None
-    units = good.get("units") or units_in.pop()
-    observations = pd.DataFrame(index=frame.index)
-    for variable in dict.fromkeys(columns.values()):
-        members = [c for c, v in columns.items() if v == variable]
-        observations[variable] = frame[members].sum(axis=1, min_count=len(members)) * scale
-    if years is not None:
-        observations = observations.loc[(observations.index >= years[0]) & (observations.index <= years[1])]
-    observations = observations.dropna(how="all")
-    if observations.empty:
-        problems.add("data", f"{file}: no observations of {', '.join(columns)} in the years asked for")
-        return None, None
-    observations.attrs = {"units": dict.fromkeys(observations.columns, units), "source": str(file)}
-    spec = DataSpec(
-        file=file,
-        kind=kind,
-        columns=columns,
-        units=units,
-        scale=float(scale),
-        years=None if years is None else (float(years[0]), float(years[1])),
-        options={k: good[k] for k in ("time", "series", "value", "variable", "era_conversion") if k in good},
-    )
-    return spec, observations
-
-
-def _load(
-    file: Path, kind: str, series: list[str], good: Mapping[str, Any], years: Sequence[float] | None
-) -> pd.DataFrame:
-    if kind == "nmc":
-        span = None if years is None else (int(years[0]), int(years[1]))
-        return data_mod.load_nmc(
-            file, series, variable=good.get("variable", "milex"), years=span, era_conversion=good.get("era_conversion")
-        )
-    if kind == "sipri":
-        span = None if years is None else (int(years[0]), int(years[1]))
-        return data_mod.load_sipri(file, series, years=span)
-    return data_mod.load_csv(
-        file,
-        time=good.get("time", "year"),
-        columns=series,
-        units=good.get("units"),
-        series=good.get("series"),
-        value=good.get("value", "value"),
-    )
-
-
-def _data_time(table: Any, model: Model, observations: pd.DataFrame | None, problems: _Problems) -> TimeSettings:
-    """Time settings: ``[time]`` over defaults spanning the data, with yearly saves."""
-    if observations is None:
-        return model.time
-    t = observations.index.to_numpy(dtype=float)
-    gaps = np.diff(t)
-    saveper = float(gaps.min()) if gaps.size else 1.0
-    step = model.time.step if _whole(saveper, model.time.step) else saveper
-    defaults = TimeSettings(float(t[0]), float(t[-1]), step, saveper, model.time.units)
-    # config._parse_time validates against a model's own settings: give it the data's defaults.
-    time = _parse_time(table if isinstance(table, dict) else {}, SimpleNamespace(time=defaults), problems)
-    if not isinstance(table, dict):
-        problems.add("time", f"expected a table, got {_describe(table)}")
-    saved = time.save_times()
-    off = [x for x in t if not np.any(np.isclose(saved, x, rtol=0, atol=1e-9 * max(1.0, abs(x))))]
-    if off and not problems.items:
-        problems.add(
-            "time",
-            f"observed time {off[0]:g} is not a saved time (saved: {saved[0]:g} to {saved[-1]:g} every "
-            f"{time.saveper:g}); set time.initial, time.final and time.saveper to cover the data",
-        )
-    return time
-
-
-def _whole(value: float, unit: float) -> bool:
-    ratio = value / unit
-    return round(ratio) >= 1 and abs(ratio - round(ratio)) <= 1e-9 * max(1.0, ratio)
-
-
-def _stock_initial(model: Model, stock: str) -> str | None:
-    """The constant a stock starts from (e.g. ``initial arms X``), if it starts from exactly one."""
-    var = model.variable(stock)
-    # PySD records what each stock's initial value depends on; only a lone constant can be fitted.
-    deps = model._pysd.dependencies.get(f"_integ_{var.py_name}", {}).get("initial", {})
-    by_py = {v.py_name: v for v in model.variables.values()}
-    if len(deps) == 1:
-        (py,) = deps
-        if py in by_py and by_py[py].kind == "constant":
-            return by_py[py].name
-    return None
-
-
-def _parse_fitted(
-    cal: Mapping[str, Any],
-    model: Model,
-    fixed: dict[str, ParameterValue],
-    observations: pd.DataFrame | None,
-    problems: _Problems,
-) -> list[FittedParameter]:
-    out: list[FittedParameter] = []
-    constants = [v.name for v in model.of_kind("constant")]
-    # (constant, its table, key path, stock whose initial value it is or "")
-    entries = [(k, v, f'calibration.parameters."{k}"', "") for k, v in cal.get("parameters", {}).items()]
-    stocks = [v.name for v in model.of_kind("stock")]
-    for stock, value in cal.get("initial_values", {}).items():
-        where = f'calibration.initial_values."{stock}"'
-        try:
-            var = model.variable(stock)
-        except KeyError:
-            problems.add(where, f"unknown stock{did_you_mean(stock, stocks)} (stocks: {', '.join(stocks)})")
-            continue
-        if var.kind != "stock":
-            problems.add(where, f"{var.name!r} is a {var.kind}, not a stock")
-            continue
-        constant = _stock_initial(model, var.name)
-        if constant is None:
-            problems.add(
-                where, f"{var.name!r} does not start from a single constant, so its initial value cannot be set"
-            )
-            continue
-        first = math.nan
-        if observations is not None and var.name in observations:
-            column = observations[var.name].dropna()
-            first = float(column.iloc[0]) if not column.empty else math.nan
-        if value == "observed":
-            if not math.isfinite(first):
-                problems.add(where, f"{var.name!r} is not observed, so it cannot start at the first observation")
-            else:
-                fixed[constant] = first
-            continue
-        if not isinstance(value, dict):
-            problems.add(where, f'expected "observed" or a table {{ initial, bounds }}, got {_describe(value)}')
-            continue
-        if "initial" not in value and not math.isfinite(first):
-            problems.add(where, f"{var.name!r} is not observed; give an initial guess")
-            continue
-        entries.append((constant, {"initial": first, **value}, where, var.name))
-    seen: set[str] = set()
-    for key, value, where, stock in entries:
-        if not stock:
-            try:
-                var = model.variable(key)
-            except KeyError:
-                problems.add(where, f"unknown parameter in model {model.path}{did_you_mean(key, constants)}")
-                continue
-            if var.kind != "constant":
-                problems.add(where, f"{var.name!r} is a {var.kind}, not a constant; only constants can be fitted")
-                continue
-            key = var.name
-        if key in seen:
-            problems.add(where, f"{key!r} is fitted twice")
-            continue
-        seen.add(key)
-        if key in fixed and not stock:
-            problems.add(where, f"{key!r} is also fixed in [parameters]; fit it or fix it, not both")
-            continue
-        good = _check(value, "estimate", where, problems)
-        bounds = good.get("bounds", [-math.inf, math.inf])
-        if len(bounds) != 2 or not bounds[0] < bounds[1] or any(math.isnan(b) for b in bounds):
-            problems.add(f"{where}.bounds", f"expected [low, high] with low < high, got {bounds}")
-            continue
-        default = model.variable(key).default
-        guess = good.get("initial")
-        if guess is None:
-            guess = default if default is not None and bounds[0] <= default <= bounds[1] else _middle(bounds)
-        if not (math.isfinite(guess) and bounds[0] <= guess <= bounds[1]):
-            problems.add(f"{where}.initial", f"must be a finite number within the bounds {bounds}, got {guess!r}")
-            continue
-        out.append(FittedParameter(key, float(guess), (float(bounds[0]), float(bounds[1])), stock))
-    if not out and "parameters" not in cal and "initial_values" not in cal:
-        problems.add("calibration.parameters", "missing; name at least one constant to fit")
-    elif not out and not problems.items:
-        problems.add("calibration.parameters", "nothing to fit; name at least one constant to fit")
-    return out
-
-
-def _middle(bounds: Sequence[float]) -> float:
-    low, high = bounds
-    if math.isfinite(low) and math.isfinite(high):
-        return (low + high) / 2
-    if math.isfinite(low):
-        return low + 1.0
-    if math.isfinite(high):
-        return high - 1.0
-    return 0.0
-
-
-# --------------------------------------------------------------------------- simulation
 
 
 class _Simulator:
