@@ -21,19 +21,16 @@ import pandas as pd
 
 from armsdyn import data as data_mod
 from armsdyn.config import (
-    SAFE_NAME,
-    SAFE_NAME_RULE,
     Experiment,
     ParameterValue,
     Scenario,
-    _check_table,
     _describe,
     _parse_parameters,
     _parse_time,
     _Problems,
-    _resolve_model,
     _type_ok,
     _unknown,
+    parse_experiment_table,
     read_toml,
 )
 from armsdyn.errors import did_you_mean
@@ -232,25 +229,12 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
     """Validate an already-parsed calibration config; see :func:`load_calibration`."""
     problems = _Problems(str(source) if source else "<config>")
     top = _check(dict(raw), "", "", problems)
-    exp = _check_table(top.get("experiment", {}), "experiment", "experiment", problems)
     for key, what in (("experiment", "a table [experiment] with keys name and model"), ("data", "a table [data]")):
         if key not in top:
             problems.add(key, f"missing; give {what}")
     if "calibration" not in top:
         problems.add("calibration", "missing; give a table [calibration] naming what to fit")
-    name = exp.get("name")
-    if "experiment" in top and name is None:
-        problems.add("experiment.name", "missing; it names the results folder")
-    elif name is not None and not SAFE_NAME.match(name):
-        problems.add("experiment.name", f"{name!r} is not a safe folder name ({SAFE_NAME_RULE})")
-    model = None
-    if "experiment" in top and "model" not in exp:
-        problems.add("experiment.model", "missing; give the path of a .mdl, .xmile or .stmx file")
-    elif "model" in exp:
-        model = _resolve_model(exp["model"], source, problems)
-    if model is None:
-        problems.raise_if_any()
-        raise AssertionError("unreachable")  # pragma: no cover
+    exp, name, model = parse_experiment_table(top, source, problems)
 
     cal = _check(top.get("calibration", {}), "calibration", "calibration", problems)
     method = cal.get("method", "trajectory")

@@ -379,24 +379,9 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     problems = _Problems(label)
     top = _check_table(dict(data), "", "", problems)
 
-    exp = _check_table(top.get("experiment", {}), "experiment", "experiment", problems)
     if "experiment" not in top:
         problems.add("experiment", "missing table [experiment] (with keys name and model)")
-    name = exp.get("name")
-    if "experiment" in top and name is None:
-        problems.add("experiment.name", "missing; it names the results folder")
-    elif name is not None and not SAFE_NAME.match(name):
-        problems.add("experiment.name", f"{name!r} is not a safe folder name ({SAFE_NAME_RULE})")
-    model = None
-    if "experiment" in top and "model" not in exp:
-        problems.add("experiment.model", "missing; give the path of a .mdl, .xmile or .stmx file")
-    elif "model" in exp:
-        model = _resolve_model(exp["model"], source, problems)
-
-    # Without the model the names cannot be checked: report what we have.
-    if model is None:
-        problems.raise_if_any()
-        raise AssertionError("unreachable")  # pragma: no cover
+    exp, name, model = parse_experiment_table(top, source, problems)
     time = _parse_time(top.get("time", {}), model, problems)
     base = _parse_parameters(top.get("parameters", {}), "parameters", model, problems)
     scenarios = _parse_scenarios(top.get("scenarios"), base, model, problems)
@@ -428,6 +413,32 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
         metrics=metrics,
         sensitivity=sensitivity,
     )
+
+
+def parse_experiment_table(
+    top: Mapping[str, Any], source: Path | None, problems: _Problems
+) -> tuple[dict[str, Any], str, Model]:
+    """Check ``[experiment]`` (name, description, model) and load the model.
+
+    Returns the checked table, the name and the model; when the model cannot be
+    loaded, raises the problems found so far, since nothing else can be checked
+    without it.
+    """
+    exp = _check_table(top.get("experiment", {}), "experiment", "experiment", problems)
+    name = exp.get("name")
+    if "experiment" in top and name is None:
+        problems.add("experiment.name", "missing; it names the results folder")
+    elif name is not None and not SAFE_NAME.match(name):
+        problems.add("experiment.name", f"{name!r} is not a safe folder name ({SAFE_NAME_RULE})")
+    model = None
+    if "experiment" in top and "model" not in exp:
+        problems.add("experiment.model", "missing; give the path of a .mdl, .xmile or .stmx file")
+    elif "model" in exp:
+        model = _resolve_model(exp["model"], source, problems)
+    if model is None:
+        problems.raise_if_any()
+        raise AssertionError("unreachable")  # pragma: no cover - raise_if_any raised
+    return exp, name, model
 
 
 def _resolve_model(value: str, source: Path | None, problems: _Problems) -> Model | None:
