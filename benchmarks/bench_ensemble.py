@@ -1,24 +1,33 @@
-"""Speed of the ensemble engine against sequential PySD runs.
+"""Speed and memory of the ensemble engine against sequential PySD and Simlin.
 
-Run with ``python benchmarks/bench_ensemble.py [--samples N] [--pysd-runs K]``.
-On the largest model in ``models/`` (``knowledge_engine.mdl`` when present),
-simulated for 200 years at a time step of 1/16, it reports (no assertions;
-machines are shared and noisy):
+Run with ``python benchmarks/bench_ensemble.py [--samples N] [--pysd-runs K]``
+(see ``benchmarks/README.md`` for measured numbers). On the largest model in
+``models/`` (``knowledge_engine.mdl`` when present), simulated for 200 years
+at a time step of 1/16 and saved yearly, it reports (no assertions; machines
+are shared and noisy), all measured in the same run:
 
 - PySD: runs per second of K sequential ``Model.simulate`` calls (translated
   model warm in the cache);
-- ensemble, one core: runs per second of ``CompiledModel.run`` on N samples
-  (every constant varied +-30%), compilation excluded;
-- ensemble, all cores: ``run_ensemble(..., workers=os.cpu_count())``,
-  including worker start-up;
-- the ratios ensemble / PySD, wall times, and peak resident memory
-  (``ru_maxrss`` of this process and of its worker processes).
+- Simlin (``pysimlin``, its compiled engine), if installed and able to load
+  the model: runs per second of sequential runs, every constant overridden;
+- the ensemble engine, each available backend (``numpy``, ``numba``), on one
+  core and on all cores: runs per second, wall time, compilation excluded
+  (numba: one thread, then one per core; numpy: one process, then
+  ``run_ensemble(..., workers=os.cpu_count())`` including worker start-up);
+- ratios to PySD and Simlin, and peak resident memory (``ru_maxrss``).
+
+``--study N`` instead runs an N-sample Richardson study through
+:func:`armsdyn.runner.run_chunked` (a :class:`~armsdyn.runner.Reducer` keeping
+two numbers per run) and reports its wall time and peak memory, to show that
+memory stays bounded whatever the number of samples.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -59,15 +68,49 @@ def maxrss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss * scale / 2**20
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=100_000, help="ensemble size (default 100000)")
-    parser.add_argument("--pysd-runs", type=int, default=20, help="sequential PySD runs to time (default 20)")
-    parser.add_argument("--years", type=float, default=200.0)
-    parser.add_argument("--saveper", type=float, default=1.0)
-    parser.add_argument("--chunk-size", type=int, default=None)
-    args = parser.parse_args()
+def memory_line() -> str:
+    return (
+        f"peak memory: {maxrss_mib(resource.RUSAGE_SELF):.0f} MiB in this process, "
+        f"{maxrss_mib(resource.RUSAGE_CHILDREN):.0f} MiB in the largest worker process"
+    )
 
+
+def simlin_rate(path: Path, model, settings, samples: dict[str, np.ndarray], runs: int, variables: list[str]) -> str:
+    """Sequential Simlin runs per second, or why Simlin could not run the model."""
+    if importlib.util.find_spec("simlin") is None:
+        return "not installed (pip install pysimlin)"
+    import simlin
+
+    # Simlin takes its time settings from the file: write a copy with the benchmark's.
+    text = path.read_text(encoding="utf-8")
+    for name, value in (
+        ("INITIAL TIME", settings.initial),
+        ("FINAL TIME", settings.final),
+        ("TIME STEP", settings.step),
+        ("SAVEPER", settings.saveper),
+    ):
+        text = re.sub(rf"^{name}\s*=\s*[^\s~]+", f"{name} = {value!r}", text, flags=re.MULTILINE)
+    folder = Path(tempfile.mkdtemp(prefix="armsdyn-bench-simlin-"))
+    copy = folder / path.name
+    copy.write_text(text, encoding="utf-8")
+    try:
+        sm = simlin.load(copy)
+        names = set(sm.simulate().get_var_names())
+    except Exception as exc:  # report, do not fail the benchmark
+        return f"could not load the model: {type(exc).__name__}: {exc}"
+    by_name = {v.name: v.py_name for v in model.variables.values()}
+    params = [n for n in samples if by_name[n] in names]
+    outputs = [by_name[v] for v in variables]
+    started = time.perf_counter()
+    for i in range(runs):
+        sim = sm.simulate({by_name[n]: float(samples[n][i]) for n in params})
+        sim.run_to_end()
+        for name in outputs:
+            sim.get_series(name)
+    return runs / (time.perf_counter() - started)
+
+
+def speed(args: argparse.Namespace) -> None:
     os.environ.setdefault("ARMSDYN_CACHE_DIR", str(Path(tempfile.gettempdir()) / "armsdyn-bench-cache"))
     from armsdyn.ensemble import DEFAULT_CHUNK_SIZE, compile_model, run_ensemble
     from armsdyn.model import TimeSettings, load_model
@@ -75,7 +118,7 @@ def main() -> None:
     path = largest_model()
     chunk = args.chunk_size or DEFAULT_CHUNK_SIZE
     started = time.perf_counter()
-    model = compile_model(path)
+    model = compile_model(path, backend="numpy")
     compile_s = time.perf_counter() - started
     settings = TimeSettings(
         initial=model.time.initial,
@@ -87,8 +130,9 @@ def main() -> None:
     variables = VARIABLES.get(path.stem) or [model.variable(p).name for p in model.default_variables()[:4]]
     n = args.samples
     samples = samples_for(model, n)
+    cores = os.cpu_count() or 1
     print(f"model: {path.name}; {args.years:g} {settings.units} at TIME STEP 1/16; saving {len(variables)} variables")
-    print(f"compile: {compile_s:.2f} s")
+    print(f"machine: {cores} CPUs; parse and compile: {compile_s:.2f} s")
 
     pysd_model = load_model(path)
     pysd_model.simulate({}, settings, variables)  # warm-up: imports and caches
@@ -99,29 +143,100 @@ def main() -> None:
     pysd_rate = args.pysd_runs / pysd_s
     print(f"PySD sequential: {args.pysd_runs} runs in {pysd_s:.2f} s = {pysd_rate:.2f} runs/s")
 
-    model.run({k: v[:8] for k, v in samples.items()}, settings, variables)  # warm-up: code generation
-    started = time.perf_counter()
-    model.run(samples, settings, variables, chunk_size=chunk)
-    one_s = time.perf_counter() - started
-    one_rate = n / one_s
-    print(
-        f"ensemble, 1 core: {n} runs in {one_s:.2f} s = {one_rate:.0f} runs/s "
-        f"({one_rate / pysd_rate:.0f}x PySD; chunk size {chunk})"
-    )
+    simlin = simlin_rate(path, model, settings, samples, args.simlin_runs, variables)
+    if isinstance(simlin, str):
+        print(f"Simlin: {simlin}")
+        simlin_rate_ = None
+    else:
+        simlin_rate_ = simlin
+        print(f"Simlin sequential (pysimlin): {args.simlin_runs} runs = {simlin:.1f} runs/s")
 
-    cores = os.cpu_count() or 1
+    def report(label: str, runs: int, seconds: float) -> None:
+        rate = runs / seconds
+        vs_simlin = f", {rate / simlin_rate_:.1f}x Simlin" if simlin_rate_ else ""
+        print(
+            f"{label}: {runs} runs in {seconds:.2f} s = {rate:.0f} runs/s "
+            f"({rate / pysd_rate:.0f}x PySD{vs_simlin}; 100000 runs in {100_000 / rate:.1f} s)"
+        )
+
+    backends = args.backends.split(",")
+    if "numpy" in backends:
+        m = min(n, args.numpy_samples)
+        part = {k: v[:m] for k, v in samples.items()}
+        model.run({k: v[:8] for k, v in samples.items()}, settings, variables)  # warm-up: code generation
+        started = time.perf_counter()
+        model.run(part, settings, variables, chunk_size=chunk)
+        report("ensemble numpy, 1 core", m, time.perf_counter() - started)
+        started = time.perf_counter()
+        run_ensemble(path, part, settings, variables, workers=cores, chunk_size=chunk, backend="numpy")
+        report(f"ensemble numpy, {cores} processes", m, time.perf_counter() - started)
+    if "numba" in backends:
+        if importlib.util.find_spec("numba") is None:
+            print("ensemble numba: numba is not installed")
+        else:
+            fast = compile_model(path, backend="numba")
+            started = time.perf_counter()
+            fast.run({k: v[:8] for k, v in samples.items()}, settings, variables)  # compile (or load the cache)
+            print(f"numba kernel compile (or load from the disk cache): {time.perf_counter() - started:.1f} s")
+            for threads in sorted({1, cores}):
+                fast.threads = threads
+                started = time.perf_counter()
+                fast.run(samples, settings, variables, chunk_size=chunk)
+                label = f"ensemble numba, {threads} thread{'s' if threads > 1 else ''}"
+                report(label, n, time.perf_counter() - started)
+    print(memory_line())
+
+
+def study(args: argparse.Namespace) -> None:
+    os.environ.setdefault("ARMSDYN_CACHE_DIR", str(Path(tempfile.gettempdir()) / "armsdyn-bench-cache"))
+    from armsdyn.ensemble import compile_model
+    from armsdyn.runner import Reducer, run_chunked
+    from armsdyn.sensitivity import Output
+
+    path = ROOT / "models" / "richardson.mdl"
+    model = compile_model(path)
+    n = args.study
+    samples = samples_for(model, n, seed=1)
+    reduce = Reducer(
+        outputs=(
+            Output("arms X final", variable="arms X", aggregate="final"),
+            Output("arms Y final", variable="arms Y", aggregate="final"),
+        ),
+        fan_variables=("arms X",),
+        fan_runs=200,
+    )
+    workers = args.workers or os.cpu_count() or 1
+    print(f"Richardson study: {n} samples, {len(samples)} sampled constants, chunks of {args.study_chunk}, "
+          f"{workers} worker(s), backend {model.backend}")  # fmt: skip
     started = time.perf_counter()
-    run_ensemble(path, samples, settings, variables, workers=cores, chunk_size=chunk)
-    all_s = time.perf_counter() - started
-    all_rate = n / all_s
-    print(
-        f"ensemble, {cores} cores: {n} runs in {all_s:.2f} s = {all_rate:.0f} runs/s "
-        f"({all_rate / pysd_rate:.0f}x PySD; wall time incl. worker start-up)"
+    ds = run_chunked(
+        path, samples, model.time, ["arms X", "arms Y"], reduce, chunk_size=args.study_chunk, workers=workers
     )
-    print(
-        f"peak memory: {maxrss_mib(resource.RUSAGE_SELF):.0f} MiB in this process, "
-        f"{maxrss_mib(resource.RUSAGE_CHILDREN):.0f} MiB in the largest worker"
-    )
+    seconds = time.perf_counter() - started
+    print(f"{ds.sizes['run']} runs in {seconds:.1f} s = {ds.sizes['run'] / seconds:.0f} runs/s")
+    inputs = sum(v.nbytes for v in samples.values()) / 2**20
+    print(f"samples: {inputs:.0f} MiB; reduced result: {ds.nbytes / 2**20:.0f} MiB")
+    print(memory_line())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=100_000, help="ensemble size (default 100000)")
+    parser.add_argument("--numpy-samples", type=int, default=20_000, help="at most this many for numpy (slower)")
+    parser.add_argument("--pysd-runs", type=int, default=20, help="sequential PySD runs to time (default 20)")
+    parser.add_argument("--simlin-runs", type=int, default=100, help="sequential Simlin runs to time (default 100)")
+    parser.add_argument("--backends", default="numpy,numba", help="comma-separated ensemble backends to time")
+    parser.add_argument("--years", type=float, default=200.0)
+    parser.add_argument("--saveper", type=float, default=1.0)
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--study", type=int, default=0, help="run an N-sample Richardson study instead")
+    parser.add_argument("--study-chunk", type=int, default=50_000, help="chunk size of --study")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes of --study (default: CPUs)")
+    args = parser.parse_args()
+    if args.study:
+        study(args)
+    else:
+        speed(args)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,23 @@ Public API::
     ds = model.run({"defence coefficient k": ks, "grievance g": gs})  # Dataset (run, time)
     ds = run_ensemble("models/richardson.mdl", samples, workers=4)     # across processes
 
+Two backends generate the code from the same compiled graph (see
+:data:`BACKENDS`): ``numpy`` (whole-chunk array statements) and ``numba`` (a
+compiled scalar loop per sample, several times faster; needs the optional
+numba package). ``compile_model(path, backend="auto")`` picks numba when it
+is installed and supports the model.
+
 Scalar models only. A construct the engine cannot compile raises
 :class:`UnsupportedConstruct` from :func:`compile_model`; :func:`run_ensemble`
 then falls back to PySD (one run per sample) with a :class:`FallbackWarning`.
 """
 
-from armsdyn.ensemble._engine import DEFAULT_CHUNK_SIZE, CompiledModel, compile_model
+from armsdyn.ensemble._engine import BACKENDS, DEFAULT_CHUNK_SIZE, CompiledModel, compile_model
 from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
 from armsdyn.ensemble._parallel import run_ensemble
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_CHUNK_SIZE",
     "CompiledModel",
     "FallbackWarning",

@@ -863,13 +863,42 @@ def _dynamic_nodes(graph: ModelGraph) -> set[str]:
     return dynamic
 
 
-def generate_source(graph: ModelGraph, outputs: list[str]) -> str:
-    """Source of ``simulate(C, n, TS, SV, dt, t0, tf, sp, O)`` saving the `outputs` nodes.
+@dataclass
+class Program:
+    """What one simulation function computes, section by section, for a set of outputs.
 
-    ``C`` maps constant names to values (floats or per-sample arrays), ``TS`` and
-    ``SV`` are the step times and save flags, ``O`` a list of ``(n_save, n)``
-    arrays, one per output, filled row by row. Returns the number of rows saved.
+    Both backends emit their code from this: the numpy backend whole-chunk array
+    statements, the numba backend a scalar loop per sample.
+
+    Attributes
+    ----------
+    constants : list of str
+        Constant nodes read from the samples (or the model's values).
+    init : list of tuple
+        Initialisation in dependency order: ``("state", Stateful)`` or ``("node", name, text)``.
+    static : list of tuple of str
+        ``(name, text)`` of values that do not change during the run.
+    per_step : list of tuple of str
+        ``(name, text)`` computed every time step (what advancing the states reads).
+    per_save : list of tuple of str
+        ``(name, text)`` computed only at saved times (outputs nothing else reads).
+    outputs : list of str
+        Saved nodes.
+    states : list of Stateful
+        Stateful objects advanced every step, in PySD's order.
     """
+
+    constants: list[str]
+    init: list[tuple[Any, ...]]
+    static: list[tuple[str, str]]
+    per_step: list[tuple[str, str]]
+    per_save: list[tuple[str, str]]
+    outputs: list[str]
+    states: list[Stateful]
+
+
+def build_program(graph: ModelGraph, outputs: list[str]) -> Program:
+    """The sections of the simulation function saving the `outputs` nodes."""
     nodes = graph.nodes
     dynamic = _dynamic_nodes(graph)
     by_var = {st.var: st for st in graph.statefuls}
@@ -893,41 +922,79 @@ def generate_source(graph: ModelGraph, outputs: list[str]) -> str:
     advance_set = set(advance)
     constants = [n for n in _order_nodes(graph, [*init_order, *saved], "init") if n in nodes and nodes[n].constant]
     const_set = set(constants)
-    static = [n for n in saved if n not in dynamic and n not in const_set]
-    per_step = [n for n in advance if n in dynamic]
-    per_save = [n for n in saved if n in dynamic and n not in advance_set]
+    init: list[tuple[Any, ...]] = []
+    for name in init_order:
+        if name.startswith("I:"):
+            init.append(("state", by_var[name[2:]]))
+        elif name not in const_set:
+            init.append(("node", name, nodes[name].init.text))
+    return Program(
+        constants=constants,
+        init=init,
+        static=[(n, nodes[n].step.text) for n in saved if n not in dynamic and n not in const_set],
+        per_step=[(n, nodes[n].step.text) for n in advance if n in dynamic],
+        per_save=[(n, nodes[n].step.text) for n in saved if n in dynamic and n not in advance_set],
+        outputs=list(outputs),
+        states=needed,
+    )
 
+
+def generate_source(graph: ModelGraph, outputs: list[str], optimise: bool = True) -> str:
+    """Source of ``simulate(C, n, TS, SV, dt, t0, tf, sp, O)`` saving the `outputs` nodes.
+
+    ``C`` maps constant names to values (floats or per-sample arrays), ``TS`` and
+    ``SV`` are the step times and save flags, ``O`` a list of ``(n_save, n)``
+    arrays, one per output, filled row by row. Returns the number of rows saved.
+
+    With `optimise`, subexpressions that only read constants are computed once
+    before the time loop, and repeated subexpressions once per step (see
+    :mod:`armsdyn.ensemble._optimise`); either way every value is computed by
+    the same operations in the same order, so results are identical.
+    """
+    from armsdyn.ensemble._optimise import optimise_loop
+
+    program = build_program(graph, outputs)
+    nodes = graph.nodes
     body = ["def simulate(C, n, TS, SV, dt, t0, tf, sp, O):"]
     add = body.append
     add("    t = TS[0]")
-    for name in constants:
+    for name in program.constants:
         add(f"    {name} = {nodes[name].step.text}")
     add("    # initialisation: stateful objects in dependency order (ACTIVE INITIAL gives its initial value)")
-    for name in init_order:
-        if name.startswith("I:"):
-            for line in init_lines(by_var[name[2:]], graph.path):
+    for item in program.init:
+        if item[0] == "state":
+            for line in init_lines(item[1], graph.path):
                 add(f"    {line}")
-        elif name not in const_set:
-            add(f"    {name} = {nodes[name].init.text}")
+        else:
+            add(f"    {item[1]} = {item[2]}")
     add("    # values that do not change during the run")
-    for name in static:
-        add(f"    {name} = {nodes[name].step.text}")
+    for name, text in program.static:
+        add(f"    {name} = {text}")
+    per_step = list(program.per_step)
+    per_save = list(program.per_save)
+    updates = [line for st in program.states for line in update_lines(st)]
+    hoisted: list[tuple[str, str]] = []
+    if optimise:
+        hoisted, per_step, per_save, updates = optimise_loop(per_step, per_save, updates)
+    if hoisted:
+        add("    # subexpressions of constants, computed once")
+        for name, text in hoisted:
+            add(f"    {name} = {text}")
     add("    k = 0")
     add("    last = len(TS) - 1")
     add("    for i in range(last + 1):")
     add("        t = TS[i]")
-    for name in per_step:
-        add(f"        {name} = {nodes[name].step.text}")
+    for name, text in per_step:
+        add(f"        {name} = {text}")
     add("        if SV[i]:")
-    for name in per_save:
-        add(f"            {name} = {nodes[name].step.text}")
-    for j, name in enumerate(outputs):
+    for name, text in per_save:
+        add(f"            {name} = {text}")
+    for j, name in enumerate(program.outputs):
         add(f"            O[{j}][k] = {name}")
     add("            k += 1")
     add("        if i == last:")
     add("            break")
-    for st in needed:
-        for line in update_lines(st):
-            add(f"        {line}")
+    for line in updates:
+        add(f"        {line}")
     add("    return k")
     return "\n".join(body) + "\n"

@@ -38,6 +38,7 @@ def run_ensemble(
     *,
     workers: int | None = 1,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    backend: str = "auto",
 ) -> xr.Dataset:
     """Run a model for every parameter sample, on one core or several.
 
@@ -64,6 +65,9 @@ def run_ensemble(
         ``if __name__ == "__main__":`` guard.
     chunk_size : int
         Samples advanced together by the compiled engine.
+    backend : {"auto", "numpy", "numba"}
+        Code generator of the compiled engine (see :func:`compile_model`). With
+        numba and ``workers > 1``, each worker process runs one thread.
 
     Returns
     -------
@@ -72,7 +76,7 @@ def run_ensemble(
     """
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     try:
-        model = compile_model(path)
+        model = compile_model(path, backend=backend)
     except UnsupportedConstruct as exc:
         msg = f"{exc}; running the model with PySD instead, one sample at a time"
         warnings.warn(msg, FallbackWarning, stacklevel=2)
@@ -109,6 +113,7 @@ def _pool(workers: int, initializer: Any, initargs: tuple[Any, ...]) -> ProcessP
 def _init_compiled(model: CompiledModel) -> None:
     global _worker_model
     _worker_model = model
+    model.threads = 1  # the processes share the cores already
 
 
 def _task_compiled(

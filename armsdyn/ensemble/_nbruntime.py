@@ -1,0 +1,166 @@
+"""Scalar counterparts of :mod:`armsdyn.ensemble._runtime` for the numba backend.
+
+Each function computes, for one sample, exactly what the vectorised function
+computes for that sample's element: the same operations in the same order, so
+results agree with the numpy backend (and PySD) to rounding. Importing this
+module imports numba.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+SMALL_VENSIM = 1e-6
+
+_jit = njit(cache=True, error_model="numpy", inline="always")
+
+
+@_jit
+def where(c, a, b):  # type: ignore[no-untyped-def]
+    # `x * 1.0` is float(x) for booleans too (numba has no float(bool)).
+    return a * 1.0 if c else b * 1.0
+
+
+@_jit
+def minimum(a, b):  # type: ignore[no-untyped-def]
+    # np.minimum: NaN if either is NaN.
+    a = a * 1.0
+    b = b * 1.0
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a <= b else b
+
+
+@_jit
+def maximum(a, b):  # type: ignore[no-untyped-def]
+    a = a * 1.0
+    b = b * 1.0
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a >= b else b
+
+
+@_jit
+def land(a, b):  # type: ignore[no-untyped-def]
+    return bool(a) and bool(b)
+
+
+@_jit
+def lor(a, b):  # type: ignore[no-untyped-def]
+    return bool(a) or bool(b)
+
+
+@_jit
+def lnot(a):  # type: ignore[no-untyped-def]
+    return not bool(a)
+
+
+@_jit
+def as_float(a):  # type: ignore[no-untyped-def]
+    return a * 1.0
+
+
+@_jit
+def xidz(a, b, x):  # type: ignore[no-untyped-def]
+    return x * 1.0 if abs(b) < SMALL_VENSIM else a / b
+
+
+@_jit
+def zidz(a, b):  # type: ignore[no-untyped-def]
+    return 0.0 if abs(b) < SMALL_VENSIM else a / b
+
+
+@_jit
+def quantum(a, b):  # type: ignore[no-untyped-def]
+    return a * 1.0 if b < SMALL_VENSIM else b * np.trunc(a / b)
+
+
+@_jit
+def modulo(x, m):  # type: ignore[no-untyped-def]
+    return x - quantum(x, m)
+
+
+@_jit
+def step(t, dt, value, tstep):  # type: ignore[no-untyped-def]
+    return value * (1.0 if t + dt / 2 > tstep else 0.0)
+
+
+@_jit
+def ramp3(t, slope, start, finish):  # type: ignore[no-untyped-def]
+    final = minimum(finish, t)
+    return (1.0 if t + SMALL_VENSIM > start else 0.0) * slope * (final - start)
+
+
+@_jit
+def ramp2(t, slope, start):  # type: ignore[no-untyped-def]
+    return (1.0 if t + SMALL_VENSIM > start else 0.0) * slope * (t - start)
+
+
+@_jit
+def pulse(t, dt, start, repeat_time, width, magnitude, end, flags):  # type: ignore[no-untyped-def]
+    # flags: 1 width given, 2 magnitude given, 4 end given, 8 repeat_time given.
+    w = width if flags & 1 else 0.5 * dt
+    out = magnitude / dt if flags & 2 else 1.0
+    single = out if (start - SMALL_VENSIM <= t and t < start + w) else 0.0
+    if not flags & 8:
+        return single
+    active = start <= t
+    if flags & 4:
+        active = active and t < end
+    train = out if (active and (t - start + SMALL_VENSIM) % repeat_time < w) else 0.0
+    return single if repeat_time == 0 else train
+
+
+@_jit
+def lookup(xs, ys, x):  # type: ignore[no-untyped-def]
+    return np.interp(x, xs, ys)
+
+
+@_jit
+def lookup_extrapolate(xs, ys, x):  # type: ignore[no-untyped-def]
+    y = np.interp(x, xs, ys)
+    if len(xs) < 2:
+        return y
+    if x > xs[-1]:
+        return ys[-1] + (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) * (x - xs[-1])
+    if x < xs[0]:
+        return ys[0] + (ys[1] - ys[0]) / (xs[1] - xs[0]) * (x - xs[0])
+    return y
+
+
+@_jit
+def lookup_hold(xs, ys, x):  # type: ignore[no-untyped-def]
+    idx = np.searchsorted(xs, x, side="right") - 1
+    idx = min(max(idx, 0), len(xs) - 1)
+    return ys[idx]
+
+
+@_jit
+def order(value):  # type: ignore[no-untyped-def]
+    """The order as an int, or -1 if it is not a whole number of at least 1."""
+    if not np.isfinite(value) or value < 1 or value != int(value):
+        return -1
+    return int(value)
+
+
+@_jit
+def delay_order(k0, d, dt):  # type: ignore[no-untyped-def]
+    k = np.trunc(k0 * 1.0)
+    if not k > 0:
+        return k
+    for _ in range(int(k)):
+        if k * dt > d:
+            k = k - 1
+        else:
+            break
+    return k
+
+
+@_jit
+def fixed_order(d, dt):  # type: ignore[no-untyped-def]
+    return np.rint(maximum(d / dt, 1) + SMALL_VENSIM)
