@@ -130,7 +130,39 @@ def cache_dir() -> Path:
     return Path(base) / "armsdyn"
 
 
-class Model:
+class VariableLookup:
+    """Finds variables by model name (any case) or Python-safe name.
+
+    Shared by :class:`Model` and the ensemble engine's compiled models; a
+    subclass sets ``path`` and ``variables`` and calls :meth:`_index_variables`.
+    """
+
+    path: Path
+    variables: dict[str, Variable]
+
+    def _index_variables(self) -> None:
+        self._by_key: dict[str, Variable] = {}
+        for var in self.variables.values():
+            self._by_key[var.name.lower()] = var
+            self._by_key[var.py_name] = var
+
+    def variable(self, name: str) -> Variable:
+        """Look up a variable by its model name (any case) or Python-safe name.
+
+        Raises
+        ------
+        KeyError
+            With a message naming the model and suggesting the closest name.
+        """
+        var = self._by_key.get(name) or self._by_key.get(name.lower())
+        if var is None:
+            hint = did_you_mean(name, self.variables)
+            msg = f"no variable {name!r} in model {self.path}{hint}"
+            raise KeyError(msg)
+        return var
+
+
+class Model(VariableLookup):
     """A translated model with its metadata, ready to simulate.
 
     Use :func:`load_model` to create one.
@@ -164,10 +196,7 @@ class Model:
         self.variables = self._read_variables()
         self.time = self._read_time()
         self._touched: set[str] = set()
-        self._by_key = {}
-        for var in self.variables.values():
-            self._by_key[var.name.lower()] = var
-            self._by_key[var.py_name] = var
+        self._index_variables()
 
     def _read_variables(self) -> dict[str, Variable]:
         doc = self._pysd.doc
@@ -234,21 +263,6 @@ class Model:
     def of_kind(self, *kinds: str) -> list[Variable]:
         """Variables of the given kinds, sorted by name."""
         return [v for v in self.variables.values() if v.kind in kinds]
-
-    def variable(self, name: str) -> Variable:
-        """Look up a variable by its model name (any case) or Python-safe name.
-
-        Raises
-        ------
-        KeyError
-            With a message naming the model and suggesting the closest name.
-        """
-        var = self._by_key.get(name) or self._by_key.get(name.lower())
-        if var is None:
-            hint = did_you_mean(name, self.variables)
-            msg = f"no variable {name!r} in model {self.path}{hint}"
-            raise KeyError(msg)
-        return var
 
     def simulate(
         self,

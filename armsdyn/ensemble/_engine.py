@@ -18,8 +18,8 @@ import xarray as xr
 from armsdyn.ensemble._compiler import Compiler, ModelGraph, generate_source, parse
 from armsdyn.ensemble._errors import SampleError, UnsupportedConstruct
 from armsdyn.ensemble._runtime import NAMESPACE, NonUniformOrder
-from armsdyn.errors import ModelError, did_you_mean
-from armsdyn.model import SUFFIXES, TimeSettings, Variable, file_sha256
+from armsdyn.errors import ModelError
+from armsdyn.model import SUFFIXES, TimeSettings, Variable, VariableLookup, file_sha256
 
 DEFAULT_CHUNK_SIZE = 8192
 """Samples advanced together: large enough to amortise numpy's per-call overhead,
@@ -86,7 +86,7 @@ class OutputMeta:
         return {"long_name": self.name, "units": self.units, "description": self.doc}
 
 
-class CompiledModel:
+class CompiledModel(VariableLookup):
     """A model compiled to vectorised numpy code; see :func:`compile_model`.
 
     Attributes
@@ -127,10 +127,7 @@ class CompiledModel:
                 default=float(default) if number else None,
             )
         self.variables = dict(sorted(variables.items()))
-        self._by_key: dict[str, Variable] = {}
-        for var in self.variables.values():
-            self._by_key[var.name.lower()] = var
-            self._by_key[var.py_name] = var
+        self._index_variables()
         controls = graph.controls
         missing = [k for k in ("initial_time", "final_time", "time_step") if k not in controls]
         if missing:
@@ -200,21 +197,6 @@ class CompiledModel:
     def name(self) -> str:
         """The model file's name without its suffix."""
         return self.path.stem
-
-    def variable(self, name: str) -> Variable:
-        """Look up a variable by its model name (any case) or Python-safe name.
-
-        Raises
-        ------
-        KeyError
-            With a message naming the model and suggesting the closest name.
-        """
-        var = self._by_key.get(name) or self._by_key.get(name.lower())
-        if var is None:
-            hint = did_you_mean(name, self.variables)
-            msg = f"no variable {name!r} in model {self.path}{hint}"
-            raise KeyError(msg)
-        return var
 
     def default_variables(self) -> list[str]:
         """Python-safe names of the stocks and flows, the default outputs."""
