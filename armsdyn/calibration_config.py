@@ -24,11 +24,11 @@ from armsdyn.config import (
     Experiment,
     ParameterValue,
     Scenario,
+    _check_table,
     _describe,
     _parse_parameters,
     _parse_time,
     _Problems,
-    _type_ok,
     _unknown,
     parse_experiment_table,
     read_toml,
@@ -185,21 +185,8 @@ class CalibrationSpec:
 
 
 def _check(table: Any, section: str, where: str, problems: _Problems) -> dict[str, Any]:
-    """Like :func:`armsdyn.config._check_table`, for this module's own tables."""
-    if not isinstance(table, dict):
-        problems.add(where, f"expected a table, got {_describe(table)}")
-        return {}
-    schema = _SCHEMA[section]
-    good = {}
-    for key, value in table.items():
-        path = f"{where}.{key}" if where else key
-        if key not in schema:
-            problems.add(path, f"unknown key{did_you_mean(key, schema)} (allowed: {', '.join(schema)})")
-        elif not _type_ok(value, schema[key]):
-            problems.add(path, f"expected a {schema[key]}, got {_describe(value)}")
-        else:
-            good[key] = value
-    return good
+    """:func:`armsdyn.config._check_table` with this module's own tables."""
+    return _check_table(table, section, where, problems, schemas=_SCHEMA)
 
 
 def load_calibration(path: str | os.PathLike[str]) -> CalibrationSpec:

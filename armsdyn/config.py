@@ -295,9 +295,22 @@ def _type_ok(value: Any, expected: str) -> bool:
     raise AssertionError(expected)  # pragma: no cover - schema typo
 
 
-def _check_table(table: dict[str, Any], section: str, where: str, problems: _Problems) -> dict[str, Any]:
-    """Drop and report unknown or mistyped keys; return the good ones."""
-    schema = _SCHEMA[section]
+def _check_table(
+    table: Any,
+    section: str,
+    where: str,
+    problems: _Problems,
+    schemas: Mapping[str, Mapping[str, str]] = _SCHEMA,
+) -> dict[str, Any]:
+    """Drop and report unknown or mistyped keys; return the good ones.
+
+    `schemas` maps each section to its keys and their types; other config
+    kinds (calibration) pass their own.
+    """
+    if not isinstance(table, dict):
+        problems.add(where, f"expected a table, got {_describe(table)}")
+        return {}
+    schema = schemas[section]
     good = {}
     for key, value in table.items():
         path = f"{where}.{key}" if where else key

@@ -97,7 +97,7 @@ def test_caption_states_model_scenarios_differences_time_and_config(written: Pat
     assert "time step 0.03125" in text
     assert "**runaway**" in text
     assert "defence coefficient k = 1.2" in text  # differs between scenarios
-    assert "initial time" not in text.lower() or "Simulated from 0" in text
+    assert "Simulated from 0.0 to 30.0 Year" in text
 
 
 def test_image_regression_against_the_stored_baseline(ds: xr.Dataset, tmp_path: Path) -> None:

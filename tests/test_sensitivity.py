@@ -12,7 +12,7 @@ import xarray as xr
 import armsdyn
 from armsdyn import ConfigError, Richardson
 from armsdyn.sensitivity import METHODS, run_study, sample
-from tests.conftest import MODELS, ROOT, run_cli, write_config
+from tests.conftest import ROOT, run_cli, write_config
 
 DATA = ROOT / "tests" / "data"
 
@@ -161,8 +161,3 @@ def test_bad_sensitivity_tables_are_rejected(tmp_path: Path, old: str, new: str,
     assert old in OAT
     with pytest.raises(ConfigError, match=message):
         armsdyn.load_config(write_config(tmp_path, OAT.replace(old, new, 1)))
-
-
-def test_model_path_for_data_fixture_exists() -> None:
-    assert (MODELS / "richardson.mdl").is_file()
-    assert (DATA / "ishigami.mdl").is_file()

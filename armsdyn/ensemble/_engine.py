@@ -260,42 +260,7 @@ class CompiledModel(VariableLookup):
 
     def normalise_samples(self, samples: Samples) -> tuple[dict[str, np.ndarray], int]:
         """Sampled constants as float arrays keyed by Python-safe name, and their length."""
-        if isinstance(samples, pd.DataFrame):
-            items = [(str(c), samples[c].to_numpy()) for c in samples.columns]
-            n = len(samples.index)
-        elif isinstance(samples, Mapping):
-            items = list(samples.items())
-            n = None
-        else:
-            msg = f"samples must be a mapping of constant names to arrays or a DataFrame, not {type(samples).__name__}"
-            raise SampleError(msg)
-        values: dict[str, np.ndarray] = {}
-        for key, raw in items:
-            try:
-                var = self.variable(str(key))
-            except KeyError as exc:
-                raise SampleError(exc.args[0]) from None
-            if var.kind != "constant":
-                msg = f"{var.name!r} in model {self.path} is a {var.kind}, not a constant, so it cannot be sampled"
-                raise SampleError(msg)
-            if var.py_name in values:
-                msg = f"constant {var.name!r} is sampled twice"
-                raise SampleError(msg)
-            try:
-                arr = np.asarray(raw, dtype=float)
-            except (TypeError, ValueError):
-                msg = f"samples of {var.name!r} are not numbers"
-                raise SampleError(msg) from None
-            if arr.ndim != 1:
-                msg = f"samples of {var.name!r} must be a 1-D array, got shape {arr.shape}"
-                raise SampleError(msg)
-            if n is None:
-                n = len(arr)
-            if len(arr) != n:
-                msg = f"samples of {var.name!r} have {len(arr)} values; the others have {n}"
-                raise SampleError(msg)
-            values[var.py_name] = arr
-        return values, 1 if n is None else n
+        return normalise_samples(self, samples)
 
     def _output_names(self, variables: Sequence[str] | None) -> list[str]:
         if variables is None:
@@ -577,3 +542,50 @@ def compile_model(path: str | os.PathLike[str], backend: str = "auto") -> Compil
         model = copy.copy(model)
         model.path = path
     return model.with_backend(backend)
+
+
+def normalise_samples(model: VariableLookup, samples: Samples) -> tuple[dict[str, np.ndarray], int]:
+    """Check samples against a model's constants; return float arrays by Python-safe name, and their length.
+
+    Raises
+    ------
+    SampleError
+        For an unknown name (with the closest one), a non-constant, a constant
+        sampled twice, non-numbers, or arrays that are not 1-D of one length.
+    """
+    if isinstance(samples, pd.DataFrame):
+        items = [(str(c), samples[c].to_numpy()) for c in samples.columns]
+        n = len(samples.index)
+    elif isinstance(samples, Mapping):
+        items = list(samples.items())
+        n = None
+    else:
+        msg = f"samples must be a mapping of constant names to arrays or a DataFrame, not {type(samples).__name__}"
+        raise SampleError(msg)
+    values: dict[str, np.ndarray] = {}
+    for key, raw in items:
+        try:
+            var = model.variable(str(key))
+        except KeyError as exc:
+            raise SampleError(exc.args[0]) from None
+        if var.kind != "constant":
+            msg = f"{var.name!r} in model {model.path} is a {var.kind}, not a constant, so it cannot be sampled"
+            raise SampleError(msg)
+        if var.py_name in values:
+            msg = f"constant {var.name!r} is sampled twice"
+            raise SampleError(msg)
+        try:
+            arr = np.asarray(raw, dtype=float)
+        except (TypeError, ValueError):
+            msg = f"samples of {var.name!r} are not numbers"
+            raise SampleError(msg) from None
+        if arr.ndim != 1:
+            msg = f"samples of {var.name!r} must be a 1-D array, got shape {arr.shape}"
+            raise SampleError(msg)
+        if n is None:
+            n = len(arr)
+        if len(arr) != n:
+            msg = f"samples of {var.name!r} have {len(arr)} values; the others have {n}"
+            raise SampleError(msg)
+        values[var.py_name] = arr
+    return values, 1 if n is None else n

@@ -21,8 +21,9 @@ from armsdyn.ensemble._engine import (
     TimeGrid,
     build_dataset,
     compile_model,
+    normalise_samples,
 )
-from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
+from armsdyn.ensemble._errors import FallbackWarning, UnsupportedConstruct
 from armsdyn.model import Model, TimeSettings, load_model
 
 # Per-process state of worker processes: each compiles (or loads) its model once.
@@ -159,30 +160,10 @@ def _meta(var: Any) -> OutputMeta:
 
 
 def _pysd_samples(model: Model, samples: Samples) -> tuple[dict[str, np.ndarray], int]:
-    import pandas as pd
-
-    if isinstance(samples, pd.DataFrame):
-        items = [(str(c), samples[c].to_numpy()) for c in samples.columns]
-        n = len(samples.index)
-    else:
-        items = list(samples.items())
-        n = None
-    values: dict[str, np.ndarray] = {}
-    for key, raw in items:
-        try:
-            var = model.variable(str(key))
-        except KeyError as exc:
-            raise SampleError(exc.args[0]) from None
-        if var.kind != "constant":
-            msg = f"{var.name!r} in model {model.path} is a {var.kind}, not a constant, so it cannot be sampled"
-            raise SampleError(msg)
-        arr = np.asarray(raw, dtype=float)
-        if arr.ndim != 1 or (n is not None and len(arr) != n):
-            msg = f"samples of {var.name!r} must be a 1-D array like the others"
-            raise SampleError(msg)
-        n = len(arr)
-        values[var.name] = arr
-    return values, 1 if n is None else n
+    # PySD takes parameters by model name; the checks are the compiled engine's.
+    values, n = normalise_samples(model, samples)
+    by_py = {v.py_name: v.name for v in model.variables.values()}
+    return {by_py[py]: arr for py, arr in values.items()}, n
 
 
 def _simulate_pysd(model: Model, params: dict[str, float], time: TimeSettings, names: list[str]) -> dict[str, Any]:
