@@ -289,6 +289,27 @@ def test_backends_agree_and_report_unusable_delay_orders_alike(tmp_path: Path) -
             compile_model(bad, backend=name).run({"dtime": np.array([2.0, 3.0])}, variables=["dn"])
 
 
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_numba_layouts_agree_with_numpy_across_block_and_thread_edges(tmp_path: Path) -> None:
+    # Scalar states: the blocked, vectorised kernel. 150 samples in chunks of 150 split between two
+    # threads (75 each) and of 100 (100 then 50): no piece is a whole number of blocks.
+    path = MODELS / "knowledge_engine.mdl"
+    fast = compile_model(path, backend="numba")
+    assert "prefer_wide_vectors()" in fast.source()
+    samples = vary_constants(fast, 150, seed=5)
+    time = TimeSettings(initial=0, final=60, step=0.25, saveper=2, units="Year")
+    want = compile_model(path, backend="numpy").run(samples, time)
+    fast.threads = 2
+    for chunk in (150, 100):
+        got = fast.run(samples, time, chunk_size=chunk)
+        for name in want.data_vars:
+            np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, equal_nan=True)
+    # Delays keep an array per state: the per-sample kernel.
+    constructs = tmp_path / "constructs.mdl"
+    constructs.write_text(CONSTRUCTS_MDL)
+    assert "prefer_wide_vectors()" not in compile_model(constructs, backend="numba").source(["d3", "fixed"])
+
+
 def test_backend_choice() -> None:
     assert BACKENDS == ("auto", "numpy", "numba")
     model = compile_model(MODELS / "richardson.mdl", backend="numpy")
