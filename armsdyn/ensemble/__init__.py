@@ -17,9 +17,9 @@ Public API::
     ds = run_ensemble("models/richardson.mdl", samples, workers=4)     # across processes
 
 Two backends generate the code from the same compiled graph (see
-:data:`BACKENDS`): ``numpy`` (whole-chunk array statements) and ``numba`` (a
-compiled scalar loop per sample, several times faster; needs the optional
-numba package). ``compile_model(path, backend="auto")`` picks numba when it
+:data:`BACKENDS`): ``numpy`` (whole-chunk array statements) and ``numba``
+(machine code that advances blocks of samples with SIMD instructions, several
+times faster; needs the optional numba package). ``compile_model(path, backend="auto")`` picks numba when it
 is installed and supports the model.
 
 Scalar models only. A construct the engine cannot compile raises

@@ -28,8 +28,8 @@ small enough that a step's working set stays in the CPU cache."""
 _MIN_PER_THREAD = 64  # samples: below this a chunk is not worth sharing between threads
 
 BACKENDS = ("auto", "numpy", "numba")
-"""Code generators: ``numpy`` (whole-chunk array statements), ``numba`` (a compiled
-scalar loop per sample; needs the numba package), ``auto`` (numba when it is
+"""Code generators: ``numpy`` (whole-chunk array statements), ``numba`` (compiled,
+vectorised across samples; needs the numba package), ``auto`` (numba when it is
 installed and supports every construct of the model, else numpy)."""
 
 Samples = Mapping[str, Any] | pd.DataFrame
