@@ -8,41 +8,64 @@ module imports numba.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from llvmlite import ir
 from numba import njit
+
+from armsdyn.ensemble._vecmath import Emit, ir_function
 
 SMALL_VENSIM = 1e-6
 
 _jit = njit(cache=True, error_model="numpy", inline="always")
 
 
-@_jit
-def where(c, a, b):  # type: ignore[no-untyped-def]
-    # `x * 1.0` is float(x) for booleans too (numba has no float(bool)).
-    return a * 1.0 if c else b * 1.0
+# The most frequent helpers are written in LLVM IR (inlined by LLVM, not numba: faster to compile).
+def _where(e: Emit, c: Any, a: Any, b: Any) -> Any:
+    return e.select(e.b.fcmp_unordered("!=", c, e.c(0.0)), a, b)  # NaN is true, as in Python
 
 
-@_jit
-def minimum(a, b):  # type: ignore[no-untyped-def]
+def _minimum(e: Emit, a: Any, b: Any) -> Any:
     # np.minimum: NaN if either is NaN.
-    a = a * 1.0
-    b = b * 1.0
-    if a != a:
-        return a
-    if b != b:
-        return b
-    return a if a <= b else b
+    r = e.select(e.cmp("<=", a, b), a, b)
+    return e.select(e.is_nan(a), a, e.select(e.is_nan(b), b, r))
 
 
-@_jit
-def maximum(a, b):  # type: ignore[no-untyped-def]
-    a = a * 1.0
-    b = b * 1.0
-    if a != a:
-        return a
-    if b != b:
-        return b
-    return a if a >= b else b
+def _maximum(e: Emit, a: Any, b: Any) -> Any:
+    r = e.select(e.cmp(">=", a, b), a, b)
+    return e.select(e.is_nan(a), a, e.select(e.is_nan(b), b, r))
+
+
+def _as_float(e: Emit, a: Any) -> Any:
+    return a
+
+
+def _near_zero(e: Emit, b: Any) -> Any:
+    fabs = e.b.module.declare_intrinsic("llvm.fabs", [ir.DoubleType()])
+    return e.cmp("<", e.b.call(fabs, [b]), e.c(SMALL_VENSIM))
+
+
+def _xidz(e: Emit, a: Any, b: Any, x: Any) -> Any:
+    return e.select(_near_zero(e, b), x, e.b.fdiv(a, b))
+
+
+def _zidz(e: Emit, a: Any, b: Any) -> Any:
+    return e.select(_near_zero(e, b), e.c(0.0), e.b.fdiv(a, b))
+
+
+def _step(e: Emit, t: Any, dt: Any, value: Any, tstep: Any) -> Any:
+    after = e.cmp(">", e.b.fadd(t, e.mul(dt, e.c(0.5))), tstep)
+    return e.mul(value, e.select(after, e.c(1.0), e.c(0.0)))
+
+
+where = ir_function("where", _where)
+minimum = ir_function("minimum", _minimum)
+maximum = ir_function("maximum", _maximum)
+as_float = ir_function("as_float", _as_float)
+xidz = ir_function("xidz", _xidz)
+zidz = ir_function("zidz", _zidz)
+step = ir_function("step", _step)
 
 
 @_jit
@@ -61,21 +84,6 @@ def lnot(a):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def as_float(a):  # type: ignore[no-untyped-def]
-    return a * 1.0
-
-
-@_jit
-def xidz(a, b, x):  # type: ignore[no-untyped-def]
-    return x * 1.0 if abs(b) < SMALL_VENSIM else a / b
-
-
-@_jit
-def zidz(a, b):  # type: ignore[no-untyped-def]
-    return 0.0 if abs(b) < SMALL_VENSIM else a / b
-
-
-@_jit
 def quantum(a, b):  # type: ignore[no-untyped-def]
     return a * 1.0 if b < SMALL_VENSIM else b * np.trunc(a / b)
 
@@ -83,11 +91,6 @@ def quantum(a, b):  # type: ignore[no-untyped-def]
 @_jit
 def modulo(x, m):  # type: ignore[no-untyped-def]
     return x - quantum(x, m)
-
-
-@_jit
-def step(t, dt, value, tstep):  # type: ignore[no-untyped-def]
-    return value * (1.0 if t + dt / 2 > tstep else 0.0)
 
 
 @_jit

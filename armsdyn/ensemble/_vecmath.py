@@ -50,7 +50,7 @@ _TINY = 2.2250738585072014e-308  # smallest normal number
 _TWO54 = 18014398509481984.0
 
 
-class _Emit:
+class Emit:
     """Shorthands for building floating-point IR."""
 
     def __init__(self, builder: ir.IRBuilder) -> None:
@@ -86,7 +86,7 @@ class _Emit:
         return terms[0]
 
 
-def _exp_body(e: _Emit, x: Any) -> Any:
+def _exp_body(e: Emit, x: Any) -> Any:
     b = e.b
     # Clamped so that k converts to an integer; out-of-range results are set below.
     xc = e.select(e.cmp("<", x, e.c(-746.0)), e.c(-746.0), x)
@@ -111,7 +111,7 @@ def _exp_body(e: _Emit, x: Any) -> Any:
     return e.select(e.is_nan(x), x, y)
 
 
-def _log_body(e: _Emit, x: Any) -> Any:
+def _log_body(e: Emit, x: Any) -> Any:
     b = e.b
     tiny = e.cmp("<", x, e.c(_TINY))
     xs = e.select(tiny, e.mul(x, e.c(_TWO54)), x)  # subnormals: scale into the normal range first
@@ -137,7 +137,7 @@ def _log_body(e: _Emit, x: Any) -> Any:
     return e.select(e.is_nan(x), x, y)
 
 
-def _power_body(e: _Emit, x: Any, y: Any) -> Any:
+def _power_body(e: Emit, x: Any, y: Any) -> Any:
     b = e.b
     fabs = b.module.declare_intrinsic("llvm.fabs", [_F64])
     trunc = b.module.declare_intrinsic("llvm.trunc", [_F64])
@@ -174,36 +174,44 @@ def _function(module: ir.Module, name: str, body: Callable[..., Any]) -> ir.Func
     fn.attributes.add("nounwind")
     fn.attributes.add("readnone")
     builder = ir.IRBuilder(fn.append_basic_block())
-    builder.ret(body(_Emit(builder), *fn.args))
+    builder.ret(body(Emit(builder), *fn.args))
     return fn
 
 
-def _real_function(name: str, body: Callable[..., Any]) -> Callable[..., Any]:
-    """A numba intrinsic taking numbers (any numeric type, converted to float64) and returning a float64."""
+def ir_function(name: str, body: Callable[..., Any]) -> Callable[..., Any]:
+    """A numba intrinsic computing ``body(emit, *floats)``: numbers in (any numeric type, as float64), a float64 out.
+
+    `body` builds the IR of an always-inlined function of its float arguments
+    (``emit`` is an :class:`Emit`). Inlined by LLVM, not by numba: numba's own
+    inlining of many small functions into a large kernel made compiling it slow.
+    """
     n_args = body.__code__.co_argcount - 1
 
     def typer(typingctx: Any, *args: Any) -> Any:
-        if len(args) != n_args or not all(isinstance(a, types.Number | types.Boolean) for a in args):
+        if not all(isinstance(a, types.Number | types.Boolean) for a in args):
             return None
-        sig = types.float64(*args)
 
         def codegen(context: Any, builder: Any, signature: Any, values: Any) -> Any:
             floats = [context.cast(builder, v, t, types.float64) for v, t in zip(values, signature.args, strict=True)]
             return builder.call(_function(builder.module, name, body), floats)
 
-        return sig, codegen
+        return types.float64(*args), codegen
 
-    # numba reads the intrinsic's arity from the typing function's signature.
-    if n_args == 1:
-        return intrinsic(lambda typingctx, x: typer(typingctx, x))  # type: ignore[no-any-return]
-    return intrinsic(lambda typingctx, x, y: typer(typingctx, x, y))  # type: ignore[no-any-return]
+    # numba reads the intrinsic's arity from the typing function's own signature.
+    typers: dict[int, Callable[..., Any]] = {
+        1: lambda typingctx, a: typer(typingctx, a),
+        2: lambda typingctx, a, b: typer(typingctx, a, b),
+        3: lambda typingctx, a, b, c: typer(typingctx, a, b, c),
+        4: lambda typingctx, a, b, c, d: typer(typingctx, a, b, c, d),
+    }
+    return intrinsic(typers[n_args])  # type: ignore[no-any-return]
 
 
-exp = _real_function("exp", _exp_body)
+exp = ir_function("exp", _exp_body)
 exp.__doc__ = "``e**x``; within 2 ulp of the correctly rounded value."
-log = _real_function("log", _log_body)
+log = ir_function("log", _log_body)
 log.__doc__ = "Natural logarithm; within 1 ulp. ``log(0) = -inf``, negative numbers give NaN."
-power = _real_function("power", _power_body)
+power = ir_function("power", _power_body)
 power.__doc__ = "``x**y`` with numpy's (C99's) special cases; see the module notes for accuracy."
 
 
