@@ -369,12 +369,12 @@ class CompiledModel(VariableLookup):
         self, values: Mapping[str, np.ndarray], n: int, grid: TimeGrid, names: Sequence[str], chunk_size: int
     ) -> list[np.ndarray]:
         kernel, constants, states = self.kernel(names)
-        n_save = sum(grid.save)
-        out = [np.empty((n_save, n)) for _ in names]
+        # The kernel writes each chunk's results into its columns of this array: no copies.
+        out = np.empty((len(names), sum(grid.save), n))
         threads = max(1, self.threads or os.cpu_count() or 1)
         with ThreadPoolExecutor(threads) as pool:
             self._numba_chunks(kernel, constants, states, values, n, grid, chunk_size, out, threads, pool)
-        return out
+        return list(out)
 
     def _numba_chunks(
         self,
@@ -385,11 +385,10 @@ class CompiledModel(VariableLookup):
         n: int,
         grid: TimeGrid,
         chunk_size: int,
-        out: list[np.ndarray],
+        out: np.ndarray,
         threads: int,
         pool: ThreadPoolExecutor,
     ) -> None:
-        n_save = sum(grid.save)
         times = np.asarray(grid.times, dtype=float)
         save = np.asarray(grid.save, dtype=np.bool_)
         time = grid.settings
@@ -401,7 +400,6 @@ class CompiledModel(VariableLookup):
             cv = np.empty((len(constants), m))
             for row, name in enumerate(constants):
                 cv[row] = values[name][lo:hi] if name in values else float(defaults[name])
-            res = np.empty((len(out), n_save, m))
             err = np.zeros(m, dtype=np.int64)
             errv = np.zeros(m)
             if threads > 1 and m >= 2 * _MIN_PER_THREAD:
@@ -409,13 +407,13 @@ class CompiledModel(VariableLookup):
                 # so the split does not change any value).
                 bounds = np.linspace(0, m, min(threads, m // _MIN_PER_THREAD) + 1).astype(int)
                 jobs = [
-                    pool.submit(kernel, cv, times, save, *controls, res, err, errv, int(a), int(b))
+                    pool.submit(kernel, cv, times, save, *controls, out, lo, err, errv, int(a), int(b))
                     for a, b in itertools.pairwise(bounds)
                 ]
                 for job in jobs:
                     job.result()
             else:
-                kernel(cv, times, save, *controls, res, err, errv, 0, m)
+                kernel(cv, times, save, *controls, out, lo, err, errv, 0, m)
             bad = np.flatnonzero(err)
             if len(bad):
                 st = states[err[bad[0]] - 1]
@@ -426,8 +424,6 @@ class CompiledModel(VariableLookup):
                     "at least 1 (delay time shorter than TIME STEP?)"
                 )
                 raise ModelError(msg)
-            for arr, r in zip(out, res, strict=True):
-                arr[:, lo:hi] = r
 
     def output_meta(self, names: Sequence[str]) -> list[OutputMeta]:
         """Dataset metadata of the variables `names` (Python-safe)."""

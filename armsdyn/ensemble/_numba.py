@@ -376,20 +376,20 @@ def _per_sample_body(code: _Code) -> list[str]:
     body += [f"    {line}" for line in code.per_step]
     body.append("    if SV[i]:")
     body += [f"        {line}" for line in code.per_save]
-    body += [f"        O[{o}, k, j] = {name}" for o, name in enumerate(code.outputs)]
+    body += [f"        O[{o}, k, off + j] = {name}" for o, name in enumerate(code.outputs)]
     body += ["        k += 1", "    if i == last:", "        break"]
     body += [f"    {line}" for line in code.updates]
     body.append("return 0")
     return [
         "@njit(cache=True, error_model='numpy', fastmath=False)",
-        "def sample(j, CV, TS, SV, dt, t0, tf, sp, O, ERRV):",
+        "def sample(j, CV, TS, SV, dt, t0, tf, sp, O, off, ERRV):",
         *(f"    {line}" for line in body),
         "",
         "",
         "@njit(cache=True, error_model='numpy', fastmath=False, nogil=True)",
-        "def kernel(CV, TS, SV, dt, t0, tf, sp, O, ERR, ERRV, lo, hi):",
+        "def kernel(CV, TS, SV, dt, t0, tf, sp, O, off, ERR, ERRV, lo, hi):",
         "    for j in range(lo, hi):",
-        "        ERR[j] = sample(j, CV, TS, SV, dt, t0, tf, sp, O, ERRV)",
+        "        ERR[j] = sample(j, CV, TS, SV, dt, t0, tf, sp, O, off, ERRV)",
     ]
 
 
@@ -435,7 +435,7 @@ def _blocked_body(code: _Code) -> list[str]:
         "        if SV[i]:",
     ]
     for o, r in enumerate(out_row):
-        body += ["            for jj in range(b):", f"                O[{o}, k, lo0 + jj] = W[{r} + jj]"]
+        body += ["            for jj in range(b):", f"                O[{o}, k, off + lo0 + jj] = W[{r} + jj]"]
     body += ["            k += 1", "return 0"]
     return [
         "@njit(cache=True, error_model='numpy', fastmath=False)",
@@ -444,17 +444,18 @@ def _blocked_body(code: _Code) -> list[str]:
         "",
         "",
         "@njit(cache=True, error_model='numpy', fastmath=False, nogil=True)",
-        "def kernel(CV, TS, SV, dt, t0, tf, sp, O, ERR, ERRV, lo, hi):",
+        "def kernel(CV, TS, SV, dt, t0, tf, sp, O, off, ERR, ERRV, lo, hi):",
         *(f"    {line}" for line in body),
     ]
 
 
 def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], list[Stateful]]:
-    """Source of a module defining ``kernel(CV, TS, SV, dt, t0, tf, sp, O, ERR, ERRV, lo, hi)``.
+    """Source of a module defining ``kernel(CV, TS, SV, dt, t0, tf, sp, O, off, ERR, ERRV, lo, hi)``.
 
     ``CV`` is a ``(n_constants, m)`` array of constant values, one column per
-    sample; ``O`` an ``(n_outputs, n_save, m)`` array filled at saved times;
-    samples ``lo`` to ``hi - 1`` are simulated.
+    sample; ``O`` an ``(n_outputs, n_save, n)`` array whose columns ``off`` to
+    ``off + m - 1`` are filled at saved times; samples ``lo`` to ``hi - 1`` of
+    the chunk are simulated.
     ``ERR[j]`` is set to 0, or to ``1 + i`` if the sample's delay order or pipe
     length of stateful object ``states[i]`` is unusable (its value in
     ``ERRV[j]``).
