@@ -408,7 +408,8 @@ def _blocked_body(code: _Code) -> list[str]:
     loop = code.per_step + code.per_save + code.updates
     read = _names(loop, ast.Load) | set(code.outputs)
     live = sorted(read & (_names(code.init, ast.Store) - {"t"}))
-    back = [name for name in live if name in _names(loop, ast.Store)]
+    assigned = _names(loop, ast.Store)
+    back = [name for name in live if name in assigned]
     row = {name: r * _BLOCK for r, name in enumerate(live)}
     out_row = [(len(live) + o) * _BLOCK for o in range(len(code.outputs))]
     loads = [f"{name} = W[{row[name]} + jj]" for name in live]
