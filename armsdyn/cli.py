@@ -7,7 +7,6 @@ folder) print one clear message and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -169,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"armsdyn: warning: {w.message}", file=sys.stderr)
     study = None
     if experiment.sensitivity is not None:
+        from armsdyn.runner import remove_store
         from armsdyn.sensitivity import run_study
 
         spec = experiment.sensitivity
@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         store = target.parent / f".{target.name}.study"
         if args.force and not args.resume:
-            shutil.rmtree(store, ignore_errors=True)
+            remove_store(store)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             try:
@@ -206,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         ds, experiment, target, force=args.force, started=started, command=["armsdyn", *sys.argv[1:]], study=study
     )
     if study is not None:
-        shutil.rmtree(store, ignore_errors=True)
+        remove_store(store)
     print(f"armsdyn: wrote {target}", file=sys.stderr)
     return 0
 

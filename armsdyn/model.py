@@ -7,6 +7,13 @@ version), translates it there once, and loads the cached translation on later
 runs. Editing the model file changes its hash, so the next load translates
 again; a half-written cache entry is never used because entries are built in a
 temporary folder and renamed into place.
+
+Model files and cache entries are untrusted (see :mod:`armsdyn.safety`): the
+model text is checked before PySD reads it, and a cache entry is imported only
+if the current user owns it, nobody else can write it, and its code still has
+the SHA-256 recorded when it was translated; the generated code is checked
+again at every load. An entry that fails is translated afresh (or, when another
+user owns it, refused with a message).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from armsdyn.errors import ModelError, did_you_mean
+from armsdyn.safety import check_model_text, check_translation, install_literal_eval
 
 SUFFIXES = (".mdl", ".xmile", ".stmx")
 CONTROL_NAMES = ("INITIAL TIME", "FINAL TIME", "TIME STEP", "SAVEPER", "Time")
@@ -51,6 +59,7 @@ def _quiet_pysd() -> Iterator[None]:
 def _pysd() -> Any:
     with _quiet_pysd():
         import pysd
+    install_literal_eval()
     return pysd
 
 
@@ -353,14 +362,33 @@ def load_model(path: str | os.PathLike[str]) -> Model:
     return _loaded[key]
 
 
+HASH_FILE = "translation.sha256"
+
+
 def _translate(path: Path, sha: str) -> Path:
     pysd = _pysd()
-    entry = cache_dir() / f"{sha[:20]}-pysd{pysd.__version__}"
+    check_model_text(path)
+    folder = cache_dir()
+    entry = folder / f"{sha[:20]}-pysd{pysd.__version__}"
     translated = entry / f"{_module_name(path)}.py"
-    if translated.is_file():
-        return translated
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".translating-", dir=entry.parent))
+    if entry.exists() or entry.is_symlink():
+        problem = _entry_problem(entry, translated)
+        if problem is None:
+            check_translation(translated, path)
+            return translated
+        if not _owned(entry) or entry.is_symlink():
+            msg = (
+                f"{path}: the cached translation {entry} {problem} and is not yours to replace; it was not "
+                "imported. Remove it, or set ARMSDYN_CACHE_DIR to a folder only you can write"
+            )
+            raise ModelError(msg)
+        shutil.rmtree(entry, ignore_errors=True)  # stale, corrupt or tampered: translate afresh
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = Path(tempfile.mkdtemp(prefix=".translating-", dir=folder))  # created 0700
+    except OSError as exc:
+        msg = f"{folder}: cannot create the translation cache ({exc.strerror}); set ARMSDYN_CACHE_DIR"
+        raise ModelError(msg) from exc
     try:
         source = tmp / f"{_module_name(path)}{path.suffix.lower()}"
         shutil.copyfile(path, source)
@@ -369,28 +397,60 @@ def _translate(path: Path, sha: str) -> Path:
         with _quiet_pysd():
             try:
                 reader(str(source), initialize=False)
+            except ModelError as exc:
+                msg = f"{path}: {exc}"
+                raise ModelError(msg) from exc
             except KeyError as exc:
                 msg = f"{path}: the model uses a variable that it never defines: {exc.args[0]!r}"
                 raise ModelError(msg) from exc
             except Exception as exc:
                 msg = f"{path}: PySD could not translate the model: {type(exc).__name__}: {exc}"
                 raise ModelError(msg) from exc
-        unsupported = sorted(
-            set(re.findall(r'not_implemented_function\(\s*"([^"]+)"', source.with_suffix(".py").read_text()))
-        )
+        code = source.with_suffix(".py")
+        check_translation(code, path)
+        unsupported = sorted(set(re.findall(r'not_implemented_function\(\s*"([^"]+)"', code.read_text())))
         if unsupported:
             names = ", ".join(name.upper() for name in unsupported)
             msg = f"{path}: the model uses functions PySD does not implement: {names}"
             raise ModelError(msg)
+        (tmp / HASH_FILE).write_text(file_sha256(code) + "\n")
         try:
             tmp.rename(entry)
         except OSError:
-            # Another process finished the same translation first: use theirs.
-            if not translated.is_file():
+            # Another process finished the same translation first: use theirs if it is sound.
+            if _entry_problem(entry, translated) is not None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return translated
+
+
+def _owned(path: Path) -> bool:
+    getuid = getattr(os, "getuid", None)
+    return getuid is None or path.lstat().st_uid == getuid()
+
+
+def _entry_problem(entry: Path, translated: Path) -> str | None:
+    """Why a cache entry may not be imported, or None if it may."""
+    for item in (entry, translated, entry / HASH_FILE):
+        try:
+            info = item.lstat()
+        except OSError:
+            return f"is incomplete ({item.name} is missing)"
+        if item.is_symlink():
+            return f"holds a symbolic link ({item.name})"
+        if not _owned(item):
+            return f"is owned by another user ({item.name})"
+        if os.name == "posix" and info.st_mode & 0o022:
+            return f"can be written by other users ({item.name})"
+    try:
+        recorded = (entry / HASH_FILE).read_text().strip()
+        actual = file_sha256(translated)
+    except OSError:
+        return "is unreadable"
+    if recorded != actual:
+        return "has changed since it was translated"
+    return None
 
 
 def _limits(value: object) -> tuple[float, float]:
@@ -401,16 +461,31 @@ def _limits(value: object) -> tuple[float, float]:
     return (lo, hi)
 
 
-def _check_definitions(path: Path, source: Path) -> None:
-    """Refuse a model that defines one (unsubscripted) variable more than once.
+def parse_model(path: Path, source: Path | None = None) -> Any:
+    """PySD's abstract model of a Vensim or XMILE file, read safely.
 
-    Vensim names are case-insensitive, so ``reaction of X`` and ``Reaction Of X``
-    are the same variable; PySD would merge the two definitions and fail later
-    with an obscure message.
+    The file's text is checked first (:func:`armsdyn.safety.check_model_text`)
+    and PySD's parser reads literals without evaluating them. This is the one
+    place armsdyn hands model text to PySD's parser.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The model file (named in messages).
+    source : pathlib.Path, optional
+        A copy of it to parse instead (PySD writes beside the file it reads).
+
+    Raises
+    ------
+    ModelError
+        If the text is unsafe or cannot be parsed; with the file's line where known.
     """
+    check_model_text(path)
+    _pysd()
+    source = source or path
     with _quiet_pysd():
         try:
-            if source.suffix == ".mdl":
+            if source.suffix.lower() == ".mdl":
                 from pysd.translators.vensim.vensim_file import VensimFile
 
                 parsed = VensimFile(str(source))
@@ -419,10 +494,23 @@ def _check_definitions(path: Path, source: Path) -> None:
 
                 parsed = XmileFile(str(source))
             parsed.parse()
-            abstract = parsed.get_abstract_model()
+            return parsed.get_abstract_model()
+        except ModelError as exc:
+            msg = f"{path}: {exc}"
+            raise ModelError(msg) from exc
         except Exception as exc:
             msg = f"{path}:{_file_line(path, exc)} PySD could not parse the model: {type(exc).__name__}: {exc}"
             raise ModelError(msg) from exc
+
+
+def _check_definitions(path: Path, source: Path) -> None:
+    """Refuse a model that defines one (unsubscripted) variable more than once.
+
+    Vensim names are case-insensitive, so ``reaction of X`` and ``Reaction Of X``
+    are the same variable; PySD would merge the two definitions and fail later
+    with an obscure message.
+    """
+    abstract = parse_model(path, source)
     for section in abstract.sections:
         for element in section.elements:
             plain = [c for c in element.components if not c.subscripts[0]]

@@ -48,25 +48,85 @@ def now() -> str:
 
 @contextlib.contextmanager
 def _locked(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.NAME.lock`` beside `target`.
+
+    The lock file is opened without following symbolic links (a planted link
+    must not let armsdyn write through it) and without truncating it. It is
+    removed on release; a run that opened the file just before that removal
+    notices that its lock is on a deleted file and retries, so two runs can
+    never both believe they hold the lock.
+    """
     lock_path = target.parent / f".{target.name}.lock"
-    with open(lock_path, "w") as lock:
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(lock_path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                msg = f"{lock_path}: is a symbolic link; armsdyn's lock must be a plain file (remove the link)"
+            else:
+                msg = (
+                    f"{target}: cannot create the lock file {lock_path.name} ({exc.strerror}); is the folder writable?"
+                )
+            raise ResultsError(msg) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             msg = f"{target}: another armsdyn run is writing this results folder; wait for it to finish"
             raise ResultsError(msg) from None
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            with contextlib.suppress(OSError):
-                lock_path.unlink()
+            same = os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a file another run has just removed: try again
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        os.close(fd)
+
+
+def is_results_folder(path: Path) -> bool:
+    """True for an empty folder or one holding a manifest that armsdyn wrote.
+
+    Only such folders may be replaced by ``--force``: anything else may hold a
+    user's own files.
+    """
+    if path.is_symlink() or not path.is_dir():
+        return False
+    if not any(path.iterdir()):
+        return True
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "armsdyn" in (manifest.get("versions") or {})
 
 
 def refuse_existing(target: Path, *, force: bool) -> None:
-    """Raise :class:`ResultsError` if `target` exists and `force` is not given."""
-    if target.exists() and not force:
+    """Raise :class:`ResultsError` unless `target` is absent or may be replaced.
+
+    With `force` an existing `target` is replaced only if armsdyn wrote it (see
+    :func:`is_results_folder`); a file, a link or a folder of other files is
+    refused even then.
+    """
+    target = Path(target)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not force:
         msg = f"{target}: results folder already exists; pass --force to replace it, or --out to write elsewhere"
+        raise ResultsError(msg)
+    if not is_results_folder(target):
+        what = "a symbolic link" if target.is_symlink() else "not a folder" if not target.is_dir() else None
+        what = what or f"a folder without armsdyn's {MANIFEST_FILE} (it may hold your own files)"
+        msg = (
+            f"{target}: is {what}; --force replaces only results folders armsdyn wrote. "
+            "Choose another --out, or remove it yourself"
+        )
         raise ResultsError(msg)
 
 

@@ -207,6 +207,31 @@ def run_chunked(
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def remove_store(folder: str | os.PathLike[str]) -> None:
+    """Delete a chunk store, but only if it holds nothing but a study's own files.
+
+    Raises
+    ------
+    StoreError
+        If `folder` holds anything a study does not write (it is then left untouched).
+    """
+    folder = Path(folder)
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    ours = folder.is_dir() and not folder.is_symlink()
+    if ours:
+        for entry in folder.iterdir():
+            name = entry.name
+            is_chunk = name.startswith(("chunk-", ".chunk-")) and name.endswith((".nc", ".nc.partial"))
+            if not (entry.is_file() and not entry.is_symlink() and (name == PLAN_FILE or is_chunk)):
+                ours = False
+                break
+    if not ours:
+        msg = f"{folder}: is not a chunk store armsdyn wrote (it holds other files); remove it yourself"
+        raise StoreError(msg)
+    shutil.rmtree(folder)
+
+
 def _prepare_store(folder: Path, digest: str, n_chunks: int, resume: bool) -> None:
     plan = folder / PLAN_FILE
     if plan.exists():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 
 from armsdyn.ensemble._errors import UnsupportedConstruct
 from armsdyn.errors import ModelError
+from armsdyn.model import parse_model
 
 CONTROL = {"initial_time": "t0", "final_time": "tf", "time_step": "dt", "saveper": "sp"}
 """PySD names of the time controls and the local names the generated code gives them."""
@@ -215,23 +215,8 @@ class ModelGraph:
 
 
 def parse(path: Path) -> Any:
-    """PySD's abstract model of a Vensim or XMILE file."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if path.suffix.lower() == ".mdl":
-            from pysd.translators.vensim.vensim_file import VensimFile
-
-            source = VensimFile(str(path))
-        else:
-            from pysd.translators.xmile.xmile_file import XmileFile
-
-            source = XmileFile(str(path))
-        try:
-            source.parse()
-            return source.get_abstract_model()
-        except Exception as exc:  # the parser's own errors carry no file name
-            msg = f"{path}: PySD could not parse the model: {type(exc).__name__}: {exc}"
-            raise ModelError(msg) from exc
+    """PySD's abstract model of a Vensim or XMILE file (see :func:`armsdyn.model.parse_model`)."""
+    return parse_model(path)
 
 
 class Compiler:
