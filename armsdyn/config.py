@@ -528,17 +528,29 @@ def _is_multiple(value: float, unit: float) -> bool:
 
 
 def _parse_parameters(table: Any, where: str, model: Model, problems: _Problems) -> dict[str, ParameterValue]:
+    """Parameter overrides keyed by model name; a subscripted constant by element.
+
+    A subscripted constant is set whole (one value for every element, or a
+    table of every element's value: ``{ USA = 50, Russia = 40, China = 150 }``;
+    for several ranges keyed ``"USA, China"``) or by element
+    (``"grievance g[China]" = 150``). Either way the result holds one entry
+    per element, keyed ``"name[element, ...]"`` (see
+    :meth:`armsdyn.model.Variable.element_name`), so a scenario can override
+    one element of a base value.
+    """
     if not isinstance(table, dict):
         problems.add(where, f"expected a table of parameter = value, got {_describe(table)}")
         return {}
     constants = [v.name for v in model.of_kind("constant")]
     out: dict[str, ParameterValue] = {}
-    for key, value in table.items():
+    # Elements override a whole value given in the same table, whatever the order.
+    for key, value in sorted(table.items(), key=lambda item: "[" in item[0]):
         path = f'{where}."{key}"'
+        base = key.split("[", 1)[0].strip() if "[" in key else key
         try:
-            var = model.variable(key)
+            var = model.variable(base)
         except KeyError:
-            hint = did_you_mean(key, constants)
+            hint = did_you_mean(base, constants)
             problems.add(path, f"unknown parameter in model {model.path}{hint}")
             continue
         if var.kind != "constant":
@@ -548,9 +560,49 @@ def _parse_parameters(table: Any, where: str, model: Model, problems: _Problems)
                 f"(stocks start from constants such as 'initial ...'); constants: {', '.join(constants)}",
             )
             continue
-        parsed = _parse_value(value, path, problems)
-        if parsed is not None:
-            out[var.name] = parsed
+        if "[" in key:
+            try:
+                _, element = model.element(f"{var.name}{key[len(key.split('[', 1)[0]) :]}")
+            except KeyError as exc:
+                problems.add(path, str(exc.args[0]))
+                continue
+            parsed = _parse_value(value, path, problems)
+            if parsed is not None and element is not None:
+                out[var.element_name(element)] = parsed
+            continue
+        if not var.dims:
+            if isinstance(value, dict):
+                problems.add(path, f"{var.name!r} has no subscripts; give a number or a list of [time, value] pairs")
+                continue
+            parsed = _parse_value(value, path, problems)
+            if parsed is not None:
+                out[var.name] = parsed
+            continue
+        if not isinstance(value, dict):
+            parsed = _parse_value(value, path, problems)
+            if parsed is not None:  # one value for every element
+                out.update({var.element_name(e): parsed for e in var.elements()})
+            continue
+        given: dict[tuple[str, ...], ParameterValue] = {}
+        for label, item in value.items():
+            try:
+                _, element = model.element(f"{var.name}[{label}]")
+            except KeyError as exc:
+                problems.add(f"{path}.{label}", str(exc.args[0]))
+                continue
+            parsed = _parse_value(item, f"{path}.{label}", problems)
+            if parsed is not None and element is not None:
+                given[element] = parsed
+        missing = [", ".join(e) for e in var.elements() if e not in given]
+        if missing and len(given) + len(missing) == len(var.elements()) and len(value) == len(given):
+            problems.add(
+                path,
+                f"sets {var.name!r} whole but misses element(s) {'; '.join(missing)}; give every element "
+                f"({'; '.join(', '.join(e) for e in var.elements())}) or set single ones as "
+                f'"{var.name}[{missing[0]}]"',
+            )
+            continue
+        out.update({var.element_name(e): v for e, v in given.items()})
     return out
 
 

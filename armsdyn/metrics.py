@@ -23,6 +23,7 @@ the options (regain share, baseline scenario) read from the Dataset's attrs.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ import xarray as xr
 from armsdyn import treaty
 from armsdyn.experiment import case_dim, find_faults, parameter_values
 from armsdyn.model import Model
-from armsdyn.richardson import PARAMETER_NAMES, Richardson
+from armsdyn.richardson import N_PARAMETER_NAMES, PARAMETER_NAMES, Richardson, RichardsonN
 
 RICHARDSON_COLUMNS = (
     "determinant ab-kl",
@@ -56,16 +57,23 @@ def metric_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]
     dict of str to list of str
         Each metric name mapped to the model variables it needs saved.
     """
-    names: dict[str, list[str]] = {f"final {v}": [v] for v in variables}
+    names: dict[str, list[str]] = {}
+    for v in variables:
+        var = model.variable(v)
+        if var.dims:
+            names.update({f"final {var.element_name(e)}": [v] for e in var.elements()})
+        else:
+            names[f"final {v}"] = [v]
     names["fault"] = names["fault variable"] = names["fault time"] = []
     constants = {v.name for v in model.of_kind("constant")}
     if set(PARAMETER_NAMES.values()) <= constants:
         names.update({c: [] for c in RICHARDSON_COLUMNS})
+    states = _n_state_elements(model)
+    if states is not None:
+        names.update({c: [] for c in richardson_n_columns(states)})
     required = treaty.required_variables()
     if all(r in model.variables for r in required):
-        optional = [
-            f"cumulative arms burden {s}" for s in treaty.STATES if f"cumulative arms burden {s}" in model.variables
-        ]
+        optional = [name for name in treaty.OPTIONAL if name in model.variables]
         names.update({c: [*required, *optional] for c in treaty.COLUMNS})
     return names
 
@@ -86,8 +94,18 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
     dim = case_dim(ds)
     table = pd.DataFrame(index=pd.Index(_labels(ds, dim), name=dim))
     for key, da in ds.data_vars.items():
-        if "time" in da.dims:
-            table[f"final {da.attrs.get('long_name', key)}"] = da.isel(time=-1).values
+        if da.dims[:2] != (dim, "time"):
+            continue
+        name = da.attrs.get("long_name", key)
+        final = da.isel(time=-1)
+        extra = da.dims[2:]
+        if not extra:
+            table[f"final {name}"] = final.values
+            continue
+        # A subscripted variable: a column per element, named as configs name elements.
+        for element in itertools.product(*(da[d].values for d in extra)):
+            label = ", ".join(map(str, element))
+            table[f"final {name}[{label}]"] = final.sel(dict(zip(extra, element, strict=True))).values
     table["fault"] = "none"
     table["fault variable"] = ""
     table["fault time"] = np.nan
@@ -98,6 +116,9 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
         table.iloc[row, table.columns.get_loc("fault variable")] = fault.variable
         table.iloc[row, table.columns.get_loc("fault time")] = fault.time
     richardson = _richardson_columns(ds)
+    if richardson is not None:
+        table = table.join(richardson)
+    richardson = _richardson_n_columns(ds)
     if richardson is not None:
         table = table.join(richardson)
     if treaty.applies(ds):
@@ -155,4 +176,83 @@ def _richardson_columns(ds: xr.Dataset) -> pd.DataFrame | None:
             "stability": model.stability(),
             "regime": model.regime(x0, y0),
         }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _n_state_elements(model: Model) -> tuple[str, ...] | None:
+    """The states of an N-state Richardson model (see :data:`N_PARAMETER_NAMES`), or None for another model."""
+    try:
+        k, a, g, x0 = (model.variable(N_PARAMETER_NAMES[s]) for s in ("k", "a", "g", "x0"))
+    except KeyError:
+        return None
+    if not all(v.kind == "constant" for v in (k, a, g, x0)) or len(a.dims) != 1 or len(k.dims) != 2:
+        return None
+    states = a.dims[0][1]
+    if g.dims != a.dims or x0.dims != a.dims or k.dims[0][1] != states or k.dims[1][1] != states:
+        return None
+    return states
+
+
+def richardson_n_columns(states: Sequence[str]) -> list[str]:
+    """The metric columns of an N-state Richardson model with these states."""
+    columns = ["determinant det(A-K)"]
+    columns += [f"equilibrium {s}" for s in states]
+    for i in range(1, len(states) + 1):
+        columns += [f"eigenvalue {i} real", f"eigenvalue {i} imag"]
+    return [*columns, "stability", "regime"]
+
+
+def richardson_n_parameters(ds: xr.Dataset, scenario: Any) -> tuple[RichardsonN, np.ndarray] | None:
+    """The N-state Richardson model and initial arms a scenario ran with, if the model is one.
+
+    Returns
+    -------
+    tuple of (RichardsonN, numpy.ndarray), or None
+        None when the Dataset lacks a subscripted parameter of
+        :data:`armsdyn.richardson.N_PARAMETER_NAMES` (another model), or one of
+        them was a time series in this scenario.
+    """
+    dim = case_dim(ds)
+    columns = {s: parameter_values(ds, name) for s, name in N_PARAMETER_NAMES.items()}
+    if any(c is None for c in columns.values()):
+        return None
+    a = columns["a"]
+    if a.ndim != 2 or columns["k"].ndim != 3:
+        return None
+    state = a.dims[1]
+    states = [str(s) for s in a[state].values]
+    row, col = columns["k"].dims[1:]
+    if [str(s) for s in columns["k"][col].values] != states:
+        return None
+    at = {dim: scenario}
+    k = columns["k"].sel(at).transpose(row, col).values
+    values = {s: columns[s].sel(at).values for s in ("a", "g", "x0")}
+    if not (np.all(np.isfinite(k)) and all(np.all(np.isfinite(v)) for v in values.values())):
+        return None
+    return RichardsonN(k, values["a"], values["g"], tuple(states)), values["x0"]
+
+
+def _richardson_n_columns(ds: xr.Dataset) -> pd.DataFrame | None:
+    rows = {}
+    for scenario in _labels(ds, case_dim(ds)):
+        found = richardson_n_parameters(ds, scenario)
+        if found is None:
+            if any(parameter_values(ds, name) is None for name in N_PARAMETER_NAMES.values()):
+                return None  # not an N-state Richardson model
+            if parameter_values(ds, N_PARAMETER_NAMES["a"]).ndim != 2:
+                return None
+            rows[scenario] = {"regime": "not analysed: a parameter varies over time"}
+            continue
+        model, x0 = found
+        eq = model.equilibrium()
+        ev = model.eigenvalues()
+        row: dict[str, Any] = {"determinant det(A-K)": model.determinant}
+        for i, state in enumerate(model.states):
+            row[f"equilibrium {state}"] = np.nan if eq is None else eq[i]
+        for i, value in enumerate(ev, start=1):
+            row[f"eigenvalue {i} real"] = value.real
+            row[f"eigenvalue {i} imag"] = value.imag
+        row["stability"] = model.stability()
+        row["regime"] = model.regime(x0)
+        rows[scenario] = row
     return pd.DataFrame.from_dict(rows, orient="index")

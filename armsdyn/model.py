@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -86,6 +87,13 @@ class Variable:
     limits : tuple of float
         The range the model declares for the variable (Vensim ``units [min, max]``);
         NaN where a bound is not declared.
+    dims : tuple of (str, tuple of str)
+        For a subscripted variable, its subscript ranges in order, each with its
+        elements (e.g. ``(("state", ("USA", "Russia", "China")),)``); empty for a
+        scalar.
+    defaults : tuple of float
+        For a subscripted constant, the model file's value of every element, in
+        the order of :meth:`elements`; empty otherwise.
     """
 
     name: str
@@ -95,6 +103,50 @@ class Variable:
     doc: str
     default: float | None = None
     limits: tuple[float, float] = (math.nan, math.nan)
+    dims: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    defaults: tuple[float, ...] = ()
+
+    @property
+    def dim_names(self) -> tuple[str, ...]:
+        """Names of the subscript ranges (empty for a scalar)."""
+        return tuple(name for name, _ in self.dims)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Number of elements along each subscript range (empty for a scalar)."""
+        return tuple(len(elements) for _, elements in self.dims)
+
+    def elements(self) -> list[tuple[str, ...]]:
+        """Every element as a tuple of one element name per range, in row-major order."""
+        return list(itertools.product(*(elements for _, elements in self.dims)))
+
+    def element_name(self, element: Sequence[str]) -> str:
+        """The name of one element, as configs write it: ``"k[USA, China]"``."""
+        return f"{self.name}[{', '.join(element)}]"
+
+    def default_array(self) -> Any:
+        """The model file's value as an ``xarray.DataArray`` (subscripted constants), else None."""
+        if not self.dims or not self.defaults:
+            return None
+        import xarray as xr
+
+        values = np.array(self.defaults, dtype=float).reshape(self.shape)
+        return xr.DataArray(values, coords={n: list(e) for n, e in self.dims}, dims=self.dim_names)
+
+    def describe_value(self) -> str:
+        """The model file's value for listings: ``" = 0.9"``, or per element for subscripted constants."""
+        if self.default is not None:
+            return f" = {self.default:g}"
+        if self.defaults:
+            parts = [f"{', '.join(e)}: {v:g}" for e, v in zip(self.elements(), self.defaults, strict=True)]
+            return f" = {{{'; '.join(parts)}}}"
+        return ""
+
+    def describe_dims(self) -> str:
+        """``"[state: USA, Russia, China; rival: ...]"`` for a subscripted variable, else ``""``."""
+        if not self.dims:
+            return ""
+        return "[" + "; ".join(f"{n}: {', '.join(e)}" for n, e in self.dims) + "]"
 
 
 @dataclass(frozen=True)
@@ -236,12 +288,19 @@ class Model(VariableLookup):
                 kind = "data"
             else:
                 kind = "flow" if py_name in flows else "auxiliary"
+            subscripts = row[doc.columns.get_loc("Subscripts")] if "Subscripts" in doc.columns else None
+            dims = self._read_dims(py_name, subscripts)
             default = None
+            defaults: tuple[float, ...] = ()
             if kind == "constant":
                 with _quiet_pysd():
                     value = self._pysd[name]
                 if np.ndim(value) == 0:
                     default = float(value)
+                elif hasattr(value, "dims"):
+                    # A subscripted constant: its own dims and coordinates are the truth.
+                    dims = tuple((str(d), tuple(str(e) for e in value.coords[d].values)) for d in value.dims)
+                    defaults = tuple(float(v) for v in np.asarray(value.values, dtype=float).ravel())
             variables[name] = Variable(
                 name=name,
                 py_name=py_name,
@@ -250,8 +309,30 @@ class Model(VariableLookup):
                 doc=" ".join(comment.split()) if isinstance(comment, str) else "",
                 default=default,
                 limits=_limits(limits),
+                dims=dims,
+                defaults=defaults,
             )
         return variables
+
+    def _read_dims(self, py_name: str, subscripts: object) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Subscript ranges of a variable with their elements, from PySD's own coordinates."""
+        if not isinstance(subscripts, list | tuple) or not subscripts:
+            return ()
+        with _quiet_pysd():
+            try:
+                coords, dims = self._pysd.get_coords(getattr(self._pysd.components, py_name)) or ({}, [])
+            except Exception:  # a lookup or data object: fall back to the doc table
+                coords, dims = {}, []
+        if not dims:
+            ranges = self._pysd.subscripts
+            dims = [d for d in subscripts if d in ranges]
+            coords = {d: ranges[d] for d in dims}
+        return tuple((str(d), tuple(str(e) for e in coords[d])) for d in dims)
+
+    @property
+    def subscript_ranges(self) -> dict[str, list[str]]:
+        """The model's subscript ranges (including subranges and aliases) with their elements."""
+        return {str(k): [str(e) for e in v] for k, v in self._pysd.subscripts.items()}
 
     def _read_time(self) -> TimeSettings:
         comp = self._pysd.components
@@ -273,9 +354,102 @@ class Model(VariableLookup):
         """Variables of the given kinds, sorted by name."""
         return [v for v in self.variables.values() if v.kind in kinds]
 
+    def element(self, key: str) -> tuple[Variable, tuple[str, ...] | None]:
+        """The variable and element a key names: ``"grievance g"`` or ``"k[USA, China]"``.
+
+        Returns
+        -------
+        (Variable, tuple of str or None)
+            The element as one name per subscript range, or None for the whole variable.
+
+        Raises
+        ------
+        KeyError
+            For an unknown variable, or an element that is not one of the
+            variable's, with a message naming the allowed elements.
+        """
+        found = _ELEMENT.match(key)
+        if found is None:
+            return self.variable(key), None
+        var = self.variable(found.group(1).strip())
+        given = tuple(part.strip() for part in found.group(2).split(","))
+        if not var.dims:
+            msg = (
+                f"{var.name!r} has no subscripts, so it has no element {found.group(2).strip()!r}; "
+                "write it without [...]"
+            )
+            raise KeyError(msg)
+        if len(given) != len(var.dims):
+            ranges = ", ".join(var.dim_names)
+            msg = f"{var.name!r} has {len(var.dims)} subscript(s) [{ranges}], got {len(given)} in {key!r}"
+            raise KeyError(msg)
+        element = []
+        for name, (dim, allowed) in zip(given, var.dims, strict=True):
+            match = next((e for e in allowed if e.lower() == name.lower()), None)
+            if match is None:
+                msg = (
+                    f"{var.name!r} has no element {name!r} in subscript range {dim!r}"
+                    f"{did_you_mean(name, allowed)} (allowed: {', '.join(allowed)})"
+                )
+                raise KeyError(msg)
+            element.append(match)
+        return var, tuple(element)
+
+    def pysd_values(self, params: Mapping[str, Any], time: TimeSettings) -> dict[str, Any]:
+        """Overrides keyed by model name in the form PySD's ``run(params=...)`` takes.
+
+        Element overrides (``"k[USA, China]"``) are gathered into one
+        ``xarray.DataArray`` per constant, starting from the model file's values
+        (or from a whole-variable override given with them); when any element is
+        a time series, a ``pandas.Series`` of DataArrays over the union of their
+        times (held constant beyond the ends, as for scalar series).
+        """
+        out: dict[str, Any] = {}
+        elementwise: dict[str, dict[tuple[str, ...], Any]] = {}
+        for key, value in params.items():
+            var, element = self.element(key)
+            if element is None:
+                out[var.name] = value
+            else:
+                elementwise.setdefault(var.name, {})[element] = value
+        for name, items in elementwise.items():
+            var = self.variables[name]
+            whole = out.pop(name, None)
+            base = var.default_array()
+            series: dict[Any, pd.Series] = {}
+            if isinstance(whole, pd.Series):
+                series[None] = whole
+            elif whole is not None:
+                base = base * 0 + whole  # a number or a DataArray for the whole variable
+            for element, value in items.items():
+                if isinstance(value, pd.Series):
+                    series[element] = value
+                else:
+                    base.loc[dict(zip(var.dim_names, element, strict=True))] = float(value)
+            if not series:
+                out[name] = base
+                continue
+            times = sorted({time.initial, time.final}.union(*(set(map(float, s.index)) for s in series.values())))
+            frames = []
+            for t in times:
+                frame = base.copy()
+                if None in series:
+                    whole_series = series[None]
+                    frame[...] = np.interp(t, whole_series.index.to_numpy(float), whole_series.to_numpy(float))
+                    for element, value in items.items():
+                        if not isinstance(value, pd.Series):
+                            frame.loc[dict(zip(var.dim_names, element, strict=True))] = float(value)
+                for element, s in series.items():
+                    if element is not None:
+                        at = np.interp(t, s.index.to_numpy(float), s.to_numpy(float))
+                        frame.loc[dict(zip(var.dim_names, element, strict=True))] = at
+                frames.append(frame)
+            out[name] = pd.Series(frames, index=times)
+        return out
+
     def simulate(
         self,
-        params: Mapping[str, float | pd.Series],
+        params: Mapping[str, Any],
         time: TimeSettings,
         variables: Sequence[str],
     ) -> dict[str, np.ndarray]:
@@ -284,8 +458,10 @@ class Model(VariableLookup):
         Parameters
         ----------
         params : mapping
-            Constant overrides by model name: a number, or a ``pandas.Series`` of
-            values indexed by time (interpolated linearly by PySD).
+            Constant overrides by model name, or for one element of a
+            subscripted constant by ``"name[element, ...]"``: a number, or a
+            ``pandas.Series`` of values indexed by time (interpolated linearly).
+            A whole subscripted constant may also be an ``xarray.DataArray``.
         time : TimeSettings
             Time settings for this run.
         variables : sequence of str
@@ -294,35 +470,109 @@ class Model(VariableLookup):
         Returns
         -------
         dict of str to numpy.ndarray
-            One array per requested variable, aligned with ``time.save_times()``.
+            One array per requested variable, aligned with ``time.save_times()``:
+            shape ``(time,)`` for a scalar, ``(time, *var.shape)`` for a
+            subscripted variable (its ranges in the order of ``var.dims``).
+
+        Raises
+        ------
+        SimulationError
+            If PySD fails during the run (e.g. a division by zero), naming the
+            variable and time where they are known.
         """
         # PySD keeps parameters set by one run for the next. Every constant an
         # earlier run changed is set back to the model file's value (cheaper than
-        # reloading the module, which is the fallback for non-scalar constants).
+        # reloading the module, which is the fallback for constants without a
+        # recorded value).
         model = self._pysd
-        restore = {name: self.variables[name].default for name in self._touched - set(params)}
-        self._touched |= set(params)
+        values = self.pysd_values(params, time)
+        restore = {name: _file_value(self.variables[name]) for name in self._touched - set(values)}
+        self._touched |= set(values)
         with _quiet_pysd():
             if any(value is None for value in restore.values()):
                 model.reload()
                 restore = {}
-                self._touched = set(params)
+                self._touched = set(values)
             try:
                 df = model.run(
-                    params={**restore, **params},
+                    params={**restore, **values},
                     return_columns=list(variables),
                     initial_condition=(time.initial, {}),
                     final_time=time.final,
                     time_step=time.step,
                     saveper=time.saveper,
+                    flatten_output=False,
                 )
             except Exception as exc:
-                msg = f"{self.path}: PySD failed while simulating: {exc}"
-                raise ModelError(msg) from exc
+                error = self._simulation_error(exc)
+                # The failed run may have left PySD half-way: start the next one from the file.
+                with contextlib.suppress(Exception):
+                    model.reload()
+                self._touched = set()
+                raise error from exc
         if len(df.index) != len(time.save_times()) or not np.allclose(df.index, time.save_times()):
             msg = f"{self.path}: PySD returned values at unexpected times ({len(df.index)} rows)"
             raise ModelError(msg)
-        return {name: df[name].to_numpy(dtype=float) for name in variables}
+        return {name: self._column(df[name], self.variable(name)) for name in variables}
+
+    @staticmethod
+    def _column(column: pd.Series, var: Variable) -> np.ndarray:
+        if not var.dims:
+            return column.to_numpy(dtype=float)
+        rows = []
+        for cell in column:
+            if hasattr(cell, "dims"):
+                rows.append(np.asarray(cell.transpose(*var.dim_names).values, dtype=float))
+            else:  # a subscripted expression PySD evaluated to one number: the same for every element
+                rows.append(np.full(var.shape, float(cell)))
+        return np.stack(rows)
+
+    def _simulation_error(self, exc: Exception) -> SimulationError:
+        """A :class:`SimulationError` naming the variable and time where PySD failed, where known."""
+        variable = ""
+        by_py = {v.py_name: v.name for v in self.variables.values()}
+        tb = exc.__traceback__
+        while tb is not None:  # the innermost frame of the translated model is the failing variable
+            code = tb.tb_frame.f_code
+            if Path(code.co_filename).name == self.translation.name and code.co_name in by_py:
+                variable = by_py[code.co_name]
+            tb = tb.tb_next
+        at = math.nan
+        with contextlib.suppress(Exception):
+            at = float(self._pysd.time())
+        text = f"{type(exc).__name__}: {exc}"
+        where = f" in {variable!r}" if variable else ""
+        when = f" at time {at:g}" if math.isfinite(at) else ""
+        msg = f"{self.path}: PySD failed while simulating{where}{when}: {text}"
+        return SimulationError(msg, variable=variable, time=at, text=text)
+
+
+class SimulationError(ModelError):
+    """PySD failed during a run; `variable` and `time` say where, when known ("" and NaN if not).
+
+    Attributes
+    ----------
+    variable : str
+        Model name of the variable whose equation raised, or "".
+    time : float
+        Model time of the failing step, or NaN.
+    text : str
+        The exception's type and message.
+    """
+
+    def __init__(self, msg: str, *, variable: str = "", time: float = math.nan, text: str = "") -> None:
+        super().__init__(msg)
+        self.variable = variable
+        self.time = time
+        self.text = text
+
+
+_ELEMENT = re.compile(r"^([^\[\]]+)\[([^\[\]]*)\]\s*$")
+
+
+def _file_value(var: Variable) -> Any:
+    """The model file's value of a constant (a number or a DataArray), or None if not recorded."""
+    return var.default if var.default is not None else var.default_array()
 
 
 _loaded: dict[tuple[str, str], Model] = {}

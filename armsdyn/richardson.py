@@ -1,4 +1,4 @@
-"""Closed-form analysis of Richardson's two-state arms-race model.
+"""Closed-form analysis of Richardson's arms-race model, for two states and for N.
 
 The model is the linear system
 
@@ -172,4 +172,146 @@ class Richardson:
         with np.errstate(over="ignore", invalid="ignore"):
             for i, ti in enumerate(t):
                 out[:, i] = (scipy.linalg.expm(m * (ti - t0)) @ start)[:2]
+        return out
+
+
+#: Model names of the N-state parameters in ``models/richardson_n.mdl`` (subscripted by state).
+N_PARAMETER_NAMES: dict[str, str] = {
+    "k": "defence coefficient k",
+    "a": "fatigue coefficient a",
+    "g": "grievance g",
+    "x0": "initial arms",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class RichardsonN:
+    """Richardson's model for N states, with its closed-form analysis.
+
+    .. math::
+
+        \\dot x_i = \\sum_j k_{ij} x_j - a_i x_i + g_i, \\qquad
+        \\dot x = (K - A) x + g, \\quad A = \\mathrm{diag}(a).
+
+    The unique equilibrium (when :math:`A - K` is invertible) is
+    :math:`x^* = (A - K)^{-1} g`; it is stable exactly when every eigenvalue of
+    :math:`K - A` has a negative real part. With two states this is
+    :class:`Richardson` (``k = K[0, 1]``, ``l = K[1, 0]``).
+
+    Parameters
+    ----------
+    k : array_like, shape (N, N)
+        Reaction matrix: row i's response to the arms of column j (1/time);
+        the diagonal adds to the state's own fatigue with the opposite sign.
+    a : array_like, shape (N,)
+        Fatigue coefficients (1/time).
+    g : array_like, shape (N,)
+        Grievances (arms/time).
+    states : sequence of str, optional
+        Names of the states (default ``"1"``, ``"2"``, ...).
+    """
+
+    k: np.ndarray
+    a: np.ndarray
+    g: np.ndarray
+    states: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        k = np.atleast_2d(np.asarray(self.k, dtype=float))
+        a = np.atleast_1d(np.asarray(self.a, dtype=float))
+        g = np.atleast_1d(np.asarray(self.g, dtype=float))
+        n = a.size
+        if k.shape != (n, n) or g.shape != (n,):
+            msg = f"k must be {n}x{n} and g of length {n} for {n} fatigue coefficients; got {k.shape} and {g.shape}"
+            raise ValueError(msg)
+        states = tuple(self.states) or tuple(str(i + 1) for i in range(n))
+        if len(states) != n:
+            msg = f"{len(states)} state names for {n} states"
+            raise ValueError(msg)
+        object.__setattr__(self, "k", k)
+        object.__setattr__(self, "a", a)
+        object.__setattr__(self, "g", g)
+        object.__setattr__(self, "states", states)
+
+    @classmethod
+    def from_two(cls, model: Richardson) -> RichardsonN:
+        """The two-state model as an N-state one (states ``X``, ``Y``)."""
+        return cls([[0.0, model.k], [model.l, 0.0]], [model.a, model.b], [model.g, model.h], ("X", "Y"))
+
+    @property
+    def n(self) -> int:
+        """Number of states."""
+        return self.a.size
+
+    @property
+    def jacobian(self) -> np.ndarray:
+        """The constant Jacobian :math:`K - A`."""
+        return self.k - np.diag(self.a)
+
+    @property
+    def determinant(self) -> float:
+        """:math:`\\det(A - K)`; zero means no isolated equilibrium (``ab - kl`` for two states)."""
+        return float(np.linalg.det(-self.jacobian))
+
+    def is_degenerate(self) -> bool:
+        """True when :math:`A - K` is singular to rounding: no isolated equilibrium."""
+        s = np.linalg.svd(self.jacobian, compute_uv=False)
+        return bool(s[-1] <= DEGENERATE_RTOL * max(s[0], 1e-300) * self.n)
+
+    def equilibrium(self) -> np.ndarray | None:
+        """The equilibrium :math:`(A - K)^{-1} g`, or None when the system is degenerate."""
+        if self.is_degenerate():
+            return None
+        return np.linalg.solve(-self.jacobian, self.g)
+
+    def eigenvalues(self) -> np.ndarray:
+        """Eigenvalues of :math:`K - A`, sorted by real part (largest last), then imaginary part, as complex."""
+        ev = np.linalg.eigvals(self.jacobian).astype(complex)
+        return ev[np.lexsort((ev.imag, ev.real))]
+
+    def stability(self) -> str:
+        """``"stable"`` (all real parts negative), ``"unstable"`` (all positive), ``"saddle"`` or ``"degenerate"``."""
+        if self.is_degenerate():
+            return "degenerate"
+        re = self.eigenvalues().real
+        if np.all(re < 0):
+            return "stable"
+        if np.all(re > 0):
+            return "unstable"
+        return "saddle"
+
+    def regime(self, x0: np.ndarray) -> str:
+        """Name the regime of the trajectory from `x0`, as :meth:`Richardson.regime` does for two states.
+
+        For an unstable system the fastest growing mode decides: arms along it
+        rising in total is a ``"runaway race"``, falling a ``"disarmament spiral"``.
+        """
+        stability = self.stability()
+        eq = self.equilibrium()
+        if eq is None:
+            return "degenerate"
+        if stability == "stable":
+            return "stable equilibrium" if np.all(eq >= 0) else "stable disarmament"
+        values, vectors = np.linalg.eig(self.jacobian)
+        x0 = np.asarray(x0, dtype=float)
+        coeffs = np.linalg.solve(vectors, x0 - eq)
+        growing = values.real >= values.real.max() - 1e-12 * max(1.0, abs(values.real.max()))
+        growth = np.real(vectors[:, growing] @ coeffs[growing])
+        scale = max(np.abs(np.concatenate([x0, eq])).max(), 1.0)
+        if np.all(np.abs(growth) <= 1e-9 * scale):
+            return "balanced"
+        return "runaway race" if growth.sum() > 0 else "disarmament spiral"
+
+    def solve(self, x0: np.ndarray, t: np.ndarray, t0: float = 0.0) -> np.ndarray:
+        """Exact solution at times `t` by the matrix exponential; shape ``(N, len(t))``."""
+        n = self.n
+        m = np.zeros((n + 1, n + 1))
+        m[:n, :n] = self.jacobian
+        m[:n, n] = self.g
+        start = np.append(np.asarray(x0, dtype=float), 1.0)
+        t = np.atleast_1d(np.asarray(t, dtype=float))
+        out = np.empty((n, t.size))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i, ti in enumerate(t):
+                out[:, i] = (scipy.linalg.expm(m * (ti - t0)) @ start)[:n]
         return out
