@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import scipy.optimize
+import xarray as xr
 
 from armsdyn.config import Experiment, Scenario, load_config
 from armsdyn.errors import ModelError
@@ -64,8 +65,11 @@ class _Flows:
     def __init__(self, model: Model, scenario: Scenario, time: TimeSettings, stocks: Sequence[str]) -> None:
         self.model = model
         self.stocks = list(stocks)
-        self.py = [model.variable(s).py_name for s in stocks]
-        self.params = scenario.pysd_params()
+        self.vars = [model.variable(s) for s in stocks]
+        self.py = [v.py_name for v in self.vars]
+        # A subscripted stock contributes one state component per element.
+        self.sizes = [math.prod(v.shape) for v in self.vars]
+        self.params = model.pysd_values(scenario.pysd_params(), time)
         self.t0 = time.initial
         self.step = time.step
         key = str(model.translation)
@@ -79,7 +83,14 @@ class _Flows:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.evaluations += 1
-        values = dict(zip(self.py, map(float, x), strict=True))
+        values = {}
+        for var, part in zip(self.vars, np.split(np.asarray(x, dtype=float), np.cumsum(self.sizes)[:-1]), strict=True):
+            if var.dims:
+                values[var.py_name] = xr.DataArray(
+                    part.reshape(var.shape), coords={n: list(e) for n, e in var.dims}, dims=var.dim_names
+                )
+            else:
+                values[var.py_name] = float(part[0])
         with _quiet_pysd():
             try:
                 df = self.pysd.run(
@@ -89,12 +100,26 @@ class _Flows:
                     time_step=self.step,
                     saveper=self.step,
                     return_columns=self.stocks,
+                    flatten_output=False,
                 )
             except Exception as exc:
-                msg = f"{self.model.path}: PySD failed while evaluating the rates at {values}: {exc}"
+                shown = {k: v.values.tolist() if hasattr(v, "values") else v for k, v in values.items()}
+                msg = f"{self.model.path}: PySD failed while evaluating the rates at {shown}: {exc}"
                 raise ModelError(msg) from exc
-        out = df[self.stocks].to_numpy(dtype=float)
+        columns = [
+            Model._column(df[s], v).reshape(len(df.index), -1) for s, v in zip(self.stocks, self.vars, strict=True)
+        ]
+        out = np.concatenate(columns, axis=1)
         return (out[-1] - out[0]) / self.step
+
+
+def state_labels(model: Model, stocks: Sequence[str]) -> list[str]:
+    """One label per state component: a stock's name, or ``"arms[USA]"`` per element of a subscripted one."""
+    labels = []
+    for name in stocks:
+        var = model.variable(name)
+        labels += [var.element_name(e) for e in var.elements()] if var.dims else [var.name]
+    return labels
 
 
 def feedback_stocks(model: Model) -> list[str]:
@@ -184,7 +209,7 @@ def _initial_state(experiment: Experiment, scenario: Scenario, stocks: Sequence[
     time = experiment.time
     short = TimeSettings(time.initial, time.initial + time.step, time.step, time.step, time.units)
     out = experiment.model.simulate(scenario.pysd_params(), short, list(stocks))
-    return np.array([out[s][0] for s in stocks])
+    return np.concatenate([np.ravel(out[s][0]) for s in stocks])
 
 
 def find_equilibria(f: Any, x0: np.ndarray, *, seed: int = 0, tol: float = 1e-9) -> list[tuple[np.ndarray, int]]:
@@ -238,8 +263,9 @@ def analyse(
     pandas.DataFrame
         One row per scenario and equilibrium (a row with verdict ``"no
         equilibrium found"`` when no start converged): ``scenario``,
-        ``equilibrium`` (number within the scenario), one column per stock with
-        its equilibrium value, ``max_rate`` (the largest remaining
+        ``equilibrium`` (number within the scenario), one column per stock
+        (per element, ``"arms[USA]"``, for a subscripted one) with its
+        equilibrium value, ``max_rate`` (the largest remaining
         :math:`|f|`), ``starts`` (how many starts reached it), ``non_negative``,
         ``eigenvalue i real``/``eigenvalue i imag`` (sorted by real part),
         ``stability``, ``verdict``, ``jacobian`` (nested list, rows by stock) and
@@ -270,6 +296,7 @@ def analyse(
     if not names:
         msg = f"{model.path}: no stock feeds back on the rates, so there are no equilibria to find"
         raise ModelError(msg)
+    labels = state_labels(model, names)
     lagged = [v.name for v in model.of_kind("stateful")]
     rows: list[dict[str, Any]] = []
     for scenario in exp.scenarios:
@@ -299,7 +326,7 @@ def analyse(
             ev = ev[np.lexsort((ev.imag, ev.real))]
             stability, verdict = classify(ev, float(np.max(np.abs(jac))) if jac.size else 1.0)
             row: dict[str, Any] = {"scenario": scenario.name, "equilibrium": i}
-            row.update(dict(zip(names, x, strict=True)))
+            row.update(dict(zip(labels, x, strict=True)))
             row["max_rate"] = float(np.max(np.abs(flows(x))))
             row["starts"] = count
             row["non_negative"] = bool(np.all(x >= 0))
@@ -309,7 +336,7 @@ def analyse(
             row.update({"stability": stability, "verdict": verdict, "jacobian": jac.tolist(), "note": "; ".join(notes)})
             rows.append(row)
     table = pd.DataFrame(rows)
-    table.attrs["stocks"] = names
+    table.attrs["stocks"] = labels
     table.attrs["time"] = exp.time.initial
     return table
 

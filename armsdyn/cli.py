@@ -219,6 +219,10 @@ def _check(args: argparse.Namespace) -> int:
         f"{args.config}: valid: experiment {exp.name!r}, model {exp.model.path}, "
         f"{len(exp.scenarios)} scenarios, {len(exp.variables)} saved variables, {len(exp.figures)} figures"
     )
+    for name in exp.variables:  # subscripted variables keep their dimensions in the results
+        var = exp.model.variable(name)
+        if var.dims:
+            print(f"  {var.name} {var.describe_dims()}")
     return 0
 
 
@@ -254,9 +258,9 @@ def _describe(args: argparse.Namespace) -> int:
             continue
         print(f"\n{kind}s:")
         for var in variables:
-            value = f" = {var.default:g}" if var.default is not None else ""
             units = f" [{var.units}]" if var.units else ""
-            print(f"  {var.name}{value}{units}")
+            dims = f" {var.describe_dims()}" if var.dims else ""
+            print(f"  {var.name}{dims}{var.describe_value()}{units}")
             if var.doc:
                 print(f"      {var.doc}")
     return 0

@@ -9,6 +9,7 @@ figure and its axes. Axis labels come from each variable's ``long_name`` and
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -51,9 +52,41 @@ def _variable(ds: xr.Dataset, name: str) -> xr.DataArray:
     for key, da in ds.data_vars.items():
         if name in (key, da.attrs.get("long_name")):
             return da
+    found = re.match(r"^([^\[\]]+)\[([^\[\]]*)\]\s*$", name)
+    if found:  # one element of a subscripted variable: "arms[USA]"
+        da = _variable(ds, found.group(1).strip())
+        extra = [d for d in da.dims if d not in ("scenario", "run", "time")]
+        element = [e.strip() for e in found.group(2).split(",")]
+        if len(extra) == len(element):
+            try:
+                picked = da.sel(dict(zip(extra, element, strict=True)), drop=True)
+            except KeyError:
+                pass
+            else:
+                picked.attrs = {**da.attrs, "long_name": f"{da.attrs.get('long_name', da.name)}[{', '.join(element)}]"}
+                return picked
     have = ", ".join(str(d.attrs.get("long_name", k)) for k, d in ds.data_vars.items())
     msg = f"no variable {name!r} in the results (have: {have})"
     raise KeyError(msg)
+
+
+def _lines(da: xr.DataArray, case: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
+    """The series to draw of one variable in one scenario (or run): ``[("", values)]`` for a
+    scalar, one ``(element name, values)`` per element of a subscripted variable."""
+    picked = da.sel(case)
+    extra = [d for d in picked.dims if d != "time"]
+    if not extra:
+        return [("", picked.values)]
+    picked = picked.transpose("time", *extra)
+    out = []
+    for element in itertools.product(*(picked[d].values for d in extra)):
+        label = ", ".join(map(str, element))
+        out.append((label, picked.sel(dict(zip(extra, element, strict=True))).values))
+    return out
+
+
+def _joined(*parts: str) -> str:
+    return ", ".join(p for p in parts if p)
 
 
 def _scenarios(ds: xr.Dataset, scenarios: Sequence[str] | None) -> list[str]:
@@ -110,17 +143,23 @@ def time_series(
         axes = [ax] if isinstance(ax, Axes) else list(ax)
         fig = axes[0].figure
     t = ds["time"].values
+    # A subscripted variable is a line per element, labelled with the element's name.
     if layout == "overlay":
         for panel, da in zip(axes, arrays, strict=True):
             for scenario in names:
-                panel.plot(t, da.sel(scenario=scenario).values, label=scenario)
+                for element, values in _lines(da, {"scenario": scenario}):
+                    label = element if element and len(names) == 1 else _joined(scenario, element)
+                    panel.plot(t, values, label=label)
             panel.set_ylabel(axis_label(da))
     else:
         units = {da.attrs.get("units", "") for da in arrays}
         ylabel = f"value ({units.pop()})" if len(units) == 1 else "value"
         for panel, scenario in zip(axes, names, strict=True):
             for da in arrays:
-                panel.plot(t, da.sel(scenario=scenario).values, label=da.attrs.get("long_name", da.name))
+                name = da.attrs.get("long_name", da.name)
+                for element, values in _lines(da, {"scenario": scenario}):
+                    label = element if element and len(arrays) == 1 else f"{name}[{element}]" if element else name
+                    panel.plot(t, values, label=label)
             panel.set_title(scenario)
             panel.set_ylabel(ylabel)
     ncols = axes[0].get_gridspec().ncols if axes[0].get_gridspec() is not None else 1
@@ -183,6 +222,18 @@ def phase_portrait(
         fig = axes[0].figure
     dx, dy = _variable(ds, x), _variable(ds, y)
     for panel, scenario in zip(axes, names, strict=True):
+        pairs = _phase_pairs(dx, dy, scenario)
+        if pairs is not None:
+            # Subscripted x and y: a trajectory per element (x[e] against y[e]), labelled by element.
+            for element, xs, ys in pairs:
+                ok = np.isfinite(xs) & np.isfinite(ys)
+                (line,) = panel.plot(xs[ok], ys[ok], label=element)
+                if ok.any():
+                    panel.plot(xs[ok][0], ys[ok][0], marker="o", color=line.get_color(), linestyle="none")
+            panel.set_xlabel(axis_label(dx))
+            panel.set_ylabel(axis_label(dy))
+            panel.set_title(scenario)
+            continue
         xs, ys = dx.sel(scenario=scenario).values, dy.sel(scenario=scenario).values
         ok = np.isfinite(xs) & np.isfinite(ys)
         xs, ys = xs[ok], ys[ok]
@@ -209,6 +260,21 @@ def phase_portrait(
     else:
         axes[0].legend(loc="best")
     return fig, axes
+
+
+def _phase_pairs(dx: xr.DataArray, dy: xr.DataArray, scenario: str) -> list[tuple[str, np.ndarray, np.ndarray]] | None:
+    """Per-element (label, x, y) when either variable is subscripted, else None."""
+    lx, ly = _lines(dx, {"scenario": scenario}), _lines(dy, {"scenario": scenario})
+    if len(lx) == 1 and len(ly) == 1 and not lx[0][0] and not ly[0][0]:
+        return None
+    if len(lx) == 1:
+        lx = [(e, lx[0][1]) for e, _ in ly]
+    if len(ly) == 1:
+        ly = [(e, ly[0][1]) for e, _ in lx]
+    if [e for e, _ in lx] != [e for e, _ in ly]:
+        msg = f"cannot pair the elements of {dx.name!r} and {dy.name!r} in a phase portrait"
+        raise ValueError(msg)
+    return [(e, xv, yv) for (e, xv), (_, yv) in zip(lx, ly, strict=True)]
 
 
 def _limits(values: np.ndarray) -> tuple[float, float]:
@@ -291,7 +357,9 @@ def scenario_grid(
             panel = rows[r][c]
             for name in group:
                 da = _variable(ds, name)
-                panel.plot(t, da.sel(scenario=scenario).values, label=da.attrs.get("long_name", name))
+                long_name = da.attrs.get("long_name", name)
+                for element, values in _lines(da, {"scenario": scenario}):
+                    panel.plot(t, values, label=f"{long_name}[{element}]" if element else long_name)
             if r == 0:
                 units = {_variable(ds, n).attrs.get("units", "") for n in group}
                 title = _common_stem([_variable(ds, n).attrs.get("long_name", n) for n in group])
@@ -302,7 +370,9 @@ def scenario_grid(
                 panel.set_xlabel(axis_label(ds["time"]))
     handles, labels = rows[0][0].get_legend_handles_labels()
     if ax is None:
-        fig.legend(handles, [lab.split()[-1] for lab in labels], loc="outside lower center", ncols=len(labels))
+        # "hardware A" -> "A"; "arms[USA]" -> "USA": the legend names what differs within a column.
+        short = [m.group(1) if (m := re.search(r"\[([^\[\]]*)\]$", lab)) else lab.split()[-1] for lab in labels]
+        fig.legend(handles, short, loc="outside lower center", ncols=min(len(labels), 6))
     return fig, [a for r in rows for a in r]
 
 
@@ -597,22 +667,31 @@ def fan_chart(
     else:
         fig = ax.figure
     t = ds["time"].values
-    with np.errstate(invalid="ignore"):
-        bands = np.nanpercentile(da.values, percentiles, axis=0)
     qs = list(percentiles)
     pairs = [(i, len(qs) - 1 - i) for i in range(len(qs) // 2)]
-    for depth, (lo, hi) in enumerate(pairs):
-        ax.fill_between(
-            t,
-            bands[lo],
-            bands[hi],
-            color="#0072B2",
-            alpha=0.18 + 0.2 * depth,
-            linewidth=0,
-            label=f"{qs[lo]:g}-{qs[hi]:g}th percentile",
-        )
-    if len(qs) % 2:
-        ax.plot(t, bands[len(qs) // 2], color="0.1", label="median")
+    case = da.dims[0]
+    extra = [d for d in da.dims if d not in (case, "time")]
+    elements = list(itertools.product(*(da[d].values for d in extra))) if extra else [()]
+    colours = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+    for n, element in enumerate(elements):
+        # A subscripted variable: bands and median per element, in its own colour, labelled by element.
+        values = da.sel(dict(zip(extra, element, strict=True))).transpose(case, "time").values if extra else da.values
+        name = ", ".join(map(str, element))
+        colour = colours[n % len(colours)] if extra else "#0072B2"
+        with np.errstate(invalid="ignore"):
+            bands = np.nanpercentile(values, percentiles, axis=0)
+        for depth, (lo, hi) in enumerate(pairs):
+            ax.fill_between(
+                t,
+                bands[lo],
+                bands[hi],
+                color=colour,
+                alpha=(0.18 + 0.2 * depth) / (2 if extra else 1),
+                linewidth=0,
+                label=f"{qs[lo]:g}-{qs[hi]:g}th percentile" if not extra else None,
+            )
+        if len(qs) % 2:
+            ax.plot(t, bands[len(qs) // 2], color="0.1" if not extra else colour, label=name or "median")
     ax.set_xlabel(axis_label(ds["time"]))
     ax.set_ylabel(axis_label(da))
     ax.legend(loc="best")

@@ -8,12 +8,25 @@ Columns (one row per scenario):
     The first numerical fault: ``"non-finite"`` (overflow to inf, or NaN), or a
     value ``"below minimum"`` / ``"above maximum"`` of the range the model
     declares; the variable and the time. ``"none"`` and empty where the run had none.
+    ``"simulation error"`` when PySD raised during the run (e.g. a division by
+    zero): the scenario's values are NaN, the fault variable and time say where
+    it failed (the exception's text when PySD does not say); the other
+    scenarios are unaffected. A subscripted variable's fault names its element,
+    e.g. ``arms[China]``.
+``final <name>[<element>]``
+    The final value of each element of a subscripted variable.
 
 For a Richardson model (all of :data:`armsdyn.richardson.PARAMETER_NAMES` are
 coordinates of the Dataset) also: ``determinant ab-kl``, ``equilibrium X``,
 ``equilibrium Y`` (empty when degenerate), ``eigenvalue 1``/``eigenvalue 2``
 (real and imaginary parts), ``stability`` and ``regime`` (see
 :mod:`armsdyn.richardson`).
+
+For an N-state Richardson model (the subscripted constants of
+:data:`armsdyn.richardson.N_PARAMETER_NAMES`, as in ``models/richardson_n.mdl``)
+also: ``determinant det(A-K)``, ``equilibrium <state>`` per state, ``eigenvalue
+i real``/``imag`` for i = 1..N, ``stability`` and ``regime`` (see
+:class:`armsdyn.richardson.RichardsonN`).
 
 For a model with a disarmament treaty (see :mod:`armsdyn.treaty`) also the
 treaty metrics: hardware and insecurity reductions, dampening efficiency,
@@ -113,7 +126,8 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
     for fault in find_faults(ds):
         row = position[fault.scenario]
         table.iloc[row, table.columns.get_loc("fault")] = fault.problem
-        table.iloc[row, table.columns.get_loc("fault variable")] = fault.variable
+        # A run that failed where PySD could not say: the exception's text stands in for the variable.
+        table.iloc[row, table.columns.get_loc("fault variable")] = fault.variable or fault.text
         table.iloc[row, table.columns.get_loc("fault time")] = fault.time
     richardson = _richardson_columns(ds)
     if richardson is not None:
