@@ -162,11 +162,11 @@ def run(
             "time_units": exp.time.units,
             "armsdyn_version": __version__,
             # Metric options travel with the results so saved results give the same table.
-            "metrics_regain_share": exp.metrics.regain_share,
             "metrics_baseline": exp.metrics.baseline,
         },
     )
     ds.coords["scenario_description"] = ("scenario", [s.description for s in exp.scenarios])
+    ds.coords["baseline"] = ("scenario", [getattr(s, "baseline", None) or exp.metrics.baseline for s in exp.scenarios])
     for var in saved:
         _add_dims(ds, var)
     for var in saved:

@@ -30,8 +30,9 @@ i real``/``imag`` for i = 1..N, ``stability`` and ``regime`` (see
 
 For a model with a disarmament treaty (see :mod:`armsdyn.treaty`) also the
 treaty metrics: hardware and insecurity reductions, dampening efficiency,
-breakout times, mobilisation edge, peak insecurity and cumulative burden, with
-the options (regain share, baseline scenario) read from the Dataset's attrs.
+insecurity over the treaty term against each scenario's baseline (a ``baseline``
+coordinate on ``scenario``, else the ``metrics_baseline`` attr), breakout
+times, mobilisation edges and the burden and foregone output of each state.
 """
 
 from __future__ import annotations
@@ -136,11 +137,12 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
     if richardson is not None:
         table = table.join(richardson)
     if treaty.applies(ds):
-        options = {
-            "regain_share": float(ds.attrs.get("metrics_regain_share", treaty.DEFAULT_REGAIN_SHARE)),
-            "baseline": ds.attrs.get("metrics_baseline") or None,
-        }
-        table = table.join(treaty.treaty_metrics(ds, **options))
+        baselines = None
+        if "baseline" in ds.coords and ds["baseline"].dims == (dim,):
+            baselines = dict(zip(_labels(ds, dim), map(str, ds["baseline"].values.tolist()), strict=True))
+        table = table.join(
+            treaty.treaty_metrics(ds, baseline=ds.attrs.get("metrics_baseline") or None, baselines=baselines)
+        )
     return table
 
 

@@ -379,7 +379,6 @@ def run_study(
         plus the fan-chart variables for the first runs on ``(fan_run, time)``;
         and the indices, dims ``(output, parameter)``.
     """
-    from armsdyn import treaty
     from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_model
     from armsdyn.runner import Reducer, run_chunked
 
@@ -390,9 +389,6 @@ def run_study(
     draws = sample(spec)
     n = len(next(iter(draws.values())))
     fixed = {k: v for k, v in experiment.scenario(spec.scenario).parameters.items() if k not in draws}
-    if treaty.PERIOD in experiment.model.variables and treaty.PERIOD not in draws:
-        # The treaty metrics read the cut period from the run coordinates.
-        fixed.setdefault(treaty.PERIOD, experiment.model.variables[treaty.PERIOD].default)
     samples = {k: np.full(n, float(v)) for k, v in fixed.items()} | draws
     for p in spec.parameters:
         samples |= {other: draws[p.name] for other in p.also}
@@ -403,7 +399,7 @@ def run_study(
     reducer = Reducer(
         outputs=spec.outputs,
         fan_variables=spec.fan_variables,
-        attrs={"metrics_regain_share": experiment.metrics.regain_share, "metrics_baseline": ""},
+        attrs={"metrics_baseline": ""},
     )
     ds = run_chunked(
         experiment.model.path,

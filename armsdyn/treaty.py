@@ -1,81 +1,107 @@
 """Disarmament-treaty metrics: what hardware cuts do to insecurity, and how fast states rebuild.
 
-Computed from any run's saved time series (never inside the model), for every
-scenario and each state ``S`` in ``A, B``. Required variables (model names):
-``hardware S``, ``insecurity S``, ``effective power S`` and ``treaty in force``;
-optional: ``cumulative arms burden S`` or ``arms burden S``. The times
-come from the series themselves, so any model that names its variables this
-way is measured the same way.
+Every event time and every value "at" an event comes from stocks the model
+itself keeps (the knowledge model records them in the integration step in which
+the event happens), and is read at the final time. The metrics therefore do not
+depend on the output interval (``saveper``): a run saved every step and one
+saved every year give the same numbers. Regain times are interpolated linearly
+between the two integration steps around the crossing, so they converge as the
+time step shrinks (see :func:`convergence`).
+
+Required variables (model names), for each state ``S`` in ``A, B``:
+``treaty signed``, ``treaty broken``, ``treaty signing time``, ``treaty
+breakdown time``, ``hardware at signing S``, ``hardware after cuts S``,
+``insecurity at signing S``, ``insecurity after cuts S``, ``power regained S``,
+``regain time S``, ``mean insecurity over term S``. Optional:
+``breakdown by insecurity``, ``breakdown by detection``, ``peak power ratio A
+over B after breakdown`` (and B over A), ``cumulative arms burden S``,
+``cumulative civil output S``.
 
 Definitions
 -----------
-treaty start
-    First saved time at which ``treaty in force`` is on (> 0.5).
-breakdown time
-    First saved time after the start at which ``treaty in force`` is off again.
-cut window
-    From the treaty start to the end of the cuts: the start plus the constant
-    ``disarmament period`` when the model has one, else the time hardware
-    reaches its minimum while the treaty is in force; never past the breakdown.
-pre-treaty value
-    A variable's value at the last saved time before the treaty is in force.
+treaty status
+    ``no treaty``, ``in force to the end``, ``expired`` (its term ended),
+    ``defection`` (a state left it over its insecurity) or ``cheating
+    detected``.
 hardware reduction S
-    ``1 - hardware S at the end of the cut window / its pre-treaty value``.
-insecurity before S, insecurity after S
-    ``insecurity S`` before the treaty and at the end of the cut window.
+    ``1 - hardware after cuts / hardware at signing``: the share the cuts removed.
 insecurity reduction S
-    ``1 - insecurity after / insecurity before``.
-insecurity reduction vs baseline S
-    When a baseline scenario (no treaty) is named: ``1 - insecurity after /
-    baseline insecurity at the same time``, which removes the drift the race
-    would have had anyway.
+    ``1 - insecurity after cuts / insecurity at signing``.
 dampening efficiency S
     ``insecurity reduction / hardware reduction``: 1 means insecurity falls in
     proportion to the cuts; near 0 means the cuts barely dampen it.
+mean insecurity over term S
+    Insecurity averaged over the treaty's term (start to end time).
+insecurity reduction vs baseline S
+    ``1 - mean insecurity over term / the same in the scenario's baseline``
+    (a no-treaty scenario named per scenario, or the ``[metrics]`` baseline):
+    how much less insecure the treaty left the state over its term than the
+    race would have.
 breakout time S
-    Time from breakdown until ``effective power S`` first regains
-    ``regain_share`` (default 0.9) of its pre-treaty value (linear
-    interpolation between saved times).
+    Years from breakdown until ``effective power S`` regains the model's
+    ``regain share`` of its value at signing.
 mobilisation edge A over B
     ``breakout time B - breakout time A``: positive when A rebuilds faster.
-peak insecurity S
-    Maximum of ``insecurity S`` over the run.
-cumulative arms burden S
-    Final ``cumulative arms burden S``, or the time integral of ``arms burden S``.
+relative edge A over B
+    Peak of A's effective power over B's after breakdown (1: no edge).
+cumulative arms burden S, foregone output S
+    Arms spending over the run; ``1 - cumulative civil output / the same in the
+    baseline``, the civil output a scenario gave up (the price of arcadian
+    suppression, or of a race).
 
-Undefined values are explicit: each state has a ``breakout status S`` of
-``"regained"``, ``"not regained"``, ``"no breakdown"`` or ``"no treaty"``, and
-the ``treaty status`` column says ``"no treaty"``, ``"in force to the end"``
-or ``"broke down"``; the numeric cells that cannot be defined are empty (NaN)
-only where the status says why.
+Undefined values are explicit: ``breakout status S`` is ``regained``, ``not
+regained``, ``no breakdown`` or ``no treaty``, and a numeric cell is empty (NaN)
+only where a status says why.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from armsdyn.experiment import case_dim, parameter_values
+from armsdyn.experiment import case_dim
+
+if TYPE_CHECKING:
+    from armsdyn.config import Experiment
 
 STATES = ("A", "B")
-REQUIRED = ("hardware {s}", "insecurity {s}", "effective power {s}")
-TREATY = "treaty in force"
-PERIOD = "disarmament period"
-DEFAULT_REGAIN_SHARE = 0.9
-
+WORLD = ("treaty signed", "treaty broken", "treaty signing time", "treaty breakdown time")
+PER_STATE_RECORDS = (
+    "hardware at signing {s}",
+    "hardware after cuts {s}",
+    "insecurity at signing {s}",
+    "insecurity after cuts {s}",
+    "power regained {s}",
+    "regain time {s}",
+    "mean insecurity over term {s}",
+)
+OPTIONAL = (
+    "breakdown by insecurity",
+    "breakdown by detection",
+    "peak power ratio A over B after breakdown",
+    "cumulative arms burden A",
+    "cumulative arms burden B",
+    "cumulative civil output A",
+    "cumulative civil output B",
+)
 
 PER_STATE = (
     "hardware reduction",
     "insecurity before",
     "insecurity after",
     "insecurity reduction",
-    "insecurity reduction vs baseline",
     "dampening efficiency",
+    "mean insecurity over term",
+    "insecurity reduction vs baseline",
     "breakout time",
     "breakout status",
-    "peak insecurity",
     "cumulative arms burden",
+    "foregone output",
 )
 #: Every column :func:`treaty_metrics` can produce.
 COLUMNS = (
@@ -83,40 +109,35 @@ COLUMNS = (
     "treaty start",
     "breakdown time",
     "mobilisation edge A over B",
+    "relative edge A over B",
     *(f"{key} {s}" for key in PER_STATE for s in STATES),
+)
+#: Columns that compare a scenario with its baseline.
+BASELINE_COLUMNS = tuple(
+    f"{key} {s}" for key in ("insecurity reduction vs baseline", "foregone output") for s in STATES
 )
 
 
 def required_variables() -> list[str]:
-    """Model names of the variables the treaty metrics need."""
-    return [TREATY] + [r.format(s=s) for r in REQUIRED for s in STATES]
+    """Model names of the variables the treaty metrics need saved."""
+    return [*WORLD, *(r.format(s=s) for r in PER_STATE_RECORDS for s in STATES)]
 
 
-def _series(ds: xr.Dataset, name: str) -> np.ndarray | None:
+def _final(ds: xr.Dataset, name: str) -> np.ndarray | None:
+    """Final values of a variable (one per scenario or run), or None if not saved."""
     for key, da in ds.data_vars.items():
         if name in (key, da.attrs.get("long_name")) and da.dims == (case_dim(ds), "time"):
-            return da.values
+            return da.isel(time=-1).values.astype(float)
     return None
 
 
 def applies(ds: xr.Dataset) -> bool:
     """True when the Dataset holds every variable the treaty metrics need."""
-    return all(_series(ds, n) is not None for n in required_variables())
-
-
-def _crossing(t: np.ndarray, y: np.ndarray, level: float) -> float:
-    """First time `y` reaches `level` from below, interpolated; NaN if never."""
-    above = np.flatnonzero(y >= level)
-    if not above.size:
-        return np.nan
-    j = above[0]
-    if j == 0 or y[j] == y[j - 1]:
-        return float(t[j])
-    return float(t[j - 1] + (level - y[j - 1]) * (t[j] - t[j - 1]) / (y[j] - y[j - 1]))
+    return all(_final(ds, n) is not None for n in required_variables())
 
 
 def treaty_metrics(
-    ds: xr.Dataset, *, regain_share: float = DEFAULT_REGAIN_SHARE, baseline: str | None = None
+    ds: xr.Dataset, *, baseline: str | None = None, baselines: Mapping[str, str] | None = None
 ) -> pd.DataFrame:
     """Treaty metrics of every scenario (see the module docstring for definitions).
 
@@ -124,104 +145,136 @@ def treaty_metrics(
     ----------
     ds : xarray.Dataset
         Results with dims ``(scenario, time)`` holding the required variables.
-    regain_share : float
-        Share of pre-treaty effective power whose recovery ends the breakout.
     baseline : str, optional
-        A scenario without a treaty, for ``insecurity reduction vs baseline``.
+        The no-treaty scenario every scenario is compared with, unless
+        `baselines` names another for it.
+    baselines : mapping of str to str, optional
+        Each scenario's own baseline (e.g. a knowledge-lead scenario's
+        no-treaty twin).
 
     Returns
     -------
     pandas.DataFrame
-        One row per scenario.
+        One row per scenario (or run).
 
     Raises
     ------
     KeyError
-        If a required variable or the baseline scenario is missing.
+        If a required variable or a named baseline scenario is missing.
     """
-    if not applies(ds):
-        msg = f"treaty metrics need {TREATY!r} and, for A and B, " + ", ".join(r.format(s="S") for r in REQUIRED)
+    missing = [n for n in required_variables() if _final(ds, n) is None]
+    if missing:
+        msg = f"treaty metrics need these variables saved: {', '.join(missing)}"
         raise KeyError(msg)
-    t = ds["time"].values
     dim = case_dim(ds)
-    scenarios = [str(s) if dim == "scenario" else s for s in ds[dim].values.tolist()]
-    if baseline is not None and baseline not in scenarios:
-        msg = f"baseline scenario {baseline!r} is not among the scenarios ({', '.join(scenarios)})"
-        raise KeyError(msg)
-    treaty = _series(ds, TREATY)
-    period_values = parameter_values(ds, PERIOD)
-    period = None if period_values is None else period_values.values
-    rows = []
-    for i, _name in enumerate(scenarios):
-        on = np.flatnonzero(treaty[i] > 0.5)
-        row: dict[str, float | str] = {}
-        start = end_cut = breakdown = None
-        if on.size:
-            start = int(on[0])
-            pre = max(start - 1, 0)
-            off = np.flatnonzero(treaty[i, start:] <= 0.5)
-            breakdown = start + int(off[0]) if off.size else None
-            row["treaty status"] = "broke down" if breakdown is not None else "in force to the end"
-        else:
-            row["treaty status"] = "no treaty"
-        row["treaty start"] = t[start] if start is not None else np.nan
-        row["breakdown time"] = t[breakdown] if breakdown is not None else np.nan
-        breakouts = {}
+    labels = [str(s) if dim == "scenario" else s for s in ds[dim].values.tolist()]
+    v = {n: _final(ds, n) for n in (*required_variables(), *OPTIONAL)}
+    table = pd.DataFrame(index=pd.Index(labels, name=dim))
+    signed = v["treaty signed"] > 0.5
+    broken = signed & (v["treaty broken"] > 0.5)
+    table["treaty status"] = _status(signed, broken, v)
+    table["treaty start"] = np.where(signed, v["treaty signing time"], np.nan)
+    table["breakdown time"] = np.where(broken, v["treaty breakdown time"], np.nan)
+    ref = _baseline_rows(labels, baseline, baselines)
+    breakout = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
         for s in STATES:
-            hardware = _series(ds, f"hardware {s}")[i]
-            insecurity = _series(ds, f"insecurity {s}")[i]
-            power = _series(ds, f"effective power {s}")[i]
-            row[f"peak insecurity {s}"] = float(np.nanmax(insecurity))
-            row[f"cumulative arms burden {s}"] = _burden(ds, s, i, t)
-            if start is None:
-                for key in (
-                    "hardware reduction",
-                    "insecurity before",
-                    "insecurity after",
-                    "insecurity reduction",
-                    "dampening efficiency",
-                    "breakout time",
-                ):
-                    row[f"{key} {s}"] = np.nan
-                if baseline is not None:
-                    row[f"insecurity reduction vs baseline {s}"] = np.nan
-                row[f"breakout status {s}"] = "no treaty"
-                breakouts[s] = np.nan
-                continue
-            stop = breakdown if breakdown is not None else t.size - 1
-            if period is not None and np.isfinite(period[i]):
-                end_cut = min(int(np.searchsorted(t, t[start] + period[i] - 1e-9)), stop)
-            else:
-                end_cut = start + int(np.argmin(hardware[start : stop + 1]))
-            hw_red = 1.0 - hardware[end_cut] / hardware[pre]
-            before, after = insecurity[pre], insecurity[end_cut]
+            hw_red = 1.0 - v[f"hardware after cuts {s}"] / v[f"hardware at signing {s}"]
+            before, after = v[f"insecurity at signing {s}"], v[f"insecurity after cuts {s}"]
             ins_red = 1.0 - after / before
-            row[f"hardware reduction {s}"] = hw_red
-            row[f"insecurity before {s}"] = before
-            row[f"insecurity after {s}"] = after
-            row[f"insecurity reduction {s}"] = ins_red
-            if baseline is not None:
-                ref = _series(ds, f"insecurity {s}")[scenarios.index(baseline), end_cut]
-                row[f"insecurity reduction vs baseline {s}"] = 1.0 - after / ref
-            row[f"dampening efficiency {s}"] = ins_red / hw_red if hw_red > 0 else np.nan
-            if breakdown is None:
-                row[f"breakout status {s}"] = "no breakdown"
-                breakouts[s] = np.nan
-            else:
-                regained = _crossing(t[breakdown:], power[breakdown:], regain_share * power[pre])
-                breakouts[s] = regained - t[breakdown]
-                row[f"breakout status {s}"] = "not regained" if np.isnan(regained) else "regained"
-            row[f"breakout time {s}"] = breakouts[s]
-        row["mobilisation edge A over B"] = breakouts["B"] - breakouts["A"]
-        rows.append(row)
-    return pd.DataFrame(rows, index=pd.Index(scenarios, name=dim))
+            table[f"hardware reduction {s}"] = np.where(signed, hw_red, np.nan)
+            table[f"insecurity before {s}"] = np.where(signed, before, np.nan)
+            table[f"insecurity after {s}"] = np.where(signed, after, np.nan)
+            table[f"insecurity reduction {s}"] = np.where(signed, ins_red, np.nan)
+            table[f"dampening efficiency {s}"] = np.where(signed & (hw_red > 0), ins_red / hw_red, np.nan)
+            mean = v[f"mean insecurity over term {s}"]
+            table[f"mean insecurity over term {s}"] = mean
+            regained = broken & (v[f"power regained {s}"] > 0.5)
+            breakout[s] = np.where(regained, v[f"regain time {s}"] - v["treaty breakdown time"], np.nan)
+            table[f"breakout time {s}"] = breakout[s]
+            table[f"breakout status {s}"] = np.select(
+                [~signed, ~broken, regained], ["no treaty", "no breakdown", "regained"], "not regained"
+            )
+            burden = v[f"cumulative arms burden {s}"]
+            table[f"cumulative arms burden {s}"] = burden if burden is not None else np.nan
+            if ref is not None:
+                table[f"insecurity reduction vs baseline {s}"] = 1.0 - mean / mean[ref]
+                civil = v[f"cumulative civil output {s}"]
+                if civil is not None:
+                    table[f"foregone output {s}"] = 1.0 - civil / civil[ref]
+    table["mobilisation edge A over B"] = breakout["B"] - breakout["A"]
+    peak = v["peak power ratio A over B after breakdown"]
+    if peak is not None:
+        table["relative edge A over B"] = np.where(broken, peak, np.nan)
+    return table
 
 
-def _burden(ds: xr.Dataset, s: str, i: int, t: np.ndarray) -> float:
-    cumulative = _series(ds, f"cumulative arms burden {s}")
-    if cumulative is not None:
-        return float(cumulative[i, -1] - cumulative[i, 0])
-    rate = _series(ds, f"arms burden {s}")
-    if rate is None:
-        return np.nan
-    return float(np.trapezoid(rate[i], t))
+def _status(signed: np.ndarray, broken: np.ndarray, v: Mapping[str, np.ndarray | None]) -> np.ndarray:
+    zeros = np.zeros(signed.shape)
+    by_insecurity = (v["breakdown by insecurity"] if v["breakdown by insecurity"] is not None else zeros) > 0.5
+    by_detection = (v["breakdown by detection"] if v["breakdown by detection"] is not None else zeros) > 0.5
+    return np.select(
+        [~signed, ~broken, by_detection, by_insecurity],
+        ["no treaty", "in force to the end", "cheating detected", "defection"],
+        "expired",
+    )
+
+
+def _baseline_rows(
+    labels: list[object], baseline: str | None, baselines: Mapping[str, str] | None
+) -> np.ndarray | None:
+    """For each row, the row index of its baseline; None when no row has one."""
+    named = {str(label): baseline for label in labels} if baseline else {}
+    named |= {k: b for k, b in (baselines or {}).items() if b}
+    if not named:
+        return None
+    position = {str(label): i for i, label in enumerate(labels)}
+    unknown = sorted({b for b in named.values() if b not in position})
+    if unknown:
+        msg = f"baseline scenario {unknown[0]!r} is not among the scenarios ({', '.join(map(str, labels))})"
+        raise KeyError(msg)
+    if len(labels) and not all(str(label) in named for label in labels):
+        # A run dimension (a study) has one baseline for all runs or none.
+        return None
+    return np.array([position[named[str(label)]] for label in labels])
+
+
+def convergence(
+    experiment: Experiment, *, steps: tuple[float, ...] | None = None, tolerance: float = 0.02
+) -> pd.DataFrame:
+    """Each numeric treaty metric at the experiment's step dt and at dt/2 and dt/4.
+
+    Parameters
+    ----------
+    experiment : armsdyn.Experiment
+        The experiment to rerun.
+    steps : tuple of float, optional
+        Time steps to compare (default: dt, dt/2, dt/4).
+    tolerance : float
+        Relative change between the last two steps above which a metric is
+        flagged as not converged.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``(scenario, metric)``; a column per step, ``relative change``
+        between the last two and ``converged``.
+    """
+    from armsdyn.experiment import run
+    from armsdyn.metrics import compute_metrics  # metrics imports this module
+
+    dt = experiment.time.step
+    steps = steps or (dt, dt / 2, dt / 4)
+    tables = {}
+    for step in steps:
+        ds = run(replace(experiment, time=replace(experiment.time, step=step)))
+        metrics = compute_metrics(ds)
+        numeric = [c for c in COLUMNS if c in metrics.columns and pd.api.types.is_numeric_dtype(metrics[c])]
+        tables[step] = metrics[numeric].stack(future_stack=True)
+    out = pd.DataFrame(tables)
+    out.index.names = ["scenario", "metric"]
+    last, prev = out[steps[-1]], out[steps[-2]]
+    change = (last - prev).abs() / np.maximum(np.abs(last), 1e-12)
+    out["relative change"] = change.where(np.isfinite(last) | np.isfinite(prev))
+    out["converged"] = (change <= tolerance) | (~np.isfinite(last) & ~np.isfinite(prev))
+    return out

@@ -1,6 +1,8 @@
-"""Treaty metrics on series whose answers are known by construction, and on the shipped experiment."""
+"""Treaty metrics from the model's event records: known answers by construction, and the shipped experiment."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,103 +10,117 @@ import pytest
 import xarray as xr
 
 import armsdyn
-from armsdyn.treaty import COLUMNS, treaty_metrics
+from armsdyn.treaty import COLUMNS, OPTIONAL, required_variables, treaty_metrics
 from tests.conftest import CONFIGS, run_cli
 
 T = np.arange(0.0, 20.5, 0.5)
 
+# Final values of the records for two scenarios: "s" signed at 5, cut 60% of its
+# hardware (100 -> 40) while insecurity fell 1.0 -> 0.85, ended at 12 and
+# regained its power at 17; "t" never signed.
+RECORDS = {
+    "treaty signed": (1, 0),
+    "treaty broken": (1, 0),
+    "treaty signing time": (5, 0),
+    "treaty breakdown time": (12, 0),
+    "breakdown by insecurity": (1, 0),
+    "hardware at signing {s}": (100, 0),
+    "hardware after cuts {s}": (40, 0),
+    "insecurity at signing {s}": (1.0, 0),
+    "insecurity after cuts {s}": (0.85, 0),
+    "power regained {s}": (1, 0),
+    "regain time {s}": (17, 0),
+    "mean insecurity over term {s}": (0.6, 0.8),
+    "cumulative civil output {s}": (900, 1000),
+}
 
-def _dataset(treaty: np.ndarray, hardware: np.ndarray, insecurity: np.ndarray, power: np.ndarray) -> xr.Dataset:
-    """Two scenarios ("s", a copy "t"), both states alike, from given series."""
 
-    def var(values: np.ndarray, name: str) -> xr.DataArray:
-        return xr.DataArray(np.vstack([values, values]), dims=("scenario", "time"), attrs={"long_name": name})
-
-    data = {"treaty_in_force": var(treaty, "treaty in force")}
-    for s in "AB":
-        data[f"hardware_{s}"] = var(hardware, f"hardware {s}")
-        data[f"insecurity_{s}"] = var(insecurity, f"insecurity {s}")
-        data[f"effective_power_{s}"] = var(power, f"effective power {s}")
-        data[f"arms_burden_{s}"] = var(np.full_like(T, 2.0), f"arms burden {s}")
+def _dataset(records: dict[str, tuple[float, float]]) -> xr.Dataset:
+    """Records as series that reach their final value only at the last time (earlier values must not matter)."""
+    data = {}
+    for template, (s_value, t_value) in records.items():
+        for name in {template.format(s=s) for s in "AB"}:
+            series = np.zeros((2, T.size))
+            series[:, -1] = (s_value, t_value)
+            data[name.replace(" ", "_")] = xr.DataArray(series, dims=("scenario", "time"), attrs={"long_name": name})
     return xr.Dataset(data, coords={"scenario": ["s", "t"], "time": ("time", T, {"units": "Year"})})
 
 
-def test_metrics_follow_their_definitions_on_constructed_series() -> None:
-    treaty = ((T >= 5) & (T < 12)).astype(float)  # in force from 5, breaks down at 12
-    hardware = np.where(T < 5, 100.0, np.where(T < 8, 100 - 20 * (T - 5), 40.0))  # cut 60% by t = 8
-    insecurity = np.where(T < 5, 1.0, np.where(T < 8, 1.0 - 0.05 * (T - 5), 0.85))  # falls 15%
-    # Power 100 before, 40 during; from the breakdown it climbs 10 per year: regains 90 at 12 + 5.
-    power = np.where(T < 5, 100.0, np.where(T < 12, 40.0, np.minimum(40 + 10 * (T - 12), 100.0)))
-    row = treaty_metrics(_dataset(treaty, hardware, insecurity, power)).loc["s"]
-    assert row["treaty status"] == "broke down"
+def test_metrics_follow_their_definitions_on_constructed_records() -> None:
+    table = treaty_metrics(_dataset(RECORDS), baseline="t")
+    row = table.loc["s"]
+    assert row["treaty status"] == "defection"
     assert row["treaty start"] == 5.0
     assert row["breakdown time"] == 12.0
     assert row["hardware reduction A"] == pytest.approx(0.6)
-    assert row["insecurity before A"] == 1.0
-    assert row["insecurity after A"] == pytest.approx(0.85)
     assert row["insecurity reduction A"] == pytest.approx(0.15)
     assert row["dampening efficiency A"] == pytest.approx(0.25)
+    assert row["insecurity reduction vs baseline A"] == pytest.approx(0.25)
+    assert row["foregone output A"] == pytest.approx(0.1)
     assert row["breakout time A"] == pytest.approx(5.0)
     assert row["breakout status A"] == "regained"
     assert row["mobilisation edge A over B"] == 0.0
-    assert row["peak insecurity A"] == 1.0
-    assert row["cumulative arms burden A"] == pytest.approx(2.0 * 20.0)
-    assert set(treaty_metrics(_dataset(treaty, hardware, insecurity, power)).columns) <= set(COLUMNS)
-
-
-def test_breakout_is_interpolated_between_saved_times() -> None:
-    treaty = ((T >= 5) & (T < 12)).astype(float)
-    hardware = np.where((T >= 5) & (T < 12), 10.0, 100.0)
-    power = np.where(T < 5, 100.0, np.where(T < 12, 10.0, 10 + 30 * (T - 12)))  # reaches 90 at 12 + 80/30
-    row = treaty_metrics(_dataset(treaty, hardware, np.ones_like(T), power)).loc["s"]
-    assert row["breakout time A"] == pytest.approx(80 / 30)
+    assert set(table.columns) <= set(COLUMNS)
+    assert table.loc["t", "treaty status"] == "no treaty"
+    assert table.loc["t", "breakout status A"] == "no treaty"
+    assert np.isnan(table.loc["t", "breakout time A"])
 
 
 @pytest.mark.parametrize(
-    ("treaty", "power", "status", "treaty_status"),
+    ("changes", "status", "treaty_status"),
     [
-        (np.zeros_like(T), np.full_like(T, 100.0), "no treaty", "no treaty"),
-        ((T >= 5).astype(float), np.where(T < 5, 100.0, 40.0), "no breakdown", "in force to the end"),
-        (((T >= 5) & (T < 12)).astype(float), np.where(T < 5, 100.0, 40.0), "not regained", "broke down"),
+        ({"treaty broken": (0, 0)}, "no breakdown", "in force to the end"),
+        ({"power regained {s}": (0, 0)}, "not regained", "defection"),
+        ({"breakdown by insecurity": (0, 0)}, "regained", "expired"),
     ],
-    ids=["no-treaty", "no-breakdown", "never-regained"],
+    ids=["no-breakdown", "never-regained", "expired"],
 )
-def test_undefined_values_are_explicit(treaty: np.ndarray, power: np.ndarray, status: str, treaty_status: str) -> None:
-    row = treaty_metrics(_dataset(treaty, np.full_like(T, 100.0), np.ones_like(T), power)).loc["s"]
+def test_undefined_values_are_explicit(changes: dict, status: str, treaty_status: str) -> None:
+    row = treaty_metrics(_dataset({**RECORDS, **changes})).loc["s"]
     assert row["breakout status A"] == status
     assert row["treaty status"] == treaty_status
-    assert np.isnan(row["breakout time A"])
-    assert np.isnan(row["mobilisation edge A over B"])
+    assert np.isnan(row["breakout time A"]) == (status != "regained")
 
 
-def test_baseline_comparison_and_missing_baseline() -> None:
-    treaty = ((T >= 5) & (T < 12)).astype(float)
-    ds = _dataset(treaty, np.full_like(T, 100.0), np.full_like(T, 0.8), np.full_like(T, 100.0))
-    ds["insecurity_A"].loc[{"scenario": "t"}] = 1.0  # "t" plays a baseline at insecurity 1
-    table = treaty_metrics(ds, baseline="t")
-    assert table.loc["s", "insecurity reduction vs baseline A"] == pytest.approx(0.2)
+def test_each_scenario_is_compared_with_its_own_baseline() -> None:
+    ds = _dataset(RECORDS)
+    table = treaty_metrics(ds, baseline="s", baselines={"s": "t"})
+    assert table.loc["s", "insecurity reduction vs baseline A"] == pytest.approx(0.25)
+    assert table.loc["t", "insecurity reduction vs baseline A"] == pytest.approx(1 - 0.8 / 0.6)
     with pytest.raises(KeyError, match="baseline scenario 'nope' is not among the scenarios"):
-        treaty_metrics(ds, baseline="nope")
+        treaty_metrics(ds, baselines={"s": "nope"})
+    with pytest.raises(KeyError, match="treaty metrics need these variables saved: treaty signed"):
+        treaty_metrics(ds.drop_vars("treaty_signed"))
 
 
-def test_main_experiment_runs_end_to_end(tmp_path: pytest.TempPathFactory) -> None:
+def test_main_experiment_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "dvk"
     proc = run_cli("run", CONFIGS / "disarmament_vs_knowledge.toml", "--out", out)
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(out / "metrics.csv", index_col="scenario")
     assert table.loc["baseline", "treaty status"] == "no treaty"
     assert table.loc["baseline", "breakout status A"] == "no treaty"
-    assert table.loc["disarm_knowledge_persists", "treaty status"] == "broke down"
+    assert table.loc["disarm_knowledge_persists", "treaty status"] == "expired"
+    assert table.loc["disarm_knowledge_persists", "breakdown time"] == 60
+    assert table.loc["arcadian_cheating_B", "treaty status"] == "cheating detected"
+    # The arcadian levers cost output; the plain treaty does not.
+    assert table.loc["arcadian", "foregone output A"] > 0.3
+    assert abs(table.loc["disarm_knowledge_persists", "foregone output A"]) < 0.05
     for stem in ("scenario_panels", "breakout_times", "insecurity_reduction_vs_half_life"):
         assert (out / "figures" / f"{stem}.pdf").is_file()
-        assert (out / "figures" / f"{stem}.png").is_file()
     with xr.open_dataset(out / "results.nc") as ds:
-        assert ds.attrs["metrics_baseline"] == "baseline"
         # The table is reproducible from the saved results alone.
         again = armsdyn.compute_metrics(ds.load())
     pd.testing.assert_series_equal(
         again["breakout time A"], table["breakout time A"], check_names=False, check_exact=False, rtol=1e-12
     )
+
+
+def test_the_main_config_saves_every_record_the_metrics_read() -> None:
+    experiment = armsdyn.load_config(CONFIGS / "disarmament_vs_knowledge.toml")
+    saved = set(experiment.variables)
+    assert set(required_variables()) <= saved
+    assert {v for v in OPTIONAL if v in experiment.model.variables} <= saved
 
 
 def test_security_views_experiment_runs() -> None:
