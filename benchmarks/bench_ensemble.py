@@ -219,6 +219,61 @@ def study(args: argparse.Namespace) -> None:
     print(memory_line())
 
 
+CHOICE_MODES = ("numpy-1p", "numpy-2p", "numba-cold", "numba-warm", "auto-cold", "auto-warm")
+"""Columns of the --choices table: numpy in one process and in two (``run_ensemble(workers=2)``);
+numba (one process, a thread per core) with an empty kernel cache (compilation included) and with a
+filled one; the automatic choice (``backend="auto"``, ``workers=choose_workers(...)``) both ways."""
+
+
+def choice_cell(path: Path, n: int, mode: str, cache: str) -> float:
+    """Wall seconds of one study of `n` runs of `path` in `mode`, in this (fresh) process."""
+    from armsdyn.ensemble import choose_workers, compile_model, run_ensemble
+
+    os.environ["ARMSDYN_CACHE_DIR"] = cache
+    backend = mode.split("-")[0]
+    model = compile_model(path, backend=backend)
+    samples = samples_for(model, n)
+    if mode.endswith("warm"):
+        # Fill the kernel cache, then time a new process.
+        compile_model(path, backend="numba").run({k: v[:2] for k, v in samples.items()})
+        return float(subprocess_cell(path, n, mode.replace("warm", "cold"), cache))
+    workers = 2 if mode == "numpy-2p" else 1
+    if backend == "auto":
+        workers = choose_workers(path, n)
+    start = time.perf_counter()
+    run_ensemble(path, samples, workers=workers, backend=backend)
+    return time.perf_counter() - start
+
+
+def subprocess_cell(path: Path, n: int, mode: str, cache: str) -> str:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--cell", str(path), str(n), mode, cache]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+
+
+def choices(args: argparse.Namespace) -> None:
+    """Wall time of studies of every size on every model, in every mode, and the automatic choice's."""
+    models = [Path(p) for p in args.models.split(",")] if args.models else [
+        *sorted((ROOT / "models").glob("*.mdl")), *sorted((ROOT / "benchmarks" / "models").glob("*.mdl")),
+    ]  # fmt: skip
+    sizes = [int(float(v)) for v in args.sizes.split(",")]
+    print(f"# {os.cpu_count()} CPUs; wall seconds per study; each cell a fresh process")
+    print("| model | runs | " + " | ".join(CHOICE_MODES) + " | auto / best |")
+    print("|---|---:|" + "---:|" * (len(CHOICE_MODES) + 1))
+    for path in models:
+        for n in sizes:
+            cells = {}
+            for mode in CHOICE_MODES:
+                with tempfile.TemporaryDirectory() as cache:
+                    cells[mode] = float(subprocess_cell(path, n, mode, cache))
+            best_cold = min(cells[m] for m in ("numpy-1p", "numpy-2p", "numba-cold"))
+            best_warm = min(cells[m] for m in ("numpy-1p", "numpy-2p", "numba-warm"))
+            ratio = max(cells["auto-cold"] / best_cold, cells["auto-warm"] / best_warm)
+            row = " | ".join(f"{cells[m]:.2f}" for m in CHOICE_MODES)
+            print(f"| {path.name} | {n:,} | {row} | {ratio:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=100_000, help="ensemble size (default 100000)")
@@ -232,8 +287,17 @@ def main() -> None:
     parser.add_argument("--study", type=int, default=0, help="run an N-sample Richardson study instead")
     parser.add_argument("--study-chunk", type=int, default=50_000, help="chunk size of --study")
     parser.add_argument("--workers", type=int, default=None, help="worker processes of --study (default: CPUs)")
+    parser.add_argument("--choices", action="store_true", help="the automatic-choice table (see CHOICE_MODES)")
+    parser.add_argument("--models", default="", help="comma-separated model files of --choices")
+    parser.add_argument("--sizes", default="1e3,1e4,1e5", help="study sizes of --choices")
+    if sys.argv[1:2] == ["--cell"]:
+        _, path, n, mode, cache = sys.argv[1:]
+        print(choice_cell(Path(path), int(n), mode, cache))
+        return
     args = parser.parse_args()
-    if args.study:
+    if args.choices:
+        choices(args)
+    elif args.study:
         study(args)
     else:
         speed(args)

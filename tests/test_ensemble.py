@@ -137,8 +137,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: Path(p).name)
 def test_models_match_pysd_for_sampled_constants(path: Path, backend: str) -> None:
-    model = compile_model(path, backend=backend)
-    assert model.backend == backend
+    try:
+        model = compile_model(path, backend=backend)
+        assert model.backend == backend
+    except UnsupportedConstruct as exc:  # a clean fallback to PySD; any other exception fails
+        pytest.skip(f"unsupported construct {exc.construct} in {exc.variable!r}")
     samples = vary_constants(model, 20)
     names = value_names(model)
     ds = model.run(samples, variables=names, chunk_size=8)  # several chunks, last one partial
@@ -150,23 +153,25 @@ def test_models_match_pysd_for_sampled_constants(path: Path, backend: str) -> No
 def test_conformance_cases_match_pysd(path: Path, backend: str) -> None:
     try:
         load_model(path)
-    except ModelError as exc:
+    except Exception as exc:  # PySD's own KeyErrors too: whatever it cannot run
         with pytest.raises(ModelError):  # what PySD cannot read, the engine must not claim to run
             compile_model(path, backend=backend)
         pytest.skip(f"PySD cannot run this case: {exc}")
+    # The engine either runs the case or falls back cleanly: an UnsupportedConstruct from compiling,
+    # choosing the backend or running; any other exception fails the test.
     try:
         model = compile_model(path, backend=backend)
         assert model.backend == backend
+        # Two identical samples at the defaults: the per-sample array code, checked against PySD's default run.
+        samples = {
+            v.name: np.full(2, v.default)
+            for v in model.variables.values()
+            if v.kind == "constant" and v.default is not None
+        }
+        names = value_names(model)
+        ds = model.run(samples, variables=names)
     except UnsupportedConstruct as exc:
         pytest.skip(f"unsupported construct {exc.construct} in {exc.variable!r}")
-    # Two identical samples at the defaults: the per-sample array code, checked against PySD's default run.
-    samples = {
-        v.name: np.full(2, v.default)
-        for v in model.variables.values()
-        if v.kind == "constant" and v.default is not None
-    }
-    names = value_names(model)
-    ds = model.run(samples, variables=names)
     assert_matches_pysd(path, ds, samples, names)
 
 
@@ -323,3 +328,124 @@ def test_backend_choice() -> None:
         compile_model(MODELS / "richardson.mdl", backend="fortran")
     if NUMBA:
         assert "nogil=True" in auto.source(backend="numba")
+
+
+CONTROLS = "INITIAL TIME = 0 ~~|\nFINAL TIME = {final} ~~|\nTIME STEP = 0.5 ~~|\nSAVEPER = {saveper} ~~|\n"
+GROWTH = "{UTF-8}\nstock = INTEG(rate, 1) ~~|\nrate = k * stock ~~|\nk = 0.1 ~~|\nx = 5 ~~|\n"
+
+
+@pytest.mark.parametrize(
+    ("final", "construct"),
+    [("x * 2", "a time control defined by model variables"), ("10 + stock", "a time control that changes")],
+)
+def test_time_controls_defined_by_variables_fall_back_cleanly(tmp_path: Path, final: str, construct: str) -> None:
+    path = tmp_path / "controls.mdl"
+    path.write_text(GROWTH + CONTROLS.format(final=final, saveper=1), encoding="utf-8")
+    with pytest.raises(UnsupportedConstruct, match=construct) as info:
+        compile_model(path)
+    assert info.value.variable == "FINAL TIME"
+    with pytest.warns(FallbackWarning, match="FINAL TIME"):
+        ds = run_ensemble(path, {"k": np.array([0.1, 0.2])})
+    assert ds.attrs["engine"] == "pysd"
+
+
+def test_time_controls_defined_by_other_controls_compile(tmp_path: Path, backend: str) -> None:
+    path = tmp_path / "controls.mdl"
+    path.write_text(GROWTH + CONTROLS.format(final="(TIME STEP + 4.5) * 2", saveper="TIME STEP"), encoding="utf-8")
+    model = compile_model(path, backend=backend)
+    assert (model.time.final, model.time.saveper) == (10.0, 0.5)
+    samples = {"k": np.array([0.1, 0.3])}
+    assert_matches_pysd(path, model.run(samples), samples, ["stock", "rate"])
+
+
+def test_constant_folding_divides_by_zero_as_numpy_does(tmp_path: Path, backend: str) -> None:
+    # PySD's Python floats raise ZeroDivisionError here; with sampled (numpy) values it gives inf or
+    # nan. The engine folds to those values and leaves them to the fault scan.
+    path = tmp_path / "divide.mdl"
+    path.write_text(
+        GROWTH
+        + "zero = 0 ~~|\ninf = 1/0 ~~|\nnan = 0/0 ~~|\nratio = k / zero ~~|\nundefined = zero / zero ~~|\n"
+        + "mixed = stock * (2 / 0) - stock * (10.0 ^ 400) ~~|\nlk([(0,0)-(10,10)],(0,1),(10,2)) ~~|\nl5 = lk(5) ~~|\n"
+        + CONTROLS.format(final=2, saveper=1),
+        encoding="utf-8",
+    )
+    model = compile_model(path, backend=backend)
+    assert model.variable("inf").default == np.inf
+    assert np.isnan(model.variable("nan").default)
+    assert model.variable("l5").default == 1.5
+    ds = model.run({}, variables=["ratio", "mixed", "undefined"])
+    assert (ds["ratio"].values == np.inf).all()
+    assert np.isnan(ds["mixed"].values).all()  # inf - inf
+    assert np.isnan(ds["undefined"].values).all()
+    ds = model.run({"zero": np.array([0.0, 2.0])}, variables=["ratio"])
+    np.testing.assert_array_equal(ds["ratio"].values[:, 0], [np.inf, 0.05])
+
+
+LOOKUPS_MDL = """{UTF-8}
+x = Time * speed - 4 ~~|
+speed = 0.6 ~~|
+table([(0,0)-(10,10)],(0,1),(1,3),(2,2),(4,6),(5,5.5)) ~~|
+interpolated = table(x) ~~|
+with lookup = WITH LOOKUP(x, ([(0,0)-(10,10)],(-1,0),(3,2),(7,1))) ~~|
+short = WITH LOOKUP(x, ([(0,0)-(10,10)],(1,7),(2,-1))) ~~|
+big([(0,0)-(100,100)],{big}) ~~|
+large = big(x * 9) ~~|
+stock = INTEG(interpolated + with lookup - stock / 4, 0) ~~|
+INITIAL TIME = 0 ~~|
+FINAL TIME = 20 ~~|
+TIME STEP = 0.25 ~~|
+SAVEPER = 0.5 ~~|
+"""
+
+
+def test_lookups_match_pysd_on_both_sides_of_every_point(tmp_path: Path, backend: str) -> None:
+    # Vensim lookups in every form (named, WITH LOOKUP, two points, more points than the numba backend
+    # unrolls), swept from below the first point to beyond the last one.
+    path = tmp_path / "lookups.mdl"
+    path.write_text(LOOKUPS_MDL.replace("{big}", ",".join(f"({i},{(i * 7) % 11})" for i in range(80))))
+    model = compile_model(path, backend=backend)
+    names = value_names(model)
+    samples = {"speed": np.array([0.6, 0.25, 0.5])}
+    ds = model.run(samples, variables=names)
+    assert_matches_pysd(path, ds, samples, names)
+
+
+XMILE_GF = """<xmile xmlns="http://docs.oasis-open.org/xmile/ns/XMILE/v1.0" version="1.0">
+    <header><vendor>armsdyn tests</vendor><product lang="en">armsdyn</product></header>
+    <sim_specs method="Euler" time_units="Months"><start>0</start><stop>20</stop><dt>0.5</dt></sim_specs>
+    <model>
+        <variables>
+            <gf name="effect"><xscale min="0" max="10"/><ypts>0,1,4,9,16,25</ypts></gf>
+            <gf name="held" type="discrete"><xpts>0,5,10</xpts><ypts>1,2,3</ypts></gf>
+            <gf name="ext" type="extrapolate"><xpts>0,5,10</xpts><ypts>1,2,4</ypts></gf>
+            <aux name="y"><eqn>effect(TIME / 2)</eqn></aux>
+            <aux name="h"><eqn>held(TIME) + ext(TIME)</eqn></aux>
+            <aux name="g"><eqn>TIME</eqn><gf><xscale min="0" max="20"/><ypts>0,3,1</ypts></gf></aux>
+            <aux name="u"><eqn>g * 2</eqn></aux>
+            <stock name="s"><eqn>0</eqn><inflow>f</inflow></stock>
+            <flow name="f"><eqn>y + h + u</eqn></flow>
+        </variables>
+    </model>
+</xmile>
+"""
+
+
+def test_xmile_graphical_functions_by_name_match_pysd(tmp_path: Path, backend: str) -> None:
+    # Standalone gf elements (xscale, xpts; continuous, discrete, extrapolating) called by name,
+    # and a variable with its own gf referenced by name.
+    path = tmp_path / "gf.xmile"
+    path.write_text(XMILE_GF, encoding="utf-8")
+    model = compile_model(path, backend=backend)
+    names = value_names(model)
+    ds = model.run({}, variables=names)
+    assert_matches_pysd(path, ds, {}, names)
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_numba_lookups_stay_in_the_vectorised_kernel(tmp_path: Path) -> None:
+    path = tmp_path / "lookups.mdl"
+    path.write_text(LOOKUPS_MDL.replace("{big}", ",".join(f"({i},{i % 3})" for i in range(80))))
+    source = compile_model(path, backend="numba").source(["interpolated", "with lookup", "short", "large"])
+    assert "prefer_wide_vectors()" in source
+    assert source.count("= table_function(") == 3  # the 80-point table keeps np.interp
+    assert "_lookup(LK_big_x, LK_big_y" in source

@@ -107,3 +107,38 @@ def test_loops_calling_them_vectorise() -> None:
     _power_all(x, x, np.empty_like(x))
     ir = _power_all.inspect_llvm(_power_all.signatures[0])
     assert re.search(r"fdiv <\d+ x double>", ir), "the loop over samples did not vectorise"
+
+
+@pytest.mark.parametrize("kind", ["interpolate", "extrapolate", "hold_backward"])
+def test_unrolled_lookup_tables_give_the_numpy_backends_values_to_the_bit(kind: str) -> None:
+    from armsdyn.ensemble import _runtime
+    from armsdyn.ensemble._vecmath import table_function
+
+    reference = {
+        "interpolate": _runtime.lookup,
+        "extrapolate": _runtime.lookup_extrapolate,
+        "hold_backward": _runtime.lookup_hold,
+    }[kind]
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 7, 64):
+        xs = np.sort(rng.choice(np.arange(-100, 100.0), n, replace=False)) * 0.37
+        ys = rng.normal(size=n) * 10
+        table = table_function(kind, xs, ys)
+
+        @njit(error_model="numpy")
+        def lookup_all(x: np.ndarray, out: np.ndarray) -> None:
+            for i in range(x.shape[0]):
+                out[i] = table(x[i])  # noqa: B023  (compiled now, with this table)
+
+        # Random points, every table point, just either side of each, beyond both ends, specials.
+        x = np.concatenate(
+            [rng.uniform(-45, 45, 2000), xs, np.nextafter(xs, -np.inf), np.nextafter(xs, np.inf), SPECIAL]
+        )
+        out = np.empty_like(x)
+        lookup_all(x, out)
+        with np.errstate(invalid="ignore"):
+            want = reference(xs, ys, x)
+        np.testing.assert_array_equal(out, want, err_msg=f"{kind}, {n} points")
+        if n == 64:
+            ir = lookup_all.inspect_llvm(lookup_all.signatures[0])
+            assert re.search(r"select <\d+ x i1>", ir), "the loop over samples did not vectorise"

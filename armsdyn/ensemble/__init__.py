@@ -29,7 +29,7 @@ then falls back to PySD (one run per sample) with a :class:`FallbackWarning`.
 
 from armsdyn.ensemble._engine import BACKENDS, DEFAULT_CHUNK_SIZE, CompiledModel, compile_model
 from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
-from armsdyn.ensemble._parallel import run_ensemble
+from armsdyn.ensemble._parallel import choose_workers, run_ensemble
 
 __all__ = [
     "BACKENDS",
@@ -38,6 +38,7 @@ __all__ = [
     "FallbackWarning",
     "SampleError",
     "UnsupportedConstruct",
+    "choose_workers",
     "compile_model",
     "run_ensemble",
 ]

@@ -21,6 +21,7 @@ numbers are written with ``repr``.
 
 from __future__ import annotations
 
+import ast as ast_module
 import math
 import re
 from dataclasses import dataclass, field
@@ -246,6 +247,7 @@ class Compiler:
         for element in self.section.elements:
             self.namespace.add_to_namespace(element.name)
         self.clean = self.namespace.cleanspace
+        self._elements_by_py = {self.namespace.namespace[e.name]: e for e in self.section.elements}
         self._element: str = ""
         self._memo: dict[int, str] = {}
         self._memo_kind: dict[str, str] = {}
@@ -253,7 +255,7 @@ class Compiler:
         self._counter = 0
         self._last_stateful: str | None = None
         self._integ_refs: dict[str, tuple[str, ...]] = {}
-        self._control_code: dict[str, Code] = {}
+        self._control_code: dict[str, tuple[str, Code]] = {}
 
     # ------------------------------------------------------------------ model level
     def compile(self) -> ModelGraph:
@@ -328,21 +330,34 @@ class Compiler:
     def _control(self, element: Any, py: str) -> None:
         if py not in CONTROL:
             raise UnsupportedConstruct(self.path, element.name, "a time control PySD does not know")
-        self._control_code[py] = self.visit(element.components[0].ast, "step")
+        code = self.visit(element.components[0].ast, "step")
+        if code.deps:
+            # PySD evaluates a control like a variable (it may even change during the run); the
+            # generated code needs fixed numbers before the first step.
+            what = (
+                "a time control that changes during the run"
+                if self._dynamic_refs(code)
+                else ("a time control defined by model variables")
+            )
+            raise UnsupportedConstruct(self.path, element.name, what)
+        self._control_code[py] = (element.name, code)
         if py == "time_step":
             units = element.units if isinstance(element.units, str) else ""
             self.graph.time_units = units
 
     def _resolve_controls(self) -> None:
         # Controls are constant expressions that may refer to each other (SAVEPER = TIME STEP).
-        pending = dict(self._control_code)
-        env: dict[str, float] = {}
+        pending = {py: code for py, (_, code) in self._control_code.items()}
+        env: dict[str, Any] = {}
         while pending:
             progressed = False
             for py, code in list(pending.items()):
                 needed = {CONTROL[d] for d in _control_refs(code)}
                 if needed <= set(env):
-                    env[CONTROL[py]] = float(_evaluate(code.text, env))
+                    value = self._fold(code.text, env, self._control_code[py][0])
+                    if np.ndim(value) != 0:
+                        raise UnsupportedConstruct(self.path, self._control_code[py][0], "an array-valued time control")
+                    env[CONTROL[py]] = float(value)
                     del pending[py]
                     progressed = True
             if not progressed:
@@ -362,8 +377,10 @@ class Compiler:
         created = self.graph.statefuls[n_before:]
         if not created and not step.deps and not init.deps and not _uses_controls(step):
             # PySD's "Constant": a number or an expression of numbers; samples may replace it.
-            value = _evaluate(step.text, {})
-            self.graph.constants[py] = value.item() if isinstance(value, np.ndarray) else value
+            value = self._fold(step.text, {}, element.name)
+            if isinstance(value, np.ndarray | np.generic):
+                value = value.item() if value.size == 1 else value
+            self.graph.constants[py] = value
             self.graph.nodes[name] = Node(name, Code(f"C[{py!r}]"), Code(f"C[{py!r}]"), constant=py)
             self._info(element, py, "constant", name)
             return
@@ -376,6 +393,68 @@ class Compiler:
         integs = [s for s in created if s.kind == "integ"]
         if integs:
             info.flows = self._integ_refs.get(integs[0].var, ())
+
+    def _dynamic_refs(self, code: Code) -> bool:
+        """Whether `code` reads time or a state, directly or through the variables it names."""
+        seen: set[str] = set()
+        todo = list(code.deps)
+        while todo:
+            dep = todo.pop()
+            if dep == "T" or dep.startswith("S:"):
+                return True
+            if dep in seen:
+                continue
+            seen.add(dep)
+            node = self.graph.nodes.get(dep)
+            if node is not None:
+                todo += node.step.deps | node.init.deps
+            elif dep.startswith("v_"):
+                # Not compiled yet (controls come before the other variables): ask the parsed model.
+                element = self._elements_by_py.get(dep[2:])
+                if element is None or self._element_is_dynamic(element):
+                    return True
+        return False
+
+    def _element_is_dynamic(self, element: Any) -> bool:
+        from pysd.translators.structures import abstract_expressions as ae
+
+        stack = [component.ast for component in element.components]
+        visited = {id(element)}
+        while stack:
+            ast = stack.pop()
+            if isinstance(ast, ae.ReferenceStructure):
+                if ast.reference == "time":
+                    return True
+                other = self._elements_by_py.get(self.clean.get(ast.reference, ""))
+                if other is not None and id(other) not in visited:
+                    visited.add(id(other))
+                    stack += [component.ast for component in other.components]
+            elif self._stateful_spec(ast) is not None:
+                return True
+            elif hasattr(ast, "__dataclass_fields__"):
+                stack += [getattr(ast, f) for f in ast.__dataclass_fields__]
+            elif isinstance(ast, list | tuple):
+                stack += list(ast)
+        return False
+
+    def _fold(self, text: str, env: dict[str, Any], variable: str) -> Any:
+        """The value of a constant expression, as PySD computes it; divisions by zero give inf or nan.
+
+        PySD evaluates a constant with Python floats, which raise on a division by zero
+        or an overflow where a run with sampled (numpy) values gives inf or nan; the
+        engine folds to numpy's result and leaves reporting it to the fault scan.
+        """
+        tables = {
+            f"{name}_{axis}": table[i] for name, table in self.graph.lookups.items() for i, axis in ((0, "x"), (1, "y"))
+        }
+        try:
+            return _evaluate(text, {**tables, **env})
+        except ArithmeticError:
+            return _evaluate(text, {**tables, **env}, as_numpy=True)
+        except Exception as exc:  # a name or type the folding cannot handle
+            raise UnsupportedConstruct(
+                self.path, variable, "an expression the engine cannot evaluate", f"{type(exc).__name__}: {exc}"
+            ) from None
 
     def _check_references(self) -> None:
         for node in self.graph.nodes.values():
@@ -456,14 +535,32 @@ class Compiler:
             arg = _lower(args[0], order)
             if ops[0] == "negative":
                 order = 1
-            return Code(template.format(x=arg.text), order, deps, boolean)
+            return self._fold_faults(Code(template.format(x=arg.text), order, deps, boolean))
         args[-1] = _lower(args[-1], 2 if last == "^" else order)
         right = args.pop().text
         while args or ops:
             template = _OPS[ops.pop()][0]
             left = _lower(args.pop(), order)
             right = template.format(l=left.text, r=right)
-        return Code(right, order, deps, boolean)
+        return self._fold_faults(Code(right, order, deps, boolean))
+
+    def _fold_faults(self, code: Code) -> Code:
+        """`code`, or its value if it is an expression of numbers that Python floats cannot compute.
+
+        The generated code would raise there (``1/0``, ``10.0**400``); numpy gives inf or nan.
+        """
+        if code.deps or _uses_controls(code) or "LK_" in code.text:
+            return code
+        try:
+            _evaluate(code.text, {})
+        except ArithmeticError:
+            value = _evaluate(code.text, {}, as_numpy=True)
+            if np.ndim(value) == 0:
+                folded = _number(float(value))
+                return Code(f"({folded.text})" if folded.text.startswith("-") else folded.text)
+        except Exception:  # not ours to judge here: the generated code reports it
+            pass
+        return code
 
     def _call(self, ast: Any, mode: str) -> Code:
         func = ast.function.reference
@@ -642,12 +739,26 @@ def _control_refs(code: Code) -> set[str]:
     return {py for py, local in CONTROL.items() if local in words}
 
 
-def _evaluate(text: str, env: dict[str, float]) -> Any:
-    # Only ever called on source this module generated from numbers and time controls.
+class _AsNumpy(ast_module.NodeTransformer):
+    """Number literals as numpy floats, so that arithmetic follows numpy (``1/0`` is inf, not an error)."""
+
+    def visit_Constant(self, node: ast_module.Constant) -> ast_module.AST:
+        if isinstance(node.value, int | float) and not isinstance(node.value, bool):
+            call = ast_module.parse(f"np.float64({node.value!r})", mode="eval").body
+            return ast_module.copy_location(call, node)
+        return node
+
+
+def _evaluate(text: str, env: dict[str, Any], as_numpy: bool = False) -> Any:
+    # Only ever called on source this module generated from numbers, time controls and lookup tables.
     from armsdyn.ensemble._runtime import NAMESPACE
 
+    tree: Any = ast_module.parse(text, mode="eval")
+    if as_numpy:
+        tree = ast_module.fix_missing_locations(_AsNumpy().visit(tree))
+        env = {k: np.float64(v) if isinstance(v, float) else v for k, v in env.items()}
     with np.errstate(all="ignore"):
-        return eval(compile(text, "<constant>", "eval"), {**NAMESPACE, **env})
+        return eval(compile(tree, "<constant>", "eval"), {**NAMESPACE, **env})
 
 
 def _construct_name(ast: Any) -> str:

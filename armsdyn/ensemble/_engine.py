@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,10 @@ from armsdyn.model import SUFFIXES, TimeSettings, Variable, VariableLookup, file
 DEFAULT_CHUNK_SIZE = 8192
 """Samples advanced together: large enough to amortise numpy's per-call overhead,
 small enough that a step's working set stays in the CPU cache."""
+
+_NUMBA_SPEEDUP = 3.0  # numba kernel against numpy per sample: at least this (3-7x measured), on one core
+_COMPILE_BASE = 1.5  # seconds: importing numba and compiling the smallest kernel
+_COMPILE_PER_LINE2 = 2.2e-5  # seconds per squared line of kernel source
 
 _MIN_PER_THREAD = 64  # samples: below this a chunk is not worth sharing between threads
 
@@ -308,32 +313,74 @@ class CompiledModel(VariableLookup):
         if chunk_size < 1:
             msg = f"chunk_size must be at least 1, got {chunk_size}"
             raise ValueError(msg)
-        if self.backend == "numba":
-            return self._simulate_numba(values, n, grid, names, chunk_size)
+        # "auto" with no compiled kernel at hand: numpy first, numba once its compilation pays.
+        pilot = self.backend == "numba" and self._requested == "auto" and not self.kernel_ready(names)
+        if self.backend == "numba" and not pilot:
+            try:
+                return self._simulate_numba(values, n, grid, names, chunk_size)
+            except UnsupportedConstruct:
+                if self._requested == "numba":
+                    raise
+                self._resolved = "numpy"  # numba could not compile the kernel: numpy can
         func = self.program(names)
         n_save = sum(grid.save)
         out = [np.empty((n_save, n)) for _ in names]
+        started = perf_counter()
         for lo in range(0, n, chunk_size):
             hi = min(n, lo + chunk_size)
+            if pilot and lo > 0:
+                pilot = False
+                per_sample = (perf_counter() - started) / lo
+                if per_sample * (n - lo) * (1 - 1 / _NUMBA_SPEEDUP) > self._compile_estimate(names):
+                    try:
+                        rest = self._simulate_numba({k: v[lo:] for k, v in values.items()}, n - lo, grid, names,
+                                                    chunk_size)  # fmt: skip
+                    except UnsupportedConstruct:
+                        self._resolved = "numpy"
+                    else:
+                        for arr, res in zip(out, rest, strict=True):
+                            arr[:, lo:] = res
+                        return out
             chunk = {k: v[lo:hi] for k, v in values.items()}
             results = self._run_chunk(func, chunk, hi - lo, grid, len(names))
             for arr, res in zip(out, results, strict=True):
                 arr[:, lo:hi] = res
         return out
 
+    def kernel_ready(self, names: Sequence[str]) -> bool:
+        """Whether the numba kernel saving `names` is compiled in this process or cached on disk."""
+        from armsdyn.ensemble import _numba
+        from armsdyn.model import cache_dir
+
+        if tuple(names) in self._kernels:
+            return True
+        source, _, _ = _numba.generate_module(self._graph, [f"v_{py}" for py in names])
+        return _numba.kernel_cached(source, cache_dir() / "ensemble-numba")
+
+    def _compile_estimate(self, names: Sequence[str]) -> float:
+        # Seconds to compile a kernel, from its length (measured: 2 s for 130 lines, 40 s for 1,350;
+        # numba's SSA construction grows faster than linearly).
+        from armsdyn.ensemble import _numba
+
+        lines = len(_numba.generate_module(self._graph, [f"v_{py}" for py in names])[0].splitlines())
+        return _COMPILE_BASE + _COMPILE_PER_LINE2 * lines**2
+
     def _run_chunk(
         self, func: Callable[..., int], chunk: dict[str, np.ndarray], m: int, grid: TimeGrid, n_out: int
     ) -> list[np.ndarray]:
         n_save = sum(grid.save)
         out = [np.empty((n_save, m)) for _ in range(n_out)]
-        constants = {**self._graph.constants, **chunk}
+        # numpy floats throughout, so that a division by zero gives inf or nan (numpy's arithmetic,
+        # PySD's with sampled values) instead of raising as Python floats do.
+        constants = {**self._numpy_constants, **chunk}
         time = grid.settings
+        f64 = np.float64
         try:
             # Overflow and NaN are results to report, not errors (as with PySD in armsdyn.model).
             with np.errstate(all="ignore"):
                 saved = func(
-                    constants, m, grid.times, grid.save, float(time.step), float(time.initial),
-                    float(time.final), float(time.saveper), out,
+                    constants, m, np.asarray(grid.times, dtype=float), grid.save, f64(time.step),
+                    f64(time.initial), f64(time.final), f64(time.saveper), out,
                 )  # fmt: skip
         except NonUniformOrder as exc:
             keys = exc.values
@@ -353,6 +400,13 @@ class CompiledModel(VariableLookup):
             raise ModelError(msg)
         return out
 
+    @property
+    def _numpy_constants(self) -> dict[str, Any]:
+        return {
+            k: np.float64(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+            for k, v in self._graph.constants.items()
+        }
+
     def kernel(self, names: Sequence[str]) -> tuple[Callable[..., None], list[str], list[Any]]:
         """The numba kernel saving `names` (Python-safe), its constants and stateful objects; built once."""
         from armsdyn.ensemble import _numba
@@ -362,6 +416,7 @@ class CompiledModel(VariableLookup):
         if key not in self._kernels:
             source, constants, states = _numba.generate_module(self._graph, [f"v_{py}" for py in key])
             kernel = _numba.load_kernel(source, cache_dir() / "ensemble-numba")
+            _numba.compile_kernel(kernel, len(constants), self.path)
             self._kernels[key] = (kernel, constants, states)
         return self._kernels[key]
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -41,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from armsdyn.ensemble._compiler import Program, Stateful, build_program
 from armsdyn.ensemble._errors import UnsupportedConstruct
@@ -84,8 +87,30 @@ _HELPERS = {
     "_lookup_extrapolate": "_lookup_extrapolate",
     "_lookup_hold": "_lookup_hold",
 }
+_LOOKUPS = {"_lookup", "_lookup_extrapolate", "_lookup_hold"}
 _PULSE_ARGS = ("repeat_time", "width", "magnitude", "end")
 _PULSE_FLAGS = {"width": 1, "magnitude": 2, "end": 4, "repeat_time": 8}
+
+
+_TABLE_POINTS = 64
+"""Largest lookup table compiled to selects (a few operations per point); larger ones call ``np.interp``."""
+
+
+def table_slopes(kind: str, xs: Any, ys: Any) -> list[float] | None:
+    """Segment slopes of a lookup table the kernel can evaluate branch-free, or None.
+
+    None for a table too large to unroll, with non-finite points or slopes, or of
+    an unknown kind: those keep the (scalar, non-vectorising) ``np.interp`` call.
+    """
+    xs = [float(v) for v in xs]
+    ys = [float(v) for v in ys]
+    n = len(xs)
+    if kind not in ("interpolate", "extrapolate", "hold_backward") or not 1 <= n <= _TABLE_POINTS:
+        return None
+    if not all(math.isfinite(v) for v in xs + ys):
+        return None
+    slopes = [(ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) for i in range(n - 1)] or [0.0]
+    return slopes if all(math.isfinite(v) for v in slopes) else None
 
 
 def available() -> bool:
@@ -96,10 +121,11 @@ def available() -> bool:
 class _Scalar(ast.NodeTransformer):
     """Rewrites a numpy-backend expression as scalar numba code."""
 
-    def __init__(self, path: Path, element: str, constants: dict[str, int]) -> None:
+    def __init__(self, path: Path, element: str, constants: dict[str, int], tables: set[str] = frozenset()) -> None:
         self.path = path
         self.element = element
         self.constants = constants
+        self.tables = tables  # lookup tables compiled to vectorisable functions of their own
 
     def unsupported(self, what: str) -> UnsupportedConstruct:
         return UnsupportedConstruct(self.path, self.element, what, "numba backend")
@@ -139,6 +165,10 @@ class _Scalar(ast.NodeTransformer):
         if isinstance(func, ast.Name):
             if func.id in _OWN:
                 return node
+            if func.id in _LOOKUPS and isinstance(node.args[0], ast.Name):
+                table = node.args[0].id.removesuffix("_x")
+                if table in self.tables:
+                    return ast.Call(ast.Name(table, ast.Load()), [node.args[2]], [])
             if func.id in _HELPERS:
                 node.func = ast.Name(_HELPERS[func.id], ast.Load())
                 return node
@@ -290,13 +320,15 @@ def _statements(graph: Any, outputs: list[str]) -> _Code:
             return graph.elements[name[2:]].name
         return name
 
+    tables = _unrolled_tables(graph)
+
     def tr(text: str, name: str = "") -> str:
         tree = ast.parse(text, mode="eval")
-        return ast.unparse(_Scalar(graph.path, element_of(name), rows).visit(tree))
+        return ast.unparse(_Scalar(graph.path, element_of(name), rows, tables).visit(tree))
 
     def tr_lines(lines: list[str], element: str) -> list[str]:
         tree = ast.parse("\n".join(lines))
-        return ast.unparse(_Scalar(graph.path, element, rows).visit(tree)).splitlines()
+        return ast.unparse(_Scalar(graph.path, element, rows, tables).visit(tree)).splitlines()
 
     init = ["t = TS[0]"]
     for name in program.constants:
@@ -328,6 +360,10 @@ def _statements(graph: Any, outputs: list[str]) -> _Code:
     )
     _use_reciprocals(code)
     return code
+
+
+def _unrolled_tables(graph: Any) -> set[str]:
+    return {name for name, (xs, ys, kind) in graph.lookups.items() if table_slopes(kind, xs, ys) is not None}
 
 
 def _names(lines: list[str], ctx: type) -> set[str]:
@@ -491,16 +527,56 @@ def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], lis
         "    lookup as _lookup, lookup_extrapolate as _lookup_extrapolate, lookup_hold as _lookup_hold,",
         "    order as _order, delay_order as _delay_order, fixed_order as _fixed_order,",
         ")",
-        "from armsdyn.ensemble._vecmath import exp as _exp, log as _log, power as _pow, prefer_wide_vectors",
+        "from armsdyn.ensemble._vecmath import (",
+        "    exp as _exp, log as _log, power as _pow, prefer_wide_vectors, table_function,",
+        ")",
         "",
     ]
-    for table, (xs, ys, _kind) in graph.lookups.items():
-        lines.append(f"{table}_x = np.array({[float(x) for x in xs]!r})")
-        lines.append(f"{table}_y = np.array({[float(y) for y in ys]!r})")
+    unrolled = _unrolled_tables(graph)
+    for table, (xs, ys, kind) in graph.lookups.items():
+        xs_text, ys_text = repr([float(x) for x in xs]), repr([float(y) for y in ys])
+        if table in unrolled:
+            lines.append(f"{table} = table_function({kind!r}, {xs_text}, {ys_text})")
+        else:
+            lines.append(f"{table}_x = np.array({xs_text})")
+            lines.append(f"{table}_y = np.array({ys_text})")
     lines += ["", "", *kernel, ""]
     source = "\n".join(lines)
     ast.parse(source)  # generated code must be valid Python
     return source, code.constants, code.states
+
+
+_RECURSION_LIMIT = 100_000
+"""numba's SSA reconstruction recurses once per basic block: a large model's kernel needs thousands of frames."""
+
+
+def compile_kernel(kernel: Any, n_constants: int, path: Path) -> None:
+    """Compile (or load from the disk cache) `kernel` now, in this thread, with room to recurse.
+
+    Raises
+    ------
+    UnsupportedConstruct
+        If numba cannot compile it (the numpy backend still can).
+    """
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, _RECURSION_LIMIT))
+    try:
+        # No samples (lo == hi): the call only compiles, with the argument types of real calls.
+        kernel(
+            np.empty((n_constants, 1)), np.zeros(1), np.zeros(1, dtype=np.bool_), 1.0, 0.0, 0.0, 1.0,
+            np.empty((1, 1, 1)), 0, np.zeros(1, dtype=np.int64), np.zeros(1), 0, 0,
+        )  # fmt: skip
+    except Exception as exc:  # numba's typing, lowering or recursion errors
+        raise UnsupportedConstruct(path, "(the whole model)", "numba backend", f"{type(exc).__name__}: {exc}") from None
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def kernel_cached(source: str, cache: Path) -> bool:
+    """Whether numba's disk cache holds compiled code of the kernel module `source`."""
+    name = f"armsdyn_kernel_{hashlib.sha256(source.encode()).hexdigest()[:24]}"
+    folder = cache / "__pycache__"
+    return folder.is_dir() and any(folder.glob(f"{name}.kernel-*.nbi"))
 
 
 def load_kernel(source: str, cache: Path) -> Callable[..., None]:

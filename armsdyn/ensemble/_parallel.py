@@ -105,6 +105,25 @@ def run_ensemble(
     return model.dataset(values, grid, names, arrays)
 
 
+def choose_workers(path: str | os.PathLike[str], n: int, backend: str = "auto", cpus: int | None = None) -> int:
+    """Worker processes that run a study of `n` samples of a model fastest (the default of ``workers``).
+
+    The compiled engine runs in one process: the numba backend already shares
+    each chunk between a thread per core, and extra processes only add their
+    start-up (a fresh interpreter importing numpy, PySD and numba), their own
+    kernel loading and a copy of every result (measured: 2 processes slower
+    than 1 at 20,000 runs and no faster at 100,000, with either backend; see
+    ``benchmarks/README.md``). A model that falls back to PySD (about one run
+    per second) uses a process per core, up to one per sample.
+    """
+    cpus = max(1, cpus or os.cpu_count() or 1)
+    try:
+        compile_model(path, backend=backend)
+    except UnsupportedConstruct:
+        return max(1, min(cpus, n))
+    return 1
+
+
 def _pool(workers: int, initializer: Any, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
     # "spawn" starts clean interpreters: safe whatever threads the parent runs.
     context = multiprocessing.get_context("spawn")

@@ -27,6 +27,7 @@ Special values (0, subnormals, infinities, NaN) give numpy's results.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -231,3 +232,51 @@ def prefer_wide_vectors(typingctx: Any) -> Any:
         return context.get_dummy_value()
 
     return types.none(), codegen
+
+
+def table_function(kind: str, xs: Any, ys: Any) -> Callable[..., Any]:
+    """A vectorisable lookup of one table (see :func:`armsdyn.ensemble._numba.table_slopes` for which).
+
+    `kind` is ``"interpolate"`` (linear, clamped to the end values: ``np.interp``),
+    ``"extrapolate"`` (linear continuation of the end segments) or
+    ``"hold_backward"`` (the value at the last point at or before ``x``; NaN gives
+    the last value, as ``np.searchsorted`` does). `xs` must be sorted and distinct.
+    The points are constants in the code: the segment containing ``x`` is chosen
+    by a chain of compares and selects, with no branches, loads or calls, so the
+    sample loop around it still vectorises. The arithmetic is ``np.interp``'s
+    (``slope * (x - x[j]) + y[j]``, slopes computed once), so interpolated values
+    agree with it to the last bit.
+    """
+    from armsdyn.ensemble._numba import table_slopes
+
+    xs = [float(v) for v in xs]
+    ys = [float(v) for v in ys]
+    n = len(xs)
+    slopes = table_slopes(kind, xs, ys)
+    if slopes is None:
+        msg = f"table of {n} points cannot be unrolled"
+        raise ValueError(msg)
+
+    def body(e: Emit, x: Any) -> Any:
+        b = e.b
+        if kind == "hold_backward":
+            y = e.c(ys[0])
+            for i in range(1, n):
+                y = e.select(b.fcmp_unordered(">=", x, e.c(xs[i])), e.c(ys[i]), y)
+            return y
+        if n == 1:
+            return e.c(ys[0])  # np.interp: even for NaN
+        xc = x
+        if kind == "interpolate":  # clamped: the end points give the end values exactly
+            xc = e.select(e.cmp("<", x, e.c(xs[0])), e.c(xs[0]), xc)
+            xc = e.select(e.cmp(">", x, e.c(xs[-1])), e.c(xs[-1]), xc)
+        xj, yj, sj = e.c(xs[0]), e.c(ys[0]), e.c(slopes[0])
+        for i in range(1, n):
+            at_or_after = e.cmp(">=", xc, e.c(xs[i]))
+            xj = e.select(at_or_after, e.c(xs[i]), xj)
+            yj = e.select(at_or_after, e.c(ys[i]), yj)
+            sj = e.select(at_or_after, e.c(slopes[min(i, n - 2)]), sj)
+        return b.fadd(e.mul(sj, b.fsub(xc, xj)), yj)
+
+    digest = hashlib.sha256(repr((kind, xs, ys)).encode()).hexdigest()[:16]
+    return ir_function(f"lookup_{digest}", body)
