@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,7 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
     if not (math.isfinite(f_scale) and f_scale > 0):
         problems.add("calibration.f_scale", f"must be a positive finite number, got {f_scale!r}")
 
-    data_spec, observations = _parse_data(top.get("data", {}), source, model, problems)
+    data_spec, observations = _parse_data(top.get("data", {}), source, model, problems, method=method)
     fixed = _parse_parameters(top.get("parameters", {}), "parameters", model, problems)
     time = _data_time(top.get("time", {}), model, observations, problems)
     parameters: list[FittedParameter] = []
@@ -288,7 +289,7 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
 
 
 def _parse_data(
-    table: Any, source: Path | None, model: Model, problems: _Problems
+    table: Any, source: Path | None, model: Model, problems: _Problems, *, method: str = "trajectory"
 ) -> tuple[DataSpec | None, pd.DataFrame | None]:
     good = _check(table, "data", "data", problems)
     n_before = len(problems.items)
@@ -362,6 +363,8 @@ def _parse_data(
     if observations.empty:
         problems.add("data", f"{file}: no observations of {', '.join(columns)} in the years asked for")
         return None, None
+    if not _data_quality(frame[list(columns)] * scale, observations.index, file, method, problems):
+        return None, None
     observations.attrs = {"units": dict.fromkeys(observations.columns, units), "source": str(file)}
     spec = DataSpec(
         file=file,
@@ -373,6 +376,33 @@ def _parse_data(
         options={k: good[k] for k in ("time", "series", "value", "variable", "era_conversion") if k in good},
     )
     return spec, observations
+
+
+def _data_quality(series: pd.DataFrame, times: pd.Index, file: Path, method: str, problems: _Problems) -> bool:
+    """Warn of gaps and negative values in the years used; refuse gaps a method cannot take.
+
+    Returns False when a problem was added.
+    """
+    used = series.loc[(series.index >= times.min()) & (series.index <= times.max())]
+    found = data_mod.find_gaps(used)
+    if found.has_gaps and method == "richardson_combined":
+        problems.add(
+            "data",
+            f"{file}: gaps in the years used: {found.describe_gaps()}; Richardson's combined estimator needs the "
+            "totals of consecutive years (increments and means), so choose data.years without gaps, "
+            'or use method = "trajectory", which fits the observed years only',
+        )
+        return False
+    if found.has_gaps:
+        msg = f"{file}: gaps in the years used: {found.describe_gaps()}; the fit uses the observed values only"
+        warnings.warn(msg, data_mod.DataWarning, stacklevel=2)
+    if found.describe_negative():
+        msg = (
+            f"{file}: negative values: {found.describe_negative()}; expenditure cannot be negative "
+            "(a missing-value code such as -9 read as a number?): check the data"
+        )
+        warnings.warn(msg, data_mod.DataWarning, stacklevel=2)
+    return True
 
 
 def _load(

@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from armsdyn.errors import ArmsdynError, NumericalWarning
+
+if TYPE_CHECKING:
+    from armsdyn.config import Experiment
 
 EPILOG = """\
 examples:
@@ -147,13 +152,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from armsdyn.config import load_config
-    from armsdyn.experiment import run
-    from armsdyn.output import now, refuse_existing, write_results
+    from armsdyn.output import locked, now, refuse_existing
 
     started = now()
     experiment = load_config(args.config)
     target = args.out or Path("results") / experiment.name
     refuse_existing(target, force=args.force)  # before the runs; checked again under the lock
+    # One lock for the whole run: the results folder and the study's chunk store beside it.
+    with locked(target):
+        return _run_locked(args, experiment, target, started)
+
+
+def _run_locked(args: argparse.Namespace, experiment: Experiment, target: Path, started: str) -> int:
+    from armsdyn.errors import ResultsError
+    from armsdyn.experiment import run
+    from armsdyn.output import write_results
+
     print(
         f"armsdyn: {experiment.name}: {len(experiment.scenarios)} scenarios of {experiment.model.path}", file=sys.stderr
     )
@@ -199,6 +213,14 @@ def _run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 130
+            except ArmsdynError:
+                raise
+            except (OSError, RuntimeError, zlib.error) as exc:
+                msg = (
+                    f"{store}: could not write the study's chunks ({exc}; is the disk full or the folder "
+                    "read-only?); finished chunks are kept: run the same command with --resume to continue"
+                )
+                raise ResultsError(msg) from exc
         for w in caught:
             print(f"armsdyn: warning: {w.message}", file=sys.stderr)
         print(f"  {study[0].sizes['run']} runs", file=sys.stderr)
@@ -275,12 +297,27 @@ def _figures(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from armsdyn.calibration import calibrate, load_calibration, write_calibration
-    from armsdyn.output import refuse_existing
+    from armsdyn.calibration import load_calibration
+    from armsdyn.data import DataWarning
+    from armsdyn.output import locked, refuse_existing
 
-    spec = load_calibration(args.config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        spec = load_calibration(args.config)
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            print(f"armsdyn: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     target = args.out or Path("results") / spec.name
     refuse_existing(target, force=args.force)
+    with locked(target):  # fails now, not after the fit, if the folder cannot be written
+        return _calibrate_locked(args, spec, target)
+
+
+def _calibrate_locked(args: argparse.Namespace, spec: Any, target: Path) -> int:
+    from armsdyn.calibration import calibrate, write_calibration
+
     print(f"armsdyn: {spec.name}: calibrating {spec.model.path}", file=sys.stderr)
     result = calibrate(spec)
     print(result.estimates.to_string())

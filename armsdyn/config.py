@@ -67,6 +67,9 @@ FIGURE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "metric_vs_parameter": (("line",), ("parameter", "metrics")),
 }
 
+#: Most Euler steps a run may take from time.initial to time.final.
+MAX_STEPS = 10_000_000
+
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SAFE_NAME_RULE = "1-100 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"
 
@@ -380,6 +383,9 @@ def read_toml(path: Path) -> tuple[dict[str, Any], str]:
     except tomllib.TOMLDecodeError as exc:
         msg = f"{path}: not valid TOML: {exc}"
         raise ConfigError(msg) from None
+    except RecursionError:
+        msg = f"{path}: arrays or tables are nested too deeply to read (a config needs only a few levels)"
+        raise ConfigError(msg) from None
 
 
 def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None = None) -> Experiment:
@@ -464,13 +470,61 @@ def _resolve_model(value: str, source: Path | None, problems: _Problems) -> Mode
     for path in tried:
         if path.is_file():
             try:
-                return load_model(path)
+                model = load_model(path)
             except ModelError as exc:
                 problems.add("experiment.model", str(exc))
                 return None
+            loop = algebraic_loop(model)
+            if loop:
+                problems.add(
+                    "experiment.model",
+                    f"{path}: algebraic loop: {' -> '.join(map(repr, loop))}; each of these variables needs the "
+                    "others' current values, so none can be computed. Break the loop with a stock "
+                    "(INTEG), a delay or a SMOOTH",
+                )
+                return None
+            return model
     looked = ", ".join(str(p) for p in dict.fromkeys(tried))
     problems.add("experiment.model", f"model file {value!r} not found (looked for {looked})")
     return None
+
+
+def algebraic_loop(model: Model) -> list[str]:
+    """A cycle of variables that depend on each other's current values ([] if none).
+
+    PySD would recurse without end on such a loop. Edges are the dependencies of
+    each variable's equation; a stock (or another stateful element) breaks a
+    cycle through its rate, but not through its initial value. The cycle is
+    returned as model names, its first variable repeated at the end.
+    """
+    deps = model._pysd.dependencies
+    graph: dict[str, list[str]] = {}
+    for node, dep in deps.items():
+        if any(isinstance(v, dict) for v in dep.values()):  # stateful: only its initial value is needed now
+            dep = dep.get("initial", {}) if isinstance(dep.get("initial"), dict) else {}
+        graph[node] = [d for d in dep if d in deps]
+    names = {v.py_name: v.name for v in model.variables.values()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    for root in graph:
+        if state.get(root):
+            continue
+        path = [root]
+        stack = [iter(graph[root])]
+        state[root] = 1
+        while stack:  # iterative depth-first search: a deep model must not hit the recursion limit
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                named = [names[n] for n in cycle if n in names]
+                return [*dict.fromkeys(named), named[0]] if named else cycle
+            elif not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(graph[nxt]))
+    return []
 
 
 def _parse_time(table: dict[str, Any], model: Model, problems: _Problems) -> TimeSettings:
@@ -496,6 +550,14 @@ def _parse_time(table: dict[str, Any], model: Model, problems: _Problems) -> Tim
     if settings.step <= 0:
         problems.add("time.step", f"must be positive, got {settings.step}{origin('step')}")
         return settings
+    n_steps = (settings.final - settings.initial) / settings.step
+    if not n_steps <= MAX_STEPS:  # also catches an overflow to inf (e.g. step = 5e-324)
+        problems.add(
+            "time.step",
+            f"gives {n_steps:.3g} steps from time.initial to time.final; at most {MAX_STEPS:,} are allowed "
+            f"(a larger step, got {settings.step:g}{origin('step')})",
+        )
+        return settings
     if settings.final <= settings.initial:
         problems.add(
             "time.final",
@@ -516,14 +578,13 @@ def _parse_time(table: dict[str, Any], model: Model, problems: _Problems) -> Tim
             f"the span from time.initial to time.final ({settings.final - settings.initial}) "
             f"must be a whole multiple of time.saveper ({settings.saveper})",
         )
-    n_steps = (settings.final - settings.initial) / settings.step
-    if n_steps > 10_000_000:
-        problems.add("time.step", f"gives {n_steps:.3g} steps; at most 10,000,000 are allowed")
     return settings
 
 
 def _is_multiple(value: float, unit: float) -> bool:
     ratio = value / unit
+    if not math.isfinite(ratio):
+        return False
     return round(ratio) >= 1 and abs(ratio - round(ratio)) <= 1e-9 * max(1.0, ratio)
 
 
@@ -693,7 +754,7 @@ def _parse_figures(
     tables: list[dict[str, Any]], scenario_names: set[str], model: Model, problems: _Problems
 ) -> tuple[FigureSpec, ...]:
     figures = []
-    names: set[str] = set()
+    names: dict[str, int] = {}  # file name, case-folded (file systems may ignore case) -> index
     for i, table in enumerate(tables):
         where = f"figures[{i}]"
         good = _check_table(table, "figures", where, problems)
@@ -742,9 +803,15 @@ def _parse_figures(
         name = good.get("name", kind)
         if not SAFE_NAME.match(name):
             problems.add(f"{where}.name", f"{name!r} is not a safe file name ({SAFE_NAME_RULE})")
-        elif name in names:
-            problems.add(f"{where}.name", f"duplicate figure name {name!r}; give each figure its own name")
-        names.add(name)
+        elif name.casefold() in names:
+            j = names[name.casefold()]
+            problems.add(
+                f"{where}.name",
+                f"figure name {name!r} gives the same files as figures[{j}] ({name}.pdf, ...; "
+                "file names may ignore case); give each figure its own name",
+            )
+        else:
+            names[name.casefold()] = i
         figures.append(
             FigureSpec(
                 kind=kind,

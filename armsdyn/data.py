@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,86 @@ State = str | int
 
 class DataError(ArmsdynError, ValueError):
     """A data file is missing, malformed, or cannot give the series asked for."""
+
+
+class DataWarning(UserWarning):
+    """Observed series have gaps or values a quantity such as expenditure cannot take."""
+
+
+@dataclass(frozen=True)
+class SeriesGaps:
+    """Where observed series have holes or negative values.
+
+    Attributes
+    ----------
+    step : float
+        The regular spacing of the times (the smallest gap between them).
+    missing_times : tuple of float
+        Times on that regular grid, between the first and last, with no row at all.
+    missing : mapping of str to tuple of float
+        Per series: times of rows where its value is missing (empty cell).
+    negative : mapping of str to tuple of float
+        Per series: times where its value is below zero.
+    """
+
+    step: float
+    missing_times: tuple[float, ...]
+    missing: Mapping[str, tuple[float, ...]]
+    negative: Mapping[str, tuple[float, ...]]
+
+    @property
+    def has_gaps(self) -> bool:
+        """True if any time of the regular grid lacks a row or a value."""
+        return bool(self.missing_times) or any(self.missing.values())
+
+    def describe_gaps(self) -> str:
+        """``"no rows for 1961-1962; 'usa' missing in 1970"`` (empty when there are no gaps)."""
+        parts = []
+        if self.missing_times:
+            parts.append(f"no rows for {format_times(self.missing_times, self.step)}")
+        parts += [
+            f"{name!r} missing in {format_times(times, self.step)}" for name, times in self.missing.items() if times
+        ]
+        return "; ".join(parts)
+
+    def describe_negative(self) -> str:
+        """``"'usa' in 1955, 1957-1958"`` (empty when no value is negative)."""
+        return "; ".join(
+            f"{name!r} in {format_times(times, self.step)}" for name, times in self.negative.items() if times
+        )
+
+
+def format_times(times: Sequence[float], step: float = 1.0, limit: int = 12) -> str:
+    """Times as compact ranges: ``1950, 1953-1955`` (at most `limit` ranges, then "and N more")."""
+    ranges: list[list[float]] = []
+    for t in sorted(times):
+        if ranges and math.isclose(t - ranges[-1][1], step, rel_tol=1e-9):
+            ranges[-1][1] = t
+        else:
+            ranges.append([t, t])
+    text = [f"{a:g}" if a == b else f"{a:g}-{b:g}" for a, b in ranges[:limit]]
+    if len(ranges) > limit:
+        text.append(f"and {len(ranges) - limit} more")
+    return ", ".join(text)
+
+
+def find_gaps(frame: pd.DataFrame) -> SeriesGaps:
+    """Missing times, missing values and negative values of series indexed by time.
+
+    The regular spacing is the smallest gap between consecutive times; a time on
+    that grid between the first and the last without a row is missing.
+    """
+    t = frame.index.to_numpy(dtype=float)
+    gaps = np.diff(t)
+    step = float(gaps.min()) if gaps.size and gaps.min() > 0 else 1.0
+    missing_times: list[float] = []
+    if gaps.size and (t[-1] - t[0]) / step <= 1_000_000:
+        grid = t[0] + step * np.arange(round((t[-1] - t[0]) / step) + 1)
+        have = np.isclose(grid[:, None], t[None, :], rtol=0, atol=1e-9 * step).any(axis=1)
+        missing_times = [float(x) for x in grid[~have]]
+    missing = {str(c): tuple(float(x) for x in t[frame[c].isna().to_numpy()]) for c in frame.columns}
+    negative = {str(c): tuple(float(x) for x in t[(frame[c] < 0).to_numpy()]) for c in frame.columns}
+    return SeriesGaps(step, tuple(missing_times), missing, negative)
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:

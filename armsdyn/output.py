@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,16 +47,43 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+#: Locks this process holds (absolute target path -> depth), so that nested uses do not deadlock.
+_held: dict[Path, int] = {}
+
+
 @contextlib.contextmanager
-def _locked(target: Path) -> Iterator[None]:
+def locked(target: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on ``.NAME.lock`` beside `target`.
+
+    The lock covers the results folder `target` and everything armsdyn keeps
+    beside it (the ``.NAME.study`` chunk store of a sensitivity study). The
+    folder's parent is created if missing. A process may take the same lock
+    again while it holds it (e.g. the CLI for a whole run, then the writer).
 
     The lock file is opened without following symbolic links (a planted link
     must not let armsdyn write through it) and without truncating it. It is
     removed on release; a run that opened the file just before that removal
     notices that its lock is on a deleted file and retries, so two runs can
     never both believe they hold the lock.
+
+    Raises
+    ------
+    ResultsError
+        If another run holds the lock, or the folder is not writable.
     """
+    target = Path(os.path.abspath(target))
+    if target in _held:
+        _held[target] += 1
+        try:
+            yield
+        finally:
+            _held[target] -= 1
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"{target.parent}: cannot create the results parent folder ({exc.strerror}); is it writable?"
+        raise ResultsError(msg) from exc
     lock_path = target.parent / f".{target.name}.lock"
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     while True:
@@ -82,12 +110,17 @@ def _locked(target: Path) -> Iterator[None]:
         if same:
             break
         os.close(fd)  # locked a file another run has just removed: try again
+    _held[target] = 1
     try:
         yield
     finally:
+        del _held[target]
         with contextlib.suppress(OSError):
             lock_path.unlink()
         os.close(fd)
+
+
+_locked = locked
 
 
 def is_results_folder(path: Path) -> bool:
@@ -161,8 +194,9 @@ def atomic_folder(target: str | os.PathLike[str], *, force: bool = False) -> Ite
         except OSError as exc:
             msg = f"{target}: could not write results ({exc}); nothing was written"
             raise ResultsError(msg) from exc
-        except RuntimeError as exc:
-            # The netCDF library reports a full disk or a write error as a bare RuntimeError.
+        except (RuntimeError, zlib.error) as exc:
+            # The netCDF library reports a full disk or a write error as a bare RuntimeError,
+            # and a compressor that cannot write its output as zlib.error.
             msg = f"{target}: could not write results ({exc}; is the disk full?); nothing was written"
             raise ResultsError(msg) from exc
         finally:

@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -42,8 +43,16 @@ PLAN_FILE = "plan.json"
 FAN_DIM = "fan_run"
 
 
+#: Seconds to wait for a Dask scheduler to answer before giving up.
+CONNECT_TIMEOUT = 5
+
+
 class StoreError(ArmsdynError, RuntimeError):
     """A chunk store belongs to another study, or an interrupted study exists and was not resumed."""
+
+
+class SchedulerError(ArmsdynError, ConnectionError):
+    """A Dask scheduler cannot be reached, or was lost while the study ran."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +190,11 @@ def run_chunked(
         digest = plan_hash(model_path, samples, time, chunk_size, reduce)
         n_chunks = max(1, -(-n // chunk_size))
         _prepare_store(folder, digest, n_chunks, resume)
-        pending = [i for i in range(n_chunks) if not _chunk_path(folder, i).exists()]
+        pending = [
+            i
+            for i in range(n_chunks)
+            if not _chunk_ok(_chunk_path(folder, i), min(chunk_size, n - i * chunk_size), len(reduce.outputs))
+        ]
         tasks = (
             _Task(
                 index=i,
@@ -258,6 +271,23 @@ def _chunk_path(folder: Path, index: int) -> Path:
     return folder / f"chunk-{index:06d}.nc"
 
 
+def _chunk_ok(path: Path, runs: int, outputs: int) -> bool:
+    """True if a finished chunk can be read back whole; a damaged one is removed (to be run again)."""
+    if not path.exists():
+        return False
+    try:
+        with xr.open_dataset(path) as ds:
+            ok = ds.sizes.get("run") == runs and len([v for v in ds.data_vars if v.startswith("output: ")]) == outputs
+            if ok:
+                ds.load()
+    except Exception:  # any failure to read it back means the chunk is damaged
+        ok = False
+    if not ok:
+        warnings.warn(f"{path}: damaged chunk (truncated or unreadable); running it again", UserWarning, stacklevel=3)
+        path.unlink()
+    return ok
+
+
 def _write_chunk(folder: Path, index: int, chunk: xr.Dataset) -> None:
     final = _chunk_path(folder, index)
     partial = folder / f".{final.name}.partial"
@@ -285,13 +315,7 @@ def _execute(
     if count == 0:
         return
     if scheduler is not None:
-        from distributed import Client
-        from distributed import as_completed as dask_completed
-
-        with Client(scheduler) as client:
-            futures = [client.submit(_run_task, task, pure=False) for task in tasks]
-            for future in dask_completed(futures):
-                yield future.result()
+        yield from _execute_dask(tasks, scheduler)
         return
     workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
     if workers == 1 or count == 1:
@@ -302,6 +326,34 @@ def _execute(
         futures = [pool.submit(_run_task, task) for task in tasks]
         for future in as_completed(futures):
             yield future.result()
+
+
+def _execute_dask(tasks: Iterator[_Task], scheduler: str) -> Iterator[tuple[int, xr.Dataset]]:
+    from distributed import Client
+    from distributed import as_completed as dask_completed
+
+    try:
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        msg = (
+            f"{scheduler}: cannot reach the Dask scheduler within {CONNECT_TIMEOUT} s ({exc}); "
+            "is it running at that address? Without --scheduler the study runs on this machine"
+        )
+        raise SchedulerError(msg) from None
+    with client:
+        futures = [client.submit(_run_task, task, pure=False) for task in tasks]
+        for future in dask_completed(futures):
+            try:
+                result = future.result()
+            except ArmsdynError:
+                raise
+            except (OSError, TimeoutError) as exc:
+                msg = (
+                    f"{scheduler}: lost the Dask scheduler while the study ran ({type(exc).__name__}: {exc}); "
+                    "finished chunks are kept: run the same command with --resume to continue"
+                )
+                raise SchedulerError(msg) from None
+            yield result
 
 
 class _NoBar:

@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
 import armsdyn
 from armsdyn import NumericalError
+from armsdyn.cli import main
+from armsdyn.sensitivity import run_study
 from tests.conftest import CONFIGS, ROOT, run_cli, write_config
 
 
@@ -152,3 +157,274 @@ def test_a_stock_leaving_its_declared_range_is_a_fault(tmp_path: Path) -> None:
     assert table.loc["calm", "fault"] == "none"
     with pytest.raises(NumericalError, match="below minimum of its declared range"):
         armsdyn.run(config, stop_on_fault=True)
+
+
+# Inputs that once gave a traceback: each is now one line, exit status 2.
+
+
+def _one_line_error(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("armsdyn: error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_deeply_nested_toml_is_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, "a = " + "[" * 500 + "]" * 500 + "\n")
+    assert main(["check", str(config)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert str(config) in line
+    assert "nested too deeply" in line
+
+
+def test_a_step_too_small_to_count_is_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, "[time]\nstep = 5e-324\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "time.step: gives inf steps" in line
+    assert "at most 10,000,000" in line
+    assert not (tmp_path / "out").exists()
+
+
+def _loop_model(tmp_path: Path) -> Path:
+    # Each reaction now depends on the other's arming rate, not on its arms: an algebraic loop.
+    text = (ROOT / "models" / "richardson.mdl").read_text()
+    looped = text.replace("\tdefence coefficient k * arms Y\n", "\tdefence coefficient k * arming rate Y\n").replace(
+        "\tdefence coefficient l * arms X\n", "\tdefence coefficient l * arming rate X\n"
+    )
+    assert looped.count("arming rate Y\n") > text.count("arming rate Y\n")
+    path = tmp_path / "loop.mdl"
+    path.write_text(looped)
+    return path
+
+
+def test_check_refuses_an_algebraic_loop_naming_its_variables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, "", model=_loop_model(tmp_path))
+    assert main(["check", str(config)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "algebraic loop" in line
+    for name in ("arming rate X", "reaction of Y", "arming rate Y", "reaction of X"):
+        assert repr(name) in line, name
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert "algebraic loop" in _one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+    # The loop-free model passes the same check.
+    assert main(["check", str(write_config(tmp_path, "", name="fine"))]) == 0
+
+
+def _run_read_only(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with `folder` read-only: a read-only bind mount (root) or permissions."""
+    command = [sys.executable, "-m", "armsdyn", *args]
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        finally:
+            folder.chmod(0o755)
+    # Root ignores permissions: mount the folder read-only in a private mount namespace.
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to make a read-only folder as root")
+    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    wrapped = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(folder), *command]
+    probe = subprocess.run([*wrapped[:7], str(folder), "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a read-only folder here: {probe.stderr.decode()[:200]}")
+    return subprocess.run(wrapped, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("config", ["richardson", "study"])
+def test_out_on_a_read_only_folder_is_a_message_before_any_run(tmp_path: Path, config: str) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    path = CONFIGS / "richardson.toml" if config == "richardson" else write_config(tmp_path, STUDY)
+    proc = _run_read_only(ro, "run", str(path), "--out", str(ro / "r"))
+    assert proc.returncode == 2, proc.stderr
+    line = _one_line_error(proc.stderr)
+    assert "is the folder writable?" in line
+    assert "scenarios of" not in proc.stderr, "must fail before running anything"
+    assert list(ro.iterdir()) == []
+
+
+STUDY = """
+[time]
+final = 20
+step = 0.0625
+saveper = 1
+[sensitivity]
+method = "latin"
+samples = 64
+seed = 7
+[[sensitivity.parameters]]
+name = "grievance g"
+bounds = [0.5, 2.0]
+[[sensitivity.parameters]]
+name = "fatigue coefficient a"
+bounds = [0.8, 1.6]
+[[sensitivity.outputs]]
+variable = "arms X"
+aggregate = "final"
+"""
+
+
+@pytest.fixture(scope="module")
+def study_sizes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Sizes of the files of the STUDY's results folder, by path in the folder."""
+    folder = tmp_path_factory.mktemp("sizes")
+    out = folder / "out"
+    assert main(["run", str(write_config(folder, STUDY)), "--out", str(out), "--chunk-size", "16"]) == 0
+    return {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "fails_at", ["a chunk", "results.nc", "sensitivity/ensemble.nc", "sensitivity/indices.nc", "the largest figure"]
+)
+def test_a_nearly_full_disk_at_any_file_is_a_message(
+    tmp_path: Path, study_sizes: dict[str, int], fails_at: str
+) -> None:
+    # A file-size limit just below a file's size fails the write of that file (or
+    # an earlier, larger one): a study chunk, results.nc, the ensemble, a figure.
+    # Every one is a message, never a traceback, and leaves no results folder.
+    figures = {k: v for k, v in study_sizes.items() if k.startswith("figures/")}
+    limit = {"a chunk": 2_000, "the largest figure": max(figures.values(), default=0)}.get(fails_at)
+    limit = (limit or study_sizes[fails_at]) - 1
+    config = write_config(tmp_path, STUDY)
+    out = tmp_path / "results" / "study"
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "from armsdyn.cli import main\n"
+        "import armsdyn.figures, armsdyn.sensitivity, armsdyn.ensemble\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        f"sys.exit(main(['run', {str(config)!r}, '--out', {str(out)!r}, '--chunk-size', '16', '--workers', '1']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    line = _one_line_error(proc.stderr)
+    assert "could not write" in line
+    assert not out.exists()
+
+
+def test_an_unreachable_scheduler_fails_fast_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = write_config(tmp_path, STUDY)
+    start = time.monotonic()
+    code = main(["run", str(config), "--out", str(tmp_path / "out"), "--scheduler", f"tcp://127.0.0.1:{port}"])
+    elapsed = time.monotonic() - start
+    assert code == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert f"tcp://127.0.0.1:{port}: cannot reach the Dask scheduler" in line
+    assert elapsed < 20, f"took {elapsed:.0f} s"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_chunk_is_run_again_on_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, STUDY)
+    whole = tmp_path / "whole"
+    assert main(["run", str(config), "--out", str(whole), "--chunk-size", "16", "--workers", "1"]) == 0
+    # An interrupted study: its chunk store, with one chunk cut short (as a crash without fsync can leave it).
+    out = tmp_path / "resumed"
+    store = tmp_path / ".resumed.study"
+    run_study(armsdyn.load_config(config), store=store, chunk_size=16, workers=1)
+    chunk = store / "chunk-000001.nc"
+    chunk.write_bytes(chunk.read_bytes()[:300])
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(out), "--chunk-size", "16", "--workers", "1", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "chunk-000001.nc: damaged chunk" in err
+    assert "Traceback" not in err
+    assert not store.exists()
+    with (
+        xr.open_dataset(whole / "sensitivity" / "ensemble.nc") as a,
+        xr.open_dataset(out / "sensitivity" / "ensemble.nc") as b,
+    ):
+        xr.testing.assert_identical(a.load(), b.load())
+
+
+def test_two_forced_studies_at_once_the_second_is_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path, STUDY.replace("samples = 64", "samples = 4000"))
+    out = tmp_path / "out"
+    store = tmp_path / ".out.study"
+    args = [sys.executable, "-m", "armsdyn", "run", str(config), "--out", str(out), "--force", "--workers", "1"]
+    first = subprocess.Popen(
+        [*args, "--chunk-size", "500"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(store.glob("chunk-*.nc")) and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first study finished before the second could start"
+        second = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+        assert second.returncode == 2
+        line = _one_line_error(second.stderr)
+        assert "another armsdyn run is writing this results folder" in line
+        assert "scenarios of" not in second.stderr, "must be refused before running anything"
+    finally:
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    complete(out)
+    assert not store.exists()
+
+
+def test_figure_names_with_dots_get_their_own_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    figures = "".join(
+        f'[[figures]]\nkind = "time_series"\nname = "{name}"\nvariables = ["{var}"]\n'
+        for name, var in (("arms.x", "arms X"), ("arms.y", "arms Y"))
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(write_config(tmp_path, figures)), "--out", str(out)]) == 0
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert names == sorted(f"arms.{v}.{ext}" for v in "xy" for ext in ("md", "pdf", "png", "svg"))
+    assert (out / "figures" / "arms.x.pdf").read_bytes() != (out / "figures" / "arms.y.pdf").read_bytes()
+    # Names that differ only in case would share files on macOS or Windows: refused.
+    clash = figures.replace('name = "arms.y"', 'name = "ARMS.x"')
+    assert main(["check", str(write_config(tmp_path, clash, name="clash"))]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "figures[1].name: figure name 'ARMS.x' gives the same files as figures[0]" in line
+
+
+def _calibration_with(tmp_path: Path, rows: dict[int, str], method: str) -> Path:
+    lines = (ROOT / "models" / "data" / "richardson_1909_1913.csv").read_text().splitlines()
+    edited = [rows.get(int(line.split(",")[0]), line) if line[:1].isdigit() else line for line in lines]
+    data = tmp_path / "data.csv"
+    data.write_text("\n".join(line for line in edited if line) + "\n")
+    text = (
+        (CONFIGS / "calibrate_richardson_1909.toml")
+        .read_text()
+        .replace('"../models/data/richardson_1909_1913.csv"', f'"{data.as_posix()}"')
+        .replace('"../models/richardson.mdl"', f'"{(ROOT / "models" / "richardson.mdl").as_posix()}"')
+        .replace('method = "richardson_combined"', f'method = "{method}"')
+    )
+    if method == "trajectory":
+        text += '[calibration.parameters]\n"defence coefficient k" = { initial = 0.1, bounds = [0, 3] }\n'
+    config = tmp_path / "cal.toml"
+    config.write_text(text)
+    return config
+
+
+def test_calibration_data_with_gaps_or_negative_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Richardson's estimator works on consecutive years: a missing year is an error naming it.
+    gap = _calibration_with(tmp_path, {1911: ""}, "richardson_combined")
+    assert main(["calibrate", str(gap), "--out", str(tmp_path / "a")]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "gaps in the years used: no rows for 1911" in line
+    assert 'method = "trajectory"' in line
+    # So is a year where one series is empty.
+    empty = _calibration_with(tmp_path, {1910: "1910,50.9,,62.0,23.4"}, "richardson_combined")
+    assert main(["calibrate", str(empty), "--out", str(tmp_path / "b")]) == 2
+    assert "'russia' missing in 1910" in _one_line_error(capsys.readouterr().err)
+    # Trajectory matching fits the observed years: gaps and negative values are warnings naming the years.
+    odd = _calibration_with(tmp_path, {1911: "", 1912: "1912,-63.2,81.8,68.2,25.5"}, "trajectory")
+    assert main(["calibrate", str(odd), "--out", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err
+    assert "armsdyn: warning: " in err
+    assert "no rows for 1911" in err
+    assert "negative values: 'france' in 1912" in err
+    # The unedited data give neither.
+    clean = _calibration_with(tmp_path, {}, "richardson_combined")
+    assert main(["calibrate", str(clean), "--out", str(tmp_path / "d")]) == 0
+    assert "warning" not in capsys.readouterr().err
