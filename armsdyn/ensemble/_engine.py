@@ -27,6 +27,7 @@ DEFAULT_CHUNK_SIZE = 8192
 small enough that a step's working set stays in the CPU cache."""
 
 _NUMBA_SPEEDUP = 3.0  # numba kernel against numpy per sample: at least this (3-7x measured), on one core
+_LOAD_SECONDS = 0.7  # importing numba and loading a cached kernel
 _COMPILE_BASE = 1.5  # seconds: importing numba and compiling the smallest kernel
 _COMPILE_PER_LINE2 = 2.2e-5  # seconds per squared line of kernel source
 
@@ -314,7 +315,8 @@ class CompiledModel(VariableLookup):
             msg = f"chunk_size must be at least 1, got {chunk_size}"
             raise ValueError(msg)
         # "auto" with no compiled kernel at hand: numpy first, numba once its compilation pays.
-        pilot = self.backend == "numba" and self._requested == "auto" and not self.kernel_ready(names)
+        # (A kernel cached on disk still costs importing numba and loading it: more than a small study.)
+        pilot = self.backend == "numba" and self._requested == "auto" and tuple(names) not in self._kernels
         if self.backend == "numba" and not pilot:
             try:
                 return self._simulate_numba(values, n, grid, names, chunk_size)
@@ -331,7 +333,8 @@ class CompiledModel(VariableLookup):
             if pilot and lo > 0:
                 pilot = False
                 per_sample = (perf_counter() - started) / lo
-                if per_sample * (n - lo) * (1 - 1 / _NUMBA_SPEEDUP) > self._compile_estimate(names):
+                cost = _LOAD_SECONDS if self.kernel_ready(names) else self._compile_estimate(names)
+                if per_sample * (n - lo) * (1 - 1 / _NUMBA_SPEEDUP) > cost:
                     try:
                         rest = self._simulate_numba({k: v[lo:] for k, v in values.items()}, n - lo, grid, names,
                                                     chunk_size)  # fmt: skip
