@@ -52,7 +52,7 @@ from typing import Any
 import pandas as pd
 
 from armsdyn.errors import ConfigError, ModelError, did_you_mean
-from armsdyn.model import Model, TimeSettings, load_model
+from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.sensitivity import AGGREGATES, DISTRIBUTIONS, METHODS, Output, SampledParameter, SensitivitySpec
 
 #: A parameter override: a constant, or a time series of (time, value) pairs.
@@ -86,11 +86,15 @@ class Scenario:
         Free text for humans.
     parameters : mapping of str to ParameterValue
         The experiment's base overrides updated with the scenario's own.
+    baseline : str or None
+        Another scenario of the experiment that this one is compared with
+        (config key ``baseline``); None when not given.
     """
 
     name: str
     description: str = ""
     parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    baseline: str | None = None
 
     def pysd_params(self) -> dict[str, float | pd.Series]:
         """The overrides in the form PySD's ``run(params=...)`` accepts."""
@@ -261,7 +265,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "sensitivity.outputs": {"metric": "string", "variable": "string", "aggregate": "string", "at": "number"},
     "experiment": {"name": "string", "description": "string", "model": "string"},
     "time": {"initial": "number", "final": "number", "step": "number", "saveper": "number"},
-    "scenarios": {"name": "string", "description": "string", "parameters": "table"},
+    "scenarios": {"name": "string", "description": "string", "parameters": "table", "baseline": "string"},
     "output": {"variables": "list of strings"},
     "figures": {
         "kind": "string",
@@ -588,7 +592,9 @@ def _is_multiple(value: float, unit: float) -> bool:
     return round(ratio) >= 1 and abs(ratio - round(ratio)) <= 1e-9 * max(1.0, ratio)
 
 
-def _parse_parameters(table: Any, where: str, model: Model, problems: _Problems) -> dict[str, ParameterValue]:
+def _parse_parameters(
+    table: Any, where: str, model: Model, problems: _Problems, owner: str = ""
+) -> dict[str, ParameterValue]:
     """Parameter overrides keyed by model name; a subscripted constant by element.
 
     A subscripted constant is set whole (one value for every element, or a
@@ -664,7 +670,31 @@ def _parse_parameters(table: Any, where: str, model: Model, problems: _Problems)
             )
             continue
         out.update({var.element_name(e): v for e, v in given.items()})
+    in_range = _range_checker(model, problems)
+    for key in list(out):
+        if not in_range(out[key], model.variable(key.split("[", 1)[0]), f'{where}."{key}"', owner):
+            del out[key]
     return out
+
+
+def _range_checker(model: Model, problems: _Problems) -> Any:
+    """A check of an override against the closed range the model declares (Vensim ``units [min, max]``)."""
+
+    def in_range(value: ParameterValue, var: Variable, path: str, owner: str) -> bool:
+        lo, hi = var.limits
+        values = [v for _, v in value] if isinstance(value, tuple) else [value]
+        bad = [v for v in values if (not math.isnan(lo) and v < lo) or (not math.isnan(hi) and v > hi)]
+        if not bad:
+            return True
+        allowed = f"[{'-inf' if math.isnan(lo) else f'{lo:g}'}, {'inf' if math.isnan(hi) else f'{hi:g}'}]"
+        problems.add(
+            path,
+            f"{owner}{var.name!r} = {bad[0]:g} is outside the range {allowed} that {model.path} declares "
+            "for it (its ends are allowed)",
+        )
+        return False
+
+    return in_range
 
 
 def _parse_value(value: Any, path: str, problems: _Problems) -> ParameterValue | None:
@@ -718,8 +748,30 @@ def _parse_scenarios(
             problems.add(f"{where}.name", f"duplicate scenario name {name!r} (also scenarios[{seen[name]}])")
             continue
         seen[name] = i
-        own = _parse_parameters(good.get("parameters", {}), f"{where}.parameters", model, problems)
-        scenarios.append(Scenario(name=name, description=good.get("description", ""), parameters={**base, **own}))
+        own = _parse_parameters(
+            good.get("parameters", {}), f"{where}.parameters", model, problems, owner=f"scenario {name!r}: "
+        )
+        scenarios.append(
+            Scenario(
+                name=name,
+                description=good.get("description", ""),
+                parameters={**base, **own},
+                baseline=good.get("baseline"),
+            )
+        )
+    for scenario in scenarios:
+        if scenario.baseline is None:
+            continue
+        where = f"scenarios[{seen[scenario.name]}].baseline"
+        others = [s.name for s in scenarios if s.name != scenario.name]
+        if scenario.baseline == scenario.name:
+            problems.add(where, f"scenario {scenario.name!r} cannot be its own baseline; name another scenario")
+        elif scenario.baseline not in others:
+            problems.add(
+                where,
+                f"unknown scenario {scenario.baseline!r}{did_you_mean(scenario.baseline, others)} "
+                f"(scenarios: {', '.join(others)})",
+            )
     return tuple(scenarios)
 
 

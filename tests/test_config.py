@@ -146,6 +146,24 @@ BAD = [
         '[metrics]\nbaseline = "on"\n[output]',
         r"metrics\.baseline: unknown scenario 'on'; did you mean 'one'\?",
     ),
+    (
+        "unknown-scenario-baseline",
+        'name = "two"',
+        'name = "two"\nbaseline = "onee"',
+        r"scenarios\[1\]\.baseline: unknown scenario 'onee'; did you mean 'one'\? \(scenarios: one\)",
+    ),
+    (
+        "own-baseline",
+        'name = "two"',
+        'name = "two"\nbaseline = "two"',
+        r"scenarios\[1\]\.baseline: scenario 'two' cannot be its own baseline",
+    ),
+    (
+        "baseline-not-string",
+        'name = "two"',
+        'name = "two"\nbaseline = 1',
+        r"scenarios\[1\]\.baseline: expected a string",
+    ),
     ("not-toml", "[time]", "[time", r"not valid TOML: .*line"),
     ("duplicate-key", "final = 10", "final = 10\nfinal = 11", r"not valid TOML"),
 ]
@@ -227,3 +245,71 @@ def test_default_output_is_stocks_and_flows_and_infinite_parameters_are_allowed(
 def test_without_scenarios_there_is_one_base_scenario(tmp_path: Path) -> None:
     exp = load_config(write_config(tmp_path, '[parameters]\n"grievance g" = 2\n'))
     assert [(s.name, dict(s.parameters)) for s in exp.scenarios] == [("base", {"grievance g": 2.0})]
+
+
+def test_scenario_baseline_names_another_scenario(tmp_path: Path) -> None:
+    exp = load_config(write_config(tmp_path, GOOD.replace('name = "two"', 'name = "two"\nbaseline = "one"', 1)))
+    assert exp.scenario("two").baseline == "one"
+    assert exp.scenario("one").baseline is None
+
+
+def _ranged_model(tmp_path: Path) -> Path:
+    """Richardson's model declaring ranges: k in [0, 2], a strictly positive (at least 0.01)."""
+    text = (MODELS / "richardson.mdl").read_text()
+    ranged = text.replace(
+        "defence coefficient k=\n\t0.9\n\t~\t1/Year\n", "defence coefficient k=\n\t0.9\n\t~\t1/Year [0,2]\n"
+    )
+    ranged = ranged.replace(
+        "fatigue coefficient a=\n\t1\n\t~\t1/Year\n", "fatigue coefficient a=\n\t1\n\t~\t1/Year [0.01,?]\n"
+    )
+    assert ranged.count("[0,2]") == 1
+    assert ranged.count("[0.01,?]") == 1
+    path = tmp_path / "ranged.mdl"
+    path.write_text(ranged)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        (
+            "scenario",
+            "-0.5",
+            r"""scenarios\[0\]\.parameters\."defence coefficient k": scenario 'one': 'defence coefficient k' = -0\.5 """
+            r"is outside the range \[0, 2\] that .*ranged\.mdl declares",
+        ),
+        ("scenario", "2.5", r"'defence coefficient k' = 2\.5 is outside the range \[0, 2\]"),
+        ("scenario", "inf", r"'defence coefficient k' = inf is outside the range \[0, 2\]"),
+        ("scenario", "[[0, 1], [10, 2.01]]", r"'defence coefficient k' = 2\.01 is outside the range \[0, 2\]"),
+        ("base", "3", r"""^\S+: parameters\."defence coefficient k": 'defence coefficient k' = 3 is outside"""),
+    ],
+)
+def test_overrides_outside_the_declared_range_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, value: str, message: str
+) -> None:
+    model = _ranged_model(tmp_path)
+    override = f'"defence coefficient k" = {value}'
+    if where == "scenario":
+        body = f'[[scenarios]]\nname = "one"\nparameters = {{ {override} }}\n'
+    else:
+        body = f"[parameters]\n{override}\n"
+    config = write_config(tmp_path, body, model=model)
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
+    assert main(["check", str(config)]) == 2
+    assert "is outside the range" in capsys.readouterr().err
+
+
+def test_overrides_at_the_ends_of_the_declared_range_are_allowed(tmp_path: Path) -> None:
+    model = _ranged_model(tmp_path)
+    body = "".join(
+        f'[[scenarios]]\nname = "s{i}"\n'
+        f'parameters = {{ "defence coefficient k" = {k}, "fatigue coefficient a" = {a} }}\n'
+        for i, (k, a) in enumerate([(0, 0.01), (2, 1e9), ("[[0, 0], [10, 2]]", 0.5)])
+    )
+    exp = load_config(write_config(tmp_path, body, model=model))
+    assert exp.scenario("s1").parameters["defence coefficient k"] == 2.0
+    # A strictly positive range refuses zero.
+    zero = write_config(tmp_path, '[parameters]\n"fatigue coefficient a" = 0\n', model=model, name="zero")
+    with pytest.raises(ConfigError, match=r"'fatigue coefficient a' = 0 is outside the range \[0\.01, inf\]"):
+        load_config(zero)
