@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,48 @@ def paper_style() -> Iterator[None]:
         yield
 
 
+# Units that tell a reader nothing: dimensionless, or the model's arbitrary unit of force.
+_SILENT_UNITS = frozenset({"", "dmnl", "1", "units", "unit"})
+
+
+def _with_units(name: str, units: str) -> str:
+    return name if units.strip().lower() in _SILENT_UNITS else f"{name} ({units})"
+
+
 def axis_label(da: xr.DataArray) -> str:
-    """``"long_name (units)"`` for a variable, without empty parentheses."""
-    name = da.attrs.get("long_name", da.name)
-    units = da.attrs.get("units", "")
-    return f"{name} ({units})" if units else str(name)
+    """``"long_name (units)"`` for a variable; no parentheses for empty, dimensionless or arbitrary units."""
+    return _with_units(str(da.attrs.get("long_name", da.name)), str(da.attrs.get("units", "")))
+
+
+def _scenario_label(ds: xr.Dataset, scenario: str, width: int = 28) -> str:
+    """A scenario's description (wrapped) where the results carry one, else its name."""
+    if "scenario_description" in ds.coords:
+        text = str(ds["scenario_description"].sel(scenario=scenario).item())
+        if text:
+            return textwrap.fill(text, width)
+    return scenario
+
+
+def _treaty_marks(panel: Axes, ds: xr.Dataset, scenario: str) -> None:
+    """Shade the time a treaty is in force and mark its end, where the results hold them."""
+    keys = {str(da.attrs.get("long_name", k)): k for k, da in ds.data_vars.items()}
+    if "treaty in force" not in keys:
+        return
+    t = ds["time"].values
+    on = ds[keys["treaty in force"]].sel(scenario=scenario).values > 0.5
+    if not on.any():
+        return
+    start = t[np.argmax(on)]
+    after = np.flatnonzero(~on & (t > start))
+    end = t[after[0]] if after.size else t[-1]
+    if "treaty breakdown time" in keys and "treaty broken" in keys:
+        if float(ds[keys["treaty broken"]].sel(scenario=scenario).values[-1]) > 0.5:
+            end = float(ds[keys["treaty breakdown time"]].sel(scenario=scenario).values[-1])
+        if "treaty signing time" in keys:
+            start = float(ds[keys["treaty signing time"]].sel(scenario=scenario).values[-1])
+    panel.axvspan(start, end, color="0.9", linewidth=0, zorder=0)
+    if after.size:
+        panel.axvline(end, color="0.4", linestyle=":", linewidth=0.8, zorder=0)
 
 
 def _variable(ds: xr.Dataset, name: str) -> xr.DataArray:
@@ -146,6 +184,8 @@ def time_series(
     # A subscripted variable is a line per element, labelled with the element's name.
     if layout == "overlay":
         for panel, da in zip(axes, arrays, strict=True):
+            if len(names) == 1:
+                _treaty_marks(panel, ds, names[0])
             for scenario in names:
                 for element, values in _lines(da, {"scenario": scenario}):
                     label = element if element and len(names) == 1 else _joined(scenario, element)
@@ -153,14 +193,15 @@ def time_series(
             panel.set_ylabel(axis_label(da))
     else:
         units = {da.attrs.get("units", "") for da in arrays}
-        ylabel = f"value ({units.pop()})" if len(units) == 1 else "value"
+        ylabel = _with_units("value", units.pop()) if len(units) == 1 else "value"
         for panel, scenario in zip(axes, names, strict=True):
+            _treaty_marks(panel, ds, scenario)
             for da in arrays:
                 name = da.attrs.get("long_name", da.name)
                 for element, values in _lines(da, {"scenario": scenario}):
                     label = element if element and len(arrays) == 1 else f"{name}[{element}]" if element else name
                     panel.plot(t, values, label=label)
-            panel.set_title(scenario)
+            panel.set_title(_scenario_label(ds, scenario, 40))
             panel.set_ylabel(ylabel)
     ncols = axes[0].get_gridspec().ncols if axes[0].get_gridspec() is not None else 1
     for i, panel in enumerate(axes):
@@ -355,6 +396,7 @@ def scenario_grid(
     for r, scenario in enumerate(names):
         for c, group in enumerate(panels):
             panel = rows[r][c]
+            _treaty_marks(panel, ds, scenario)
             for name in group:
                 da = _variable(ds, name)
                 long_name = da.attrs.get("long_name", name)
@@ -363,9 +405,9 @@ def scenario_grid(
             if r == 0:
                 units = {_variable(ds, n).attrs.get("units", "") for n in group}
                 title = _common_stem([_variable(ds, n).attrs.get("long_name", n) for n in group])
-                panel.set_title(f"{title} ({units.pop()})" if len(units) == 1 and title else title)
+                panel.set_title(_with_units(title, units.pop()) if len(units) == 1 and title else title)
             if c == 0:
-                panel.set_ylabel(scenario, rotation=0, ha="right", va="center")
+                panel.set_ylabel(_scenario_label(ds, scenario), rotation=0, ha="right", va="center", fontsize=6)
             if r == len(names) - 1:
                 panel.set_xlabel(axis_label(ds["time"]))
     handles, labels = rows[0][0].get_legend_handles_labels()
@@ -438,7 +480,7 @@ def metric_bars(
         for bar, value, scenario in zip(bars, values, names, strict=True):
             if np.isfinite(value):
                 ax.annotate(
-                    f"{value:.3g}",
+                    _value_text(ds, metric, value),
                     (bar.get_width(), bar.get_y() + bar.get_height() / 2),
                     xytext=(2, 0),
                     textcoords="offset points",
@@ -464,6 +506,17 @@ def metric_bars(
     return fig, [ax]
 
 
+_TIME_METRICS = ("breakout time", "mobilisation edge", "breakdown time", "treaty start")
+
+
+def _value_text(ds: xr.Dataset, metric: str, value: float) -> str:
+    """A metric's value with the digits it has: event times resolve to about a tenth of the time step."""
+    step = float(ds.attrs.get("time_step", 0) or 0)
+    if metric.startswith(_TIME_METRICS) and step > 0:
+        return f"{value:.{max(0, int(np.ceil(-np.log10(step / 10))) - 1)}f}"
+    return f"{value:.3g}"
+
+
 def _status(table: Any, metric: str, scenario: str) -> str:
     state = metric.split()[-1]
     column = f"breakout status {state}"
@@ -477,7 +530,7 @@ def _status(table: Any, metric: str, scenario: str) -> str:
 def _metric_label(ds: xr.Dataset, metrics: Sequence[str]) -> str:
     stem = _common_stem(list(metrics))
     units = ds["time"].attrs.get("units", "")
-    if stem.startswith(("breakout time", "mobilisation edge", "breakdown time", "treaty start")) and units:
+    if stem.startswith(_TIME_METRICS) and units:
         return f"{stem} ({units})"
     return stem
 
@@ -527,10 +580,15 @@ def metric_vs_parameter(
     finite = x[np.isfinite(x)]
     log = finite.size > 0 and np.all(finite > 0) and finite.max() / finite.min() >= 10
     inf_at = (finite.max() * (4 if log else 1.25)) if finite.size else 1.0
-    xs = np.where(np.isposinf(x), inf_at, x)
-    order = np.argsort(xs)
+    infinite = np.isposinf(x)
+    order = np.argsort(np.where(infinite, np.inf, x))
     for metric in metrics:
-        ax.plot(xs[order], table.loc[names, metric].to_numpy(dtype=float)[order], marker="o", label=metric)
+        y = table.loc[names, metric].to_numpy(dtype=float)
+        finite_order = [i for i in order if not infinite[i]]
+        (line,) = ax.plot(x[finite_order], y[finite_order], marker="o", label=metric)
+        if infinite.any():
+            # Infinity is no point on the axis: a separate marker past a break, never joined by a line.
+            ax.plot(np.full(infinite.sum(), inf_at), y[infinite], marker="D", linestyle="none", color=line.get_color())
     if log:
         ax.set_xscale("log")
     # Few scenarios: tick exactly the parameter values they ran with.
@@ -541,6 +599,9 @@ def metric_vs_parameter(
         labels.append("∞")
     ax.set_xticks(ticks, labels)
     ax.minorticks_off()
+    if infinite.any() and finite.size:
+        gap = np.sqrt(finite.max() * inf_at) if log else (finite.max() + inf_at) / 2
+        ax.annotate("//", (gap, 0), xycoords=("data", "axes fraction"), ha="center", va="center", fontsize=8)
     ax.set_xlabel(axis_label(coord))
     ax.set_ylabel(_metric_label(ds, metrics))
     if len(metrics) > 1:

@@ -121,7 +121,12 @@ def test_scenario_grid_and_metric_figures_from_the_main_experiment() -> None:
     fig, axes = figures.scenario_grid(dvk, [["hardware A", "hardware B"], ["insecurity A", "insecurity B"]])
     try:
         assert len(axes) == 2 * dvk.sizes["scenario"]
-        assert axes[0].get_title() == "hardware (units)"
+        assert axes[0].get_title() == "hardware"  # the model's arbitrary force unit is not a label
+        assert axes[2].get_ylabel().replace("\n", " ").startswith("Treaty cuts hardware by 90%")  # a description
+        # The treaty period is shaded and its end marked in treaty scenarios, not in the baseline.
+        assert not axes[0].patches
+        assert len(axes[2].patches) == 1
+        assert axes[2].lines[0].get_xdata()[0] == 60.0
     finally:
         plt.close(fig)
     fig, axes = figures.metric_bars(dvk, ["breakout time A"])
@@ -140,6 +145,10 @@ def test_scenario_grid_and_metric_figures_from_the_main_experiment() -> None:
     try:
         assert [t.get_text() for t in axes[0].get_xticklabels()][-1] == "∞"
         assert axes[0].get_xlabel() == "knowledge half life A (Year)"
+        # The infinite half-life is its own marker, not joined to the finite points by a line.
+        joined, alone = axes[0].lines
+        assert list(joined.get_xdata()) == [10.0]
+        assert alone.get_linestyle() == "None"
     finally:
         plt.close(fig)
 
@@ -187,7 +196,7 @@ def test_parameter_sweep_heatmap_from_a_grid_study(tmp_path: Path) -> None:
     )
     try:
         assert axes[0].get_xscale() == "log"
-        assert axes[0].get_ylabel() == "disarmament fraction (Dmnl)"
+        assert axes[0].get_ylabel() == "disarmament fraction"  # dimensionless: no "(Dmnl)"
     finally:
         plt.close(fig)
     # Both states' half-lives were sampled together.
