@@ -146,15 +146,16 @@ class FigureSpec:
 class MetricsSpec:
     """Options of the metrics computed on an experiment's results.
 
+    The share of power whose recovery ends a breakout is the model's own
+    ``regain share`` constant: the model records the event at the integration step.
+
     Attributes
     ----------
-    regain_share : float
-        Share of pre-treaty effective power whose recovery ends a breakout.
     baseline : str
-        Scenario without a treaty that treaty scenarios are compared with ("" for none).
+        Scenario without a treaty that treaty scenarios are compared with ("" for
+        none), unless a scenario names its own ``baseline``.
     """
 
-    regain_share: float = 0.9
     baseline: str = ""
 
 
@@ -244,7 +245,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "metrics": "table",
         "sensitivity": "table",
     },
-    "metrics": {"regain_share": "number", "baseline": "string"},
+    "metrics": {"baseline": "string"},
     "sensitivity": {
         "method": "string",
         "samples": "integer",
@@ -901,13 +902,10 @@ def _check_metric_names(
 
 def _parse_metrics(table: dict[str, Any], scenario_names: set[str], problems: _Problems) -> MetricsSpec:
     good = _check_table(table, "metrics", "metrics", problems)
-    share = good.get("regain_share", MetricsSpec.regain_share)
-    if not (0 < share <= 1):
-        problems.add("metrics.regain_share", f"must be in (0, 1], got {share!r}")
     baseline = good.get("baseline", "")
     if baseline and baseline not in scenario_names:
         problems.add("metrics.baseline", f"unknown scenario {baseline!r}{did_you_mean(baseline, scenario_names)}")
-    return MetricsSpec(regain_share=float(share), baseline=baseline)
+    return MetricsSpec(baseline=baseline)
 
 
 def _parse_sensitivity(

@@ -166,7 +166,7 @@ def run(
         },
     )
     ds.coords["scenario_description"] = ("scenario", [s.description for s in exp.scenarios])
-    ds.coords["baseline"] = ("scenario", [getattr(s, "baseline", None) or exp.metrics.baseline for s in exp.scenarios])
+    ds.coords["baseline"] = ("scenario", [s.baseline or exp.metrics.baseline for s in exp.scenarios])
     for var in saved:
         _add_dims(ds, var)
     for var in saved:

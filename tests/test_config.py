@@ -135,10 +135,10 @@ BAD = [
         r"figures\[0\]\.metrics\[0\]: unknown metric 'final arms Z' for this model; did you mean 'final arms [XY]'\?",
     ),
     (
-        "metric-regain-share",
+        "metric-regain-share-moved-to-the-model",
         "[output]",
-        "[metrics]\nregain_share = 1.5\n[output]",
-        r"metrics\.regain_share: must be in \(0, 1\], got 1\.5",
+        "[metrics]\nregain_share = 0.5\n[output]",
+        r"metrics\.regain_share: unknown key",
     ),
     (
         "unknown-baseline",
