@@ -153,11 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from armsdyn.config import load_config
     from armsdyn.output import locked, now, refuse_existing
+    from armsdyn.runner import needs, refuse_unfit
 
     started = now()
     experiment = load_config(args.config)
     target = args.out or Path("results") / experiment.name
     refuse_existing(target, force=args.force)  # before the runs; checked again under the lock
+    refuse_unfit(experiment, needs(experiment, workers=args.workers, chunk_size=max(1, args.chunk_size)), target)
     # One lock for the whole run: the results folder and the study's chunk store beside it.
     with locked(target):
         return _run_locked(args, experiment, target, started)
@@ -235,11 +237,15 @@ def _run_locked(args: argparse.Namespace, experiment: Experiment, target: Path, 
 
 def _check(args: argparse.Namespace) -> int:
     from armsdyn.config import load_config
+    from armsdyn.runner import needs, refuse_unfit
 
     exp = load_config(args.config)
+    found = needs(exp)
+    refuse_unfit(exp, found, Path("results") / exp.name)
     print(
         f"{args.config}: valid: experiment {exp.name!r}, model {exp.model.path}, "
-        f"{len(exp.scenarios)} scenarios, {len(exp.variables)} saved variables, {len(exp.figures)} figures"
+        f"{len(exp.scenarios)} scenarios, {len(exp.variables)} saved variables, {len(exp.figures)} figures; "
+        f"{found.summary()}"
     )
     for name in exp.variables:  # subscripted variables keep their dimensions in the results
         var = exp.model.variable(name)

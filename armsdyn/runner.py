@@ -378,3 +378,188 @@ def _progress_bar(n_chunks: int, done_chunks: int, n: int, chunk_size: int, show
         file=sys.stderr,
         dynamic_ncols=True,
     )
+
+
+# Limits before work: what a config will need, against what the machine has.
+
+#: Memory of one worker process before it simulates anything (Python, numpy, the model).
+WORKER_BASE_BYTES = 200 * 2**20
+#: Memory and disk of the figures, manifest and the like.
+EXTRA_BYTES = 50 * 2**20
+#: Runs whose full time series are kept for fan charts (see :class:`Reducer`).
+FAN_RUNS = Reducer.__dataclass_fields__["fan_runs"].default
+
+
+def study_runs(spec: Any) -> int:
+    """Number of runs a sensitivity study's method makes (SALib's designs; exact, not sampled).
+
+    ``oat``: 1 + levels per parameter; ``grid``: levels ** parameters; ``latin`` and
+    ``monte_carlo``: samples; ``morris``: samples * (parameters + 1); ``sobol``:
+    samples * (parameters + 2), or samples * (2 * parameters + 2) with second order.
+    """
+    d = len(spec.parameters)
+    if spec.method == "oat":
+        return 1 + d * spec.levels
+    if spec.method == "grid":
+        return spec.levels**d
+    if spec.method == "morris":
+        return spec.samples * (d + 1)
+    if spec.method == "sobol":
+        return spec.samples * ((2 * d + 2) if spec.second_order else (d + 2))
+    return spec.samples
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What running a config takes: runs, time steps, saved values, memory and disk.
+
+    Attributes
+    ----------
+    scenarios, runs : int
+        Scenario runs, and a sensitivity study's runs (0 without one).
+    steps, saves : int
+        Euler steps and saved times of each run.
+    saved_values : int
+        Numbers written: every scenario's saved variables over time, each study
+        run's outputs and sampled values, the fan-chart series.
+    memory : int
+        Peak bytes of memory, summed over the parent and its worker processes.
+    disk : int
+        Bytes written (results folder, and a study's chunk store beside it).
+    workers : int
+        Worker processes assumed.
+    """
+
+    scenarios: int
+    runs: int
+    steps: int
+    saves: int
+    saved_values: int
+    memory: int
+    disk: int
+    workers: int
+
+    def counts(self) -> str:
+        """``"5 scenario runs + 160 study runs of 481 steps, 1.2e+05 saved values"``."""
+        runs = f"{self.scenarios} scenario run{'s' * (self.scenarios != 1)}"
+        runs += f" + {self.runs:,} study runs" if self.runs else ""
+        return f"{runs} of {self.steps:,} steps, {self.saved_values:,} saved values"
+
+    def summary(self) -> str:
+        """:meth:`counts` and the memory and disk they need."""
+        workers = f" with {self.workers} worker{'s' * (self.workers != 1)}" if self.runs else ""
+        return f"{self.counts()}; needs about {_size(self.memory)} of memory{workers} and {_size(self.disk)} of disk"
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def needs(experiment: Any, *, workers: int | None = None, chunk_size: int = 8192) -> Needs:
+    """Estimate what running `experiment` takes, without running anything.
+
+    The estimate counts the arrays armsdyn and the engine hold (8 bytes a value)
+    with a margin for copies; it is meant to catch configs that cannot fit by far
+    (a billion samples, a grid of 100 levels over several parameters), not to
+    predict memory to the megabyte.
+    """
+    time = experiment.time
+    steps = round((time.final - time.initial) / time.step)
+    saves = round((time.final - time.initial) / time.saveper) + 1
+    model = experiment.model
+    n_vars = sum(_width(model.variable(name)) for name in experiment.variables)  # a value per element
+    n_model = sum(_width(var) for var in model.variables.values())
+    scenarios = len(experiment.scenarios)
+    # Scenarios run one at a time; their results are held together, then copied into the Dataset.
+    scenario_values = scenarios * n_vars * saves
+    memory = 3 * 8 * scenario_values + 8 * n_model * saves + WORKER_BASE_BYTES
+    disk = 8 * scenario_values + EXTRA_BYTES
+    spec = experiment.sensitivity
+    runs, saved, n_workers = 0, scenario_values, 1
+    if spec is not None:
+        runs = study_runs(spec)
+        n_workers = max(1, min((os.cpu_count() or 1) if workers is None else workers, -(-runs // chunk_size)))
+        sampled = len(spec.parameters) + sum(len(p.also) for p in spec.parameters)
+        constants = len(experiment.scenario(spec.scenario).parameters) + sampled
+        per_run = len(spec.outputs) + constants  # outputs and the sampled values kept as coordinates
+        fan = min(runs, FAN_RUNS) * len(spec.fan_variables) * saves
+        saved += runs * per_run + fan
+        chunk = min(chunk_size, runs)
+        # Parent: the sample table (and the sampler's own copy), the outputs as chunks and combined.
+        parent = 8 * runs * (constants + 2 * sampled) + 3 * 8 * (runs * per_run + fan)
+        # Each worker: its chunk's saved series and the engine's state for every model variable.
+        study_vars = sum(_width(model.variable(name)) for name in spec.variables)
+        worker = WORKER_BASE_BYTES + 8 * chunk * (study_vars * saves + 4 * n_model)
+        memory += parent + n_workers * worker
+        disk += 2 * 8 * (runs * per_run + fan)  # the chunk store and ensemble.nc
+    return Needs(scenarios, runs, steps, saves, saved, memory, disk, n_workers)
+
+
+def _width(var: Any) -> int:
+    """Values a variable has at each time: one, or one per element of a subscripted variable."""
+    return len(var.elements()) if getattr(var, "dims", None) else 1
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine (0 if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def free_disk(path: Path) -> int:
+    """Free bytes on the file system that would hold `path` (its nearest existing ancestor)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def refuse_unfit(experiment: Any, found: Needs, target: Path) -> None:
+    """Raise :class:`LimitError` if `found` cannot fit this machine's memory or the target's disk."""
+    memory, disk = machine_memory(), free_disk(target)
+    problems = []
+    if memory and found.memory > memory:
+        problems.append(f"about {_size(found.memory)} of memory, and this machine has {_size(memory)}")
+    if disk and found.disk > disk:
+        problems.append(f"about {_size(found.disk)} of disk, and the disk of {target} has {_size(disk)} free")
+    if not problems:
+        return
+    source = experiment.config_path or "<config>"
+    msg = (
+        f"{source}: too large to run here: it needs {' and '.join(problems)} ({found.counts()}); "
+        f"{_reduce(experiment, found)}"
+    )
+    raise LimitError(msg)
+
+
+def _reduce(experiment: Any, found: Needs) -> str:
+    """How to make a config smaller, for the numbers that dominate."""
+    spec = experiment.sensitivity
+    hints = []
+    if spec is not None and found.runs:
+        d = len(spec.parameters)
+        if spec.method == "grid":
+            hints.append(f"sensitivity.levels ({spec.levels} levels ** {d} parameters = {found.runs:,} runs)")
+        elif spec.method == "oat":
+            hints.append(f"sensitivity.levels (now {spec.levels})")
+        else:
+            hints.append(f"sensitivity.samples (now {spec.samples:,}, giving {found.runs:,} runs)")
+        if d > 1:
+            hints.append(f"the number of [[sensitivity.parameters]] (now {d})")
+    hints.append(f"the saved times (a larger time.saveper, now {experiment.time.saveper:g}: {found.saves:,} per run)")
+    if found.runs:
+        hints.append("--workers or --chunk-size")
+    return "reduce " + ", or ".join(hints)
+
+
+class LimitError(ArmsdynError, MemoryError):
+    """A config needs more memory or disk than this machine has."""
