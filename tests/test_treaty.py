@@ -125,5 +125,15 @@ def test_the_main_config_saves_every_record_the_metrics_read() -> None:
 
 def test_security_views_experiment_runs() -> None:
     ds = armsdyn.run(CONFIGS / "security_views.toml")
-    assert list(ds["scenario"].values) == ["status_quo", "power", "peace_agreed", "peace_unilateral", "security"]
+    assert list(ds["scenario"].values) == [
+        "status_quo",
+        "power",
+        "power_B",
+        "peace_reciprocal",
+        "peace_unilateral_exploited",
+        "peace_reciprocal_vs_power",
+        "security",
+        "power_to_security",
+    ]
     assert float(ds["hardware_a"].min()) >= 0
+    assert float(ds["hardware_b"].min()) >= 0
