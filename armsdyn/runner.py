@@ -20,8 +20,10 @@ combined in chunk order, so every executor gives identical results.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -291,8 +293,22 @@ def _chunk_ok(path: Path, runs: int, outputs: int) -> bool:
 def _write_chunk(folder: Path, index: int, chunk: xr.Dataset) -> None:
     final = _chunk_path(folder, index)
     partial = folder / f".{final.name}.partial"
-    chunk.to_netcdf(partial, engine="netcdf4")
+    # Written here, in this process: with a Dask client open, xarray would otherwise take a
+    # lock on the cluster to write a local file, and fail if the scheduler is gone.
+    with _local_scheduler():
+        chunk.to_netcdf(partial, engine="netcdf4")
     os.replace(partial, final)
+
+
+@contextlib.contextmanager
+def _local_scheduler() -> Iterator[None]:
+    try:
+        import dask
+    except ImportError:
+        yield
+        return
+    with dask.config.set(scheduler="synchronous"):
+        yield
 
 
 def _combine(folder: Path, n_chunks: int) -> xr.Dataset:
@@ -340,20 +356,31 @@ def _execute_dask(tasks: Iterator[_Task], scheduler: str) -> Iterator[tuple[int,
             "is it running at that address? Without --scheduler the study runs on this machine"
         )
         raise SchedulerError(msg) from None
-    with client:
-        futures = [client.submit(_run_task, task, pure=False) for task in tasks]
-        for future in dask_completed(futures):
+    # The client's own log lines (reconnect attempts and their tracebacks) would bury the message.
+    names = ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        with client:
+            futures = [client.submit(_run_task, task, pure=False) for task in tasks]
             try:
-                result = future.result()
+                for future in dask_completed(futures):
+                    yield future.result()
             except ArmsdynError:
                 raise
-            except (OSError, TimeoutError) as exc:
+            except Exception as exc:
+                if client.status == "running" and not isinstance(exc, OSError | TimeoutError):
+                    raise  # the task itself failed
                 msg = (
-                    f"{scheduler}: lost the Dask scheduler while the study ran ({type(exc).__name__}: {exc}); "
+                    f"{scheduler}: lost the Dask scheduler while the study ran "
+                    f"({type(exc).__name__}: {' '.join(str(exc).split())}); "
                     "finished chunks are kept: run the same command with --resume to continue"
                 )
                 raise SchedulerError(msg) from None
-            yield result
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 class _NoBar:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -346,12 +347,13 @@ def test_a_truncated_chunk_is_run_again_on_resume(tmp_path: Path, capsys: pytest
 
 
 def test_two_forced_studies_at_once_the_second_is_refused(tmp_path: Path) -> None:
-    config = write_config(tmp_path, STUDY.replace("samples = 64", "samples = 4000"))
+    # Long enough (100 chunks) that the second run starts and is refused while the first still runs.
+    config = write_config(tmp_path, STUDY.replace("samples = 64", "samples = 100000"))
     out = tmp_path / "out"
     store = tmp_path / ".out.study"
     args = [sys.executable, "-m", "armsdyn", "run", str(config), "--out", str(out), "--force", "--workers", "1"]
     first = subprocess.Popen(
-        [*args, "--chunk-size", "500"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*args, "--chunk-size", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 120
@@ -428,3 +430,69 @@ def test_calibration_data_with_gaps_or_negative_values(tmp_path: Path, capsys: p
     clean = _calibration_with(tmp_path, {}, "richardson_combined")
     assert main(["calibrate", str(clean), "--out", str(tmp_path / "d")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_scheduler_is_a_message_and_the_study_resumes(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+        ],
+        **quiet,
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--nworkers",
+            "1",
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+        ],
+        **quiet,
+    )
+    config = write_config(tmp_path, STUDY.replace("samples = 64", "samples = 20000"))
+    out = tmp_path / "out"
+    store = tmp_path / ".out.study"
+    args = ["run", str(config), "--out", str(out), "--chunk-size", "100"]
+    try:
+        study = subprocess.Popen(
+            [sys.executable, "-m", "armsdyn", *args, "--scheduler", address],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while not list(store.glob("chunk-*.nc")) and time.monotonic() < deadline and study.poll() is None:
+            time.sleep(0.05)
+        os.killpg(scheduler.pid, signal.SIGKILL)
+        _, err = study.communicate(timeout=120)
+    finally:
+        for proc in (scheduler, worker):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert study.returncode == 2, err
+    line = _one_line_error(err)
+    assert f"{address}: lost the Dask scheduler while the study ran" in line
+    assert "--resume" in line
+    assert not out.exists()
+    resumed = run_cli(*args, "--resume", "--workers", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    complete(out)
