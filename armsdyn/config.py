@@ -969,6 +969,10 @@ def _parse_sensitivity(
         if problem:
             problems.add(f"{where}.bounds", problem)
             continue
+        if dist in ("unif", "logunif", "triang", "truncnorm"):  # samples lie between the first two numbers
+            in_range = _range_checker(model, problems)
+            if not all(in_range(float(b), var, f"{where}.bounds", "sampled ") for b in bounds[:2]):
+                continue
         also = []
         for j, other in enumerate(entry.get("also", [])):
             try:

@@ -313,3 +313,19 @@ def test_overrides_at_the_ends_of_the_declared_range_are_allowed(tmp_path: Path)
     zero = write_config(tmp_path, '[parameters]\n"fatigue coefficient a" = 0\n', model=model, name="zero")
     with pytest.raises(ConfigError, match=r"'fatigue coefficient a' = 0 is outside the range \[0\.01, inf\]"):
         load_config(zero)
+
+
+def test_sampled_bounds_outside_the_declared_range_are_refused(tmp_path: Path) -> None:
+    study = (
+        '[sensitivity]\nmethod = "latin"\nsamples = 8\n'
+        '[[sensitivity.parameters]]\nname = "defence coefficient k"\nbounds = [0.5, {high}]\n'
+        '[[sensitivity.outputs]]\nvariable = "arms X"\n'
+    )
+    model = _ranged_model(tmp_path)
+    with pytest.raises(
+        ConfigError,
+        match=r"sensitivity\.parameters\[0\]\.bounds: sampled 'defence coefficient k' = 3 is outside the range "
+        r"\[0, 2\]",
+    ):
+        load_config(write_config(tmp_path, study.format(high=3), model=model))
+    assert load_config(write_config(tmp_path, study.format(high=2), model=model, name="ok")).sensitivity is not None
