@@ -7,6 +7,7 @@ The public API::
     table = armsdyn.compute_metrics(ds)             # one row per scenario
 
 Ensembles and sensitivity studies: :mod:`armsdyn.ensemble`, :mod:`armsdyn.sensitivity`;
+claim audits (scenario discovery): ``armsdyn.audit(config)`` (module ``armsdyn.audit``);
 figures: :mod:`armsdyn.figures`.
 """
 
@@ -20,6 +21,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 from armsdyn.analysis import analyse
+from armsdyn.audit import audit
 from armsdyn.calibration import (
     CalibrationResult,
     calibrate,
@@ -64,6 +66,7 @@ __all__ = [
     "Variable",
     "__version__",
     "analyse",
+    "audit",
     "calibrate",
     "compute_metrics",
     "find_faults",

@@ -98,6 +98,8 @@ TEXT_METRICS = (
 )
 #: Metric columns that compare a scenario with its baseline.
 BASELINE_METRICS = tuple(f"{k} {s}" for k in ("insecurity reduction vs baseline", "foregone output") for s in "AB")
+#: Quasi-p above which a box's restriction is reported as not significant.
+SIGNIFICANCE = 0.05
 #: Wilson interval: the normal quantile of a 95% interval.
 Z95 = 1.959963984540054
 
@@ -534,9 +536,8 @@ def _metrics_of(
     table = compute_metrics(xr.Dataset(data, coords=coords))
     for column in FAULT_COLUMNS:
         table[column] = np.concatenate([runs[s][0][f"output: {column}"].values for s, _ in parts])
-    for k, (_, values, _) in constants.items():
-        if k not in table.columns:
-            table[k] = values
+    extra = {k: values for k, (_, values, _) in constants.items() if k not in table.columns}
+    table = pd.concat([table, pd.DataFrame(extra, index=table.index)], axis=1)
     own = table.iloc[:n].reset_index(drop=True)
     if baseline:
         other = table.iloc[n:].reset_index(drop=True).add_prefix("baseline ")
@@ -622,13 +623,16 @@ def prim_frame(draws: pd.DataFrame, switches: Sequence[str] = ()) -> pd.DataFram
 
 
 def select_box(trajectory: pd.DataFrame, min_density: float) -> int:
-    """The step of a peeling trajectory to report: the largest coverage with density >= `min_density`.
+    """The step of a peeling trajectory to report.
 
-    When no step reaches `min_density`, the densest.
+    Among the steps with density >= `min_density`, the one with the best balance
+    of coverage and density (their harmonic mean, the F1 score of the box as a
+    classifier); when no step reaches `min_density`, the densest.
     """
-    dense = trajectory.index[trajectory["density"] >= min_density]
+    dense = trajectory[trajectory["density"] >= min_density]
     if len(dense):
-        return int(trajectory.loc[dense, "coverage"].idxmax())
+        c, d = dense["coverage"], dense["density"]
+        return int((2 * c * d / (c + d)).idxmax())
     return int(trajectory["density"].idxmax())
 
 
@@ -718,13 +722,20 @@ def _num(v: float) -> str:
     return f"{v:.3g}"
 
 
-def box_words(box: Box, dimensions: Mapping[str, tuple[float, float]] | None = None) -> str:
+def box_words(
+    box: Box, dimensions: Mapping[str, tuple[float, float]] | None = None, *, alpha: float | None = None
+) -> str:
     """The box as conditions: ``"latent threat weight A < 0.2 and knowledge half life A < 8"``.
 
-    A side at the full range of a dimension (in `dimensions`) is left out.
+    Most significant restriction first. A side at the full range of a dimension
+    (in `dimensions`) is left out. With `alpha`, restrictions whose quasi-p
+    exceeds it are left out too (unless all would be).
     """
     parts = []
-    for dim, lim in sorted(box.limits.items(), key=lambda item: box.qp.get(item[0], 1.0)):
+    items = sorted(box.limits.items(), key=lambda item: box.qp.get(item[0], 1.0))
+    if alpha is not None and any(box.qp.get(d, 1.0) <= alpha for d, _ in items):
+        items = [(d, lim) for d, lim in items if box.qp.get(d, 1.0) <= alpha]
+    for dim, lim in items:
         if dimensions is not None and dim in dimensions and isinstance(lim, tuple) and len(lim) == 2:
             lo_full, hi_full = dimensions[dim]
             low = lim[0] > lo_full + 1e-12 * max(1.0, abs(lo_full))
@@ -907,8 +918,9 @@ def report_text(result: AuditResult) -> str:
         f"{n:,} runs of `{exp.model.path.name}` at draws from {method} (seed {spec.seed}) over "
         f"{len(spec.dimensions)} uncertain assumptions; each claim's scenario (and its baseline) ran at every "
         "draw. Shares are of the sampled space, with Wilson 95% intervals; boxes are PRIM's (EMA Workbench), "
-        f"each the step of its peeling trajectory with the largest coverage at a density of at least "
-        f"{_pct(spec.min_density)}; quasi-p values test each restriction (Bryant and Lempert 2010).",
+        "each the step of its peeling trajectory with the best balance of coverage and density (harmonic "
+        f"mean) at a density of at least {_pct(spec.min_density)}; quasi-p values test each restriction "
+        "(Bryant and Lempert 2010).",
         "",
         "| assumption | range | distribution |",
         "|---|---|---|",
@@ -951,10 +963,18 @@ def report_text(result: AuditResult) -> str:
             for j, b in enumerate(boxes, start=1):
                 qp = ", ".join(f"{d} {b.qp[d]:.2g}" for d in b.limits)
                 which = "It" if j == 1 else "Also, it"
+                weak = [d for d in b.limits if b.qp[d] > SIGNIFICANCE]
+                note = ""
+                if weak and len(weak) < len(b.limits):
+                    note = (
+                        f" The box also restricts {', '.join(weak)}, but not significantly "
+                        f"(quasi-p above {SIGNIFICANCE:g}): {box_words(b, ranges)}."
+                    )
                 lines += [
-                    f"{which} **{outcome} when {box_words(b, ranges)}**: this box holds {_pct(b.coverage)} of the "
-                    f"runs where it {outcome} (coverage), and it {outcome} in {_pct(b.density)} of the runs inside "
-                    f"(density); the box is {_pct(b.mass)} of the space. Quasi-p: {qp}.",
+                    f"{which} **{outcome} when {box_words(b, ranges, alpha=SIGNIFICANCE)}**: this box holds "
+                    f"{_pct(b.coverage)} of the runs where it {outcome} (coverage), and it {outcome} in "
+                    f"{_pct(b.density)} of the runs inside (density); the box is {_pct(b.mass)} of the space. "
+                    f"Quasi-p: {qp}.{note}",
                     "",
                 ]
         top = r.scores.sort_values(ascending=False)
@@ -1110,8 +1130,8 @@ def claim_summary(result: AuditResult, ax: Any = None) -> Any:
     else:
         fig = ax.figure
     shares = [r.share for r in result.claims]
-    lows = [r.share - r.interval[0] for r in result.claims]
-    highs = [r.interval[1] - r.share for r in result.claims]
+    lows = [max(0.0, r.share - r.interval[0]) for r in result.claims]
+    highs = [max(0.0, r.interval[1] - r.share) for r in result.claims]
     y = np.arange(n)[::-1]
     ax.barh(y, shares, xerr=[lows, highs], color="C0", capsize=2, height=0.6)
     for yi, s in zip(y, shares, strict=True):
@@ -1189,7 +1209,7 @@ def pair_scatter(draws: pd.DataFrame, holds: np.ndarray, box: Box, dims: Sequenc
     ax.legend(loc="best", fontsize="small", markerscale=3)
 
 
-def _main_summary(result: AuditResult) -> str:
+def summary_lines(result: AuditResult) -> str:
     """A few lines for the command line."""
     lines = []
     ranges = result.ranges()
@@ -1198,6 +1218,6 @@ def _main_summary(result: AuditResult) -> str:
         line = f"{r.claim.name}: holds in {_pct(r.share)} ({100 * low:.1f}-{100 * high:.1f}%)"
         fails = [b for b in r.boxes if b.outcome == "fails"]
         if fails:
-            line += f"; fails when {box_words(fails[0], ranges)}"
+            line += f"; fails when {box_words(fails[0], ranges, alpha=SIGNIFICANCE)}"
         lines.append(line)
     return "\n".join(lines)

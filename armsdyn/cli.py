@@ -27,6 +27,7 @@ examples:
   armsdyn figures results/richardson             redraw the figures from the saved results
   armsdyn calibrate configs/calibrate_richardson_1909.toml
   armsdyn analyse configs/richardson.toml        equilibria and stability of each scenario
+  armsdyn audit configs/audit_knowledge_argument.toml --samples 10000
   armsdyn models                                 list models in ./models with their parameters
   armsdyn describe models/richardson.mdl         every variable with units and documentation
 """
@@ -118,6 +119,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stocks", nargs="+", metavar="NAME", help="stocks to solve for (default: those in feedback)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random starting points (default: 0)")
     p.add_argument("--out", type=Path, help="also write the table to this CSV file")
+
+    p = sub.add_parser(
+        "audit",
+        help="audit a config's claims over its uncertainty space (scenario discovery)",
+        description="Sample CONFIG's [uncertainties] (Latin hypercube or Sobol), run every sample with the "
+        "ensemble engine, evaluate each [[claims]] predicate per run and write audit/: the share of the space "
+        "where each claim holds with its interval, PRIM boxes where it fails and holds, a CART tree, figures "
+        "and report.md.",
+    )
+    p.add_argument("config", type=Path, help="audit config file (TOML) with [[claims]] and [uncertainties]")
+    p.add_argument("--out", type=Path, help="audit folder (default: results/<experiment name>/audit)")
+    p.add_argument("--samples", type=int, metavar="N", help="runs (default: the config's [audit] samples)")
+    p.add_argument("--force", action="store_true", help="replace an existing audit folder")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: all cores)")
+    p.add_argument(
+        "--chunk-size", type=int, default=8192, metavar="N", help="samples simulated together (default: 8192)"
+    )
 
     p = sub.add_parser("models", help="list the models in a folder with their parameters")
     p.add_argument(
@@ -350,7 +368,30 @@ def _analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from armsdyn.audit import audit, load_audit, summary_lines
+    from armsdyn.output import refuse_existing
+
+    spec = load_audit(args.config)
+    target = args.out or Path("results") / spec.experiment.name / "audit"
+    refuse_existing(target, force=args.force)  # before the runs; checked again when writing
+    result = audit(
+        spec,
+        out=target,
+        samples=args.samples,
+        force=args.force,
+        workers=args.workers,
+        chunk_size=args.chunk_size,
+        progress=sys.stderr.isatty(),
+        command=sys.argv,
+    )
+    print(summary_lines(result))
+    print(f"wrote {target}/ (report.md, claims.csv, boxes.csv, figures/)")
+    return 0
+
+
 _COMMANDS = {
+    "audit": _audit,
     "run": _run,
     "check": _check,
     "figures": _figures,
