@@ -79,7 +79,11 @@ SAVEPER = 1 ~ ~ |
 SUBSCRIPTED_MDL = """{UTF-8}
 dim: a, b ~~|
 x[dim] = 1, 2 ~~|
-total = SUM(x[dim!]) * k ~~|
+y[dim] :EXCEPT: [a] = 2 ~~|
+y[a] = 3 ~~|
+flow[dim] = x[dim] * y[dim] - stocks[dim] / tau ~~|
+stocks[dim] = INTEG(flow[dim], 1) ~~|
+total = SUM(x[dim!] * y[dim!]) * k ~~|
 k = 3 ~~|
 stock = INTEG(total - stock / tau, 0) ~~|
 tau = 4 ~~|
@@ -91,7 +95,7 @@ SAVEPER = 1 ~ ~ |
 
 
 def vary_constants(model: CompiledModel, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every scalar constant drawn within +-30% of its default (infinite defaults kept).
+    """Every constant (every element of a subscripted one) drawn within +-30% of its default (infinite kept).
 
     Defaults between 0 and 1 stay at most 1: they are often fractions, and a
     fraction above 1 takes a negative number to a fractional power, which PySD
@@ -100,10 +104,16 @@ def vary_constants(model: CompiledModel, n: int, seed: int = 0) -> dict[str, np.
     rng = np.random.default_rng(seed)
     samples = {}
     for var in model.variables.values():
-        if var.kind == "constant" and var.default is not None:
-            factor = rng.uniform(0.7, 1.3, n) if np.isfinite(var.default) else np.ones(n)
-            values = var.default * factor
-            samples[var.name] = np.minimum(values, 1) if 0 < var.default <= 1 else values
+        if var.kind != "constant":
+            continue
+        # A subscripted constant is sampled element by element ("k[USA, China]").
+        items = [(var.name, var.default)] if var.default is not None else []
+        if var.dims:
+            items += [(var.element_name(e), d) for e, d in zip(var.elements(), var.defaults, strict=True)]
+        for name, default in items:
+            factor = rng.uniform(0.7, 1.3, n) if np.isfinite(default) else np.ones(n)
+            values = default * factor
+            samples[name] = np.minimum(values, 1) if 0 < default <= 1 else values
     return samples
 
 
@@ -252,12 +262,16 @@ def test_unsupported_construct_names_file_variable_and_construct(tmp_path: Path)
 def test_fallback_to_pysd_warns_and_matches_pysd(tmp_path: Path) -> None:
     path = tmp_path / "subscripted.mdl"
     path.write_text(SUBSCRIPTED_MDL, encoding="utf-8")
-    samples = {"k": np.array([1.0, 2.0, 3.0]), "tau": np.array([2.0, 4.0, 8.0])}
-    with pytest.warns(FallbackWarning, match="subscript"):
+    # :EXCEPT: is not compiled: a subscripted model that PySD runs, sampled whole and by element.
+    samples = {"k": np.array([1.0, 2.0, 3.0]), "tau": np.array([2.0, 4.0, 8.0]), "x[b]": np.array([2.0, 0.5, 1])}
+    with pytest.warns(FallbackWarning, match="EXCEPT"):
         ds = run_ensemble(path, samples)
     assert ds.attrs["engine"] == "pysd"
-    assert set(ds.data_vars) == {"stock", "total"}
-    assert_matches_pysd(path, ds, samples, ["stock", "total"])
+    assert set(ds.data_vars) == {"stock", "stocks", "flow", "total"}
+    assert ds["stocks"].dims == ("run", "time", "dim")
+    assert list(ds["dim"].values) == ["a", "b"]
+    np.testing.assert_array_equal(ds["x[b]"].values, samples["x[b]"])
+    assert_matches_pysd(path, ds, samples, ["stock", "stocks", "flow", "total"])
 
 
 @pytest.mark.slow

@@ -22,8 +22,10 @@ numbers are written with ``repr``.
 from __future__ import annotations
 
 import ast as ast_module
+import itertools
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,12 @@ from armsdyn.model import parse_model
 
 CONTROL = {"initial_time": "t0", "final_time": "tf", "time_step": "dt", "saveper": "sp"}
 """PySD names of the time controls and the local names the generated code gives them."""
+_CONTROL_NAMES = {
+    "initial_time": "INITIAL TIME",
+    "final_time": "FINAL TIME",
+    "time_step": "TIME STEP",
+    "saveper": "SAVEPER",
+}
 
 # PySD's OperationBuilder templates and arithmetic orders (python_expressions_builder.py).
 _OPS: dict[str, tuple[str, int]] = {
@@ -77,6 +85,16 @@ _NUMPY_FUNCS = {
     "power": "np.power",
 }
 
+# Vensim's array reductions over the ranges marked with '!' (xarray's, NaN skipped, as PySD computes them).
+_AGGREGATES = {
+    "sum": "np.nansum",
+    "prod": "np.nanprod",
+    "vmin": "np.nanmin",
+    "vmax": "np.nanmax",
+    "vmin_xmile": "np.nanmin",
+    "vmax_xmile": "np.nanmax",
+}
+
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
 _NUMBER = re.compile(r"-?[0-9.]+(e[-+]?[0-9]+)?\Z")
 
@@ -105,12 +123,18 @@ class Code:
         Node names it reads; ``"T"`` for time; ``"S:<state>"`` for a state.
     boolean : bool
         True if the value is a comparison or logical result.
+    dims : tuple of str
+        Subscript ranges of an array value, one axis each in this order (a name
+        ending in ``!`` is a range to aggregate over); the samples are the last
+        axis (of length 1 when no sample varies the value). Empty for a scalar: a
+        float or an array of shape ``(n,)``.
     """
 
     text: str
     order: int = 0
     deps: frozenset[str] = frozenset()
     boolean: bool = False
+    dims: tuple[str, ...] = ()
 
 
 @dataclass
@@ -134,6 +158,7 @@ class Stateful:
     args: dict[str, Code]
     nonneg: bool = False
     order: int | None = None
+    shape: tuple[int, ...] = ()
 
 
 @dataclass
@@ -147,6 +172,7 @@ class ElementInfo:
     doc: str
     node: str | None = None
     flows: tuple[str, ...] = ()
+    dims: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 # Which operands each stateful kind reads when it is initialised and when it advances
@@ -213,6 +239,7 @@ class ModelGraph:
     elements: dict[str, ElementInfo] = field(default_factory=dict)
     controls: dict[str, float] = field(default_factory=dict)
     time_units: str = ""
+    subscripted: bool = False
 
 
 def parse(path: Path) -> Any:
@@ -240,8 +267,10 @@ class Compiler:
             macro = abstract.sections[1]
             raise UnsupportedConstruct(path, macro.name, "MACRO")
         self.section = abstract.sections[0]
+        self.subs: Any = None
         if self.section.subscripts:
-            raise UnsupportedConstruct(path, self.section.subscripts[0].name, "subscript ranges")
+            self.subs = _subscript_manager(path, self.section.subscripts)
+            self.graph.subscripted = True
         # PySD's own namespace manager, fed in file order, gives PySD's Python names.
         self.namespace = NamespaceManager()
         for element in self.section.elements:
@@ -251,11 +280,15 @@ class Compiler:
         self._element: str = ""
         self._memo: dict[int, str] = {}
         self._memo_kind: dict[str, str] = {}
+        self._memo_dims: dict[str, tuple[str, ...]] = {}
         self._keep: list[Any] = []  # keeps memoised tree nodes alive so their ids stay unique
         self._counter = 0
         self._last_stateful: str | None = None
         self._integ_refs: dict[str, tuple[str, ...]] = {}
         self._control_code: dict[str, tuple[str, Code]] = {}
+        self._def_subs: dict[str, list[str]] = {}  # the component being compiled: its ranges and elements
+        self._dims: dict[str, tuple[str, ...]] = {}  # final subscript ranges of every variable, by PySD name
+        self._lookup_dims: dict[str, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ model level
     def compile(self) -> ModelGraph:
@@ -271,9 +304,12 @@ class Compiler:
         controls = []
         for element in self.section.elements:
             py = self.namespace.namespace[element.name]
-            if len(element.components) != 1 or element.components[0].subscripts[0]:
-                raise UnsupportedConstruct(self.path, element.name, "subscripts")
+            self._dims[py] = self._final_dims(element)
+        for element in self.section.elements:
+            py = self.namespace.namespace[element.name]
             component = element.components[0]
+            if self._dims[py] and isinstance(element, AbstractControlElement):
+                raise UnsupportedConstruct(self.path, element.name, "a subscripted time control")
             if isinstance(element, AbstractControlElement):
                 controls.append((element, py))
             elif isinstance(component, AbstractData):
@@ -306,6 +342,25 @@ class Compiler:
     def _lookup_element(self, element: Any, py: str) -> None:
         from pysd.translators.structures.abstract_expressions import LookupsStructure
 
+        dims = self._dims[py]
+        if dims:
+            shape = tuple(len(self._elements(d)) for d in dims)
+            for component in element.components:
+                if not isinstance(component.ast, LookupsStructure):
+                    raise UnsupportedConstruct(self.path, element.name, _construct_name(component.ast))
+                coords = self._coords(component.subscripts[0])
+                try:
+                    positions = [
+                        [self._elements(d).index(e) for e in c] for d, c in zip(dims, coords.values(), strict=True)
+                    ]
+                except ValueError:
+                    what = "definitions outside the merged range"
+                    raise UnsupportedConstruct(self.path, element.name, what) from None
+                for combo in itertools.product(*positions):
+                    self._table(component.ast, f"LK_{py}_{int(np.ravel_multi_index(combo, shape))}")
+            self._lookup_dims[py] = dims
+            self._info(element, py, "lookup").dims = tuple((d, tuple(self._elements(d))) for d in dims)
+            return
         ast = element.components[0].ast
         if not isinstance(ast, LookupsStructure):
             raise UnsupportedConstruct(self.path, element.name, _construct_name(ast))
@@ -330,6 +385,11 @@ class Compiler:
     def _control(self, element: Any, py: str) -> None:
         if py not in CONTROL:
             raise UnsupportedConstruct(self.path, element.name, "a time control PySD does not know")
+        if element.name != _CONTROL_NAMES[py]:
+            # armsdyn.model reads the controls by these names (PySD's documentation table): the PySD path
+            # cannot run the model, so the engine does not claim to.
+            what = f"a time control not written {_CONTROL_NAMES[py]!r}"
+            raise UnsupportedConstruct(self.path, element.name, what)
         code = self.visit(element.components[0].ast, "step")
         if code.deps:
             # PySD evaluates a control like a variable (it may even change during the run); the
@@ -367,7 +427,204 @@ class Compiler:
             if local in env:
                 self.graph.controls[py] = env[local]
 
+    # ------------------------------------------------------------------ subscripts
+    def _elements(self, dim: str) -> list[str]:
+        name = dim[:-1] if dim.endswith("!") else dim
+        try:
+            return list(self.subs.subscripts[name])
+        except (KeyError, TypeError, AttributeError):
+            raise UnsupportedConstruct(self.path, self._element, f"the subscript range {name!r}") from None
+
+    def _final_dims(self, element: Any) -> tuple[str, ...]:
+        """The subscript ranges of a variable after merging its definitions (PySD's merge list)."""
+        subs_list = [list(c.subscripts[0]) for c in element.components]
+        if not any(subs_list):
+            if len(element.components) != 1:
+                raise UnsupportedConstruct(self.path, element.name, "several definitions of one variable")
+            return ()
+        if not all(subs_list):
+            raise UnsupportedConstruct(self.path, element.name, "a mix of subscripted and scalar definitions")
+        if any(c.subscripts[1] for c in element.components):
+            raise UnsupportedConstruct(self.path, element.name, ":EXCEPT:")
+        if self.subs is None:
+            raise UnsupportedConstruct(self.path, element.name, "subscripts without subscript ranges")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dims = self.subs.make_merge_list(subs_list, element.name)
+        except Exception as exc:  # PySD's own failures to merge: not ours to run
+            raise UnsupportedConstruct(self.path, element.name, "subscripts PySD cannot merge", str(exc)) from None
+        if any(d is None or d not in self.subs.subscripts for d in dims):
+            raise UnsupportedConstruct(self.path, element.name, "subscripts PySD cannot merge")
+        return tuple(dims)
+
+    def _coords(self, subs: list[str]) -> dict[str, list[str]]:
+        try:
+            coords = self.subs.make_coord_dict(list(subs))
+        except Exception:
+            raise UnsupportedConstruct(self.path, self._element, f"the subscripts {subs!r}") from None
+        if len(coords) != len(subs) or any(k is None for k in coords):
+            raise UnsupportedConstruct(self.path, self._element, "a reference with repeated subscript ranges")
+        return {k: list(v) for k, v in coords.items()}
+
+    def _align(self, code: Code, target: tuple[str, ...]) -> Code:
+        """`code` with its axes in the order of `target`, length-1 axes for the ranges it lacks."""
+        if not code.dims:
+            return code
+        extra = [d for d in code.dims if d not in target]
+        if extra:
+            raise UnsupportedConstruct(
+                self.path, self._element, "subscripts that do not match the definition", f"ranges {extra}"
+            )
+        order = [d for d in target if d in code.dims]
+        perm = [code.dims.index(d) for d in order]
+        text = code.text if code.order == 0 else f"({code.text})"
+        changed = False
+        if perm != list(range(len(perm))):
+            text = f"{text}.transpose({(*perm, len(perm))!r})"
+            changed = True
+        if len(order) < len(target):
+            index = ", ".join(":" if d in code.dims else "None" for d in target)
+            text = f"{text}[{index}, :]"
+            changed = True
+        if not changed:
+            return Code(code.text, code.order, code.deps, code.boolean, tuple(target))
+        return Code(text, 0, code.deps, code.boolean, tuple(target))
+
+    def _broadcast(self, args: list[Code]) -> tuple[list[Code], tuple[str, ...]]:
+        """Arguments aligned for numpy broadcasting over the union of their ranges (xarray's)."""
+        union: dict[str, None] = {}
+        for a in args:
+            union.update(dict.fromkeys(a.dims))
+        target = tuple(union)
+        if not target:
+            return args, ()
+        return [self._align(a, target) for a in args], target
+
+    def _shape_to(self, code: Code, target: tuple[str, ...], shape: tuple[int, ...]) -> Code:
+        """`code` as a full array over `target` (PySD's reshape to the definition's subscripts)."""
+        aligned = self._align(code, target)
+        if code.dims == target:
+            return aligned
+        return Code(f"_shaped({aligned.text}, {shape!r})", 0, code.deps, code.boolean, target)
+
+    def _select(self, code: Code, var_dims: tuple[str, ...], ref_subs: list[str]) -> Code:
+        """A reference ``var[subs]``: elements picked, ranges renamed or mapped (PySD's visit_loc)."""
+        if len(ref_subs) != len(var_dims):
+            raise UnsupportedConstruct(self.path, self._element, "a reference with the wrong number of subscripts")
+        coords = self._coords(ref_subs)
+        text = code.text
+        picks: list[str] = []
+        dims: list[str] = []
+        for axis, ((dim, elems), vdim) in enumerate(zip(coords.items(), var_dims, strict=True)):
+            velems = self._elements(vdim)
+            try:
+                positions = [velems.index(e) for e in elems]
+            except ValueError:
+                if len(elems) == len(velems):
+                    positions = list(range(len(velems)))  # positional, as xarray's rename
+                else:
+                    raise UnsupportedConstruct(
+                        self.path, self._element, f"subscript {dim!r} outside the range {vdim!r}"
+                    ) from None
+            if len(elems) == 1:
+                picks.append(str(positions[0]))
+                continue
+            picks.append(":")
+            if len(elems) < len(velems):
+                text = f"np.take({text}, {positions!r}, axis={axis})"
+            dims.append(dim)
+        if any(p != ":" for p in picks):
+            text = f"{text}[{', '.join(picks)}, ...]"
+        # PySD's mapping: a range the definition does not use becomes the one it maps to.
+        final = []
+        for dim in dims:
+            new = dim
+            if dim not in self._def_subs and not dim.endswith("!"):
+                for mapped in self.subs.mapping.get(dim, []):
+                    if not isinstance(mapped, str):
+                        raise UnsupportedConstruct(self.path, self._element, "a subscript mapping with element lists")
+                    if mapped in self._def_subs and mapped not in coords:
+                        if len(self._elements(mapped)) != len(self._elements(dim)):
+                            what = "a mapping between ranges of unequal size"
+                            raise UnsupportedConstruct(self.path, self._element, what)
+                        new = mapped
+                        break
+            final.append(new)
+        if len(set(final)) != len(final):
+            raise UnsupportedConstruct(self.path, self._element, "a reference with repeated subscript ranges")
+        return Code(text, 0, code.deps, code.boolean, tuple(final))
+
+    def _subscript_value(self, ref: str) -> Code:
+        """A subscript range or element used as a number: its position(s) in its main range, from 1."""
+        if self.subs is not None:
+            for main, subranges in self.subs.subranges.items():
+                elements = list(self.subs.subscripts[main])
+                if _clean(main) == ref:
+                    return Code(f"np.arange(1.0, {len(elements) + 1})[:, None]", 0, dims=(main,))
+                for i, e in enumerate(elements, start=1):
+                    if _clean(e) == ref:
+                        return Code(repr(float(i)))
+                for sub in subranges:
+                    if _clean(sub) == ref:
+                        pos = [float(elements.index(e) + 1) for e in self.subs.subscripts[sub]]
+                        return Code(f"np.array({pos!r})[:, None]", 0, dims=(sub,))
+        raise UnsupportedConstruct(self.path, self._element, f"a reference to subscript {ref!r}")
+
+    def _subscripted_variable(self, element: Any, py: str, dims: tuple[str, ...]) -> None:
+        shape = tuple(len(self._elements(d)) for d in dims)
+        n_before = len(self.graph.statefuls)
+        self._last_stateful = None
+        parts = []
+        for component in element.components:
+            def_subs = self._coords(component.subscripts[0])
+            self._def_subs = def_subs
+            target = tuple(def_subs)
+            comp_shape = tuple(len(v) for v in def_subs.values())
+            try:
+                positions = tuple(
+                    tuple(self._elements(d).index(e) for e in coords)
+                    for d, coords in zip(dims, def_subs.values(), strict=True)
+                )
+            except ValueError:
+                raise UnsupportedConstruct(self.path, element.name, "definitions outside the merged range") from None
+            step = self._shape_to(self.visit(component.ast, "step"), target, comp_shape)
+            init = self._shape_to(self.visit(component.ast, "init"), target, comp_shape)
+            parts.append((positions, step, init))
+        self._def_subs = {}
+        whole = tuple(tuple(range(k)) for k in shape)
+        if len(parts) == 1 and parts[0][0] == whole:
+            step, init = (Code(c.text, c.order, c.deps, c.boolean, dims) for c in parts[0][1:])
+        else:
+            codes = []
+            for i in (1, 2):
+                items = ", ".join(f"({part[0]!r}, {part[i].text})" for part in parts)
+                deps = frozenset().union(*(part[i].deps for part in parts))
+                codes.append(Code(f"_assemble({shape!r}, ({items},))", 0, deps, False, dims))
+            step, init = codes
+        name = f"v_{py}"
+        created = self.graph.statefuls[n_before:]
+        dim_info = tuple((d, tuple(self._elements(d))) for d in dims)
+        if not created and not step.deps and not init.deps and not _uses_controls(step):
+            value = np.asarray(self._fold(step.text, {}, element.name), dtype=float)
+            self.graph.constants[py] = np.broadcast_to(value, (*shape, value.shape[-1]))[..., 0].copy()
+            self.graph.nodes[name] = Node(
+                name, Code(f"C[{py!r}]", dims=dims), Code(f"C[{py!r}]", dims=dims), constant=py
+            )
+            self._info(element, py, "constant", name).dims = dim_info
+            return
+        self.graph.nodes[name] = Node(name, step, init)
+        kind = ("stock" if self._last_stateful == "integ" else "stateful") if created else "auxiliary"
+        info = self._info(element, py, kind, name)
+        info.dims = dim_info
+        integs = [s for s in created if s.kind == "integ"]
+        if integs:
+            info.flows = self._integ_refs.get(integs[0].var, ())
+
     def _variable(self, element: Any, py: str) -> None:
+        if self._dims[py]:
+            self._subscripted_variable(element, py, self._dims[py])
+            return
         ast = element.components[0].ast
         n_before = len(self.graph.statefuls)
         self._last_stateful = None
@@ -482,7 +739,7 @@ class Compiler:
         if isinstance(ast, int | float | np.integer | np.floating):
             return _number(ast)
         if isinstance(ast, np.ndarray):
-            raise UnsupportedConstruct(self.path, self._element, "subscripted constants")
+            return self._array(ast)
         if isinstance(ast, ae.ReferenceStructure):
             return self._reference(ast)
         if isinstance(ast, ae.ArithmeticStructure | ae.LogicStructure):
@@ -499,20 +756,39 @@ class Compiler:
             return self._stateful(ast, *stateful)
         raise UnsupportedConstruct(self.path, self._element, _construct_name(ast))
 
+    def _array(self, ast: np.ndarray) -> Code:
+        if not self._def_subs:
+            raise UnsupportedConstruct(self.path, self._element, "an array of numbers outside a subscripted definition")
+        shape = tuple(len(v) for v in self._def_subs.values())
+        values = np.asarray(ast, dtype=float)
+        if values.size != int(np.prod(shape)):
+            raise UnsupportedConstruct(self.path, self._element, "an array of numbers of the wrong size")
+        text = f"np.array({values.reshape(shape).tolist()!r})[..., None]"
+        return Code(text, 0, dims=tuple(self._def_subs))
+
     def _reference(self, ast: Any) -> Code:
-        if ast.subscripts is not None:
-            raise UnsupportedConstruct(self.path, self._element, "subscripts")
         ref = ast.reference
+        subs = list(ast.subscripts.subscripts) if ast.subscripts is not None else []
         if ref == "time":
             return Code("t", deps=frozenset({"T"}))
         py = self.clean.get(ref)
         if py is None:
-            raise UnsupportedConstruct(self.path, self._element, f"a reference to subscript {ref!r}")
+            return self._subscript_value(ref)
         if py in CONTROL:
             return Code(CONTROL[py])
-        if f"LK_{py}" in self.graph.lookups:
+        if f"LK_{py}" in self.graph.lookups or py in self._lookup_dims:
             raise UnsupportedConstruct(self.path, self._element, "a lookup used without an argument")
-        return Code(f"v_{py}", deps=frozenset({f"v_{py}"}))
+        code = Code(f"v_{py}", deps=frozenset({f"v_{py}"}))
+        dims = self._dims.get(py, ())
+        if not subs and not dims:
+            return code
+        if not dims:
+            raise UnsupportedConstruct(self.path, self._element, "subscripts on a scalar variable")
+        if not subs:
+            if self.path.suffix.lower() == ".mdl" or not all(d in self._def_subs for d in dims):
+                raise UnsupportedConstruct(self.path, self._element, "a subscripted variable used without subscripts")
+            subs = list(dims)  # XMILE: the whole array, over the definition's own ranges
+        return self._select(Code(code.text, 0, code.deps, False, dims), dims, subs)
 
     def _operation(self, ast: Any, mode: str) -> Code:
         ops = list(ast.operators)
@@ -522,34 +798,34 @@ class Compiler:
         if sum(op in _COMPARISONS for op in ops) > 1:
             # Python would chain them ("a < b < c"), which numpy arrays cannot do.
             raise UnsupportedConstruct(self.path, self._element, "chained comparisons")
-        args = [self.visit(a, mode) for a in ast.arguments]
+        args, dims = self._broadcast([self.visit(a, mode) for a in ast.arguments])
         deps = frozenset().union(*(a.deps for a in args))
         last = ops[-1]
         boolean = last in _BOOL_OPS
         arithmetic = not boolean
         # numpy refuses arithmetic negation of booleans; Python and PySD allow it.
-        args = [Code(f"_f({a.text})", 0, a.deps) if a.boolean and arithmetic else a for a in args]
+        args = [Code(f"_f({a.text})", 0, a.deps, False, a.dims) if a.boolean and arithmetic else a for a in args]
         order = (_OPS.get(last) or _UNARY[last])[1]
         if len(args) == 1:
             template, _ = _UNARY[ops[0]]
             arg = _lower(args[0], order)
             if ops[0] == "negative":
                 order = 1
-            return self._fold_faults(Code(template.format(x=arg.text), order, deps, boolean))
+            return self._fold_faults(Code(template.format(x=arg.text), order, deps, boolean, dims))
         args[-1] = _lower(args[-1], 2 if last == "^" else order)
         right = args.pop().text
         while args or ops:
             template = _OPS[ops.pop()][0]
             left = _lower(args.pop(), order)
             right = template.format(l=left.text, r=right)
-        return self._fold_faults(Code(right, order, deps, boolean))
+        return self._fold_faults(Code(right, order, deps, boolean, dims))
 
     def _fold_faults(self, code: Code) -> Code:
         """`code`, or its value if it is an expression of numbers that Python floats cannot compute.
 
         The generated code would raise there (``1/0``, ``10.0**400``); numpy gives inf or nan.
         """
-        if code.deps or _uses_controls(code) or "LK_" in code.text:
+        if code.deps or code.dims or _uses_controls(code) or "LK_" in code.text:
             return code
         try:
             _evaluate(code.text, {})
@@ -563,8 +839,14 @@ class Compiler:
         return code
 
     def _call(self, ast: Any, mode: str) -> Code:
+        from pysd.translators.structures import abstract_expressions as ae
+
         func = ast.function.reference
         py = self.clean.get(func)
+        if py is not None and py in self._lookup_dims:
+            if len(ast.arguments) != 1:
+                raise UnsupportedConstruct(self.path, self._element, "a lookup called with several arguments")
+            return self._subscripted_lookup_call(py, ast.function, self.visit(ast.arguments[0], mode))
         if py is not None and f"LK_{py}" in self.graph.lookups:
             if len(ast.arguments) != 1:
                 raise UnsupportedConstruct(self.path, self._element, "a lookup called with several arguments")
@@ -574,12 +856,31 @@ class Compiler:
             return self.visit(ast.arguments[1] if mode == "init" else ast.arguments[0], mode)
         if func == "pi":
             return Code("np.pi")
-        args = [self.visit(a, mode) for a in ast.arguments]
+        if func in _AGGREGATES:
+            if len(ast.arguments) != 1:
+                raise UnsupportedConstruct(self.path, self._element, f"{_construct_name(ast)} with several arguments")
+            arg = self.visit(ast.arguments[0], mode)
+            if func.endswith("_xmile"):
+                axes = tuple(range(len(arg.dims)))
+            else:
+                axes = tuple(i for i, d in enumerate(arg.dims) if d.endswith("!"))
+            if not axes:
+                what = f"{_construct_name(ast)} without a range to reduce"
+                raise UnsupportedConstruct(self.path, self._element, what)
+            dims = tuple(d for i, d in enumerate(arg.dims) if i not in axes)
+            return Code(f"{_AGGREGATES[func]}({arg.text}, axis={axes!r})", 0, arg.deps, False, dims)
+        if func == "elmcount" and len(ast.arguments) == 1 and isinstance(ast.arguments[0], ae.ReferenceStructure):
+            dims = self._subscript_value(ast.arguments[0].reference).dims
+            if len(dims) == 1:
+                return _number(float(len(self._elements(dims[0]))))
+        if func == "vector_select":
+            raise UnsupportedConstruct(self.path, self._element, _construct_name(ast))
+        args, dims = self._broadcast([self.visit(a, mode) for a in ast.arguments])
         deps = frozenset().union(*(a.deps for a in args)) if args else frozenset()
         texts = [a.text for a in args]
         time_deps = deps | {"T"}
         if func in _NUMPY_FUNCS:
-            return Code(f"{_NUMPY_FUNCS[func]}({', '.join(texts)})", 0, deps)
+            return Code(f"{_NUMPY_FUNCS[func]}({', '.join(texts)})", 0, deps, False, dims)
         simple = {
             "log": lambda a: f"(np.log({a[0]})/np.log({a[1]}))",
             "if_then_else": lambda a: f"np.where({a[0]}, {a[1]}, {a[2]})",
@@ -590,7 +891,7 @@ class Compiler:
             "zidz": lambda a: f"_zidz({a[0]}, {a[1]})",
         }
         if func in simple:
-            return Code(simple[func](texts), 0, deps)
+            return Code(simple[func](texts), 0, deps, False, dims)
         timed = {
             "step": lambda a: f"_step(t, dt, {a[0]}, {a[1]})",
             "ramp": lambda a: f"_ramp(t, {a[0]}, {a[1]}, {a[2]})",
@@ -602,7 +903,7 @@ class Compiler:
         }
         if func in timed:
             try:
-                return Code(timed[func](texts), 0, time_deps)
+                return Code(timed[func](texts), 0, time_deps, False, dims)
             except IndexError:
                 raise UnsupportedConstruct(
                     self.path, self._element, f"{_construct_name(ast)} with {len(texts)} arguments"
@@ -620,7 +921,25 @@ class Compiler:
     def _lookup_call(self, table: str, arg: Code) -> Code:
         kind = self.graph.lookups[table][2]
         func = {"interpolate": "_lookup", "extrapolate": "_lookup_extrapolate", "hold_backward": "_lookup_hold"}[kind]
-        return Code(f"{func}({table}_x, {table}_y, {arg.text})", 0, arg.deps)
+        return Code(f"{func}({table}_x, {table}_y, {arg.text})", 0, arg.deps, False, arg.dims)
+
+    def _subscripted_lookup_call(self, py: str, function: Any, arg: Code) -> Code:
+        """``table[subs](x)`` of a lookup defined element by element: each element's own table."""
+        dims = self._lookup_dims[py]
+        subs = list(function.subscripts.subscripts) if function.subscripts is not None else []
+        if not subs:
+            raise UnsupportedConstruct(self.path, self._element, "a subscripted lookup called without subscripts")
+        shape = tuple(len(self._elements(d)) for d in dims)
+        index = Code(f"np.arange({int(np.prod(shape))}).reshape({(*shape, 1)!r})", 0, dims=dims)
+        picked = self._select(index, dims, subs)
+        (picked, arg), union = self._broadcast([picked, arg])
+        names = [f"LK_{py}_{k}" for k in range(int(np.prod(shape)))]
+        missing = [n for n in names if n not in self.graph.lookups]
+        if missing:
+            raise UnsupportedConstruct(self.path, self._element, "a subscripted lookup with undefined elements")
+        tables = ", ".join(f"({n}_x, {n}_y, {self.graph.lookups[n][2]!r})" for n in names)
+        text = f"_lookup_many(({tables},), {picked.text}, {arg.text})"
+        return Code(text, 0, arg.deps, False, union)
 
     # ------------------------------------------------------------------ statefuls
     def _stateful_spec(self, ast: Any) -> tuple[str, str, dict[str, Any], int | None, bool] | None:
@@ -671,43 +990,72 @@ class Compiler:
             # Arguments first, as PySD builds them, so nested statefuls come first.
             operands = {}
             refs: tuple[str, ...] = ()
+            target = tuple(self._def_subs)
+            shape = tuple(len(v) for v in self._def_subs.values())
             for arg, sub in args.items():
-                operands[arg], found = self._operand(sub)
+                operands[arg], found = self._operand(sub, () if arg == "order" else target)
+                if arg == "order" and operands[arg].dims:
+                    raise UnsupportedConstruct(self.path, self._element, f"{construct} with a subscripted order")
                 if kind == "integ" and arg == "flow":
                     refs = found
+            if target and kind == "delayfixed":
+                raise UnsupportedConstruct(self.path, self._element, "a subscripted DELAY FIXED")
             self._counter += 1
             var = f"s{self._counter}"
-            st = Stateful(kind, var, self._element, construct, operands, nonneg, order)
+            st = Stateful(kind, var, self._element, construct, operands, nonneg, order, shape)
             self.graph.statefuls.append(st)
             self._integ_refs[var] = refs
             out = f"o{self._counter}"
             deps = {f"S:{var}"} | {d for a in _OUTPUT_ARGS.get(kind, ()) for d in operands[a].deps}
-            code = Code(_output_text(st), 0, frozenset(deps))
+            code = Code(_output_text(st), 0, frozenset(deps), False, target)
             self.graph.nodes[out] = Node(out, code, code)
             self._memo[key] = out
             self._memo_kind[out] = kind
+            self._memo_dims[out] = target
         out = self._memo[key]
         # PySD types the variable by the stateful object it built last.
         self._last_stateful = self._memo_kind[out]
-        return Code(out, 0, frozenset({out}))
+        return Code(out, 0, frozenset({out}), False, self._memo_dims[out])
 
-    def _operand(self, ast: Any) -> tuple[Code, tuple[str, ...]]:
+    def _operand(self, ast: Any, target: tuple[str, ...] = ()) -> tuple[Code, tuple[str, ...]]:
         """An argument of a stateful: a name or number as is, anything else as a hidden node.
 
         Also returns the model variables the argument names directly (PySD's "calls").
+        In a subscripted definition the argument is aligned with its ranges (`target`).
         """
-        step = self.visit(ast, "step")
-        init = self.visit(ast, "init")
+        step = self._align(self.visit(ast, "step"), target)
+        init = self._align(self.visit(ast, "init"), target)
         refs = tuple(sorted(d[2:] for d in step.deps if d.startswith("v_")))
         if step.text == init.text and _simple(step.text):
             return step, refs
         self._counter += 1
         name = f"h{self._counter}"
         self.graph.nodes[name] = Node(name, step, init)
-        return Code(name, 0, frozenset({name})), refs
+        return Code(name, 0, frozenset({name}), False, step.dims), refs
 
 
 # ---------------------------------------------------------------------- helpers
+def _clean(name: str) -> str:
+    return name.replace(" ", "_").lower()
+
+
+def _subscript_manager(path: Path, ranges: list[Any]) -> Any:
+    """PySD's SubscriptManager of the model's ranges (subranges expanded, mappings recorded)."""
+    from pysd.builders.python.subscripts import SubscriptManager
+
+    for sub in ranges:
+        if isinstance(sub.subscripts, dict):
+            raise UnsupportedConstruct(path, sub.name, "subscript ranges read from files")
+        if not all(isinstance(m, str) for m in sub.mapping):
+            raise UnsupportedConstruct(path, sub.name, "a subscript mapping with element lists")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return SubscriptManager(ranges, path.parent)
+    except Exception as exc:
+        raise UnsupportedConstruct(path, ranges[0].name, "subscript ranges PySD cannot read", str(exc)) from None
+
+
 def _number(value: Any) -> Code:
     if isinstance(value, np.integer):
         value = int(value)
@@ -803,22 +1151,24 @@ def init_lines(st: Stateful, path: Path) -> list[str]:
     """Statements that initialise one stateful object (PySD's ``initialize``)."""
     s, a = st.var, {k: v.text for k, v in st.args.items()}
     label = repr(f"{path}: {st.element!r} ({st.construct})")
+    full = f"_fulls({st.shape!r}, n, " if st.shape else "_full(n, "
+    shape = f", {st.shape!r}" if st.shape else ""
     if st.kind == "integ":
-        return [f"{s} = _full(n, {a['initial']})"]
+        return [f"{s} = {full}{a['initial']})"]
     if st.kind == "initial":
         return [f"{s} = {a['initial']}"]
     if st.kind == "sampleiftrue":
-        return [f"{s} = _full(n, {a['initial']})"]
+        return [f"{s} = {full}{a['initial']})"]
     if st.kind == "smooth":
         order = str(st.order) if st.order is not None else f"_uniform({a['order']}, {label})"
-        return [f"{s}_K = {order}", f"{s} = _full2({s}_K, n, {a['initial']})"]
+        return [f"{s}_K = {order}", f"{s} = _full2({s}_K, n, {a['initial']}{shape})"]
     if st.kind in ("delay", "delayn"):
         lines = [
             f"{s}_K = _uniform(_delay_order({a['order']}, {a['delay_time']}, dt, n), {label})",
-            f"{s} = _full2({s}_K, n, {a['initial']} * {a['delay_time']})",
+            f"{s} = _full2({s}_K, n, {a['initial']} * {a['delay_time']}{shape})",
         ]
         if st.kind == "delayn":
-            lines.append(f"{s}_T = _full2({s}_K, n, {a['delay_time']})")
+            lines.append(f"{s}_T = _full2({s}_K, n, {a['delay_time']}{shape})")
         return lines
     if st.kind == "delayfixed":
         return [
@@ -828,9 +1178,9 @@ def init_lines(st: Stateful, path: Path) -> list[str]:
             f"{s}_p = 0",
         ]
     if st.kind == "trend":
-        return [f"{s} = _full(n, {a['input']} / (1 + {a['initial_trend']} * {a['average_time']}))"]
+        return [f"{s} = {full}{a['input']} / (1 + {a['initial_trend']} * {a['average_time']}))"]
     if st.kind == "forecast":
-        return [f"{s} = _full(n, {a['input']} / (1 + {a['initial_trend']}))"]
+        return [f"{s} = {full}{a['input']} / (1 + {a['initial_trend']}))"]
     raise AssertionError(st.kind)
 
 

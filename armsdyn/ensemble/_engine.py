@@ -86,6 +86,7 @@ class OutputMeta:
     name: str
     units: str
     doc: str
+    dims: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def attrs(self) -> dict[str, str]:
         """``long_name``, ``units`` and ``description`` attributes."""
@@ -124,6 +125,7 @@ class CompiledModel(VariableLookup):
         for info in graph.elements.values():
             default = graph.constants.get(info.py_name)
             number = isinstance(default, int | float | np.number) and not isinstance(default, bool)
+            array = isinstance(default, np.ndarray) and bool(info.dims)
             variables[info.name] = Variable(
                 name=info.name,
                 py_name=info.py_name,
@@ -131,6 +133,8 @@ class CompiledModel(VariableLookup):
                 units=info.units,
                 doc=info.doc,
                 default=float(default) if number else None,
+                dims=info.dims,
+                defaults=tuple(float(v) for v in default.ravel()) if array else (),
             )
         self.variables = dict(sorted(variables.items()))
         self._index_variables()
@@ -326,7 +330,7 @@ class CompiledModel(VariableLookup):
                 self._resolved = "numpy"  # numba could not compile the kernel: numpy can
         func = self.program(names)
         n_save = sum(grid.save)
-        out = [np.empty((n_save, n)) for _ in names]
+        out = [np.empty((n_save, *self._shape(py), n)) for py in names]
         started = perf_counter()
         for lo in range(0, n, chunk_size):
             hi = min(n, lo + chunk_size)
@@ -342,13 +346,47 @@ class CompiledModel(VariableLookup):
                         self._resolved = "numpy"
                     else:
                         for arr, res in zip(out, rest, strict=True):
-                            arr[:, lo:] = res
+                            arr[..., lo:] = res
                         return out
             chunk = {k: v[lo:hi] for k, v in values.items()}
-            results = self._run_chunk(func, chunk, hi - lo, grid, len(names))
+            results = self._run_chunk(func, chunk, hi - lo, grid, list(names))
             for arr, res in zip(out, results, strict=True):
-                arr[:, lo:hi] = res
+                arr[..., lo:hi] = res
         return out
+
+    def _shape(self, py: str) -> tuple[int, ...]:
+        """Number of elements along each subscript range of variable `py` (empty for a scalar)."""
+        info = self._graph.elements.get(py)
+        return tuple(len(e) for _, e in info.dims) if info is not None else ()
+
+    def _chunk_constants(self, chunk: Mapping[str, np.ndarray], m: int) -> dict[str, Any]:
+        """The constants of one chunk: defaults, sampled values, sampled elements of subscripted constants."""
+        constants = self._numpy_constants
+        elementwise: dict[str, list[tuple[str, np.ndarray]]] = {}
+        for key, arr in chunk.items():
+            py, bracket, label = key.partition("[")
+            default = self._graph.constants.get(py)
+            if bracket:
+                elementwise.setdefault(py, []).append((label[:-1], arr))
+            elif isinstance(default, np.ndarray):
+                constants[py] = np.broadcast_to(arr, (*default.shape, len(arr)))  # one value for every element
+            else:
+                constants[py] = arr
+        for py, items in elementwise.items():
+            base = constants[py]
+            full = np.empty((*base.shape[:-1], m))
+            full[...] = base
+            labels = self._element_positions(py)
+            for label, arr in items:
+                full[labels[label]] = arr
+            constants[py] = full
+        return constants
+
+    def _element_positions(self, py: str) -> dict[str, tuple[int, ...]]:
+        info = self._graph.elements[py]
+        shape = tuple(len(e) for _, e in info.dims)
+        labels = itertools.product(*(e for _, e in info.dims))
+        return {", ".join(label): np.unravel_index(i, shape) for i, label in enumerate(labels)}
 
     def kernel_ready(self, names: Sequence[str]) -> bool:
         """Whether the numba kernel saving `names` is compiled in this process or cached on disk."""
@@ -369,13 +407,13 @@ class CompiledModel(VariableLookup):
         return _COMPILE_BASE + _COMPILE_PER_LINE2 * lines**2
 
     def _run_chunk(
-        self, func: Callable[..., int], chunk: dict[str, np.ndarray], m: int, grid: TimeGrid, n_out: int
+        self, func: Callable[..., int], chunk: dict[str, np.ndarray], m: int, grid: TimeGrid, names: list[str]
     ) -> list[np.ndarray]:
         n_save = sum(grid.save)
-        out = [np.empty((n_save, m)) for _ in range(n_out)]
+        out = [np.empty((n_save, *self._shape(py), m)) for py in names]
         # numpy floats throughout, so that a division by zero gives inf or nan (numpy's arithmetic,
         # PySD's with sampled values) instead of raising as Python floats do.
-        constants = {**self._numpy_constants, **chunk}
+        constants = self._chunk_constants(chunk, m)
         time = grid.settings
         f64 = np.float64
         try:
@@ -395,8 +433,8 @@ class CompiledModel(VariableLookup):
             for g in range(groups.max() + 1):
                 idx = np.flatnonzero(groups == g)
                 sub = {k: v[idx] for k, v in chunk.items()}
-                for arr, res in zip(out, self._run_chunk(func, sub, len(idx), grid, n_out), strict=True):
-                    arr[:, idx] = res
+                for arr, res in zip(out, self._run_chunk(func, sub, len(idx), grid, names), strict=True):
+                    arr[..., idx] = res
             return out
         if saved != n_save:
             msg = f"{self.path}: saved {saved} times, expected {n_save}"
@@ -405,8 +443,11 @@ class CompiledModel(VariableLookup):
 
     @property
     def _numpy_constants(self) -> dict[str, Any]:
+        # Subscripted constants carry a samples axis of length 1, as every subscripted value does.
         return {
-            k: np.float64(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+            k: np.float64(v)
+            if isinstance(v, int | float) and not isinstance(v, bool)
+            else (v[..., None] if isinstance(v, np.ndarray) else v)
             for k, v in self._graph.constants.items()
         }
 
@@ -484,9 +525,8 @@ class CompiledModel(VariableLookup):
                 raise ModelError(msg)
 
     def output_meta(self, names: Sequence[str]) -> list[OutputMeta]:
-        """Dataset metadata of the variables `names` (Python-safe)."""
-        by_py = {v.py_name: v for v in self.variables.values()}
-        return [OutputMeta(py, by_py[py].name, by_py[py].units, by_py[py].doc) for py in names]
+        """Dataset metadata of the variables `names` (Python-safe; ``py[element]`` for a sampled element)."""
+        return [sample_meta(self, py) for py in names]
 
     def dataset(
         self, values: Mapping[str, np.ndarray], grid: TimeGrid, names: Sequence[str], arrays: Sequence[np.ndarray]
@@ -509,7 +549,7 @@ def build_dataset(
     engine: str,
 ) -> xr.Dataset:
     """A ``(run, time)`` Dataset of saved variables with the sampled constants as ``run`` coordinates."""
-    n = arrays[0].shape[1] if arrays else len(next(iter(values.values()), [0]))
+    n = arrays[0].shape[-1] if arrays else len(next(iter(values.values()), [0]))
     ds = xr.Dataset(
         coords={
             "run": ("run", np.arange(n), {"long_name": "Run"}),
@@ -527,8 +567,12 @@ def build_dataset(
         },
     )
     for meta, arr in zip(outputs, arrays, strict=True):
-        # Saved as (time, run) row by row; the transpose is a view, not a copy.
-        ds[meta.py_name] = (("run", "time"), arr.T, meta.attrs())
+        # Saved as (time, *elements, run) row by row; moving the run axis first is a view, not a copy.
+        for dim, elements in meta.dims:
+            if dim not in ds.coords:
+                ds.coords[dim] = (dim, list(elements), {"long_name": dim})
+        dims = ("run", "time", *(d for d, _ in meta.dims))
+        ds[meta.py_name] = (dims, np.moveaxis(arr, -1, 0), meta.attrs())
     for meta in sampled:
         if meta.py_name in ds.data_vars:
             continue  # a sampled constant that is also saved is already a data variable
@@ -619,14 +663,19 @@ def normalise_samples(model: VariableLookup, samples: Samples) -> tuple[dict[str
     values: dict[str, np.ndarray] = {}
     for key, raw in items:
         try:
-            var = model.variable(str(key))
+            var, element = _model_element(model, str(key))
         except KeyError as exc:
             raise SampleError(exc.args[0]) from None
         if var.kind != "constant":
             msg = f"{var.name!r} in model {model.path} is a {var.kind}, not a constant, so it cannot be sampled"
             raise SampleError(msg)
-        if var.py_name in values:
-            msg = f"constant {var.name!r} is sampled twice"
+        if var.dims and not var.defaults:
+            msg = f"{var.name!r} in model {model.path} is not a constant of numbers, so it cannot be sampled"
+            raise SampleError(msg)
+        name = var.py_name if element is None else f"{var.py_name}[{', '.join(element)}]"
+        if name in values:
+            what = var.name if element is None else var.element_name(element)
+            msg = f"constant {what!r} is sampled twice"
             raise SampleError(msg)
         try:
             arr = np.asarray(raw, dtype=float)
@@ -641,5 +690,28 @@ def normalise_samples(model: VariableLookup, samples: Samples) -> tuple[dict[str
         if len(arr) != n:
             msg = f"samples of {var.name!r} have {len(arr)} values; the others have {n}"
             raise SampleError(msg)
-        values[var.py_name] = arr
+        values[name] = arr
     return values, 1 if n is None else n
+
+
+def _model_element(model: VariableLookup, key: str) -> tuple[Variable, tuple[str, ...] | None]:
+    """The variable and element a sample key names: ``"grievance g"`` or ``"k[USA, China]"``."""
+    from armsdyn.model import Model
+
+    # Model.element only reads variables through VariableLookup.variable.
+    return Model.element(model, key)  # type: ignore[arg-type]
+
+
+def sample_meta(model: VariableLookup, key: str) -> OutputMeta:
+    """Dataset metadata of a variable or sampled element keyed by Python-safe name (``py[element]``)."""
+    py, bracket, label = key.partition("[")
+    var = model.variable(py)
+    if bracket:
+        name = var.element_name(tuple(label[:-1].split(", ")))
+        return OutputMeta(key, name, var.units, var.doc)
+    return OutputMeta(key, var.name, var.units, var.doc, var.dims)
+
+
+def sample_name(model: VariableLookup, key: str) -> str:
+    """The model's own name of a sample key: ``"grievance g"`` or ``"grievance g[China]"``."""
+    return sample_meta(model, key).name

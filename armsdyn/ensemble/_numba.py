@@ -512,6 +512,10 @@ def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], lis
     UnsupportedConstruct
         If an expression uses something the scalar translation does not know.
     """
+    if getattr(graph, "subscripted", False):
+        # Subscripted models run on the numpy backend (backend="auto" chooses it).
+        first = next((i.name for i in graph.elements.values() if i.dims), graph.path.name)
+        raise UnsupportedConstruct(graph.path, first, "subscripts in the numba backend")
     code = _statements(graph, outputs)
     array_states = any("np.empty(" in line for line in code.init)
     kernel = _per_sample_body(code) if array_states else _blocked_body(code)

@@ -22,6 +22,7 @@ from armsdyn.ensemble._engine import (
     build_dataset,
     compile_model,
     normalise_samples,
+    sample_meta,
 )
 from armsdyn.ensemble._errors import FallbackWarning, UnsupportedConstruct
 from armsdyn.model import Model, TimeSettings, load_model
@@ -93,7 +94,7 @@ def run_ensemble(
     per_task = max(1, -(-n_chunks // (workers * 8)))
     bounds = [(lo, min(n, lo + per_task * chunk_size)) for lo in range(0, n, per_task * chunk_size)]
     n_save = sum(grid.save)
-    arrays = [np.empty((n_save, n)) for _ in names]
+    arrays = [np.empty((n_save, *model._shape(py), n)) for py in names]
     with _pool(min(workers, len(bounds)), _init_compiled, (model,)) as pool:
         futures = [
             pool.submit(_task_compiled, {k: v[lo:hi] for k, v in values.items()}, hi - lo, grid, names, chunk_size)
@@ -101,7 +102,7 @@ def run_ensemble(
         ]
         for (lo, hi), future in zip(bounds, futures, strict=True):
             for arr, res in zip(arrays, future.result(), strict=True):
-                arr[:, lo:hi] = res
+                arr[..., lo:hi] = res
     return model.dataset(values, grid, names, arrays)
 
 
@@ -148,7 +149,7 @@ def _run_pysd(
     path: Path, samples: Samples, time: TimeSettings | None, variables: Sequence[str] | None, workers: int
 ) -> xr.Dataset:
     model = load_model(path)
-    values, n = _pysd_samples(model, samples)
+    values, n, keys = _pysd_samples(model, samples)
     if variables is None:
         chosen = model.of_kind("stock", "flow")
     else:
@@ -166,23 +167,21 @@ def _run_pysd(
         with _pool(len(blocks), _init_pysd, (str(path),)) as pool:
             done = pool.map(_task_pysd, blocks, [time] * len(blocks), [names] * len(blocks))
             results = [r for block in done for r in block]
-    arrays = [np.stack([r[name] for r in results], axis=1) for name in names]
+    # PySD returns (time, *elements) per run; the runs become the last axis, as the compiled engine saves them.
+    arrays = [np.stack([r[name] for r in results], axis=-1) for name in names]
     outputs = [_meta(by_name[name]) for name in names]
-    by_py = {v.py_name: v for v in model.variables.values()}
-    sampled_py = {by_name[name].py_name: arr for name, arr in values.items()}
-    sampled = [_meta(by_py[py]) for py in sampled_py]
-    return build_dataset(path, model.sha256, grid.settings, sampled_py, outputs, sampled, arrays, engine="pysd")
+    sampled = [sample_meta(model, key) for key in keys]
+    return build_dataset(path, model.sha256, grid.settings, keys, outputs, sampled, arrays, engine="pysd")
 
 
 def _meta(var: Any) -> OutputMeta:
-    return OutputMeta(var.py_name, var.name, var.units, var.doc)
+    return OutputMeta(var.py_name, var.name, var.units, var.doc, var.dims)
 
 
-def _pysd_samples(model: Model, samples: Samples) -> tuple[dict[str, np.ndarray], int]:
-    # PySD takes parameters by model name; the checks are the compiled engine's.
-    values, n = normalise_samples(model, samples)
-    by_py = {v.py_name: v.name for v in model.variables.values()}
-    return {by_py[py]: arr for py, arr in values.items()}, n
+def _pysd_samples(model: Model, samples: Samples) -> tuple[dict[str, np.ndarray], int, dict[str, np.ndarray]]:
+    # PySD takes parameters by model name ("k[USA, China]" for an element); the checks are the compiled engine's.
+    keys, n = normalise_samples(model, samples)
+    return {sample_meta(model, key).name: arr for key, arr in keys.items()}, n, keys
 
 
 def _simulate_pysd(model: Model, params: dict[str, float], time: TimeSettings, names: list[str]) -> dict[str, Any]:

@@ -40,10 +40,54 @@ def full(n: int, value: Num) -> np.ndarray:
     return out
 
 
-def full2(k: int, n: int, value: Num) -> np.ndarray:
-    """A fresh ``(k, n)`` float array, every row holding `value`."""
-    out = np.empty((k, n))
+def full2(k: int, n: int, value: Num, shape: tuple[int, ...] = ()) -> np.ndarray:
+    """A fresh ``(k, *shape, n)`` float array, every row holding `value`."""
+    out = np.empty((k, *shape, n))
     out[...] = value
+    return out
+
+
+def fulls(shape: tuple[int, ...], n: int, value: Num) -> np.ndarray:
+    """A fresh ``(*shape, n)`` float array holding `value` (a scalar, per sample, or aligned array)."""
+    out = np.empty((*shape, n))
+    out[...] = value
+    return out
+
+
+def shaped(value: Num, shape: tuple[int, ...]) -> np.ndarray:
+    """`value` over subscript ranges of `shape`: an array ``(*shape, m)`` (a read-only view where possible).
+
+    A scalar (a number or one value per sample) is repeated for every element;
+    an aligned array (length-1 axes for the ranges it lacks) is broadcast.
+    """
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim <= 1:
+        arr = arr.reshape((1,) * len(shape) + (-1,))
+    return np.broadcast_to(arr, (*shape, arr.shape[-1]))
+
+
+def assemble(shape: tuple[int, ...], parts: tuple[tuple[Any, Num], ...]) -> np.ndarray:
+    """A variable defined element by element: each part's elements (indices per range) set from its value."""
+    arrays = [np.asarray(v, dtype=float) for _, v in parts]
+    m = max((a.shape[-1] if a.ndim else 1) for a in arrays)
+    out = np.full((*shape, m), np.nan)
+    for (index, _), arr in zip(parts, arrays, strict=True):
+        out[np.ix_(*index, np.arange(m))] = arr
+    return out
+
+
+def lookup_many(tables: tuple[tuple[np.ndarray, np.ndarray, str], ...], index: np.ndarray, x: Num) -> np.ndarray:
+    """Lookups defined element by element: element `index` of the table array applied to `x`."""
+    x = np.asarray(x, dtype=float)
+    shape = np.broadcast_shapes(index.shape, x.shape)
+    xb = np.broadcast_to(x, shape)
+    ib = np.broadcast_to(index, shape)
+    out = np.empty(shape)
+    funcs = {"interpolate": lookup, "extrapolate": lookup_extrapolate, "hold_backward": lookup_hold}
+    for k, (xs, ys, kind) in enumerate(tables):
+        mask = ib == k
+        if mask.any():
+            out[mask] = funcs[kind](xs, ys, xb[mask])
     return out
 
 
@@ -77,7 +121,10 @@ def delay_order(order: Num, delay_time: Num, dt: float, n: int) -> np.ndarray:
     PySD lowers the order one by one while ``order * TIME STEP > delay time``.
     """
     k = np.trunc(np.broadcast_to(np.asarray(order, dtype=float), (n,)))
-    d = np.broadcast_to(np.asarray(delay_time, dtype=float), (n,))
+    d = np.asarray(delay_time, dtype=float)
+    if d.ndim > 1:  # subscripted: PySD lowers the order against the shortest delay of the sample
+        d = d.reshape(-1, d.shape[-1]).min(axis=0)
+    d = np.broadcast_to(d, (n,))
     for _ in range(int(np.nanmax(k, initial=0))):
         lower = k * dt > d
         if not lower.any():
@@ -171,6 +218,10 @@ NAMESPACE = {
     "np": np,
     "_full": full,
     "_full2": full2,
+    "_fulls": fulls,
+    "_shaped": shaped,
+    "_assemble": assemble,
+    "_lookup_many": lookup_many,
     "_f": as_float,
     "_uniform": uniform,
     "_delay_order": delay_order,
