@@ -39,10 +39,11 @@ from armsdyn.errors import (
     NumericalWarning,
     ResultsError,
 )
-from armsdyn.experiment import Fault, find_faults, run
+from armsdyn.experiment import run
 from armsdyn.metrics import compute_metrics
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.output import redraw_figures, write_results
+from armsdyn.results import Fault, find_faults
 from armsdyn.richardson import Richardson
 from armsdyn.sensitivity import run_study
 

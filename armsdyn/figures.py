@@ -563,8 +563,8 @@ def metric_vs_parameter(
     -------
     (Figure, list of Axes)
     """
-    from armsdyn.experiment import parameter_values
     from armsdyn.metrics import compute_metrics
+    from armsdyn.results import parameter_values
 
     table = compute_metrics(ds)
     names = _scenarios(ds, scenarios)
@@ -779,7 +779,7 @@ def parameter_sweep(
     -------
     (Figure, list of Axes)
     """
-    from armsdyn.experiment import parameter_values
+    from armsdyn.results import parameter_values
 
     values = ensemble[f"output: {output}"].values
     coords = [parameter_values(ensemble, p) for p in parameters]
@@ -927,7 +927,7 @@ def caption_text(ds: xr.Dataset, spec: FigureSpec) -> str:
 
     Everything comes from the results Dataset, so a redrawn figure gets the same caption.
     """
-    from armsdyn.experiment import case_dim
+    from armsdyn.results import case_dim
 
     dim = case_dim(ds)
     names = list(spec.scenarios) or [str(s) for s in ds[dim].values]

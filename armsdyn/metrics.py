@@ -46,8 +46,8 @@ import pandas as pd
 import xarray as xr
 
 from armsdyn import treaty
-from armsdyn.experiment import case_dim, find_faults, parameter_values
 from armsdyn.model import Model
+from armsdyn.results import case_dim, find_faults, parameter_values
 from armsdyn.richardson import N_PARAMETER_NAMES, PARAMETER_NAMES, Richardson, RichardsonN
 
 RICHARDSON_COLUMNS = (

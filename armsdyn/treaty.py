@@ -6,7 +6,7 @@ the event happens), and is read at the final time. The metrics therefore do not
 depend on the output interval (``saveper``): a run saved every step and one
 saved every year give the same numbers. Regain times are interpolated linearly
 between the two integration steps around the crossing, so they converge as the
-time step shrinks (see :func:`convergence`).
+time step shrinks (see :func:`armsdyn.convergence.convergence`).
 
 Required variables (model names), for each state ``S`` in ``A, B``:
 ``treaty signed``, ``treaty broken``, ``treaty signing time``, ``treaty
@@ -57,17 +57,12 @@ only where a status says why.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from armsdyn.experiment import case_dim
-
-if TYPE_CHECKING:
-    from armsdyn.config import Experiment
+from armsdyn.results import case_dim
 
 STATES = ("A", "B")
 WORLD = ("treaty signed", "treaty broken", "treaty signing time", "treaty breakdown time")
@@ -237,44 +232,3 @@ def _baseline_rows(
         # A run dimension (a study) has one baseline for all runs or none.
         return None
     return np.array([position[named[str(label)]] for label in labels])
-
-
-def convergence(
-    experiment: Experiment, *, steps: tuple[float, ...] | None = None, tolerance: float = 0.02
-) -> pd.DataFrame:
-    """Each numeric treaty metric at the experiment's step dt and at dt/2 and dt/4.
-
-    Parameters
-    ----------
-    experiment : armsdyn.Experiment
-        The experiment to rerun.
-    steps : tuple of float, optional
-        Time steps to compare (default: dt, dt/2, dt/4).
-    tolerance : float
-        Relative change between the last two steps above which a metric is
-        flagged as not converged.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Rows ``(scenario, metric)``; a column per step, ``relative change``
-        between the last two and ``converged``.
-    """
-    from armsdyn.experiment import run
-    from armsdyn.metrics import compute_metrics  # metrics imports this module
-
-    dt = experiment.time.step
-    steps = steps or (dt, dt / 2, dt / 4)
-    tables = {}
-    for step in steps:
-        ds = run(replace(experiment, time=replace(experiment.time, step=step)))
-        metrics = compute_metrics(ds)
-        numeric = [c for c in COLUMNS if c in metrics.columns and pd.api.types.is_numeric_dtype(metrics[c])]
-        tables[step] = metrics[numeric].stack(future_stack=True)
-    out = pd.DataFrame(tables)
-    out.index.names = ["scenario", "metric"]
-    last, prev = out[steps[-1]], out[steps[-2]]
-    change = (last - prev).abs() / np.maximum(np.abs(last), 1e-12)
-    out["relative change"] = change.where(np.isfinite(last) | np.isfinite(prev))
-    out["converged"] = (change <= tolerance) | (~np.isfinite(last) & ~np.isfinite(prev))
-    return out

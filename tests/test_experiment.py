@@ -70,7 +70,7 @@ def test_time_series_parameter_is_interpolated(tmp_path: Path) -> None:
     )
     ds = armsdyn.run(write_config(tmp_path, text))
     np.testing.assert_allclose(ds["grievance_g"].sel(scenario="ramp").values, np.arange(11) * 0.5)
-    assert np.isnan(float(armsdyn.experiment.parameter_values(ds, "grievance g").sel(scenario="ramp")))
+    assert np.isnan(float(armsdyn.results.parameter_values(ds, "grievance g").sel(scenario="ramp")))
     table = armsdyn.compute_metrics(ds)
     assert table.loc["ramp", "regime"] == "not analysed: a parameter varies over time"
 

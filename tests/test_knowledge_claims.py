@@ -269,7 +269,7 @@ def test_dimensionless_results_do_not_move_when_capability_units_are_rescaled() 
 @pytest.mark.slow
 def test_treaty_metrics_converge_as_the_time_step_halves() -> None:
     """dt, dt/2, dt/4: every treaty metric of the main experiment moves by less than 2% between the last two."""
-    from armsdyn.treaty import convergence
+    from armsdyn.convergence import convergence
 
     experiment = armsdyn.load_config(CONFIGS / "disarmament_vs_knowledge.toml")
     table = convergence(experiment, steps=(0.0625, 0.03125, 0.015625))
