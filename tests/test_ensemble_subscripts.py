@@ -1,0 +1,109 @@
+"""The ensemble engine on subscripted models: every shared subscripted case, element samples, result layout."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from armsdyn.ensemble import SampleError, UnsupportedConstruct, compile_model, run_ensemble
+from armsdyn.model import TimeSettings, load_model
+from tests.conftest import MODELS, SHARED
+from tests.test_ensemble import assert_matches_pysd, value_names, vary_constants
+
+CASES = SHARED / "test-models"
+PREFIXES = ("subscript_", "subscripted_", "subrange_merge", "vector_select")
+SUBSCRIPTED = (
+    sorted(p for p in CASES.glob("*/*") if p.parent.name.startswith(PREFIXES) and p.suffix in (".mdl", ".xmile"))
+    if CASES.is_dir()
+    else []
+)
+# Cases PySD runs whose constructs the engine does not compile (it raises UnsupportedConstruct for them).
+NOT_COMPILED = {"test_vector_select.mdl"}
+
+
+def _pysd_runs(path: Path) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_model(path)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("path", SUBSCRIPTED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shared_subscripted_cases_match_pysd_or_fall_back_cleanly(path: Path) -> None:
+    if not _pysd_runs(path):
+        pytest.skip("PySD cannot run this case")
+    if path.name in NOT_COMPILED:
+        with pytest.raises(UnsupportedConstruct) as info:
+            compile_model(path, backend="numpy")
+        assert info.value.variable
+        assert info.value.construct
+        return
+    model = compile_model(path, backend="numpy")
+    samples = vary_constants(model, 3, seed=4)
+    names = value_names(model)
+    ds = model.run(samples, variables=names, chunk_size=2)
+    assert_matches_pysd(path, ds, samples, names)
+
+
+@pytest.mark.skipif(not SUBSCRIPTED, reason=f"shared test models not found in {CASES}")
+def test_how_many_shared_subscripted_cases_compile() -> None:
+    runnable = [p for p in SUBSCRIPTED if _pysd_runs(p)]
+    compiled = []
+    for path in runnable:
+        try:
+            compile_model(path, backend="numpy")
+        except UnsupportedConstruct:
+            continue
+        compiled.append(path.name)
+    assert len(runnable) >= 29
+    assert len(compiled) == len(runnable) - len(NOT_COMPILED), sorted(compiled)
+
+
+def test_richardson_n_matches_pysd_for_sampled_elements() -> None:
+    path = MODELS / "richardson_n.mdl"
+    model = compile_model(path, backend="numpy")
+    rng = np.random.default_rng(11)
+    samples = {
+        "grievance g[China]": rng.uniform(-150, 250, 6),
+        "defence coefficient k[USA, China]": rng.uniform(0.05, 0.3, 6),
+        "fatigue coefficient a": rng.uniform(0.4, 0.6, 6),  # whole: every element alike
+        "initial_arms[Russia]": rng.uniform(1000, 2000, 6),
+    }
+    time = TimeSettings(initial=0, final=10, step=0.125, saveper=0.5, units="Year")
+    names = ["arms", "arming rate", "reaction"]
+    ds = model.run(samples, time, variables=names, chunk_size=4)
+    assert ds["arms"].dims == ("run", "time", "state")
+    assert list(ds["state"].values) == ["USA", "Russia", "China"]
+    assert ds["grievance_g[China]"].attrs["long_name"] == "grievance g[China]"
+    assert_matches_pysd(path, ds, samples, names, time)
+
+
+def test_element_sample_errors_name_the_element() -> None:
+    model = compile_model(MODELS / "richardson_n.mdl", backend="numpy")
+    with pytest.raises(SampleError, match="no element 'India'"):
+        model.run({"grievance g[India]": np.ones(2)})
+    with pytest.raises(SampleError, match="sampled twice"):
+        model.run({"grievance g[China]": np.ones(2), "grievance_g[china]": np.ones(2)})
+
+
+def test_numba_refuses_subscripts_and_auto_uses_numpy() -> None:
+    path = MODELS / "richardson_n.mdl"
+    assert compile_model(path).backend == "numpy"
+    with pytest.raises((UnsupportedConstruct, ImportError)):
+        compile_model(path, backend="numba").backend  # noqa: B018
+
+
+def test_run_ensemble_on_two_workers_keeps_the_element_layout() -> None:
+    path = MODELS / "richardson_n.mdl"
+    samples = {"grievance g[USA]": np.linspace(100, 300, 5)}
+    time = TimeSettings(initial=0, final=5, step=0.25, saveper=1, units="Year")
+    serial = run_ensemble(path, samples, time, ["arms"], workers=1, chunk_size=2)
+    assert serial["arms"].shape == (5, 6, 3)
+    assert serial.attrs["engine"] == "armsdyn.ensemble"
+    assert_matches_pysd(path, serial, samples, ["arms"], time)
