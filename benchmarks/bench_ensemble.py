@@ -274,8 +274,44 @@ def choices(args: argparse.Namespace) -> None:
             print(f"| {path.name} | {n:,} | {row} | {ratio:.2f} |", flush=True)
 
 
+SUBSCRIPTED = Path(__file__).parent / "models" / "triad_lookup.mdl"
+SUBSCRIPTED_TWIN = Path(__file__).parent / "models" / "triad_lookup_twin.mdl"
+
+
+def subscripts(args: argparse.Namespace) -> None:
+    """runs/s of the three-state subscripted model (lookup, SMOOTH) and its hand-expanded scalar twin."""
+    from armsdyn.ensemble import compile_model
+    from armsdyn.model import load_model
+
+    n = args.numpy_samples
+    print(f"{n} runs, {args.pysd_runs} PySD runs; runs/s (x PySD)")
+    for path in (SUBSCRIPTED, SUBSCRIPTED_TWIN):
+        pysd = load_model(path)
+        names = [v.name for v in pysd.of_kind("stock")]
+        started = time.perf_counter()
+        for _ in range(args.pysd_runs):
+            pysd.simulate({}, pysd.time, names)
+        pysd_rate = args.pysd_runs / (time.perf_counter() - started)
+        rng = np.random.default_rng(0)
+        for backend in ("numpy", "numba"):
+            try:
+                model = compile_model(path, backend=backend)
+                model.backend  # noqa: B018 - resolves the backend, raising if it cannot run the model
+            except Exception as exc:  # numba not installed, or the model not compiled for it
+                print(f"  {path.name:24} {backend:6} -: {type(exc).__name__}")
+                continue
+            samples = {"service life": rng.uniform(20, 30, n), "perception delay": rng.uniform(1, 3, n)}
+            model.run({k: v[:100] for k, v in samples.items()}, variables=names)  # warm (numba compiles here)
+            started = time.perf_counter()
+            model.run(samples, variables=names)
+            rate = n / (time.perf_counter() - started)
+            print(f"  {path.name:24} {backend:6} {rate:10,.0f} ({rate / pysd_rate:,.0f}x)")
+        print(f"  {path.name:24} PySD   {pysd_rate:10,.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscripts", action="store_true", help="the subscripted model against its scalar twin")
     parser.add_argument("--samples", type=int, default=100_000, help="ensemble size (default 100000)")
     parser.add_argument("--numpy-samples", type=int, default=20_000, help="at most this many for numpy (slower)")
     parser.add_argument("--pysd-runs", type=int, default=20, help="sequential PySD runs to time (default 20)")
@@ -295,7 +331,9 @@ def main() -> None:
         print(choice_cell(Path(path), int(n), mode, cache))
         return
     args = parser.parse_args()
-    if args.choices:
+    if args.subscripts:
+        subscripts(args)
+    elif args.choices:
         choices(args)
     elif args.study:
         study(args)
