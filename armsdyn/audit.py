@@ -472,6 +472,8 @@ def _run_values(
     variables = _needed_variables(spec)
     scenarios = list(dict.fromkeys([c.scenario for c in spec.claims] + [c.baseline for c in spec.claims if c.baseline]))
     n = len(draws)
+    if workers != 1:  # one chunk per worker at least, so every worker has runs
+        chunk_size = max(1, min(chunk_size, -(-n // (workers or os.cpu_count() or 1))))
     defaults = {v.name: float(v.default) for v in model.of_kind("constant") if not v.dims and v.default is not None}
     runs: dict[str, tuple[xr.Dataset, dict[str, np.ndarray]]] = {}
     for name in scenarios:
