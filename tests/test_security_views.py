@@ -117,6 +117,7 @@ def grid() -> xr.Dataset:
             "unilateral": {**restraint("A", reciprocal=False), **power("B")},
             "unilateral_no_opportunism": {**restraint("A", reciprocal=False), **power("B"), "opportunism B": 0.0},
             "reciprocal_vs_power": {**restraint("A"), **power("B")},
+            "unforgiving_vs_power": {**restraint("A"), **power("B"), "forgiveness time A": float("inf")},
             "peace": {**restraint("A"), **restraint("B")},
             "peace_ablated": {**restraint("A"), **restraint("B"), **both("restraint pace", 0.0)},
             "security": SECURITY,
@@ -206,16 +207,23 @@ def test_unilateral_restraint_is_exploited_by_an_opportunist(grid: xr.Dataset, r
 
 
 @pytest.mark.parametrize(("resilience", "delay"), GRID)
-def test_reciprocity_limits_exploitation(grid: xr.Dataset, resilience: float, delay: float) -> None:
-    """Against the same opportunist, restraint that stops when B's forces grow against A's costs A less."""
+def test_reciprocity_delays_exploitation(grid: xr.Dataset, resilience: float, delay: float) -> None:
+    """Against the same opportunist, restraint that stops when B's forces grow against A's costs A less.
+
+    Reciprocity 0 is the ablation (the unconditional case). Forgiveness lets the
+    benchmark drift up to B's higher level, so restraint creeps back and
+    exploitation is delayed, not prevented; never forgiving, A ends as if it had
+    not restrained itself at all.
+    """
     at = f" {resilience} {delay}"
     for read in (final, mean_after_policy):
-        assert (
-            read(grid, "reciprocal_vs_power" + at, "insecurity_a")
-            < read(grid, "unilateral" + at, "insecurity_a") - 0.02
-        )
-    # Reciprocity 0 is the ablation: the unconditional scenario itself.
+        reciprocal = read(grid, "reciprocal_vs_power" + at, "insecurity_a")
+        assert reciprocal < read(grid, "unilateral" + at, "insecurity_a") - 0.02
     assert final(grid, "reciprocal_vs_power" + at, "restraint_a") < final(grid, "unilateral" + at, "restraint_a")
+    assert final(grid, "unforgiving_vs_power" + at, "restraint_a") < 0.01
+    assert final(grid, "unforgiving_vs_power" + at, "insecurity_a") == pytest.approx(
+        final(grid, "power_B" + at, "insecurity_a"), abs=0.01
+    )
 
 
 def test_no_result_is_an_arithmetic_echo_of_an_override(grid: xr.Dataset) -> None:
