@@ -43,6 +43,7 @@ from armsdyn.experiment import run
 from armsdyn.metrics import compute_metrics
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.output import redraw_figures, write_results
+from armsdyn.pipeline import run_experiment
 from armsdyn.results import Fault, find_faults
 from armsdyn.richardson import Richardson
 from armsdyn.sensitivity import run_study
@@ -80,6 +81,7 @@ __all__ = [
     "redraw_figures",
     "richardson_combined_fit",
     "run",
+    "run_experiment",
     "run_study",
     "write_calibration",
     "write_results",

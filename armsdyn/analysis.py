@@ -45,7 +45,8 @@ import xarray as xr
 
 from armsdyn.config import Experiment, Scenario, load_config
 from armsdyn.errors import ModelError
-from armsdyn.model import Model, TimeSettings, _pysd, _quiet_pysd
+from armsdyn.model import Model, TimeSettings, pysd_module, quiet_pysd
+from armsdyn.richardson import Richardson
 
 #: Relative tolerance under which a real part of an eigenvalue counts as zero.
 ZERO_RTOL = 1e-7
@@ -74,10 +75,10 @@ class _Flows:
         self.step = time.step
         key = str(model.translation)
         if key not in self._instances:
-            with _quiet_pysd():
-                self._instances[key] = _pysd().load(key)
+            with quiet_pysd():
+                self._instances[key] = pysd_module().load(key)
         self.pysd = self._instances[key]
-        with _quiet_pysd():
+        with quiet_pysd():
             self.pysd.reload()  # constants set by an earlier scenario must not leak into this one
         self.evaluations = 0
 
@@ -91,7 +92,7 @@ class _Flows:
                 )
             else:
                 values[var.py_name] = float(part[0])
-        with _quiet_pysd():
+        with quiet_pysd():
             try:
                 df = self.pysd.run(
                     params=self.params,
@@ -128,7 +129,7 @@ def feedback_stocks(model: Model) -> list[str]:
     A stock that nothing depends on (a pure accumulator such as a cumulative
     cost) is left out: it never settles and does not shape the dynamics.
     """
-    deps = model._pysd.dependencies  # PySD's dependency graph of the translated model
+    deps = model.pysd_model.dependencies  # PySD's dependency graph of the translated model
     stock_of = {f"_integ_{v.py_name}": v.name for v in model.of_kind("stock")}
     by_py = {v.py_name: v for v in model.variables.values()}
     reached: set[str] = set()
@@ -369,7 +370,6 @@ def richardson_check(values: Mapping[str, float]) -> dict[str, Any]:
 
     `values` are keyed by the model names in :data:`armsdyn.richardson.PARAMETER_NAMES`.
     """
-    from armsdyn.richardson import Richardson
 
     model = Richardson.from_values(values)
     return {"equilibrium": model.equilibrium(), "eigenvalues": model.eigenvalues(), "stability": model.stability()}

@@ -74,19 +74,22 @@ import xarray as xr
 
 from armsdyn.config import (
     Experiment,
-    _bounds_problem,
-    _check_table,
-    _describe,
-    _Problems,
-    _unknown,
+    Problems,
+    bounds_problem,
+    check_table,
+    describe_input,
     parse_config,
     read_toml,
+    unknown_name,
 )
 from armsdyn.errors import ConfigError, did_you_mean
+from armsdyn.figures import SINGLE_COLUMN, paper_style, save_figure
 from armsdyn.metrics import RICHARDSON_COLUMNS, compute_metrics, metric_names
+from armsdyn.model import file_sha256
+from armsdyn.output import MANIFEST_FILE, atomic_folder, build_manifest, now
 from armsdyn.predicates import Predicate, PredicateError, parse_predicate
 from armsdyn.runner import Reducer, run_chunked
-from armsdyn.sensitivity import DISTRIBUTIONS, SampledParameter
+from armsdyn.specs import DISTRIBUTIONS, SampledParameter
 
 AUDIT_DIR = "audit"
 SAMPLINGS = ("latin", "sobol")
@@ -202,14 +205,14 @@ def parse_audit(raw: Mapping[str, Any], *, text: str = "", source: Path | None =
     """Validate an already-parsed audit config; see :func:`load_audit`."""
     rest = {k: v for k, v in raw.items() if k not in _EXTRA}
     experiment = parse_config(rest, text=text, source=source)
-    problems = _Problems(str(source) if source else "<config>")
+    problems = Problems(str(source) if source else "<config>")
     model = experiment.model
     names = [s.name for s in experiment.scenarios]
 
     table = _check(raw.get("audit", {}), "audit", "audit", problems)
     sampling = table.get("sampling", "latin")
     if sampling not in SAMPLINGS:
-        problems.add("audit.sampling", _unknown("sampling", sampling, SAMPLINGS))
+        problems.add("audit.sampling", unknown_name("sampling", sampling, SAMPLINGS))
     for key, low, high in (("samples", 2, 10_000_000), ("seed", 0, 2**63 - 1), ("boxes", 1, 10)):
         if key in table and not low <= table[key] <= high:
             problems.add(f"audit.{key}", f"must be between {low} and {high}, got {table[key]}")
@@ -251,11 +254,11 @@ def parse_audit(raw: Mapping[str, Any], *, text: str = "", source: Path | None =
     )
 
 
-def _check(table: Any, section: str, where: str, problems: _Problems) -> dict[str, Any]:
-    return _check_table(table, section, where, problems, schemas=_SCHEMA)
+def _check(table: Any, section: str, where: str, problems: Problems) -> dict[str, Any]:
+    return check_table(table, section, where, problems, schemas=_SCHEMA)
 
 
-def _constant(model: Any, name: str, where: str, problems: _Problems, seen: set[str]) -> str | None:
+def _constant(model: Any, name: str, where: str, problems: Problems, seen: set[str]) -> str | None:
     constants = [v.name for v in model.of_kind("constant") if not v.dims]
     try:
         var = model.variable(name)
@@ -281,7 +284,7 @@ def _outside(model: Any, name: str, values: Sequence[float]) -> str:
     return f"{bad[0]:g} is outside the range {allowed} that {model.path} declares for {name!r}"
 
 
-def _parse_uncertainties(raw: Any, model: Any, problems: _Problems) -> tuple[list[SampledParameter], list[Switch]]:
+def _parse_uncertainties(raw: Any, model: Any, problems: Problems) -> tuple[list[SampledParameter], list[Switch]]:
     if raw is None:
         problems.add("uncertainties", "missing; add [[uncertainties.parameters]] tables naming what to sample")
         return [], []
@@ -297,9 +300,9 @@ def _parse_uncertainties(raw: Any, model: Any, problems: _Problems) -> tuple[lis
         name = _constant(model, entry["name"], f"{where}.name", problems, seen)
         dist = entry.get("distribution", "unif")
         if dist not in DISTRIBUTIONS:
-            problems.add(f"{where}.distribution", _unknown("distribution", dist, DISTRIBUTIONS))
+            problems.add(f"{where}.distribution", unknown_name("distribution", dist, DISTRIBUTIONS))
             continue
-        problem = _bounds_problem(entry.get("bounds"), dist, None)
+        problem = bounds_problem(entry.get("bounds"), dist, None)
         if problem:
             problems.add(f"{where}.bounds", problem)
             continue
@@ -323,7 +326,7 @@ def _parse_uncertainties(raw: Any, model: Any, problems: _Problems) -> tuple[lis
         name = _constant(model, entry["name"], f"{where}.name", problems, seen)
         values = entry.get("values", [])
         if len(values) < 2 or len(set(values)) != len(values) or not all(math.isfinite(v) for v in values):
-            problems.add(f"{where}.values", f"give two or more distinct finite numbers, got {_describe(values)}")
+            problems.add(f"{where}.values", f"give two or more distinct finite numbers, got {describe_input(values)}")
             continue
         also = [_constant(model, o, f"{where}.also[{j}]", problems, seen) for j, o in enumerate(entry.get("also", []))]
         if name is None or None in also:
@@ -351,12 +354,12 @@ def predicate_names(experiment: Experiment, baseline: bool) -> tuple[list[str], 
     return allowed, texts
 
 
-def _parse_claims(raw: Any, experiment: Experiment, default: str, problems: _Problems) -> list[Claim]:
+def _parse_claims(raw: Any, experiment: Experiment, default: str, problems: Problems) -> list[Claim]:
     if not raw:
         problems.add("claims", "missing or empty; add [[claims]] tables with name, text and predicate")
         return []
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        problems.add("claims", f"expected an array of tables [[claims]], got {_describe(raw)}")
+        problems.add("claims", f"expected an array of tables [[claims]], got {describe_input(raw)}")
         return []
     names = [s.name for s in experiment.scenarios]
     claims: list[Claim] = []
@@ -853,7 +856,6 @@ def audit(
     -------
     AuditResult
     """
-    from armsdyn.output import now
 
     started = now()
     spec = config_or_experiment if isinstance(config_or_experiment, AuditSpec) else load_audit(config_or_experiment)
@@ -1000,7 +1002,6 @@ def write_audit(
     command: Sequence[str] | None = None,
 ) -> Path:
     """Write the ``audit/`` folder atomically (see :func:`armsdyn.output.atomic_folder`)."""
-    from armsdyn.output import MANIFEST_FILE, _sha256, atomic_folder, build_manifest, now
 
     started = started or now()
     target = Path(target)
@@ -1016,7 +1017,7 @@ def write_audit(
             "dimensions": list(result.spec.dimensions),
             "claims": [c.name for c in result.spec.claims],
         }
-        manifest["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest["files"] = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2)
             fh.write("\n")
@@ -1088,8 +1089,6 @@ def draw_audit_figures(result: AuditResult, folder: Path) -> list[Path]:
     """Claim summary, and per claim the trade-off, box limits and pairwise scatter of its first failing box."""
     import matplotlib.pyplot as plt
 
-    from armsdyn.figures import SINGLE_COLUMN, paper_style, save_figure
-
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     ranges = result.ranges()
@@ -1123,8 +1122,6 @@ def draw_audit_figures(result: AuditResult, folder: Path) -> list[Path]:
 def claim_summary(result: AuditResult, ax: Any = None) -> Any:
     """One bar per claim: the share of the space where it holds, with its 95% interval."""
     import matplotlib.pyplot as plt
-
-    from armsdyn.figures import SINGLE_COLUMN
 
     n = len(result.claims)
     if ax is None:

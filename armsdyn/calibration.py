@@ -101,8 +101,11 @@ from armsdyn.config import (
     ParameterValue,
     Scenario,
 )
+from armsdyn.ensemble import TimeGrid, compile_model
 from armsdyn.errors import ModelError
+from armsdyn.figures import DOUBLE_COLUMN, SINGLE_COLUMN, paper_style, save_figure
 from armsdyn.model import Model, TimeSettings, file_sha256
+from armsdyn.output import atomic_folder, build_manifest, now
 from armsdyn.richardson import PARAMETER_NAMES, Richardson
 
 __all__ = [
@@ -229,9 +232,6 @@ class _Simulator:
         self.fixed = Scenario("fit", parameters=dict(fixed)).pysd_params()
         self.runs = 0
         if engine == "ensemble":
-            from armsdyn.ensemble import compile_model
-            from armsdyn.ensemble._engine import TimeGrid
-
             self.compiled = compile_model(model.path)
             self.grid = TimeGrid.from_settings(time, model.path)
             self.py_names = [self.compiled.variable(v).py_name for v in self.variables]
@@ -529,7 +529,6 @@ def calibrate(config_path: str | os.PathLike[str] | CalibrationSpec) -> Calibrat
     ModelError
         If the model cannot be simulated.
     """
-    from armsdyn.output import now
 
     started = now()
     spec = config_path if isinstance(config_path, CalibrationSpec) else load_calibration(config_path)
@@ -753,7 +752,6 @@ def write_calibration(
         If the folder exists (without `force`), is being written by another run,
         or cannot be written; nothing is left half-written.
     """
-    from armsdyn.output import atomic_folder
 
     target = Path(target)
     with atomic_folder(target, force=force) as tmp:
@@ -762,7 +760,6 @@ def write_calibration(
 
 
 def _fill(folder: Path, result: CalibrationResult, command: Sequence[str] | None) -> None:
-    from armsdyn.output import _sha256, build_manifest
 
     spec = result.spec
     result.estimates.to_csv(folder / ESTIMATES_FILE)
@@ -796,7 +793,7 @@ def _fill(folder: Path, result: CalibrationResult, command: Sequence[str] | None
         "units": spec.data.units,
         "scale": spec.data.scale,
     }
-    manifest["files"] = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    manifest["files"] = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     with open(folder / "manifest.json", "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
         fh.write("\n")
@@ -828,8 +825,6 @@ def draw_calibration_figures(result: CalibrationResult, folder: Path) -> list[Pa
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-
-    from armsdyn.figures import DOUBLE_COLUMN, SINGLE_COLUMN, paper_style, save_figure
 
     folder.mkdir(parents=True, exist_ok=True)
     spec = result.spec

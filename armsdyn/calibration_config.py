@@ -24,15 +24,15 @@ from armsdyn import data as data_mod
 from armsdyn.config import (
     Experiment,
     ParameterValue,
+    Problems,
     Scenario,
-    _check_table,
-    _describe,
-    _parse_parameters,
-    _parse_time,
-    _Problems,
-    _unknown,
+    check_table,
+    describe_input,
     parse_experiment_table,
+    parse_parameters,
+    parse_time,
     read_toml,
+    unknown_name,
 )
 from armsdyn.errors import did_you_mean
 from armsdyn.model import Model, TimeSettings
@@ -185,9 +185,9 @@ class CalibrationSpec:
         )
 
 
-def _check(table: Any, section: str, where: str, problems: _Problems) -> dict[str, Any]:
+def _check(table: Any, section: str, where: str, problems: Problems) -> dict[str, Any]:
     """:func:`armsdyn.config._check_table` with this module's own tables."""
-    return _check_table(table, section, where, problems, schemas=_SCHEMA)
+    return check_table(table, section, where, problems, schemas=_SCHEMA)
 
 
 def load_calibration(path: str | os.PathLike[str]) -> CalibrationSpec:
@@ -215,7 +215,7 @@ def load_calibration(path: str | os.PathLike[str]) -> CalibrationSpec:
 
 def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | None = None) -> CalibrationSpec:
     """Validate an already-parsed calibration config; see :func:`load_calibration`."""
-    problems = _Problems(str(source) if source else "<config>")
+    problems = Problems(str(source) if source else "<config>")
     top = _check(dict(raw), "", "", problems)
     for key, what in (("experiment", "a table [experiment] with keys name and model"), ("data", "a table [data]")):
         if key not in top:
@@ -227,10 +227,10 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
     cal = _check(top.get("calibration", {}), "calibration", "calibration", problems)
     method = cal.get("method", "trajectory")
     if method not in METHODS:
-        problems.add("calibration.method", _unknown("method", method, METHODS))
+        problems.add("calibration.method", unknown_name("method", method, METHODS))
     for key, allowed in (("loss", LOSSES), ("engine", ENGINES)):
         if cal.get(key, allowed[0]) not in allowed:
-            problems.add(f"calibration.{key}", _unknown(key, cal[key], allowed))
+            problems.add(f"calibration.{key}", unknown_name(key, cal[key], allowed))
     if cal.get("bootstrap", 0) < 0 or cal.get("bootstrap", 0) > 100_000:
         problems.add("calibration.bootstrap", f"must be between 0 and 100000, got {cal['bootstrap']}")
     if cal.get("seed", 0) < 0:
@@ -240,7 +240,7 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
         problems.add("calibration.f_scale", f"must be a positive finite number, got {f_scale!r}")
 
     data_spec, observations = _parse_data(top.get("data", {}), source, model, problems, method=method)
-    fixed = _parse_parameters(top.get("parameters", {}), "parameters", model, problems)
+    fixed = parse_parameters(top.get("parameters", {}), "parameters", model, problems)
     time = _data_time(top.get("time", {}), model, observations, problems)
     parameters: list[FittedParameter] = []
     if method == "trajectory":
@@ -289,13 +289,13 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
 
 
 def _parse_data(
-    table: Any, source: Path | None, model: Model, problems: _Problems, *, method: str = "trajectory"
+    table: Any, source: Path | None, model: Model, problems: Problems, *, method: str = "trajectory"
 ) -> tuple[DataSpec | None, pd.DataFrame | None]:
     good = _check(table, "data", "data", problems)
     n_before = len(problems.items)
     kind = good.get("kind", "csv")
     if kind not in DATA_KINDS:
-        problems.add("data.kind", _unknown("data kind", kind, DATA_KINDS))
+        problems.add("data.kind", unknown_name("data kind", kind, DATA_KINDS))
     if "file" not in good:
         problems.add("data.file", "missing; give the data file's path, relative to this config")
         return None, None
@@ -309,7 +309,7 @@ def _parse_data(
     for key, value in (raw_columns or {}).items():
         where = f'data.columns."{key}"'
         if not isinstance(value, str):
-            problems.add(where, f"expected a model variable name, got {_describe(value)}")
+            problems.add(where, f"expected a model variable name, got {describe_input(value)}")
             continue
         try:
             var = model.variable(value)
@@ -378,7 +378,7 @@ def _parse_data(
     return spec, observations
 
 
-def _data_quality(series: pd.DataFrame, times: pd.Index, file: Path, method: str, problems: _Problems) -> bool:
+def _data_quality(series: pd.DataFrame, times: pd.Index, file: Path, method: str, problems: Problems) -> bool:
     """Warn of gaps and negative values in the years used; refuse gaps a method cannot take.
 
     Returns False when a problem was added.
@@ -426,7 +426,7 @@ def _load(
     )
 
 
-def _data_time(table: Any, model: Model, observations: pd.DataFrame | None, problems: _Problems) -> TimeSettings:
+def _data_time(table: Any, model: Model, observations: pd.DataFrame | None, problems: Problems) -> TimeSettings:
     """Time settings: ``[time]`` over defaults spanning the data, with yearly saves."""
     if observations is None:
         return model.time
@@ -436,9 +436,9 @@ def _data_time(table: Any, model: Model, observations: pd.DataFrame | None, prob
     step = model.time.step if _whole(saveper, model.time.step) else saveper
     defaults = TimeSettings(float(t[0]), float(t[-1]), step, saveper, model.time.units)
     # config._parse_time validates against a model's own settings: give it the data's defaults.
-    time = _parse_time(table if isinstance(table, dict) else {}, SimpleNamespace(time=defaults), problems)
+    time = parse_time(table if isinstance(table, dict) else {}, SimpleNamespace(time=defaults), problems)
     if not isinstance(table, dict):
-        problems.add("time", f"expected a table, got {_describe(table)}")
+        problems.add("time", f"expected a table, got {describe_input(table)}")
     saved = time.save_times()
     off = [x for x in t if not np.any(np.isclose(saved, x, rtol=0, atol=1e-9 * max(1.0, abs(x))))]
     if off and not problems.items:
@@ -459,7 +459,7 @@ def _stock_initial(model: Model, stock: str) -> str | None:
     """The constant a stock starts from (e.g. ``initial arms X``), if it starts from exactly one."""
     var = model.variable(stock)
     # PySD records what each stock's initial value depends on; only a lone constant can be fitted.
-    deps = model._pysd.dependencies.get(f"_integ_{var.py_name}", {}).get("initial", {})
+    deps = model.pysd_model.dependencies.get(f"_integ_{var.py_name}", {}).get("initial", {})
     by_py = {v.py_name: v for v in model.variables.values()}
     if len(deps) == 1:
         (py,) = deps
@@ -473,7 +473,7 @@ def _parse_fitted(
     model: Model,
     fixed: dict[str, ParameterValue],
     observations: pd.DataFrame | None,
-    problems: _Problems,
+    problems: Problems,
 ) -> list[FittedParameter]:
     out: list[FittedParameter] = []
     constants = [v.name for v in model.of_kind("constant")]
@@ -507,7 +507,7 @@ def _parse_fitted(
                 fixed[constant] = first
             continue
         if not isinstance(value, dict):
-            problems.add(where, f'expected "observed" or a table {{ initial, bounds }}, got {_describe(value)}')
+            problems.add(where, f'expected "observed" or a table {{ initial, bounds }}, got {describe_input(value)}')
             continue
         if "initial" not in value and not math.isfinite(first):
             problems.add(where, f"{var.name!r} is not observed; give an initial guess")

@@ -9,15 +9,26 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from armsdyn.errors import ArmsdynError, NumericalWarning
+import matplotlib
+
+from armsdyn import __version__
+from armsdyn.analysis import analyse, summarise
+from armsdyn.audit import audit, load_audit, summary_lines
+from armsdyn.calibration import calibrate, load_calibration, write_calibration
+from armsdyn.config import config_kind, load_config
+from armsdyn.data import DataWarning
+from armsdyn.errors import ArmsdynError, ModelError
+from armsdyn.model import SUFFIXES, load_model
+from armsdyn.output import locked, redraw_figures, refuse_existing
+from armsdyn.pipeline import StudyInterrupted, run_experiment
+from armsdyn.runner import needs, refuse_unfit
 
 if TYPE_CHECKING:
-    from armsdyn.config import Experiment
+    pass
 
 EPILOG = """\
 examples:
@@ -40,7 +51,6 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from armsdyn import __version__
 
     parser.add_argument("--version", action="version", version=f"armsdyn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -153,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``armsdyn`` command; returns the exit status."""
+    # The command line draws figures to files only: a library import never switches a
+    # notebook's backend, but the command does, so it needs no display.
+    matplotlib.use("Agg")
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
@@ -169,94 +182,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from armsdyn.config import load_config
-    from armsdyn.output import locked, now, refuse_existing
-    from armsdyn.runner import needs, refuse_unfit
-
-    started = now()
-    experiment = load_config(args.config)
-    target = args.out or Path("results") / experiment.name
-    refuse_existing(target, force=args.force)  # before the runs; checked again under the lock
-    refuse_unfit(experiment, needs(experiment, workers=args.workers, chunk_size=max(1, args.chunk_size)), target)
-    # One lock for the whole run: the results folder and the study's chunk store beside it.
-    with locked(target):
-        return _run_locked(args, experiment, target, started)
-
-
-def _run_locked(args: argparse.Namespace, experiment: Experiment, target: Path, started: str) -> int:
-    from armsdyn.errors import ResultsError
-    from armsdyn.experiment import run
-    from armsdyn.output import write_results
-
-    print(
-        f"armsdyn: {experiment.name}: {len(experiment.scenarios)} scenarios of {experiment.model.path}", file=sys.stderr
-    )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NumericalWarning)
-        ds = run(
-            experiment,
-            progress=lambda line: print(f"  {line}", file=sys.stderr),
+    try:
+        target = run_experiment(
+            args.config,
+            out=args.out,
+            force=args.force,
             stop_on_fault=args.stop_on_fault,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            chunk_size=max(1, args.chunk_size),
+            resume=args.resume,
+            report=lambda line: print(line, file=sys.stderr),
+            progress=sys.stderr.isatty(),
+            command=["armsdyn", *sys.argv[1:]],
         )
-    for w in caught:
-        print(f"armsdyn: warning: {w.message}", file=sys.stderr)
-    study = None
-    if experiment.sensitivity is not None:
-        from armsdyn.runner import remove_store
-        from armsdyn.sensitivity import run_study
-
-        spec = experiment.sensitivity
-        print(
-            f"armsdyn: sensitivity study: {spec.method}, {len(spec.parameters)} parameters, "
-            f"{len(spec.outputs)} outputs",
-            file=sys.stderr,
-        )
-        store = target.parent / f".{target.name}.study"
-        if args.force and not args.resume:
-            remove_store(store)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            try:
-                study = run_study(
-                    experiment,
-                    workers=args.workers,
-                    scheduler=args.scheduler,
-                    store=store,
-                    resume=args.resume,
-                    progress=sys.stderr.isatty(),
-                    chunk_size=max(1, args.chunk_size),
-                )
-            except KeyboardInterrupt:
-                print(
-                    f"armsdyn: interrupted; finished chunks are kept in {store}: "
-                    "run the same command with --resume to continue",
-                    file=sys.stderr,
-                )
-                return 130
-            except ArmsdynError:
-                raise
-            except (OSError, RuntimeError, zlib.error) as exc:
-                msg = (
-                    f"{store}: could not write the study's chunks ({exc}; is the disk full or the folder "
-                    "read-only?); finished chunks are kept: run the same command with --resume to continue"
-                )
-                raise ResultsError(msg) from exc
-        for w in caught:
-            print(f"armsdyn: warning: {w.message}", file=sys.stderr)
-        print(f"  {study[0].sizes['run']} runs", file=sys.stderr)
-    write_results(
-        ds, experiment, target, force=args.force, started=started, command=["armsdyn", *sys.argv[1:]], study=study
-    )
-    if study is not None:
-        remove_store(store)
+    except StudyInterrupted as exc:
+        print(f"armsdyn: {exc}", file=sys.stderr)
+        return 130
     print(f"armsdyn: wrote {target}", file=sys.stderr)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from armsdyn.config import load_config
-    from armsdyn.runner import needs, refuse_unfit
-
+    kind = config_kind(args.config)
+    if kind == "calibration":
+        spec = load_calibration(args.config)
+        names = ", ".join(p.name for p in spec.parameters)
+        print(
+            f"{args.config}: valid calibration {spec.name!r}: {spec.method} fit of {names} to "
+            f"{len(spec.observations)} observations of {spec.data.file}, model {spec.model.path}"
+        )
+        return 0
+    if kind == "audit":
+        audit_spec = load_audit(args.config)
+        print(
+            f"{args.config}: valid audit of {len(audit_spec.claims)} claims over {len(audit_spec.dimensions)} "
+            f"uncertain dimensions ({audit_spec.samples} {audit_spec.sampling} samples), "
+            f"model {audit_spec.experiment.model.path}"
+        )
+        return 0
     exp = load_config(args.config)
     found = needs(exp)
     refuse_unfit(exp, found, Path("results") / exp.name)
@@ -273,8 +237,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from armsdyn.errors import ModelError
-    from armsdyn.model import SUFFIXES, load_model
 
     files = sorted(p for p in args.folder.glob("*") if p.suffix.lower() in SUFFIXES) if args.folder.is_dir() else []
     if not files:
@@ -292,8 +254,7 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(args: argparse.Namespace) -> int:
-    from armsdyn.model import load_model
+def describe_input(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     t = model.time
@@ -313,7 +274,6 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _figures(args: argparse.Namespace) -> int:
-    from armsdyn.output import redraw_figures
 
     files = redraw_figures(args.results, args.config)
     print(f"armsdyn: redrew {len(files)} files in {args.results / 'figures'}", file=sys.stderr)
@@ -321,9 +281,6 @@ def _figures(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from armsdyn.calibration import load_calibration
-    from armsdyn.data import DataWarning
-    from armsdyn.output import locked, refuse_existing
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
@@ -340,7 +297,6 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _calibrate_locked(args: argparse.Namespace, spec: Any, target: Path) -> int:
-    from armsdyn.calibration import calibrate, write_calibration
 
     print(f"armsdyn: {spec.name}: calibrating {spec.model.path}", file=sys.stderr)
     result = calibrate(spec)
@@ -358,8 +314,6 @@ def _calibrate_locked(args: argparse.Namespace, spec: Any, target: Path) -> int:
 
 
 def _analyse(args: argparse.Namespace) -> int:
-    from armsdyn.analysis import analyse, summarise
-    from armsdyn.config import load_config
 
     table = analyse(load_config(args.config), stocks=args.stocks, seed=args.seed)
     print(summarise(table))
@@ -369,8 +323,6 @@ def _analyse(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from armsdyn.audit import audit, load_audit, summary_lines
-    from armsdyn.output import refuse_existing
 
     spec = load_audit(args.config)
     target = args.out or Path("results") / spec.experiment.name / "audit"
@@ -398,5 +350,5 @@ _COMMANDS = {
     "calibrate": _calibrate,
     "analyse": _analyse,
     "models": _models,
-    "describe": _describe,
+    "describe": describe_input,
 }

@@ -38,34 +38,33 @@ A config looks like::
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from armsdyn import metrics
 from armsdyn.errors import ConfigError, ModelError, did_you_mean
+from armsdyn.figures import FIGURE_KINDS
 from armsdyn.model import Model, TimeSettings, Variable, load_model
-from armsdyn.sensitivity import AGGREGATES, DISTRIBUTIONS, METHODS, Output, SampledParameter, SensitivitySpec
-
-#: A parameter override: a constant, or a time series of (time, value) pairs.
-ParameterValue = float | tuple[tuple[float, float], ...]
-
-#: Figure kinds a config may ask for: (layouts, the first the default; keys the kind requires).
-FIGURE_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "time_series": (("overlay", "small_multiples"), ("variables",)),
-    "phase_portrait": (("small_multiples",), ("variables",)),
-    "scenario_grid": (("rows_are_scenarios",), ("panels",)),
-    "metric_bars": (("grouped",), ("metrics",)),
-    "metric_vs_parameter": (("line",), ("parameter", "metrics")),
-}
+from armsdyn.sensitivity_methods import METHODS
+from armsdyn.specs import (
+    AGGREGATES,
+    DISTRIBUTIONS,
+    ENGINES,
+    Experiment,
+    FigureSpec,
+    MetricsSpec,
+    Output,
+    ParameterValue,
+    SampledParameter,
+    Scenario,
+    SensitivitySpec,
+)
 
 #: Most Euler steps a run may take from time.initial to time.final.
 MAX_STEPS = 10_000_000
@@ -74,146 +73,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SAFE_NAME_RULE = "1-100 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """One scenario: a name and the parameter overrides it runs with.
-
-    Attributes
-    ----------
-    name : str
-        Unique within the experiment; the label on the ``scenario`` dimension.
-    description : str
-        Free text for humans.
-    parameters : mapping of str to ParameterValue
-        The experiment's base overrides updated with the scenario's own.
-    baseline : str or None
-        Another scenario of the experiment that this one is compared with
-        (config key ``baseline``); None when not given.
-    """
-
-    name: str
-    description: str = ""
-    parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
-    baseline: str | None = None
-
-    def pysd_params(self) -> dict[str, float | pd.Series]:
-        """The overrides in the form PySD's ``run(params=...)`` accepts."""
-        out: dict[str, float | pd.Series] = {}
-        for name, value in self.parameters.items():
-            if isinstance(value, tuple):
-                times, values = zip(*value, strict=True)
-                out[name] = pd.Series(values, index=times, dtype=float)
-            else:
-                out[name] = value
-        return out
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    """A figure requested by a config.
-
-    Attributes
-    ----------
-    kind : str
-        One of :data:`FIGURE_KINDS`.
-    name : str
-        File name stem inside ``figures/``.
-    variables : tuple of str
-        Model names of the variables drawn (for a phase portrait: x then y).
-    scenarios : tuple of str
-        Scenarios drawn; empty means all.
-    layout : str
-        Arrangement of panels, for kinds that offer a choice (empty: the kind's default).
-    panels : tuple of tuple of str
-        For ``scenario_grid``: the variables drawn together in each column.
-    metrics : tuple of str
-        For metric figures: names of columns of the metrics table.
-    parameter : str
-        For ``metric_vs_parameter``: the model constant on the horizontal axis.
-    """
-
-    kind: str
-    name: str
-    variables: tuple[str, ...] = ()
-    scenarios: tuple[str, ...] = ()
-    layout: str = ""
-    panels: tuple[tuple[str, ...], ...] = ()
-    metrics: tuple[str, ...] = ()
-    parameter: str = ""
-
-
-@dataclass(frozen=True)
-class MetricsSpec:
-    """Options of the metrics computed on an experiment's results.
-
-    The share of power whose recovery ends a breakout is the model's own
-    ``regain share`` constant: the model records the event at the integration step.
-
-    Attributes
-    ----------
-    baseline : str
-        Scenario without a treaty that treaty scenarios are compared with ("" for
-        none), unless a scenario names its own ``baseline``.
-    """
-
-    baseline: str = ""
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A fully validated experiment, ready to run.
-
-    Attributes
-    ----------
-    name, description : str
-        From ``[experiment]``; `name` names the results folder.
-    config_path : pathlib.Path or None
-        The config file (None for experiments built in Python).
-    config_text : str
-        The config file's text, recorded in the manifest.
-    model : Model
-        The loaded model.
-    time : TimeSettings
-        The model's time settings updated with ``[time]``.
-    scenarios : tuple of Scenario
-        In config order.
-    variables : tuple of str
-        Model names of the saved variables.
-    figures : tuple of FigureSpec
-        Figures to draw.
-    metrics : MetricsSpec
-        Options of the metrics table.
-    sensitivity : SensitivitySpec or None
-        The sensitivity study, when the config has a ``[sensitivity]`` table.
-    """
-
-    name: str
-    description: str
-    config_path: Path | None
-    config_text: str
-    model: Model
-    time: TimeSettings
-    scenarios: tuple[Scenario, ...]
-    variables: tuple[str, ...]
-    figures: tuple[FigureSpec, ...] = ()
-    metrics: MetricsSpec = MetricsSpec()
-    sensitivity: SensitivitySpec | None = None
-
-    @property
-    def config_sha256(self) -> str:
-        """SHA-256 of the config text."""
-        return hashlib.sha256(self.config_text.encode()).hexdigest()
-
-    def scenario(self, name: str) -> Scenario:
-        """The scenario called `name`."""
-        for s in self.scenarios:
-            if s.name == name:
-                return s
-        msg = f"no scenario {name!r}{did_you_mean(name, [s.name for s in self.scenarios])}"
-        raise KeyError(msg)
-
-
-class _Problems:
+class Problems:
     """Collects validation problems so that one error reports all of them."""
 
     def __init__(self, source: str) -> None:
@@ -264,7 +124,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "also": "list of strings",
     },
     "sensitivity.outputs": {"metric": "string", "variable": "string", "aggregate": "string", "at": "number"},
-    "experiment": {"name": "string", "description": "string", "model": "string"},
+    "experiment": {"name": "string", "description": "string", "model": "string", "engine": "string"},
     "time": {"initial": "number", "final": "number", "step": "number", "saveper": "number"},
     "scenarios": {"name": "string", "description": "string", "parameters": "table", "baseline": "string"},
     "output": {"variables": "list of strings"},
@@ -303,11 +163,11 @@ def _type_ok(value: Any, expected: str) -> bool:
     raise AssertionError(expected)  # pragma: no cover - schema typo
 
 
-def _check_table(
+def check_table(
     table: Any,
     section: str,
     where: str,
-    problems: _Problems,
+    problems: Problems,
     schemas: Mapping[str, Mapping[str, str]] = _SCHEMA,
 ) -> dict[str, Any]:
     """Drop and report unknown or mistyped keys; return the good ones.
@@ -316,7 +176,7 @@ def _check_table(
     kinds (calibration) pass their own.
     """
     if not isinstance(table, dict):
-        problems.add(where, f"expected a table, got {_describe(table)}")
+        problems.add(where, f"expected a table, got {describe_input(table)}")
         return {}
     schema = schemas[section]
     good = {}
@@ -326,19 +186,19 @@ def _check_table(
             allowed = ", ".join(schema)
             problems.add(path, f"unknown key{did_you_mean(key, schema)} (allowed: {allowed})")
         elif not _type_ok(value, schema[key]):
-            problems.add(path, f"expected a {schema[key]}, got {_describe(value)}")
+            problems.add(path, f"expected a {schema[key]}, got {describe_input(value)}")
         else:
             good[key] = value
     return good
 
 
-def _unknown(what: str, value: str, allowed: Iterable[str]) -> str:
+def unknown_name(what: str, value: str, allowed: Iterable[str]) -> str:
     """``unknown <what> 'x'; did you mean 'y'? (allowed: ...)``."""
     allowed = list(allowed)
     return f"unknown {what} {value!r}{did_you_mean(value, allowed)} (allowed: {', '.join(allowed)})"
 
 
-def _describe(value: Any) -> str:
+def describe_input(value: Any) -> str:
     names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
     return f"{names.get(type(value), type(value).__name__)} {value!r}"[:80]
 
@@ -365,6 +225,20 @@ def load_config(path: str | os.PathLike[str]) -> Experiment:
     path = Path(path)
     data, text = read_toml(path)
     return parse_config(data, text=text, source=path)
+
+
+def config_kind(path: str | os.PathLike[str]) -> str:
+    """``"experiment"``, ``"calibration"`` or ``"audit"``: which command a config file is for.
+
+    Read from its tables (``[calibration]``; ``[[claims]]`` or ``[uncertainties]``), so that
+    ``armsdyn check`` validates each with its own reader.
+    """
+    data, _ = read_toml(Path(path))
+    if "calibration" in data:
+        return "calibration"
+    if "claims" in data or "uncertainties" in data:
+        return "audit"
+    return "experiment"
 
 
 def read_toml(path: Path) -> tuple[dict[str, Any], str]:
@@ -400,14 +274,17 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     then against the current directory.
     """
     label = str(source) if source else "<config>"
-    problems = _Problems(label)
-    top = _check_table(dict(data), "", "", problems)
+    problems = Problems(label)
+    top = check_table(dict(data), "", "", problems)
 
     if "experiment" not in top:
         problems.add("experiment", "missing table [experiment] (with keys name and model)")
     exp, name, model = parse_experiment_table(top, source, problems)
-    time = _parse_time(top.get("time", {}), model, problems)
-    base = _parse_parameters(top.get("parameters", {}), "parameters", model, problems)
+    engine = exp.get("engine", "pysd")
+    if engine not in ENGINES:
+        problems.add("experiment.engine", unknown_name("engine", engine, ENGINES))
+    time = parse_time(top.get("time", {}), model, problems)
+    base = parse_parameters(top.get("parameters", {}), "parameters", model, problems)
     scenarios = _parse_scenarios(top.get("scenarios"), base, model, problems)
     variables = _parse_output(top.get("output", {}), model, problems)
     figures = _parse_figures(top.get("figures", []), {s.name for s in scenarios}, model, problems)
@@ -436,11 +313,12 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
         figures=figures,
         metrics=metrics,
         sensitivity=sensitivity,
+        engine=engine,
     )
 
 
 def parse_experiment_table(
-    top: Mapping[str, Any], source: Path | None, problems: _Problems
+    top: Mapping[str, Any], source: Path | None, problems: Problems
 ) -> tuple[dict[str, Any], str, Model]:
     """Check ``[experiment]`` (name, description, model) and load the model.
 
@@ -448,7 +326,7 @@ def parse_experiment_table(
     loaded, raises the problems found so far, since nothing else can be checked
     without it.
     """
-    exp = _check_table(top.get("experiment", {}), "experiment", "experiment", problems)
+    exp = check_table(top.get("experiment", {}), "experiment", "experiment", problems)
     name = exp.get("name")
     if "experiment" in top and name is None:
         problems.add("experiment.name", "missing; it names the results folder")
@@ -465,7 +343,7 @@ def parse_experiment_table(
     return exp, name, model
 
 
-def _resolve_model(value: str, source: Path | None, problems: _Problems) -> Model | None:
+def _resolve_model(value: str, source: Path | None, problems: Problems) -> Model | None:
     candidate = Path(value)
     tried = [candidate] if candidate.is_absolute() else []
     if not candidate.is_absolute():
@@ -502,7 +380,7 @@ def algebraic_loop(model: Model) -> list[str]:
     cycle through its rate, but not through its initial value. The cycle is
     returned as model names, its first variable repeated at the end.
     """
-    deps = model._pysd.dependencies
+    deps = model.pysd_model.dependencies
     graph: dict[str, list[str]] = {}
     for node, dep in deps.items():
         if any(isinstance(v, dict) for v in dep.values()):  # stateful: only its initial value is needed now
@@ -532,8 +410,8 @@ def algebraic_loop(model: Model) -> list[str]:
     return []
 
 
-def _parse_time(table: dict[str, Any], model: Model, problems: _Problems) -> TimeSettings:
-    good = _check_table(table, "time", "time", problems)
+def parse_time(table: dict[str, Any], model: Model, problems: Problems) -> TimeSettings:
+    good = check_table(table, "time", "time", problems)
     bad = False
     for key, value in good.items():
         if not math.isfinite(value):
@@ -593,8 +471,8 @@ def _is_multiple(value: float, unit: float) -> bool:
     return round(ratio) >= 1 and abs(ratio - round(ratio)) <= 1e-9 * max(1.0, ratio)
 
 
-def _parse_parameters(
-    table: Any, where: str, model: Model, problems: _Problems, owner: str = ""
+def parse_parameters(
+    table: Any, where: str, model: Model, problems: Problems, owner: str = ""
 ) -> dict[str, ParameterValue]:
     """Parameter overrides keyed by model name; a subscripted constant by element.
 
@@ -607,7 +485,7 @@ def _parse_parameters(
     one element of a base value.
     """
     if not isinstance(table, dict):
-        problems.add(where, f"expected a table of parameter = value, got {_describe(table)}")
+        problems.add(where, f"expected a table of parameter = value, got {describe_input(table)}")
         return {}
     constants = [v.name for v in model.of_kind("constant")]
     out: dict[str, ParameterValue] = {}
@@ -678,7 +556,7 @@ def _parse_parameters(
     return out
 
 
-def _range_checker(model: Model, problems: _Problems) -> Any:
+def _range_checker(model: Model, problems: Problems) -> Any:
     """A check of an override against the closed range the model declares (Vensim ``units [min, max]``)."""
 
     def in_range(value: ParameterValue, var: Variable, path: str, owner: str) -> bool:
@@ -698,7 +576,7 @@ def _range_checker(model: Model, problems: _Problems) -> Any:
     return in_range
 
 
-def _parse_value(value: Any, path: str, problems: _Problems) -> ParameterValue | None:
+def _parse_value(value: Any, path: str, problems: Problems) -> ParameterValue | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if math.isnan(value):
             problems.add(path, "must be a number, got nan")
@@ -713,7 +591,8 @@ def _parse_value(value: Any, path: str, problems: _Problems) -> ParameterValue |
                 and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in pair)
             )
             if not ok:
-                problems.add(f"{path}[{i}]", f"expected a [time, value] pair of finite numbers, got {_describe(pair)}")
+                what = describe_input(pair)
+                problems.add(f"{path}[{i}]", f"expected a [time, value] pair of finite numbers, got {what}")
                 return None
             pairs.append((float(pair[0]), float(pair[1])))
         times = [t for t, _ in pairs]
@@ -721,12 +600,12 @@ def _parse_value(value: Any, path: str, problems: _Problems) -> ParameterValue |
             problems.add(path, "times of a [time, value] series must increase strictly")
             return None
         return tuple(pairs)
-    problems.add(path, f"expected a number or a list of [time, value] pairs, got {_describe(value)}")
+    problems.add(path, f"expected a number or a list of [time, value] pairs, got {describe_input(value)}")
     return None
 
 
 def _parse_scenarios(
-    tables: Any, base: dict[str, ParameterValue], model: Model, problems: _Problems
+    tables: Any, base: dict[str, ParameterValue], model: Model, problems: Problems
 ) -> tuple[Scenario, ...]:
     if tables is None:
         return (Scenario(name="base", description="The model with the base parameters", parameters=base),)
@@ -736,7 +615,7 @@ def _parse_scenarios(
     seen: dict[str, int] = {}
     for i, table in enumerate(tables):
         where = f"scenarios[{i}]"
-        good = _check_table(table, "scenarios", where, problems)
+        good = check_table(table, "scenarios", where, problems)
         name = good.get("name")
         if name is None:
             if "name" not in table:
@@ -749,7 +628,7 @@ def _parse_scenarios(
             problems.add(f"{where}.name", f"duplicate scenario name {name!r} (also scenarios[{seen[name]}])")
             continue
         seen[name] = i
-        own = _parse_parameters(
+        own = parse_parameters(
             good.get("parameters", {}), f"{where}.parameters", model, problems, owner=f"scenario {name!r}: "
         )
         scenarios.append(
@@ -776,7 +655,7 @@ def _parse_scenarios(
     return tuple(scenarios)
 
 
-def _check_variables(names: list[str], where: str, model: Model, problems: _Problems) -> list[str]:
+def _check_variables(names: list[str], where: str, model: Model, problems: Problems) -> list[str]:
     out = []
     for i, name in enumerate(names):
         try:
@@ -793,8 +672,36 @@ def _check_variables(names: list[str], where: str, model: Model, problems: _Prob
     return out
 
 
-def _parse_output(table: dict[str, Any], model: Model, problems: _Problems) -> tuple[str, ...]:
-    good = _check_table(table, "output", "output", problems)
+def _unknown_element(name: str, allowed: Iterable[str], exc: KeyError, what: str = "parameter") -> str:
+    """Why `name` names nothing: an unknown name (with the closest allowed), or the model's word on an element."""
+    if "[" in name:
+        return str(exc.args[0])  # names the variable's elements
+    return f"unknown {what} {name!r}{did_you_mean(name, allowed)}"
+
+
+def _check_output_variable(name: str, where: str, model: Model, problems: Problems) -> tuple[str, str] | None:
+    """A study output's variable: (the variable to save, the name to read), e.g. ("arms", "arms[USA]")."""
+    try:
+        var, element = model.element(name)
+    except KeyError as exc:
+        hint = did_you_mean(name, model.variables)
+        problems.add(
+            where, f"unknown variable {name!r} in model {model.path}{hint}" if "[" not in name else exc.args[0]
+        )
+        return None
+    if var.kind == "lookup":
+        problems.add(where, f"{var.name!r} is a lookup table, which has no values over time")
+        return None
+    if var.dims and element is None:
+        problems.add(
+            where, f"{var.name!r} has one value per element; name one, e.g. {var.element_name(var.elements()[0])!r}"
+        )
+        return None
+    return var.name, var.element_name(element) if element is not None else var.name
+
+
+def _parse_output(table: dict[str, Any], model: Model, problems: Problems) -> tuple[str, ...]:
+    good = check_table(table, "output", "output", problems)
     if "variables" not in good:
         return tuple(v.name for v in model.of_kind("stock", "flow"))
     names = _check_variables(good["variables"], "output.variables", model, problems)
@@ -804,21 +711,21 @@ def _parse_output(table: dict[str, Any], model: Model, problems: _Problems) -> t
 
 
 def _parse_figures(
-    tables: list[dict[str, Any]], scenario_names: set[str], model: Model, problems: _Problems
+    tables: list[dict[str, Any]], scenario_names: set[str], model: Model, problems: Problems
 ) -> tuple[FigureSpec, ...]:
     figures = []
     names: dict[str, int] = {}  # file name, case-folded (file systems may ignore case) -> index
     for i, table in enumerate(tables):
         where = f"figures[{i}]"
-        good = _check_table(table, "figures", where, problems)
+        good = check_table(table, "figures", where, problems)
         kind = good.get("kind")
         if kind not in FIGURE_KINDS:
             if "kind" not in table:
                 problems.add(f"{where}.kind", f"missing (allowed: {', '.join(FIGURE_KINDS)})")
             elif kind is not None:
-                problems.add(f"{where}.kind", _unknown("figure kind", kind, FIGURE_KINDS))
+                problems.add(f"{where}.kind", unknown_name("figure kind", kind, FIGURE_KINDS))
             continue
-        layouts, required = FIGURE_KINDS[kind]
+        layouts, required = FIGURE_KINDS[kind].layouts, FIGURE_KINDS[kind].required
         for key in ("variables", "panels", "metrics", "parameter"):
             if key in good and key not in required:
                 problems.add(f"{where}.{key}", f"not used by kind {kind!r} (it takes: {', '.join(required)})")
@@ -851,7 +758,7 @@ def _parse_figures(
         if layout not in layouts:
             problems.add(
                 f"{where}.layout",
-                _unknown(f"layout for {kind}", layout, layouts),
+                unknown_name(f"layout for {kind}", layout, layouts),
             )
         name = good.get("name", kind)
         if not SAFE_NAME.match(name):
@@ -881,10 +788,9 @@ def _parse_figures(
 
 
 def _check_metric_names(
-    figures: tuple[FigureSpec, ...], variables: tuple[str, ...], model: Model, problems: _Problems
+    figures: tuple[FigureSpec, ...], variables: tuple[str, ...], model: Model, problems: Problems
 ) -> tuple[str, ...]:
     """Check metric names that figures use; return model variables the metrics need saved."""
-    from armsdyn import metrics  # imported here: metrics imports this module
 
     needed: list[str] = []
     available = metrics.metric_names(model, variables)
@@ -900,8 +806,8 @@ def _check_metric_names(
     return tuple(dict.fromkeys(needed))
 
 
-def _parse_metrics(table: dict[str, Any], scenario_names: set[str], problems: _Problems) -> MetricsSpec:
-    good = _check_table(table, "metrics", "metrics", problems)
+def _parse_metrics(table: dict[str, Any], scenario_names: set[str], problems: Problems) -> MetricsSpec:
+    good = check_table(table, "metrics", "metrics", problems)
     baseline = good.get("baseline", "")
     if baseline and baseline not in scenario_names:
         problems.add("metrics.baseline", f"unknown scenario {baseline!r}{did_you_mean(baseline, scenario_names)}")
@@ -913,10 +819,10 @@ def _parse_sensitivity(
     scenarios: tuple[Scenario, ...],
     variables: tuple[str, ...],
     model: Model,
-    problems: _Problems,
+    problems: Problems,
 ) -> tuple[SensitivitySpec | None, tuple[str, ...]]:
     """Validate ``[sensitivity]``; return the spec and the variables its outputs need saved."""
-    good = _check_table(table, "sensitivity", "sensitivity", problems)
+    good = check_table(table, "sensitivity", "sensitivity", problems)
     n_before = len(problems.items)
     method = good.get("method")
     if method is None:
@@ -924,7 +830,7 @@ def _parse_sensitivity(
     elif method not in METHODS:
         problems.add(
             "sensitivity.method",
-            _unknown("method", method, METHODS),
+            unknown_name("method", method, METHODS),
         )
     for key, low in (("samples", 1), ("levels", 2), ("seed", 0)):
         if key in good and good[key] < low:
@@ -940,32 +846,36 @@ def _parse_sensitivity(
     seen: set[str] = set()
     for i, entry in enumerate(good.get("parameters", [])):
         where = f"sensitivity.parameters[{i}]"
-        entry = _check_table(entry, "sensitivity.parameters", where, problems)
+        entry = check_table(entry, "sensitivity.parameters", where, problems)
         name = entry.get("name")
         if name is None:
             problems.add(f"{where}.name", "missing; name a model constant")
             continue
         try:
-            var = model.variable(name)
-        except KeyError:
-            problems.add(f"{where}.name", f"unknown parameter {name!r}{did_you_mean(name, constants)}")
+            var, element = model.element(name)  # a constant, or one element of a subscripted one
+        except KeyError as exc:
+            hint = did_you_mean(name, constants) if "[" not in name else ""
+            problems.add(
+                f"{where}.name", f"unknown parameter {name!r}{hint}" if hint or "[" not in name else exc.args[0]
+            )
             continue
         if var.kind != "constant":
             problems.add(f"{where}.name", f"{var.name!r} is a {var.kind}, not a constant")
             continue
-        if var.name in seen:
-            problems.add(f"{where}.name", f"{var.name!r} is sampled twice")
+        sampled = var.element_name(element) if element is not None else var.name
+        if sampled in seen:
+            problems.add(f"{where}.name", f"{sampled!r} is sampled twice")
             continue
-        seen.add(var.name)
+        seen.add(sampled)
         dist = entry.get("distribution", "unif")
         bounds = entry.get("bounds")
         if dist not in DISTRIBUTIONS:
             problems.add(
                 f"{where}.distribution",
-                _unknown("distribution", dist, DISTRIBUTIONS),
+                unknown_name("distribution", dist, DISTRIBUTIONS),
             )
             continue
-        problem = _bounds_problem(bounds, dist, method)
+        problem = bounds_problem(bounds, dist, method)
         if problem:
             problems.add(f"{where}.bounds", problem)
             continue
@@ -976,26 +886,29 @@ def _parse_sensitivity(
         also = []
         for j, other in enumerate(entry.get("also", [])):
             try:
-                also_var = model.variable(other)
-            except KeyError:
-                problems.add(f"{where}.also[{j}]", f"unknown parameter {other!r}{did_you_mean(other, constants)}")
+                also_var, also_element = model.element(other)
+            except KeyError as exc:
+                hint = did_you_mean(other, constants)
+                problems.add(
+                    f"{where}.also[{j}]", f"unknown parameter {other!r}{hint}" if "[" not in other else exc.args[0]
+                )
                 continue
-            if also_var.kind != "constant" or also_var.name in seen:
-                problems.add(f"{where}.also[{j}]", f"{also_var.name!r} is not a constant sampled only here")
+            tied = also_var.element_name(also_element) if also_element is not None else also_var.name
+            if also_var.kind != "constant" or tied in seen:
+                problems.add(f"{where}.also[{j}]", f"{tied!r} is not a constant sampled only here")
                 continue
-            seen.add(also_var.name)
-            also.append(also_var.name)
-        parameters.append(SampledParameter(var.name, tuple(float(b) for b in bounds), dist, tuple(also)))
+            seen.add(tied)
+            also.append(tied)
+        parameters.append(SampledParameter(sampled, tuple(float(b) for b in bounds), dist, tuple(also)))
     if ("parameters" in good and not good["parameters"]) or "parameters" not in good:
         problems.add("sensitivity.parameters", "missing or empty; add [[sensitivity.parameters]] tables")
     outputs = []
     needed: list[str] = []
-    from armsdyn import metrics  # imported here: metrics imports this module
 
     available = metrics.metric_names(model, variables)
     for i, entry in enumerate(good.get("outputs", [])):
         where = f"sensitivity.outputs[{i}]"
-        entry = _check_table(entry, "sensitivity.outputs", where, problems)
+        entry = check_table(entry, "sensitivity.outputs", where, problems)
         if ("metric" in entry) == ("variable" in entry):
             problems.add(where, "give exactly one of metric or variable")
             continue
@@ -1007,23 +920,22 @@ def _parse_sensitivity(
             needed += available[name]
             outputs.append(Output(name=name, metric=name))
             continue
-        checked = _check_variables([entry["variable"]], f"{where}.variable", model, problems)
+        checked = _check_output_variable(entry["variable"], f"{where}.variable", model, problems)
         aggregate = entry.get("aggregate", "final")
         if aggregate not in AGGREGATES:
             problems.add(
                 f"{where}.aggregate",
-                _unknown("aggregate", aggregate, AGGREGATES),
+                unknown_name("aggregate", aggregate, AGGREGATES),
             )
             continue
         if (aggregate == "at") != ("at" in entry):
             problems.add(f"{where}.at", 'give a time with aggregate = "at", and only then')
             continue
         if checked:
-            label = f"{checked[0]} at {entry['at']:g}" if aggregate == "at" else f"{checked[0]} {aggregate}"
-            needed.append(checked[0])
-            outputs.append(
-                Output(name=label, variable=checked[0], aggregate=aggregate, at=float(entry.get("at", "nan")))
-            )
+            saved, named = checked
+            label = f"{named} at {entry['at']:g}" if aggregate == "at" else f"{named} {aggregate}"
+            needed.append(saved)
+            outputs.append(Output(name=label, variable=named, aggregate=aggregate, at=float(entry.get("at", "nan"))))
     if not good.get("outputs"):
         problems.add("sensitivity.outputs", "missing or empty; add [[sensitivity.outputs]] tables")
     fan = tuple(_check_variables(good.get("fan_variables", []), "sensitivity.fan_variables", model, problems))
@@ -1053,7 +965,7 @@ def _parse_sensitivity(
     return spec, spec.variables
 
 
-def _bounds_problem(bounds: list[float] | None, dist: str, method: str | None) -> str:
+def bounds_problem(bounds: list[float] | None, dist: str, method: str | None) -> str:
     """What is wrong with a parameter's bounds for its distribution ("" if nothing)."""
     want = DISTRIBUTIONS[dist]
     if bounds is None:

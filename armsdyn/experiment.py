@@ -14,6 +14,7 @@ import xarray as xr
 
 from armsdyn import __version__
 from armsdyn.config import Experiment, Scenario, load_config
+from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_model
 from armsdyn.errors import ModelError, NumericalError, NumericalWarning
 from armsdyn.model import SimulationError, Variable
 from armsdyn.results import Fault, find_faults
@@ -64,10 +65,11 @@ def run(
     saved = [model.variable(name) for name in exp.variables]
     values = {var.name: np.full((n, times.size, *var.shape), np.nan) for var in saved}
     errors: list[SimulationError | None] = [None] * n
+    compiled = _run_compiled(exp) if exp.engine == "compiled" else {}
     for i, scenario in enumerate(exp.scenarios):
         started = _time.perf_counter()
         try:
-            out = model.simulate(scenario.pysd_params(), exp.time, exp.variables)
+            out = compiled[i] if i in compiled else model.simulate(scenario.pysd_params(), exp.time, exp.variables)
         except SimulationError as exc:
             # One scenario's failure ends only that scenario: its values stay NaN.
             errors[i] = exc
@@ -168,6 +170,45 @@ def run(
             msg = f"{msg} at time {fault.time:g} {exp.time.units}".rstrip()
         warnings.warn(msg, NumericalWarning, stacklevel=2)
     return ds
+
+
+def _run_compiled(exp: Experiment) -> dict[int, dict[str, np.ndarray]]:
+    """Every scenario with constant overrides only, as one run of the compiled engine.
+
+    Returns each such scenario's values by index, shaped as
+    :meth:`armsdyn.model.Model.simulate` gives them; the others (time-series
+    overrides) are left to PySD. A model the engine cannot compile is warned
+    about once and left to PySD whole.
+    """
+    batch = [i for i, s in enumerate(exp.scenarios) if not any(isinstance(v, tuple) for v in s.parameters.values())]
+    if not batch:
+        return {}
+    try:
+        compiled = compile_model(exp.model.path, backend="numpy")  # a few runs: no kernel to compile
+    except UnsupportedConstruct as exc:
+        warnings.warn(f"{exc}; the scenarios run with PySD instead", FallbackWarning, stacklevel=3)
+        return {}
+    keys = sorted({k for i in batch for k in exp.scenarios[i].parameters})
+    params = [exp.scenarios[i].parameters for i in batch]
+    samples = {k: np.array([float(p.get(k, _model_value(exp, k))) for p in params]) for k in keys}
+    # With no overrides at all the engine runs the model once, and every scenario is that run.
+    ds = compiled.run(samples, time=exp.time, variables=exp.variables)
+    keyed = {name: exp.model.variable(name).py_name for name in exp.variables}
+    return {
+        i: {name: ds[key].isel(run=j if samples else 0).values for name, key in keyed.items()}
+        for j, i in enumerate(batch)
+    }
+
+
+def _model_value(exp: Experiment, key: str) -> float:
+    """The model file's value of a constant or of one element of it."""
+    var, element = exp.model.element(key)
+    if element is None:
+        if var.default is None:
+            msg = f"{var.name!r} has no single value in model {exp.model.path}"
+            raise ModelError(msg)
+        return var.default
+    return var.defaults[var.elements().index(tuple(element))]
 
 
 def _add_dims(ds: xr.Dataset, var: Variable) -> None:

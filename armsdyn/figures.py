@@ -13,12 +13,9 @@ import itertools
 import re
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # figures are files; never open a window
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,8 +23,9 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from armsdyn.config import FigureSpec
-from armsdyn.metrics import richardson_parameters
+from armsdyn.metrics import compute_metrics, richardson_parameters
+from armsdyn.results import case_dim, find_variable, parameter_values
+from armsdyn.specs import FigureSpec
 
 STYLE = Path(__file__).with_name("paper.mplstyle")
 SINGLE_COLUMN = 3.5  # inches
@@ -86,28 +84,6 @@ def _treaty_marks(panel: Axes, ds: xr.Dataset, scenario: str) -> None:
         panel.axvline(end, color="0.4", linestyle=":", linewidth=0.8, zorder=0)
 
 
-def _variable(ds: xr.Dataset, name: str) -> xr.DataArray:
-    for key, da in ds.data_vars.items():
-        if name in (key, da.attrs.get("long_name")):
-            return da
-    found = re.match(r"^([^\[\]]+)\[([^\[\]]*)\]\s*$", name)
-    if found:  # one element of a subscripted variable: "arms[USA]"
-        da = _variable(ds, found.group(1).strip())
-        extra = [d for d in da.dims if d not in ("scenario", "run", "time")]
-        element = [e.strip() for e in found.group(2).split(",")]
-        if len(extra) == len(element):
-            try:
-                picked = da.sel(dict(zip(extra, element, strict=True)), drop=True)
-            except KeyError:
-                pass
-            else:
-                picked.attrs = {**da.attrs, "long_name": f"{da.attrs.get('long_name', da.name)}[{', '.join(element)}]"}
-                return picked
-    have = ", ".join(str(d.attrs.get("long_name", k)) for k, d in ds.data_vars.items())
-    msg = f"no variable {name!r} in the results (have: {have})"
-    raise KeyError(msg)
-
-
 def _lines(da: xr.DataArray, case: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
     """The series to draw of one variable in one scenario (or run): ``[("", values)]`` for a
     scalar, one ``(element name, values)`` per element of a subscripted variable."""
@@ -161,7 +137,7 @@ def time_series(
     (Figure, list of Axes)
     """
     names = _scenarios(ds, scenarios)
-    arrays = [_variable(ds, v) for v in variables]
+    arrays = [find_variable(ds, v) for v in variables]
     if layout not in TIME_SERIES_LAYOUTS:
         msg = f"unknown layout {layout!r} (allowed: {', '.join(TIME_SERIES_LAYOUTS)})"
         raise ValueError(msg)
@@ -261,7 +237,7 @@ def phase_portrait(
     else:
         axes = [ax] if isinstance(ax, Axes) else list(ax)
         fig = axes[0].figure
-    dx, dy = _variable(ds, x), _variable(ds, y)
+    dx, dy = find_variable(ds, x), find_variable(ds, y)
     for panel, scenario in zip(axes, names, strict=True):
         pairs = _phase_pairs(dx, dy, scenario)
         if pairs is not None:
@@ -398,13 +374,13 @@ def scenario_grid(
             panel = rows[r][c]
             _treaty_marks(panel, ds, scenario)
             for name in group:
-                da = _variable(ds, name)
+                da = find_variable(ds, name)
                 long_name = da.attrs.get("long_name", name)
                 for element, values in _lines(da, {"scenario": scenario}):
                     panel.plot(t, values, label=f"{long_name}[{element}]" if element else long_name)
             if r == 0:
-                units = {_variable(ds, n).attrs.get("units", "") for n in group}
-                title = _common_stem([_variable(ds, n).attrs.get("long_name", n) for n in group])
+                units = {find_variable(ds, n).attrs.get("units", "") for n in group}
+                title = _common_stem([find_variable(ds, n).attrs.get("long_name", n) for n in group])
                 panel.set_title(_with_units(title, units.pop()) if len(units) == 1 and title else title)
             if c == 0:
                 panel.set_ylabel(_scenario_label(ds, scenario), rotation=0, ha="right", va="center", fontsize=6)
@@ -454,7 +430,6 @@ def metric_bars(
     -------
     (Figure, list of Axes)
     """
-    from armsdyn.metrics import compute_metrics
 
     table = compute_metrics(ds)
     names = _scenarios(ds, scenarios)
@@ -563,8 +538,6 @@ def metric_vs_parameter(
     -------
     (Figure, list of Axes)
     """
-    from armsdyn.metrics import compute_metrics
-    from armsdyn.results import parameter_values
 
     table = compute_metrics(ds)
     names = _scenarios(ds, scenarios)
@@ -722,7 +695,7 @@ def fan_chart(
     -------
     (Figure, list of Axes)
     """
-    da = _variable(ds, variable)
+    da = find_variable(ds, variable)
     if ax is None:
         fig, ax = plt.subplots(layout="constrained")
     else:
@@ -779,7 +752,6 @@ def parameter_sweep(
     -------
     (Figure, list of Axes)
     """
-    from armsdyn.results import parameter_values
 
     values = ensemble[f"output: {output}"].values
     coords = [parameter_values(ensemble, p) for p in parameters]
@@ -863,16 +835,48 @@ def draw_study_figures(ensemble: xr.Dataset, indices: xr.Dataset, spec: Any, fol
     return written
 
 
-#: Figure kinds, keyed as in configs; each draws a FigureSpec from a Dataset.
-FIGURE_KINDS: dict[str, Callable[[xr.Dataset, FigureSpec], tuple[Figure, list[Axes]]]] = {
-    "time_series": lambda ds, spec: time_series(
-        ds, spec.variables, spec.scenarios or None, layout=spec.layout or "overlay"
+@dataclass(frozen=True)
+class FigureKind:
+    """A figure kind a config may ask for: an entry of :data:`FIGURE_KINDS`.
+
+    Attributes
+    ----------
+    draw : callable
+        ``(results Dataset, FigureSpec) -> (Figure, list of Axes)``.
+    layouts : tuple of str
+        The layouts it offers, the first the default.
+    required : tuple of str
+        The FigureSpec keys it needs (``variables``, ``panels``, ``metrics``, ``parameter``).
+    """
+
+    draw: Callable[[xr.Dataset, FigureSpec], tuple[Figure, list[Axes]]]
+    layouts: tuple[str, ...]
+    required: tuple[str, ...]
+
+
+#: Figure kinds, keyed as in configs. The config validator reads the layouts and
+#: required keys; adding a kind is its drawing function and one line here.
+FIGURE_KINDS: dict[str, FigureKind] = {
+    "time_series": FigureKind(
+        lambda ds, spec: time_series(ds, spec.variables, spec.scenarios or None, layout=spec.layout or "overlay"),
+        TIME_SERIES_LAYOUTS,
+        ("variables",),
     ),
-    "phase_portrait": lambda ds, spec: phase_portrait(ds, *spec.variables, spec.scenarios or None),
-    "scenario_grid": lambda ds, spec: scenario_grid(ds, spec.panels, spec.scenarios or None),
-    "metric_bars": lambda ds, spec: metric_bars(ds, spec.metrics, spec.scenarios or None),
-    "metric_vs_parameter": lambda ds, spec: metric_vs_parameter(
-        ds, spec.parameter, spec.metrics, spec.scenarios or None
+    "phase_portrait": FigureKind(
+        lambda ds, spec: phase_portrait(ds, *spec.variables, spec.scenarios or None),
+        ("small_multiples",),
+        ("variables",),
+    ),
+    "scenario_grid": FigureKind(
+        lambda ds, spec: scenario_grid(ds, spec.panels, spec.scenarios or None), ("rows_are_scenarios",), ("panels",)
+    ),
+    "metric_bars": FigureKind(
+        lambda ds, spec: metric_bars(ds, spec.metrics, spec.scenarios or None), ("grouped",), ("metrics",)
+    ),
+    "metric_vs_parameter": FigureKind(
+        lambda ds, spec: metric_vs_parameter(ds, spec.parameter, spec.metrics, spec.scenarios or None),
+        ("line",),
+        ("parameter", "metrics"),
     ),
 }
 
@@ -911,7 +915,7 @@ def draw_figures(ds: xr.Dataset, specs: Sequence[FigureSpec], folder: Path) -> l
     written = []
     with paper_style():
         for spec in specs:
-            fig, _ = FIGURE_KINDS[spec.kind](ds, spec)
+            fig, _ = FIGURE_KINDS[spec.kind].draw(ds, spec)
             try:
                 written += save_figure(fig, folder / spec.name)
             finally:
@@ -927,7 +931,6 @@ def caption_text(ds: xr.Dataset, spec: FigureSpec) -> str:
 
     Everything comes from the results Dataset, so a redrawn figure gets the same caption.
     """
-    from armsdyn.results import case_dim
 
     dim = case_dim(ds)
     names = list(spec.scenarios) or [str(s) for s in ds[dim].values]

@@ -38,7 +38,8 @@ times, mobilisation edges and the burden and foregone output of each state.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,24 @@ RICHARDSON_COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class MetricFamily:
+    """One family of metric columns: an entry of :data:`METRIC_FAMILIES`.
+
+    Attributes
+    ----------
+    columns : callable
+        ``(model, saved variables) -> {column: variables it needs saved}``; empty
+        when the family does not apply to the model. The config validator reads it.
+    compute : callable
+        ``(results Dataset) -> DataFrame`` indexed like the Dataset's cases, or
+        None when the family does not apply to these results.
+    """
+
+    columns: Callable[[Model, Sequence[str]], dict[str, list[str]]]
+    compute: Callable[[xr.Dataset], pd.DataFrame | None]
+
+
 def metric_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]:
     """Metric columns an experiment on `model` saving `variables` will have.
 
@@ -72,28 +91,13 @@ def metric_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]
         Each metric name mapped to the model variables it needs saved.
     """
     names: dict[str, list[str]] = {}
-    for v in variables:
-        var = model.variable(v)
-        if var.dims:
-            names.update({f"final {var.element_name(e)}": [v] for e in var.elements()})
-        else:
-            names[f"final {v}"] = [v]
-    names["fault"] = names["fault variable"] = names["fault time"] = []
-    constants = {v.name for v in model.of_kind("constant")}
-    if set(PARAMETER_NAMES.values()) <= constants:
-        names.update({c: [] for c in RICHARDSON_COLUMNS})
-    states = _n_state_elements(model)
-    if states is not None:
-        names.update({c: [] for c in richardson_n_columns(states)})
-    required = treaty.required_variables()
-    if all(r in model.variables for r in required):
-        optional = [name for name in treaty.OPTIONAL if name in model.variables]
-        names.update({c: [*required, *optional] for c in treaty.COLUMNS})
+    for family in METRIC_FAMILIES.values():
+        names.update(family.columns(model, variables))
     return names
 
 
 def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
-    """Summarise each scenario of a results Dataset.
+    """Summarise each scenario of a results Dataset: every metric family that applies.
 
     Parameters
     ----------
@@ -107,6 +111,27 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
     """
     dim = case_dim(ds)
     table = pd.DataFrame(index=pd.Index(_labels(ds, dim), name=dim))
+    for family in METRIC_FAMILIES.values():
+        part = family.compute(ds)
+        if part is not None:
+            table = table.join(part)
+    return table
+
+
+def _final_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    for v in variables:
+        var = model.variable(v)
+        if var.dims:
+            names.update({f"final {var.element_name(e)}": [v] for e in var.elements()})
+        else:
+            names[f"final {v}"] = [v]
+    return names
+
+
+def _final_values(ds: xr.Dataset) -> pd.DataFrame:
+    dim = case_dim(ds)
+    columns: dict[str, Any] = {}
     for key, da in ds.data_vars.items():
         if da.dims[:2] != (dim, "time"):
             continue
@@ -114,12 +139,22 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
         final = da.isel(time=-1)
         extra = da.dims[2:]
         if not extra:
-            table[f"final {name}"] = final.values
+            columns[f"final {name}"] = final.values
             continue
         # A subscripted variable: a column per element, named as configs name elements.
         for element in itertools.product(*(da[d].values for d in extra)):
             label = ", ".join(map(str, element))
-            table[f"final {name}[{label}]"] = final.sel(dict(zip(extra, element, strict=True))).values
+            columns[f"final {name}[{label}]"] = final.sel(dict(zip(extra, element, strict=True))).values
+    return pd.DataFrame(columns, index=pd.Index(_labels(ds, dim), name=dim))
+
+
+def _fault_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]:
+    return {"fault": [], "fault variable": [], "fault time": []}
+
+
+def _faults(ds: xr.Dataset) -> pd.DataFrame:
+    dim = case_dim(ds)
+    table = pd.DataFrame(index=pd.Index(_labels(ds, dim), name=dim))
     table["fault"] = "none"
     table["fault variable"] = ""
     table["fault time"] = np.nan
@@ -130,20 +165,35 @@ def compute_metrics(ds: xr.Dataset) -> pd.DataFrame:
         # A run that failed where PySD could not say: the exception's text stands in for the variable.
         table.iloc[row, table.columns.get_loc("fault variable")] = fault.variable or fault.text
         table.iloc[row, table.columns.get_loc("fault time")] = fault.time
-    richardson = _richardson_columns(ds)
-    if richardson is not None:
-        table = table.join(richardson)
-    richardson = _richardson_n_columns(ds)
-    if richardson is not None:
-        table = table.join(richardson)
-    if treaty.applies(ds):
-        baselines = None
-        if "baseline" in ds.coords and ds["baseline"].dims == (dim,):
-            baselines = dict(zip(_labels(ds, dim), map(str, ds["baseline"].values.tolist()), strict=True))
-        table = table.join(
-            treaty.treaty_metrics(ds, baseline=ds.attrs.get("metrics_baseline") or None, baselines=baselines)
-        )
     return table
+
+
+def _richardson_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]:
+    constants = {v.name for v in model.of_kind("constant")}
+    return {c: [] for c in RICHARDSON_COLUMNS} if set(PARAMETER_NAMES.values()) <= constants else {}
+
+
+def _richardson_n_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]:
+    states = _n_state_elements(model)
+    return {} if states is None else {c: [] for c in richardson_n_columns(states)}
+
+
+def _treaty_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]:
+    required = treaty.required_variables()
+    if not all(r in model.variables for r in required):
+        return {}
+    optional = [name for name in treaty.OPTIONAL if name in model.variables]
+    return {c: [*required, *optional] for c in treaty.COLUMNS}
+
+
+def _treaty_table(ds: xr.Dataset) -> pd.DataFrame | None:
+    if not treaty.applies(ds):
+        return None
+    dim = case_dim(ds)
+    baselines = None
+    if "baseline" in ds.coords and ds["baseline"].dims == (dim,):
+        baselines = dict(zip(_labels(ds, dim), map(str, ds["baseline"].values.tolist()), strict=True))
+    return treaty.treaty_metrics(ds, baseline=ds.attrs.get("metrics_baseline") or None, baselines=baselines)
 
 
 def _labels(ds: xr.Dataset, dim: str) -> list[Any]:
@@ -272,3 +322,14 @@ def _richardson_n_columns(ds: xr.Dataset) -> pd.DataFrame | None:
         row["regime"] = model.regime(x0)
         rows[scenario] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+#: Metric families, in column order. Adding a family is a module with its two
+#: functions (or a few here) and one line in this table.
+METRIC_FAMILIES: dict[str, MetricFamily] = {
+    "final values": MetricFamily(_final_names, _final_values),
+    "faults": MetricFamily(_fault_names, _faults),
+    "richardson": MetricFamily(_richardson_names, _richardson_columns),
+    "richardson_n": MetricFamily(_richardson_n_names, _richardson_n_columns),
+    "treaty": MetricFamily(_treaty_names, _treaty_table),
+}

@@ -43,7 +43,7 @@ CONTROL_NAMES = ("INITIAL TIME", "FINAL TIME", "TIME STEP", "SAVEPER", "Time")
 
 
 @contextlib.contextmanager
-def _quiet_pysd() -> Iterator[None]:
+def quiet_pysd() -> Iterator[None]:
     """Silence PySD's and pandas' own deprecation chatter and numeric warnings.
 
     Overflow and NaN are detected on the results instead (see `experiment`), where
@@ -57,8 +57,8 @@ def _quiet_pysd() -> Iterator[None]:
         yield
 
 
-def _pysd() -> Any:
-    with _quiet_pysd():
+def pysd_module() -> Any:
+    with quiet_pysd():
         import pysd
     install_literal_eval()
     return pysd
@@ -241,16 +241,19 @@ class Model(VariableLookup):
         The model file's own time settings.
     translation : pathlib.Path
         The cached PySD translation that is run.
+    pysd_model : pysd.py_backend.model.Model
+        PySD's loaded model (its dependency graph and components are read by
+        the analyses; runs go through :meth:`simulate`).
     """
 
     def __init__(self, path: Path, sha256: str, translation: Path) -> None:
         self.path = path
         self.sha256 = sha256
         self.translation = translation
-        pysd = _pysd()
-        with _quiet_pysd():
+        pysd = pysd_module()
+        with quiet_pysd():
             try:
-                self._pysd = pysd.load(str(translation))
+                self.pysd_model = pysd.load(str(translation))
             except Exception as exc:  # a broken translation is a model error
                 msg = f"{path}: PySD could not load the translated model: {exc}"
                 raise ModelError(msg) from exc
@@ -260,8 +263,8 @@ class Model(VariableLookup):
         self._index_variables()
 
     def _read_variables(self) -> dict[str, Variable]:
-        doc = self._pysd.doc
-        deps = self._pysd.dependencies
+        doc = self.pysd_model.doc
+        deps = self.pysd_model.dependencies
         flows: set[str] = set()
         for py_name, dep in deps.items():
             for key in dep:
@@ -293,8 +296,8 @@ class Model(VariableLookup):
             default = None
             defaults: tuple[float, ...] = ()
             if kind == "constant":
-                with _quiet_pysd():
-                    value = self._pysd[name]
+                with quiet_pysd():
+                    value = self.pysd_model[name]
                 if np.ndim(value) == 0:
                     default = float(value)
                 elif hasattr(value, "dims"):
@@ -318,13 +321,13 @@ class Model(VariableLookup):
         """Subscript ranges of a variable with their elements, from PySD's own coordinates."""
         if not isinstance(subscripts, list | tuple) or not subscripts:
             return ()
-        with _quiet_pysd():
+        with quiet_pysd():
             try:
-                coords, dims = self._pysd.get_coords(getattr(self._pysd.components, py_name)) or ({}, [])
+                coords, dims = self.pysd_model.get_coords(getattr(self.pysd_model.components, py_name)) or ({}, [])
             except Exception:  # a lookup or data object: fall back to the doc table
                 coords, dims = {}, []
         if not dims:
-            ranges = self._pysd.subscripts
+            ranges = self.pysd_model.subscripts
             dims = [d for d in subscripts if d in ranges]
             coords = {d: ranges[d] for d in dims}
         return tuple((str(d), tuple(str(e) for e in coords[d])) for d in dims)
@@ -332,11 +335,11 @@ class Model(VariableLookup):
     @property
     def subscript_ranges(self) -> dict[str, list[str]]:
         """The model's subscript ranges (including subranges and aliases) with their elements."""
-        return {str(k): [str(e) for e in v] for k, v in self._pysd.subscripts.items()}
+        return {str(k): [str(e) for e in v] for k, v in self.pysd_model.subscripts.items()}
 
     def _read_time(self) -> TimeSettings:
-        comp = self._pysd.components
-        units = self._pysd.doc.set_index("Real Name").loc["TIME STEP", "Units"]
+        comp = self.pysd_model.components
+        units = self.pysd_model.doc.set_index("Real Name").loc["TIME STEP", "Units"]
         return TimeSettings(
             initial=float(comp.initial_time()),
             final=float(comp.final_time()),
@@ -484,11 +487,11 @@ class Model(VariableLookup):
         # earlier run changed is set back to the model file's value (cheaper than
         # reloading the module, which is the fallback for constants without a
         # recorded value).
-        model = self._pysd
+        model = self.pysd_model
         values = self.pysd_values(params, time)
         restore = {name: _file_value(self.variables[name]) for name in self._touched - set(values)}
         self._touched |= set(values)
-        with _quiet_pysd():
+        with quiet_pysd():
             if any(value is None for value in restore.values()):
                 model.reload()
                 restore = {}
@@ -539,7 +542,7 @@ class Model(VariableLookup):
             tb = tb.tb_next
         at = math.nan
         with contextlib.suppress(Exception):
-            at = float(self._pysd.time())
+            at = float(self.pysd_model.time())
         text = f"{type(exc).__name__}: {exc}"
         where = f" in {variable!r}" if variable else ""
         when = f" at time {at:g}" if math.isfinite(at) else ""
@@ -616,7 +619,7 @@ HASH_FILE = "translation.sha256"
 
 
 def _translate(path: Path, sha: str) -> Path:
-    pysd = _pysd()
+    pysd = pysd_module()
     check_model_text(path)
     folder = cache_dir()
     entry = folder / f"{sha[:20]}-pysd{pysd.__version__}"
@@ -644,7 +647,7 @@ def _translate(path: Path, sha: str) -> Path:
         shutil.copyfile(path, source)
         reader = pysd.read_vensim if path.suffix.lower() == ".mdl" else pysd.read_xmile
         _check_definitions(path, source)
-        with _quiet_pysd():
+        with quiet_pysd():
             try:
                 reader(str(source), initialize=False)
             except ModelError as exc:
@@ -731,9 +734,9 @@ def parse_model(path: Path, source: Path | None = None) -> Any:
         If the text is unsafe or cannot be parsed; with the file's line where known.
     """
     check_model_text(path)
-    _pysd()
+    pysd_module()
     source = source or path
-    with _quiet_pysd():
+    with quiet_pysd():
         try:
             if source.suffix.lower() == ".mdl":
                 from pysd.translators.vensim.vensim_file import VensimFile

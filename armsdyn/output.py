@@ -12,8 +12,6 @@ import contextlib
 import ctypes
 import datetime as dt
 import errno
-import fcntl
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -29,9 +27,17 @@ from typing import Any
 
 import xarray as xr
 
-from armsdyn.config import Experiment
+from armsdyn.config import Experiment, load_config, parse_config
 from armsdyn.errors import ResultsError
+from armsdyn.figures import draw_figures, draw_study_figures
 from armsdyn.metrics import compute_metrics
+from armsdyn.model import file_sha256
+from armsdyn.sensitivity import reanalyse
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the lock is then an exclusively created file
+    fcntl = None  # type: ignore[assignment]
 
 RESULTS_FILE = "results.nc"
 METRICS_FILE = "metrics.csv"
@@ -86,9 +92,19 @@ def locked(target: str | os.PathLike[str]) -> Iterator[None]:
         raise ResultsError(msg) from exc
     lock_path = target.parent / f".{target.name}.lock"
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    if fcntl is None:
+        # Without flock a lock is a file that only one run can create; a run killed
+        # while holding it leaves it behind, and the message says what to remove.
+        flags |= os.O_EXCL
     while True:
         try:
             fd = os.open(lock_path, flags, 0o644)
+        except FileExistsError:
+            msg = (
+                f"{target}: another armsdyn run is writing this results folder (or one was killed: "
+                f"remove {lock_path} if none is running)"
+            )
+            raise ResultsError(msg) from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 msg = f"{lock_path}: is a symbolic link; armsdyn's lock must be a plain file (remove the link)"
@@ -98,7 +114,8 @@ def locked(target: str | os.PathLike[str]) -> Iterator[None]:
                 )
             raise ResultsError(msg) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             msg = f"{target}: another armsdyn run is writing this results folder; wait for it to finish"
@@ -259,7 +276,6 @@ def _fill(
     command: Sequence[str] | None,
     study: tuple[xr.Dataset, xr.Dataset] | None,
 ) -> None:
-    from armsdyn.figures import draw_figures, draw_study_figures  # matplotlib is slow to import
 
     ds.to_netcdf(folder / RESULTS_FILE, engine="netcdf4")
     compute_metrics(ds).to_csv(folder / METRICS_FILE)
@@ -271,7 +287,15 @@ def _fill(
         indices.to_netcdf(folder / STUDY_DIR / INDICES_FILE, engine="netcdf4")
         draw_study_figures(ensemble, indices, experiment.sensitivity, folder / FIGURES_DIR)
     manifest = build_manifest(experiment, started=started, command=command)
-    manifest["files"] = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    manifest["engine"] = {"scenarios": "pysd"}
+    if study is not None:
+        attrs = study[0].attrs
+        manifest["engine"]["study"] = {
+            "engine": str(attrs.get("engine", "")),
+            "workers": str(attrs.get("workers", "")),
+            "runs": int(study[0].sizes["run"]),
+        }
+    manifest["files"] = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=False)
         fh.write("\n")
@@ -301,7 +325,7 @@ def _exchange(a: Path, b: Path) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not Linux (Windows cannot load the C library this way)
         return False
     at_fdcwd, rename_exchange = -100, 2
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
@@ -329,10 +353,6 @@ def _replace(tmp: Path, target: Path) -> None:
         old.rename(target)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _version(dist: str) -> str:
@@ -378,7 +398,22 @@ def build_manifest(experiment: Experiment, *, started: str, command: Sequence[st
         "scenarios": [s.name for s in experiment.scenarios],
         "versions": {
             "python": sys.version.split()[0],
-            **{dist: _version(dist) for dist in ("armsdyn", "pysd", "numpy", "xarray", "scipy", "matplotlib")},
+            **{
+                dist: _version(dist)
+                for dist in (
+                    "armsdyn",
+                    "pysd",
+                    "numpy",
+                    "xarray",
+                    "scipy",
+                    "matplotlib",
+                    "netCDF4",
+                    "SALib",
+                    "numba",
+                    "llvmlite",
+                    "distributed",
+                )
+            },
         },
         "git_commit": git_commit(folder),
         "command": list(command if command is not None else sys.argv),
@@ -414,8 +449,6 @@ def redraw_figures(folder: str | os.PathLike[str], config: str | os.PathLike[str
     ConfigError
         If the config is invalid.
     """
-    from armsdyn.config import load_config, parse_config
-    from armsdyn.figures import draw_figures, draw_study_figures
 
     folder = Path(folder)
     manifest_path = folder / MANIFEST_FILE
@@ -439,7 +472,6 @@ def redraw_figures(folder: str | os.PathLike[str], config: str | os.PathLike[str
                 xr.open_dataset(folder / STUDY_DIR / INDICES_FILE) as indices,
             ):
                 study = (ensemble.load(), indices.load())
-            from armsdyn.sensitivity import reanalyse
 
             try:
                 study = (study[0], reanalyse(study[0], experiment.sensitivity))
@@ -457,7 +489,7 @@ def redraw_figures(folder: str | os.PathLike[str], config: str | os.PathLike[str
                 study[1].to_netcdf(staged_indices, engine="netcdf4")
                 os.replace(staged_indices, folder / STUDY_DIR / INDICES_FILE)
             manifest["files"] = {
-                str(p.relative_to(folder)): _sha256(p)
+                str(p.relative_to(folder)): file_sha256(p)
                 for p in sorted(folder.rglob("*"))
                 if p.is_file() and p.name != MANIFEST_FILE and not p.name.startswith(".")
             }

@@ -155,3 +155,32 @@ def parameter_values(ds: xr.Dataset, name: str) -> xr.DataArray | None:
         except KeyError:
             return None
     return None
+
+
+def find_variable(ds: xr.Dataset, name: str) -> xr.DataArray:
+    """A saved variable by model name, Dataset key, or one element of it (``"arms[USA]"``).
+
+    Raises
+    ------
+    KeyError
+        Naming the variables the results hold.
+    """
+    for key, da in ds.data_vars.items():
+        if name in (key, da.attrs.get("long_name")):
+            return da
+    found = re.match(r"^([^\[\]]+)\[([^\[\]]*)\]\s*$", name)
+    if found:  # one element of a subscripted variable: "arms[USA]"
+        da = find_variable(ds, found.group(1).strip())
+        extra = [d for d in da.dims if d not in ("scenario", "run", "time")]
+        element = [e.strip() for e in found.group(2).split(",")]
+        if len(extra) == len(element):
+            try:
+                picked = da.sel(dict(zip(extra, element, strict=True)), drop=True)
+            except KeyError:
+                pass
+            else:
+                picked.attrs = {**da.attrs, "long_name": f"{da.attrs.get('long_name', da.name)}[{', '.join(element)}]"}
+                return picked
+    have = ", ".join(str(d.attrs.get("long_name", k)) for k, d in ds.data_vars.items())
+    msg = f"no variable {name!r} in the results (have: {have})"
+    raise KeyError(msg)

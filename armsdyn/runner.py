@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from armsdyn.ensemble import choose_workers, run_ensemble
 from armsdyn.errors import ArmsdynError
 from armsdyn.model import TimeSettings
 
@@ -61,10 +63,13 @@ class SchedulerError(ArmsdynError, ConnectionError):
 class Reducer:
     """What a study keeps of each chunk's runs (picklable, for worker processes).
 
+    The runner only calls it; the analyses downstream (a sensitivity study, an
+    audit) subclass it, so the runner imports none of them.
+
     Attributes
     ----------
     outputs : tuple
-        :class:`armsdyn.sensitivity.Output` entries, one number per run each.
+        What to keep, one number per run each (e.g. :class:`armsdyn.specs.Output`).
     fan_variables : tuple of str
         Variables whose full time series are kept for the first `fan_runs` runs.
     fan_runs : int
@@ -79,22 +84,8 @@ class Reducer:
     attrs: Mapping[str, Any] | None = None
 
     def __call__(self, ds: xr.Dataset, start: int) -> xr.Dataset:
-        from armsdyn.sensitivity import output_values
-
-        ds.attrs.update(self.attrs or {})
-        values = output_values(ds, self.outputs)
-        out = xr.Dataset(coords={k: v for k, v in ds.coords.items() if v.dims == ("run",)})
-        # Runs are numbered across the whole study, not within the chunk.
-        out = out.assign_coords(run=start + np.arange(ds.sizes["run"]))
-        for label, column in values.items():
-            out[f"output: {label}"] = ("run", np.asarray(column, dtype=float), {"long_name": label})
-        keep = max(0, min(ds.sizes["run"], self.fan_runs - start))
-        for name in self.fan_variables:
-            da = next(v for k, v in ds.data_vars.items() if name in (k, v.attrs.get("long_name")))
-            out[da.name] = ((FAN_DIM, "time"), da.values[:keep], da.attrs)
-        if self.fan_variables:
-            out.coords["time"] = ds["time"]
-        return out
+        """Reduce one chunk's runs (numbered from `start`); subclasses say how."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -111,8 +102,6 @@ class _Task:
 def _run_task(task: _Task) -> tuple[int, xr.Dataset]:
     """Simulate and reduce one chunk (runs in a worker process or on a Dask worker)."""
     import warnings
-
-    from armsdyn.ensemble import run_ensemble
 
     with warnings.catch_warnings():
         # Worker processes cannot report warnings usefully; the parent checks compilability.
@@ -185,6 +174,8 @@ def run_chunked(
         If `store` holds another study's chunks, or holds chunks and `resume` is false.
     """
     n = len(next(iter(samples.values())))
+    if workers is None and scheduler is None:
+        workers = choose_workers(model_path, n)  # measured per model: see armsdyn.ensemble.choose_workers
     model_path = Path(model_path)
     temporary = store is None
     folder = Path(tempfile.mkdtemp(prefix="armsdyn-study-")) if temporary else Path(store)
@@ -216,7 +207,9 @@ def run_chunked(
                 bar.update(min(chunk_size, n - index * chunk_size))
         finally:
             bar.close()
-        return _combine(folder, n_chunks)
+        combined = _combine(folder, n_chunks)
+        combined.attrs["workers"] = workers if scheduler is None else f"dask {scheduler}"
+        return combined
     finally:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
@@ -338,7 +331,8 @@ def _execute(
         for task in tasks:
             yield _run_task(task)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, count)) as pool:
+    # "spawn", as the ensemble engine's own pool: clean interpreters, safe whatever threads the parent runs.
+    with ProcessPoolExecutor(max_workers=min(workers, count), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_run_task, task) for task in tasks]
         for future in as_completed(futures):
             yield future.result()

@@ -31,234 +31,20 @@ References
 
 from __future__ import annotations
 
-import itertools
 import os
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 import xarray as xr
 
-if TYPE_CHECKING:
-    from armsdyn.config import Experiment
-
-#: SALib distribution names and how many numbers each takes in ``bounds``.
-DISTRIBUTIONS: dict[str, int] = {"unif": 2, "logunif": 2, "triang": 3, "norm": 2, "truncnorm": 4, "lognorm": 2}
-
-#: How an output variable's time series becomes one number per run.
-AGGREGATES = ("final", "mean", "max", "min", "at")
-
-
-@dataclass(frozen=True)
-class SampledParameter:
-    """A model constant varied by a sensitivity study.
-
-    Attributes
-    ----------
-    name : str
-        Model name of the constant.
-    bounds : tuple of float
-        SALib's parameters of the distribution: ``[low, high]`` for ``unif`` and
-        ``logunif``; ``[low, high, peak share]`` for ``triang``; ``[mean, sd]``
-        for ``norm``; ``[low, high, mean, sd]`` for ``truncnorm``; ``[ln-mean,
-        ln-sd]`` for ``lognorm``.
-    distribution : str
-        One of :data:`DISTRIBUTIONS`.
-    also : tuple of str
-        Other constants set to the same sampled value (e.g. the same parameter
-        of the other state, to vary both together).
-    """
-
-    name: str
-    bounds: tuple[float, ...]
-    distribution: str = "unif"
-    also: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Output:
-    """One number per run that the study analyses.
-
-    Attributes
-    ----------
-    name : str
-        Label in the indices (the metric name, or ``"<variable> <aggregate>"``).
-    metric : str
-        A column of the metrics table (empty when `variable` is used).
-    variable : str
-        Model name of a saved variable (empty when `metric` is used).
-    aggregate : str
-        For a variable: one of :data:`AGGREGATES`.
-    at : float
-        For ``aggregate = "at"``: the time.
-    """
-
-    name: str
-    metric: str = ""
-    variable: str = ""
-    aggregate: str = "final"
-    at: float = float("nan")
-
-
-@dataclass(frozen=True)
-class SensitivitySpec:
-    """A validated sensitivity study.
-
-    Attributes
-    ----------
-    method : str
-        One of :data:`METHODS`.
-    parameters : tuple of SampledParameter
-    outputs : tuple of Output
-    samples : int
-        SALib's ``N`` (base sample size; runs are a multiple of it for
-        ``sobol`` and ``morris``); unused by ``oat`` and ``grid``.
-    seed : int
-        Seed for sampling and bootstrap intervals; the same seed gives the same study.
-    levels : int
-        Grid levels for ``morris``, ``oat`` and ``grid``.
-    second_order : bool
-        For ``sobol``: also estimate second-order indices.
-    scenario : str
-        The scenario whose parameters the samples start from.
-    fan_variables : tuple of str
-        Variables whose percentile bands over time are drawn (fan charts).
-    variables : tuple of str
-        Model variables the ensemble saves: what the outputs and fan charts need.
-    """
-
-    method: str
-    parameters: tuple[SampledParameter, ...]
-    outputs: tuple[Output, ...]
-    samples: int = 256
-    seed: int = 0
-    levels: int = 4
-    second_order: bool = False
-    scenario: str = ""
-    fan_variables: tuple[str, ...] = field(default=())
-    variables: tuple[str, ...] = field(default=())
-
-    def problem(self) -> dict[str, Any]:
-        """The SALib problem dictionary."""
-        return {
-            "num_vars": len(self.parameters),
-            "names": [p.name for p in self.parameters],
-            "bounds": [list(p.bounds) for p in self.parameters],
-            "dists": [p.distribution for p in self.parameters],
-        }
-
-
-def _midpoints(spec: SensitivitySpec) -> np.ndarray:
-    return np.array([(p.bounds[0] + p.bounds[1]) / 2 for p in spec.parameters])
-
-
-def _levels(p: SampledParameter, n: int) -> np.ndarray:
-    lo, hi = p.bounds[:2]
-    return np.geomspace(lo, hi, n) if p.distribution == "logunif" else np.linspace(lo, hi, n)
-
-
-def _sample_oat(problem: dict[str, Any], spec: SensitivitySpec) -> np.ndarray:
-    base = _midpoints(spec)
-    rows = [base]
-    for i, p in enumerate(spec.parameters):
-        for value in _levels(p, spec.levels):
-            row = base.copy()
-            row[i] = value
-            rows.append(row)
-    return np.array(rows)
-
-
-def _analyze_oat(problem: dict[str, Any], spec: SensitivitySpec, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    base = y[0]
-    low, high = [], []
-    for i in range(len(spec.parameters)):
-        block = y[1 + i * spec.levels : 1 + (i + 1) * spec.levels]
-        low.append(block[0])
-        high.append(block[-1])
-    low_a, high_a = np.array(low), np.array(high)
-    return {
-        "base": np.full(len(low), base),
-        "at_low": low_a,
-        "at_high": high_a,
-        "swing": np.abs(high_a - low_a),
-    }
-
-
-def _sample_grid(problem: dict[str, Any], spec: SensitivitySpec) -> np.ndarray:
-    return np.array(list(itertools.product(*(_levels(p, spec.levels) for p in spec.parameters))))
-
-
-def _analyze_none(problem: dict[str, Any], spec: SensitivitySpec, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    return {}
-
-
-def _sample_latin(problem: dict[str, Any], spec: SensitivitySpec) -> np.ndarray:
-    from SALib.sample import latin
-
-    return latin.sample(problem, spec.samples, seed=spec.seed)
-
-
-def _sample_monte_carlo(problem: dict[str, Any], spec: SensitivitySpec) -> np.ndarray:
-    from SALib.util import scale_samples
-
-    rng = np.random.default_rng(spec.seed)
-    return scale_samples(rng.random((spec.samples, problem["num_vars"])), problem)
-
-
-def _analyze_rank(problem: dict[str, Any], spec: SensitivitySpec, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    rho = np.array([scipy.stats.spearmanr(x[:, i], y).statistic for i in range(x.shape[1])])
-    # Fisher z interval for a rank correlation (Bonett and Wright 2000 variance).
-    n = len(y)
-    se = np.sqrt((1 + rho**2 / 2) / max(n - 3, 1))
-    z = np.arctanh(np.clip(rho, -0.999999, 0.999999))
-    return {"spearman": rho, "spearman_low": np.tanh(z - 1.96 * se), "spearman_high": np.tanh(z + 1.96 * se)}
-
-
-def _sample_morris(problem: dict[str, Any], spec: SensitivitySpec) -> np.ndarray:
-    from SALib.sample import morris
-
-    return morris.sample(problem, spec.samples, num_levels=spec.levels, seed=spec.seed)
-
-
-def _analyze_morris(problem: dict[str, Any], spec: SensitivitySpec, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    from SALib.analyze import morris
-
-    res = morris.analyze(problem, x, y, num_levels=spec.levels, seed=spec.seed)
-    return {k: np.asarray(res[k], dtype=float) for k in ("mu", "mu_star", "sigma", "mu_star_conf")}
-
-
-def _sample_sobol(problem: dict[str, Any], spec: SensitivitySpec) -> np.ndarray:
-    from SALib.sample import sobol
-
-    return sobol.sample(problem, spec.samples, calc_second_order=spec.second_order, seed=spec.seed)
-
-
-def _analyze_sobol(problem: dict[str, Any], spec: SensitivitySpec, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    from SALib.analyze import sobol
-
-    res = sobol.analyze(problem, y, calc_second_order=spec.second_order, seed=spec.seed)
-    out = {k: np.asarray(res[k], dtype=float) for k in ("S1", "S1_conf", "ST", "ST_conf")}
-    if spec.second_order:
-        out["S2"] = np.asarray(res["S2"], dtype=float)
-        out["S2_conf"] = np.asarray(res["S2_conf"], dtype=float)
-    return out
-
-
-Sampler = Callable[[dict[str, Any], SensitivitySpec], np.ndarray]
-Analyzer = Callable[[dict[str, Any], SensitivitySpec, np.ndarray, np.ndarray], dict[str, Any]]
-
-#: Methods by config name: (sample, analyze).
-METHODS: dict[str, tuple[Sampler, Analyzer]] = {
-    "oat": (_sample_oat, _analyze_oat),
-    "grid": (_sample_grid, _analyze_none),
-    "latin": (_sample_latin, _analyze_rank),
-    "monte_carlo": (_sample_monte_carlo, _analyze_rank),
-    "morris": (_sample_morris, _analyze_morris),
-    "sobol": (_sample_sobol, _analyze_sobol),
-}
+from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_model
+from armsdyn.metrics import compute_metrics
+from armsdyn.results import find_variable
+from armsdyn.runner import FAN_DIM, Reducer, run_chunked
+from armsdyn.sensitivity_methods import METHODS
+from armsdyn.specs import Experiment, Output, SensitivitySpec
 
 
 def sample(spec: SensitivitySpec) -> dict[str, np.ndarray]:
@@ -269,15 +55,13 @@ def sample(spec: SensitivitySpec) -> dict[str, np.ndarray]:
 
 def output_values(ds: xr.Dataset, outputs: tuple[Output, ...]) -> dict[str, np.ndarray]:
     """One number per run for each output, from an ensemble Dataset ``(run, time)``."""
-    from armsdyn.metrics import compute_metrics
-
     table = compute_metrics(ds) if any(o.metric for o in outputs) else None
     values = {}
     for o in outputs:
         if o.metric:
             values[o.name] = table[o.metric].to_numpy(dtype=float)
             continue
-        da = next(v for k, v in ds.data_vars.items() if o.variable in (k, v.attrs.get("long_name")))
+        da = find_variable(ds, o.variable)
         if o.aggregate == "final":
             values[o.name] = da.isel(time=-1).values
         elif o.aggregate == "at":
@@ -285,6 +69,27 @@ def output_values(ds: xr.Dataset, outputs: tuple[Output, ...]) -> dict[str, np.n
         else:
             values[o.name] = getattr(da, o.aggregate)("time").values
     return values
+
+
+@dataclass(frozen=True)
+class StudyReducer(Reducer):
+    """Keeps each run's study outputs (and the fan-chart runs' series) of a chunk."""
+
+    def __call__(self, ds: xr.Dataset, start: int) -> xr.Dataset:
+        ds.attrs.update(self.attrs or {})
+        values = output_values(ds, self.outputs)
+        out = xr.Dataset(coords={k: v for k, v in ds.coords.items() if v.dims == ("run",)})
+        # Runs are numbered across the whole study, not within the chunk.
+        out = out.assign_coords(run=start + np.arange(ds.sizes["run"]))
+        for label, column in values.items():
+            out[f"output: {label}"] = ("run", np.asarray(column, dtype=float), {"long_name": label})
+        keep = max(0, min(ds.sizes["run"], self.fan_runs - start))
+        for name in self.fan_variables:
+            da = next(v for k, v in ds.data_vars.items() if name in (k, v.attrs.get("long_name")))
+            out[da.name] = ((FAN_DIM, "time"), da.values[:keep], da.attrs)
+        if self.fan_variables:
+            out.coords["time"] = ds["time"]
+        return out
 
 
 def analyze(spec: SensitivitySpec, samples: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> xr.Dataset:
@@ -379,9 +184,6 @@ def run_study(
         plus the fan-chart variables for the first runs on ``(fan_run, time)``;
         and the indices, dims ``(output, parameter)``.
     """
-    from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_model
-    from armsdyn.runner import Reducer, run_chunked
-
     spec = experiment.sensitivity
     if spec is None:
         msg = f"experiment {experiment.name!r} has no [sensitivity] table"
@@ -393,10 +195,11 @@ def run_study(
     for p in spec.parameters:
         samples |= {other: draws[p.name] for other in p.also}
     try:
-        compile_model(experiment.model.path)
+        engine = f"compiled ({compile_model(experiment.model.path).backend})"
     except UnsupportedConstruct as exc:
+        engine = "pysd (fallback)"
         warnings.warn(f"{exc}; the study runs PySD once per sample instead", FallbackWarning, stacklevel=2)
-    reducer = Reducer(
+    reducer = StudyReducer(
         outputs=spec.outputs,
         fan_variables=spec.fan_variables,
         attrs={"metrics_baseline": ""},
@@ -422,6 +225,7 @@ def run_study(
             "scenario": spec.scenario,
             "method": spec.method,
             "fan_runs": reducer.fan_runs,
+            "engine": engine,
         }
     )
     outputs = {o.name: ds[f"output: {o.name}"].values for o in spec.outputs}

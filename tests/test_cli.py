@@ -130,3 +130,20 @@ def test_help_shows_examples() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0
     assert "armsdyn run configs/richardson.toml" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        ("calibrate_cold_war.toml", "valid calibration 'calibrate_cold_war': trajectory fit of"),
+        ("audit_knowledge_argument.toml", "valid audit of"),
+        ("richardson.toml", "valid: experiment 'richardson'"),
+    ],
+)
+def test_check_validates_each_kind_of_config_with_its_own_reader(
+    config: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from armsdyn.cli import main
+
+    assert main(["check", str(CONFIGS / config)]) == 0
+    assert says in capsys.readouterr().out

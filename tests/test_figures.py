@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 import armsdyn
-from armsdyn import config, figures
+from armsdyn import figures
 from tests.conftest import CONFIGS, MODELS, ROOT, run_cli
 
 BASELINE = ROOT / "tests" / "baseline"
@@ -20,10 +20,6 @@ BASELINE = ROOT / "tests" / "baseline"
 @pytest.fixture(scope="module")
 def ds() -> xr.Dataset:
     return armsdyn.run(CONFIGS / "richardson.toml")
-
-
-def test_config_and_figure_module_know_the_same_kinds() -> None:
-    assert set(config.FIGURE_KINDS) == set(figures.FIGURE_KINDS)
 
 
 @pytest.mark.parametrize("layout", figures.TIME_SERIES_LAYOUTS)

@@ -12,7 +12,8 @@ import pytest
 import armsdyn
 from armsdyn.cli import main
 from armsdyn.runner import machine_memory, needs, study_runs
-from armsdyn.sensitivity import METHODS, sample
+from armsdyn.sensitivity import sample
+from armsdyn.sensitivity_methods import METHODS
 from tests.conftest import CONFIGS, ROOT, write_config
 
 STUDY = """

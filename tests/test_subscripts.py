@@ -22,7 +22,7 @@ import armsdyn
 from armsdyn import load_config
 from armsdyn.cli import main
 from armsdyn.errors import ConfigError
-from armsdyn.model import _pysd, _quiet_pysd
+from armsdyn.model import pysd_module, quiet_pysd
 from armsdyn.richardson import RichardsonN
 from tests.conftest import CONFIGS, MODELS, write_config
 
@@ -161,8 +161,8 @@ def test_results_keep_dimensions_and_match_pysd_directly(three_state: dict[str, 
     assert float(ds["grievance_g"].sel(scenario="series", state="USA")) == 100
     # The same runs done directly with PySD (a private translation of a copy of the file).
     copy = Path(shutil.copy(MODEL, tmp_path / "richardson_n.mdl"))
-    with _quiet_pysd():
-        pysd_model = _pysd().read_vensim(str(copy))
+    with quiet_pysd():
+        pysd_model = pysd_module().read_vensim(str(copy))
         for scenario in ds["scenario"].values:
             pysd_model.reload()
             df = pysd_model.run(

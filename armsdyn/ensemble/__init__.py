@@ -27,7 +27,7 @@ Scalar models only. A construct the engine cannot compile raises
 then falls back to PySD (one run per sample) with a :class:`FallbackWarning`.
 """
 
-from armsdyn.ensemble._engine import BACKENDS, DEFAULT_CHUNK_SIZE, CompiledModel, compile_model
+from armsdyn.ensemble._engine import BACKENDS, DEFAULT_CHUNK_SIZE, CompiledModel, TimeGrid, compile_model
 from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
 from armsdyn.ensemble._parallel import choose_workers, run_ensemble
 
@@ -37,6 +37,7 @@ __all__ = [
     "CompiledModel",
     "FallbackWarning",
     "SampleError",
+    "TimeGrid",
     "UnsupportedConstruct",
     "choose_workers",
     "compile_model",

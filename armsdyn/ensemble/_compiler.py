@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from armsdyn.ensemble._errors import UnsupportedConstruct
+from armsdyn.ensemble._optimise import optimise_loop
+from armsdyn.ensemble._runtime import NAMESPACE
 from armsdyn.errors import ModelError
 from armsdyn.model import parse_model
 
@@ -1099,7 +1101,6 @@ class _AsNumpy(ast_module.NodeTransformer):
 
 def _evaluate(text: str, env: dict[str, Any], as_numpy: bool = False) -> Any:
     # Only ever called on source this module generated from numbers, time controls and lookup tables.
-    from armsdyn.ensemble._runtime import NAMESPACE
 
     tree: Any = ast_module.parse(text, mode="eval")
     if as_numpy:
@@ -1397,7 +1398,6 @@ def generate_source(graph: ModelGraph, outputs: list[str], optimise: bool = True
     :mod:`armsdyn.ensemble._optimise`); either way every value is computed by
     the same operations in the same order, so results are identical.
     """
-    from armsdyn.ensemble._optimise import optimise_loop
 
     program = build_program(graph, outputs)
     nodes = graph.nodes

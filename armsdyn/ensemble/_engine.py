@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from armsdyn.ensemble import _numba
 from armsdyn.ensemble._compiler import Compiler, ModelGraph, generate_source, parse
 from armsdyn.ensemble._errors import SampleError, UnsupportedConstruct
 from armsdyn.ensemble._runtime import NAMESPACE, NonUniformOrder
 from armsdyn.errors import ModelError
-from armsdyn.model import SUFFIXES, TimeSettings, Variable, VariableLookup, file_sha256
+from armsdyn.model import SUFFIXES, Model, TimeSettings, Variable, VariableLookup, cache_dir, file_sha256
 
 DEFAULT_CHUNK_SIZE = 8192
 """Samples advanced together: large enough to amortise numpy's per-call overhead,
@@ -174,7 +175,6 @@ class CompiledModel(VariableLookup):
         return self._resolved
 
     def _resolve(self) -> str:
-        from armsdyn.ensemble import _numba
 
         if self._requested == "numpy":
             return "numpy"
@@ -217,7 +217,6 @@ class CompiledModel(VariableLookup):
 
         `backend` is ``"numpy"`` or ``"numba"``; the model's own by default.
         """
-        from armsdyn.ensemble import _numba
 
         outputs = [f"v_{py}" for py in self._output_names(variables)]
         if (backend or self.backend) == "numba":
@@ -386,12 +385,10 @@ class CompiledModel(VariableLookup):
         info = self._graph.elements[py]
         shape = tuple(len(e) for _, e in info.dims)
         labels = itertools.product(*(e for _, e in info.dims))
-        return {", ".join(label): np.unravel_index(i, shape) for i, label in enumerate(labels)}
+        return {",".join(label): np.unravel_index(i, shape) for i, label in enumerate(labels)}
 
     def kernel_ready(self, names: Sequence[str]) -> bool:
         """Whether the numba kernel saving `names` is compiled in this process or cached on disk."""
-        from armsdyn.ensemble import _numba
-        from armsdyn.model import cache_dir
 
         if tuple(names) in self._kernels:
             return True
@@ -401,7 +398,6 @@ class CompiledModel(VariableLookup):
     def _compile_estimate(self, names: Sequence[str]) -> float:
         # Seconds to compile a kernel, from its length (measured: 2 s for 130 lines, 40 s for 1,350;
         # numba's SSA construction grows faster than linearly).
-        from armsdyn.ensemble import _numba
 
         lines = len(_numba.generate_module(self._graph, [f"v_{py}" for py in names])[0].splitlines())
         return _COMPILE_BASE + _COMPILE_PER_LINE2 * lines**2
@@ -453,8 +449,6 @@ class CompiledModel(VariableLookup):
 
     def kernel(self, names: Sequence[str]) -> tuple[Callable[..., None], list[str], list[Any]]:
         """The numba kernel saving `names` (Python-safe), its constants and stateful objects; built once."""
-        from armsdyn.ensemble import _numba
-        from armsdyn.model import cache_dir
 
         key = tuple(names)
         if key not in self._kernels:
@@ -672,7 +666,8 @@ def normalise_samples(model: VariableLookup, samples: Samples) -> tuple[dict[str
         if var.dims and not var.defaults:
             msg = f"{var.name!r} in model {model.path} is not a constant of numbers, so it cannot be sampled"
             raise SampleError(msg)
-        name = var.py_name if element is None else f"{var.py_name}[{', '.join(element)}]"
+        # No space in the key: netCDF keeps a coordinate's name only without one (long_name keeps it).
+        name = var.py_name if element is None else f"{var.py_name}[{','.join(element)}]"
         if name in values:
             what = var.name if element is None else var.element_name(element)
             msg = f"constant {what!r} is sampled twice"
@@ -696,7 +691,6 @@ def normalise_samples(model: VariableLookup, samples: Samples) -> tuple[dict[str
 
 def _model_element(model: VariableLookup, key: str) -> tuple[Variable, tuple[str, ...] | None]:
     """The variable and element a sample key names: ``"grievance g"`` or ``"k[USA, China]"``."""
-    from armsdyn.model import Model
 
     # Model.element only reads variables through VariableLookup.variable.
     return Model.element(model, key)  # type: ignore[arg-type]
@@ -707,7 +701,7 @@ def sample_meta(model: VariableLookup, key: str) -> OutputMeta:
     py, bracket, label = key.partition("[")
     var = model.variable(py)
     if bracket:
-        name = var.element_name(tuple(label[:-1].split(", ")))
+        name = var.element_name(tuple(label[:-1].split(",")))
         return OutputMeta(key, name, var.units, var.doc)
     return OutputMeta(key, var.name, var.units, var.doc, var.dims)
 

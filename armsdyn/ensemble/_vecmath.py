@@ -36,6 +36,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from armsdyn.ensemble._numba import table_slopes
+
 _F64 = ir.DoubleType()
 _I64 = ir.IntType(64)
 
@@ -247,7 +249,6 @@ def table_function(kind: str, xs: Any, ys: Any) -> Callable[..., Any]:
     (``slope * (x - x[j]) + y[j]``, slopes computed once), so interpolated values
     agree with it to the last bit.
     """
-    from armsdyn.ensemble._numba import table_slopes
 
     xs = [float(v) for v in xs]
     ys = [float(v) for v in ys]

@@ -1,0 +1,276 @@
+"""The specifications a config becomes: frozen dataclasses and the names they may hold.
+
+A leaf of the package: every stage after the config reads these, and this
+module imports nothing of armsdyn's but its errors, so any stage may import it
+without pulling in another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from armsdyn.errors import did_you_mean
+
+if TYPE_CHECKING:
+    from armsdyn.model import Model, TimeSettings
+
+#: A parameter override: a constant, or a time series of (time, value) pairs.
+ParameterValue = float | tuple[tuple[float, float], ...]
+
+#: What may run an experiment's scenarios (``[experiment] engine``).
+ENGINES = ("pysd", "compiled")
+
+#: SALib distribution names and how many numbers each takes in ``bounds``.
+DISTRIBUTIONS: dict[str, int] = {"unif": 2, "logunif": 2, "triang": 3, "norm": 2, "truncnorm": 4, "lognorm": 2}
+
+#: How an output variable's time series becomes one number per run.
+AGGREGATES = ("final", "mean", "max", "min", "at")
+
+
+@dataclass(frozen=True)
+class SampledParameter:
+    """A model constant varied by a sensitivity study.
+
+    Attributes
+    ----------
+    name : str
+        Model name of the constant.
+    bounds : tuple of float
+        SALib's parameters of the distribution: ``[low, high]`` for ``unif`` and
+        ``logunif``; ``[low, high, peak share]`` for ``triang``; ``[mean, sd]``
+        for ``norm``; ``[low, high, mean, sd]`` for ``truncnorm``; ``[ln-mean,
+        ln-sd]`` for ``lognorm``.
+    distribution : str
+        One of :data:`DISTRIBUTIONS`.
+    also : tuple of str
+        Other constants set to the same sampled value (e.g. the same parameter
+        of the other state, to vary both together).
+    """
+
+    name: str
+    bounds: tuple[float, ...]
+    distribution: str = "unif"
+    also: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Output:
+    """One number per run that the study analyses.
+
+    Attributes
+    ----------
+    name : str
+        Label in the indices (the metric name, or ``"<variable> <aggregate>"``).
+    metric : str
+        A column of the metrics table (empty when `variable` is used).
+    variable : str
+        Model name of a saved variable (empty when `metric` is used).
+    aggregate : str
+        For a variable: one of :data:`AGGREGATES`.
+    at : float
+        For ``aggregate = "at"``: the time.
+    """
+
+    name: str
+    metric: str = ""
+    variable: str = ""
+    aggregate: str = "final"
+    at: float = float("nan")
+
+
+@dataclass(frozen=True)
+class SensitivitySpec:
+    """A validated sensitivity study.
+
+    Attributes
+    ----------
+    method : str
+        One of :data:`METHODS`.
+    parameters : tuple of SampledParameter
+    outputs : tuple of Output
+    samples : int
+        SALib's ``N`` (base sample size; runs are a multiple of it for
+        ``sobol`` and ``morris``); unused by ``oat`` and ``grid``.
+    seed : int
+        Seed for sampling and bootstrap intervals; the same seed gives the same study.
+    levels : int
+        Grid levels for ``morris``, ``oat`` and ``grid``.
+    second_order : bool
+        For ``sobol``: also estimate second-order indices.
+    scenario : str
+        The scenario whose parameters the samples start from.
+    fan_variables : tuple of str
+        Variables whose percentile bands over time are drawn (fan charts).
+    variables : tuple of str
+        Model variables the ensemble saves: what the outputs and fan charts need.
+    """
+
+    method: str
+    parameters: tuple[SampledParameter, ...]
+    outputs: tuple[Output, ...]
+    samples: int = 256
+    seed: int = 0
+    levels: int = 4
+    second_order: bool = False
+    scenario: str = ""
+    fan_variables: tuple[str, ...] = field(default=())
+    variables: tuple[str, ...] = field(default=())
+
+    def problem(self) -> dict[str, Any]:
+        """The SALib problem dictionary."""
+        return {
+            "num_vars": len(self.parameters),
+            "names": [p.name for p in self.parameters],
+            "bounds": [list(p.bounds) for p in self.parameters],
+            "dists": [p.distribution for p in self.parameters],
+        }
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario: a name and the parameter overrides it runs with.
+
+    Attributes
+    ----------
+    name : str
+        Unique within the experiment; the label on the ``scenario`` dimension.
+    description : str
+        Free text for humans.
+    parameters : mapping of str to ParameterValue
+        The experiment's base overrides updated with the scenario's own.
+    baseline : str or None
+        Another scenario of the experiment that this one is compared with
+        (config key ``baseline``); None when not given.
+    """
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    baseline: str | None = None
+
+    def pysd_params(self) -> dict[str, float | pd.Series]:
+        """The overrides in the form PySD's ``run(params=...)`` accepts."""
+        out: dict[str, float | pd.Series] = {}
+        for name, value in self.parameters.items():
+            if isinstance(value, tuple):
+                times, values = zip(*value, strict=True)
+                out[name] = pd.Series(values, index=times, dtype=float)
+            else:
+                out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure requested by a config.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`armsdyn.figures.FIGURE_KINDS`.
+    name : str
+        File name stem inside ``figures/``.
+    variables : tuple of str
+        Model names of the variables drawn (for a phase portrait: x then y).
+    scenarios : tuple of str
+        Scenarios drawn; empty means all.
+    layout : str
+        Arrangement of panels, for kinds that offer a choice (empty: the kind's default).
+    panels : tuple of tuple of str
+        For ``scenario_grid``: the variables drawn together in each column.
+    metrics : tuple of str
+        For metric figures: names of columns of the metrics table.
+    parameter : str
+        For ``metric_vs_parameter``: the model constant on the horizontal axis.
+    """
+
+    kind: str
+    name: str
+    variables: tuple[str, ...] = ()
+    scenarios: tuple[str, ...] = ()
+    layout: str = ""
+    panels: tuple[tuple[str, ...], ...] = ()
+    metrics: tuple[str, ...] = ()
+    parameter: str = ""
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    """Options of the metrics computed on an experiment's results.
+
+    The share of power whose recovery ends a breakout is the model's own
+    ``regain share`` constant: the model records the event at the integration step.
+
+    Attributes
+    ----------
+    baseline : str
+        Scenario without a treaty that treaty scenarios are compared with ("" for
+        none), unless a scenario names its own ``baseline``.
+    """
+
+    baseline: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A fully validated experiment, ready to run.
+
+    Attributes
+    ----------
+    name, description : str
+        From ``[experiment]``; `name` names the results folder.
+    config_path : pathlib.Path or None
+        The config file (None for experiments built in Python).
+    config_text : str
+        The config file's text, recorded in the manifest.
+    model : Model
+        The loaded model.
+    time : TimeSettings
+        The model's time settings updated with ``[time]``.
+    scenarios : tuple of Scenario
+        In config order.
+    variables : tuple of str
+        Model names of the saved variables.
+    figures : tuple of FigureSpec
+        Figures to draw.
+    metrics : MetricsSpec
+        Options of the metrics table.
+    sensitivity : SensitivitySpec or None
+        The sensitivity study, when the config has a ``[sensitivity]`` table.
+    engine : str
+        What runs the scenarios: ``"pysd"`` (the reference) or ``"compiled"``
+        (the ensemble engine, all scenarios at once; PySD for a scenario with a
+        time-series override or a model the engine cannot compile).
+    """
+
+    name: str
+    description: str
+    config_path: Path | None
+    config_text: str
+    model: Model
+    time: TimeSettings
+    scenarios: tuple[Scenario, ...]
+    variables: tuple[str, ...]
+    figures: tuple[FigureSpec, ...] = ()
+    metrics: MetricsSpec = MetricsSpec()
+    sensitivity: SensitivitySpec | None = None
+    engine: str = "pysd"
+
+    @property
+    def config_sha256(self) -> str:
+        """SHA-256 of the config text."""
+        return hashlib.sha256(self.config_text.encode()).hexdigest()
+
+    def scenario(self, name: str) -> Scenario:
+        """The scenario called `name`."""
+        for s in self.scenarios:
+            if s.name == name:
+                return s
+        msg = f"no scenario {name!r}{did_you_mean(name, [s.name for s in self.scenarios])}"
+        raise KeyError(msg)

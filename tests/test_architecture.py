@@ -1,0 +1,199 @@
+"""The package's data flows one way: its import graph has no cycle and no import hides inside a function."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "armsdyn"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> tuple[set[str], list[tuple[int, str]]]:
+    """Package modules `path` imports at run time, and those imported inside functions (line, name)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    here = _module_name(path)
+    top: set[str] = set()
+    nested: list[tuple[int, str]] = []
+    type_checking = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    functions = {
+        id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(f)
+    }
+    for node in ast.walk(tree):
+        if id(node) in type_checking:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = here.rsplit(".", node.level - (1 if path.name == "__init__.py" else 0))[0]
+                base = f"{package}.{base}" if base else package
+            # "from pkg import mod" depends on pkg.mod; "from mod import name" on mod.
+            names = [
+                f"{base}.{a.name}" if _resolve(f"{base}.{a.name}") == f"{base}.{a.name}" else base for a in node.names
+            ]
+        for name in names:
+            if not name.startswith("armsdyn"):
+                continue
+            module = _resolve(name)
+            if module is None or module == here:
+                continue
+            (nested.append((node.lineno, module)) if id(node) in functions else top.add(module))
+    return top, nested
+
+
+def _resolve(name: str) -> str | None:
+    """The package module an imported name lives in (a submodule, or the module defining the name)."""
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:n])
+        path = ROOT.joinpath(*candidate.split("."))
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            return candidate
+    return None
+
+
+def _graph() -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str]]]]:
+    graph, nested = {}, {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        top, inner = _imports(path)
+        graph[_module_name(path)] = top
+        nested[_module_name(path)] = inner
+    return graph, nested
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            # A package's __init__ re-exports its children; importing a child runs the
+            # package first, which is not a dependency of the child on its siblings.
+            if nxt == "armsdyn" or (node.startswith(nxt + ".") and nxt in graph):
+                continue
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph, _ = _graph()
+    assert "armsdyn.config" in graph
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+#: Third-party packages armsdyn runs without (extras): a module that needs one may be imported lazily.
+OPTIONAL_DEPENDENCIES = ("numba", "llvmlite", "distributed", "ema_workbench", "sklearn")
+
+
+def _needs_optional(module: str) -> bool:
+    path = ROOT.joinpath(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if any(n.split(".")[0] in OPTIONAL_DEPENDENCIES for n in names):
+            return True
+    return False
+
+
+def test_no_package_import_hides_inside_a_function() -> None:
+    _, nested = _graph()
+    hidden = sorted(
+        {
+            f"{module}:{line} imports {name}"
+            for module, items in nested.items()
+            for line, name in items
+            if not _needs_optional(name)
+        }
+    )
+    assert not hidden, "function-level imports of the package:\n" + "\n".join(hidden)
+
+
+def test_the_package_imports_and_locks_without_posix_flock(tmp_path: Path) -> None:
+    """Windows has no fcntl: import armsdyn and take a results lock as it would there."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules["fcntl"] = None  # as on Windows: importing it fails
+import armsdyn
+from armsdyn.errors import ResultsError
+from armsdyn.output import locked
+target = {str(tmp_path / "out")!r}
+with locked(target):
+    import os
+    assert os.path.exists({str(tmp_path / ".out.lock")!r})
+    try:
+        with locked(target + "2"), locked(target):
+            pass
+    except ResultsError:
+        raise SystemExit("re-entrant lock refused")
+assert not os.path.exists({str(tmp_path / ".out.lock")!r})
+open({str(tmp_path / ".out.lock")!r}, "w").close()  # left by a killed run
+try:
+    with locked(target):
+        raise SystemExit("a second holder was let in")
+except ResultsError as exc:
+    assert "remove" in str(exc)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_importing_the_package_leaves_matplotlibs_backend_alone() -> None:
+    import subprocess
+    import sys
+
+    code = "import matplotlib; matplotlib.use('svg'); import armsdyn, armsdyn.figures; print(matplotlib.get_backend())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "svg"
+
+
+def test_every_registry_entry_is_documented_in_the_readme() -> None:
+    from armsdyn.figures import FIGURE_KINDS
+    from armsdyn.metrics import METRIC_FAMILIES
+    from armsdyn.sensitivity_methods import METHODS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for registry in (FIGURE_KINDS, METRIC_FAMILIES):
+        for name in registry:
+            assert f"`{name}`" in readme, f"{name!r} is registered but not documented in README.md"
+    for name in METHODS:
+        assert name in readme.split("## Sensitivity studies")[1].split("\n## ")[0], name
