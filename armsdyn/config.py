@@ -280,7 +280,7 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     if "experiment" not in top:
         problems.add("experiment", "missing table [experiment] (with keys name and model)")
     exp, name, model = parse_experiment_table(top, source, problems)
-    engine = exp.get("engine", "pysd")
+    engine = exp.get("engine", "compiled")
     if engine not in ENGINES:
         problems.add("experiment.engine", unknown_name("engine", engine, ENGINES))
     time = parse_time(top.get("time", {}), model, problems)

@@ -66,6 +66,8 @@ def run(
     values = {var.name: np.full((n, times.size, *var.shape), np.nan) for var in saved}
     errors: list[SimulationError | None] = [None] * n
     compiled = _run_compiled(exp) if exp.engine == "compiled" else {}
+    by_pysd = [s.name for i, s in enumerate(exp.scenarios) if i not in compiled]
+    engine = "pysd" if not compiled else "compiled (numpy)" + (f"; pysd for {', '.join(by_pysd)}" if by_pysd else "")
     for i, scenario in enumerate(exp.scenarios):
         started = _time.perf_counter()
         try:
@@ -123,6 +125,7 @@ def run(
             "saveper": exp.time.saveper,
             "time_units": exp.time.units,
             "armsdyn_version": __version__,
+            "engine": engine,
             # Metric options travel with the results so saved results give the same table.
             "metrics_baseline": exp.metrics.baseline,
         },

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import tomllib
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,7 @@ def write_results(
     started: str | None = None,
     command: Sequence[str] | None = None,
     study: tuple[xr.Dataset, xr.Dataset] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``results.nc``, ``metrics.csv``, ``figures/`` and ``manifest.json``.
 
@@ -250,6 +251,8 @@ def write_results(
         A sensitivity study's ensemble and indices (see
         :func:`armsdyn.sensitivity.run_study`), written to ``sensitivity/`` with
         their figures in ``figures/``.
+    provenance : mapping, optional
+        How the study ran (e.g. its worker processes), recorded in the manifest.
 
     Returns
     -------
@@ -264,7 +267,7 @@ def write_results(
     """
     started = started or now()
     with atomic_folder(target, force=force) as tmp:
-        _fill(tmp, ds, experiment, started, command, study)
+        _fill(tmp, ds, experiment, started, command, study, provenance)
     return target
 
 
@@ -275,6 +278,7 @@ def _fill(
     started: str,
     command: Sequence[str] | None,
     study: tuple[xr.Dataset, xr.Dataset] | None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> None:
 
     ds.to_netcdf(folder / RESULTS_FILE, engine="netcdf4")
@@ -287,13 +291,12 @@ def _fill(
         indices.to_netcdf(folder / STUDY_DIR / INDICES_FILE, engine="netcdf4")
         draw_study_figures(ensemble, indices, experiment.sensitivity, folder / FIGURES_DIR)
     manifest = build_manifest(experiment, started=started, command=command)
-    manifest["engine"] = {"scenarios": "pysd"}
+    manifest["engine"] = {"scenarios": str(ds.attrs.get("engine", ""))}
     if study is not None:
-        attrs = study[0].attrs
         manifest["engine"]["study"] = {
-            "engine": str(attrs.get("engine", "")),
-            "workers": str(attrs.get("workers", "")),
+            "engine": str(study[0].attrs.get("engine", "")),
             "runs": int(study[0].sizes["run"]),
+            **{k: str(v) for k, v in (provenance or {}).items()},
         }
     manifest["files"] = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:

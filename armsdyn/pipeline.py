@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from armsdyn.config import load_config
+from armsdyn.ensemble import choose_workers
 from armsdyn.errors import ArmsdynError, NumericalWarning, ResultsError
 from armsdyn.experiment import run
 from armsdyn.output import locked, now, refuse_existing, write_results
@@ -98,6 +99,8 @@ def run_experiment(
             )
             if force and not resume:
                 remove_store(store)
+            if workers is None and scheduler is None:
+                workers = choose_workers(experiment.model.path, needs(experiment).runs)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
                 try:
@@ -127,7 +130,10 @@ def run_experiment(
             for w in caught:
                 say(f"armsdyn: warning: {w.message}")
             say(f"  {study[0].sizes['run']} runs")
-        write_results(ds, experiment, target, force=force, started=started, command=command, study=study)
+        provenance = {"workers": f"dask {scheduler}" if scheduler else workers} if study is not None else None
+        write_results(
+            ds, experiment, target, force=force, started=started, command=command, study=study, provenance=provenance
+        )
         if study is not None:
             remove_store(store)
     return target

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -207,9 +208,7 @@ def run_chunked(
                 bar.update(min(chunk_size, n - index * chunk_size))
         finally:
             bar.close()
-        combined = _combine(folder, n_chunks)
-        combined.attrs["workers"] = workers if scheduler is None else f"dask {scheduler}"
-        return combined
+        return _combine(folder, n_chunks)
     finally:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
@@ -405,6 +404,8 @@ def _progress_bar(n_chunks: int, done_chunks: int, n: int, chunk_size: int, show
 
 #: Memory of one worker process before it simulates anything (Python, numpy, the model).
 WORKER_BASE_BYTES = 200 * 2**20
+#: What loading numba and LLVM (and a compiled kernel) adds to a process that runs a study with it.
+JIT_BYTES = 900 * 2**20
 #: Memory and disk of the figures, manifest and the like.
 EXTRA_BYTES = 50 * 2**20
 #: Runs whose full time series are kept for fan charts (see :class:`Reducer`).
@@ -515,6 +516,8 @@ def needs(experiment: Any, *, workers: int | None = None, chunk_size: int = 8192
         # Each worker: its chunk's saved series and the engine's state for every model variable.
         study_vars = sum(_width(model.variable(name)) for name in spec.variables)
         worker = WORKER_BASE_BYTES + 8 * chunk * (study_vars * saves + 4 * n_model)
+        if importlib.util.find_spec("numba") is not None:  # the automatic backend may load a numba kernel
+            worker += JIT_BYTES
         memory += parent + n_workers * worker
         disk += 2 * 8 * (runs * per_run + fan)  # the chunk store and ensemble.nc
     return Needs(scenarios, runs, steps, saves, saved, memory, disk, n_workers)

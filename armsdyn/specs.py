@@ -244,9 +244,10 @@ class Experiment:
     sensitivity : SensitivitySpec or None
         The sensitivity study, when the config has a ``[sensitivity]`` table.
     engine : str
-        What runs the scenarios: ``"pysd"`` (the reference) or ``"compiled"``
-        (the ensemble engine, all scenarios at once; PySD for a scenario with a
-        time-series override or a model the engine cannot compile).
+        What runs the scenarios: ``"compiled"`` (the default: the ensemble
+        engine, all scenarios at once; PySD for a scenario with a time-series
+        override or a model the engine cannot compile) or ``"pysd"`` (the
+        reference, for checking).
     """
 
     name: str
@@ -260,7 +261,7 @@ class Experiment:
     figures: tuple[FigureSpec, ...] = ()
     metrics: MetricsSpec = MetricsSpec()
     sensitivity: SensitivitySpec | None = None
-    engine: str = "pysd"
+    engine: str = "compiled"
 
     @property
     def config_sha256(self) -> str:

@@ -11,6 +11,7 @@ import io
 import re
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -420,13 +421,23 @@ def test_a_zero_divisor_in_one_element_is_reported_and_stop_on_fault_stops(tmp_p
         '[[scenarios]]\nname = "fine"\nparameters = { "service life" = { A = 5, B = 8 } }\n'
     )
     cfg = write_config(tmp_path, body, model=model)
+    # PySD raises on the zero divisor: the run's error ends that scenario alone.
+    reference = replace(armsdyn.load_config(cfg), engine="pysd")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = armsdyn.run(cfg)
+        ds = armsdyn.run(reference)
     assert any("ZeroDivisionError" in str(w.message) or "division" in str(w.message) for w in caught)
     table = armsdyn.compute_metrics(ds)
     assert table.loc["zero", "fault"] == "simulation error"
     assert table.loc["zero", "fault variable"] in ("retirement", "ZeroDivisionError: float division by zero")
     np.testing.assert_allclose(ds["arms"].sel(scenario="fine", state="B").values[-1], 100 * (1 - 0.25 / 8) ** 16)
+    with pytest.raises(armsdyn.NumericalError, match="scenario 'zero'"):
+        armsdyn.run(reference, stop_on_fault=True)
+    # The compiled engine divides as numpy does: the same scenario shows a non-finite value instead.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", armsdyn.NumericalWarning)
+        compiled = armsdyn.compute_metrics(armsdyn.run(cfg))
+    assert compiled.loc["zero", "fault"] == "non-finite"
+    assert compiled.loc["fine", "fault"] == "none"
     with pytest.raises(armsdyn.NumericalError, match="scenario 'zero'"):
         armsdyn.run(cfg, stop_on_fault=True)
