@@ -47,7 +47,7 @@ A calibration config looks like::
     f_scale = 1.0               # residual size where a robust loss turns (data units)
     bootstrap = 200             # optional residual-bootstrap replicates
     seed = 1
-    engine = "pysd"             # or "ensemble" (the vectorised engine; much faster)
+    engine = "compiled"         # the default: the compiled engine; "pysd" gives the same fit, slower
 
     [calibration.parameters]    # constants to fit: initial guess and bounds
     "defence coefficient k" = { initial = 0.1, bounds = [0, 2] }
@@ -231,7 +231,7 @@ class _Simulator:
         self.engine = engine
         self.fixed = Scenario("fit", parameters=dict(fixed)).pysd_params()
         self.runs = 0
-        if engine == "ensemble":
+        if engine == "compiled":
             self.compiled = compile_model(model.path)
             self.grid = TimeGrid.from_settings(time, model.path)
             self.py_names = [self.compiled.variable(v).py_name for v in self.variables]
@@ -242,7 +242,7 @@ class _Simulator:
         self.runs += len(thetas)
         n_saved = len(self.time.save_times())
         out = np.empty((len(thetas), n_saved, len(self.variables)))
-        if self.engine == "ensemble":
+        if self.engine == "compiled":
             samples = {k: np.full(len(thetas), float(v)) for k, v in self.fixed.items()}
             samples.update({name: thetas[:, j] for j, name in enumerate(self.names)})
             # simulate_arrays skips building a Dataset, a third of the cost of a small batch.
@@ -268,7 +268,7 @@ def fit_trajectories(
     fixed: Mapping[str, ParameterValue] | None = None,
     loss: str = "linear",
     f_scale: float = 1.0,
-    engine: str = "pysd",
+    engine: str = "compiled",
 ) -> TrajectoryFit:
     """Fit constants of `model` so its variables match `observations` (trajectory matching).
 
@@ -289,8 +289,8 @@ def fit_trajectories(
         Loss of :func:`scipy.optimize.least_squares`; robust losses damp outliers.
     f_scale : float
         Where a robust loss turns from quadratic to linear, in data units.
-    engine : {"pysd", "ensemble"}
-        Simulate with PySD (one run at a time) or the vectorised ensemble engine.
+    engine : {"compiled", "pysd"}
+        Simulate with the compiled engine (the default) or with PySD, one run at a time.
 
     Returns
     -------

@@ -40,7 +40,7 @@ from armsdyn.richardson import PARAMETER_NAMES
 
 METHODS = ("trajectory", "richardson_combined")
 LOSSES = ("linear", "soft_l1", "huber")
-ENGINES = ("pysd", "ensemble")
+ENGINES = ("compiled", "pysd")
 DATA_KINDS = ("csv", "nmc", "sipri")
 
 
@@ -160,7 +160,7 @@ class CalibrationSpec:
     observations: pd.DataFrame
     method: str = "trajectory"
     loss: str = "linear"
-    engine: str = "pysd"
+    engine: str = "compiled"
     parameters: tuple[FittedParameter, ...] = ()
     f_scale: float = 1.0
     bootstrap: int = 0
@@ -245,12 +245,9 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
     parameters: list[FittedParameter] = []
     if method == "trajectory":
         parameters = _parse_fitted(cal, model, fixed, observations, problems)
-        if cal.get("engine") == "ensemble":
-            series = [k for k, v in fixed.items() if isinstance(v, tuple)]
-            if series:
-                problems.add(
-                    "calibration.engine", f"the ensemble engine takes constants only; {series[0]!r} is a series"
-                )
+        series = [k for k, v in fixed.items() if isinstance(v, tuple)]
+        if cal.get("engine") == "compiled" and series:
+            problems.add("calibration.engine", f"the compiled engine takes constants only; {series[0]!r} is a series")
     elif method == "richardson_combined":
         missing = [n for n in PARAMETER_NAMES.values() if n not in model.variables]
         if missing:
@@ -280,7 +277,8 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
         observations=observations,
         method=method,
         loss=cal.get("loss", "linear"),
-        engine=cal.get("engine", "pysd"),
+        # The compiled engine by default; PySD where a fixed parameter is a time series.
+        engine=cal.get("engine", "pysd" if any(isinstance(v, tuple) for v in fixed.values()) else "compiled"),
         parameters=tuple(parameters),
         f_scale=float(f_scale),
         bootstrap=cal.get("bootstrap", 0),

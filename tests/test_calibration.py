@@ -123,7 +123,7 @@ def test_engines_agree() -> None:
     observed = _synthetic(np.random.default_rng(3), sigma=0.1)
     model = load_model(MODELS / "richardson.mdl")
     pysd = fit_trajectories(model, observed, GUESSES, TIME, fixed=START, engine="pysd").estimates
-    ensemble = fit_trajectories(model, observed, GUESSES, TIME, fixed=START, engine="ensemble").estimates
+    ensemble = fit_trajectories(model, observed, GUESSES, TIME, fixed=START, engine="compiled").estimates
     np.testing.assert_allclose(ensemble["estimate"], pysd["estimate"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(ensemble["std_error"], pysd["std_error"], rtol=1e-3)
 
@@ -137,7 +137,7 @@ def test_nominal_95_percent_intervals_cover_the_truth() -> None:
     model = load_model(MODELS / "richardson.mdl")
     hits = []
     for _ in range(50):
-        fit = fit_trajectories(model, _synthetic(rng, sigma=0.1), GUESSES, TIME, fixed=START, engine="ensemble")
+        fit = fit_trajectories(model, _synthetic(rng, sigma=0.1), GUESSES, TIME, fixed=START, engine="compiled")
         est = fit.estimates
         hits.append([est.loc[n, "ci_low"] <= TRUTH[n] <= est.loc[n, "ci_high"] for n in TRUTH])
     hits = np.array(hits)
