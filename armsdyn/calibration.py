@@ -122,8 +122,11 @@ __all__ = [
     "draw_calibration_figures",
     "fit_trajectories",
     "load_calibration",
+    "near_bound",
     "parse_calibration",
     "richardson_combined_fit",
+    "richardson_stability",
+    "stability_verdict",
     "write_calibration",
 ]
 
@@ -357,7 +360,7 @@ def fit_trajectories(
     cov = sigma2 * np.linalg.pinv(jacobian.T @ jacobian)
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
     tq = float(scipy.stats.t.ppf(0.975, dof))
-    at_bound = (np.isclose(theta, lower, rtol=1e-6, atol=1e-10)) | (np.isclose(theta, upper, rtol=1e-6, atol=1e-10))
+    at_bound = near_bound(theta, lower, upper)
     estimates = pd.DataFrame(
         {
             "estimate": theta,
@@ -411,6 +414,134 @@ def fit_trajectories(
         trajectories=trajectories,
         statistics=stats,
     )
+
+
+#: An estimate within this fraction of its bound's scale of a bound is flagged ``at_bound``.
+BOUND_RTOL = 1e-6
+#: ab - kl within this fraction of max(|ab|, |kl|) of zero is numerical noise, not evidence of either sign.
+DETERMINANT_NOISE_RTOL = 1e-6
+VERDICTS = ("stable", "unstable", "indeterminate")
+
+
+def near_bound(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray, rtol: float = BOUND_RTOL) -> np.ndarray:
+    """True where an estimate sits at or near a bound, relative to the bound's scale.
+
+    The scale is the width of a finite box, else the larger of the bound's size and 1
+    (e.g. ``b = 1.2e-10`` in ``[0, 3]`` is at its bound; in ``[0, 1e-9]`` it is not).
+    """
+    theta, lower, upper = (np.asarray(v, dtype=float) for v in (theta, lower, upper))
+    width = upper - lower
+    out = np.zeros(theta.shape, dtype=bool)
+    for bound in (lower, upper):
+        fallback = np.maximum(np.where(np.isfinite(bound), np.abs(bound), 0.0), 1.0)
+        scale = np.where(np.isfinite(width), width, fallback)
+        with np.errstate(invalid="ignore"):
+            out |= np.isfinite(bound) & (np.abs(theta - bound) <= rtol * scale)
+    return out
+
+
+def stability_verdict(
+    determinant: float,
+    interval: tuple[float, float],
+    scale: float,
+    bootstrap_interval: tuple[float, float] | None = None,
+) -> tuple[str, str]:
+    """``stable``, ``unstable`` or ``indeterminate`` for Richardson's ab - kl, with the reason in words.
+
+    Parameters
+    ----------
+    determinant : float
+        The estimate of ab - kl.
+    interval : (float, float)
+        Its 95% interval (delta method); NaN when unavailable.
+    scale : float
+        ``max(|ab|, |kl|)``: a determinant within :data:`DETERMINANT_NOISE_RTOL` of it is noise.
+    bootstrap_interval : (float, float), optional
+        The bootstrap's 2.5% and 97.5% quantiles of ab - kl, when a bootstrap ran.
+
+    Returns
+    -------
+    verdict, reason : str
+        ``indeterminate`` when the determinant is noise, when an interval is missing
+        or straddles zero; otherwise the sign decides (stable when ab > kl).
+    """
+    if not math.isfinite(determinant) or abs(determinant) <= DETERMINANT_NOISE_RTOL * max(scale, 1e-300):
+        return "indeterminate", f"ab - kl = {determinant:.3g} is zero within numerical noise (|ab|, |kl| ~ {scale:.3g})"
+    low, high = interval
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "indeterminate", "ab - kl has no usable standard error (weakly identified fit)"
+    if low <= 0 <= high:
+        return "indeterminate", f"the 95% interval of ab - kl [{low:.3g}, {high:.3g}] includes zero"
+    if bootstrap_interval is not None:
+        blow, bhigh = bootstrap_interval
+        if not (math.isfinite(blow) and math.isfinite(bhigh)) or blow <= 0 <= bhigh:
+            return "indeterminate", f"the bootstrap 95% interval of ab - kl [{blow:.3g}, {bhigh:.3g}] includes zero"
+    verdict = "stable" if determinant > 0 else "unstable"
+    return verdict, f"ab - kl = {determinant:.3g}, 95% interval [{low:.3g}, {high:.3g}] excludes zero"
+
+
+def richardson_stability(
+    estimates: pd.DataFrame,
+    covariance: pd.DataFrame,
+    dof: int,
+    defaults: Mapping[str, float],
+    bootstrap_determinants: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """ab - kl with its delta-method interval, and the honest verdict (see :func:`stability_verdict`).
+
+    Parameters
+    ----------
+    estimates : pandas.DataFrame
+        Fitted values (column ``estimate``), indexed by model name.
+    covariance : pandas.DataFrame
+        Their covariance.
+    dof : int
+        Residual degrees of freedom (Student's t).
+    defaults : mapping
+        Values of Richardson's parameters that were not fitted (model names).
+    bootstrap_determinants : numpy.ndarray, optional
+        ab - kl of each converged bootstrap fit.
+
+    Returns
+    -------
+    dict
+        ``model`` (:class:`Richardson` at the estimate), ``determinant``, ``std_error``,
+        ``ci_low``, ``ci_high``, ``scale``, ``verdict``, ``reason`` and, with a bootstrap,
+        ``bootstrap_low``, ``bootstrap_high``, ``share_stable_bootstrap``.
+    """
+    est = estimates["estimate"]
+    values = {
+        name: float(est[name]) if name in est.index else float(defaults[name])
+        for name in (PARAMETER_NAMES[sym] for sym in "klabgh")
+    }
+    model = Richardson.from_values(values)
+    # d(ab - kl) / d(k, l, a, b) = (-l, -k, b, a); other parameters do not enter.
+    partial = {"k": -model.l, "l": -model.k, "a": model.b, "b": model.a}
+    grad = np.array([next((v for s, v in partial.items() if PARAMETER_NAMES[s] == name), 0.0) for name in est.index])
+    cov = covariance.loc[list(est.index), list(est.index)].to_numpy(dtype=float)
+    var = float(grad @ cov @ grad)
+    se = math.sqrt(var) if math.isfinite(var) and var >= 0 else math.nan
+    tq = float(scipy.stats.t.ppf(0.975, max(int(dof), 1)))
+    det = model.determinant
+    out: dict[str, Any] = {
+        "model": model,
+        "determinant": det,
+        "std_error": se,
+        "ci_low": det - tq * se,
+        "ci_high": det + tq * se,
+        "scale": max(abs(model.a * model.b), abs(model.k * model.l)),
+    }
+    boot_interval = None
+    if bootstrap_determinants is not None:
+        dets = np.asarray(bootstrap_determinants, dtype=float)
+        dets = dets[np.isfinite(dets)]
+        boot_interval = (
+            (float(np.quantile(dets, 0.025)), float(np.quantile(dets, 0.975))) if dets.size else (math.nan, math.nan)
+        )
+        out["bootstrap_low"], out["bootstrap_high"] = boot_interval
+        out["share_stable_bootstrap"] = float(np.mean(dets > 0)) if dets.size else math.nan
+    out["verdict"], out["reason"] = stability_verdict(det, (out["ci_low"], out["ci_high"]), out["scale"], boot_interval)
+    return out
 
 
 # --------------------------------------------------------------------------- Richardson's estimator
@@ -603,7 +734,7 @@ def _bootstrap(spec: CalibrationSpec, fit: TrajectoryFit) -> pd.DataFrame:
 def _richardson_derived(
     spec: CalibrationSpec, fit: TrajectoryFit, boot: pd.DataFrame | None, summary: dict[str, Any]
 ) -> pd.DataFrame:
-    """For Richardson's model: ab - kl (delta-method and bootstrap intervals) and the stability verdict."""
+    """For Richardson's model: ab - kl (delta-method and bootstrap intervals) and the honest stability verdict."""
     if any(n not in spec.model.variables for n in PARAMETER_NAMES.values()):
         return pd.DataFrame()
 
@@ -618,43 +749,54 @@ def _richardson_derived(
                 out[name] = float(spec.model.variable(name).default)
         return out
 
-    est = fit.estimates["estimate"]
-    model = Richardson.from_values(values_of(est.to_dict()))
-    # d(ab - kl) / d(k, l, a, b) = (-l, -k, b, a); other parameters do not enter.
-    partial = {"k": -model.l, "l": -model.k, "a": model.b, "b": model.a}
-    grad = np.array([next((v for s, v in partial.items() if PARAMETER_NAMES[s] == name), 0.0) for name in est.index])
-    cov = fit.covariance.to_numpy()
-    se = float(math.sqrt(max(grad @ cov @ grad, 0.0)))
-    dof = max(fit.statistics["dof"], 1)
-    tq = float(scipy.stats.t.ppf(0.975, dof))
-    eq = model.equilibrium()
-    ev = model.eigenvalues()
-    rows = {
-        "determinant ab-kl": {"estimate": model.determinant, "std_error": se,
-                              "ci_low": model.determinant - tq * se, "ci_high": model.determinant + tq * se},
-        "equilibrium X": {"estimate": math.nan if eq is None else eq[0]},
-        "equilibrium Y": {"estimate": math.nan if eq is None else eq[1]},
-        "eigenvalue 1 real": {"estimate": ev[0].real},
-        "eigenvalue 2 real": {"estimate": ev[1].real},
-        "eigenvalue imag": {"estimate": abs(ev[0].imag)},
-    }  # fmt: skip
-    summary["stability"] = model.stability()
-    summary["determinant ab-kl"] = model.determinant
-    summary["p_stable_normal"] = float(scipy.stats.norm.cdf(model.determinant / se)) if se > 0 else math.nan
+    defaults = values_of({})
+    dets = None
     if boot is not None:
         ok = boot[boot["converged"]]
         dets = np.array([Richardson.from_values(values_of(r)).determinant for r in ok.to_dict("records")])
         boot["determinant ab-kl"] = np.nan
         boot.loc[ok.index, "determinant ab-kl"] = dets
-        rows["determinant ab-kl"]["bootstrap_low"] = float(np.quantile(dets, 0.025)) if dets.size else math.nan
-        rows["determinant ab-kl"]["bootstrap_high"] = float(np.quantile(dets, 0.975)) if dets.size else math.nan
-        summary["share_stable_bootstrap"] = float(np.mean(dets > 0)) if dets.size else math.nan
+    found = richardson_stability(fit.estimates, fit.covariance, fit.statistics["dof"], defaults, dets)
+    model, det, se = found["model"], found["determinant"], found["std_error"]
+    verdict = found["verdict"]
+    # An equilibrium is reported only when ab - kl is clearly non-zero: otherwise it is an artefact.
+    eq = model.equilibrium() if verdict != "indeterminate" else None
+    ev = model.eigenvalues()
+    rows = {
+        "determinant ab-kl": {"estimate": det, "std_error": se, "ci_low": found["ci_low"], "ci_high": found["ci_high"]},
+        "equilibrium X": {"estimate": math.nan if eq is None else eq[0]},
+        "equilibrium Y": {"estimate": math.nan if eq is None else eq[1]},
+        "eigenvalue 1 real": {"estimate": ev[0].real},
+        "eigenvalue 2 real": {"estimate": ev[1].real},
+        "eigenvalue imag": {"estimate": abs(ev[0].imag)},
+    }
+    summary["stability"] = verdict
+    summary["stability_reason"] = found["reason"]
+    summary["determinant ab-kl"] = det
+    summary["determinant_ci"] = [found["ci_low"], found["ci_high"]]
+    summary["p_stable_normal"] = float(scipy.stats.norm.cdf(det / se)) if se > 0 else math.nan
+    if boot is not None:
+        rows["determinant ab-kl"]["bootstrap_low"] = found["bootstrap_low"]
+        rows["determinant ab-kl"]["bootstrap_high"] = found["bootstrap_high"]
+        summary["share_stable_bootstrap"] = found["share_stable_bootstrap"]
         summary["bootstrap_converged"] = len(ok)
         summary["bootstrap_replicates"] = len(boot)
+        names = list(fit.estimates.index)
+        lower, upper = fit.estimates["lower"].to_numpy(), fit.estimates["upper"].to_numpy()
+        piled = {
+            n: int(near_bound(ok[n].to_numpy(), lo, hi).sum()) for n, lo, hi in zip(names, lower, upper, strict=True)
+        }
+        summary["bootstrap_at_bound"] = {n: c for n, c in piled.items() if c}
+    flagged = [n for n in fit.estimates.index if fit.estimates.loc[n, "at_bound"]]
+    summary["at_bound"] = flagged
+    if eq is None:
+        rows["equilibrium X"]["note"] = rows["equilibrium Y"]["note"] = "not reported: ab - kl is not clearly non-zero"
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "quantity"
-    table["note"] = ""
-    table.loc["determinant ab-kl", "note"] = f"stability: {model.stability()} (stable when ab > kl)"
+    if "note" not in table:
+        table["note"] = ""
+    table["note"] = table["note"].fillna("")
+    table.loc["determinant ab-kl", "note"] = f"stability: {verdict} ({found['reason']})"
     return table
 
 

@@ -494,13 +494,16 @@ def _parse_fitted(
                 where, f"{var.name!r} does not start from a single constant, so its initial value cannot be set"
             )
             continue
+        # When the data failed to load (already reported), say nothing about what is observed.
+        no_data = observations is None
         first = math.nan
         if observations is not None and var.name in observations:
             column = observations[var.name].dropna()
             first = float(column.iloc[0]) if not column.empty else math.nan
         if value == "observed":
             if not math.isfinite(first):
-                problems.add(where, f"{var.name!r} is not observed, so it cannot start at the first observation")
+                if not no_data:
+                    problems.add(where, f"{var.name!r} is not observed, so it cannot start at the first observation")
             else:
                 fixed[constant] = first
             continue
@@ -508,7 +511,8 @@ def _parse_fitted(
             problems.add(where, f'expected "observed" or a table {{ initial, bounds }}, got {describe_input(value)}')
             continue
         if "initial" not in value and not math.isfinite(first):
-            problems.add(where, f"{var.name!r} is not observed; give an initial guess")
+            if not no_data:
+                problems.add(where, f"{var.name!r} is not observed; give an initial guess")
             continue
         entries.append((constant, {"initial": first, **value}, where, var.name))
     seen: set[str] = set()
