@@ -26,6 +26,7 @@ from armsdyn.model import SUFFIXES, load_model
 from armsdyn.output import locked, redraw_figures, refuse_existing
 from armsdyn.pipeline import StudyInterrupted, run_experiment
 from armsdyn.runner import needs, refuse_unfit
+from armsdyn.units import check_units
 
 if TYPE_CHECKING:
     pass
@@ -35,6 +36,7 @@ examples:
   armsdyn run configs/richardson.toml            run every scenario, write results/richardson/
   armsdyn run configs/richardson.toml --out /tmp/r --force
   armsdyn check configs/richardson.toml          validate the config and model only
+  armsdyn check --units --strict configs/richardson.toml   also check the model's units
   armsdyn figures results/richardson             redraw the figures from the saved results
   armsdyn calibrate configs/calibrate_richardson_1909.toml
   armsdyn analyse configs/richardson.toml        equilibria and stability of each scenario
@@ -97,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
         "name against the model. Exit status 0 when valid, 2 otherwise.",
     )
     p.add_argument("config", type=Path, help="experiment config file (TOML)")
+    p.add_argument("--units", action="store_true", help="also check the model's equations for dimensional consistency")
+    p.add_argument("--strict", action="store_true", help="with --units: a units inconsistency is an error (status 2)")
 
     p = sub.add_parser(
         "figures",
@@ -204,6 +208,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    model_path = _check_config(args)
+    if not args.units:
+        return 0
+    issues = check_units(model_path)
+    label = "error" if args.strict else "warning"
+    print(f"units: {model_path}: " + (f"{len(issues)} inconsistencies" if issues else "consistent"))
+    for issue in issues:
+        print(f"  {label}: {issue}")
+    return 2 if issues and args.strict else 0
+
+
+def _check_config(args: argparse.Namespace) -> Path:
     kind = config_kind(args.config)
     if kind == "calibration":
         spec = load_calibration(args.config)
@@ -212,7 +228,7 @@ def _check(args: argparse.Namespace) -> int:
             f"{args.config}: valid calibration {spec.name!r}: {spec.method} fit of {names} to "
             f"{len(spec.observations)} observations of {spec.data.file}, model {spec.model.path}"
         )
-        return 0
+        return spec.model.path
     if kind == "audit":
         audit_spec = load_audit(args.config)
         print(
@@ -220,7 +236,7 @@ def _check(args: argparse.Namespace) -> int:
             f"uncertain dimensions ({audit_spec.samples} {audit_spec.sampling} samples), "
             f"model {audit_spec.experiment.model.path}"
         )
-        return 0
+        return audit_spec.experiment.model.path
     exp = load_config(args.config)
     found = needs(exp)
     refuse_unfit(exp, found, Path("results") / exp.name)
@@ -233,7 +249,7 @@ def _check(args: argparse.Namespace) -> int:
         var = exp.model.variable(name)
         if var.dims:
             print(f"  {var.name} {var.describe_dims()}")
-    return 0
+    return exp.model.path
 
 
 def _models(args: argparse.Namespace) -> int:
