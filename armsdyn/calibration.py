@@ -59,6 +59,8 @@ A calibration config looks like::
 The results folder holds ``estimates.csv``, ``derived.csv`` (for Richardson's
 model: :math:`ab - kl` and the stability verdict), ``fit.csv`` (observed,
 fitted, residual), ``covariance.csv``, ``bootstrap.csv`` (when asked),
+``diagnostics.csv`` (Ljung-Box, Durbin-Watson, ADF, KPSS, Engle-Granger, AIC/BIC
+and a one-line verdict; see :func:`diagnose`),
 ``data.csv`` (the observations used), ``summary.json``, ``figures/`` and
 ``manifest.json``; it is written atomically like a run's results folder.
 
@@ -76,6 +78,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +88,10 @@ import numpy as np
 import pandas as pd
 import scipy.optimize
 import scipy.stats
+from statsmodels.stats.diagnostic import acorr_ljungbox
+from statsmodels.stats.stattools import durbin_watson
+from statsmodels.tools.sm_exceptions import InterpolationWarning
+from statsmodels.tsa.stattools import adfuller, coint, kpss
 
 from armsdyn.calibration_config import (
     DATA_KINDS,
@@ -119,6 +126,7 @@ __all__ = [
     "FittedParameter",
     "TrajectoryFit",
     "calibrate",
+    "diagnose",
     "draw_calibration_figures",
     "fit_trajectories",
     "load_calibration",
@@ -138,6 +146,9 @@ COVARIANCE_FILE = "covariance.csv"
 BOOTSTRAP_FILE = "bootstrap.csv"
 DATA_FILE = "data.csv"
 SUMMARY_FILE = "summary.json"
+DIAGNOSTICS_FILE = "diagnostics.csv"
+#: Significance level of the diagnostic tests.
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -544,6 +555,154 @@ def richardson_stability(
     return out
 
 
+# --------------------------------------------------------------------------- diagnostics
+
+
+def _safe(test: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a statsmodels test; None when the series is too short or degenerate for it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InterpolationWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # statsmodels 0.15 announces result objects
+        try:
+            return test(*args, **kwargs)
+        except (ValueError, np.linalg.LinAlgError, ZeroDivisionError, IndexError):
+            return None
+
+
+def _integration_order(series: np.ndarray) -> dict[str, Any]:
+    """ADF (null: unit root) and KPSS (null: stationary) on the levels, ADF on the differences."""
+    adf = _safe(adfuller, series, regression="c", autolag="AIC")
+    adf_diff = _safe(adfuller, np.diff(series), regression="c", autolag="AIC")
+    kp = _safe(kpss, series, regression="c", nlags="auto")
+    out = {
+        "adf_statistic": math.nan if adf is None else float(adf[0]),
+        "adf_p": math.nan if adf is None else float(adf[1]),
+        "kpss_statistic": math.nan if kp is None else float(kp[0]),
+        "kpss_p": math.nan if kp is None else float(kp[1]),
+        "adf_diff_p": math.nan if adf_diff is None else float(adf_diff[1]),
+    }
+    if adf is None or kp is None:
+        out["order"] = "unknown"
+    elif out["adf_p"] < ALPHA and out["kpss_p"] >= ALPHA:
+        out["order"] = "I(0)"
+    elif adf_diff is not None and out["adf_diff_p"] < ALPHA:
+        out["order"] = "I(1)"
+    else:
+        out["order"] = "I(2) or higher"
+    return out
+
+
+def diagnose(observations: pd.DataFrame, fit: pd.DataFrame, n_parameters: int) -> dict[str, Any]:
+    """Residual, unit-root and cointegration diagnostics of a trajectory fit, with a one-line verdict.
+
+    Parameters
+    ----------
+    observations : pandas.DataFrame
+        The observed series (one column per model variable), indexed by time.
+    fit : pandas.DataFrame
+        Tidy ``variable``, ``time``, ``residual`` (see :class:`TrajectoryFit`).
+    n_parameters : int
+        Number of fitted quantities (for AIC/BIC).
+
+    Returns
+    -------
+    dict
+        ``residuals`` (per variable: Ljung-Box statistic and p-value, Durbin-Watson),
+        ``series`` (per variable: ADF and KPSS on the levels, ADF on the differences,
+        ``order``), ``cointegration`` (Engle-Granger on the first two series),
+        ``aic``/``bic`` (Gaussian likelihood of the pooled residuals) and ``verdict``.
+
+    Notes
+    -----
+    Trending series fit almost anything in levels (Granger and Newbold 1974): when
+    every series is I(1) and the pair is not cointegrated, the fit's R^2 says nothing
+    about the mechanism. Tests at the 5% level; ADF with a constant, lag by AIC; KPSS
+    level-stationarity with automatic lags (its p-value is clipped to [0.01, 0.1]).
+    """
+    out: dict[str, Any] = {"residuals": {}, "series": {}}
+    resid_all = fit["residual"].to_numpy(dtype=float)
+    n = resid_all.size
+    rss = float(resid_all @ resid_all)
+    llf = -n / 2 * (math.log(2 * math.pi * max(rss, 1e-300) / n) + 1) if n else math.nan
+    out["log_likelihood"] = llf
+    out["aic"] = -2 * llf + 2 * n_parameters
+    out["bic"] = -2 * llf + n_parameters * math.log(n) if n else math.nan
+    for name, part in fit.groupby("variable", sort=False):
+        r = part.sort_values("time")["residual"].to_numpy(dtype=float)
+        lags = max(1, min(10, r.size // 5))
+        lb = _safe(acorr_ljungbox, r, lags=[lags])
+        out["residuals"][str(name)] = {
+            "ljung_box_lags": lags,
+            "ljung_box_statistic": math.nan if lb is None else float(lb["lb_stat"].iloc[0]),
+            "ljung_box_p": math.nan if lb is None else float(lb["lb_pvalue"].iloc[0]),
+            "durbin_watson": float(durbin_watson(r)) if r.size > 1 else math.nan,
+        }
+    columns = list(observations.columns)
+    for name in columns:
+        out["series"][name] = _integration_order(observations[name].dropna().to_numpy(dtype=float))
+    out["cointegration"] = None
+    if len(columns) >= 2:
+        pair = observations[columns[:2]].dropna()
+        eg = _safe(coint, pair.iloc[:, 0].to_numpy(dtype=float), pair.iloc[:, 1].to_numpy(dtype=float))
+        out["cointegration"] = {
+            "test": f"Engle-Granger, {columns[0]} on {columns[1]}",
+            "statistic": math.nan if eg is None else float(eg[0]),
+            "p": math.nan if eg is None else float(eg[1]),
+        }
+    out["verdict"] = _diagnostic_verdict(out)
+    return out
+
+
+def _diagnostic_verdict(d: Mapping[str, Any]) -> str:
+    orders = [s["order"] for s in d["series"].values()]
+    coint_p = d["cointegration"]["p"] if d["cointegration"] else math.nan
+    if orders and all(o == "I(0)" for o in orders):
+        first = "series are stationary (I(0)): no spurious-regression concern"
+    elif orders and all(o not in ("I(0)", "unknown") for o in orders):
+        kind = "I(1)" if all(o == "I(1)" for o in orders) else "non-stationary"
+        if math.isfinite(coint_p) and coint_p < ALPHA:
+            first = (
+                f"series are {kind} and cointegrated (Engle-Granger p = {coint_p:.2g}): a levels fit can be meaningful"
+            )
+        elif math.isfinite(coint_p):
+            test = f"Engle-Granger p = {coint_p:.2g}"
+            first = f"series are {kind} and not cointegrated ({test}): a levels fit is likely spurious"
+        else:
+            first = f"series are {kind}: a levels fit may be spurious"
+    elif "unknown" in orders:
+        first = "series too short for unit-root tests: spuriousness not assessed"
+    else:
+        first = "series differ in order of integration (" + ", ".join(orders) + "): treat a levels fit with caution"
+    bad = {n: r["ljung_box_p"] for n, r in d["residuals"].items() if r["ljung_box_p"] < ALPHA}
+    if bad:
+        worst = min(bad.values())
+        first += f"; residuals autocorrelated (Ljung-Box p = {worst:.2g}): standard errors are too small"
+    return first
+
+
+def _diagnostics_table(d: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, r in d["residuals"].items():
+        rows.append(
+            ("Ljung-Box (residuals)", name, r["ljung_box_statistic"], r["ljung_box_p"], f"lags {r['ljung_box_lags']}")
+        )
+        rows.append(("Durbin-Watson (residuals)", name, r["durbin_watson"], math.nan, "2 when uncorrelated"))
+    for name, s in d["series"].items():
+        rows.append(("ADF levels (null: unit root)", name, s["adf_statistic"], s["adf_p"], s["order"]))
+        rows.append(("ADF differences (null: unit root)", name, math.nan, s["adf_diff_p"], ""))
+        rows.append(
+            ("KPSS levels (null: stationary)", name, s["kpss_statistic"], s["kpss_p"], "p clipped to [0.01, 0.1]")
+        )
+    if d["cointegration"]:
+        c = d["cointegration"]
+        rows.append(("Engle-Granger cointegration (null: none)", "pair", c["statistic"], c["p"], c["test"]))
+    rows.append(("AIC", "all", d["aic"], math.nan, "Gaussian likelihood of pooled residuals"))
+    rows.append(("BIC", "all", d["bic"], math.nan, ""))
+    rows.append(("verdict", "all", math.nan, math.nan, d["verdict"]))
+    return pd.DataFrame(rows, columns=["test", "variable", "statistic", "p_value", "note"])
+
+
 # --------------------------------------------------------------------------- Richardson's estimator
 
 
@@ -685,6 +844,10 @@ def calibrate(config_path: str | os.PathLike[str] | CalibrationSpec) -> Calibrat
     estimates["units"] = [spec.model.variable(name).units for name in estimates.index]
     summary = {"method": spec.method, **fit.statistics, "units": spec.data.units}
     derived = _richardson_derived(spec, fit, boot, summary)
+    diagnostics = diagnose(spec.observations, fit.fit, int(fit.statistics["n_parameters"]))
+    summary["aic"], summary["bic"] = diagnostics["aic"], diagnostics["bic"]
+    summary["diagnostics_verdict"] = diagnostics["verdict"]
+    summary["diagnostics"] = diagnostics
     return CalibrationResult(
         spec=spec,
         estimates=estimates,
@@ -911,6 +1074,8 @@ def _fill(folder: Path, result: CalibrationResult, command: Sequence[str] | None
     result.covariance.to_csv(folder / COVARIANCE_FILE)
     if result.bootstrap is not None:
         result.bootstrap.to_csv(folder / BOOTSTRAP_FILE)
+    if "diagnostics" in result.summary:
+        _diagnostics_table(result.summary["diagnostics"]).to_csv(folder / DIAGNOSTICS_FILE, index=False)
     observations = spec.observations.copy()
     observations.columns = [f"{c} ({spec.data.units})" for c in observations.columns]
     observations.to_csv(folder / DATA_FILE)

@@ -14,6 +14,7 @@ import pytest
 from armsdyn.calibration import (
     FittedParameter,
     calibrate,
+    diagnose,
     fit_trajectories,
     load_calibration,
     near_bound,
@@ -178,7 +179,24 @@ def test_cold_war_config_reports_stability_with_its_uncertainty(tmp_path: Path) 
     assert 0 <= summary["share_stable_bootstrap"] <= 1
     assert summary["bootstrap_replicates"] == 20
     assert not math.isnan(result.derived.loc["determinant ab-kl", "std_error"])
+    # The numbers the fit has always given, with the diagnostics beside them.
+    assert fitted["defence coefficient k"] == pytest.approx(0.0770, abs=2e-3)
+    assert fitted["defence coefficient l"] == pytest.approx(0.0918, abs=2e-3)
+    assert summary["r2"] == pytest.approx(0.980, abs=2e-3)
+    assert summary["stability"] == "indeterminate"
+    assert set(summary["at_bound"]) == {"fatigue coefficient a", "fatigue coefficient b"}
+    assert math.isnan(result.derived.loc["equilibrium X", "estimate"])
+    assert "not cointegrated" in summary["diagnostics_verdict"]
+    assert "likely spurious" in summary["diagnostics_verdict"]
+    assert "autocorrelated" in summary["diagnostics_verdict"]
+    assert summary["diagnostics"]["residuals"]["arms X"]["durbin_watson"] < 1
+    assert summary["bic"] > summary["aic"]
     folder = write_calibration(result, tmp_path / "cw")
+    table = pd.read_csv(folder / "diagnostics.csv")
+    assert {"Ljung-Box (residuals)", "Durbin-Watson (residuals)", "ADF levels (null: unit root)",
+            "KPSS levels (null: stationary)", "Engle-Granger cointegration (null: none)", "AIC", "BIC",
+            "verdict"} <= set(table["test"])  # fmt: skip
+    assert json.loads((folder / "summary.json").read_text())["diagnostics_verdict"] == summary["diagnostics_verdict"]
     assert (folder / "bootstrap.csv").is_file()
     assert (folder / "derived.csv").is_file()
     assert (folder / "figures" / "residuals.svg").is_file()
@@ -304,3 +322,32 @@ def test_verdicts_on_known_systems_over_seeds(expected: str) -> None:
     if expected != "indeterminate":
         wrong = "unstable" if expected == "stable" else "stable"
         assert wrong not in verdicts, verdicts
+
+
+def test_two_independent_random_walks_are_flagged_as_likely_spurious() -> None:
+    model = load_model(MODELS / "richardson.mdl")
+    time = TimeSettings(0, 59, 0.0625, 1.0, "Year")
+    flagged = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        walks = pd.DataFrame(
+            {"arms X": 50 + np.cumsum(rng.normal(0, 1, 60)), "arms Y": 50 + np.cumsum(rng.normal(0, 1, 60))},
+            index=time.save_times(),
+        )
+        fit = fit_trajectories(model, walks, GUESSES, time, fixed={"initial arms X": 50.0, "initial arms Y": 50.0})
+        found = diagnose(walks, fit.fit, fit.statistics["n_parameters"])
+        flagged += "likely spurious" in found["verdict"]
+    # Each of the unit-root and cointegration tests errs 1 time in 20 at most: allow one miss in six.
+    assert flagged >= 5
+
+
+def test_stationary_series_are_not_flagged() -> None:
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"arms X": rng.normal(10, 1, 80), "arms Y": rng.normal(5, 1, 80)}, index=np.arange(80.0))
+    fit = pd.concat(
+        [pd.DataFrame({"variable": c, "time": obs.index, "residual": obs[c] - obs[c].mean()}) for c in obs],
+        ignore_index=True,
+    )
+    found = diagnose(obs, fit, 2)
+    assert found["verdict"].startswith("series are stationary")
+    assert found["series"]["arms X"]["order"] == "I(0)"
