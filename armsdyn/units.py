@@ -140,15 +140,12 @@ class _Checker:
     def same(self, problem: str, values: list[Any]) -> Any:
         """The common dimensions of values that must agree (numbers and unknowns fit anything)."""
         known = [v for v in values if v is not None and v is not NUMBER]
-        if any(v is None for v in values):
-            return known[0] if known else None
-        if not known:
-            return NUMBER
-        first = known[0]
         for other in known[1:]:
-            if other != first:
-                self.flag(problem, first, other)
-        return first
+            if other != known[0]:
+                self.flag(problem, known[0], other)
+        if any(v is None for v in values):
+            return None  # an unchecked operand (a lookup, a variable without units) hides the result
+        return known[0] if known else NUMBER
 
     def need_dimensionless(self, problem: str, value: Any) -> None:
         if value is not None and value is not NUMBER and value != _registry().dimensionless:
@@ -202,10 +199,8 @@ class _Checker:
         return None  # lookups, data, GET functions: not checked
 
     def arithmetic(self, operators: list[str], arguments: list[Any]) -> Any:
-        if len(operators) == len(arguments):  # a unary minus
-            return self.arithmetic(operators[1:], [arguments[0], *arguments[1:]])
-        if operators and operators[0] == "negative":
-            return self.infer(arguments[0])
+        if len(operators) == len(arguments):  # a leading unary minus: -x keeps x's dimensions
+            operators = operators[1:]
         value = self.infer(arguments[0])
         for op, arg in zip(operators, arguments[1:], strict=True):
             if op == "^":

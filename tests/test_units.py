@@ -234,3 +234,26 @@ def test_check_units_on_a_clean_model_and_without_the_flag(tmp_path: Path) -> No
     plain = run_cli("check", config)
     assert plain.returncode == 0, plain.stderr
     assert "units:" not in plain.stdout
+
+
+def test_unlike_operands_are_flagged_beside_an_unchecked_one(tmp_path: Path) -> None:
+    path = _model(
+        tmp_path,
+        """
+apples = 1
+	~	apples
+	~	|
+pears = 1
+	~	pears
+	~	|
+anything = 1
+	~	|
+basket = MAX(anything, apples, pears)
+	~	apples
+	~	|
+negated = -apples
+	~	apples
+	~	|
+""",
+    )
+    assert _flagged(path) == {"basket"}
