@@ -9,7 +9,7 @@ import pytest
 
 from armsdyn.errors import ModelError
 from armsdyn.units import check_units, parse_units, show
-from tests.conftest import MODELS, run_cli, write_config
+from tests.conftest import CONFIGS, MODELS, run_cli, write_config
 
 CONTROL = """
 INITIAL TIME = 0
@@ -257,3 +257,10 @@ negated = -apples
 """,
     )
     assert _flagged(path) == {"basket"}
+
+
+def test_check_units_reads_an_audit_configs_model() -> None:
+    done = run_cli("check", "--units", "--strict", CONFIGS / "audit_knowledge_argument.toml")
+    assert done.returncode == 0, done.stderr
+    assert "valid audit" in done.stdout
+    assert "knowledge_engine.mdl: consistent" in done.stdout
