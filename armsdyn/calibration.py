@@ -129,6 +129,7 @@ __all__ = [
     "diagnose",
     "draw_calibration_figures",
     "fit_trajectories",
+    "identification_note",
     "load_calibration",
     "near_bound",
     "parse_calibration",
@@ -413,6 +414,7 @@ def fit_trajectories(
             "nfev": int(result.nfev),
             "simulations": int(sim.runs),
             "converged": bool(result.status > 0),
+            "jacobian_condition": _scaled_condition(jacobian),
             "message": str(result.message),
             "loss": loss,
             "engine": engine,
@@ -553,6 +555,40 @@ def richardson_stability(
         out["share_stable_bootstrap"] = float(np.mean(dets > 0)) if dets.size else math.nan
     out["verdict"], out["reason"] = stability_verdict(det, (out["ci_low"], out["ci_high"]), out["scale"], boot_interval)
     return out
+
+
+#: A column-scaled Jacobian with a larger condition number leaves some combination of parameters unidentified.
+CONDITION_LIMIT = 1e6
+#: A parameter at a bound in more than this share of bootstrap fits is weakly identified.
+BOUND_SHARE_LIMIT = 0.1
+
+
+def _scaled_condition(jacobian: np.ndarray) -> float:
+    """Condition number of the Jacobian with unit-norm columns (insensitive to parameter units)."""
+    norms = np.linalg.norm(jacobian, axis=0)
+    if not np.all(np.isfinite(jacobian)) or np.any(norms == 0):
+        return math.inf
+    return float(np.linalg.cond(jacobian / norms))
+
+
+def identification_note(summary: Mapping[str, Any], estimates: pd.DataFrame) -> str:
+    """Weak identification in words: estimates at bounds, bootstrap fits piling at bounds, a collinear Jacobian."""
+    notes = []
+    flagged = [str(n) for n in estimates.index[estimates["at_bound"].astype(bool)]]
+    if flagged:
+        notes.append("at a bound: " + ", ".join(flagged))
+    converged = summary.get("bootstrap_converged")
+    piled = summary.get("bootstrap_at_bound") or {}
+    if converged:
+        heavy = [f"{n} ({c} of {converged})" for n, c in piled.items() if c > BOUND_SHARE_LIMIT * converged]
+        if heavy:
+            notes.append("bootstrap fits piling at a bound: " + ", ".join(heavy))
+    cond = summary.get("jacobian_condition", math.nan)
+    if not math.isfinite(cond) or cond > CONDITION_LIMIT:
+        notes.append(f"Jacobian nearly singular (scaled condition number {cond:.2g}): some parameters move together")
+    if not notes:
+        return "parameters identified (no estimate at a bound; Jacobian well conditioned)"
+    return "weakly identified: " + "; ".join(notes)
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -848,6 +884,7 @@ def calibrate(config_path: str | os.PathLike[str] | CalibrationSpec) -> Calibrat
     summary["aic"], summary["bic"] = diagnostics["aic"], diagnostics["bic"]
     summary["diagnostics_verdict"] = diagnostics["verdict"]
     summary["diagnostics"] = diagnostics
+    summary["identification"] = identification_note(summary, estimates)
     return CalibrationResult(
         spec=spec,
         estimates=estimates,

@@ -16,6 +16,7 @@ from armsdyn.calibration import (
     calibrate,
     diagnose,
     fit_trajectories,
+    identification_note,
     load_calibration,
     near_bound,
     parse_calibration,
@@ -121,6 +122,8 @@ def test_parameters_recovered_from_synthetic_data_with_pysd() -> None:
         assert est.loc[name, "estimate"] == pytest.approx(true, abs=0.1), name
     assert fit.statistics["sigma"] == pytest.approx(0.05, rel=0.3)
     assert fit.statistics["r2"] > 0.99
+    assert fit.statistics["jacobian_condition"] < 1e6
+    assert identification_note(fit.statistics, fit.estimates).startswith("parameters identified")
 
 
 def test_engines_agree() -> None:
@@ -191,6 +194,8 @@ def test_cold_war_config_reports_stability_with_its_uncertainty(tmp_path: Path) 
     assert "autocorrelated" in summary["diagnostics_verdict"]
     assert summary["diagnostics"]["residuals"]["arms X"]["durbin_watson"] < 1
     assert summary["bic"] > summary["aic"]
+    assert summary["identification"].startswith("weakly identified: at a bound: fatigue coefficient a")
+    assert "bootstrap fits piling at a bound" in summary["identification"]
     folder = write_calibration(result, tmp_path / "cw")
     table = pd.read_csv(folder / "diagnostics.csv")
     assert {"Ljung-Box (residuals)", "Durbin-Watson (residuals)", "ADF levels (null: unit root)",
