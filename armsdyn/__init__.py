@@ -40,6 +40,7 @@ from armsdyn.errors import (
     ResultsError,
 )
 from armsdyn.experiment import run
+from armsdyn.loops import Loop, find_loops
 from armsdyn.metrics import compute_metrics
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.output import redraw_figures, write_results
@@ -56,6 +57,7 @@ __all__ = [
     "Experiment",
     "Fault",
     "FigureSpec",
+    "Loop",
     "MetricsSpec",
     "Model",
     "ModelError",
@@ -72,6 +74,7 @@ __all__ = [
     "calibrate",
     "compute_metrics",
     "find_faults",
+    "find_loops",
     "fit_trajectories",
     "load_config",
     "load_csv",

@@ -22,6 +22,7 @@ from armsdyn.calibration import calibrate, load_calibration, write_calibration
 from armsdyn.config import config_kind, load_config
 from armsdyn.data import DataWarning
 from armsdyn.errors import ArmsdynError, ModelError
+from armsdyn.loops import find_loops, format_loops
 from armsdyn.model import SUFFIXES, load_model
 from armsdyn.output import locked, redraw_figures, refuse_existing
 from armsdyn.pipeline import StudyInterrupted, run_experiment
@@ -43,6 +44,7 @@ examples:
   armsdyn audit configs/audit_knowledge_argument.toml --samples 10000
   armsdyn models                                 list models in ./models with their parameters
   armsdyn describe models/richardson.mdl         every variable with units and documentation
+  armsdyn loops models/richardson.mdl            every feedback loop with its polarity
 """
 
 
@@ -162,6 +164,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("describe", help="list a model's variables with units and documentation")
     p.add_argument("model", type=Path, help="a .mdl, .xmile or .stmx file")
+
+    p = sub.add_parser("loops", help="list a model's feedback loops with their polarity")
+    p.add_argument("model", type=Path, help="a .mdl, .xmile or .stmx file")
+    p.add_argument("--max-length", type=int, metavar="N", help="only loops of at most N variables")
+    p.add_argument("--limit", type=int, default=10000, metavar="N", help="stop after N loops (default: 10000)")
     return parser
 
 
@@ -289,6 +296,15 @@ def describe_input(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loops(args: argparse.Namespace) -> int:
+
+    loops = find_loops(load_model(args.model), max_length=args.max_length, limit=args.limit)
+    print(format_loops(loops))
+    if args.limit is not None and len(loops) >= args.limit:
+        print(f"armsdyn: stopped at {args.limit} loops; use --max-length or --limit", file=sys.stderr)
+    return 0
+
+
 def _figures(args: argparse.Namespace) -> int:
 
     files = redraw_figures(args.results, args.config)
@@ -367,4 +383,5 @@ _COMMANDS = {
     "analyse": _analyse,
     "models": _models,
     "describe": describe_input,
+    "loops": _loops,
 }

@@ -1,0 +1,100 @@
+"""Loop discovery: the causal graph, every elementary loop, link and loop polarity, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from armsdyn.loops import elementary_cycles, find_loops
+from tests.conftest import MODELS, run_cli
+
+HAND_MADE = """{UTF-8}
+population= INTEG (births - deaths, 100)
+	~	people
+	~	|
+births= population * birth rate
+	~	people/Year
+	~	|
+deaths= population / lifetime
+	~	people/Year
+	~	|
+birth rate= 0.03 * crowding
+	~	1/Year
+	~	|
+crowding= 1 - population / capacity
+	~	Dmnl
+	~	|
+capacity= 1000
+	~	people
+	~	|
+lifetime= 70
+	~	Year
+	~	|
+rumour= SMOOTH(population, 2)
+	~	people
+	~	|
+INITIAL TIME = 0
+	~	Year
+	~	|
+FINAL TIME = 10
+	~	Year
+	~	|
+TIME STEP = 0.125
+	~	Year
+	~	|
+SAVEPER = 1
+	~	Year
+	~	|
+"""
+
+
+def _table(loops: list) -> set[tuple[str, tuple[str, ...]]]:
+    return {(loop.polarity, loop.variables) for loop in loops}
+
+
+def test_richardson_has_the_action_reaction_loop_and_two_fatigue_loops() -> None:
+    loops = find_loops(MODELS / "richardson.mdl")
+    assert _table(loops) == {
+        ("R", ("arms X", "reaction of Y", "arming rate Y", "arms Y", "reaction of X", "arming rate X")),
+        ("B", ("arms X", "fatigue of X", "arming rate X")),
+        ("B", ("arms Y", "fatigue of Y", "arming rate Y")),
+    }
+    assert [loop.length for loop in loops] == [3, 3, 6]
+    assert all(loop.polarities == (1, -1, 1) for loop in loops if loop.polarity == "B")
+
+
+def test_hand_made_model_has_its_known_loops(tmp_path: Path) -> None:
+    path = tmp_path / "logistic.mdl"
+    path.write_text(HAND_MADE, encoding="utf-8")
+    assert _table(find_loops(path)) == {
+        ("R", ("population", "births")),
+        ("B", ("population", "deaths")),
+        ("B", ("population", "crowding", "birth rate", "births")),
+    }  # the SMOOTH reads population but feeds nothing back: no loop
+
+
+def test_johnson_finds_every_elementary_cycle() -> None:
+    graph = {"a": {"a", "b"}, "b": {"c", "a"}, "c": {"a", "b"}, "d": {"a"}}
+    found = {tuple(c) for c in elementary_cycles(graph)}
+    assert found == {("a",), ("a", "b"), ("b", "c"), ("a", "b", "c")}
+    assert {tuple(c) for c in elementary_cycles(graph, max_length=2)} == {("a",), ("a", "b"), ("b", "c")}
+
+
+def test_knowledge_model_has_the_knowledge_engine_and_action_reaction_loops() -> None:
+    loops = find_loops(MODELS / "knowledge_engine.mdl", max_length=18)
+    assert ("R", ("general knowledge", "knowledge growth")) in _table(loops)
+    action_reaction = [
+        loop
+        for loop in loops
+        if {"effective power A", "effective power B", "perceived threat A", "perceived threat B"} <= set(loop.variables)
+        and not any("treaty" in v for v in loop.variables)
+    ]
+    assert action_reaction
+
+
+def test_cli_prints_the_loops() -> None:
+    out = run_cli("loops", MODELS / "richardson.mdl")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["id", "pol", "len", "variables"]
+    assert any(line.startswith("R1") and " 6 " in line and "reaction of Y" in line for line in lines)
+    assert sum(line.startswith("B") for line in lines[1:]) == 2
