@@ -80,15 +80,17 @@ def test_johnson_finds_every_elementary_cycle() -> None:
 
 
 def test_knowledge_model_has_the_knowledge_engine_and_action_reaction_loops() -> None:
-    loops = find_loops(MODELS / "knowledge_engine.mdl", max_length=18)
+    loops = find_loops(MODELS / "knowledge_engine.mdl", max_length=20)
     assert ("R", ("general knowledge", "knowledge growth")) in _table(loops)
+    # The action-reaction loop: each state's procurement answers the threat the other's power poses.
     action_reaction = [
         loop
         for loop in loops
-        if {"effective power A", "effective power B", "perceived threat A", "perceived threat B"} <= set(loop.variables)
+        if {"procurement A", "procurement B", "perceived threat A", "perceived threat B"} <= set(loop.variables)
         and not any("treaty" in v for v in loop.variables)
     ]
     assert action_reaction
+    assert {loop.polarity for loop in action_reaction} == {"R"}
 
 
 def test_cli_prints_the_loops() -> None:
