@@ -347,27 +347,29 @@ def test_a_truncated_chunk_is_run_again_on_resume(tmp_path: Path, capsys: pytest
 
 
 def test_two_forced_studies_at_once_the_second_is_refused(tmp_path: Path) -> None:
-    # Long enough (100 chunks) that the second run starts and is refused while the first still runs.
-    config = write_config(tmp_path, STUDY.replace("samples = 64", "samples = 100000"))
+    # Deterministic: this process holds the lock as a running study does (its chunk store half
+    # written), so the second run meets it however fast the first would have been.
+    from armsdyn.output import locked
+
+    config = write_config(tmp_path, STUDY)
     out = tmp_path / "out"
     store = tmp_path / ".out.study"
+    store.mkdir()
+    (store / "plan.json").write_text("{}")
+    (store / "chunk-000000.nc").write_bytes(b"a running study's chunk")
     args = [sys.executable, "-m", "armsdyn", "run", str(config), "--out", str(out), "--force", "--workers", "1"]
-    first = subprocess.Popen(
-        [*args, "--chunk-size", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list(store.glob("chunk-*.nc")) and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.05)
-        assert first.poll() is None, "the first study finished before the second could start"
+    with locked(out):
         second = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
-        assert second.returncode == 2
-        line = _one_line_error(second.stderr)
-        assert "another armsdyn run is writing this results folder" in line
-        assert "scenarios of" not in second.stderr, "must be refused before running anything"
-    finally:
-        _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
+    assert second.returncode == 2
+    line = _one_line_error(second.stderr)
+    assert "another armsdyn run is writing this results folder" in line
+    assert "scenarios of" not in second.stderr, "must be refused before running anything"
+    assert (store / "chunk-000000.nc").read_bytes() == b"a running study's chunk", "--force touched the store"
+    assert not out.exists()
+    # Once the lock is free, the same command runs and clears the store it replaces.
+    (store / "plan.json").unlink()
+    (store / "chunk-000000.nc").unlink()
+    assert subprocess.run(args, capture_output=True, text=True, timeout=300, check=False).returncode == 0
     complete(out)
     assert not store.exists()
 
