@@ -104,14 +104,7 @@ class Richardson:
         Decided by the eigenvalues: both with negative real part is stable, one
         positive and one negative a saddle, both positive unstable.
         """
-        if self.is_degenerate():
-            return "degenerate"
-        re = self.eigenvalues().real
-        if np.all(re < 0):
-            return "stable"
-        if np.all(re > 0):
-            return "unstable"
-        return "saddle"
+        return _stability(self.is_degenerate(), self.eigenvalues())
 
     def regime(self, x0: float, y0: float) -> str:
         """Name the arms-race regime of the trajectory starting at ``(x0, y0)``.
@@ -271,14 +264,7 @@ class RichardsonN:
 
     def stability(self) -> str:
         """``"stable"`` (all real parts negative), ``"unstable"`` (all positive), ``"saddle"`` or ``"degenerate"``."""
-        if self.is_degenerate():
-            return "degenerate"
-        re = self.eigenvalues().real
-        if np.all(re < 0):
-            return "stable"
-        if np.all(re > 0):
-            return "unstable"
-        return "saddle"
+        return _stability(self.is_degenerate(), self.eigenvalues())
 
     def regime(self, x0: np.ndarray) -> str:
         """Name the regime of the trajectory from `x0`, as :meth:`Richardson.regime` does for two states.
@@ -315,3 +301,15 @@ class RichardsonN:
             for i, ti in enumerate(t):
                 out[:, i] = (scipy.linalg.expm(m * (ti - t0)) @ start)[:n]
         return out
+
+
+def _stability(degenerate: bool, eigenvalues: np.ndarray) -> str:
+    """The stability class from the eigenvalues, shared by the two-state and N-state forms."""
+    if degenerate:
+        return "degenerate"
+    re = eigenvalues.real
+    if np.all(re < 0):
+        return "stable"
+    if np.all(re > 0):
+        return "unstable"
+    return "saddle"
