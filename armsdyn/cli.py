@@ -22,6 +22,7 @@ from armsdyn.calibration import calibrate, load_calibration, write_calibration
 from armsdyn.config import config_kind, load_config
 from armsdyn.data import DataWarning
 from armsdyn.errors import ArmsdynError, ModelError
+from armsdyn.export import FORMATS, export_results
 from armsdyn.loops import find_loops, format_loops
 from armsdyn.model import SUFFIXES, load_model
 from armsdyn.output import locked, redraw_figures, refuse_existing
@@ -45,6 +46,7 @@ examples:
   armsdyn models                                 list models in ./models with their parameters
   armsdyn describe models/richardson.mdl         every variable with units and documentation
   armsdyn loops models/richardson.mdl            every feedback loop with its polarity
+  armsdyn export results/richardson --format csv tidy tables in results/richardson/export/
 """
 
 
@@ -169,6 +171,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="a .mdl, .xmile or .stmx file")
     p.add_argument("--max-length", type=int, metavar="N", help="only loops of at most N variables")
     p.add_argument("--limit", type=int, default=10000, metavar="N", help="stop after N loops (default: 10000)")
+
+    p = sub.add_parser(
+        "export",
+        help="export a results folder as tidy CSV or Parquet tables with a data dictionary",
+        description="Write RESULTS_DIR's results.nc (and a sensitivity study's ensemble and indices) as long "
+        "tables (scenario, time, variable, element, value, units), with scenarios, parameters and a data "
+        "dictionary, into RESULTS_DIR/export/ or --out.",
+    )
+    p.add_argument("results", type=Path, help="a results folder written by 'armsdyn run'")
+    p.add_argument(
+        "--format", choices=FORMATS, default="csv", help="table format (default: csv; parquet needs pyarrow)"
+    )
+    p.add_argument("--out", type=Path, help="export folder (default: RESULTS_DIR/export)")
+    p.add_argument("--force", action="store_true", help="replace an existing export folder")
     return parser
 
 
@@ -374,6 +390,12 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    target = export_results(args.results, args.out, fmt=args.format, force=args.force)
+    print(f"armsdyn: wrote {target}", file=sys.stderr)
+    return 0
+
+
 _COMMANDS = {
     "audit": _audit,
     "run": _run,
@@ -384,4 +406,5 @@ _COMMANDS = {
     "models": _models,
     "describe": describe_input,
     "loops": _loops,
+    "export": _export,
 }
