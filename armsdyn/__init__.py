@@ -40,6 +40,7 @@ from armsdyn.errors import (
     ResultsError,
 )
 from armsdyn.experiment import run
+from armsdyn.export import export_results
 from armsdyn.loops import Loop, find_loops
 from armsdyn.metrics import compute_metrics
 from armsdyn.model import Model, TimeSettings, Variable, load_model
@@ -73,6 +74,7 @@ __all__ = [
     "audit",
     "calibrate",
     "compute_metrics",
+    "export_results",
     "find_faults",
     "find_loops",
     "fit_trajectories",

@@ -422,7 +422,14 @@ def export_results(
     results = Path(results)
     target = Path(out) if out is not None else results / EXPORT_DIR
     # Reading is under the results folder's lock only when the export goes inside it.
-    inside = Path(os.path.abspath(target)).is_relative_to(Path(os.path.abspath(results)))
+    source, dest = Path(os.path.abspath(results)), Path(os.path.abspath(target))
+    if source.is_relative_to(dest):
+        msg = f"{target}: is the results folder {results} (or holds it); name another export folder"
+        raise ResultsError(msg)
+    if (dest.exists() or dest.is_symlink()) and not force:
+        msg = f"{target}: export folder already exists; pass --force to replace it, or --out to write elsewhere"
+        raise ResultsError(msg)
+    inside = dest.is_relative_to(source)
     with locked(results) if inside else contextlib.nullcontext():
         ds, manifest, study = read_results_folder(results)
         tables = {
