@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from armsdyn.loops import elementary_cycles, find_loops
+from armsdyn.loops import RunStates, elementary_cycles, find_loops, link_polarity
+from armsdyn.model import load_model
 from tests.conftest import MODELS, run_cli
 
 HAND_MADE = """{UTF-8}
@@ -91,6 +93,56 @@ def test_knowledge_model_has_the_knowledge_engine_and_action_reaction_loops() ->
     ]
     assert action_reaction
     assert {loop.polarity for loop in action_reaction} == {"R"}
+
+
+MIXED = """{UTF-8}
+stock= INTEG (growth, 1)
+	~	units
+	~	|
+growth= 0.1 * stock * (10 - stock)
+	~	units/Year
+	~	|
+INITIAL TIME = 0
+	~	Year
+	~	|
+FINAL TIME = 20
+	~	Year
+	~	|
+TIME STEP = 0.125
+	~	Year
+	~	|
+SAVEPER = 1
+	~	Year
+	~	|
+"""
+
+
+def test_a_link_whose_sign_changes_along_the_run_is_mixed(tmp_path: Path) -> None:
+    # d growth / d stock = 0.1 (10 - 2 stock): positive until the stock passes 5, negative after.
+    path = tmp_path / "mixed.mdl"
+    path.write_text(MIXED, encoding="utf-8")
+    (loop,) = find_loops(path)
+    assert loop.polarity == "?"
+    assert loop.mixed == (True, False)
+    assert "[mixed: stock -> growth]" in loop.describe()
+    # Over a run that stays below 5 the same link is positive throughout.
+    model = load_model(path)
+    early = RunStates(model, time=replace(model.time, final=2.0))
+    assert early.values["stock"].max() < 5
+    assert link_polarity(early, "stock", "growth") == (1, False)
+
+
+def test_knowledge_model_links_are_signed_over_the_run() -> None:
+    # Signed at the initial state alone, most loops came out "?" (links inactive there: branches
+    # of MIN/MAX that do not bind, treaty factors that are zero until the treaty).
+    loops = find_loops(MODELS / "knowledge_engine.mdl", max_length=10)
+    undetermined = [loop for loop in loops if loop.polarity == "?"]
+    assert len(undetermined) <= 2
+    for loop in undetermined:  # only a link whose sign really changes along the run
+        assert any(loop.mixed)
+    table = {loop.variables: loop for loop in loops}
+    assert table[("hardware A", "decommissioning A")].polarity == "B"
+    assert table[("effective power A", "modernisation A")].polarity == "B"
 
 
 def test_cli_prints_the_loops() -> None:

@@ -1,0 +1,279 @@
+"""Loop dominance by the Loops That Matter method (Schoenberg, Davidsen & Eberlein 2020).
+
+For every scenario the model is run once with PySD, keeping every integration step, and each link
+of the loops is scored at every step from the model's own equations (:class:`armsdyn.loops.RunStates`):
+
+- **Auxiliary links** ``x -> z`` (``z = f(x, y, ...)``): the change in `z` that `x`'s change alone
+  would have caused, the other inputs held at their previous values (*ceteris paribus*), over
+  `z`'s actual change::
+
+      LS(x -> z)_t = |Δx z / Δz| · sign(Δx z / Δx),    Δx z = f(x_t, y_{t-1}, ...) - z_{t-1}
+
+- **Links into a stock** (its flows, or whatever its rate reads inline): the same score on the
+  stock's net rate, one step earlier, because the stock's change from ``t-1`` to ``t`` is made
+  by the rate at ``t-1``. For named flows this is the corrected flow-to-stock score of
+  Schoenberg, Hayward & Eberlein (2023): ``±|Δflow_{t-1} / Δnet rate_{t-1}|``, +1 for an inflow
+  and -1 for an outflow whose change makes all of the net rate's.
+- **SMOOTH** (first order) is a stock whose rate is ``(input - state) / time``: its input's link is
+  scored like any link into a stock, so a loop through a perception delay is scored through it.
+  Other stateful functions (DELAY, higher-order SMOOTH, TREND) keep their internal stages out of
+  reach, so their input's link has the black-box unit score ``sign(Δinput) · sign(Δoutput)``
+  (as Simlin uses for a module without internal scores).
+- **Zero changes**: where the target or the source does not change in a step the link score is 0
+  (nothing to attribute), never NaN; so are the first step (and the first two for links into a
+  stock), which have no earlier values to compare with.
+
+A loop's score is the product of its links' scores; its relative score is its score over the sum
+of the absolute scores of the loops in its *cycle partition* (the loops through the same strongly
+connected set of stocks; loops of unconnected parts of a model do not compete), 0 where that sum
+is 0. Relative scores lie in [-1, 1]; a balancing loop's are negative. Scores are computed at every
+integration step and reported at the run's saved times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from armsdyn.errors import ModelError
+from armsdyn.loops import Loop, RunStates, causal_graph, find_loops
+from armsdyn.model import Model, TimeSettings, load_model
+from armsdyn.specs import Scenario
+
+
+def loop_dominance(
+    model: Model | str | Path,
+    scenarios: Mapping[str, Mapping[str, Any]] | Sequence[Scenario] | None = None,
+    *,
+    loops: Sequence[Loop] | None = None,
+    max_length: int | None = None,
+    limit: int | None = None,
+    time: TimeSettings | None = None,
+) -> xr.Dataset:
+    """Link scores, loop scores and relative loop scores over time for every scenario.
+
+    Parameters
+    ----------
+    model : Model or path
+        A loaded model or a model file.
+    scenarios : mapping or sequence of Scenario, optional
+        Scenario name to parameter overrides (as :meth:`armsdyn.model.Model.simulate` takes them),
+        or an experiment's scenarios. Default: one scenario, ``"baseline"``, of the model file's own
+        values.
+    loops : sequence of Loop, optional
+        The loops to score (default: :func:`armsdyn.loops.find_loops` with `max_length` and `limit`).
+        Relative scores are shares among these loops only, so a bounded set gives shares among
+        the loops it holds.
+    max_length, limit : int, optional
+        Passed to :func:`armsdyn.loops.find_loops` when `loops` is not given.
+    time : TimeSettings, optional
+        Time settings (default: the model file's). Scores are computed at every `time.step` and
+        reported at the saved times.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``loop_score`` and ``relative_loop_score`` with dims ``(scenario, loop, time)``,
+        ``link_score`` with dims ``(scenario, link, time)``. Coordinates on ``loop``: ``polarity``
+        (R, B or ?, from the links' signs over the model file's run), ``length``, ``loop_variables``
+        (the loop's variables joined by ``" -> "``) and ``partition`` (its cycle partition); on
+        ``link``: ``source`` and ``target`` (model names).
+
+    Raises
+    ------
+    ModelError
+        If a loop runs through a subscripted variable (element-level scores are not implemented).
+    """
+    if not isinstance(model, Model):
+        model = load_model(Path(model))
+    settings = time or model.time
+    if loops is None:
+        loops = find_loops(model, max_length=max_length, limit=limit)
+    loops = list(loops)
+    by_name = model.variables
+    for loop in loops:
+        arrayed = [v for v in loop.variables if by_name[v].dims]
+        if arrayed:
+            msg = f"loop {loop.id} runs through subscripted {arrayed[0]!r}: loop dominance is scalar-only for now"
+            raise ModelError(msg)
+    named = _scenarios(scenarios)
+    links = sorted({link for loop in loops for link in loop.links})
+    save = settings.save_times()
+    every = max(1, round(settings.saveper / settings.step))
+    partitions = _partitions(model, loops)
+    link_scores = np.zeros((len(named), len(links), save.size))
+    loop_scores = np.zeros((len(named), len(loops), save.size))
+    relative = np.zeros_like(loop_scores)
+    index = {link: i for i, link in enumerate(links)}
+    for s, (_, params) in enumerate(named):
+        states = RunStates(model, params, settings)
+        scores = (
+            np.stack([link_score(states, by_name[a].py_name, by_name[b].py_name) for a, b in links]) if links else None
+        )
+        loop_full = np.ones((len(loops), states.times.size))
+        for j, loop in enumerate(loops):
+            for link in loop.links:
+                loop_full[j] *= scores[index[link]]
+        rel_full = relative_loop_scores(loop_full, partitions)
+        if links:
+            link_scores[s] = scores[:, ::every][:, : save.size]
+        loop_scores[s] = loop_full[:, ::every][:, : save.size]
+        relative[s] = rel_full[:, ::every][:, : save.size]
+    coords: dict[str, Any] = {
+        "scenario": [name for name, _ in named],
+        "loop": [loop.id for loop in loops],
+        "time": save,
+        "link": [f"{a} -> {b}" for a, b in links],
+        "polarity": ("loop", [loop.polarity for loop in loops]),
+        "length": ("loop", [loop.length for loop in loops]),
+        "loop_variables": ("loop", [" -> ".join(loop.variables) for loop in loops]),
+        "partition": ("loop", partitions),
+        "source": ("link", [a for a, _ in links]),
+        "target": ("link", [b for _, b in links]),
+    }
+    return xr.Dataset(
+        {
+            "loop_score": (("scenario", "loop", "time"), loop_scores, {"long_name": "loop score"}),
+            "relative_loop_score": (
+                ("scenario", "loop", "time"),
+                relative,
+                {"long_name": "relative loop score", "description": "share of the cycle partition's |loop score|"},
+            ),
+            "link_score": (("scenario", "link", "time"), link_scores, {"long_name": "link score"}),
+        },
+        coords=coords,
+        attrs={
+            "method": "Loops That Matter (Schoenberg, Davidsen & Eberlein 2020; flow-to-stock as corrected 2023)",
+            "model": str(model.path),
+            "time_step": settings.step,
+        },
+    )
+
+
+def link_score(states: RunStates, source: str, target: str) -> np.ndarray:
+    """The link score of `source` -> `target` (py_names) at every step of the run `states` holds.
+
+    Parameters
+    ----------
+    states : RunStates
+        The run, kept at every integration step.
+    source, target : str
+        The link's ends, by py_name.
+
+    Returns
+    -------
+    numpy.ndarray
+        One score per step; 0 where either end does not change and where there is no earlier
+        step to compare with.
+    """
+    x = states.values[source]
+    holder = states.stateful(target) is not None
+    if not states.evaluable(target):
+        # The black-box unit transfer: the link's sign, magnitude 1 (no internal scores).
+        z = states.values[target]
+        return _shifted_sign(x) * _shifted_sign(z)
+    # For a stock (or SMOOTH) the equation scored is its net rate.
+    z = states.evaluate(target) if holder else states.values[target]
+    held = {name: _previous(states.values[name]) for name in states.inputs(target)}
+    held[source] = x
+    partial = states.evaluate(target, held)
+    score = _ratio_score(partial, z, x)
+    if holder:
+        # The rate at t-1 makes the stock's change to t.
+        score = np.concatenate([[0.0], score[:-1]])
+    return score
+
+
+def relative_loop_scores(scores: np.ndarray, partitions: Sequence[int]) -> np.ndarray:
+    """Each loop's score over the sum of |score| of the loops in its partition (0 where that is 0).
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Loop scores, shape ``(loop, time)``.
+    partitions : sequence of int
+        Each loop's cycle partition.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape as `scores`, values in [-1, 1].
+    """
+    out = np.zeros_like(scores)
+    groups = np.asarray(partitions)
+    for group in set(groups.tolist()):
+        rows = groups == group
+        total = np.abs(scores[rows]).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[rows] = np.where(total > 0, scores[rows] / np.where(total > 0, total, 1.0), 0.0)
+    return out
+
+
+def _ratio_score(partial: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``|Δx z / Δz| · sign(Δx z / Δx)``, 0 where Δz or Δx is 0 and at the first step."""
+    dz = z - _previous(z)
+    dx = x - _previous(x)
+    dxz = partial - _previous(z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.abs(dxz / np.where(dz == 0, 1.0, dz)) * np.sign(dxz) * np.sign(dx)
+    score = np.where((dz == 0) | (dx == 0) | ~np.isfinite(score), 0.0, score)
+    score[0] = 0.0
+    return score
+
+
+def _previous(values: np.ndarray) -> np.ndarray:
+    """The series one step back (the first step its own previous)."""
+    return np.concatenate([values[:1], values[:-1]])
+
+
+def _shifted_sign(values: np.ndarray) -> np.ndarray:
+    return np.sign(values - _previous(values))
+
+
+def _partitions(model: Model, loops: Sequence[Loop]) -> list[int]:
+    """Each loop's cycle partition: the strongly connected component of the causal graph it lies in."""
+    graph = causal_graph(model)
+    py = {v.name: v.py_name for v in model.variables.values()}
+    component: dict[str, int] = {}
+    for loop in loops:
+        start = py[loop.variables[0]]
+        if start in component:
+            continue
+        members = _strong_component(graph, start)
+        number = len(set(component.values()))
+        for node in members:
+            component[node] = number
+    return [component[py[loop.variables[0]]] for loop in loops]
+
+
+def _strong_component(graph: dict[str, set[str]], start: str) -> set[str]:
+    reverse: dict[str, set[str]] = {n: set() for n in graph}
+    for n, targets in graph.items():
+        for m in targets:
+            reverse[m].add(n)
+    return _reach(graph, start) & _reach(reverse, start)
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen = {start}
+    stack = [start]
+    while stack:
+        for m in graph[stack.pop()]:
+            if m not in seen:
+                seen.add(m)
+                stack.append(m)
+    return seen
+
+
+def _scenarios(
+    scenarios: Mapping[str, Mapping[str, Any]] | Sequence[Scenario] | None,
+) -> list[tuple[str, dict[str, Any]]]:
+    if scenarios is None:
+        return [("baseline", {})]
+    if isinstance(scenarios, Mapping):
+        return [(name, dict(params)) for name, params in scenarios.items()]
+    return [(s.name, s.pysd_params()) for s in scenarios]
