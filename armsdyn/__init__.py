@@ -29,6 +29,7 @@ from armsdyn.calibration import (
     richardson_combined_fit,
     write_calibration,
 )
+from armsdyn.compare import Comparison, compare_results
 from armsdyn.config import Experiment, FigureSpec, MetricsSpec, Scenario, load_config
 from armsdyn.data import DataError, load_csv, load_nmc, load_sipri
 from armsdyn.errors import (
@@ -53,6 +54,7 @@ from armsdyn.sensitivity import run_study
 __all__ = [
     "ArmsdynError",
     "CalibrationResult",
+    "Comparison",
     "ConfigError",
     "DataError",
     "Experiment",
@@ -73,6 +75,7 @@ __all__ = [
     "analyse",
     "audit",
     "calibrate",
+    "compare_results",
     "compute_metrics",
     "export_results",
     "find_faults",

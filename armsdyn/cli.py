@@ -19,6 +19,7 @@ from armsdyn import __version__
 from armsdyn.analysis import analyse, summarise
 from armsdyn.audit import audit, load_audit, summary_lines
 from armsdyn.calibration import calibrate, load_calibration, write_calibration
+from armsdyn.compare import TOP, compare_results
 from armsdyn.config import config_kind, load_config
 from armsdyn.data import DataWarning
 from armsdyn.errors import ArmsdynError, ModelError
@@ -47,6 +48,7 @@ examples:
   armsdyn describe models/richardson.mdl         every variable with units and documentation
   armsdyn loops models/richardson.mdl            every feedback loop with its polarity
   armsdyn export results/richardson --format csv tidy tables in results/richardson/export/
+  armsdyn compare results/a results/b --figure diff.png   what differs between two results folders
 """
 
 
@@ -185,6 +187,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="export folder (default: RESULTS_DIR/export)")
     p.add_argument("--force", action="store_true", help="replace an existing export folder")
+
+    p = sub.add_parser(
+        "compare",
+        help="compare two results folders: metrics, variables and the provenance behind their differences",
+        description="Print A's and B's metrics side by side with B - A, each variable's largest absolute "
+        "difference and where it is, and the manifest differences (config, model hash, versions, engine) "
+        "with a diff of the two configs.",
+    )
+    p.add_argument("a", type=Path, help="results folder A (e.g. before a change)")
+    p.add_argument("b", type=Path, help="results folder B (e.g. after it)")
+    p.add_argument("--figure", type=Path, metavar="PATH", help="draw the most different variables (.png, .pdf, .svg)")
+    p.add_argument("--top", type=int, default=TOP, metavar="N", help=f"variables in the figure (default: {TOP})")
+    p.add_argument("--all-metrics", action="store_true", help="list every metric, not only those that differ")
     return parser
 
 
@@ -396,6 +411,14 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    comparison = compare_results(args.a, args.b, figure=args.figure, top=args.top)
+    print(comparison.report(all_metrics=args.all_metrics))
+    if args.figure is not None:
+        print(f"armsdyn: wrote {args.figure}", file=sys.stderr)
+    return 0
+
+
 _COMMANDS = {
     "audit": _audit,
     "run": _run,
@@ -407,4 +430,5 @@ _COMMANDS = {
     "describe": describe_input,
     "loops": _loops,
     "export": _export,
+    "compare": _compare,
 }
