@@ -80,12 +80,13 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 import scipy.optimize
 import scipy.stats
 from statsmodels.stats.diagnostic import acorr_ljungbox
@@ -98,10 +99,13 @@ from armsdyn.calibration_config import (
     ENGINES,
     LOSSES,
     METHODS,
+    RICHARDSON_STOCKS,
     CalibrationSpec,
     DataSpec,
     FittedParameter,
+    lagged_usable,
     load_calibration,
+    on_regular_grid,
     parse_calibration,
 )
 from armsdyn.config import (
@@ -109,7 +113,7 @@ from armsdyn.config import (
     Scenario,
 )
 from armsdyn.ensemble import TimeGrid, compile_model
-from armsdyn.errors import ModelError
+from armsdyn.errors import ConfigError, ModelError
 from armsdyn.figures import DOUBLE_COLUMN, SINGLE_COLUMN, paper_style, save_figure
 from armsdyn.model import Model, TimeSettings, file_sha256
 from armsdyn.output import atomic_folder, build_manifest, now
@@ -123,15 +127,23 @@ __all__ = [
     "CalibrationResult",
     "CalibrationSpec",
     "DataSpec",
+    "Equation",
     "FittedParameter",
+    "SystemFit",
     "TrajectoryFit",
     "calibrate",
+    "compare_specifications",
+    "comparison_verdict",
     "diagnose",
     "draw_calibration_figures",
+    "fit_system",
     "fit_trajectories",
+    "format_summary",
     "identification_note",
+    "lagged_equations",
     "load_calibration",
     "near_bound",
+    "one_step_levels",
     "parse_calibration",
     "richardson_combined_fit",
     "richardson_stability",
@@ -148,6 +160,8 @@ BOOTSTRAP_FILE = "bootstrap.csv"
 DATA_FILE = "data.csv"
 SUMMARY_FILE = "summary.json"
 DIAGNOSTICS_FILE = "diagnostics.csv"
+COMPARISON_FILE = "comparison.csv"
+SPECIFICATIONS_FILE = "specifications.csv"
 #: Significance level of the diagnostic tests.
 ALPHA = 0.05
 
@@ -207,6 +221,12 @@ class CalibrationResult:
         Fitted variables at every saved time.
     started : str
         ISO time the calibration started.
+    comparison : pandas.DataFrame or None
+        With ``[[specifications]]``: one row per specification (this one first),
+        ranked by AIC and BIC within each group fitted to the same observations
+        (see :func:`compare_specifications`).
+    alternatives : tuple of CalibrationResult
+        The other specifications' own results.
     """
 
     spec: CalibrationSpec
@@ -218,6 +238,8 @@ class CalibrationResult:
     summary: dict[str, Any]
     trajectories: pd.DataFrame
     started: str
+    comparison: pd.DataFrame | None = None
+    alternatives: tuple[CalibrationResult, ...] = ()
 
 
 # --------------------------------------------------------------------------- config
@@ -629,7 +651,9 @@ def _integration_order(series: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def diagnose(observations: pd.DataFrame, fit: pd.DataFrame, n_parameters: int) -> dict[str, Any]:
+def diagnose(
+    observations: pd.DataFrame, fit: pd.DataFrame, n_parameters: int, *, transform: str = "levels"
+) -> dict[str, Any]:
     """Residual, unit-root and cointegration diagnostics of a trajectory fit, with a one-line verdict.
 
     Parameters
@@ -640,6 +664,9 @@ def diagnose(observations: pd.DataFrame, fit: pd.DataFrame, n_parameters: int) -
         Tidy ``variable``, ``time``, ``residual`` (see :class:`TrajectoryFit`).
     n_parameters : int
         Number of fitted quantities (for AIC/BIC).
+    transform : {"levels", "differenced"}
+        What the fit regressed; with ``"differenced"``, `observations` are the
+        differenced series and the verdict speaks of a fit in differences.
 
     Returns
     -------
@@ -686,30 +713,31 @@ def diagnose(observations: pd.DataFrame, fit: pd.DataFrame, n_parameters: int) -
             "statistic": math.nan if eg is None else float(eg[0]),
             "p": math.nan if eg is None else float(eg[1]),
         }
-    out["verdict"] = _diagnostic_verdict(out)
+    out["verdict"] = _diagnostic_verdict(out, transform)
     return out
 
 
-def _diagnostic_verdict(d: Mapping[str, Any]) -> str:
+def _diagnostic_verdict(d: Mapping[str, Any], transform: str = "levels") -> str:
     orders = [s["order"] for s in d["series"].values()]
+    diff = transform == "differenced"
+    subject, fit = ("differenced series", "differenced") if diff else ("series", "levels")
     coint_p = d["cointegration"]["p"] if d["cointegration"] else math.nan
     if orders and all(o == "I(0)" for o in orders):
-        first = "series are stationary (I(0)): no spurious-regression concern"
+        first = f"{subject} are stationary (I(0)): no spurious-regression concern"
     elif orders and all(o not in ("I(0)", "unknown") for o in orders):
         kind = "I(1)" if all(o == "I(1)" for o in orders) else "non-stationary"
         if math.isfinite(coint_p) and coint_p < ALPHA:
-            first = (
-                f"series are {kind} and cointegrated (Engle-Granger p = {coint_p:.2g}): a levels fit can be meaningful"
-            )
+            test = f"Engle-Granger p = {coint_p:.2g}"
+            first = f"{subject} are {kind} and cointegrated ({test}): a {fit} fit can be meaningful"
         elif math.isfinite(coint_p):
             test = f"Engle-Granger p = {coint_p:.2g}"
-            first = f"series are {kind} and not cointegrated ({test}): a levels fit is likely spurious"
+            first = f"{subject} are {kind} and not cointegrated ({test}): a {fit} fit is likely spurious"
         else:
-            first = f"series are {kind}: a levels fit may be spurious"
+            first = f"{subject} are {kind}: a {fit} fit may be spurious"
     elif "unknown" in orders:
-        first = "series too short for unit-root tests: spuriousness not assessed"
+        first = f"{subject} too short for unit-root tests: spuriousness not assessed"
     else:
-        first = "series differ in order of integration (" + ", ".join(orders) + "): treat a levels fit with caution"
+        first = f"{subject} differ in order of integration ({', '.join(orders)}): treat a {fit} fit with caution"
     bad = {n: r["ljung_box_p"] for n, r in d["residuals"].items() if r["ljung_box_p"] < ALPHA}
     if bad:
         worst = min(bad.values())
@@ -833,6 +861,503 @@ def richardson_combined_fit(years: Sequence[float], totals: Sequence[float]) -> 
     return kappa, c, details
 
 
+# --------------------------------------------------------------------------- lagged regression (SUR)
+
+
+@dataclass(frozen=True)
+class Equation:
+    """One equation of a linear system, ``response = design @ beta + error``.
+
+    Attributes
+    ----------
+    name : str
+        What the equation explains (e.g. the stock ``"arms X"``).
+    response : numpy.ndarray
+        Shape ``(T,)``; every equation of a system has the same ``T`` times.
+    design : numpy.ndarray
+        Shape ``(T, p)``: one column per coefficient (``p`` may be 0).
+    parameters : tuple of str
+        The coefficients' names, one per column; each name in one equation only.
+    """
+
+    name: str
+    response: np.ndarray
+    design: np.ndarray
+    parameters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SystemFit:
+    """The result of :func:`fit_system`.
+
+    Attributes
+    ----------
+    params : pandas.Series
+        The coefficients, by name, equation after equation.
+    covariance : pandas.DataFrame
+        Their covariance.
+    fitted, residuals : numpy.ndarray
+        Shape ``(T, m)``, one column per equation.
+    sigma : numpy.ndarray
+        Maximum-likelihood covariance of the equations' errors, ``E'E / T``
+        (diagonal for ``"ols"``).
+    log_likelihood : float
+        Gaussian log-likelihood at the estimate (with `sigma`).
+    n_likelihood_parameters : int
+        Coefficients plus error-covariance parameters (``m`` variances for
+        ``"ols"``, ``m(m+1)/2`` for ``"sur"``): what AIC and BIC count.
+    dof : numpy.ndarray
+        Per coefficient: ``T`` minus the coefficients of its equation.
+    iterations : int
+        Feasible-GLS iterations (0 for ``"ols"``).
+    converged : bool
+        Whether the iterations settled.
+    """
+
+    params: pd.Series
+    covariance: pd.DataFrame
+    fitted: np.ndarray
+    residuals: np.ndarray
+    sigma: np.ndarray
+    log_likelihood: float
+    n_likelihood_parameters: int
+    dof: np.ndarray
+    iterations: int
+    converged: bool
+
+
+def fit_system(
+    equations: Sequence[Equation], estimator: str = "sur", *, tol: float = 1e-10, max_iter: int = 1000
+) -> SystemFit:
+    """Fit a system of linear equations by OLS one by one, or jointly by SUR.
+
+    Parameters
+    ----------
+    equations : sequence of Equation
+        The equations, all over the same ``T`` times.
+    estimator : {"sur", "ols"}
+        ``"ols"``: each equation by ordinary least squares, errors independent
+        across equations. ``"sur"``: Zellner's seemingly unrelated regression,
+        iterated feasible GLS with ``Sigma = E'E / T`` until the coefficients
+        settle, which is the maximum-likelihood estimate under Gaussian errors
+        (Zellner 1962; Greene 2012, section 10.2).
+    tol : float
+        Largest change of a coefficient, relative to the largest coefficient,
+        that ends the iterations.
+    max_iter : int
+        At most this many iterations.
+
+    Returns
+    -------
+    SystemFit
+
+    Raises
+    ------
+    ValueError
+        If the equations differ in length, an equation has no residual degrees of
+        freedom, or the residual covariance is singular (an equation fitted
+        exactly, or equations that are copies of each other).
+
+    Notes
+    -----
+    OLS standard errors use ``e'e / (T - p)`` per equation, as
+    :class:`statsmodels.regression.linear_model.OLS` does; SUR's are
+    ``(X' (Sigma^-1 kron I) X)^-1``. When every equation has the same regressors,
+    SUR and OLS give the same coefficients (and SUR is the VAR's estimate).
+    """
+    if estimator not in ("sur", "ols"):
+        msg = f"unknown estimator {estimator!r} (allowed: sur, ols)"
+        raise ValueError(msg)
+    sizes = {e.response.size for e in equations}
+    if len(sizes) != 1:
+        msg = f"every equation needs the same number of times, got {sorted(sizes)}"
+        raise ValueError(msg)
+    (T,) = sizes
+    m = len(equations)
+    ps = [e.design.shape[1] for e in equations]
+    if any(p >= T for p in ps):
+        msg = f"{T} times leave no residual degrees of freedom for {max(ps)} coefficients"
+        raise ValueError(msg)
+    names = [n for e in equations for n in e.parameters]
+    dof = np.array([T - p for e, p in zip(equations, ps, strict=True) for _ in e.parameters], dtype=float)
+    betas = [
+        np.linalg.lstsq(e.design, e.response, rcond=None)[0] if e.design.shape[1] else np.empty(0) for e in equations
+    ]
+    resid = np.column_stack([e.response - e.design @ b for e, b in zip(equations, betas, strict=True)])
+    beta = np.concatenate(betas)
+    iterations, converged = 0, True
+    if estimator == "ols":
+        blocks = []
+        for e, r, p in zip(equations, resid.T, ps, strict=True):
+            s2 = float(r @ r) / (T - p)
+            blocks.append(s2 * np.linalg.pinv(e.design.T @ e.design) if p else np.empty((0, 0)))
+        cov = scipy.linalg.block_diag(*blocks) if beta.size else np.empty((0, 0))
+        sigma = np.diag((resid**2).sum(axis=0) / T)
+        llf = float(sum(-T / 2 * (math.log(2 * math.pi * s) + 1) for s in np.diag(sigma)))
+        n_lik = beta.size + m
+    else:
+        big = scipy.linalg.block_diag(*[e.design for e in equations])
+        y = np.concatenate([e.response for e in equations])
+        converged = False
+        for iteration in range(1, max_iter + 1):
+            iterations = iteration
+            sigma_used = resid.T @ resid / T
+            _check_sigma(sigma_used)
+            weight = np.kron(np.linalg.inv(sigma_used), np.eye(T))
+            info = big.T @ weight @ big
+            new = np.linalg.solve(info, big.T @ weight @ y) if beta.size else beta
+            resid = (y - big @ new).reshape(m, T).T
+            step = float(np.max(np.abs(new - beta), initial=0.0))
+            beta = new
+            if step <= tol * max(1.0, float(np.max(np.abs(beta), initial=0.0))):
+                converged = True
+                break
+        cov = np.linalg.inv(info) if beta.size else np.empty((0, 0))
+        cov = (cov + cov.T) / 2  # symmetric to rounding
+        sigma = resid.T @ resid / T
+        _check_sigma(sigma)
+        llf = float(-T / 2 * (m * math.log(2 * math.pi) + np.linalg.slogdet(sigma)[1] + m))
+        n_lik = beta.size + m * (m + 1) // 2
+    fitted = np.column_stack([e.response for e in equations]) - resid
+    return SystemFit(
+        params=pd.Series(beta, index=pd.Index(names, name="parameter")),
+        covariance=pd.DataFrame(cov, index=names, columns=names),
+        fitted=fitted,
+        residuals=resid,
+        sigma=sigma,
+        log_likelihood=llf,
+        n_likelihood_parameters=int(n_lik),
+        dof=dof,
+        iterations=iterations,
+        converged=converged,
+    )
+
+
+def _check_sigma(sigma: np.ndarray) -> None:
+    sign, logdet = np.linalg.slogdet(sigma)
+    if sign <= 0 or not math.isfinite(logdet):
+        msg = (
+            "the residual covariance of the equations is singular (an equation fits exactly, or two are copies); "
+            'SUR cannot weight them: use estimator = "ols" or more data'
+        )
+        raise ValueError(msg)
+
+
+#: The lagged Richardson equation of each stock: (stock, grievance, reaction to the other, fatigue).
+_LAGGED_TERMS = (("x", "g", "k", "a"), ("y", "h", "l", "b"))
+
+
+def lagged_equations(
+    observations: pd.DataFrame, transform: str = "levels", fixed: Mapping[str, ParameterValue] | None = None
+) -> tuple[list[Equation], pd.DataFrame]:
+    """Richardson's equations as lagged (discrete-time) regressions on observed arms.
+
+    With ``transform = "levels"``, for each year ``t`` (``dt`` the data's step)::
+
+        (X_t - X_{t-1}) / dt = g + k Y_{t-1} - a X_{t-1}
+        (Y_t - Y_{t-1}) / dt = h + l X_{t-1} - b Y_{t-1}
+
+    (the Euler step of the continuous model). With ``"differenced"`` both sides
+    are differenced once, which removes the grievances and any shared trend::
+
+        D^X_t - D^X_{t-1} = k dt D^Y_{t-1} - a dt D^X_{t-1},   D^X_t = (X_t - X_{t-1}) / dt
+
+    Parameters
+    ----------
+    observations : pandas.DataFrame
+        Columns ``arms X`` and ``arms Y`` indexed by time; years with a missing
+        value (or missing rows) drop the responses that need them.
+    transform : {"levels", "differenced"}
+        See above.
+    fixed : mapping, optional
+        Coefficients held at a value (model names): their terms move to the
+        response, and they are not estimated.
+
+    Returns
+    -------
+    equations : list of Equation
+        One per stock, coefficients named as the model's constants.
+    context : pandas.DataFrame
+        Indexed by the response times: ``arms X``/``arms Y`` (the year before),
+        ``rate X``/``rate Y`` (the change the year before; NaN for levels), and
+        ``dt``; :func:`one_step_levels` uses it.
+    """
+    fixed = fixed or {}
+    frame = observations[list(RICHARDSON_STOCKS)]
+    grid, dt = on_regular_grid(frame)
+    usable = lagged_usable(frame, transform)
+    values = grid.to_numpy(dtype=float)
+    rates = np.full_like(values, math.nan)
+    rates[1:] = np.diff(values, axis=0) / dt
+    rows = np.flatnonzero(usable)
+    before = values[rows - 1]
+    rate_before = rates[rows - 1]
+    equations = []
+    for i, (_, grievance, reaction, fatigue) in enumerate(_LAGGED_TERMS):
+        other = 1 - i
+        if transform == "differenced":
+            response = rates[rows, i] - rate_before[:, i]
+            terms = [(reaction, dt * rate_before[:, other]), (fatigue, -dt * rate_before[:, i])]
+        else:
+            response = rates[rows, i].copy()
+            terms = [(grievance, np.ones(rows.size)), (reaction, before[:, other]), (fatigue, -before[:, i])]
+        columns, names = [], []
+        for symbol, regressor in terms:
+            name = PARAMETER_NAMES[symbol]
+            value = fixed.get(name)
+            if isinstance(value, int | float):
+                response = response - float(value) * regressor
+            else:
+                columns.append(regressor)
+                names.append(name)
+        design = np.column_stack(columns) if columns else np.empty((rows.size, 0))
+        equations.append(Equation(RICHARDSON_STOCKS[i], response, design, tuple(names)))
+    context = pd.DataFrame(
+        {
+            RICHARDSON_STOCKS[0]: before[:, 0],
+            RICHARDSON_STOCKS[1]: before[:, 1],
+            "rate X": rate_before[:, 0],
+            "rate Y": rate_before[:, 1],
+            "dt": dt,
+        },
+        index=grid.index[rows],
+    )
+    return equations, context
+
+
+def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
+    equations, context = lagged_equations(spec.observations, spec.transform, spec.fixed)
+    try:
+        system = fit_system(equations, spec.estimator)
+    except ValueError as exc:
+        msg = f"{spec.config_path or spec.name}: specification {spec.label!r}: {exc}"
+        raise ConfigError(msg) from None
+    names = list(system.params.index)
+    se = np.sqrt(np.clip(np.diag(system.covariance.to_numpy()), 0, None))
+    tq = scipy.stats.t.ppf(0.975, system.dof)
+    theta = system.params.to_numpy()
+    estimates = pd.DataFrame(
+        {
+            "estimate": theta,
+            "std_error": se,
+            "ci_low": theta - tq * se,
+            "ci_high": theta + tq * se,
+            "initial": math.nan,
+            "lower": -math.inf,
+            "upper": math.inf,
+            "at_bound": False,
+            "units": [spec.model.variable(n).units for n in names],
+        },
+        index=pd.Index(names, name="parameter"),
+    )
+    times = context.index.to_numpy(dtype=float)
+    tidy, stats = [], {"rmse_by_variable": {}, "r2_by_variable": {}}
+    ss_res_total = ss_tot_total = 0.0
+    for j, eq in enumerate(equations):
+        # The observed response includes the fixed terms' values, so "observed" is what the free terms explain.
+        observed, fitted = eq.response, system.fitted[:, j]
+        ss_res = float(np.sum((observed - fitted) ** 2))
+        ss_tot = float(np.sum((observed - observed.mean()) ** 2))
+        ss_res_total += ss_res
+        ss_tot_total += ss_tot
+        stats["rmse_by_variable"][eq.name] = math.sqrt(ss_res / observed.size)
+        stats["r2_by_variable"][eq.name] = 1 - ss_res / ss_tot if ss_tot > 0 else math.nan
+        tidy.append(pd.DataFrame({"variable": eq.name, "time": times, "observed": observed, "fitted": fitted,
+                                  "residual": observed - fitted}))  # fmt: skip
+    fit_table = pd.concat(tidy, ignore_index=True)
+    n = int(system.residuals.size)
+    scaled = [_scaled_condition(e.design) for e in equations if e.design.shape[1]]
+    stats.update(
+        {
+            "n_observations": n,
+            "n_parameters": len(names),
+            "dof": int(system.dof.min()) if names else n,
+            "rmse": math.sqrt(ss_res_total / n),
+            "r2": 1 - ss_res_total / ss_tot_total if ss_tot_total > 0 else math.nan,
+            "sigma": math.sqrt(ss_res_total / max(n - len(names), 1)),
+            "converged": bool(system.converged),
+            "iterations": system.iterations,
+            "jacobian_condition": max(scaled) if scaled else math.nan,
+            "estimator": spec.estimator,
+            "transform": spec.transform,
+            "response": _lagged_response(spec),
+        }
+    )
+    trajectories = one_step_levels(context, system.fitted, spec.transform)
+    fit = TrajectoryFit(estimates, system.covariance, fit_table, trajectories, stats)
+    summary = {"method": spec.method, "specification": spec.label, **stats, "units": spec.data.units}
+    derived = _richardson_derived(spec, fit, None, summary)
+    tested = spec.observations
+    if spec.transform == "differenced":
+        grid, dt = on_regular_grid(spec.observations)
+        tested = (grid.diff() / dt).dropna(how="all")
+    diagnostics = diagnose(tested, fit_table, len(names), transform=spec.transform)
+    # The system's own likelihood (error covariance included), not diagnose's pooled one.
+    llf, k = system.log_likelihood, system.n_likelihood_parameters
+    diagnostics.update(log_likelihood=llf, aic=-2 * llf + 2 * k, bic=-2 * llf + k * math.log(n))
+    summary["likelihood"] = f"{_lagged_response(spec)} ({spec.estimator.upper()}, Gaussian errors)"
+    summary["log_likelihood"] = llf
+    summary["n_likelihood_parameters"] = k
+    summary["sigma_errors"] = system.sigma.tolist()
+    summary["aic"], summary["bic"] = diagnostics["aic"], diagnostics["bic"]
+    summary["diagnostics_verdict"] = diagnostics["verdict"]
+    summary["diagnostics"] = diagnostics
+    summary["identification"] = identification_note(summary, estimates)
+    return CalibrationResult(
+        spec=spec,
+        estimates=estimates,
+        derived=derived,
+        fit=fit_table,
+        covariance=system.covariance,
+        bootstrap=None,
+        summary=summary,
+        trajectories=trajectories,
+        started=started,
+    )
+
+
+def _lagged_response(spec: CalibrationSpec) -> str:
+    names = ", ".join(RICHARDSON_STOCKS)
+    if spec.transform == "differenced":
+        return f"changes in the yearly changes of {names}"
+    return f"yearly changes of {names} given the year before"
+
+
+def one_step_levels(context: pd.DataFrame, fitted: np.ndarray, transform: str) -> pd.DataFrame:
+    """One-step-ahead levels a lagged fit predicts from the year before (for figures)."""
+    dt = context["dt"].to_numpy()
+    out = {}
+    for j, (stock, rate) in enumerate(zip(RICHARDSON_STOCKS, ("rate X", "rate Y"), strict=True)):
+        change = fitted[:, j] + (context[rate].to_numpy() if transform == "differenced" else 0.0)
+        out[stock] = context[stock].to_numpy() + dt * change
+    return pd.DataFrame(out, index=pd.Index(context.index.to_numpy(dtype=float), name="time"))
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+#: Akaike differences below this leave two specifications indistinguishable (Burnham and Anderson 2002, 2.6).
+DELTA_AIC_CLOSE = 2.0
+
+
+def _data_label(spec: CalibrationSpec) -> str:
+    obs = spec.observations
+    scale = f" x {spec.data.scale:g}" if spec.data.scale != 1 else ""
+    return f"{spec.data.file.name}{scale}, {obs.index[0]:g}-{obs.index[-1]:g} ({spec.data.units})"
+
+
+def compare_specifications(results: Sequence[CalibrationResult]) -> pd.DataFrame:
+    """Rank specifications by AIC and BIC within each group fitted to the same observations.
+
+    A likelihood is of particular observations: the levels of the series
+    (trajectory fits), their yearly changes given the year before (lagged
+    levels), or the changes of those changes (lagged differenced), of one data
+    file over given years. AIC and BIC compare only fits of the same observations,
+    so each such group is ranked on its own and nothing is ranked across groups.
+
+    Parameters
+    ----------
+    results : sequence of CalibrationResult
+        One per specification (from :func:`calibrate` without specifications).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``specification``; columns ``method``, ``estimator``,
+        ``transform``, ``data``, ``group`` (1, 2, ... in order of appearance),
+        ``response`` (what the likelihood is of: with the data, it defines the
+        group), ``likelihood``, ``n_observations``, ``n_parameters`` (counted by AIC/BIC),
+        ``log_likelihood``, ``aic``, ``bic``, ``delta_aic``, ``delta_bic`` (to the
+        group's best), ``akaike_weight``, ``rank_aic``, ``rank_bic``, ``r2``,
+        ``stability`` and ``diagnostics_verdict``.
+    """
+    rows = []
+    for r in results:
+        spec, summary = r.spec, r.summary
+        rows.append(
+            {
+                "specification": spec.label,
+                "method": spec.method,
+                "estimator": spec.estimator if spec.method == "lagged" else "",
+                "transform": spec.transform if spec.method == "lagged" else "levels",
+                "data": _data_label(spec),
+                "likelihood": summary["likelihood"],
+                "response": summary["response"],
+                "n_observations": int(summary["n_observations"]),
+                "n_parameters": int(summary["n_likelihood_parameters"]),
+                "log_likelihood": float(summary["log_likelihood"]),
+                "aic": float(summary["aic"]),
+                "bic": float(summary["bic"]),
+                "r2": float(summary.get("r2", math.nan)),
+                "stability": summary.get("stability", "")
+                + (f" (given {', '.join(summary['stability_given'])})" if summary.get("stability_given") else ""),
+                "diagnostics_verdict": summary.get("diagnostics_verdict", ""),
+            }
+        )
+    table = pd.DataFrame(rows)
+    key = table["response"] + " | " + table["data"] + " | " + table["n_observations"].astype(str)
+    table.insert(5, "group", pd.factorize(key)[0] + 1)
+    for crit in ("aic", "bic"):
+        best = table.groupby("group")[crit].transform("min")
+        table[f"delta_{crit}"] = table[crit] - best
+        table[f"rank_{crit}"] = table.groupby("group")[crit].rank(method="min").astype(int)
+    rel = np.exp(-table["delta_aic"] / 2)
+    table["akaike_weight"] = rel / rel.groupby(table["group"]).transform("sum")
+    order = ["specification", "method", "estimator", "transform", "data", "group", "response", "likelihood",
+             "n_observations",
+             "n_parameters", "log_likelihood", "aic", "bic", "delta_aic", "delta_bic", "akaike_weight", "rank_aic",
+             "rank_bic", "r2", "stability", "diagnostics_verdict"]  # fmt: skip
+    return table[order].sort_values(["group", "aic"], kind="stable").set_index("specification")
+
+
+def comparison_verdict(table: pd.DataFrame) -> list[str]:
+    """Which specification each group prefers by AIC and by BIC, and by how much, in words."""
+    lines = []
+    groups = list(dict.fromkeys(table["group"]))
+    for g in groups:
+        part = table[table["group"] == g]
+        head = f"group {g} ({part['response'].iloc[0]}; {part['data'].iloc[0]})"
+        if len(part) == 1:
+            lines.append(f"{head}: {part.index[0]!r} alone; nothing fitted to the same observations to rank it against")
+            continue
+        said = []
+        for crit, label in (("aic", "AIC"), ("bic", "BIC")):
+            ranked = part.sort_values(crit, kind="stable")
+            first, second = ranked.index[0], ranked.index[1]
+            gap = float(ranked[crit].iloc[1] - ranked[crit].iloc[0])
+            text = f"by {label} {first!r}, {gap:.1f} below {second!r}"
+            if crit == "aic":
+                text += f" (Akaike weight {ranked['akaike_weight'].iloc[0]:.2f})"
+                if gap < DELTA_AIC_CLOSE:
+                    text += ", a difference under 2: the data barely tell them apart"
+            said.append(text)
+        lines.append(f"{head}: preferred " + "; ".join(said))
+    if len(groups) > 1:
+        lines.append(
+            f"{len(groups)} groups fit different observations (levels, changes or differences, or other data): "
+            "AIC and BIC rank specifications within a group only"
+        )
+    return lines
+
+
+def format_summary(result: CalibrationResult) -> str:
+    """The lines ``armsdyn calibrate`` prints after the estimates: fit, verdicts, and any comparison."""
+    summary = result.summary
+    facts = [f"{k} = {summary[k]}" for k in ("rmse", "r2", "stability", "share_stable_bootstrap") if k in summary]
+    lines = ["; ".join(facts)]
+    if summary.get("stability_reason"):
+        lines.append(f"stability: {summary['stability']} ({summary['stability_reason']})")
+    for key, label in (("diagnostics_verdict", "diagnostics"), ("identification", "identification")):
+        if summary.get(key):
+            lines.append(f"{label}: {summary[key]}")
+    if result.comparison is not None:
+        shown = result.comparison[["group", "n_parameters", "aic", "delta_aic", "bic", "delta_bic", "stability"]]
+        lines.append("specifications ranked by AIC within groups fitted to the same observations:")
+        lines.append(shown.to_string(float_format=lambda v: f"{v:.1f}"))
+        lines += summary["comparison"]["verdict"]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- calibrate
 
 
@@ -860,6 +1385,19 @@ def calibrate(config_path: str | os.PathLike[str] | CalibrationSpec) -> Calibrat
     spec = config_path if isinstance(config_path, CalibrationSpec) else load_calibration(config_path)
     if spec.method == "richardson_combined":
         return _calibrate_combined(spec, started)
+    result = _calibrate_lagged(spec, started) if spec.method == "lagged" else _calibrate_trajectory(spec, started)
+    if not spec.specifications:
+        return result
+    others = tuple(calibrate(alt) for alt in spec.specifications)
+    table = compare_specifications([result, *others])
+    result.summary["comparison"] = {
+        "verdict": comparison_verdict(table),
+        "table": table.reset_index().to_dict("records"),
+    }
+    return replace(result, comparison=table, alternatives=others)
+
+
+def _calibrate_trajectory(spec: CalibrationSpec, started: str) -> CalibrationResult:
     fit = fit_trajectories(
         spec.model,
         spec.observations,
@@ -878,9 +1416,13 @@ def calibrate(config_path: str | os.PathLike[str] | CalibrationSpec) -> Calibrat
         estimates["bootstrap_low"] = [ok[name].quantile(0.025) for name in estimates.index]
         estimates["bootstrap_high"] = [ok[name].quantile(0.975) for name in estimates.index]
     estimates["units"] = [spec.model.variable(name).units for name in estimates.index]
-    summary = {"method": spec.method, **fit.statistics, "units": spec.data.units}
+    summary = {"method": spec.method, "specification": spec.label, **fit.statistics, "units": spec.data.units}
     derived = _richardson_derived(spec, fit, boot, summary)
     diagnostics = diagnose(spec.observations, fit.fit, int(fit.statistics["n_parameters"]))
+    summary["response"] = f"levels of {', '.join(spec.observations.columns)}"
+    summary["likelihood"] = f"{summary['response']} (trajectory, measurement error with one variance)"
+    summary["log_likelihood"] = diagnostics["log_likelihood"]
+    summary["n_likelihood_parameters"] = int(fit.statistics["n_parameters"])
     summary["aic"], summary["bic"] = diagnostics["aic"], diagnostics["bic"]
     summary["diagnostics_verdict"] = diagnostics["verdict"]
     summary["diagnostics"] = diagnostics
@@ -960,7 +1502,9 @@ def _richardson_derived(
     model, det, se = found["model"], found["determinant"], found["std_error"]
     verdict = found["verdict"]
     # An equilibrium is reported only when ab - kl is clearly non-zero: otherwise it is an artefact.
-    eq = model.equilibrium() if verdict != "indeterminate" else None
+    # Differencing removes the grievances, so a differenced fit has no equilibrium to report.
+    no_grievances = spec.method == "lagged" and spec.transform == "differenced"
+    eq = model.equilibrium() if verdict != "indeterminate" and not no_grievances else None
     ev = model.eigenvalues()
     rows = {
         "determinant ab-kl": {"estimate": det, "std_error": se, "ci_low": found["ci_low"], "ci_high": found["ci_high"]},
@@ -970,8 +1514,14 @@ def _richardson_derived(
         "eigenvalue 2 real": {"estimate": ev[1].real},
         "eigenvalue imag": {"estimate": abs(ev[0].imag)},
     }
+    # A coefficient held fixed (a = b = 0, say) decides part of ab - kl by assumption, not from the data.
+    values = {sym: spec.fixed.get(PARAMETER_NAMES[sym]) for sym in "klab"}
+    held = [f"{sym} = {float(v):g}" for sym, v in values.items() if isinstance(v, int | float)]
+    if held:
+        found["reason"] += f"; given the fixed {', '.join(held)}"
     summary["stability"] = verdict
     summary["stability_reason"] = found["reason"]
+    summary["stability_given"] = held
     summary["determinant ab-kl"] = det
     summary["determinant_ci"] = [found["ci_low"], found["ci_high"]]
     summary["p_stable_normal"] = float(scipy.stats.norm.cdf(det / se)) if se > 0 else math.nan
@@ -990,7 +1540,8 @@ def _richardson_derived(
     flagged = [n for n in fit.estimates.index if fit.estimates.loc[n, "at_bound"]]
     summary["at_bound"] = flagged
     if eq is None:
-        rows["equilibrium X"]["note"] = rows["equilibrium Y"]["note"] = "not reported: ab - kl is not clearly non-zero"
+        why = "the differenced fit does not estimate g and h" if no_grievances else "ab - kl is not clearly non-zero"
+        rows["equilibrium X"]["note"] = rows["equilibrium Y"]["note"] = f"not reported: {why}"
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "quantity"
     if "note" not in table:
@@ -1113,6 +1664,18 @@ def _fill(folder: Path, result: CalibrationResult, command: Sequence[str] | None
         result.bootstrap.to_csv(folder / BOOTSTRAP_FILE)
     if "diagnostics" in result.summary:
         _diagnostics_table(result.summary["diagnostics"]).to_csv(folder / DIAGNOSTICS_FILE, index=False)
+    if result.comparison is not None:
+        result.comparison.to_csv(folder / COMPARISON_FILE)
+        every = [result, *result.alternatives]
+        tidy = pd.concat(
+            [
+                r.estimates[["estimate", "std_error", "ci_low", "ci_high"]].assign(specification=r.spec.label)
+                for r in every
+            ]
+        ).reset_index()
+        tidy[["specification", "parameter", "estimate", "std_error", "ci_low", "ci_high"]].to_csv(
+            folder / SPECIFICATIONS_FILE, index=False
+        )
     observations = spec.observations.copy()
     observations.columns = [f"{c} ({spec.data.units})" for c in observations.columns]
     observations.to_csv(folder / DATA_FILE)
@@ -1128,6 +1691,9 @@ def _fill(folder: Path, result: CalibrationResult, command: Sequence[str] | None
         "bootstrap": spec.bootstrap,
         "seed": spec.seed,
         "parameters": [p.name for p in spec.parameters],
+        "estimator": spec.estimator if spec.method == "lagged" else None,
+        "transform": spec.transform if spec.method == "lagged" else None,
+        "specifications": [spec.label, *(s.label for s in spec.specifications)],
     }
     manifest["data"] = {
         "path": str(spec.data.file),
@@ -1201,7 +1767,8 @@ def draw_calibration_figures(result: CalibrationResult, folder: Path) -> list[Pa
             for panel, name in zip(axes[:, 0], names, strict=True):
                 obs = spec.observations[name]
                 panel.plot(obs.index, obs.to_numpy(), "o", label="observed")
-                panel.plot(result.trajectories.index, result.trajectories[name].to_numpy(), label="fitted")
+                label = "one step ahead" if spec.method == "lagged" else "fitted"
+                panel.plot(result.trajectories.index, result.trajectories[name].to_numpy(), label=label)
                 panel.set_title(name)
                 panel.set_ylabel(units)
             axes[0, 0].legend()
@@ -1214,7 +1781,8 @@ def draw_calibration_figures(result: CalibrationResult, folder: Path) -> list[Pa
             ax.plot(part["time"], part["residual"], "o-", label=str(name))
         ax.axhline(0, color="0.5", linewidth=0.6)
         ax.set_xlabel("time")
-        ax.set_ylabel(f"observed - fitted ({units})")
+        per = f"{units} per {spec.time.units or 'time unit'}"
+        ax.set_ylabel(f"observed - fitted ({per})" if spec.method == "lagged" else f"observed - fitted ({units})")
         ax.legend()
         written += save_figure(fig, folder / "residuals")
         plt.close(fig)

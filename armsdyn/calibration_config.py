@@ -12,7 +12,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,7 +38,13 @@ from armsdyn.errors import did_you_mean
 from armsdyn.model import Model, TimeSettings
 from armsdyn.richardson import PARAMETER_NAMES
 
-METHODS = ("trajectory", "richardson_combined")
+METHODS = ("trajectory", "richardson_combined", "lagged")
+#: Estimators of the lagged (discrete-time) specification: the equations jointly or one by one.
+ESTIMATORS = ("sur", "ols")
+#: Forms of the data a lagged specification regresses: levels, or first differences.
+TRANSFORMS = ("levels", "differenced")
+#: Methods a ``[[specifications]]`` entry may use (their likelihoods can be ranked by AIC/BIC).
+COMPARABLE_METHODS = ("trajectory", "lagged")
 LOSSES = ("linear", "soft_l1", "huber")
 ENGINES = ("compiled", "pysd")
 DATA_KINDS = ("csv", "nmc", "sipri")
@@ -52,6 +58,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "parameters": "table",
         "data": "table",
         "calibration": "table",
+        "specifications": "array of tables",
     },
     "data": {
         "file": "string",
@@ -73,10 +80,21 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "bootstrap": "integer",
         "seed": "integer",
         "engine": "string",
+        "estimator": "string",
+        "transform": "string",
+        "name": "string",
         "parameters": "table",
         "initial_values": "table",
     },
     "estimate": {"initial": "number", "bounds": "list of numbers"},
+    "specification": {
+        "name": "string",
+        "method": "string",
+        "estimator": "string",
+        "transform": "string",
+        "fix": "table",
+        "data": "table",
+    },
 }
 
 
@@ -147,6 +165,17 @@ class CalibrationSpec:
         Residual-bootstrap replicates (0 for none).
     seed : int
         Seed of the bootstrap.
+    estimator : {"sur", "ols"}
+        For ``method = "lagged"``: both states' equations fitted jointly (seemingly
+        unrelated regression) or one by one.
+    transform : {"levels", "differenced"}
+        For ``method = "lagged"``: regress the data's levels or their first differences.
+    label : str
+        The specification's name in a comparison (``[calibration] name``, or the
+        entry's ``name`` in ``[[specifications]]``).
+    specifications : tuple of CalibrationSpec
+        Further specifications of the same question, fitted and ranked beside
+        this one by AIC/BIC (see :func:`armsdyn.calibration.compare_specifications`).
     """
 
     name: str
@@ -165,6 +194,10 @@ class CalibrationSpec:
     f_scale: float = 1.0
     bootstrap: int = 0
     seed: int = 0
+    estimator: str = "sur"
+    transform: str = "levels"
+    label: str = ""
+    specifications: tuple[CalibrationSpec, ...] = ()
 
     @property
     def config_sha256(self) -> str:
@@ -216,6 +249,36 @@ def load_calibration(path: str | os.PathLike[str]) -> CalibrationSpec:
 def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | None = None) -> CalibrationSpec:
     """Validate an already-parsed calibration config; see :func:`load_calibration`."""
     problems = Problems(str(source) if source else "<config>")
+    spec = _parse(raw, text, source, problems)
+    problems.raise_if_any()
+    assert spec is not None  # problems were raised otherwise
+    entries = raw.get("specifications", [])
+    if not entries:
+        return spec
+    alternatives = []
+    names = {spec.label}
+    for i, entry in enumerate(entries):
+        alt = _parse_specification(raw, i, entry, text, source, spec, names, problems)
+        if alt is not None:
+            alternatives.append(alt)
+    problems.raise_if_any()
+    return replace(spec, specifications=tuple(alternatives))
+
+
+#: Stocks of Richardson's two-state model, in the order of its equations (x, then y).
+RICHARDSON_STOCKS = ("arms X", "arms Y")
+
+
+def _default_label(method: str, estimator: str, transform: str) -> str:
+    if method != "lagged":
+        return method
+    return f"lagged {estimator}" + (", differenced" if transform == "differenced" else "")
+
+
+def _parse(
+    raw: Mapping[str, Any], text: str, source: Path | None, problems: Problems, *, nested: bool = False
+) -> CalibrationSpec | None:
+    """One specification (the config's own, or an entry of ``[[specifications]]`` merged into it)."""
     top = _check(dict(raw), "", "", problems)
     for key, what in (("experiment", "a table [experiment] with keys name and model"), ("data", "a table [data]")):
         if key not in top:
@@ -228,9 +291,12 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
     method = cal.get("method", "trajectory")
     if method not in METHODS:
         problems.add("calibration.method", unknown_name("method", method, METHODS))
-    for key, allowed in (("loss", LOSSES), ("engine", ENGINES)):
+    for key, allowed in (("loss", LOSSES), ("engine", ENGINES), ("estimator", ESTIMATORS), ("transform", TRANSFORMS)):
         if cal.get(key, allowed[0]) not in allowed:
             problems.add(f"calibration.{key}", unknown_name(key, cal[key], allowed))
+    for key in ("estimator", "transform"):
+        if key in cal and method != "lagged":
+            problems.add(f"calibration.{key}", f"only used with method 'lagged', not {method!r}")
     if cal.get("bootstrap", 0) < 0 or cal.get("bootstrap", 0) > 100_000:
         problems.add("calibration.bootstrap", f"must be between 0 and 100000, got {cal['bootstrap']}")
     if cal.get("seed", 0) < 0:
@@ -238,6 +304,9 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
     f_scale = cal.get("f_scale", 1.0)
     if not (math.isfinite(f_scale) and f_scale > 0):
         problems.add("calibration.f_scale", f"must be a positive finite number, got {f_scale!r}")
+    if "specifications" in top and method == "richardson_combined":
+        problems.add("specifications", "method 'richardson_combined' has no likelihood to compare; use 'trajectory' "
+                     "or 'lagged' to compare specifications")  # fmt: skip
 
     data_spec, observations = _parse_data(top.get("data", {}), source, model, problems, method=method)
     fixed = parse_parameters(top.get("parameters", {}), "parameters", model, problems)
@@ -257,14 +326,18 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
         for key in ("parameters", "initial_values", "bootstrap"):
             if key in cal:
                 problems.add(f"calibration.{key}", "not used by method 'richardson_combined' (it fits kappa and c)")
-    problems.raise_if_any()
-    # Problems were raised above otherwise; the asserts tell the type checker.
+    elif method == "lagged":
+        _check_lagged(cal, model, fixed, observations, problems, nested=nested)
+    if problems.items:
+        return None
+    # Problems were reported above otherwise; the asserts tell the type checker.
     assert data_spec is not None
     assert observations is not None
 
     for fp in parameters:
         if fp.stock:
             fixed.pop(fp.name, None)
+    estimator, transform = cal.get("estimator", "sur"), cal.get("transform", "levels")
     return CalibrationSpec(
         name=name,
         description=exp.get("description", ""),
@@ -283,7 +356,152 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
         f_scale=float(f_scale),
         bootstrap=cal.get("bootstrap", 0),
         seed=cal.get("seed", 0),
+        estimator=estimator,
+        transform=transform,
+        label=cal.get("name") or _default_label(method, estimator, transform),
     )
+
+
+def _check_lagged(
+    cal: Mapping[str, Any],
+    model: Model,
+    fixed: Mapping[str, ParameterValue],
+    observations: pd.DataFrame | None,
+    problems: Problems,
+    *,
+    nested: bool,
+) -> None:
+    """The lagged regression needs Richardson's model, both stocks observed, constants fixed and enough years."""
+    missing = [n for n in (*RICHARDSON_STOCKS, *list(PARAMETER_NAMES.values())[:6]) if n not in model.variables]
+    if missing:
+        problems.add(
+            "calibration.method", f"'lagged' regresses Richardson's equations; {model.path} lacks {missing[0]!r}"
+        )
+        return
+    if "bootstrap" in cal and cal["bootstrap"] and not nested:
+        problems.add("calibration.bootstrap", "not used by method 'lagged' (its intervals come from the regression)")
+    for name in list(PARAMETER_NAMES.values())[:6]:
+        if isinstance(fixed.get(name), tuple):
+            problems.add(f'parameters."{name}"', "the lagged regression can fix a coefficient to a number only")
+    if observations is None:
+        return
+    absent = [s for s in RICHARDSON_STOCKS if s not in observations.columns]
+    if absent:
+        problems.add("data.columns", f"'lagged' needs both stocks observed; map a data series to {absent[0]!r}")
+        return
+    usable = lagged_rows(observations[list(RICHARDSON_STOCKS)], cal.get("transform", "levels"))
+    # Three coefficients per equation and at least two residual degrees of freedom each.
+    if usable < 5:
+        problems.add(
+            "data",
+            f"the lagged {cal.get('transform', 'levels')} regression has {usable} usable years (consecutive "
+            "observations of both states); it needs at least 5: widen data.years",
+        )
+
+
+def on_regular_grid(observations: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """`observations` on the regular grid of their smallest time step (missing times as NaN rows), and the step."""
+    t = observations.index.to_numpy(dtype=float)
+    if t.size < 2:
+        return observations, 1.0
+    step = float(np.diff(t).min())
+    grid = t[0] + step * np.arange(round((t[-1] - t[0]) / step) + 1)
+    return observations.reindex(_match_index(grid, observations.index)), step
+
+
+def lagged_usable(observations: pd.DataFrame, transform: str) -> np.ndarray:
+    """Per row of :func:`on_regular_grid`: True where a lagged regression has a response.
+
+    A response needs every series finite at its time and the one (levels) or two
+    (differenced) grid times before it.
+    """
+    grid, _ = on_regular_grid(observations)
+    ok = np.isfinite(grid.to_numpy(dtype=float)).all(axis=1)
+    lag = 2 if transform == "differenced" else 1
+    usable = np.zeros(ok.shape, dtype=bool)
+    if ok.size > lag:
+        usable[lag:] = ok[lag:]
+        for k in range(1, lag + 1):
+            usable[lag:] &= ok[lag - k : ok.size - k]
+    return usable
+
+
+def lagged_rows(observations: pd.DataFrame, transform: str) -> int:
+    """How many responses a lagged regression of `observations` has (consecutive times, all series finite)."""
+    return int(lagged_usable(observations, transform).sum())
+
+
+def _model_name(model: Model, name: str) -> str:
+    try:
+        return model.variable(name).name
+    except KeyError:
+        return name
+
+
+def _match_index(grid: np.ndarray, index: pd.Index) -> pd.Index:
+    """`grid` as labels of `index` where they coincide (integer years stay integers)."""
+    if pd.api.types.is_integer_dtype(index.dtype) and np.all(grid == np.round(grid)):
+        return pd.Index(grid.astype(np.int64), name=index.name)
+    return pd.Index(grid, name=index.name)
+
+
+def _parse_specification(
+    raw: Mapping[str, Any],
+    i: int,
+    entry: Any,
+    text: str,
+    source: Path | None,
+    main: CalibrationSpec,
+    names: set[str],
+    problems: Problems,
+) -> CalibrationSpec | None:
+    """An entry of ``[[specifications]]``: the config with its method, fixed constants and data changed."""
+    where = f"specifications[{i}]"
+    good = _check(entry, "specification", where, problems)
+    label = good.get("name")
+    if label is None:
+        problems.add(f"{where}.name", "missing; name the specification (it labels its row of comparison.csv)")
+        return None
+    where = f'{where} ("{label}")'
+    if label in names:
+        problems.add(f"{where}.name", f"{label!r} names two specifications (the config's own is {main.label!r})")
+        return None
+    names.add(label)
+    cal = {k: v for k, v in dict(raw.get("calibration", {})).items() if k not in ("bootstrap", "name")}
+    method = good.get("method", cal.get("method", "trajectory"))
+    if method not in COMPARABLE_METHODS:
+        problems.add(f"{where}.method", unknown_name("method", method, COMPARABLE_METHODS))
+        return None
+    cal["method"] = method
+    cal["name"] = label
+    for key in ("estimator", "transform"):
+        cal.pop(key, None)
+        if key in good:
+            cal[key] = good[key]
+        elif method == "lagged" and key in raw.get("calibration", {}):
+            cal[key] = raw["calibration"][key]
+    fixed = dict(raw.get("parameters", {}))
+    fitted = dict(cal.get("parameters", {}))
+    constants = [v.name for v in main.model.of_kind("constant")]
+    for key, value in good.get("fix", {}).items():
+        if key not in main.model.variables or main.model.variable(key).kind != "constant":
+            problems.add(f'{where}.fix."{key}"', f"unknown constant in model {main.model.path}"
+                         f"{did_you_mean(key, constants)}")  # fmt: skip
+            continue
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)):
+            problems.add(f'{where}.fix."{key}"', f"expected a finite number, got {describe_input(value)}")
+            continue
+        fixed[key] = value
+        # A constant the config fits is held at this value instead.
+        fitted = {k: v for k, v in fitted.items() if _model_name(main.model, k) != main.model.variable(key).name}
+    cal["parameters"] = fitted
+    merged = {k: v for k, v in raw.items() if k != "specifications"}
+    merged.update(calibration=cal, parameters=fixed, data={**dict(raw.get("data", {})), **good.get("data", {})})
+    sub = Problems(problems.source)
+    spec = _parse(merged, text, source, sub, nested=True)
+    for item in sub.items:
+        problems.add(where, item)
+    return spec
 
 
 def _parse_data(

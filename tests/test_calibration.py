@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.linalg import block_diag
+from scipy.stats import t as student_t
 
 from armsdyn.calibration import (
     FittedParameter,
@@ -205,6 +207,13 @@ def test_cold_war_config_reports_stability_with_its_uncertainty(tmp_path: Path) 
     assert (folder / "bootstrap.csv").is_file()
     assert (folder / "derived.csv").is_file()
     assert (folder / "figures" / "residuals.svg").is_file()
+    # The specifications beside it: dropping fatigue (at its bound anyway) is preferred by AIC and BIC.
+    table = pd.read_csv(folder / "comparison.csv", index_col="specification")
+    assert table.loc["trajectory", "aic"] == pytest.approx(summary["aic"])
+    assert table.loc["trajectory, no fatigue", "rank_aic"] == 1
+    assert table.loc["trajectory", "delta_aic"] == pytest.approx(4.0, abs=0.1)
+    assert table.loc["trajectory, no fatigue", "stability"] == "unstable (given a = 0, b = 0)"
+    assert table["group"].nunique() == 3
 
 
 BASE = """
@@ -356,3 +365,261 @@ def test_stationary_series_are_not_flagged() -> None:
     found = diagnose(obs, fit, 2)
     assert found["verdict"].startswith("series are stationary")
     assert found["series"]["arms X"]["order"] == "I(0)"
+
+
+# --------------------------------------------------------------------------- lagged regression, SUR, comparison
+
+#: A stable discrete-time race (ab - kl = 0.06) with correlated shocks, so SUR has something to weigh.
+LAGGED_TRUTH = {
+    "grievance g": 2.0,
+    "defence coefficient k": 0.1,
+    "fatigue coefficient a": 0.3,
+    "grievance h": 1.0,
+    "defence coefficient l": 0.15,
+    "fatigue coefficient b": 0.25,
+}
+
+
+def _lagged_series(
+    rng: np.random.Generator, years: int = 60, truth: dict | None = None, rho: float = 0.6
+) -> pd.DataFrame:
+    """X_t - X_{t-1} = g + k Y_{t-1} - a X_{t-1} + e (and Y alike), shocks correlated across states."""
+    p = {**LAGGED_TRUTH, **(truth or {})}
+    shocks = rng.multivariate_normal([0, 0], [[0.25, rho * 0.25], [rho * 0.25, 0.25]], size=years)
+    x, y = [8.0], [9.0]
+    for e in shocks[1:]:
+        x0, y0 = x[-1], y[-1]
+        x.append(x0 + p["grievance g"] + p["defence coefficient k"] * y0 - p["fatigue coefficient a"] * x0 + e[0])
+        y.append(y0 + p["grievance h"] + p["defence coefficient l"] * x0 - p["fatigue coefficient b"] * y0 + e[1])
+    return pd.DataFrame({"arms X": x, "arms Y": y}, index=pd.Index(np.arange(1950, 1950 + years), name="year"))
+
+
+def test_lagged_sur_and_ols_equal_statsmodels_var1_and_ols() -> None:
+    import statsmodels.api as sm
+    from statsmodels.tsa.api import VAR
+
+    from armsdyn.calibration import fit_system, lagged_equations
+
+    obs = _lagged_series(np.random.default_rng(11))
+    equations, context = lagged_equations(obs)
+    sur, ols = fit_system(equations, "sur"), fit_system(equations, "ols")
+    var = VAR(obs.to_numpy()).fit(1, trend="c")
+    # VAR(1): Z_t = c + A Z_{t-1}; Richardson's lagged form is Z_t - Z_{t-1} = c + (A - I) Z_{t-1}.
+    c, a_mat = var.params[0], var.params[1:].T
+    expected = {
+        "grievance g": c[0],
+        "defence coefficient k": a_mat[0, 1],
+        "fatigue coefficient a": 1 - a_mat[0, 0],
+        "grievance h": c[1],
+        "defence coefficient l": a_mat[1, 0],
+        "fatigue coefficient b": 1 - a_mat[1, 1],
+    }
+    for fit in (sur, ols):
+        for name, value in expected.items():
+            assert fit.params[name] == pytest.approx(value, rel=1e-8, abs=1e-10), name
+    # Same regressors in both equations: SUR is the VAR's maximum-likelihood fit, error covariance included.
+    assert sur.log_likelihood == pytest.approx(var.llf, rel=1e-10)
+    np.testing.assert_allclose(sur.sigma, var.sigma_u_mle, rtol=1e-8)
+    assert sur.n_likelihood_parameters == 6 + 3
+    assert ols.n_likelihood_parameters == 6 + 2
+    # OLS equation by equation: statsmodels' coefficients, standard errors and log-likelihoods.
+    llf = 0.0
+    for j, eq in enumerate(equations):
+        ref = sm.OLS(eq.response, eq.design).fit()
+        np.testing.assert_allclose(ols.params[list(eq.parameters)], ref.params, rtol=1e-10)
+        se = np.sqrt(np.diag(ols.covariance.loc[list(eq.parameters), list(eq.parameters)]))
+        np.testing.assert_allclose(se, ref.bse, rtol=1e-8)
+        np.testing.assert_allclose(ols.residuals[:, j], ref.resid, atol=1e-10)
+        llf += ref.llf
+    assert ols.log_likelihood == pytest.approx(llf, rel=1e-10)
+    assert list(context.index) == list(obs.index[1:])
+
+
+def test_restricted_sur_is_statsmodels_gls_with_the_estimated_covariance() -> None:
+    import statsmodels.api as sm
+
+    from armsdyn.calibration import fit_system, lagged_equations
+
+    obs = _lagged_series(np.random.default_rng(5), rho=0.8)
+    # Holding k at its true value leaves the equations different regressors: SUR now differs from OLS.
+    equations, _ = lagged_equations(obs, fixed={"defence coefficient k": 0.1})
+    assert equations[0].parameters == ("grievance g", "fatigue coefficient a")
+    sur, ols = fit_system(equations, "sur"), fit_system(equations, "ols")
+    assert sur.converged
+    assert sur.iterations > 1
+    big = block_diag(*[e.design for e in equations])
+    y = np.concatenate([e.response for e in equations])
+    gls = sm.GLS(y, big, sigma=np.kron(sur.sigma, np.eye(len(y) // 2))).fit(cov_type="fixed scale")
+    np.testing.assert_allclose(sur.params.to_numpy(), gls.params, rtol=1e-7)
+    np.testing.assert_allclose(sur.covariance.to_numpy(), gls.cov_params(), rtol=1e-6, atol=1e-12)
+    assert not np.allclose(sur.params.to_numpy(), ols.params.to_numpy(), rtol=1e-6)
+    # Its likelihood is the maximum over the coefficients: OLS's coefficients under SUR's covariance do worse.
+    assert sur.log_likelihood > ols.log_likelihood
+
+
+def test_differenced_lagged_fit_equals_statsmodels_var_on_the_changes() -> None:
+    from statsmodels.tsa.api import VAR
+
+    from armsdyn.calibration import fit_system, lagged_equations
+
+    obs = _lagged_series(np.random.default_rng(2))
+    equations, _ = lagged_equations(obs, transform="differenced")
+    fit = fit_system(equations, "sur")
+    changes = obs.diff().dropna().to_numpy()
+    var = VAR(changes).fit(1, trend="n")
+    # D_t - D_{t-1} = k D^Y_{t-1} - a D^X_{t-1}: the VAR(1) of the changes without a constant, minus I.
+    a_mat = var.params.T
+    assert fit.params["defence coefficient k"] == pytest.approx(a_mat[0, 1], rel=1e-8)
+    assert fit.params["fatigue coefficient a"] == pytest.approx(1 - a_mat[0, 0], rel=1e-8)
+    assert fit.params["defence coefficient l"] == pytest.approx(a_mat[1, 0], rel=1e-8)
+    assert fit.params["fatigue coefficient b"] == pytest.approx(1 - a_mat[1, 1], rel=1e-8)
+    assert fit.log_likelihood == pytest.approx(var.llf, rel=1e-10)
+    assert "grievance g" not in fit.params
+
+
+def test_lagged_intervals_cover_the_truth_at_the_nominal_rate() -> None:
+    from armsdyn.calibration import fit_system, lagged_equations
+
+    hits = {"sur": [], "ols": []}
+    for seed in range(200):
+        equations, _ = lagged_equations(_lagged_series(np.random.default_rng(seed)))
+        for estimator in hits:
+            fit = fit_system(equations, estimator)
+            se = np.sqrt(np.diag(fit.covariance.to_numpy()))
+            tq = student_t.ppf(0.975, fit.dof)
+            truth = np.array([LAGGED_TRUTH[n] for n in fit.params.index])
+            hits[estimator].append(np.abs(fit.params.to_numpy() - truth) <= tq * se)
+    for estimator, rows in hits.items():
+        rate = np.mean(rows)
+        # 1200 intervals, correlated within a fit: a tolerance of about 3 binomial sd of 200 fits.
+        assert 0.91 <= rate <= 0.98, (estimator, rate, np.mean(rows, axis=0))
+
+
+def test_lagged_regression_skips_years_with_gaps() -> None:
+    from armsdyn.calibration import lagged_equations
+
+    obs = _lagged_series(np.random.default_rng(0), years=12)
+    obs.loc[1955, "arms Y"] = math.nan
+    obs = obs.drop(index=1958)
+    equations, context = lagged_equations(obs)
+    # 1955 (missing Y) removes the responses of 1955 and 1956; the absent 1958 those of 1958 and 1959.
+    assert list(context.index) == [1951, 1952, 1953, 1954, 1957, 1960, 1961]
+    _, context = lagged_equations(obs, transform="differenced")
+    assert list(context.index) == [1952, 1953, 1954, 1961]
+    assert equations[0].response.size == 7
+
+
+def test_bic_finds_the_action_reaction_only_where_it_is() -> None:
+    # Claim: the comparison prefers the reaction terms when the data have them, and drops them when
+    # they are ablated (k = l = 0 in the data-generating process).
+    from armsdyn.calibration import fit_system, lagged_equations
+
+    def prefers_reaction(truth: dict, seed: int) -> bool:
+        obs = _lagged_series(np.random.default_rng(seed), years=60, truth=truth)
+        bics = []
+        for fixed in ({}, {"defence coefficient k": 0.0, "defence coefficient l": 0.0}):
+            fit = fit_system(lagged_equations(obs, fixed=fixed)[0], "sur")
+            k = fit.n_likelihood_parameters
+            bics.append(-2 * fit.log_likelihood + k * math.log(fit.residuals.size))
+        return bics[0] < bics[1]
+
+    strong = {"defence coefficient k": 0.25, "defence coefficient l": 0.2}
+    ablated = {"defence coefficient k": 0.0, "defence coefficient l": 0.0}
+    with_reaction = np.mean([prefers_reaction(strong, s) for s in range(40)])
+    without = np.mean([prefers_reaction(ablated, s) for s in range(40)])
+    assert with_reaction >= 0.95, with_reaction
+    assert without <= 0.1, without
+
+
+def test_india_pakistan_specifications_ranked_and_written(tmp_path: Path) -> None:
+    result = calibrate(CONFIGS / "calibrate_india_pakistan.toml")
+    table = result.comparison
+    assert table is not None
+    assert set(table.index) == {"trajectory", *(s.label for s in result.spec.specifications)}
+    assert len(result.alternatives) == 8
+    # Four groups of comparable likelihoods: levels, yearly changes, changes of changes, and GDP shares.
+    groups = table.groupby("group")["response"].first()
+    assert len(groups) == 4
+    assert table.loc["GDP share, lagged SUR", "group"] != table.loc["lagged SUR", "group"]
+    assert table.loc["lagged SUR", "group"] == table.loc["lagged OLS", "group"]
+    for _, part in table.groupby("group"):
+        assert part["delta_aic"].min() == 0
+        assert part["rank_aic"].min() == 1
+        assert part["akaike_weight"].sum() == pytest.approx(1)
+    # Same regressors: SUR and OLS coefficients agree; SUR spends a parameter on the error correlation.
+    sur = next(r for r in result.alternatives if r.spec.label == "lagged SUR")
+    ols = next(r for r in result.alternatives if r.spec.label == "lagged OLS")
+    np.testing.assert_allclose(sur.estimates["estimate"], ols.estimates["estimate"], rtol=1e-8)
+    assert table.loc["lagged SUR", "n_parameters"] == table.loc["lagged OLS", "n_parameters"] + 1
+    gdp = next(r for r in result.alternatives if r.spec.label == "GDP share, lagged SUR")
+    assert gdp.spec.data.units == "percent of GDP"
+    assert gdp.spec.observations.loc[1990, "arms X"] == pytest.approx(3.146214610299615)
+    assert "given k = 0, l = 0" in table.loc["lagged SUR, no reaction", "stability"]
+    differenced = next(r for r in result.alternatives if r.spec.label == "lagged SUR, differenced")
+    assert "g and h" in differenced.derived.loc["equilibrium X", "note"]
+    assert differenced.summary["diagnostics_verdict"].startswith("differenced series")
+    verdict = result.summary["comparison"]["verdict"]
+    assert any(line.startswith("group 1") and "preferred by AIC" in line for line in verdict)
+    assert verdict[-1].startswith("4 groups fit different observations")
+    folder = write_calibration(result, tmp_path / "ip")
+    back = pd.read_csv(folder / "comparison.csv", index_col="specification")
+    pd.testing.assert_series_equal(back["aic"], table["aic"], check_names=False)
+    assert list(back["rank_aic"]) == list(table["rank_aic"])
+    estimates = pd.read_csv(folder / "specifications.csv")
+    assert set(estimates["specification"]) == set(table.index)
+    row = estimates[(estimates["specification"] == "lagged OLS") & (estimates["parameter"] == "defence coefficient k")]
+    assert float(row["estimate"].iloc[0]) == pytest.approx(ols.estimates.loc["defence coefficient k", "estimate"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["calibration"]["specifications"][0] == "trajectory"
+    assert json.loads((folder / "summary.json").read_text())["comparison"]["verdict"] == verdict
+
+
+def test_a_lagged_config_writes_its_fit(tmp_path: Path) -> None:
+    body = BASE.replace('columns = { x = "arms X" }', 'columns = { x = "arms X", y = "arms Y" }')
+    body = body.replace("[calibration]\nparameters = { \"grievance g\" = { initial = 1, bounds = [0, 5] } }",
+                        '[calibration]\nmethod = "lagged"\nestimator = "ols"')  # fmt: skip
+    obs = _lagged_series(np.random.default_rng(3), years=30)
+    data = "year,x,y\n" + "\n".join(f"{t},{r['arms X']},{r['arms Y']}" for t, r in obs.iterrows()) + "\n"
+    spec = load_calibration(_config(tmp_path, body, data=data))
+    assert (spec.method, spec.estimator, spec.transform, spec.label) == ("lagged", "ols", "levels", "lagged ols")
+    result = calibrate(spec)
+    assert result.summary["n_observations"] == 2 * 29
+    assert result.summary["stability"] in ("stable", "indeterminate")
+    assert result.comparison is None
+    folder = write_calibration(result, tmp_path / "lagged")
+    fit = pd.read_csv(folder / "fit.csv")
+    assert len(fit) == 58
+    assert set(fit["variable"]) == {"arms X", "arms Y"}
+    assert not (folder / "comparison.csv").exists()
+    assert (folder / "figures" / "fit.png").is_file()
+    diag = pd.read_csv(folder / "diagnostics.csv").set_index("test")
+    assert diag.loc["AIC", "statistic"] == pytest.approx(result.summary["aic"])
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('method = "lagged"', "specifications[0].name: missing"),
+        ('name = "x"\nmethod = "bayes"', "specifications[0] (\"x\").method: unknown method 'bayes'"),
+        ('name = "x"\nmethod = "richardson_combined"', "allowed: trajectory, lagged"),
+        ('name = "x"\nfix = { "grievance gg" = 0 }', 'fix."grievance gg": unknown constant in model'),
+        ('name = "x"\nfix = { "grievance g" = "zero" }', "expected a finite number, got string 'zero'"),
+        ('name = "x"\nestimator = "sur"', "calibration.estimator: only used with method 'lagged'"),
+        ('name = "x"\nmethod = "lagged"\nestimator = "gls"', "unknown estimator 'gls'"),
+        ('name = "x"\nmethod = "lagged"', "'lagged' needs both stocks observed; map a data series to 'arms Y'"),
+        ('name = "x"\ndata = { file = "none.csv" }', 'specifications[0] ("x"): data: '),
+        ('name = "cal"\nflavour = 1', "specifications[0].flavour: unknown key"),
+        ('name = "trajectory"', "'trajectory' names two specifications"),
+    ],
+)
+def test_specification_errors_name_the_entry(tmp_path: Path, entry: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=r"cal\.toml") as info:
+        load_calibration(_config(tmp_path, BASE + "\n[[specifications]]\n" + entry + "\n"))
+    assert expected in str(info.value)
+
+
+def test_lagged_needs_enough_years(tmp_path: Path) -> None:
+    body = BASE.replace('columns = { x = "arms X" }', 'columns = { x = "arms X", y = "arms Y" }')
+    body = body.replace("[calibration]\n", '[calibration]\nmethod = "lagged"\n')
+    with pytest.raises(ConfigError, match="has 4 usable years"):
+        load_calibration(_config(tmp_path, body, data="year,x,y\n0,1,2\n1,2,3\n2,3,3\n3,4,5\n4,4,6\n"))
