@@ -10,18 +10,19 @@ of the loops is scored at every step from the model's own equations (:class:`arm
       LS(x -> z)_t = |Δx z / Δz| · sign(Δx z / Δx),    Δx z = f(x_t, y_{t-1}, ...) - z_{t-1}
 
 - **Links into a stock** (its flows, or whatever its rate reads inline): the same score on the
-  stock's net rate, one step earlier, because the stock's change from ``t-1`` to ``t`` is made
-  by the rate at ``t-1``. For named flows this is the corrected flow-to-stock score of
-  Schoenberg, Hayward & Eberlein (2023): ``±|Δflow_{t-1} / Δnet rate_{t-1}|``, +1 for an inflow
-  and -1 for an outflow whose change makes all of the net rate's.
+  stock's net rate. For named flows this is the corrected flow-to-stock score of Schoenberg,
+  Hayward & Eberlein (2023), ``±|Δflow / Δnet rate|`` (+1 for an inflow, -1 for an outflow, whose
+  change makes all of the net rate's), on the flows' changes from ``t-1`` to ``t`` as Simlin
+  times it; an inline rate is scored as Simlin scores its implicit net flow (whose own link into
+  the stock is then 1).
 - **SMOOTH** (first order) is a stock whose rate is ``(input - state) / time``: its input's link is
   scored like any link into a stock, so a loop through a perception delay is scored through it.
   Other stateful functions (DELAY, higher-order SMOOTH, TREND) keep their internal stages out of
   reach, so their input's link has the black-box unit score ``sign(Δinput) · sign(Δoutput)``
   (as Simlin uses for a module without internal scores).
 - **Zero changes**: where the target or the source does not change in a step the link score is 0
-  (nothing to attribute), never NaN; so are the first step (and the first two for links into a
-  stock), which have no earlier values to compare with.
+  (nothing to attribute), never NaN; so is the first step, which has no earlier values to
+  compare with.
 
 A loop's score is the product of its links' scores; its relative score is its score over the sum
 of the absolute scores of the loops in its *cycle partition* (the loops through the same strongly
@@ -181,11 +182,7 @@ def link_score(states: RunStates, source: str, target: str) -> np.ndarray:
     held = {name: _previous(states.values[name]) for name in states.inputs(target)}
     held[source] = x
     partial = states.evaluate(target, held)
-    score = _ratio_score(partial, z, x)
-    if holder:
-        # The rate at t-1 makes the stock's change to t.
-        score = np.concatenate([[0.0], score[:-1]])
-    return score
+    return _ratio_score(partial, z, x)
 
 
 def relative_loop_scores(scores: np.ndarray, partitions: Sequence[int]) -> np.ndarray:
