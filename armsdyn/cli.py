@@ -18,7 +18,7 @@ import matplotlib
 from armsdyn import __version__
 from armsdyn.analysis import analyse, summarise
 from armsdyn.audit import audit, load_audit, summary_lines
-from armsdyn.calibration import calibrate, load_calibration, write_calibration
+from armsdyn.calibration import calibrate, format_summary, load_calibration, write_calibration
 from armsdyn.compare import TOP, compare_results
 from armsdyn.config import config_kind, load_config
 from armsdyn.data import DataWarning
@@ -367,8 +367,7 @@ def _calibrate_locked(args: argparse.Namespace, spec: Any, target: Path) -> int:
     if not result.derived.empty:
         print(result.derived.to_string())
     summary = result.summary
-    facts = [f"{k} = {summary[k]}" for k in ("rmse", "r2", "stability", "share_stable_bootstrap") if k in summary]
-    print("; ".join(facts))
+    print(format_summary(result))  # fit, stability, diagnostics and identification verdicts, any comparison
     if summary.get("converged") is False:
         print("armsdyn: warning: the optimiser did not report convergence", file=sys.stderr)
     write_calibration(result, target, force=args.force, command=["armsdyn", *sys.argv[1:]])
