@@ -43,3 +43,25 @@ def test_analyse_agrees_with_the_closed_form(tmp_path: Path) -> None:
     assert row["arms X"] == pytest.approx(expected[0], rel=1e-6)
     assert row["arms Y"] == pytest.approx(expected[1], rel=1e-6)
     assert "stable" in proc.stdout
+
+
+@pytest.mark.slow
+def test_calibrate_prints_the_verdicts_and_the_ranking(tmp_path: Path) -> None:
+    out = tmp_path / "ip"
+    proc = run_cli("calibrate", CONFIGS / "calibrate_india_pakistan.toml", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    # The honest verdicts, in words, beside the numbers.
+    assert any(line.startswith("stability: indeterminate (the 95% interval of ab - kl") for line in lines)
+    assert any(line.startswith("diagnostics: series are I(1) and not cointegrated") for line in lines)
+    assert any(line.startswith("identification: weakly identified: at a bound") for line in lines)
+    # The ranking, and which specification is preferred by how much.
+    assert "specifications ranked by AIC within groups fitted to the same observations:" in lines
+    preferred = [line for line in lines if line.startswith("group 1 (levels of arms X, arms Y")]
+    assert len(preferred) == 1
+    assert "preferred by AIC 'trajectory, no fatigue', 4.0 below 'trajectory'" in preferred[0]
+    table = pd.read_csv(out / "comparison.csv", index_col="specification")
+    for name, row in table.iterrows():
+        shown = next(line for line in lines if line.startswith(f"{name} "))
+        assert f"{row['aic']:.1f}" in shown, name
+    assert "AIC and BIC rank specifications within a group only" in lines[-1]
