@@ -1,6 +1,6 @@
 """Calibrate a model's parameters to historical data (``armsdyn calibrate CONFIG``).
 
-Two estimators are offered:
+Three estimators are offered:
 
 - ``method = "trajectory"`` (the default): trajectory matching. The model is
   simulated (with PySD, or the ensemble engine) for trial parameter values and
@@ -15,6 +15,15 @@ Two estimators are offered:
   :math:`\\frac{d}{dt}(U+V) = \\kappa\\,(U + V - c)`; he estimated
   :math:`\\kappa` and :math:`c` by regressing the yearly increments of
   :math:`U+V` on its yearly means (:func:`richardson_combined_fit`).
+- ``method = "lagged"``: Richardson's equations as discrete-time regressions,
+  each state's yearly change on both states' arms the year before
+  (:func:`lagged_equations`), fitted jointly by seemingly unrelated regression
+  (``estimator = "sur"``) or one by one (``"ols"``) with :func:`fit_system`;
+  ``transform = "differenced"`` regresses changes of changes instead.
+
+Further specifications of the same question (``[[specifications]]``) are fitted
+beside the config's own and ranked by AIC and BIC within groups fitted to the
+same observations (:func:`compare_specifications`).
 
 A calibration config looks like::
 
@@ -42,7 +51,10 @@ A calibration config looks like::
     units = "billion current US dollars"   # ... then state the resulting units
 
     [calibration]
-    method = "trajectory"       # or "richardson_combined"
+    name = "full model"         # optional: this specification's name in comparison.csv
+    method = "trajectory"       # or "richardson_combined", "lagged"
+    # estimator = "sur"         # lagged only: "sur" (jointly) or "ols" (one by one)
+    # transform = "levels"      # lagged only: "levels" or "differenced"
     loss = "linear"             # or the robust "soft_l1", "huber"
     f_scale = 1.0               # residual size where a robust loss turns (data units)
     bootstrap = 200             # optional residual-bootstrap replicates
@@ -56,11 +68,19 @@ A calibration config looks like::
     "arms X" = { bounds = [0, 100] }   # initial guess: the first observation
     "arms Y" = "observed"       # ... or to fix at the first observation
 
+    [[specifications]]          # optional, any number: fitted beside and ranked by AIC/BIC
+    name = "no reaction"
+    method = "lagged"           # trajectory or lagged (default: the config's own)
+    fix = { "defence coefficient k" = 0, "defence coefficient l" = 0 }   # held, not fitted
+    data = { file = "share_gdp.csv", scale = 100, units = "percent of GDP" }  # [data] keys replaced
+
 The results folder holds ``estimates.csv``, ``derived.csv`` (for Richardson's
 model: :math:`ab - kl` and the stability verdict), ``fit.csv`` (observed,
 fitted, residual), ``covariance.csv``, ``bootstrap.csv`` (when asked),
 ``diagnostics.csv`` (Ljung-Box, Durbin-Watson, ADF, KPSS, Engle-Granger, AIC/BIC
 and a one-line verdict; see :func:`diagnose`),
+``comparison.csv`` and ``specifications.csv`` (with ``[[specifications]]``: the
+ranking, and every specification's estimates),
 ``data.csv`` (the observations used), ``summary.json``, ``figures/`` and
 ``manifest.json``; it is written atomically like a run's results folder.
 
@@ -71,6 +91,12 @@ References
    section 4.5. New York: Springer.
 .. [3] Bates, D. M. and Watts, D. G. (1988). *Nonlinear Regression Analysis and Its
    Applications*, ch. 2. New York: Wiley.
+.. [4] Zellner, A. (1962). An efficient method of estimating seemingly unrelated
+   regressions and tests for aggregation bias. *Journal of the American Statistical
+   Association* 57, 348-368.
+.. [5] Burnham, K. P. and Anderson, D. R. (2002). *Model Selection and Multimodel
+   Inference*, 2nd ed., section 2.6. New York: Springer.
+.. [6] Greene, W. H. (2012). *Econometric Analysis*, 7th ed., section 10.2. Boston: Pearson.
 """
 
 from __future__ import annotations
