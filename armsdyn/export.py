@@ -26,8 +26,8 @@ study's ``sensitivity/``) become tables with one value per row,
 
 CSV floats are written as the shortest text that reads back to the same
 double (Python's ``repr``; NaN as an empty field), so reading a CSV back
-reproduces ``results.nc`` exactly (pandas 3's ``read_csv``, R's ``read.csv``,
-Python's ``float``). Parquet needs
+reproduces ``results.nc`` exactly (tested with Python's ``float`` and pandas
+3's ``read_csv``). Parquet needs
 pyarrow (``pip install 'armsdyn[export]'``). The export folder is written
 atomically with a ``manifest.json`` naming its source and the sha256 of each
 file.
