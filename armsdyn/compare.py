@@ -326,9 +326,11 @@ def compare_results(
             msg = f"--top {top}: draw at least one variable"
             raise CompareError(msg)
     a, b = Path(a), Path(b)
-    ds_a, manifest_a, _ = read_results_folder(a)
-    ds_b, manifest_b, _ = read_results_folder(b)
+    ds_a, manifest_a, study_a = read_results_folder(a)
+    ds_b, manifest_b, study_b = read_results_folder(b)
     notes: list[str] = []
+    if study_a or study_b:
+        notes.append("sensitivity studies (sensitivity/) are not compared; their manifests' engine entries are")
     comparison = Comparison(
         a=a,
         b=b,
