@@ -94,13 +94,38 @@ from armsdyn.specs import DISTRIBUTIONS, SampledParameter
 AUDIT_DIR = "audit"
 SAMPLINGS = ("latin", "sobol")
 FAULT_COLUMNS = ("fault", "fault variable", "fault time")
-#: Metric columns holding text (compared with == or != in predicates).
-TEXT_METRICS = (
-    *("fault", "fault variable", "stability", "regime"),
-    *("treaty status", "breakout status A", "breakout status B"),
-)
-#: Metric columns that compare a scenario with its baseline.
-BASELINE_METRICS = tuple(f"{k} {s}" for k in ("insecurity reduction vs baseline", "foregone output") for s in "AB")
+#: Metric columns holding text (compared with == or != in predicates); per-state ones end in the state's name.
+TEXT_METRICS = ("fault", "fault variable", "stability", "regime", "treaty status")
+TEXT_PER_STATE = ("breakout status ",)
+#: Per-state metric columns that compare a scenario with its baseline.
+BASELINE_PER_STATE = ("insecurity reduction vs baseline ", "foregone output ")
+
+
+def is_text_metric(name: str) -> bool:
+    """True for a metric column holding text rather than numbers."""
+    return name in TEXT_METRICS or name.startswith(TEXT_PER_STATE)
+
+
+def is_baseline_metric(name: str) -> bool:
+    """True for a metric column that compares a scenario with its baseline."""
+    return name.startswith(BASELINE_PER_STATE)
+
+
+def constant_values(model: Any) -> dict[str, float]:
+    """Every constant a claim or an uncertainty may name, with the model file's value.
+
+    Scalar constants by name; each element of a subscripted constant by its
+    element name (``"adoption time[A]"``).
+    """
+    values: dict[str, float] = {}
+    for var in model.of_kind("constant"):
+        if not var.dims and var.default is not None:
+            values[var.name] = float(var.default)
+        elif var.dims and var.defaults:
+            values |= {var.element_name(e): float(v) for e, v in zip(var.elements(), var.defaults, strict=True)}
+    return values
+
+
 #: Quasi-p above which a box's restriction is reported as not significant.
 SIGNIFICANCE = 0.05
 #: Wilson interval: the normal quantile of a 95% interval.
@@ -259,24 +284,32 @@ def _check(table: Any, section: str, where: str, problems: Problems) -> dict[str
 
 
 def _constant(model: Any, name: str, where: str, problems: Problems, seen: set[str]) -> str | None:
-    constants = [v.name for v in model.of_kind("constant") if not v.dims]
+    """The constant (or element of a subscripted constant) `name` names, or None after adding the problem."""
+    constants = list(constant_values(model))
     try:
-        var = model.variable(name)
-    except KeyError:
-        problems.add(where, f"unknown parameter {name!r}{did_you_mean(name, constants)}")
+        var, element = model.element(name)
+    except KeyError as exc:
+        known = name.split("[", 1)[0].strip() in {c.split("[", 1)[0] for c in constants}
+        problems.add(where, str(exc.args[0]) if known else f"unknown parameter {name!r}{did_you_mean(name, constants)}")
         return None
-    if var.kind != "constant" or var.dims:
-        problems.add(where, f"{var.name!r} is a {var.kind}, not a scalar constant; constants: {', '.join(constants)}")
+    if var.kind != "constant":
+        problems.add(where, f"{var.name!r} is a {var.kind}, not a constant; constants: {', '.join(constants)}")
         return None
-    if var.name in seen:
-        problems.add(where, f"{var.name!r} is sampled twice")
+    if var.dims and element is None:
+        problems.add(
+            where, f"{var.name!r} has one value per element; sample one, e.g. {var.element_name(var.elements()[0])!r}"
+        )
         return None
-    seen.add(var.name)
-    return var.name
+    key = var.element_name(element) if element is not None else var.name
+    if key in seen:
+        problems.add(where, f"{key!r} is sampled twice")
+        return None
+    seen.add(key)
+    return key
 
 
 def _outside(model: Any, name: str, values: Sequence[float]) -> str:
-    lo, hi = model.variable(name).limits
+    lo, hi = model.element(name)[0].limits
     bad = [v for v in values if (not math.isnan(lo) and v < lo) or (not math.isnan(hi) and v > hi)]
     if not bad:
         return ""
@@ -342,14 +375,13 @@ def _parse_uncertainties(raw: Any, model: Any, problems: Problems) -> tuple[list
 
 
 def predicate_names(experiment: Experiment, baseline: bool) -> tuple[list[str], list[str]]:
-    """Names a claim's predicate may use (metric columns, scalar constants), and those holding text."""
+    """Names a claim's predicate may use (metric columns, constants and their elements), and those holding text."""
     model = experiment.model
-    metrics = [m for m in metric_names(model, experiment.variables) if baseline or m not in BASELINE_METRICS]
-    constants = [v.name for v in model.of_kind("constant") if not v.dims]
-    allowed = [*metrics, *constants]
-    texts = [m for m in metrics if m in TEXT_METRICS]
+    metrics = [m for m in metric_names(model, experiment.variables) if baseline or not is_baseline_metric(m)]
+    allowed = [*metrics, *constant_values(model)]
+    texts = [m for m in metrics if is_text_metric(m)]
     if baseline:
-        allowed += [f"baseline {m}" for m in metrics if m not in BASELINE_METRICS]
+        allowed += [f"baseline {m}" for m in metrics if not is_baseline_metric(m)]
         texts += [f"baseline {m}" for m in texts]
     return allowed, texts
 
@@ -443,7 +475,10 @@ class FinalsReducer(Reducer):
                 values = column.astype(float) if name == "fault time" else column.astype(str)
             else:
                 da = next(v for k, v in ds.data_vars.items() if name in (k, v.attrs.get("long_name")))
-                values = da.isel(time=-1).values.astype(float)
+                # A subscripted variable keeps its ranges: dims (run, *ranges).
+                final = da.isel(time=-1, drop=True).astype(float)
+                out[f"output: {name}"] = final.assign_coords(run=out["run"]).assign_attrs(long_name=name)
+                continue
             out[f"output: {name}"] = ("run", values, {"long_name": name})
         return out
 
@@ -456,7 +491,7 @@ def _needed_variables(spec: AuditSpec) -> tuple[str, ...]:
         for name in claim.predicate.names:
             metric = name.removeprefix("baseline ") if name.startswith("baseline ") else name
             needed += available.get(metric, [])
-            if claim.baseline and metric in BASELINE_METRICS:
+            if claim.baseline and is_baseline_metric(metric):
                 needed += available[metric]
     return tuple(dict.fromkeys(needed))
 
@@ -477,7 +512,7 @@ def _run_values(
     n = len(draws)
     if workers != 1:  # one chunk per worker at least, so every worker has runs
         chunk_size = max(1, min(chunk_size, -(-n // (workers or os.cpu_count() or 1))))
-    defaults = {v.name: float(v.default) for v in model.of_kind("constant") if not v.dims and v.default is not None}
+    defaults = constant_values(model)
     runs: dict[str, tuple[xr.Dataset, dict[str, np.ndarray]]] = {}
     for name in scenarios:
         scenario = experiment.scenario(name)
@@ -526,8 +561,15 @@ def _metrics_of(
     labels = [f"{tag}{i}" for _, tag in parts for i in range(n)]
     data = {}
     for v in variables:
-        values = np.concatenate([runs[s][0][f"output: {v}"].values for s, _ in parts])
-        data[v] = (("scenario", "time"), values[:, None], {"long_name": v})
+        finals = [runs[s][0][f"output: {v}"] for s, _ in parts]
+        values = np.concatenate([f.values for f in finals])
+        ranges = finals[0].dims[1:]  # a subscripted variable keeps its ranges
+        data[v] = xr.DataArray(
+            values[:, None],
+            dims=("scenario", "time", *ranges),
+            coords={r: finals[0][r].values for r in ranges},
+            attrs={"long_name": v},
+        )
     constants = {
         k: ("scenario", np.concatenate([np.broadcast_to(runs[s][1][k], (n,)) for s, _ in parts]), {"long_name": k})
         for k in runs[scenario][1]

@@ -744,13 +744,13 @@ def _parse_figures(
         parameter = ""
         if good.get("parameter"):
             try:
-                parameter = model.variable(good["parameter"]).name
-            except KeyError:
+                var, element = model.element(good["parameter"])
+                parameter = var.element_name(element) if element is not None else var.name
+            except KeyError as exc:
                 constants = [v.name for v in model.of_kind("constant")]
-                problems.add(
-                    f"{where}.parameter",
-                    f"unknown parameter {good['parameter']!r}{did_you_mean(good['parameter'], constants)}",
-                )
+                hint = did_you_mean(good["parameter"], constants)
+                unknown = f"unknown parameter {good['parameter']!r}{hint}"
+                problems.add(f"{where}.parameter", exc.args[0] if "[" in good["parameter"] and not hint else unknown)
         for j, s in enumerate(good.get("scenarios", [])):
             if s not in scenario_names:
                 problems.add(f"{where}.scenarios[{j}]", f"unknown scenario {s!r}{did_you_mean(s, scenario_names)}")

@@ -16,7 +16,7 @@ import pandas as pd
 from armsdyn.config import Experiment
 from armsdyn.experiment import run
 from armsdyn.metrics import compute_metrics
-from armsdyn.treaty import COLUMNS
+from armsdyn.treaty import columns, model_states
 
 
 def convergence(
@@ -42,11 +42,12 @@ def convergence(
     """
     dt = experiment.time.step
     steps = steps or (dt, dt / 2, dt / 4)
+    treaty_columns = columns(model_states(experiment.model) or ())
     tables = {}
     for step in steps:
         ds = run(replace(experiment, time=replace(experiment.time, step=step)))
         metrics = compute_metrics(ds)
-        numeric = [c for c in COLUMNS if c in metrics.columns and pd.api.types.is_numeric_dtype(metrics[c])]
+        numeric = [c for c in treaty_columns if c in metrics.columns and pd.api.types.is_numeric_dtype(metrics[c])]
         tables[step] = metrics[numeric].stack(future_stack=True)
     out = pd.DataFrame(tables)
     out.index.names = ["scenario", "metric"]

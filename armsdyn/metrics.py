@@ -179,11 +179,11 @@ def _richardson_n_names(model: Model, variables: Sequence[str]) -> dict[str, lis
 
 
 def _treaty_names(model: Model, variables: Sequence[str]) -> dict[str, list[str]]:
-    required = treaty.required_variables()
-    if not all(r in model.variables for r in required):
+    states = treaty.model_states(model)
+    if states is None:
         return {}
     optional = [name for name in treaty.OPTIONAL if name in model.variables]
-    return {c: [*required, *optional] for c in treaty.COLUMNS}
+    return {c: [*treaty.required_variables(), *optional] for c in treaty.columns(states)}
 
 
 def _treaty_table(ds: xr.Dataset) -> pd.DataFrame | None:

@@ -8,14 +8,15 @@ saved every year give the same numbers. Regain times are interpolated linearly
 between the two integration steps around the crossing, so they converge as the
 time step shrinks (see :func:`armsdyn.convergence.convergence`).
 
-Required variables (model names), for each state ``S`` in ``A, B``:
-``treaty signed``, ``treaty broken``, ``treaty signing time``, ``treaty
-breakdown time``, ``hardware at signing S``, ``hardware after cuts S``,
-``insecurity at signing S``, ``insecurity after cuts S``, ``power regained S``,
-``regain time S``, ``mean insecurity over term S``. Optional:
-``breakdown by insecurity``, ``breakdown by detection``, ``peak power ratio A
-over B after breakdown`` (and B over A), ``cumulative arms burden S``,
-``cumulative civil output S``.
+Required variables (model names): ``treaty signed``, ``treaty broken``,
+``treaty signing time``, ``treaty breakdown time`` (scalars) and, subscripted
+by the model's state range, ``hardware at signing``, ``hardware after cuts``,
+``insecurity at signing``, ``insecurity after cuts``, ``power regained``,
+``regain time``, ``mean insecurity over term``. Optional: ``breakdown by
+insecurity``, ``breakdown by detection``, and per state ``peak power ratio
+after breakdown``, ``cumulative arms burden``, ``cumulative civil output``.
+A column for state ``S`` carries the element's name (``breakout time A``), so
+a third state adds its columns without any change here.
 
 Definitions
 -----------
@@ -40,10 +41,12 @@ insecurity reduction vs baseline S
 breakout time S
     Years from breakdown until ``effective power S`` regains the model's
     ``regain share`` of its value at signing.
-mobilisation edge A over B
-    ``breakout time B - breakout time A``: positive when A rebuilds faster.
-relative edge A over B
-    Peak of A's effective power over B's after breakdown (1: no edge).
+mobilisation edge S over R
+    ``breakout time R - breakout time S``: positive when S rebuilds faster (one
+    column per pair of states, in the range's order).
+relative edge S
+    Peak of S's effective power over its adversaries' after breakdown (1: no
+    edge; for two states, over the other state's).
 cumulative arms burden S, foregone output S
     Arms spending over the run; ``1 - cumulative civil output / the same in the
     baseline``, the civil output a scenario gave up (the price of arcadian
@@ -56,33 +59,32 @@ only where a status says why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from armsdyn.model import Model
 from armsdyn.results import case_dim
 
-STATES = ("A", "B")
 WORLD = ("treaty signed", "treaty broken", "treaty signing time", "treaty breakdown time")
+#: Event records kept per state: each is subscripted by the model's state range.
 PER_STATE_RECORDS = (
-    "hardware at signing {s}",
-    "hardware after cuts {s}",
-    "insecurity at signing {s}",
-    "insecurity after cuts {s}",
-    "power regained {s}",
-    "regain time {s}",
-    "mean insecurity over term {s}",
+    "hardware at signing",
+    "hardware after cuts",
+    "insecurity at signing",
+    "insecurity after cuts",
+    "power regained",
+    "regain time",
+    "mean insecurity over term",
 )
 OPTIONAL = (
     "breakdown by insecurity",
     "breakdown by detection",
-    "peak power ratio A over B after breakdown",
-    "cumulative arms burden A",
-    "cumulative arms burden B",
-    "cumulative civil output A",
-    "cumulative civil output B",
+    "peak power ratio after breakdown",
+    "cumulative arms burden",
+    "cumulative civil output",
 )
 
 PER_STATE = (
@@ -95,40 +97,72 @@ PER_STATE = (
     "insecurity reduction vs baseline",
     "breakout time",
     "breakout status",
+    "relative edge",
     "cumulative arms burden",
     "foregone output",
 )
-#: Every column :func:`treaty_metrics` can produce.
-COLUMNS = (
-    "treaty status",
-    "treaty start",
-    "breakdown time",
-    "mobilisation edge A over B",
-    "relative edge A over B",
-    *(f"{key} {s}" for key in PER_STATE for s in STATES),
-)
-#: Columns that compare a scenario with its baseline.
-BASELINE_COLUMNS = tuple(
-    f"{key} {s}" for key in ("insecurity reduction vs baseline", "foregone output") for s in STATES
-)
+#: Per-state columns that compare a scenario with its baseline.
+BASELINE_PER_STATE = ("insecurity reduction vs baseline", "foregone output")
+
+
+def columns(states: Sequence[str]) -> list[str]:
+    """Every column :func:`treaty_metrics` can produce for a model with these states.
+
+    Per-state columns carry the element's name (``breakout time A``); the
+    mobilisation edge is one column per pair of states (``mobilisation edge A
+    over B``).
+    """
+    pairs = [f"mobilisation edge {a} over {b}" for i, a in enumerate(states) for b in states[i + 1 :]]
+    return ["treaty status", "treaty start", "breakdown time", *pairs, *(f"{k} {s}" for k in PER_STATE for s in states)]
+
+
+def baseline_columns(states: Sequence[str]) -> list[str]:
+    """The columns of :func:`columns` that compare a scenario with its baseline."""
+    return [f"{k} {s}" for k in BASELINE_PER_STATE for s in states]
 
 
 def required_variables() -> list[str]:
     """Model names of the variables the treaty metrics need saved."""
-    return [*WORLD, *(r.format(s=s) for r in PER_STATE_RECORDS for s in STATES)]
+    return [*WORLD, *PER_STATE_RECORDS]
 
 
-def _final(ds: xr.Dataset, name: str) -> np.ndarray | None:
-    """Final values of a variable (one per scenario or run), or None if not saved."""
+def model_states(model: Model) -> tuple[str, ...] | None:
+    """The states of a model with the treaty records (the elements of their one range), or None."""
+    try:
+        world = [model.variable(n) for n in WORLD]
+        records = [model.variable(n) for n in PER_STATE_RECORDS]
+    except KeyError:
+        return None
+    dims = {r.dims for r in records}
+    if any(w.dims for w in world) or len(dims) != 1 or len(records[0].dims) != 1:
+        return None
+    return tuple(records[0].dims[0][1])
+
+
+def _final(ds: xr.Dataset, name: str) -> xr.DataArray | None:
+    """Final values of a variable (dims: the case, and the state range for a record), or None if not saved."""
+    dim = case_dim(ds)
     for key, da in ds.data_vars.items():
-        if name in (key, da.attrs.get("long_name")) and da.dims == (case_dim(ds), "time"):
-            return da.isel(time=-1).values.astype(float)
+        if name in (key, da.attrs.get("long_name")) and da.dims[:2] == (dim, "time") and da.ndim <= 3:
+            return da.isel(time=-1).astype(float)
     return None
+
+
+def _states(ds: xr.Dataset) -> tuple[str, tuple[str, ...]] | None:
+    """The state range's name and elements, read from the saved records."""
+    records = [_final(ds, n) for n in PER_STATE_RECORDS]
+    if any(r is None or r.ndim != 2 for r in records):
+        return None
+    dims = {r.dims[1] for r in records if r is not None}
+    if len(dims) != 1:
+        return None
+    (dim,) = dims
+    return dim, tuple(str(e) for e in ds[dim].values.tolist())
 
 
 def applies(ds: xr.Dataset) -> bool:
     """True when the Dataset holds every variable the treaty metrics need."""
-    return all(_final(ds, n) is not None for n in required_variables())
+    return all(_final(ds, n) is not None for n in WORLD) and _states(ds) is not None
 
 
 def treaty_metrics(
@@ -139,7 +173,8 @@ def treaty_metrics(
     Parameters
     ----------
     ds : xarray.Dataset
-        Results with dims ``(scenario, time)`` holding the required variables.
+        Results with dims ``(scenario, time)`` holding the required variables,
+        the per-state records with the state range as a third dimension.
     baseline : str, optional
         The no-treaty scenario every scenario is compared with, unless
         `baselines` names another for it.
@@ -158,56 +193,76 @@ def treaty_metrics(
         If a required variable or a named baseline scenario is missing.
     """
     missing = [n for n in required_variables() if _final(ds, n) is None]
-    if missing:
-        msg = f"treaty metrics need these variables saved: {', '.join(missing)}"
+    found = _states(ds)
+    if missing or found is None:
+        msg = (
+            f"treaty metrics need these variables saved: {', '.join(missing)}"
+            if missing
+            else f"treaty metrics need the per-state records ({', '.join(PER_STATE_RECORDS)}) subscripted by one range"
+        )
         raise KeyError(msg)
+    state_dim, states = found
     dim = case_dim(ds)
     labels = [str(s) if dim == "scenario" else s for s in ds[dim].values.tolist()]
-    v = {n: _final(ds, n) for n in (*required_variables(), *OPTIONAL)}
+    finals = {n: _final(ds, n) for n in (*required_variables(), *OPTIONAL)}
+
+    def world(name: str) -> np.ndarray | None:
+        da = finals[name]
+        return None if da is None else da.values
+
+    def of(name: str, s: str) -> np.ndarray | None:
+        da = finals[name]
+        return None if da is None else da.sel({state_dim: s}).values
+
     table = pd.DataFrame(index=pd.Index(labels, name=dim))
-    signed = v["treaty signed"] > 0.5
-    broken = signed & (v["treaty broken"] > 0.5)
-    table["treaty status"] = _status(signed, broken, v)
-    table["treaty start"] = np.where(signed, v["treaty signing time"], np.nan)
-    table["breakdown time"] = np.where(broken, v["treaty breakdown time"], np.nan)
+    signed = world("treaty signed") > 0.5
+    broken = signed & (world("treaty broken") > 0.5)
+    breakdown = world("treaty breakdown time")
+    table["treaty status"] = _status(signed, broken, world("breakdown by insecurity"), world("breakdown by detection"))
+    table["treaty start"] = np.where(signed, world("treaty signing time"), np.nan)
+    table["breakdown time"] = np.where(broken, breakdown, np.nan)
     ref = _baseline_rows(labels, baseline, baselines)
     breakout = {}
     with np.errstate(divide="ignore", invalid="ignore"):
-        for s in STATES:
-            hw_red = 1.0 - v[f"hardware after cuts {s}"] / v[f"hardware at signing {s}"]
-            before, after = v[f"insecurity at signing {s}"], v[f"insecurity after cuts {s}"]
+        for s in states:
+            hw_red = 1.0 - of("hardware after cuts", s) / of("hardware at signing", s)
+            before, after = of("insecurity at signing", s), of("insecurity after cuts", s)
             ins_red = 1.0 - after / before
             table[f"hardware reduction {s}"] = np.where(signed, hw_red, np.nan)
             table[f"insecurity before {s}"] = np.where(signed, before, np.nan)
             table[f"insecurity after {s}"] = np.where(signed, after, np.nan)
             table[f"insecurity reduction {s}"] = np.where(signed, ins_red, np.nan)
             table[f"dampening efficiency {s}"] = np.where(signed & (hw_red > 0), ins_red / hw_red, np.nan)
-            mean = v[f"mean insecurity over term {s}"]
+            mean = of("mean insecurity over term", s)
             table[f"mean insecurity over term {s}"] = mean
-            regained = broken & (v[f"power regained {s}"] > 0.5)
-            breakout[s] = np.where(regained, v[f"regain time {s}"] - v["treaty breakdown time"], np.nan)
+            regained = broken & (of("power regained", s) > 0.5)
+            breakout[s] = np.where(regained, of("regain time", s) - breakdown, np.nan)
             table[f"breakout time {s}"] = breakout[s]
             table[f"breakout status {s}"] = np.select(
                 [~signed, ~broken, regained], ["no treaty", "no breakdown", "regained"], "not regained"
             )
-            burden = v[f"cumulative arms burden {s}"]
+            peak = of("peak power ratio after breakdown", s)
+            if peak is not None:
+                table[f"relative edge {s}"] = np.where(broken, peak, np.nan)
+            burden = of("cumulative arms burden", s)
             table[f"cumulative arms burden {s}"] = burden if burden is not None else np.nan
             if ref is not None:
                 table[f"insecurity reduction vs baseline {s}"] = 1.0 - mean / mean[ref]
-                civil = v[f"cumulative civil output {s}"]
+                civil = of("cumulative civil output", s)
                 if civil is not None:
                     table[f"foregone output {s}"] = 1.0 - civil / civil[ref]
-    table["mobilisation edge A over B"] = breakout["B"] - breakout["A"]
-    peak = v["peak power ratio A over B after breakdown"]
-    if peak is not None:
-        table["relative edge A over B"] = np.where(broken, peak, np.nan)
+    for i, a in enumerate(states):
+        for b in states[i + 1 :]:
+            table[f"mobilisation edge {a} over {b}"] = breakout[b] - breakout[a]
     return table
 
 
-def _status(signed: np.ndarray, broken: np.ndarray, v: Mapping[str, np.ndarray | None]) -> np.ndarray:
+def _status(
+    signed: np.ndarray, broken: np.ndarray, by_insecurity: np.ndarray | None, by_detection: np.ndarray | None
+) -> np.ndarray:
     zeros = np.zeros(signed.shape)
-    by_insecurity = (v["breakdown by insecurity"] if v["breakdown by insecurity"] is not None else zeros) > 0.5
-    by_detection = (v["breakdown by detection"] if v["breakdown by detection"] is not None else zeros) > 0.5
+    by_insecurity = (by_insecurity if by_insecurity is not None else zeros) > 0.5
+    by_detection = (by_detection if by_detection is not None else zeros) > 0.5
     return np.select(
         [~signed, ~broken, by_detection, by_insecurity],
         ["no treaty", "in force to the end", "cheating detected", "defection"],
