@@ -679,8 +679,13 @@ def _unknown_element(name: str, allowed: Iterable[str], exc: KeyError, what: str
     return f"unknown {what} {name!r}{did_you_mean(name, allowed)}"
 
 
-def _check_output_variable(name: str, where: str, model: Model, problems: Problems) -> tuple[str, str] | None:
-    """A study output's variable: (the variable to save, the name to read), e.g. ("arms", "arms[USA]")."""
+def _check_output_variable(
+    name: str, where: str, model: Model, problems: Problems, *, whole: bool = False
+) -> tuple[str, str] | None:
+    """A study output's variable: (the variable to save, the name to read), e.g. ("arms", "arms[USA]").
+
+    With `whole`, a subscripted variable may also be named whole (a fan chart draws a band per element).
+    """
     try:
         var, element = model.element(name)
     except KeyError as exc:
@@ -692,7 +697,7 @@ def _check_output_variable(name: str, where: str, model: Model, problems: Proble
     if var.kind == "lookup":
         problems.add(where, f"{var.name!r} is a lookup table, which has no values over time")
         return None
-    if var.dims and element is None:
+    if var.dims and element is None and not whole:
         problems.add(
             where, f"{var.name!r} has one value per element; name one, e.g. {var.element_name(var.elements()[0])!r}"
         )
@@ -938,8 +943,12 @@ def _parse_sensitivity(
             outputs.append(Output(name=label, variable=named, aggregate=aggregate, at=float(entry.get("at", "nan"))))
     if not good.get("outputs"):
         problems.add("sensitivity.outputs", "missing or empty; add [[sensitivity.outputs]] tables")
-    fan = tuple(_check_variables(good.get("fan_variables", []), "sensitivity.fan_variables", model, problems))
-    needed += fan
+    fan_checked = [
+        _check_output_variable(name, f"sensitivity.fan_variables[{i}]", model, problems, whole=True)
+        for i, name in enumerate(good.get("fan_variables", []))
+    ]
+    fan = tuple(named for _, named in filter(None, fan_checked))
+    needed += [saved for saved, _ in filter(None, fan_checked)]
     if len(problems.items) > n_before:
         return None, ()
     spec = SensitivitySpec(

@@ -85,8 +85,11 @@ class StudyReducer(Reducer):
             out[f"output: {label}"] = ("run", np.asarray(column, dtype=float), {"long_name": label})
         keep = max(0, min(ds.sizes["run"], self.fan_runs - start))
         for name in self.fan_variables:
-            da = next(v for k, v in ds.data_vars.items() if name in (k, v.attrs.get("long_name")))
-            out[da.name] = ((FAN_DIM, "time"), da.values[:keep], da.attrs)
+            # A whole subscripted variable keeps its ranges (a band per element); "x[A]" is one element.
+            da = find_variable(ds, name)
+            ranges = {d: da[d].values for d in da.dims[2:]}
+            out[name if "[" in name else da.name] = ((FAN_DIM, "time", *ranges), da.values[:keep], da.attrs)
+            out = out.assign_coords(ranges)
         if self.fan_variables:
             out.coords["time"] = ds["time"]
         return out
