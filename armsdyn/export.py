@@ -13,7 +13,7 @@ study's ``sensitivity/``) become tables with one value per row,
     scenario, parameter, element, value, units: the model constants each
     scenario set.
 ``ensemble_runs`` (a study only)
-    run, role, variable, value, units: each run's sampled parameters
+    run, role, variable, element, value, units: each run's sampled parameters
     (role ``parameter``) and outputs (role ``output``).
 ``ensemble_series`` (a study with ``fan_variables`` only)
     run, time, variable, element, value, units: the saved time series of the
@@ -101,6 +101,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "run": "run number of the sensitivity study (0-based)",
         "role": "'parameter' (a sampled value) or 'output' (a value computed from the run)",
         "variable": "parameter or output name",
+        "element": "subscript element(s) of a subscripted parameter; empty otherwise",
         "value": "the value in the run",
         "units": "units (outputs: empty)",
     },
@@ -248,33 +249,27 @@ def parameters_table(ds: xr.Dataset) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
+def _per_run(da: xr.DataArray) -> bool:
+    """A value per run of a study (a sampled parameter or an output, possibly subscripted)."""
+    return da.dims[:1] == ("run",) and "time" not in da.dims
+
+
 def ensemble_tables(ensemble: xr.Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A study's ensemble as two long tables: per-run values, and the saved time series.
 
     Returns
     -------
     (pandas.DataFrame, pandas.DataFrame)
-        ``ensemble_runs`` (run, role, variable, value, units) and
+        ``ensemble_runs`` (run, role, variable, element, value, units) and
         ``ensemble_series`` (run, time, variable, element, value, units; empty
         when the study kept no time series).
     """
-    runs = ensemble["run"].values if "run" in ensemble.coords else np.arange(ensemble.sizes.get("run", 0))
     frames = []
     for role, items in (("parameter", ensemble.coords.items()), ("output", ensemble.data_vars.items())):
         for key, da in items:
-            if key == "run" or da.dims != ("run",):
-                continue
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "run": runs,
-                        "role": role,
-                        "variable": _name(da, key),
-                        "value": np.asarray(da.values, dtype=float),
-                        "units": str(da.attrs.get("units", "")),
-                    }
-                )
-            )
+            if key != "run" and _per_run(da):
+                frame = _long(da, "run", _name(da, key)).drop(columns="time").assign(role=role)
+                frames.append(frame)
     columns = list(COLUMNS["ensemble_runs"])
     per_run = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
     series = [
@@ -335,10 +330,10 @@ def dictionary_table(ds: xr.Dataset, ensemble: xr.Dataset | None = None) -> pd.D
             add("parameters", key, da)
     if ensemble is not None:
         for key, da in ensemble.coords.items():
-            if key != "run" and da.dims == ("run",):
+            if key != "run" and _per_run(da):
                 add("ensemble_runs", key, da)
         for key, da in ensemble.data_vars.items():
-            if da.dims == ("run",):
+            if _per_run(da):
                 add("ensemble_runs", key, da)
             elif "time" in da.dims:
                 add("ensemble_series", key, da)
