@@ -13,7 +13,7 @@ import xarray as xr
 
 import armsdyn
 from armsdyn.compare import CompareError, compare_results, draw_comparison
-from tests.conftest import MODELS, run_cli
+from tests.conftest import CONFIGS, MODELS, run_cli
 
 BODY = """
 [time]
@@ -200,3 +200,23 @@ def test_cli_compare_refuses_a_folder_that_is_not_results(folders: dict[str, Pat
 def test_a_bad_figure_name_is_refused_before_reading(folders: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(CompareError, match=r"\.pdf, \.svg, \.png"):
         compare_results(folders["a"], tmp_path / "missing", figure=tmp_path / "x.jpg")
+
+
+def test_subscripted_variables_are_compared_by_element(tmp_path: Path) -> None:
+    text = (CONFIGS / "richardson_1909_four_nations.toml").read_text(encoding="utf-8")
+    text = text.replace('"../models/', f'"{MODELS.as_posix()}/')
+    assert text.count('"grievance g" = -35.4') == 1
+    (tmp_path / "a.toml").write_text(text, encoding="utf-8")
+    (tmp_path / "b.toml").write_text(text.replace('"grievance g" = -35.4', '"grievance g" = -30.0'), encoding="utf-8")
+    a = armsdyn.run_experiment(tmp_path / "a.toml", out=tmp_path / "a")
+    b = armsdyn.run_experiment(tmp_path / "b.toml", out=tmp_path / "b")
+    c = compare_results(a, b)
+    arms = c.variables.set_index("variable").loc["arms"]
+    with xr.open_dataset(a / "results.nc") as ds_a, xr.open_dataset(b / "results.nc") as ds_b:
+        diff = np.abs(ds_b["arms"] - ds_a["arms"])
+        assert arms["max_abs_difference"] == float(diff.max())
+        assert arms["element"] == str(diff.idxmax("state").sel(scenario=arms["scenario"], time=arms["time"]).item())
+    drawn = draw_comparison(c, tmp_path / "diff.svg", top=1)
+    title = f"{drawn[0]}[{c.variables['element'][0]}]"
+    assert title in (tmp_path / "diff.svg").read_text(encoding="utf-8")
+    assert any(line.startswith('+"grievance g" = -30.0') for line in c.config_diff)
