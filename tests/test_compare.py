@@ -220,3 +220,31 @@ def test_subscripted_variables_are_compared_by_element(tmp_path: Path) -> None:
     title = f"{drawn[0]}[{c.variables['element'][0]}]"
     assert title in (tmp_path / "diff.svg").read_text(encoding="utf-8")
     assert any(line.startswith('+"grievance g" = -30.0') for line in c.config_diff)
+
+
+def test_runs_that_overflow_compare_equal_to_themselves(tmp_path: Path) -> None:
+    """inf and NaN where both folders hold them are no difference; a finite value against NaN is."""
+    model = Path(shutil.copy(MODELS / "richardson.mdl", tmp_path / "richardson.mdl"))
+    body = BODY.format(g=1.5, saveper=0.5).replace('"defence coefficient k" = 0.5', '"defence coefficient k" = 400.0')
+    body = body.replace('"defence coefficient l" = 0.5', '"defence coefficient l" = 400.0').replace(
+        "final = 20", "final = 40"
+    )
+    (tmp_path / "exp.toml").write_text(f'[experiment]\nname = "exp"\nmodel = "{model.name}"\n{body}', encoding="utf-8")
+    a = armsdyn.run_experiment(tmp_path / "exp.toml", out=tmp_path / "a")
+    with xr.open_dataset(a / "results.nc") as ds:
+        assert not np.isfinite(ds["arms_x"].sel(scenario="stable").values).all()
+    b = Path(shutil.copytree(a, tmp_path / "b"))
+    c = compare_results(a, b)
+    assert c.identical
+    assert (c.variables["max_abs_difference"] == 0).all()
+    # B's overflow replaced by finite numbers: an infinite difference, at the first non-finite value.
+    with xr.open_dataset(a / "results.nc") as ds:
+        ds = ds.load()
+    ds["arms_x"] = ds["arms_x"].fillna(0.0).where(np.isfinite(ds["arms_x"].fillna(0.0)), 0.0)
+    (b / "results.nc").unlink()
+    ds.to_netcdf(b / "results.nc", engine="netcdf4")
+    arms = compare_results(a, b).variables.set_index("variable").loc["arms X"]
+    assert arms["max_abs_difference"] == np.inf
+    assert arms["scenario"] == "stable"
+    assert not np.isfinite(arms["a"])
+    assert arms["b"] == 0.0
