@@ -101,6 +101,7 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -117,7 +118,7 @@ import scipy.optimize
 import scipy.stats
 from statsmodels.stats.diagnostic import acorr_ljungbox
 from statsmodels.stats.stattools import durbin_watson
-from statsmodels.tools.sm_exceptions import InterpolationWarning
+from statsmodels.tools.sm_exceptions import CollinearityWarning, InterpolationWarning
 from statsmodels.tsa.stattools import adfuller, coint, kpss
 
 from armsdyn.calibration_config import (
@@ -129,6 +130,8 @@ from armsdyn.calibration_config import (
     CalibrationSpec,
     DataSpec,
     FittedParameter,
+    LaggedSystem,
+    lagged_system,
     lagged_usable,
     load_calibration,
     on_regular_grid,
@@ -143,7 +146,7 @@ from armsdyn.errors import ConfigError, ModelError
 from armsdyn.figures import DOUBLE_COLUMN, SINGLE_COLUMN, paper_style, save_figure
 from armsdyn.model import Model, TimeSettings, file_sha256
 from armsdyn.output import atomic_folder, build_manifest, now
-from armsdyn.richardson import PARAMETER_NAMES, Richardson
+from armsdyn.richardson import N_PARAMETER_NAMES, PARAMETER_NAMES, Richardson
 
 __all__ = [
     "DATA_KINDS",
@@ -173,6 +176,7 @@ __all__ = [
     "parse_calibration",
     "richardson_combined_fit",
     "richardson_stability",
+    "spectral_verdict",
     "stability_verdict",
     "write_calibration",
 ]
@@ -294,10 +298,17 @@ class _Simulator:
         self.engine = engine
         self.fixed = Scenario("fit", parameters=dict(fixed)).pysd_params()
         self.runs = 0
+        # Each observed variable is a model variable, or one element of a subscripted one ("arms[USA]").
+        self.sources: list[tuple[str, tuple[int, ...]]] = []
+        for name in self.variables:
+            var, element = model.element(name)
+            index = () if element is None else tuple(e.index(x) for (_, e), x in zip(var.dims, element, strict=True))
+            self.sources.append((var.name, index))
+        self.model_variables = list(dict.fromkeys(v for v, _ in self.sources))
         if engine == "compiled":
             self.compiled = compile_model(model.path)
             self.grid = TimeGrid.from_settings(time, model.path)
-            self.py_names = [self.compiled.variable(v).py_name for v in self.variables]
+            self.py_names = [self.compiled.variable(v).py_name for v in self.model_variables]
 
     def __call__(self, thetas: np.ndarray) -> np.ndarray:
         """Shape ``(len(thetas), n_saved, n_variables)``."""
@@ -310,15 +321,17 @@ class _Simulator:
             samples.update({name: thetas[:, j] for j, name in enumerate(self.names)})
             # simulate_arrays skips building a Dataset, a third of the cost of a small batch.
             values, n = self.compiled.normalise_samples(samples)
-            arrays = self.compiled.simulate_arrays(values, n, self.grid, self.py_names)
-            for j, arr in enumerate(arrays):
-                out[:, :, j] = arr.T
+            arrays = dict(zip(self.model_variables, self.compiled.simulate_arrays(values, n, self.grid, self.py_names),
+                              strict=True))  # fmt: skip
+            for j, (name, index) in enumerate(self.sources):
+                # (saved, *shape, runs) -> (runs, saved) for the one element observed
+                out[:, :, j] = arrays[name][(slice(None), *index, slice(None))].T
             return out
         for i, theta in enumerate(thetas):
             params = {**self.fixed, **dict(zip(self.names, map(float, theta), strict=True))}
-            values = self.model.simulate(params, self.time, self.variables)
-            for j, name in enumerate(self.variables):
-                out[i, :, j] = values[name]
+            values = self.model.simulate(params, self.time, self.model_variables)
+            for j, (name, index) in enumerate(self.sources):
+                out[i, :, j] = values[name][(slice(None), *index)]
         return out
 
 
@@ -733,9 +746,16 @@ def diagnose(
     out["cointegration"] = None
     if len(columns) >= 2:
         pair = observations[columns[:2]].dropna()
-        eg = _safe(coint, pair.iloc[:, 0].to_numpy(dtype=float), pair.iloc[:, 1].to_numpy(dtype=float))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CollinearityWarning)
+            eg = _safe(coint, pair.iloc[:, 0].to_numpy(dtype=float), pair.iloc[:, 1].to_numpy(dtype=float))
+        # Two series almost exactly proportional (an explosive race, say) leave the test meaningless.
+        collinear = any(issubclass(w.category, CollinearityWarning) for w in caught)
+        if collinear:
+            eg = None
         out["cointegration"] = {
-            "test": f"Engle-Granger, {columns[0]} on {columns[1]}",
+            "test": f"Engle-Granger, {columns[0]} on {columns[1]}"
+            + (" (not reliable: the series are almost perfectly collinear)" if collinear else ""),
             "statistic": math.nan if eg is None else float(eg[0]),
             "p": math.nan if eg is None else float(eg[1]),
         }
@@ -1069,12 +1089,21 @@ def _check_sigma(sigma: np.ndarray) -> None:
         raise ValueError(msg)
 
 
-#: The lagged Richardson equation of each stock: (stock, grievance, reaction to the other, fatigue).
-_LAGGED_TERMS = (("x", "g", "k", "a"), ("y", "h", "l", "b"))
+#: Richardson's two-state model in lagged form (the default of :func:`lagged_equations`).
+TWO_STATE = LaggedSystem(
+    RICHARDSON_STOCKS,
+    (
+        ((PARAMETER_NAMES["g"], None, 1.0), (PARAMETER_NAMES["k"], 1, 1.0), (PARAMETER_NAMES["a"], 0, -1.0)),
+        ((PARAMETER_NAMES["h"], None, 1.0), (PARAMETER_NAMES["l"], 0, 1.0), (PARAMETER_NAMES["b"], 1, -1.0)),
+    ),
+)
 
 
 def lagged_equations(
-    observations: pd.DataFrame, transform: str = "levels", fixed: Mapping[str, ParameterValue] | None = None
+    observations: pd.DataFrame,
+    transform: str = "levels",
+    fixed: Mapping[str, ParameterValue] | None = None,
+    system: LaggedSystem | None = None,
 ) -> tuple[list[Equation], pd.DataFrame]:
     """Richardson's equations as lagged (discrete-time) regressions on observed arms.
 
@@ -1083,33 +1112,40 @@ def lagged_equations(
         (X_t - X_{t-1}) / dt = g + k Y_{t-1} - a X_{t-1}
         (Y_t - Y_{t-1}) / dt = h + l X_{t-1} - b Y_{t-1}
 
-    (the Euler step of the continuous model). With ``"differenced"`` both sides
-    are differenced once, which removes the grievances and any shared trend::
+    (the Euler step of the continuous model; for N states,
+    ``(x_i,t - x_i,t-1) / dt = g_i + sum_j k_ij x_j,t-1 - a_i x_i,t-1``). With
+    ``"differenced"`` both sides are differenced once, which removes the
+    grievances and any shared trend::
 
         D^X_t - D^X_{t-1} = k dt D^Y_{t-1} - a dt D^X_{t-1},   D^X_t = (X_t - X_{t-1}) / dt
 
     Parameters
     ----------
     observations : pandas.DataFrame
-        Columns ``arms X`` and ``arms Y`` indexed by time; years with a missing
-        value (or missing rows) drop the responses that need them.
+        One column per stock of `system` (``arms X`` and ``arms Y`` by default)
+        indexed by time; years with a missing value (or missing rows) drop the
+        responses that need them.
     transform : {"levels", "differenced"}
         See above.
     fixed : mapping, optional
-        Coefficients held at a value (model names): their terms move to the
-        response, and they are not estimated.
+        Coefficients held at a value (model or element names): their terms move
+        to the response, and they are not estimated.
+    system : LaggedSystem, optional
+        The equations (see :func:`armsdyn.calibration_config.lagged_system`);
+        default Richardson's two-state model.
 
     Returns
     -------
     equations : list of Equation
         One per stock, coefficients named as the model's constants.
     context : pandas.DataFrame
-        Indexed by the response times: ``arms X``/``arms Y`` (the year before),
-        ``rate X``/``rate Y`` (the change the year before; NaN for levels), and
-        ``dt``; :func:`one_step_levels` uses it.
+        Indexed by the response times: each stock's arms the year before, its
+        change the year before (``rate <stock>``; NaN for levels), and ``dt``;
+        :func:`one_step_levels` uses it.
     """
-    fixed = fixed or {}
-    frame = observations[list(RICHARDSON_STOCKS)]
+    system = system or TWO_STATE
+    held = {**system.held, **(fixed or {})}
+    frame = observations[list(system.stocks)]
     grid, dt = on_regular_grid(frame)
     usable = lagged_usable(frame, transform)
     values = grid.to_numpy(dtype=float)
@@ -1119,31 +1155,27 @@ def lagged_equations(
     before = values[rows - 1]
     rate_before = rates[rows - 1]
     equations = []
-    for i, (_, grievance, reaction, fatigue) in enumerate(_LAGGED_TERMS):
-        other = 1 - i
+    for i, row in enumerate(system.terms):
         if transform == "differenced":
             response = rates[rows, i] - rate_before[:, i]
-            terms = [(reaction, dt * rate_before[:, other]), (fatigue, -dt * rate_before[:, i])]
+            terms = [(name, sign * dt * rate_before[:, j]) for name, j, sign in row if j is not None]
         else:
             response = rates[rows, i].copy()
-            terms = [(grievance, np.ones(rows.size)), (reaction, before[:, other]), (fatigue, -before[:, i])]
+            terms = [(name, np.ones(rows.size) if j is None else sign * before[:, j]) for name, j, sign in row]
         columns, names = [], []
-        for symbol, regressor in terms:
-            name = PARAMETER_NAMES[symbol]
-            value = fixed.get(name)
+        for name, regressor in terms:
+            value = held.get(name)
             if isinstance(value, int | float):
                 response = response - float(value) * regressor
             else:
                 columns.append(regressor)
                 names.append(name)
         design = np.column_stack(columns) if columns else np.empty((rows.size, 0))
-        equations.append(Equation(RICHARDSON_STOCKS[i], response, design, tuple(names)))
+        equations.append(Equation(system.stocks[i], response, design, tuple(names)))
     context = pd.DataFrame(
         {
-            RICHARDSON_STOCKS[0]: before[:, 0],
-            RICHARDSON_STOCKS[1]: before[:, 1],
-            "rate X": rate_before[:, 0],
-            "rate Y": rate_before[:, 1],
+            **{stock: before[:, j] for j, stock in enumerate(system.stocks)},
+            **{f"rate {stock}": rate_before[:, j] for j, stock in enumerate(system.stocks)},
             "dt": dt,
         },
         index=grid.index[rows],
@@ -1152,16 +1184,18 @@ def lagged_equations(
 
 
 def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
-    equations, context = lagged_equations(spec.observations, spec.transform, spec.fixed)
+    system = lagged_system(spec.model)
+    assert system is not None  # the config was checked
+    equations, context = lagged_equations(spec.observations, spec.transform, spec.fixed, system)
     try:
-        system = fit_system(equations, spec.estimator)
+        fitted_system = fit_system(equations, spec.estimator)
     except ValueError as exc:
         msg = f"{spec.config_path or spec.name}: specification {spec.label!r}: {exc}"
         raise ConfigError(msg) from None
-    names = list(system.params.index)
-    se = np.sqrt(np.clip(np.diag(system.covariance.to_numpy()), 0, None))
-    tq = scipy.stats.t.ppf(0.975, system.dof)
-    theta = system.params.to_numpy()
+    names = list(fitted_system.params.index)
+    se = np.sqrt(np.clip(np.diag(fitted_system.covariance.to_numpy()), 0, None))
+    tq = scipy.stats.t.ppf(0.975, fitted_system.dof)
+    theta = fitted_system.params.to_numpy()
     estimates = pd.DataFrame(
         {
             "estimate": theta,
@@ -1172,7 +1206,7 @@ def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
             "lower": -math.inf,
             "upper": math.inf,
             "at_bound": False,
-            "units": [spec.model.variable(n).units for n in names],
+            "units": [_units(spec.model, n) for n in names],
         },
         index=pd.Index(names, name="parameter"),
     )
@@ -1181,7 +1215,7 @@ def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
     ss_res_total = ss_tot_total = 0.0
     for j, eq in enumerate(equations):
         # The observed response includes the fixed terms' values, so "observed" is what the free terms explain.
-        observed, fitted = eq.response, system.fitted[:, j]
+        observed, fitted = eq.response, fitted_system.fitted[:, j]
         ss_res = float(np.sum((observed - fitted) ** 2))
         ss_tot = float(np.sum((observed - observed.mean()) ** 2))
         ss_res_total += ss_res
@@ -1191,26 +1225,26 @@ def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
         tidy.append(pd.DataFrame({"variable": eq.name, "time": times, "observed": observed, "fitted": fitted,
                                   "residual": observed - fitted}))  # fmt: skip
     fit_table = pd.concat(tidy, ignore_index=True)
-    n = int(system.residuals.size)
+    n = int(fitted_system.residuals.size)
     scaled = [_scaled_condition(e.design) for e in equations if e.design.shape[1]]
     stats.update(
         {
             "n_observations": n,
             "n_parameters": len(names),
-            "dof": int(system.dof.min()) if names else n,
+            "dof": int(fitted_system.dof.min()) if names else n,
             "rmse": math.sqrt(ss_res_total / n),
             "r2": 1 - ss_res_total / ss_tot_total if ss_tot_total > 0 else math.nan,
             "sigma": math.sqrt(ss_res_total / max(n - len(names), 1)),
-            "converged": bool(system.converged),
-            "iterations": system.iterations,
+            "converged": bool(fitted_system.converged),
+            "iterations": fitted_system.iterations,
             "jacobian_condition": max(scaled) if scaled else math.nan,
             "estimator": spec.estimator,
             "transform": spec.transform,
             "response": _lagged_response(spec),
         }
     )
-    trajectories = one_step_levels(context, system.fitted, spec.transform)
-    fit = TrajectoryFit(estimates, system.covariance, fit_table, trajectories, stats)
+    trajectories = one_step_levels(context, fitted_system.fitted, spec.transform)
+    fit = TrajectoryFit(estimates, fitted_system.covariance, fit_table, trajectories, stats)
     summary = {"method": spec.method, "specification": spec.label, **stats, "units": spec.data.units}
     derived = _richardson_derived(spec, fit, None, summary)
     tested = spec.observations
@@ -1219,12 +1253,12 @@ def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
         tested = (grid.diff() / dt).dropna(how="all")
     diagnostics = diagnose(tested, fit_table, len(names), transform=spec.transform)
     # The system's own likelihood (error covariance included), not diagnose's pooled one.
-    llf, k = system.log_likelihood, system.n_likelihood_parameters
+    llf, k = fitted_system.log_likelihood, fitted_system.n_likelihood_parameters
     diagnostics.update(log_likelihood=llf, aic=-2 * llf + 2 * k, bic=-2 * llf + k * math.log(n))
     summary["likelihood"] = f"{_lagged_response(spec)} ({spec.estimator.upper()}, Gaussian errors)"
     summary["log_likelihood"] = llf
     summary["n_likelihood_parameters"] = k
-    summary["sigma_errors"] = system.sigma.tolist()
+    summary["sigma_errors"] = fitted_system.sigma.tolist()
     summary["aic"], summary["bic"] = diagnostics["aic"], diagnostics["bic"]
     summary["diagnostics_verdict"] = diagnostics["verdict"]
     summary["diagnostics"] = diagnostics
@@ -1234,7 +1268,7 @@ def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
         estimates=estimates,
         derived=derived,
         fit=fit_table,
-        covariance=system.covariance,
+        covariance=fitted_system.covariance,
         bootstrap=None,
         summary=summary,
         trajectories=trajectories,
@@ -1243,7 +1277,7 @@ def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
 
 
 def _lagged_response(spec: CalibrationSpec) -> str:
-    names = ", ".join(RICHARDSON_STOCKS)
+    names = ", ".join(spec.observations.columns)
     if spec.transform == "differenced":
         return f"changes in the yearly changes of {names}"
     return f"yearly changes of {names} given the year before"
@@ -1253,8 +1287,9 @@ def one_step_levels(context: pd.DataFrame, fitted: np.ndarray, transform: str) -
     """One-step-ahead levels a lagged fit predicts from the year before (for figures)."""
     dt = context["dt"].to_numpy()
     out = {}
-    for j, (stock, rate) in enumerate(zip(RICHARDSON_STOCKS, ("rate X", "rate Y"), strict=True)):
-        change = fitted[:, j] + (context[rate].to_numpy() if transform == "differenced" else 0.0)
+    stocks = [c for c in context.columns if c != "dt" and not c.startswith("rate ")]
+    for j, stock in enumerate(stocks):
+        change = fitted[:, j] + (context[f"rate {stock}"].to_numpy() if transform == "differenced" else 0.0)
         out[stock] = context[stock].to_numpy() + dt * change
     return pd.DataFrame(out, index=pd.Index(context.index.to_numpy(dtype=float), name="time"))
 
@@ -1441,7 +1476,7 @@ def _calibrate_trajectory(spec: CalibrationSpec, started: str) -> CalibrationRes
         ok = boot[boot["converged"]]
         estimates["bootstrap_low"] = [ok[name].quantile(0.025) for name in estimates.index]
         estimates["bootstrap_high"] = [ok[name].quantile(0.975) for name in estimates.index]
-    estimates["units"] = [spec.model.variable(name).units for name in estimates.index]
+    estimates["units"] = [_units(spec.model, name) for name in estimates.index]
     summary = {"method": spec.method, "specification": spec.label, **fit.statistics, "units": spec.data.units}
     derived = _richardson_derived(spec, fit, boot, summary)
     diagnostics = diagnose(spec.observations, fit.fit, int(fit.statistics["n_parameters"]))
@@ -1464,6 +1499,11 @@ def _calibrate_trajectory(spec: CalibrationSpec, started: str) -> CalibrationRes
         trajectories=fit.trajectories,
         started=started,
     )
+
+
+def _units(model: Model, name: str) -> str:
+    """Units of a constant or of one element of it (``"grievance g[USA]"``)."""
+    return model.element(name)[0].units
 
 
 def _bootstrap(spec: CalibrationSpec, fit: TrajectoryFit) -> pd.DataFrame:
@@ -1504,6 +1544,8 @@ def _richardson_derived(
 ) -> pd.DataFrame:
     """For Richardson's model: ab - kl (delta-method and bootstrap intervals) and the honest stability verdict."""
     if any(n not in spec.model.variables for n in PARAMETER_NAMES.values()):
+        if lagged_system(spec.model) is not None:
+            return _richardson_n_derived(spec, fit, boot, summary)
         return pd.DataFrame()
 
     def values_of(estimates: Mapping[str, float]) -> dict[str, float]:
@@ -1574,6 +1616,156 @@ def _richardson_derived(
         table["note"] = ""
     table["note"] = table["note"].fillna("")
     table.loc["determinant ab-kl", "note"] = f"stability: {verdict} ({found['reason']})"
+    return table
+
+
+def spectral_verdict(
+    abscissa: float,
+    interval: tuple[float, float],
+    scale: float,
+    bootstrap_interval: tuple[float, float] | None = None,
+) -> tuple[str, str]:
+    """``stable``, ``unstable`` or ``indeterminate`` for an N-state race, with the reason in words.
+
+    The race is stable when every eigenvalue of ``K - A`` has a negative real
+    part, i.e. when the largest real part (the spectral abscissa) is negative.
+
+    Parameters
+    ----------
+    abscissa : float
+        The estimate of ``max Re eig(K - A)``.
+    interval : (float, float)
+        Its 95% interval (delta method); NaN when unavailable.
+    scale : float
+        The eigenvalues' largest modulus: an abscissa within
+        :data:`DETERMINANT_NOISE_RTOL` of it is numerical noise.
+    bootstrap_interval : (float, float), optional
+        The bootstrap's 2.5% and 97.5% quantiles of the abscissa.
+
+    Returns
+    -------
+    verdict, reason : str
+        ``indeterminate`` when the abscissa is noise or an interval includes zero;
+        otherwise stable when it is negative.
+    """
+    what = "max Re eig(K - A)"
+    if not math.isfinite(abscissa) or abs(abscissa) <= DETERMINANT_NOISE_RTOL * max(scale, 1e-300):
+        return "indeterminate", f"{what} = {abscissa:.3g} is zero within numerical noise (|eig| ~ {scale:.3g})"
+    low, high = interval
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "indeterminate", f"{what} has no usable standard error (weakly identified fit)"
+    if low <= 0 <= high:
+        return "indeterminate", f"the 95% interval of {what} [{low:.3g}, {high:.3g}] includes zero"
+    if bootstrap_interval is not None:
+        blow, bhigh = bootstrap_interval
+        if not (math.isfinite(blow) and math.isfinite(bhigh)) or blow <= 0 <= bhigh:
+            return "indeterminate", f"the bootstrap 95% interval of {what} [{blow:.3g}, {bhigh:.3g}] includes zero"
+    verdict = "stable" if abscissa < 0 else "unstable"
+    return verdict, f"{what} = {abscissa:.3g}, 95% interval [{low:.3g}, {high:.3g}] excludes zero"
+
+
+def _n_state_matrices(
+    model: Model, fixed: Mapping[str, ParameterValue], values: Mapping[str, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """K, a and g of the subscripted N-state model: fitted `values` over `fixed` over the model file."""
+    k, a, g = (model.variable(N_PARAMETER_NAMES[s]) for s in "kag")
+
+    def value(var: Any, element: tuple[str, ...], index: int) -> float:
+        name = var.element_name(element)
+        for source in (values, fixed):
+            for key in (name, var.name):  # an element, or the whole constant fitted as one shared value
+                v = source.get(key)
+                if isinstance(v, int | float):
+                    return float(v)
+        return float(var.defaults[index]) if var.defaults else math.nan
+
+    states = a.dims[0][1]
+    n = len(states)
+    k_mat = np.array([value(k, e, i) for i, e in enumerate(k.elements())]).reshape(n, n)
+    a_vec = np.array([value(a, e, i) for i, e in enumerate(a.elements())])
+    g_vec = np.array([value(g, e, i) for i, e in enumerate(g.elements())])
+    return k_mat, a_vec, g_vec, states
+
+
+def _abscissa(k_mat: np.ndarray, a_vec: np.ndarray) -> tuple[float, np.ndarray]:
+    eig = np.linalg.eigvals(k_mat - np.diag(a_vec))
+    return float(np.max(eig.real)), eig
+
+
+def _richardson_n_derived(
+    spec: CalibrationSpec, fit: TrajectoryFit, boot: pd.DataFrame | None, summary: dict[str, Any]
+) -> pd.DataFrame:
+    """For the subscripted N-state model: max Re eig(K - A) with its interval, the verdict and equilibrium."""
+    est = fit.estimates["estimate"]
+    names = list(est.index)
+    theta = est.to_numpy(dtype=float)
+
+    def abscissa_of(t: np.ndarray) -> float:
+        k_mat, a_vec, _, _ = _n_state_matrices(spec.model, spec.fixed, dict(zip(names, t, strict=True)))
+        return _abscissa(k_mat, a_vec)[0]
+
+    k_mat, a_vec, g_vec, _ = _n_state_matrices(spec.model, spec.fixed, est.to_dict())
+    s, eig = _abscissa(k_mat, a_vec)
+    # Delta method with a central-difference gradient (grievances and initial values do not enter).
+    grad = np.zeros(theta.size)
+    for i in range(theta.size):
+        h = 1e-6 * max(1.0, abs(theta[i]))
+        up, down = theta.copy(), theta.copy()
+        up[i] += h
+        down[i] -= h
+        grad[i] = (abscissa_of(up) - abscissa_of(down)) / (2 * h)
+    cov = fit.covariance.loc[names, names].to_numpy(dtype=float)
+    var = float(grad @ cov @ grad)
+    se = math.sqrt(var) if math.isfinite(var) and var >= 0 else math.nan
+    tq = float(scipy.stats.t.ppf(0.975, max(int(fit.statistics["dof"]), 1)))
+    low, high = s - tq * se, s + tq * se
+    boot_interval = None
+    if boot is not None:
+        ok = boot[boot["converged"]]
+        values = np.array([abscissa_of(r[names].to_numpy(dtype=float)) for _, r in ok.iterrows()])
+        boot["max Re eig(K - A)"] = np.nan
+        boot.loc[ok.index, "max Re eig(K - A)"] = values
+        values = values[np.isfinite(values)]
+        boot_interval = (
+            (float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))) if values.size else (math.nan,) * 2
+        )
+        summary["share_stable_bootstrap"] = float(np.mean(values < 0)) if values.size else math.nan
+        summary["bootstrap_converged"] = len(ok)
+        summary["bootstrap_replicates"] = len(boot)
+    scale = float(np.max(np.abs(eig))) if eig.size else 0.0
+    verdict, reason = spectral_verdict(s, (low, high), scale, boot_interval)
+    held = [n for n in spec.fixed if n.partition("[")[0] in (N_PARAMETER_NAMES["k"], N_PARAMETER_NAMES["a"])]
+    if held:
+        reason += f"; given {len(held)} fixed coefficients of K and a"
+    no_grievances = spec.method == "lagged" and spec.transform == "differenced"
+    rows: dict[str, dict[str, Any]] = {
+        "max Re eig(K - A)": {"estimate": s, "std_error": se, "ci_low": low, "ci_high": high,
+                              "note": f"stability: {verdict} ({reason})"},
+    }  # fmt: skip
+    if boot_interval is not None:
+        rows["max Re eig(K - A)"]["bootstrap_low"], rows["max Re eig(K - A)"]["bootstrap_high"] = boot_interval
+    equilibrium = None
+    if verdict != "indeterminate" and not no_grievances:
+        with contextlib.suppress(np.linalg.LinAlgError):
+            equilibrium = np.linalg.solve(np.diag(a_vec) - k_mat, g_vec)
+    system = lagged_system(spec.model)
+    assert system is not None  # the caller checked
+    for i, stock in enumerate(system.stocks):
+        why = "the differenced fit does not estimate g" if no_grievances else "the verdict is indeterminate"
+        rows[f"equilibrium {stock}"] = {
+            "estimate": math.nan if equilibrium is None else float(equilibrium[i]),
+            "note": "" if equilibrium is not None else f"not reported: {why}",
+        }
+    for i, e in enumerate(sorted(eig, key=lambda z: -z.real)):
+        rows[f"eigenvalue {i + 1}"] = {"estimate": float(e.real), "note": f"imaginary part {abs(e.imag):.3g}"}
+    summary["stability"] = verdict
+    summary["stability_reason"] = reason
+    summary["spectral_abscissa"] = s
+    summary["spectral_abscissa_ci"] = [low, high]
+    summary["at_bound"] = [n for n in fit.estimates.index if fit.estimates.loc[n, "at_bound"]]
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "quantity"
+    table["note"] = table["note"].fillna("")
     return table
 
 

@@ -36,7 +36,7 @@ from armsdyn.config import (
 )
 from armsdyn.errors import did_you_mean
 from armsdyn.model import Model, TimeSettings
-from armsdyn.richardson import PARAMETER_NAMES
+from armsdyn.richardson import N_PARAMETER_NAMES, PARAMETER_NAMES
 
 METHODS = ("trajectory", "richardson_combined", "lagged")
 #: Estimators of the lagged (discrete-time) specification: the equations jointly or one by one.
@@ -269,6 +269,70 @@ def parse_calibration(raw: Mapping[str, Any], *, text: str = "", source: Path | 
 RICHARDSON_STOCKS = ("arms X", "arms Y")
 
 
+@dataclass(frozen=True)
+class LaggedSystem:
+    """Richardson's equations of a model, as the lagged regression writes them.
+
+    Attributes
+    ----------
+    stocks : tuple of str
+        The observed stocks (or elements of a subscripted stock), one equation each.
+    terms : tuple of tuple of (str, int or None, float)
+        Per equation: each coefficient's model name (or element name), the
+        index in `stocks` of the arms it multiplies (None for the constant
+        grievance), and the term's sign (-1 for fatigue).
+    held : mapping of str to float
+        Coefficients that cannot be estimated and are held at the model's value
+        unless fixed otherwise: the reaction matrix's diagonal, which multiplies
+        a state's own arms as its fatigue does.
+    """
+
+    stocks: tuple[str, ...]
+    terms: tuple[tuple[tuple[str, int | None, float], ...], ...]
+    held: Mapping[str, float] = field(default_factory=dict)
+
+
+def lagged_system(model: Model) -> LaggedSystem | None:
+    """The lagged form of Richardson's two-state model or of its subscripted N-state form; None otherwise.
+
+    The N-state form needs constants ``defence coefficient k[state, rival]``,
+    ``fatigue coefficient a[state]`` and ``grievance g[state]`` and a stock
+    subscripted like ``a`` (``arms[state]``): equation i is
+    ``dx_i = g_i + sum_j k_ij x_j - a_i x_i``.
+    """
+    names = model.variables
+    if all(n in names for n in (*RICHARDSON_STOCKS, *list(PARAMETER_NAMES.values())[:6])):
+        p = PARAMETER_NAMES
+        return LaggedSystem(
+            RICHARDSON_STOCKS,
+            (((p["g"], None, 1.0), (p["k"], 1, 1.0), (p["a"], 0, -1.0)),
+             ((p["h"], None, 1.0), (p["l"], 0, 1.0), (p["b"], 1, -1.0))),
+        )  # fmt: skip
+    if not all(N_PARAMETER_NAMES[s] in names for s in "kag"):
+        return None
+    k, a, g = (model.variable(N_PARAMETER_NAMES[s]) for s in "kag")
+    if len(a.dims) != 1 or g.dims != a.dims or len(k.dims) != 2 or not k.defaults:
+        return None
+    states = a.dims[0][1]
+    if k.shape != (len(states), len(states)):
+        return None
+    stock = next((v for v in model.of_kind("stock") if v.dims == a.dims), None)
+    if stock is None:
+        return None
+    rivals = k.dims[1][1]
+    terms = []
+    for i, si in enumerate(states):
+        row = [(g.element_name((si,)), None, 1.0)]
+        row += [(k.element_name((si, rivals[j])), j, 1.0) for j in range(len(states)) if j != i]
+        row.append((a.element_name((si,)), i, -1.0))
+        terms.append(tuple(row))
+    held = {k.element_name((si, rivals[i])): float(k.defaults[i * len(states) + i]) for i, si in enumerate(states)}
+    diagonal = tuple((k.element_name((si, rivals[i])), i, 1.0) for i, si in enumerate(states))
+    # The diagonal enters as a held term of its own equation.
+    terms = [(*row, diagonal[i]) for i, row in enumerate(terms)]
+    return LaggedSystem(tuple(stock.element_name((s,)) for s in states), tuple(terms), held)
+
+
 def _default_label(method: str, estimator: str, transform: str) -> str:
     if method != "lagged":
         return method
@@ -371,31 +435,37 @@ def _check_lagged(
     *,
     nested: bool,
 ) -> None:
-    """The lagged regression needs Richardson's model, both stocks observed, constants fixed and enough years."""
-    missing = [n for n in (*RICHARDSON_STOCKS, *list(PARAMETER_NAMES.values())[:6]) if n not in model.variables]
-    if missing:
+    """The lagged regression needs Richardson's model, every stock observed, constants fixed and enough years."""
+    system = lagged_system(model)
+    if system is None:
         problems.add(
-            "calibration.method", f"'lagged' regresses Richardson's equations; {model.path} lacks {missing[0]!r}"
+            "calibration.method",
+            f"'lagged' regresses Richardson's equations; {model.path} has neither the two-state model's "
+            f"constants ({', '.join(list(PARAMETER_NAMES.values())[:6])}) nor the subscripted N-state ones "
+            f"({', '.join(N_PARAMETER_NAMES[s] for s in 'kag')} with a stock subscripted like them)",
         )
         return
     if "bootstrap" in cal and cal["bootstrap"] and not nested:
         problems.add("calibration.bootstrap", "not used by method 'lagged' (its intervals come from the regression)")
-    for name in list(PARAMETER_NAMES.values())[:6]:
-        if isinstance(fixed.get(name), tuple):
-            problems.add(f'parameters."{name}"', "the lagged regression can fix a coefficient to a number only")
+    for row in system.terms:
+        for name, _, _ in row:
+            if isinstance(fixed.get(name), tuple):
+                problems.add(f'parameters."{name}"', "the lagged regression can fix a coefficient to a number only")
     if observations is None:
         return
-    absent = [s for s in RICHARDSON_STOCKS if s not in observations.columns]
+    absent = [s for s in system.stocks if s not in observations.columns]
     if absent:
-        problems.add("data.columns", f"'lagged' needs both stocks observed; map a data series to {absent[0]!r}")
+        every = "both stocks" if len(system.stocks) == 2 else f"all {len(system.stocks)} states' stocks"
+        problems.add("data.columns", f"'lagged' needs {every} observed; map a data series to {absent[0]!r}")
         return
-    usable = lagged_rows(observations[list(RICHARDSON_STOCKS)], cal.get("transform", "levels"))
-    # Three coefficients per equation and at least two residual degrees of freedom each.
-    if usable < 5:
+    usable = lagged_rows(observations[list(system.stocks)], cal.get("transform", "levels"))
+    # Every coefficient of an equation, and at least two residual degrees of freedom.
+    needed = max(sum(name not in system.held for name, _, _ in row) for row in system.terms) + 2
+    if usable < needed:
         problems.add(
             "data",
             f"the lagged {cal.get('transform', 'levels')} regression has {usable} usable years (consecutive "
-            "observations of both states); it needs at least 5: widen data.years",
+            f"observations of every state); it needs at least {needed}: widen data.years",
         )
 
 
@@ -431,11 +501,14 @@ def lagged_rows(observations: pd.DataFrame, transform: str) -> int:
     return int(lagged_usable(observations, transform).sum())
 
 
-def _model_name(model: Model, name: str) -> str:
+def _overlaps(model: Model, key: str, name: str) -> bool:
+    """Whether fitting `key` and holding `name` (canonical) touch the same constant or element."""
     try:
-        return model.variable(name).name
+        var, element = model.element(key)
     except KeyError:
-        return name
+        return False
+    own = var.name if element is None else var.element_name(element)
+    return own == name or own == name.partition("[")[0] or name == own.partition("[")[0]
 
 
 def _match_index(grid: np.ndarray, index: pd.Index) -> pd.Index:
@@ -484,7 +557,11 @@ def _parse_specification(
     fitted = dict(cal.get("parameters", {}))
     constants = [v.name for v in main.model.of_kind("constant")]
     for key, value in good.get("fix", {}).items():
-        if key not in main.model.variables or main.model.variable(key).kind != "constant":
+        try:
+            var, element = main.model.element(key)
+        except KeyError:
+            var, element = None, None
+        if var is None or var.kind != "constant":
             problems.add(f'{where}.fix."{key}"', f"unknown constant in model {main.model.path}"
                          f"{did_you_mean(key, constants)}")  # fmt: skip
             continue
@@ -493,7 +570,8 @@ def _parse_specification(
             continue
         fixed[key] = value
         # A constant the config fits is held at this value instead.
-        fitted = {k: v for k, v in fitted.items() if _model_name(main.model, k) != main.model.variable(key).name}
+        name = var.name if element is None else var.element_name(element)
+        fitted = {k: v for k, v in fitted.items() if not _overlaps(main.model, k, name)}
     cal["parameters"] = fitted
     merged = {k: v for k, v in raw.items() if k != "specifications"}
     merged.update(calibration=cal, parameters=fixed, data={**dict(raw.get("data", {})), **good.get("data", {})})
@@ -528,16 +606,22 @@ def _parse_data(
             problems.add(where, f"expected a model variable name, got {describe_input(value)}")
             continue
         try:
-            var = model.variable(value)
-        except KeyError:
-            problems.add(
-                where, f"unknown variable {value!r} in model {model.path}{did_you_mean(value, model.variables)}"
-            )
+            var, element = model.element(value)
+        except KeyError as exc:
+            text = str(exc.args[0])
+            if text.startswith("no variable"):
+                text = f"unknown variable {value!r} in model {model.path}{did_you_mean(value, model.variables)}"
+            problems.add(where, text)
             continue
         if var.kind in ("lookup", "constant"):
             problems.add(where, f"{var.name!r} is a {var.kind}; map data to a variable that changes over time")
             continue
-        columns[key] = var.name
+        if var.dims and element is None:
+            first = var.element_name(var.elements()[0])
+            problems.add(where, f"{var.name!r} is subscripted by {', '.join(var.dim_names)}; map each data series "
+                         f"to one element, e.g. {first!r}")  # fmt: skip
+            continue
+        columns[key] = var.name if element is None else var.element_name(element)
     for key, allowed in (
         ("time", ("csv",)),
         ("series", ("csv",)),
@@ -699,19 +783,29 @@ def _parse_fitted(
     for stock, value in cal.get("initial_values", {}).items():
         where = f'calibration.initial_values."{stock}"'
         try:
-            var = model.variable(stock)
+            var, element = model.element(stock)
         except KeyError:
             problems.add(where, f"unknown stock{did_you_mean(stock, stocks)} (stocks: {', '.join(stocks)})")
             continue
         if var.kind != "stock":
             problems.add(where, f"{var.name!r} is a {var.kind}, not a stock")
             continue
+        if var.dims and element is None:
+            first = var.element_name(var.elements()[0])
+            problems.add(where, f"{var.name!r} is subscripted; name one element, e.g. {first!r}")
+            continue
         constant = _stock_initial(model, var.name)
+        if constant is not None and element is not None:
+            # The stock's element starts from the same element of its initial constant.
+            start = model.variable(constant)
+            constant = start.element_name(element) if start.dims == var.dims else None
         if constant is None:
             problems.add(
                 where, f"{var.name!r} does not start from a single constant, so its initial value cannot be set"
             )
             continue
+        if element is not None:
+            var = replace(var, name=var.element_name(element))
         # When the data failed to load (already reported), say nothing about what is observed.
         no_data = observations is None
         first = math.nan
@@ -735,29 +829,41 @@ def _parse_fitted(
         entries.append((constant, {"initial": first, **value}, where, var.name))
     seen: set[str] = set()
     for key, value, where, stock in entries:
+        default: float | None = None
+        elements: list[str] = []
         if not stock:
             try:
-                var = model.variable(key)
-            except KeyError:
-                problems.add(where, f"unknown parameter in model {model.path}{did_you_mean(key, constants)}")
+                var, element = model.element(key)
+            except KeyError as exc:
+                text = str(exc.args[0])
+                if text.startswith("no variable"):
+                    text = f"unknown parameter in model {model.path}{did_you_mean(key, constants)}"
+                problems.add(where, text)
                 continue
             if var.kind != "constant":
                 problems.add(where, f"{var.name!r} is a {var.kind}, not a constant; only constants can be fitted")
                 continue
-            key = var.name
+            default, elements = _constant_default(var, element)
+            key = var.name if element is None else var.element_name(element)
         if key in seen:
             problems.add(where, f"{key!r} is fitted twice")
             continue
         seen.add(key)
-        if key in fixed and not stock:
+        if (key in fixed or any(e in fixed for e in elements)) and not stock:
             problems.add(where, f"{key!r} is also fixed in [parameters]; fit it or fix it, not both")
+            continue
+        overlap = [e for e in elements if e in seen]
+        whole = next((k for k in seen if key in _constant_default_elements(model, k)), None)
+        if overlap or whole:
+            problems.add(where, f"{key!r} overlaps {(overlap or [whole])[0]!r}, also fitted; fit each element once")
             continue
         good = _check(value, "estimate", where, problems)
         bounds = good.get("bounds", [-math.inf, math.inf])
         if len(bounds) != 2 or not bounds[0] < bounds[1] or any(math.isnan(b) for b in bounds):
             problems.add(f"{where}.bounds", f"expected [low, high] with low < high, got {bounds}")
             continue
-        default = model.variable(key).default
+        if stock:
+            default = None
         guess = good.get("initial")
         if guess is None:
             guess = default if default is not None and bounds[0] <= default <= bounds[1] else _middle(bounds)
@@ -770,6 +876,30 @@ def _parse_fitted(
     elif not out and not problems.items:
         problems.add("calibration.parameters", "nothing to fit; name at least one constant to fit")
     return out
+
+
+def _constant_default(var: Any, element: tuple[str, ...] | None) -> tuple[float | None, list[str]]:
+    """A fitted constant's value in the model file, and the element names a whole subscripted one sets.
+
+    A whole subscripted constant is fitted as one value shared by every element
+    (Richardson's symmetric assumption); its default is the elements' common value, if any.
+    """
+    if not var.dims:
+        return var.default, []
+    names = [var.element_name(e) for e in var.elements()]
+    if element is not None:
+        index = var.elements().index(tuple(element))
+        return (float(var.defaults[index]) if var.defaults else None), []
+    same = var.defaults and all(v == var.defaults[0] for v in var.defaults)
+    return (float(var.defaults[0]) if same else None), names
+
+
+def _constant_default_elements(model: Model, key: str) -> list[str]:
+    try:
+        var, element = model.element(key)
+    except KeyError:
+        return []
+    return _constant_default(var, element)[1]
 
 
 def _middle(bounds: Sequence[float]) -> float:

@@ -623,3 +623,173 @@ def test_lagged_needs_enough_years(tmp_path: Path) -> None:
     body = body.replace("[calibration]\n", '[calibration]\nmethod = "lagged"\n')
     with pytest.raises(ConfigError, match="has 4 usable years"):
         load_calibration(_config(tmp_path, body, data="year,x,y\n0,1,2\n1,2,3\n2,3,3\n3,4,5\n4,4,6\n"))
+
+
+# --------------------------------------------------------------------------- N states (subscripted models)
+
+#: A stable three-state race of models/richardson_n.mdl (max Re eig(K - A) < 0) and an unstable one.
+N_STATES = ("USA", "Russia", "China")
+N_TRUTH = {
+    "stable": {"k": [[0, 0.2, 0.05], [0.25, 0, 0.05], [0.1, 0.05, 0]], "a": [0.4, 0.35, 0.3], "g": [10, 5, 8]},
+    "unstable": {"k": [[0, 0.45, 0.2], [0.5, 0, 0.1], [0.3, 0.2, 0]], "a": [0.2, 0.2, 0.15], "g": [10, 5, 8]},
+}
+
+
+def _n_parameters(truth: dict) -> dict[str, float]:
+    out = {}
+    for i, si in enumerate(N_STATES):
+        out[f"fatigue coefficient a[{si}]"] = truth["a"][i]
+        out[f"grievance g[{si}]"] = truth["g"][i]
+        for j, sj in enumerate(N_STATES):
+            out[f"defence coefficient k[{si}, {sj}]"] = truth["k"][i][j]
+    return out
+
+
+def _n_lagged_series(rng: np.random.Generator, truth: dict, years: int = 40, sd: float = 0.5) -> pd.DataFrame:
+    """x_t - x_{t-1} = g + K x_{t-1} - a x_{t-1} + e for three states."""
+    k, a, g = (np.asarray(truth[s], dtype=float) for s in "kag")
+    x = [np.array([20.0, 20.0, 20.0])]
+    for _ in range(years - 1):
+        x.append(x[-1] + g + k @ x[-1] - a * x[-1] + rng.normal(0, sd, 3))
+    return pd.DataFrame(np.array(x), columns=[f"arms[{s}]" for s in N_STATES], index=np.arange(1980, 1980 + years))
+
+
+def test_n_state_lagged_fit_equals_statsmodels_var1() -> None:
+    from statsmodels.tsa.api import VAR
+
+    from armsdyn.calibration import fit_system, lagged_equations
+    from armsdyn.calibration_config import lagged_system
+
+    system = lagged_system(load_model(MODELS / "richardson_n.mdl"))
+    assert system is not None
+    assert system.stocks == ("arms[USA]", "arms[Russia]", "arms[China]")
+    assert system.held == {f"defence coefficient k[{s}, {s}]": 0.0 for s in N_STATES}
+    obs = _n_lagged_series(np.random.default_rng(4), N_TRUTH["stable"])
+    equations, _ = lagged_equations(obs, system=system)
+    fit = fit_system(equations, "sur")
+    var = VAR(obs.to_numpy()).fit(1, trend="c")
+    c, a_mat = var.params[0], var.params[1:].T
+    for i, si in enumerate(N_STATES):
+        assert fit.params[f"grievance g[{si}]"] == pytest.approx(c[i], rel=1e-7)
+        assert fit.params[f"fatigue coefficient a[{si}]"] == pytest.approx(1 - a_mat[i, i], rel=1e-7)
+        for j, sj in enumerate(N_STATES):
+            if i != j:
+                assert fit.params[f"defence coefficient k[{si}, {sj}]"] == pytest.approx(a_mat[i, j], rel=1e-7)
+    assert fit.log_likelihood == pytest.approx(var.llf, rel=1e-10)
+
+
+@pytest.mark.parametrize("expected", ["stable", "unstable"])
+def test_n_state_stability_verdicts_over_seeds(tmp_path: Path, expected: str) -> None:
+    # The N-state verdict comes from max Re eig(K - A) (-0.11 stable, +0.41 unstable) and its interval.
+    verdicts = []
+    for seed in range(6):
+        obs = _n_lagged_series(np.random.default_rng(seed), N_TRUTH[expected], years=40 if expected == "stable" else 20,
+                               sd=2.0)  # fmt: skip
+        data = tmp_path / f"n{seed}.csv"
+        obs.rename(columns=lambda c: c[5:-1]).to_csv(data, index_label="year")
+        config = tmp_path / f"n{seed}.toml"
+        config.write_text(
+            f'[experiment]\nname = "n"\nmodel = "{(MODELS / "richardson_n.mdl").as_posix()}"\n'
+            f'[data]\nfile = "{data.name}"\nunits = "u"\n'
+            'columns = { USA = "arms[USA]", Russia = "arms[Russia]", China = "arms[China]" }\n'
+            '[calibration]\nmethod = "lagged"\n',
+            encoding="utf-8",
+        )
+        result = calibrate(config)
+        truth = _n_parameters(N_TRUTH[expected])
+        est = result.estimates
+        # Twelve coefficients per fit: every one within 4.5 standard errors of the truth.
+        within = [abs(est.loc[n, "estimate"] - truth[n]) <= 4.5 * est.loc[n, "std_error"] for n in est.index]
+        assert all(within), est
+        verdicts.append(result.summary["stability"])
+    assert verdicts.count(expected) >= 5, verdicts
+    wrong = "unstable" if expected == "stable" else "stable"
+    assert wrong not in verdicts
+
+
+def test_n_state_trajectory_fit_recovers_elements_and_shared_values(tmp_path: Path) -> None:
+    model = load_model(MODELS / "richardson_n.mdl")
+    time = TimeSettings(0, 30, 0.0625, 1.0, "Year")
+    truth = {
+        "defence coefficient k[USA, Russia]": 0.2,
+        "defence coefficient k[Russia, USA]": 0.25,
+        "defence coefficient k[China, USA]": 0.1,
+        "fatigue coefficient a": 0.4,  # one value shared by the three states
+        "grievance g[USA]": 10.0,
+        "grievance g[Russia]": 5.0,
+        "grievance g[China]": 8.0,
+    }
+    held = {"defence coefficient k[USA, China]": 0, "defence coefficient k[Russia, China]": 0,
+            "defence coefficient k[China, Russia]": 0}  # fmt: skip
+    clean = model.simulate({**truth, **held, "initial arms": 20.0}, time, ["arms"])["arms"]
+    noisy = clean + np.random.default_rng(0).normal(0, 0.3, clean.shape)
+    data = pd.DataFrame(noisy, columns=list(N_STATES), index=pd.Index(np.arange(31), name="year"))
+    data.to_csv(tmp_path / "n.csv")
+    guesses = {n: (0.1, [0, 3]) if "coefficient" in n else (1.0, [-50, 50]) for n in truth}
+    fitted = "\n".join(f'"{n}" = {{ initial = {g}, bounds = {b} }}' for n, (g, b) in guesses.items())
+    fixed = "\n".join(f'"{n}" = {v}' for n, v in held.items())
+    (tmp_path / "n.toml").write_text(
+        f'[experiment]\nname = "n"\nmodel = "{(MODELS / "richardson_n.mdl").as_posix()}"\n'
+        f"[time]\ninitial = 0\nfinal = 30\nstep = 0.0625\nsaveper = 1\n"
+        f'[parameters]\n"initial arms" = 20\n{fixed}\n'
+        '[data]\nfile = "n.csv"\nunits = "u"\n'
+        'columns = { USA = "arms[USA]", Russia = "arms[Russia]", China = "arms[China]" }\n'
+        f"[calibration.parameters]\n{fitted}\n",
+        encoding="utf-8",
+    )
+    spec = load_calibration(tmp_path / "n.toml")
+    assert list(spec.observations.columns) == ["arms[USA]", "arms[Russia]", "arms[China]"]
+    result = calibrate(spec)
+    est = result.estimates
+    for name, value in truth.items():
+        assert abs(est.loc[name, "estimate"] - value) < 4 * est.loc[name, "std_error"], name
+    assert est.loc["grievance g[USA]", "units"] == "arms/Year"
+    assert result.summary["r2"] > 0.99
+    # Stable truth: max Re eig(K - A) < 0 for K above and a = 0.4.
+    assert result.summary["stability"] == "stable"
+    folder = write_calibration(result, tmp_path / "out")
+    derived = pd.read_csv(folder / "derived.csv", index_col="quantity")
+    assert derived.loc["max Re eig(K - A)", "estimate"] == pytest.approx(result.summary["spectral_abscissa"])
+    assert np.isfinite(derived.loc["equilibrium arms[China]", "estimate"])
+    fit = pd.read_csv(folder / "fit.csv")
+    assert set(fit["variable"]) == {"arms[USA]", "arms[Russia]", "arms[China]"}
+
+
+def test_usa_russia_china_config_compares_n_state_specifications(tmp_path: Path) -> None:
+    result = calibrate(CONFIGS / "calibrate_usa_russia_china.toml")
+    assert result.spec.method == "lagged"
+    assert "defence coefficient k[USA, China]" in result.estimates.index
+    assert "defence coefficient k[USA, USA]" not in result.estimates.index  # held: fatigue's twin
+    table = result.comparison
+    assert table is not None
+    assert table.loc["lagged SUR", "group"] == table.loc["lagged SUR, no reaction", "group"]
+    assert table.loc["lagged SUR", "n_parameters"] == 12 + 6
+    assert table.loc["lagged SUR, no reaction", "n_parameters"] == 6 + 6
+    assert result.summary["stability"] in ("stable", "unstable", "indeterminate")
+    assert result.summary["stability_reason"].startswith(("max Re eig(K - A)", "the 95% interval of max Re"))
+    trajectory = next(r for r in result.alternatives if r.spec.method == "trajectory")
+    assert trajectory.summary["identification"].startswith("weakly identified")
+    folder = write_calibration(result, tmp_path / "urc")
+    back = pd.read_csv(folder / "comparison.csv", index_col="specification")
+    assert list(back.index) == list(table.index)
+    assert (folder / "derived.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        ('{ USA = "arms" }', "'arms' is subscripted by state; map each data series to one element, e.g. 'arms[USA]'"),
+        ('{ USA = "arms[Germany]" }', "Germany"),
+        ('{ USA = "arms[USA]", Russia = "arms[Russia]" }', "'lagged' needs all 3 states' stocks observed"),
+    ],
+)
+def test_n_state_mapping_errors(tmp_path: Path, columns: str, expected: str) -> None:
+    (tmp_path / "d.csv").write_text("year,USA,Russia\n" + "".join(f"{y},{y},{y}\n" for y in range(10)))
+    (tmp_path / "cal.toml").write_text(
+        f'[experiment]\nname = "n"\nmodel = "{(MODELS / "richardson_n.mdl").as_posix()}"\n'
+        f'[data]\nfile = "d.csv"\nunits = "u"\ncolumns = {columns}\n[calibration]\nmethod = "lagged"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"cal\.toml") as info:
+        load_calibration(tmp_path / "cal.toml")
+    assert expected in str(info.value)
