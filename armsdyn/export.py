@@ -39,6 +39,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ from armsdyn.output import (
     now,
 )
 
+#: How a study's ensemble names its outputs (see :mod:`armsdyn.sensitivity`).
+OUTPUT_PREFIX = "output: "
 #: The formats ``armsdyn export --format`` writes.
 FORMATS = ("csv", "parquet")
 #: The export folder inside a results folder when no other is named.
@@ -101,7 +104,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "run": "run number of the sensitivity study (0-based)",
         "role": "'parameter' (a sampled value) or 'output' (a value computed from the run)",
         "variable": "parameter or output name",
-        "element": "subscript element(s) of a subscripted parameter; empty otherwise",
+        "element": "subscript element(s) of a subscripted parameter or output; empty otherwise",
         "value": "the value in the run",
         "units": "units (outputs: empty)",
     },
@@ -122,7 +125,7 @@ COLUMNS: dict[str, dict[str, str]] = {
     "dictionary": {
         "table": "the table the variable appears in",
         "variable": "variable name as in that table",
-        "name": "its key in results.nc or sensitivity/ensemble.nc",
+        "name": "its key in results.nc or sensitivity/ensemble.nc (elements saved one by one: each key)",
         "units": "units",
         "description": "the model's documentation of the variable",
     },
@@ -144,6 +147,15 @@ def _elements(da: xr.DataArray, dims: Iterable[str]) -> list[str]:
     return [", ".join(e) for e in itertools.product(*([str(v) for v in da[d].values] for d in dims))]
 
 
+_ONE_ELEMENT = re.compile(r"^([^\[\]]+?)\s*\[([^\[\]]*)\]$")
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``"insecurity[A]"`` (one element saved or sampled on its own) -> ``("insecurity", "A")``."""
+    found = _ONE_ELEMENT.match(name)
+    return (found.group(1), ", ".join(e.strip() for e in found.group(2).split(","))) if found else (name, "")
+
+
 def _long(da: xr.DataArray, case: str, variable: str, *, case_column: str | None = None) -> pd.DataFrame:
     """One variable on ``(case, [time,] extra...)`` as rows (case, time, element, value, variable, units)."""
     has_time = "time" in da.dims
@@ -152,6 +164,9 @@ def _long(da: xr.DataArray, case: str, variable: str, *, case_column: str | None
     cases = da[case].values if case in da.coords else np.arange(da.sizes[case])
     times = da["time"].values.astype(float) if has_time else np.array([np.nan])
     elements = _elements(da, extra)
+    if not extra:
+        variable, element = _split(variable)
+        elements = [element]
     n_case, n_time, n_el = len(cases), len(times), len(elements)
     values = np.asarray(da.values, dtype=float).reshape(-1)
     frame = {
@@ -265,11 +280,12 @@ def ensemble_tables(ensemble: xr.Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
         when the study kept no time series).
     """
     frames = []
-    for role, items in (("parameter", ensemble.coords.items()), ("output", ensemble.data_vars.items())):
-        for key, da in items:
-            if key != "run" and _per_run(da):
-                frame = _long(da, "run", _name(da, key)).drop(columns="time").assign(role=role)
-                frames.append(frame)
+    for key, da in itertools.chain(ensemble.coords.items(), ensemble.data_vars.items()):
+        if key != "run" and _per_run(da):
+            # Outputs are keyed "output: ..."; anything else per run is a parameter's value (a
+            # coordinate whose name has a space is written to netCDF as a data variable).
+            role = "output" if str(key).startswith(OUTPUT_PREFIX) else "parameter"
+            frames.append(_long(da, "run", _name(da, key)).drop(columns="time").assign(role=role))
     columns = list(COLUMNS["ensemble_runs"])
     per_run = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
     series = [
@@ -308,10 +324,15 @@ def dictionary_table(ds: xr.Dataset, ensemble: xr.Dataset | None = None) -> pd.D
     rows: list[dict[str, str]] = []
 
     def add(table: str, key: Any, da: xr.DataArray) -> None:
+        variable = _split(_name(da, key))[0] if len(da.dims) == 1 + ("time" in da.dims) else _name(da, key)
+        for row in rows:  # elements saved or sampled one by one: one row, naming every key
+            if (row["table"], row["variable"]) == (table, variable):
+                row["name"] += f", {key}"
+                return
         rows.append(
             {
                 "table": table,
-                "variable": _name(da, key),
+                "variable": variable,
                 "name": str(key),
                 "units": str(da.attrs.get("units", "")),
                 "description": " ".join(str(da.attrs.get("description", "")).split()),

@@ -332,3 +332,56 @@ def test_a_failed_export_leaves_the_earlier_one(
         export_results(folders["richardson"], tmp_path / "new")
     assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# The ensemble keeps each element of a subscripted constant as a coordinate named "grievance_g[Austria Hungary]";
+# netCDF cannot mark a name with a space as a coordinate, so xarray warns and writes it as a data variable.
+@pytest.mark.filterwarnings("ignore:coordinate .* has a space in its name")
+def test_a_study_of_subscripted_elements_exports_them_as_elements(tmp_path: Path) -> None:
+    text = (CONFIGS / "richardson_1909_four_nations.toml").read_text(encoding="utf-8")
+    text = text.replace('"../models/', f'"{(CONFIGS.parent / "models").as_posix()}/')
+    text += """
+[sensitivity]
+method = "latin"
+samples = 12
+seed = 3
+scenario = "richardson_fit"
+fan_variables = ["arms[Germany]"]
+
+[[sensitivity.parameters]]
+name = "grievance g[Germany]"
+bounds = [-40.0, -30.0]
+
+[[sensitivity.parameters]]
+name = "defence coefficient k[Germany, France]"
+bounds = [0.3, 0.6]
+
+[[sensitivity.outputs]]
+variable = "arms[Germany]"
+aggregate = "final"
+"""
+    (tmp_path / "study.toml").write_text(text, encoding="utf-8")
+    folder = export_results(armsdyn.run_experiment(tmp_path / "study.toml", out=tmp_path / "r", workers=1))
+    runs = pd.read_csv(folder / "ensemble_runs.csv", keep_default_na=False)
+    grievance = runs[(runs["role"] == "parameter") & (runs["variable"] == "grievance g")]
+    sampled = grievance[grievance["element"] == "Germany"]
+    assert len(sampled) == 12
+    assert sampled["value"].between(-40.0, -30.0).all()
+    assert sampled["value"].nunique() == 12
+    assert (grievance[grievance["element"] == "France"]["value"] == -35.4).all()  # not sampled: the scenario's
+    # Every element's value per run is a parameter, whether netCDF kept it as a coordinate or not.
+    grievance = runs[runs["variable"] == "grievance g"]
+    assert set(grievance["role"]) == {"parameter"}
+    assert set(grievance["element"]) == {"France", "Russia", "Germany", "Austria Hungary"}
+    assert set(runs[runs["role"] == "output"]["variable"]) == {"arms[Germany] final"}
+    k = runs[(runs["variable"] == "defence coefficient k") & (runs["element"] == "Germany, France")]
+    assert k["value"].between(0.3, 0.6).all()
+    series = pd.read_csv(folder / "ensemble_series.csv", keep_default_na=False)
+    assert set(zip(series["variable"], series["element"], strict=True)) == {("arms", "Germany")}
+    with xr.open_dataset(tmp_path / "r" / "sensitivity" / "ensemble.nc") as ensemble:
+        key = next(k for k, v in ensemble.data_vars.items() if v.dims[0] == "fan_run")
+        assert np.array_equal(series["value"].to_numpy(), ensemble[key].values.ravel())
+    dictionary = pd.read_csv(folder / "dictionary.csv", keep_default_na=False)
+    rows = dictionary[(dictionary["table"] == "ensemble_series") & (dictionary["variable"] == "arms")]
+    assert len(rows) == 1
+    assert rows["units"].item() == "arms"
