@@ -19,7 +19,7 @@ from armsdyn import __version__
 from armsdyn.analysis import analyse, summarise
 from armsdyn.audit import audit, load_audit, summary_lines
 from armsdyn.calibration import calibrate, format_summary, load_calibration, write_calibration
-from armsdyn.compare import TOP, compare_results
+from armsdyn.compare import TOP, compare_results, write_comparison
 from armsdyn.config import config_kind, load_config
 from armsdyn.data import DataWarning
 from armsdyn.errors import ArmsdynError, ModelError
@@ -200,6 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", type=Path, metavar="PATH", help="draw the most different variables (.png, .pdf, .svg)")
     p.add_argument("--top", type=int, default=TOP, metavar="N", help=f"variables in the figure (default: {TOP})")
     p.add_argument("--all-metrics", action="store_true", help="list every metric, not only those that differ")
+    p.add_argument("--out", type=Path, metavar="DIR", help="also write the tables (CSV), config diff and report here")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     return parser
 
 
@@ -411,8 +413,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        refuse_existing(args.out, force=args.force)  # before the comparison; checked again when writing
     comparison = compare_results(args.a, args.b, figure=args.figure, top=args.top)
     print(comparison.report(all_metrics=args.all_metrics))
+    if args.out is not None:
+        print(f"armsdyn: wrote {write_comparison(comparison, args.out, force=args.force)}", file=sys.stderr)
     if args.figure is not None:
         print(f"armsdyn: wrote {args.figure}", file=sys.stderr)
     return 0

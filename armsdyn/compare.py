@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -25,10 +26,12 @@ import pandas as pd
 import xarray as xr
 from matplotlib.lines import Line2D
 
+from armsdyn import __version__
 from armsdyn.errors import ArmsdynError, ResultsError
 from armsdyn.export import read_results_folder
 from armsdyn.figures import DOUBLE_COLUMN, FORMATS, axis_label, paper_style, save_figure
-from armsdyn.output import METRICS_FILE
+from armsdyn.model import file_sha256
+from armsdyn.output import MANIFEST_FILE, METRICS_FILE, atomic_folder, now
 
 #: Manifest entries that record when and how a run was made, not what it computed.
 IGNORED_MANIFEST_KEYS = ("started", "finished", "files", "config.text", "figures_redrawn")
@@ -443,3 +446,40 @@ def draw_comparison(comparison: Comparison, path: str | os.PathLike[str], *, top
         finally:
             plt.close(fig)
     return [str(v) for v in chosen["variable"]]
+
+
+def _cell(value: Any) -> Any:
+    return value if value is None or isinstance(value, str | int | float) else json.dumps(value)
+
+
+def write_comparison(
+    comparison: Comparison, out: str | os.PathLike[str], *, force: bool = False, all_metrics: bool = True
+) -> Path:
+    """Write a comparison's tables into a new folder, atomically.
+
+    The folder holds ``metrics.csv`` (every metric of every scenario both
+    folders hold, or with `all_metrics` False only those that differ),
+    ``variables.csv``, ``manifest_differences.csv``, ``config.diff``,
+    ``report.txt`` and a ``manifest.json`` naming A and B.
+
+    Raises
+    ------
+    ResultsError
+        If `out` exists (without `force`), is locked or cannot be written.
+    """
+    out = Path(out)
+    metrics = comparison.metrics if all_metrics else comparison.metrics[comparison.metrics["differs"]]
+    with atomic_folder(out, force=force) as tmp:
+        metrics.to_csv(tmp / "metrics.csv", index=False, lineterminator="\n")
+        comparison.variables.to_csv(tmp / "variables.csv", index=False, lineterminator="\n")
+        comparison.manifest.map(_cell).to_csv(tmp / "manifest_differences.csv", index=False, lineterminator="\n")
+        (tmp / "config.diff").write_text("".join(f"{line}\n" for line in comparison.config_diff), encoding="utf-8")
+        (tmp / "report.txt").write_text(comparison.report(all_metrics=all_metrics) + "\n", encoding="utf-8")
+        record = {
+            "compare": {"a": str(comparison.a.resolve()), "b": str(comparison.b.resolve()), "created": now()},
+            "identical": comparison.identical,
+            "versions": {"armsdyn": __version__},
+            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return out
