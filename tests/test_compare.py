@@ -248,3 +248,40 @@ def test_runs_that_overflow_compare_equal_to_themselves(tmp_path: Path) -> None:
     assert arms["scenario"] == "stable"
     assert not np.isfinite(arms["a"])
     assert arms["b"] == 0.0
+
+
+def test_cli_compare_writes_its_tables(folders: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "comparison"
+    proc = run_cli("compare", folders["a"], folders["b"], "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.diff",
+        "manifest.json",
+        "manifest_differences.csv",
+        "metrics.csv",
+        "report.txt",
+        "variables.csv",
+    ]
+    c = compare_results(folders["a"], folders["b"])
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert len(metrics) == len(c.metrics)  # every metric, for a robustness table
+    row = metrics.set_index(["scenario", "metric"]).loc[("asymmetric", "final arms X")]
+    expected = c.metrics.set_index(["scenario", "metric"]).loc[("asymmetric", "final arms X")]
+    assert float(row["difference"]) == expected["difference"]
+    variables = pd.read_csv(out / "variables.csv", keep_default_na=False)
+    assert list(variables["variable"]) == list(c.variables["variable"])
+    assert np.array_equal(variables["max_abs_difference"], c.variables["max_abs_difference"])
+    assert "config.sha256" in set(pd.read_csv(out / "manifest_differences.csv")["key"])
+    assert '+"grievance g" = 2.5' in (out / "config.diff").read_text(encoding="utf-8")
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["compare"]["b"] == str(folders["b"].resolve())
+    assert manifest["identical"] is False
+    # An existing folder is refused before anything is compared; --force replaces it.
+    proc = run_cli("compare", folders["a"], folders["b"], "--out", out)
+    assert proc.returncode == 2
+    assert str(out) in proc.stderr
+    assert "--force" in proc.stderr
+    assert proc.stdout == ""
+    proc = run_cli("compare", folders["a"], folders["again"], "--out", out, "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["identical"] is True
