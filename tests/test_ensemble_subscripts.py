@@ -11,7 +11,7 @@ import pytest
 from armsdyn.ensemble import SampleError, UnsupportedConstruct, compile_model, run_ensemble
 from armsdyn.model import TimeSettings, load_model
 from tests.conftest import MODELS, SHARED
-from tests.test_ensemble import assert_matches_pysd, value_names, vary_constants
+from tests.test_ensemble import NUMBA, RTOL, assert_matches_pysd, value_names, vary_constants
 
 CASES = SHARED / "test-models"
 PREFIXES = ("subscript_", "subscripted_", "subrange_merge", "vector_select")
@@ -22,6 +22,18 @@ SUBSCRIPTED = (
 )
 # Cases PySD runs whose constructs the engine does not compile (it raises UnsupportedConstruct for them).
 NOT_COMPILED = {"test_vector_select.mdl"}
+# Cases whose numba kernel takes more than ~10 s to compile (hundreds of elements' statements).
+NUMBA_SLOW = {"test_subscripted_delays.mdl", "test_subscripted_smooth.mdl", "test_subscript_definition.mdl"}
+
+
+def _backend_cases() -> list:
+    params = [pytest.param(p, "numpy", id=f"numpy-{p.parent.name}/{p.name}") for p in SUBSCRIPTED]
+    for p in SUBSCRIPTED:
+        marks = [pytest.mark.skipif(not NUMBA, reason="numba is not installed")]
+        if p.name in NUMBA_SLOW:
+            marks.append(pytest.mark.slow)
+        params.append(pytest.param(p, "numba", id=f"numba-{p.parent.name}/{p.name}", marks=marks))
+    return params
 
 
 def _pysd_runs(path: Path) -> bool:
@@ -34,17 +46,18 @@ def _pysd_runs(path: Path) -> bool:
     return True
 
 
-@pytest.mark.parametrize("path", SUBSCRIPTED, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_shared_subscripted_cases_match_pysd_or_fall_back_cleanly(path: Path) -> None:
+@pytest.mark.parametrize(("path", "backend"), _backend_cases())
+def test_shared_subscripted_cases_match_pysd_or_fall_back_cleanly(path: Path, backend: str) -> None:
     if not _pysd_runs(path):
         pytest.skip("PySD cannot run this case")
     if path.name in NOT_COMPILED:
         with pytest.raises(UnsupportedConstruct) as info:
-            compile_model(path, backend="numpy")
+            compile_model(path, backend=backend).backend  # noqa: B018 - resolving the backend compiles
         assert info.value.variable
         assert info.value.construct
         return
-    model = compile_model(path, backend="numpy")
+    model = compile_model(path, backend=backend)
+    assert model.backend == backend
     samples = vary_constants(model, 3, seed=4)
     names = value_names(model)
     ds = model.run(samples, variables=names, chunk_size=2)
@@ -52,12 +65,16 @@ def test_shared_subscripted_cases_match_pysd_or_fall_back_cleanly(path: Path) ->
 
 
 @pytest.mark.skipif(not SUBSCRIPTED, reason=f"shared test models not found in {CASES}")
-def test_how_many_shared_subscripted_cases_compile() -> None:
+@pytest.mark.parametrize(
+    "backend", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="no numba"))]
+)
+def test_how_many_shared_subscripted_cases_compile(backend: str) -> None:
     runnable = [p for p in SUBSCRIPTED if _pysd_runs(p)]
     compiled = []
     for path in runnable:
         try:
-            compile_model(path, backend="numpy")
+            # The numba backend generates (and checks) its kernel source here; compiling it is left to a run.
+            compile_model(path, backend=backend).backend  # noqa: B018
         except UnsupportedConstruct:
             continue
         compiled.append(path.name)
@@ -92,11 +109,55 @@ def test_element_sample_errors_name_the_element() -> None:
         model.run({"grievance g[China]": np.ones(2), "grievance_g[china]": np.ones(2)})
 
 
-def test_numba_refuses_subscripts_and_auto_uses_numpy() -> None:
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_numba_runs_subscripts_as_numpy_does_for_sampled_elements() -> None:
+    # One scalar per element in the vectorised kernel: no element loops, no array temporaries.
     path = MODELS / "richardson_n.mdl"
+    fast = compile_model(path, backend="numba")
+    assert compile_model(path).backend == "numba"  # auto: numba can run it (the pilot decides when)
+    assert "prefer_wide_vectors()" in fast.source(["arms"])
+    rng = np.random.default_rng(12)
+    samples = {
+        "grievance g[China]": rng.uniform(-150, 250, 40),
+        "defence coefficient k[USA, China]": rng.uniform(0.05, 0.3, 40),
+        "fatigue coefficient a": rng.uniform(0.4, 0.6, 40),
+        "initial_arms[Russia]": rng.uniform(1000, 2000, 40),
+    }
+    time = TimeSettings(initial=0, final=10, step=0.125, saveper=0.5, units="Year")
+    names = ["arms", "arming rate", "reaction"]
+    want = compile_model(path, backend="numpy").run(samples, time, variables=names, chunk_size=16)
+    fast.threads = 2
+    got = fast.run(samples, time, variables=names, chunk_size=16)
+    assert got["arms"].dims == ("run", "time", "state")
+    for name in want.data_vars:
+        assert got[name].dims == want[name].dims
+        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=1e-12, err_msg=name)
+    assert_matches_pysd(path, got.isel(run=slice(0, 3)), {k: v[:3] for k, v in samples.items()}, names, time)
+
+
+TOO_MANY = """{UTF-8}
+big: (b1-b60) ~~|
+other: (c1-c60) ~~|
+m[big, other] = 1 ~~|
+x[big] = INTEG(SUM(m[big, other!]) - x[big], 0) ~~|
+INITIAL TIME = 0 ~~|
+FINAL TIME = 2 ~~|
+TIME STEP = 1 ~~|
+SAVEPER = 1 ~~|
+"""
+
+
+def test_subscripts_too_many_for_numba_raise_unsupported_and_auto_uses_numpy(tmp_path: Path) -> None:
+    path = tmp_path / "big.mdl"
+    path.write_text(TOO_MANY, encoding="utf-8")
+    if NUMBA:
+        # 3,600 elements of m: a kernel of thousands of statements would take minutes to compile.
+        with pytest.raises(UnsupportedConstruct, match="subscript elements") as info:
+            compile_model(path, backend="numba").backend  # noqa: B018
+        assert info.value.variable == "m"
     assert compile_model(path).backend == "numpy"
-    with pytest.raises((UnsupportedConstruct, ImportError)):
-        compile_model(path, backend="numba").backend  # noqa: B018
+    ds = compile_model(path).run({"m[b1,c1]": np.array([2.0, 3.0])}, variables=["x"])
+    assert_matches_pysd(path, ds, {"m[b1,c1]": np.array([2.0, 3.0])}, ["x"])
 
 
 def test_run_ensemble_on_two_workers_keeps_the_element_layout() -> None:

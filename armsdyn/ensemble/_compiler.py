@@ -147,6 +147,7 @@ class Node:
     step: Code
     init: Code
     constant: str | None = None  # PySD name when the node is a model constant read from the samples
+    shape: tuple[int, ...] = ()  # elements along each subscript range of an array value (the numba backend's)
 
 
 @dataclass
@@ -611,11 +612,11 @@ class Compiler:
             value = np.asarray(self._fold(step.text, {}, element.name), dtype=float)
             self.graph.constants[py] = np.broadcast_to(value, (*shape, value.shape[-1]))[..., 0].copy()
             self.graph.nodes[name] = Node(
-                name, Code(f"C[{py!r}]", dims=dims), Code(f"C[{py!r}]", dims=dims), constant=py
+                name, Code(f"C[{py!r}]", dims=dims), Code(f"C[{py!r}]", dims=dims), constant=py, shape=shape
             )
             self._info(element, py, "constant", name).dims = dim_info
             return
-        self.graph.nodes[name] = Node(name, step, init)
+        self.graph.nodes[name] = Node(name, step, init, shape=shape)
         kind = ("stock" if self._last_stateful == "integ" else "stateful") if created else "auxiliary"
         info = self._info(element, py, kind, name)
         info.dims = dim_info
@@ -1010,7 +1011,7 @@ class Compiler:
             out = f"o{self._counter}"
             deps = {f"S:{var}"} | {d for a in _OUTPUT_ARGS.get(kind, ()) for d in operands[a].deps}
             code = Code(_output_text(st), 0, frozenset(deps), False, target)
-            self.graph.nodes[out] = Node(out, code, code)
+            self.graph.nodes[out] = Node(out, code, code, shape=shape)
             self._memo[key] = out
             self._memo_kind[out] = kind
             self._memo_dims[out] = target
@@ -1032,7 +1033,9 @@ class Compiler:
             return step, refs
         self._counter += 1
         name = f"h{self._counter}"
-        self.graph.nodes[name] = Node(name, step, init)
+        # An aligned value may have length-1 axes; it stands for the whole definition's elements.
+        shape = tuple(len(v) for v in self._def_subs.values()) if step.dims or init.dims else ()
+        self.graph.nodes[name] = Node(name, step, init, shape=shape)
         return Code(name, 0, frozenset({name}), False, step.dims), refs
 
 

@@ -462,12 +462,19 @@ class CompiledModel(VariableLookup):
         self, values: Mapping[str, np.ndarray], n: int, grid: TimeGrid, names: Sequence[str], chunk_size: int
     ) -> list[np.ndarray]:
         kernel, constants, states = self.kernel(names)
-        # The kernel writes each chunk's results into its columns of this array: no copies.
-        out = np.empty((len(names), sum(grid.save), n))
+        # The kernel writes each chunk's results into its columns of this array: no copies. A
+        # subscripted output has a row per element (C order): a view reshapes it to (time, *elements, run).
+        shapes = [self._shape(py) for py in names]
+        sizes = [int(np.prod(shape, dtype=int)) for shape in shapes]
+        out = np.empty((sum(sizes), sum(grid.save), n))
         threads = max(1, self.threads or os.cpu_count() or 1)
         with ThreadPoolExecutor(threads) as pool:
             self._numba_chunks(kernel, constants, states, values, n, grid, chunk_size, out, threads, pool)
-        return list(out)
+        starts = itertools.accumulate(sizes, initial=0)
+        return [
+            np.moveaxis(out[lo : lo + size], 0, 1).reshape((out.shape[1], *shape, n))
+            for lo, size, shape in zip(starts, sizes, shapes, strict=False)
+        ]
 
     def _numba_chunks(
         self,
@@ -486,13 +493,13 @@ class CompiledModel(VariableLookup):
         save = np.asarray(grid.save, dtype=np.bool_)
         time = grid.settings
         controls = (float(time.step), float(time.initial), float(time.final), float(time.saveper))
-        defaults = self._graph.constants
+        rows = [self._constant_row(name, values) for name in constants]
         for lo in range(0, n, chunk_size):
             hi = min(n, lo + chunk_size)
             m = hi - lo
             cv = np.empty((len(constants), m))
-            for row, name in enumerate(constants):
-                cv[row] = values[name][lo:hi] if name in values else float(defaults[name])
+            for row, value in enumerate(rows):
+                cv[row] = value[lo:hi] if isinstance(value, np.ndarray) else value
             err = np.zeros(m, dtype=np.int64)
             errv = np.zeros(m)
             if threads > 1 and m >= 2 * _MIN_PER_THREAD:
@@ -517,6 +524,22 @@ class CompiledModel(VariableLookup):
                     "at least 1 (delay time shorter than TIME STEP?)"
                 )
                 raise ModelError(msg)
+
+    def _constant_row(self, key: str, values: Mapping[str, np.ndarray]) -> np.ndarray | float:
+        """A row of the numba kernel's constants: sampled values, or the model's value.
+
+        `key` is a constant's Python-safe name or one element of a subscripted
+        constant (``"py[e1,e2]"``), which takes the element's samples, else the
+        whole constant's (every element alike), else the model's element value.
+        """
+        if key in values:
+            return values[key]
+        py, bracket, label = key.partition("[")
+        if not bracket:
+            return float(self._graph.constants[py])
+        if py in values:
+            return values[py]
+        return float(self._graph.constants[py][self._element_positions(py)[label[:-1]]])
 
     def output_meta(self, names: Sequence[str]) -> list[OutputMeta]:
         """Dataset metadata of the variables `names` (Python-safe; ``py[element]`` for a sampled element)."""

@@ -59,7 +59,29 @@ def _step(e: Emit, t: Any, dt: Any, value: Any, tstep: Any) -> Any:
     return e.mul(value, e.select(after, e.c(1.0), e.c(0.0)))
 
 
+# Vensim's SUM, PROD, VMIN and VMAX skip NaN (xarray's reductions, np.nansum and friends).
+def _nan0(e: Emit, a: Any) -> Any:
+    return e.select(e.is_nan(a), e.c(0.0), a)
+
+
+def _nan1(e: Emit, a: Any) -> Any:
+    return e.select(e.is_nan(a), e.c(1.0), a)
+
+
+def _fmin(e: Emit, a: Any, b: Any) -> Any:
+    # np.fmin: the other value if one is NaN.
+    return e.select(e.is_nan(a), b, e.select(e.cmp("<", b, a), b, a))
+
+
+def _fmax(e: Emit, a: Any, b: Any) -> Any:
+    return e.select(e.is_nan(a), b, e.select(e.cmp(">", b, a), b, a))
+
+
 where = ir_function("where", _where)
+nan0 = ir_function("nan0", _nan0)
+nan1 = ir_function("nan1", _nan1)
+fmin = ir_function("fmin", _fmin)
+fmax = ir_function("fmax", _fmax)
 minimum = ir_function("minimum", _minimum)
 maximum = ir_function("maximum", _maximum)
 as_float = ir_function("as_float", _as_float)

@@ -47,6 +47,7 @@ import numpy as np
 
 from armsdyn.ensemble._compiler import Program, Stateful, build_program
 from armsdyn.ensemble._errors import UnsupportedConstruct
+from armsdyn.ensemble._expand import ElementArrays, base_name, expand_program, scalar_program
 from armsdyn.ensemble._optimise import optimise_loop
 
 _BLOCK = 32
@@ -76,6 +77,7 @@ _NUMPY_OK = {
 }  # fmt: skip
 _SMALL_POWER = 8  # whole exponents up to this stay `x ** n`: numba multiplies, exactly as often as needed
 _OWN = {"_as_float", "range", "_order", "_delay_order", "_fixed_order"}  # in this module's own statements
+_OWN |= {"_nan0", "_nan1", "_fmin", "_fmax"}  # the expansion's reductions (armsdyn.ensemble._expand)
 _HELPERS = {
     "_f": "_as_float",
     "_xidz": "_xidz",
@@ -288,12 +290,76 @@ def _update_lines(st: Stateful) -> list[str]:
     raise AssertionError(st.kind)
 
 
+def _array_output_text(st: ElementArrays, k: int) -> str:
+    """Element `k` of the output of a subscripted stateful object with an array per element."""
+    s, a = st.var, st.args
+    if st.kind == "smooth":
+        return f"{s}[{k}, {s}_K - 1]"
+    if st.kind == "delay":
+        return f"{s}[{k}, {s}_K - 1] / {a['delay_time'][k]}"
+    if st.kind == "delayn":
+        return f"{s}[{k}, {s}_K - 1] / {s}_T[{k}, 0]"
+    raise AssertionError(st.kind)
+
+
+def _stage(s: str, buffer: str, values: list[str]) -> list[str]:
+    # Each element's operand into a buffer the element loop reads.
+    return [f"{s}_{buffer}[{k}] = {v}" for k, v in enumerate(values)]
+
+
+def _array_init_lines(st: ElementArrays, code: int) -> list[str]:
+    """Initialise an ``(elements, order)`` state: what :func:`_init_lines` does for each element."""
+    s, a, n = st.var, st.args, st.size
+    if st.kind == "smooth":
+        lines = [f"{s}_K = {st.order}"] if st.order is not None else _checked_order(s, a["order"][0], code)
+        initial = a["initial"]
+    else:
+        lines = _checked_order(s, f"_delay_order({a['order'][0]}, {st.shortest}, dt)", code)
+        initial = [f"{i} * {d}" for i, d in zip(a["initial"], a["delay_time"], strict=True)]
+    lines += [f"{s} = np.empty(({n}, {s}_K))", f"{s}_I = np.empty({n})", f"{s}_D = np.empty({n})"]
+    lines += _stage(s, "I", initial)
+    lines += [f"for _e in range({n}):", f"    {s}[_e, :] = {s}_I[_e]"]
+    if st.kind == "delayn":
+        lines += [f"{s}_T = np.empty(({n}, {s}_K))", *_stage(s, "D", a["delay_time"])]
+        lines += [f"for _e in range({n}):", f"    {s}_T[_e, :] = {s}_D[_e]"]
+    return lines
+
+
+def _array_update_lines(st: ElementArrays) -> list[str]:
+    """Advance an ``(elements, order)`` state: :func:`_update_lines`' arithmetic in a loop over elements."""
+    s, a, n = st.var, st.args, st.size
+    times = a["smooth_time"] if st.kind == "smooth" else a["delay_time"]
+    lines = [*_stage(s, "I", a["input"]), *_stage(s, "D", times), f"for _e in range({n}):"]
+    if st.kind == "smooth":
+        return [
+            *lines,
+            f"    for _q in range({s}_K - 1, 0, -1):",
+            f"        {s}[_e, _q] = {s}[_e, _q] + ({s}[_e, _q - 1] - {s}[_e, _q]) * {s}_K / {s}_D[_e] * dt",
+            f"    {s}[_e, 0] = {s}[_e, 0] + ({s}_I[_e] - {s}[_e, 0]) * {s}_K / {s}_D[_e] * dt",
+        ]
+    if st.kind == "delay":
+        now, before, first = f"{s}_D[_e]", f"{s}_D[_e]", f"{s}_D[_e]"
+    else:
+        lines += [
+            f"    for _q in range({s}_K - 1, 0, -1):",
+            f"        {s}_T[_e, _q] = {s}_T[_e, _q - 1]",
+            f"    {s}_T[_e, 0] = {s}_D[_e]",
+        ]
+        now, before, first = f"{s}_T[_e, _q]", f"{s}_T[_e, _q - 1]", f"{s}_T[_e, 0]"
+    return [
+        *lines,
+        f"    for _q in range({s}_K - 1, 0, -1):",
+        f"        {s}[_e, _q] = {s}[_e, _q] + ({s}[_e, _q - 1] / {before} - {s}[_e, _q] / {now}) * {s}_K * dt",
+        f"    {s}[_e, 0] = {s}[_e, 0] + ({s}_I[_e] - {s}[_e, 0] / {first}) * {s}_K * dt",
+    ]
+
+
 @dataclass
 class _Code:
     """The scalar statements of one sample's simulation, section by section."""
 
     constants: list[str]  # PySD names, in CV row order
-    states: list[Stateful]  # in error-code order
+    states: list[Any]  # Stateful or ElementArrays, in error-code order
     init: list[str]  # before the time loop: constants, initial values, statics, hoisted values
     per_step: list[str]  # every time step
     per_save: list[str]  # at saved times only: outputs nothing else reads
@@ -303,22 +369,20 @@ class _Code:
 
 def _statements(graph: Any, outputs: list[str]) -> _Code:
     program: Program = build_program(graph, outputs)
-    nodes = graph.nodes
-    const_names = [nodes[n].constant for n in program.constants]
-    rows = {name: i for i, name in enumerate(const_names)}
-    states = {st.var: st for st in program.states}
-    init_states = [item[1] for item in program.init if item[0] == "state"]
+    if getattr(graph, "subscripted", False):
+        # One scalar per element (see armsdyn.ensemble._expand): the kernels stay straight-line scalar code.
+        flat = expand_program(graph, program, _output_text, _array_output_text)
+    else:
+        flat = scalar_program(graph, program, _output_text)
+    rows = {key: i for i, (_, key) in enumerate(flat.constants)}
+    init_states = [item[1] for item in flat.init if item[0] == "state"]
     codes = {st.var: i + 1 for i, st in enumerate(init_states)}
-    by_out = {f"o{st.var[1:]}": st for st in graph.statefuls}
-
-    def text_of(name: str, text: str) -> str:
-        st = by_out.get(name)
-        return _output_text(st) if st is not None else text
 
     def element_of(name: str) -> str:
-        if name.startswith("v_") and name[2:] in graph.elements:
-            return graph.elements[name[2:]].name
-        return name
+        base = base_name(name)
+        if base.startswith("v_") and base[2:] in graph.elements:
+            return graph.elements[base[2:]].name
+        return base
 
     tables = _unrolled_tables(graph)
 
@@ -331,32 +395,38 @@ def _statements(graph: Any, outputs: list[str]) -> _Code:
         return ast.unparse(_Scalar(graph.path, element, rows, tables).visit(tree)).splitlines()
 
     init = ["t = TS[0]"]
-    for name in program.constants:
-        init.append(f"{name} = {tr(nodes[name].step.text, name)}")
-    for item in program.init:
+    init += [f"{name} = CV[{rows[key]}, j]" for name, key in flat.constants]
+    for item in flat.init:
         if item[0] == "state":
             st = item[1]
-            init.extend(tr_lines(_init_lines(st, codes[st.var]), st.element))
+            lines = (
+                _array_init_lines(st, codes[st.var])
+                if isinstance(st, ElementArrays)
+                else _init_lines(st, codes[st.var])
+            )
+            init.extend(tr_lines(lines, st.element))
         else:
-            init.append(f"{item[1]} = {tr(text_of(item[1], item[2]), item[1])}")
-    for name, text in program.static:
-        init.append(f"{name} = {tr(text_of(name, text), name)}")
-    per_step = [(n, tr(text_of(n, t), n)) for n, t in program.per_step]
-    per_save = [(n, tr(text_of(n, t), n)) for n, t in program.per_save]
+            init.append(f"{item[1]} = {tr(item[2], item[1])}")
+    for name, text in flat.static:
+        init.append(f"{name} = {tr(text, name)}")
+    per_step = [(n, tr(t, n)) for n, t in flat.per_step]
+    per_save = [(n, tr(t, n)) for n, t in flat.per_save]
     updates = []
-    for st in program.states:
-        updates += tr_lines(_update_lines(st), st.element)
-    changing = frozenset(states) | {f"{v}_p" for v in states} | {"_q", "_ov", "j"}
+    for st in flat.states:
+        lines = _array_update_lines(st) if isinstance(st, ElementArrays) else _update_lines(st)
+        updates += tr_lines(lines, st.element)
+    states = {st.var for st in flat.states}
+    changing = frozenset(states) | {f"{v}_p" for v in states} | {"_q", "_e", "_ov", "j"}
     hoisted, per_step, per_save, _ = optimise_loop(per_step, per_save, [], changing)
     init += [f"{name} = {text}" for name, text in hoisted]
     code = _Code(
-        constants=const_names,
+        constants=[key for _, key in flat.constants],
         states=init_states,
         init=init,
         per_step=[f"{n} = {t}" for n, t in per_step],
         per_save=[f"{n} = {t}" for n, t in per_save],
         updates=updates,
-        outputs=program.outputs,
+        outputs=flat.outputs,
     )
     _use_reciprocals(code)
     return code
@@ -471,8 +541,14 @@ def _blocked_body(code: _Code) -> list[str]:
         *(f"            {line}" for line in advance),
         "        if SV[i]:",
     ]
-    for o, r in enumerate(out_row):
-        body += ["            for jj in range(b):", f"                O[{o}, k, off + lo0 + jj] = W[{r} + jj]"]
+    # The outputs' rows of W are consecutive: one loop copies them all (a loop per output, with a
+    # subscripted model's thousands of elements, would multiply the kernel's compile time).
+    if out_row:
+        body += [
+            f"            for o in range({len(out_row)}):",
+            "                for jj in range(b):",
+            f"                    O[o, k, off + lo0 + jj] = W[{out_row[0]} + o * {_BLOCK} + jj]",
+        ]
     body += ["            k += 1", "return 0"]
     return [
         "@njit(cache=True, error_model='numpy', fastmath=False)",
@@ -512,10 +588,6 @@ def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], lis
     UnsupportedConstruct
         If an expression uses something the scalar translation does not know.
     """
-    if getattr(graph, "subscripted", False):
-        # Subscripted models run on the numpy backend (backend="auto" chooses it).
-        first = next((i.name for i in graph.elements.values() if i.dims), graph.path.name)
-        raise UnsupportedConstruct(graph.path, first, "subscripts in the numba backend")
     code = _statements(graph, outputs)
     array_states = any("np.empty(" in line for line in code.init)
     kernel = _per_sample_body(code) if array_states else _blocked_body(code)
@@ -530,6 +602,7 @@ def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], lis
         "    modulo as _modulo, step as _step, ramp2 as _ramp2, ramp3 as _ramp3, pulse as _pulse,",
         "    lookup as _lookup, lookup_extrapolate as _lookup_extrapolate, lookup_hold as _lookup_hold,",
         "    order as _order, delay_order as _delay_order, fixed_order as _fixed_order,",
+        "    nan0 as _nan0, nan1 as _nan1, fmin as _fmin, fmax as _fmax,",
         ")",
         "from armsdyn.ensemble._vecmath import (",
         "    exp as _exp, log as _log, power as _pow, prefer_wide_vectors, table_function,",
