@@ -176,6 +176,7 @@ __all__ = [
     "parse_calibration",
     "richardson_combined_fit",
     "richardson_stability",
+    "sample_posterior",
     "spectral_verdict",
     "stability_verdict",
     "write_calibration",
@@ -192,6 +193,8 @@ SUMMARY_FILE = "summary.json"
 DIAGNOSTICS_FILE = "diagnostics.csv"
 COMPARISON_FILE = "comparison.csv"
 SPECIFICATIONS_FILE = "specifications.csv"
+POSTERIOR_FILE = "posterior.csv"
+PREDICTIVE_FILE = "posterior_predictive.csv"
 #: Significance level of the diagnostic tests.
 ALPHA = 0.05
 
@@ -257,6 +260,12 @@ class CalibrationResult:
         (see :func:`compare_specifications`).
     alternatives : tuple of CalibrationResult
         The other specifications' own results.
+    posterior : pandas.DataFrame or None
+        For ``method = "bayes"``: posterior draws (thinned), with walker, step,
+        log posterior and, for Richardson's models, whether the race is stable.
+    predictive : pandas.DataFrame or None
+        For ``method = "bayes"``: posterior predictive quantiles (``variable``,
+        ``time``, ``low``, ``median``, ``high``, ``path_median``).
     """
 
     spec: CalibrationSpec
@@ -270,6 +279,8 @@ class CalibrationResult:
     started: str
     comparison: pd.DataFrame | None = None
     alternatives: tuple[CalibrationResult, ...] = ()
+    posterior: pd.DataFrame | None = None
+    predictive: pd.DataFrame | None = None
 
 
 # --------------------------------------------------------------------------- config
@@ -1408,6 +1419,12 @@ def format_summary(result: CalibrationResult) -> str:
     lines = ["; ".join(facts)]
     if summary.get("stability_reason"):
         lines.append(f"stability: {summary['stability']} ({summary['stability_reason']})")
+    post = summary.get("posterior")
+    if post:
+        p_stable = summary.get("p_stable_posterior")
+        text = f"posterior: {post['draws']} draws from {post['walkers']} walkers (emcee), "
+        text += f"max R-hat {post['max_rhat']:.3f}, min ESS {post['min_ess']:.0f}"
+        lines.append(text + (f", P(stable) = {p_stable:.3f}" if p_stable is not None else ""))
     for key, label in (("diagnostics_verdict", "diagnostics"), ("identification", "identification")):
         if summary.get(key):
             lines.append(f"{label}: {summary[key]}")
@@ -1417,6 +1434,238 @@ def format_summary(result: CalibrationResult) -> str:
         lines.append(shown.to_string(float_format=lambda v: f"{v:.1f}"))
         lines += summary["comparison"]["verdict"]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- Bayesian posterior (emcee)
+
+
+#: Posterior draws kept in posterior.csv and used for the probability of stability (thinned evenly).
+POSTERIOR_DRAWS = 4000
+#: Posterior trajectories simulated for the posterior predictive figure.
+PREDICTIVE_DRAWS = 200
+#: Split R-hat above this, or fewer effective draws than ESS_MIN, means the chains have not mixed.
+RHAT_LIMIT = 1.1
+ESS_MIN = 100
+
+
+def _split_rhat(chain: np.ndarray) -> np.ndarray:
+    """Gelman-Rubin split R-hat per parameter; `chain` is (steps, walkers, parameters), each walker halved."""
+    steps = chain.shape[0] // 2
+    if steps < 2:
+        return np.full(chain.shape[2], math.nan)
+    halves = np.concatenate([chain[:steps], chain[steps : 2 * steps]], axis=1)
+    means = halves.mean(axis=0)
+    within = halves.var(axis=0, ddof=1).mean(axis=0)
+    between = steps * means.var(axis=0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(((steps - 1) / steps * within + between / steps) / within)
+
+
+def sample_posterior(spec: CalibrationSpec, start: pd.DataFrame) -> dict[str, Any]:
+    """Sample the posterior of a trajectory fit's parameters with emcee on the compiled engine.
+
+    The likelihood is Gaussian with one unknown noise variance per observed
+    series, integrated out under Jeffreys' prior, so the posterior of the model
+    parameters is :math:`p(\\theta) \\prod_v SSR_v(\\theta)^{-n_v/2}` (Box and
+    Tiao 1973, section 2.4). Priors are uniform on the bounds, or normal
+    (truncated to the bounds) where ``[calibration.priors]`` says so. The walkers
+    of emcee's ensemble (Foreman-Mackey et al. 2013) start around the
+    least-squares estimate, spread by its standard errors, and are simulated
+    together, one compiled batch per step. They move by differential evolution
+    (80%) and its snooker update (20%) (ter Braak 2006; ter Braak and Vrugt
+    2008), which mix far faster than the default stretch move on the strongly
+    correlated posteriors of Richardson's coefficients.
+
+    Parameters
+    ----------
+    spec : CalibrationSpec
+        A ``method = "bayes"`` calibration.
+    start : pandas.DataFrame
+        The least-squares estimates (``estimate``, ``std_error``, ``lower``,
+        ``upper``), indexed by fitted name.
+
+    Returns
+    -------
+    dict
+        ``chain`` (steps after burn-in, walkers, parameters), ``log_prob`` (steps, walkers),
+        ``names``, ``rhat``, ``ess``, ``tau`` (integrated autocorrelation times, in steps),
+        ``acceptance`` (mean acceptance fraction), ``walkers``.
+
+    Raises
+    ------
+    ConfigError
+        If emcee is not installed.
+    """
+    try:
+        import emcee
+    except ImportError:
+        msg = "method 'bayes' needs emcee, an optional dependency: pip install 'armsdyn[bayes]'"
+        raise ConfigError(msg) from None
+    names = list(start.index)
+    d = len(names)
+    walkers = spec.walkers or max(32, 2 * (2 * d + 1))
+    sim = _Simulator(spec.model, spec.time, spec.fixed, names, list(spec.observations.columns), "compiled")
+    saved = spec.time.save_times()
+    obs_t = spec.observations.index.to_numpy(dtype=float)
+    rows = np.array([int(np.argmin(np.abs(saved - t))) for t in obs_t])
+    observed = spec.observations.to_numpy(dtype=float)
+    mask = np.isfinite(observed)
+    counts = mask.sum(axis=0)
+    lower, upper = start["lower"].to_numpy(dtype=float), start["upper"].to_numpy(dtype=float)
+    prior_mean = np.array([spec.priors.get(n, (0.0, math.inf))[0] for n in names])
+    prior_sd = np.array([spec.priors.get(n, (0.0, math.inf))[1] for n in names])
+
+    def log_prob(thetas: np.ndarray) -> np.ndarray:
+        out = np.full(len(thetas), -np.inf)
+        inside = np.all((thetas >= lower) & (thetas <= upper), axis=1)
+        if not inside.any():
+            return out
+        batch = thetas[inside]
+        with np.errstate(all="ignore"):
+            res = sim(batch)[:, rows, :] - observed
+            res = np.where(mask, res, 0.0)
+            ssr = (res**2).sum(axis=1)
+            loglik = -(counts / 2 * np.log(ssr)).sum(axis=1)
+            logprior = -0.5 * (((batch - prior_mean) / prior_sd) ** 2).sum(axis=1)
+        value = loglik + logprior
+        out[inside] = np.where(np.isfinite(value), value, -np.inf)
+        return out
+
+    rng = np.random.default_rng(spec.seed)
+    theta = start["estimate"].to_numpy(dtype=float)
+    width = np.where(np.isfinite(upper - lower), upper - lower, np.maximum(np.abs(theta), 1.0))
+    spread = np.where(np.isfinite(start["std_error"]) & (start["std_error"] > 0), start["std_error"], 1e-3 * width)
+    # Walkers start spread like the least-squares uncertainty, so burn-in need not expand a tiny ball.
+    spread = np.minimum(spread, 0.1 * width)
+    p0 = theta + spread * rng.standard_normal((walkers, d))
+    # A walker outside the box would never move: reflect it in (the estimate itself may sit on a bound).
+    p0 = np.where(p0 < lower, 2 * lower - p0, p0)
+    p0 = np.where(p0 > upper, 2 * upper - p0, p0)
+    p0 = np.clip(p0, lower, upper)
+    # Differential evolution follows the long correlated ridges of k, l, a and b (autocorrelation time
+    # about 20 steps on a six-parameter race, against about 100 with the stretch move).
+    moves = [(emcee.moves.DEMove(), 0.8), (emcee.moves.DESnookerMove(), 0.2)]
+    sampler = emcee.EnsembleSampler(walkers, d, log_prob, vectorize=True, moves=moves)
+    sampler.random_state = np.random.RandomState(spec.seed).get_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a stretch into an overflowing region is just rejected
+        sampler.run_mcmc(p0, spec.steps, progress=False)
+    chain = sampler.get_chain(discard=spec.burn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a stuck walker has no autocorrelation: tau is NaN
+        tau = sampler.get_autocorr_time(discard=spec.burn, tol=0)
+    return {
+        "chain": chain,
+        "log_prob": sampler.get_log_prob(discard=spec.burn),
+        "names": names,
+        "rhat": _split_rhat(chain),
+        "tau": tau,
+        "ess": chain.shape[0] * chain.shape[1] / np.maximum(tau, 1.0),
+        "acceptance": float(np.mean(sampler.acceptance_fraction)),
+        "walkers": walkers,
+    }
+
+
+def _stability_of_draws(spec: CalibrationSpec, names: Sequence[str], draws: np.ndarray) -> np.ndarray | None:
+    """Per draw: True where the fitted race is stable (ab > kl; or max Re eig(K - A) < 0); None if not Richardson."""
+    if all(n in spec.model.variables for n in PARAMETER_NAMES.values()):
+        fixed = {n: v for n, v in spec.fixed.items() if isinstance(v, int | float)}
+        defaults = {n: spec.model.variable(n).default for n in PARAMETER_NAMES.values()}
+        out = []
+        for row in draws:
+            values = {**defaults, **fixed, **dict(zip(names, row, strict=True))}
+            out.append(Richardson.from_values(values).determinant > 0)
+        return np.array(out)
+    if lagged_system(spec.model) is not None:
+        out = []
+        for row in draws:
+            k_mat, a_vec, _, _ = _n_state_matrices(spec.model, spec.fixed, dict(zip(names, row, strict=True)))
+            out.append(_abscissa(k_mat, a_vec)[0] < 0)
+        return np.array(out)
+    return None
+
+
+def _calibrate_bayes(spec: CalibrationSpec, started: str) -> CalibrationResult:
+    base = _calibrate_trajectory(spec, started)
+    found = sample_posterior(spec, base.estimates)
+    chain, names = found["chain"], found["names"]
+    flat = chain.reshape(-1, chain.shape[2])
+    keep = np.unique(np.linspace(0, len(flat) - 1, min(POSTERIOR_DRAWS, len(flat))).astype(int))
+    draws = flat[keep]
+    estimates = base.estimates.copy()
+    estimates["posterior_mean"] = flat.mean(axis=0)
+    estimates["posterior_sd"] = flat.std(axis=0, ddof=1)
+    estimates["posterior_median"] = np.median(flat, axis=0)
+    estimates["posterior_low"] = np.quantile(flat, 0.025, axis=0)
+    estimates["posterior_high"] = np.quantile(flat, 0.975, axis=0)
+    estimates["rhat"] = found["rhat"]
+    estimates["ess"] = found["ess"]
+    summary = dict(base.summary)
+    steps_kept, walkers = chain.shape[0], chain.shape[1]
+    summary["method"] = "bayes"
+    summary["posterior"] = {
+        "walkers": walkers,
+        "steps": spec.steps,
+        "burn": spec.burn,
+        "draws": int(steps_kept * walkers),
+        "acceptance": found["acceptance"],
+        "max_rhat": float(np.nanmax(found["rhat"])),
+        # NaN (a walker that never moved) counts as not converged.
+        "min_ess": float(np.min(found["ess"])) if np.all(np.isfinite(found["ess"])) else 0.0,
+        "max_autocorrelation_time": float(np.max(found["tau"])),
+        "likelihood": "Gaussian, one noise variance per series integrated out (Jeffreys prior)",
+        "priors": {n: (f"normal{spec.priors[n]}" if n in spec.priors else "uniform on the bounds") for n in names},
+    }
+    mixed = summary["posterior"]["max_rhat"] <= RHAT_LIMIT and summary["posterior"]["min_ess"] >= ESS_MIN
+    if not mixed:
+        summary["identification"] += (
+            f"; posterior not converged (max R-hat {summary['posterior']['max_rhat']:.3g}, min ESS "
+            f"{summary['posterior']['min_ess']:.0f}): raise calibration.steps"
+        )
+    stable = _stability_of_draws(spec, names, draws)
+    if stable is not None:
+        p = float(stable.mean())
+        summary["stability_least_squares"] = summary.get("stability")
+        summary["p_stable_posterior"] = p
+        if not mixed:
+            verdict, reason = "indeterminate", f"posterior not converged; P(stable) = {p:.3f} is not yet reliable"
+        elif p >= 0.975:
+            verdict, reason = "stable", f"posterior probability of stability {p:.3f} >= 0.975"
+        elif p <= 0.025:
+            verdict, reason = "unstable", f"posterior probability of stability {p:.3f} <= 0.025"
+        else:
+            verdict, reason = "indeterminate", f"posterior probability of stability {p:.3f} is between 0.025 and 0.975"
+        summary["stability"], summary["stability_reason"] = verdict, reason
+    posterior = pd.DataFrame(draws, columns=names)
+    posterior.insert(0, "walker", keep % walkers)
+    posterior.insert(1, "step", spec.burn + keep // walkers)
+    posterior["log_posterior"] = found["log_prob"].reshape(-1)[keep]
+    if stable is not None:
+        posterior["stable"] = stable
+    predictive = _posterior_predictive(spec, names, draws)
+    return replace(base, estimates=estimates, summary=summary, posterior=posterior, predictive=predictive)
+
+
+def _posterior_predictive(spec: CalibrationSpec, names: Sequence[str], draws: np.ndarray) -> pd.DataFrame:
+    """Quantiles of simulated observations (model paths plus each draw's noise) at every saved time."""
+    rng = np.random.default_rng(spec.seed + 1)
+    pick = draws[rng.choice(len(draws), size=min(PREDICTIVE_DRAWS, len(draws)), replace=False)]
+    variables = list(spec.observations.columns)
+    sim = _Simulator(spec.model, spec.time, spec.fixed, names, variables, "compiled")
+    paths = sim(pick)  # (draws, saved, variables)
+    saved = spec.time.save_times()
+    rows = np.array([int(np.argmin(np.abs(saved - t))) for t in spec.observations.index.to_numpy(dtype=float)])
+    observed = spec.observations.to_numpy(dtype=float)
+    mask = np.isfinite(observed)
+    res = np.where(mask, paths[:, rows, :] - observed, 0.0)
+    sigma = np.sqrt((res**2).sum(axis=1) / np.maximum(mask.sum(axis=0), 1))  # (draws, variables)
+    noisy = paths + rng.standard_normal(paths.shape) * sigma[:, None, :]
+    out = []
+    for j, name in enumerate(variables):
+        q = np.quantile(noisy[:, :, j], [0.025, 0.5, 0.975], axis=0)
+        out.append(pd.DataFrame({"variable": name, "time": saved, "low": q[0], "median": q[1], "high": q[2],
+                                 "path_median": np.median(paths[:, :, j], axis=0)}))  # fmt: skip
+    return pd.concat(out, ignore_index=True)
 
 
 # --------------------------------------------------------------------------- calibrate
@@ -1446,7 +1695,12 @@ def calibrate(config_path: str | os.PathLike[str] | CalibrationSpec) -> Calibrat
     spec = config_path if isinstance(config_path, CalibrationSpec) else load_calibration(config_path)
     if spec.method == "richardson_combined":
         return _calibrate_combined(spec, started)
-    result = _calibrate_lagged(spec, started) if spec.method == "lagged" else _calibrate_trajectory(spec, started)
+    if spec.method == "lagged":
+        result = _calibrate_lagged(spec, started)
+    elif spec.method == "bayes":
+        result = _calibrate_bayes(spec, started)
+    else:
+        result = _calibrate_trajectory(spec, started)
     if not spec.specifications:
         return result
     others = tuple(calibrate(alt) for alt in spec.specifications)
@@ -1882,6 +2136,10 @@ def _fill(folder: Path, result: CalibrationResult, command: Sequence[str] | None
         result.bootstrap.to_csv(folder / BOOTSTRAP_FILE)
     if "diagnostics" in result.summary:
         _diagnostics_table(result.summary["diagnostics"]).to_csv(folder / DIAGNOSTICS_FILE, index=False)
+    if result.posterior is not None:
+        result.posterior.to_csv(folder / POSTERIOR_FILE, index=False)
+    if result.predictive is not None:
+        result.predictive.to_csv(folder / PREDICTIVE_FILE, index=False)
     if result.comparison is not None:
         result.comparison.to_csv(folder / COMPARISON_FILE)
         every = [result, *result.alternatives]
@@ -1912,7 +2170,9 @@ def _fill(folder: Path, result: CalibrationResult, command: Sequence[str] | None
         "estimator": spec.estimator if spec.method == "lagged" else None,
         "transform": spec.transform if spec.method == "lagged" else None,
         "specifications": [spec.label, *(s.label for s in spec.specifications)],
-    }
+        "sampler": {"package": "emcee", "walkers": result.summary["posterior"]["walkers"], "steps": spec.steps,
+                    "burn": spec.burn} if result.posterior is not None else None,
+    }  # fmt: skip
     manifest["data"] = {
         "path": str(spec.data.file),
         "sha256": file_sha256(spec.data.file),
@@ -1994,6 +2254,9 @@ def draw_calibration_figures(result: CalibrationResult, folder: Path) -> list[Pa
         written += save_figure(fig, folder / "fit")
         plt.close(fig)
 
+        if result.predictive is not None:
+            written += _draw_predictive(result, folder)
+
         fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 2.2), layout="constrained")
         for name, part in result.fit.groupby("variable", sort=False):
             ax.plot(part["time"], part["residual"], "o-", label=str(name))
@@ -2004,4 +2267,29 @@ def draw_calibration_figures(result: CalibrationResult, folder: Path) -> list[Pa
         ax.legend()
         written += save_figure(fig, folder / "residuals")
         plt.close(fig)
+    return written
+
+
+def _draw_predictive(result: CalibrationResult, folder: Path) -> list[Path]:
+    """Observed points over the posterior predictive 95% band and the median model path."""
+    import matplotlib.pyplot as plt
+
+    spec = result.spec
+    assert result.predictive is not None
+    names = list(spec.observations.columns)
+    fig, axes = plt.subplots(
+        len(names), 1, sharex=True, squeeze=False, figsize=(SINGLE_COLUMN, 0.6 + 1.7 * len(names)), layout="constrained"
+    )
+    for panel, name in zip(axes[:, 0], names, strict=True):
+        part = result.predictive[result.predictive["variable"] == name]
+        panel.fill_between(part["time"], part["low"], part["high"], alpha=0.3, linewidth=0, label="95% predictive")
+        panel.plot(part["time"], part["path_median"], label="posterior median path")
+        obs = spec.observations[name]
+        panel.plot(obs.index, obs.to_numpy(), "o", markersize=3, label="observed")
+        panel.set_title(name)
+        panel.set_ylabel(spec.data.units)
+    axes[0, 0].legend()
+    axes[-1, 0].set_xlabel(f"time ({spec.time.units})" if spec.time.units else "time")
+    written = save_figure(fig, folder / "posterior_predictive")
+    plt.close(fig)
     return written

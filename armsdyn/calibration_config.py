@@ -38,7 +38,7 @@ from armsdyn.errors import did_you_mean
 from armsdyn.model import Model, TimeSettings
 from armsdyn.richardson import N_PARAMETER_NAMES, PARAMETER_NAMES
 
-METHODS = ("trajectory", "richardson_combined", "lagged")
+METHODS = ("trajectory", "richardson_combined", "lagged", "bayes")
 #: Estimators of the lagged (discrete-time) specification: the equations jointly or one by one.
 ESTIMATORS = ("sur", "ols")
 #: Forms of the data a lagged specification regresses: levels, or first differences.
@@ -85,7 +85,12 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "name": "string",
         "parameters": "table",
         "initial_values": "table",
+        "walkers": "integer",
+        "steps": "integer",
+        "burn": "integer",
+        "priors": "table",
     },
+    "prior": {"normal": "list of numbers"},
     "estimate": {"initial": "number", "bounds": "list of numbers"},
     "specification": {
         "name": "string",
@@ -176,6 +181,13 @@ class CalibrationSpec:
     specifications : tuple of CalibrationSpec
         Further specifications of the same question, fitted and ranked beside
         this one by AIC/BIC (see :func:`armsdyn.calibration.compare_specifications`).
+    walkers, steps, burn : int
+        For ``method = "bayes"``: emcee's walkers (0: the default, see
+        :func:`armsdyn.calibration.sample_posterior`), steps per walker, and the
+        steps discarded as burn-in.
+    priors : mapping of str to (float, float)
+        For ``method = "bayes"``: normal priors (mean, sd) by fitted name, truncated
+        to the bounds; a fitted quantity without one has a uniform prior on its bounds.
     """
 
     name: str
@@ -198,6 +210,10 @@ class CalibrationSpec:
     transform: str = "levels"
     label: str = ""
     specifications: tuple[CalibrationSpec, ...] = ()
+    walkers: int = 0
+    steps: int = 2000
+    burn: int = 1000
+    priors: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def config_sha256(self) -> str:
@@ -376,7 +392,7 @@ def _parse(
     fixed = parse_parameters(top.get("parameters", {}), "parameters", model, problems)
     time = _data_time(top.get("time", {}), model, observations, problems)
     parameters: list[FittedParameter] = []
-    if method == "trajectory":
+    if method in ("trajectory", "bayes"):
         parameters = _parse_fitted(cal, model, fixed, observations, problems)
         series = [k for k, v in fixed.items() if isinstance(v, tuple)]
         if cal.get("engine") == "compiled" and series:
@@ -392,6 +408,7 @@ def _parse(
                 problems.add(f"calibration.{key}", "not used by method 'richardson_combined' (it fits kappa and c)")
     elif method == "lagged":
         _check_lagged(cal, model, fixed, observations, problems, nested=nested)
+    priors = _check_bayes(cal, method, parameters, problems)
     if problems.items:
         return None
     # Problems were reported above otherwise; the asserts tell the type checker.
@@ -423,7 +440,62 @@ def _parse(
         estimator=estimator,
         transform=transform,
         label=cal.get("name") or _default_label(method, estimator, transform),
+        walkers=cal.get("walkers", 0),
+        steps=cal.get("steps", 2000),
+        burn=cal.get("burn", cal.get("steps", 2000) // 2),
+        priors=priors,
     )
+
+
+def _check_bayes(
+    cal: Mapping[str, Any], method: str, parameters: Sequence[FittedParameter], problems: Problems
+) -> dict[str, tuple[float, float]]:
+    """Sampler settings and priors of ``method = "bayes"``; they are refused with any other method."""
+    keys = ("walkers", "steps", "burn", "priors")
+    if method != "bayes":
+        for key in keys:
+            if key in cal:
+                problems.add(f"calibration.{key}", f"only used with method 'bayes', not {method!r}")
+        return {}
+    if cal.get("engine", "compiled") != "compiled":
+        problems.add("calibration.engine", "method 'bayes' runs on the compiled engine (thousands of runs)")
+    steps = cal.get("steps", 2000)
+    if not 10 <= steps <= 1_000_000:
+        problems.add("calibration.steps", f"must be between 10 and 1000000, got {steps}")
+    burn = cal.get("burn", steps // 2)
+    if not 0 <= burn < steps:
+        problems.add("calibration.burn", f"must be at least 0 and below steps ({steps}), got {burn}")
+    walkers = cal.get("walkers", 0)
+    if walkers and not (2 * len(parameters) < walkers <= 10_000 and walkers % 2 == 0):
+        problems.add(
+            "calibration.walkers",
+            f"must be even and more than twice the {len(parameters)} fitted quantities, at most 10000, got {walkers}",
+        )
+    priors: dict[str, tuple[float, float]] = {}
+    names = [p.name for p in parameters]
+    for key, value in cal.get("priors", {}).items():
+        where = f'calibration.priors."{key}"'
+        if key not in names:
+            problems.add(where, f"not a fitted quantity{did_you_mean(key, names)} (fitted: {', '.join(names)})")
+            continue
+        good = _check(value, "prior", where, problems)
+        pair = good.get("normal")
+        if pair is None:
+            problems.add(where, "give normal = [mean, sd] (without a prior, the prior is uniform on the bounds)")
+            continue
+        if len(pair) != 2 or not (math.isfinite(pair[0]) and math.isfinite(pair[1]) and pair[1] > 0):
+            problems.add(f"{where}.normal", f"expected [mean, sd] with sd > 0, got {pair}")
+            continue
+        priors[key] = (float(pair[0]), float(pair[1]))
+    for p in parameters:
+        if p.name not in priors and not all(map(math.isfinite, p.bounds)):
+            where = f'calibration.initial_values."{p.stock}"' if p.stock else f'calibration.parameters."{p.name}"'
+            problems.add(
+                f"{where}.bounds",
+                f"method 'bayes' needs finite bounds (a uniform prior) or a normal prior in [calibration.priors], "
+                f"got {list(p.bounds)}",
+            )
+    return priors
 
 
 def _check_lagged(
@@ -540,8 +612,9 @@ def _parse_specification(
         problems.add(f"{where}.name", f"{label!r} names two specifications (the config's own is {main.label!r})")
         return None
     names.add(label)
-    cal = {k: v for k, v in dict(raw.get("calibration", {})).items() if k not in ("bootstrap", "name")}
-    method = good.get("method", cal.get("method", "trajectory"))
+    sampler = ("walkers", "steps", "burn", "priors")  # a specification is a point fit, not a posterior
+    cal = {k: v for k, v in dict(raw.get("calibration", {})).items() if k not in ("bootstrap", "name", *sampler)}
+    method = good.get("method", "trajectory" if cal.get("method") == "bayes" else cal.get("method", "trajectory"))
     if method not in COMPARABLE_METHODS:
         problems.add(f"{where}.method", unknown_name("method", method, COMPARABLE_METHODS))
         return None

@@ -18,6 +18,7 @@ from armsdyn.calibration import (
     calibrate,
     diagnose,
     fit_trajectories,
+    format_summary,
     identification_note,
     load_calibration,
     near_bound,
@@ -793,3 +794,124 @@ def test_n_state_mapping_errors(tmp_path: Path, columns: str, expected: str) -> 
     with pytest.raises(ConfigError, match=r"cal\.toml") as info:
         load_calibration(tmp_path / "cal.toml")
     assert expected in str(info.value)
+
+
+# --------------------------------------------------------------------------- Bayesian posterior (emcee)
+
+
+def _bayes_config(tmp_path: Path, observed: pd.DataFrame, extra: str = "", steps: int = 1000, burn: int = 500) -> Path:
+    """A method = "bayes" config over `observed` (arms X and Y), fitting Richardson's six coefficients."""
+    data = observed.rename(columns={"arms X": "x", "arms Y": "y"})
+    data.index.name = "year"
+    data.to_csv(tmp_path / "d.csv")
+    fitted = "\n".join(f'"{n}" = {{ initial = {g.initial}, bounds = {list(g.bounds)} }}' for n, g in
+                       zip(TRUTH, GUESSES, strict=True))  # fmt: skip
+    path = tmp_path / "b.toml"
+    path.write_text(
+        f'[experiment]\nname = "b"\nmodel = "{(MODELS / "richardson.mdl").as_posix()}"\n'
+        "[time]\ninitial = 0\nfinal = 30\nstep = 0.0625\nsaveper = 1\n"
+        '[parameters]\n"initial arms X" = 1.0\n"initial arms Y" = 2.0\n'
+        '[data]\nfile = "d.csv"\nunits = "u"\ncolumns = { x = "arms X", y = "arms Y" }\n'
+        f'[calibration]\nmethod = "bayes"\nsteps = {steps}\nburn = {burn}\nseed = 3\n{extra}'
+        f"[calibration.parameters]\n{fitted}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_bayes_posterior_agrees_with_least_squares_and_is_written(tmp_path: Path) -> None:
+    pytest.importorskip("emcee")
+    result = calibrate(_bayes_config(tmp_path, _synthetic(np.random.default_rng(7), sigma=0.1)))
+    est = result.estimates
+    post = result.summary["posterior"]
+    assert post["max_rhat"] < 1.1
+    assert post["min_ess"] > 200
+    assert 0.1 < post["acceptance"] < 0.9
+    for name, true in TRUTH.items():
+        # The posterior median sits inside the least-squares interval, and the posterior interval covers the truth.
+        assert est.loc[name, "ci_low"] <= est.loc[name, "posterior_median"] <= est.loc[name, "ci_high"], name
+        assert est.loc[name, "posterior_low"] <= true <= est.loc[name, "posterior_high"], name
+    # A clearly stable race (ab - kl = 0.06): every posterior draw is stable.
+    assert result.summary["p_stable_posterior"] == 1.0
+    assert result.summary["stability"] == "stable"
+    assert result.summary["stability_reason"].startswith("posterior probability of stability 1.000")
+    assert "P(stable) = 1.000" in format_summary(result)
+    folder = write_calibration(result, tmp_path / "out")
+    draws = pd.read_csv(folder / "posterior.csv")
+    assert {"walker", "step", "log_posterior", "stable", *TRUTH} <= set(draws.columns)
+    assert draws["step"].min() >= 500
+    k_median = est.loc["defence coefficient k", "posterior_median"]
+    assert draws["defence coefficient k"].median() == pytest.approx(k_median, abs=0.02)
+    back = pd.read_csv(folder / "estimates.csv", index_col="parameter")
+    np.testing.assert_allclose(back["rhat"], est["rhat"])
+    predictive = pd.read_csv(folder / "posterior_predictive.csv")
+    assert set(predictive["variable"]) == {"arms X", "arms Y"}
+    # The 95% posterior predictive band holds about 95% of the observations.
+    merged = predictive.merge(result.fit, on=["variable", "time"])
+    inside = ((merged["observed"] >= merged["low"]) & (merged["observed"] <= merged["high"])).mean()
+    assert 0.85 <= inside <= 1.0
+    assert (folder / "figures" / "posterior_predictive.png").is_file()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["calibration"]["sampler"]["package"] == "emcee"
+
+
+@pytest.mark.slow
+def test_bayes_posterior_covers_the_truth_at_the_nominal_rate(tmp_path: Path) -> None:
+    pytest.importorskip("emcee")
+    hits = []
+    for seed in range(16):
+        folder = tmp_path / str(seed)
+        folder.mkdir()
+        config = _bayes_config(folder, _synthetic(np.random.default_rng(100 + seed), sigma=0.1), steps=500, burn=200,
+                               extra="walkers = 16\n")  # fmt: skip
+        est = calibrate(config).estimates
+        hits.append([est.loc[n, "posterior_low"] <= TRUTH[n] <= est.loc[n, "posterior_high"] for n in TRUTH])
+    # 96 intervals (6 per fit, correlated within a fit): about 3 binomial sd of 16 fits around 0.95.
+    rate = float(np.mean(hits))
+    assert 0.85 <= rate <= 1.0, np.mean(hits, axis=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"extra": "walkers = 7\n"}, "calibration.walkers: must be even and more than twice the 6 fitted quantities"),
+        ({"steps": 5, "burn": 1}, "calibration.steps: must be between 10 and 1000000"),
+        ({"burn": 1000}, "calibration.burn: must be at least 0 and below steps (1000)"),
+        ({"extra": 'priors = { "grievance z" = { normal = [0, 1] } }\n'}, '"grievance z": not a fitted quantity'),
+        ({"extra": 'priors = { "grievance g" = { normal = [0, -1] } }\n'}, "expected [mean, sd] with sd > 0"),
+        ({"extra": 'priors = { "grievance g" = { uniform = [0, 1] } }\n'}, "unknown key"),
+        ({"extra": 'engine = "pysd"\n'}, "method 'bayes' runs on the compiled engine"),
+    ],
+)
+def test_bayes_config_errors(tmp_path: Path, settings: dict, expected: str) -> None:
+    config = _bayes_config(tmp_path, _synthetic(np.random.default_rng(0), sigma=0.1), **settings)
+    with pytest.raises(ConfigError, match=r"b\.toml") as info:
+        load_calibration(config)
+    assert expected in str(info.value)
+
+
+def test_bayes_needs_bounds_or_a_prior(tmp_path: Path) -> None:
+    config = _bayes_config(tmp_path, _synthetic(np.random.default_rng(0), sigma=0.1))
+    config.write_text(config.read_text().replace("bounds = [-20, 20]", "bounds = [-20, inf]", 1))
+    with pytest.raises(ConfigError, match="needs finite bounds"):
+        load_calibration(config)
+    config.write_text(
+        config.read_text().replace("seed = 3\n", 'seed = 3\npriors = { "grievance g" = { normal = [1, 2] } }\n')
+    )
+    assert load_calibration(config).priors == {"grievance g": (1.0, 2.0)}
+
+
+def test_sampler_keys_belong_to_bayes(tmp_path: Path) -> None:
+    body = BASE.replace("[calibration]\n", "[calibration]\nsteps = 100\n")
+    with pytest.raises(ConfigError, match=r"calibration\.steps: only used with method 'bayes', not 'trajectory'"):
+        load_calibration(_config(tmp_path, body))
+
+
+def test_bayes_without_emcee_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "emcee", None)  # import emcee now raises ImportError
+    spec = load_calibration(_bayes_config(tmp_path, _synthetic(np.random.default_rng(0), sigma=0.1), steps=20, burn=10))
+    with pytest.raises(ConfigError, match=r"pip install 'armsdyn\[bayes\]'"):
+        calibrate(spec)
