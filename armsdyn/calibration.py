@@ -1,6 +1,6 @@
 """Calibrate a model's parameters to historical data (``armsdyn calibrate CONFIG``).
 
-Three estimators are offered:
+Four estimators are offered:
 
 - ``method = "trajectory"`` (the default): trajectory matching. The model is
   simulated (with PySD, or the ensemble engine) for trial parameter values and
@@ -20,6 +20,9 @@ Three estimators are offered:
   (:func:`lagged_equations`), fitted jointly by seemingly unrelated regression
   (``estimator = "sur"``) or one by one (``"ols"``) with :func:`fit_system`;
   ``transform = "differenced"`` regresses changes of changes instead.
+- ``method = "bayes"``: the trajectory fit's posterior, sampled with emcee on
+  the compiled engine (:func:`sample_posterior`), with R-hat, ESS, a posterior
+  predictive figure and the posterior probability that the race is stable.
 
 Further specifications of the same question (``[[specifications]]``) are fitted
 beside the config's own and ranked by AIC and BIC within groups fitted to the
@@ -52,7 +55,7 @@ A calibration config looks like::
 
     [calibration]
     name = "full model"         # optional: this specification's name in comparison.csv
-    method = "trajectory"       # or "richardson_combined", "lagged"
+    method = "trajectory"       # or "richardson_combined", "lagged", "bayes"
     # estimator = "sur"         # lagged only: "sur" (jointly) or "ols" (one by one)
     # transform = "levels"      # lagged only: "levels" or "differenced"
     loss = "linear"             # or the robust "soft_l1", "huber"
@@ -68,6 +71,9 @@ A calibration config looks like::
     "arms X" = { bounds = [0, 100] }   # initial guess: the first observation
     "arms Y" = "observed"       # ... or to fix at the first observation
 
+    [calibration.priors]        # bayes only (with walkers, steps, burn in [calibration])
+    "grievance g" = { normal = [0, 10] }   # others: uniform on their bounds
+
     [[specifications]]          # optional, any number: fitted beside and ranked by AIC/BIC
     name = "no reaction"
     method = "lagged"           # trajectory or lagged (default: the config's own)
@@ -81,6 +87,7 @@ fitted, residual), ``covariance.csv``, ``bootstrap.csv`` (when asked),
 and a one-line verdict; see :func:`diagnose`),
 ``comparison.csv`` and ``specifications.csv`` (with ``[[specifications]]``: the
 ranking, and every specification's estimates),
+``posterior.csv`` and ``posterior_predictive.csv`` (method ``bayes``),
 ``data.csv`` (the observations used), ``summary.json``, ``figures/`` and
 ``manifest.json``; it is written atomically like a run's results folder.
 
@@ -97,6 +104,12 @@ References
 .. [5] Burnham, K. P. and Anderson, D. R. (2002). *Model Selection and Multimodel
    Inference*, 2nd ed., section 2.6. New York: Springer.
 .. [6] Greene, W. H. (2012). *Econometric Analysis*, 7th ed., section 10.2. Boston: Pearson.
+.. [7] Foreman-Mackey, D., Hogg, D. W., Lang, D. and Goodman, J. (2013). emcee: the MCMC
+   hammer. *Publications of the Astronomical Society of the Pacific* 125, 306-312.
+.. [8] ter Braak, C. J. F. and Vrugt, J. A. (2008). Differential evolution Markov chain with
+   snooker updater and fewer chains. *Statistics and Computing* 18, 435-446.
+.. [9] Box, G. E. P. and Tiao, G. C. (1973). *Bayesian Inference in Statistical Analysis*,
+   section 2.4. Reading, MA: Addison-Wesley.
 """
 
 from __future__ import annotations

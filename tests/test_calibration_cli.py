@@ -65,3 +65,35 @@ def test_calibrate_prints_the_verdicts_and_the_ranking(tmp_path: Path) -> None:
         shown = next(line for line in lines if line.startswith(f"{name} "))
         assert f"{row['aic']:.1f}" in shown, name
     assert "AIC and BIC rank specifications within a group only" in lines[-1]
+
+
+@pytest.mark.slow
+def test_calibrate_bayes_prints_the_posterior_verdict(tmp_path: Path) -> None:
+    pytest.importorskip("emcee")
+    config = tmp_path / "b.toml"
+    text = (CONFIGS / "calibrate_richardson_1909.toml").read_text()
+    # Richardson's 1909-1913 budgets, fitted by the trajectory posterior: reactions and grievances free,
+    # fatigue at Richardson's 0.17, each alliance starting from its 1909 budget.
+    head = text.replace('"../models/', f'"{(CONFIGS.parent / "models").as_posix()}/').split("[calibration]")[0]
+    config.write_text(
+        head
+        + '[parameters]\n"fatigue coefficient a" = 0.17\n"fatigue coefficient b" = 0.17\n'
+        + '[calibration]\nmethod = "bayes"\nsteps = 300\nburn = 150\nseed = 1\n'
+        + '[calibration.initial_values]\n"arms X" = "observed"\n"arms Y" = "observed"\n'
+        + "[calibration.parameters]\n"
+        + '"defence coefficient k" = { initial = 0.9, bounds = [0, 3] }\n'
+        + '"defence coefficient l" = { initial = 0.9, bounds = [0, 3] }\n'
+        + '"grievance g" = { initial = -30, bounds = [-200, 200] }\n'
+        + '"grievance h" = { initial = -30, bounds = [-200, 200] }\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    proc = run_cli("calibrate", config, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("posterior: "))
+    assert "walkers (emcee), max R-hat" in line
+    assert "P(stable) = " in line
+    assert any(line.startswith("stability: ") for line in proc.stdout.splitlines())
+    draws = pd.read_csv(out / "posterior.csv")
+    assert {"defence coefficient k", "stable", "log_posterior"} <= set(draws.columns)
+    assert (out / "figures" / "posterior_predictive.svg").is_file()
