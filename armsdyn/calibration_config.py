@@ -409,6 +409,10 @@ def _parse(
     elif method == "lagged":
         _check_lagged(cal, model, fixed, observations, problems, nested=nested)
     priors = _check_bayes(cal, method, parameters, problems)
+    series = [k for k, v in fixed.items() if isinstance(v, tuple)]
+    if method == "bayes" and series:
+        why = "method 'bayes' runs on the compiled engine, which takes constants only, not a time series"
+        problems.add(f'parameters."{series[0]}"', why)
     if problems.items:
         return None
     # Problems were reported above otherwise; the asserts tell the type checker.
