@@ -21,6 +21,7 @@ disagree).
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +30,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from armsdyn.model import CONTROL_NAMES, Model, TimeSettings, load_model, quiet_pysd
+from armsdyn.ensemble import compile_model
+from armsdyn.model import CONTROL_NAMES, Model, TimeSettings, Variable, load_model, quiet_pysd
 
 _SKIP = {"time", *(name.lower().replace(" ", "_") for name in CONTROL_NAMES)}
 _NUDGE = 1e-4
@@ -233,7 +235,8 @@ def _circuits(start: str, succ: dict[str, list[str]]) -> Iterator[list[str]]:
 class RunStates:
     """A model's values at every integration step of one run, and its equations evaluated on them.
 
-    The model is run once through PySD, saving every step. :meth:`evaluate` then evaluates one
+    The model is run once, saving every step (by the compiled engine where it can, else PySD).
+    :meth:`evaluate` then evaluates one
     variable's equation (a stock's or a first-order SMOOTH's rate for their holders) at every step
     at once, with any of its inputs replaced by a series of one's choosing: the model's own
     component functions are called on ``xarray`` series over a ``__t`` dimension, so the equation
@@ -267,8 +270,30 @@ class RunStates:
         self.deps = self.pm.dependencies
         self.by_py = {v.py_name: v for v in model.variables.values()}
         names = [v.name for v in model.variables.values() if v.kind not in ("lookup",)]
-        out = model.simulate(dict(params or {}), self.time, names)
-        self.values = {model.variables[name].py_name: np.asarray(array, dtype=float) for name, array in out.items()}
+        self.values = self._run_compiled(dict(params or {}), names)
+        if self.values is None:
+            out = model.simulate(dict(params or {}), self.time, names)
+            self.values = {model.variables[n].py_name: np.asarray(array, dtype=float) for n, array in out.items()}
+
+    def _run_compiled(self, params: dict[str, Any], names: list[str]) -> dict[str, np.ndarray] | None:
+        """Every variable at every step by the compiled engine (as experiments run), or None.
+
+        None where the engine cannot run it (a construct it does not compile, an override that is
+        a time series); PySD runs it then. The engine agrees with PySD to rounding, and a run of
+        a subscripted model takes it seconds where PySD takes minutes.
+        """
+        try:
+            samples = {key: np.array([float(value)]) for key, value in params.items()}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = compile_model(self.model.path, backend="numpy").run(samples, time=self.time, variables=names)
+        except Exception:  # unsupported construct, time-series override, ...: PySD runs it
+            return None
+        out = {}
+        for name in names:
+            var = self.model.variables[name]
+            out[var.py_name] = np.asarray(ds[var.py_name].isel(run=0).transpose("time", *var.dim_names).values, float)
+        return out
 
     def stateful(self, target: str) -> Any | None:
         """The stateful object (INTEG, SMOOTH, ...) whose value `target` holds, or None for an auxiliary."""
@@ -310,18 +335,29 @@ class RunStates:
                 return (obj.input_func() - getattr(self.module, target)()) / obj.smooth_time_func()
         else:
             function = obj.ddt
+        var = self.by_py.get(target)
         try:
-            return self._vectorised(function, series)
+            return self._vectorised(function, series, var)
         except Exception:  # an equation PySD will not evaluate on series: one step at a time
-            return self._stepwise(function, series)
+            return self._stepwise(function, series, var)
 
-    def _call(self, function: Callable[[], Any], inputs: Mapping[str, Any], clock: Any) -> Any:
-        originals = {name: getattr(self.module, name) for name in inputs}
-        data = vars(self.module)["__data"]
+    def _call(
+        self,
+        function: Callable[[], Any],
+        inputs: Mapping[str, Any],
+        clock: Any,
+        patches: Mapping[str, Any] | None = None,
+    ) -> Any:
+        module = vars(self.module)
+        originals = {name: module[name] for name in inputs}
+        shadowed = {name: module.get(name, _ABSENT) for name in patches or {}}
+        data = module["__data"]
         real_clock = data["time"]
         try:
             for name, value in inputs.items():
                 setattr(self.module, name, lambda value=value: value)
+            for name, value in (patches or {}).items():
+                setattr(self.module, name, value)
             data["time"] = clock
             self.pm.cache.clean()
             with quiet_pysd(), np.errstate(all="ignore"):
@@ -329,9 +365,12 @@ class RunStates:
         finally:
             for name, original in originals.items():
                 setattr(self.module, name, original)
+            for name, original in shadowed.items():
+                if original is _ABSENT:
+                    delattr(self.module, name)
+                else:
+                    setattr(self.module, name, original)
             data["time"] = real_clock
-            if "float" in vars(self.module):
-                delattr(self.module, "float")
             self.pm.cache.clean()
 
     def _as_series(self, name: str, array: np.ndarray) -> Any:
@@ -340,30 +379,46 @@ class RunStates:
         coords = {dim: list(elements) for dim, elements in (var.dims if var is not None else ())}
         return xr.DataArray(array, dims=dims, coords=coords)
 
-    def _vectorised(self, function: Callable[[], Any], series: Mapping[str, np.ndarray]) -> np.ndarray:
+    def _vectorised(
+        self, function: Callable[[], Any], series: Mapping[str, np.ndarray], var: Variable | None
+    ) -> np.ndarray:
         inputs = {name: self._as_series(name, array) for name, array in series.items()}
-        # PySD wraps scalar expressions in float(); on series that must pass them through.
-        self.module.float = _passthrough
-        result = self._call(function, inputs, _Clock(self._as_series("", self.times), self.time))
-        if isinstance(result, xr.DataArray) and "__t" in result.dims:
-            result = result.transpose("__t", ...)
-            return np.asarray(result.values, dtype=float)
-        value = np.asarray(result.values if isinstance(result, xr.DataArray) else result, dtype=float)
-        return np.broadcast_to(value, (self.times.size, *value.shape)).copy()
+        # PySD wraps scalar expressions in float() and spreads them over subscripts with
+        # xr.DataArray(value, coords, dims); on series both must keep the time dimension.
+        patches = {"float": _passthrough, "xr": _SeriesXarray()}
+        result = self._call(function, inputs, _Clock(self._as_series("", self.times), self.time), patches)
+        return _shaped(result, ("__t",), (self.times.size,), var)
 
-    def _stepwise(self, function: Callable[[], Any], series: Mapping[str, np.ndarray]) -> np.ndarray:
+    def _stepwise(
+        self, function: Callable[[], Any], series: Mapping[str, np.ndarray], var: Variable | None
+    ) -> np.ndarray:
         rows = []
         for i, t in enumerate(self.times):
             inputs = {}
             for name, array in series.items():
-                var = self.by_py.get(name)
-                if var is not None and var.dims:
-                    inputs[name] = xr.DataArray(array[i], dims=var.dim_names, coords={d: list(e) for d, e in var.dims})
+                source = self.by_py.get(name)
+                if source is not None and source.dims:
+                    coords = {d: list(e) for d, e in source.dims}
+                    inputs[name] = xr.DataArray(array[i], dims=source.dim_names, coords=coords)
                 else:
                     inputs[name] = float(array[i])
             value = self._call(function, inputs, _Clock(float(t), self.time))
-            rows.append(np.asarray(value.values if isinstance(value, xr.DataArray) else value, dtype=float))
+            rows.append(_shaped(value, (), (), var))
         return np.stack(rows)
+
+
+def _shaped(value: Any, lead: tuple[str, ...], lead_shape: tuple[int, ...], var: Variable | None) -> np.ndarray:
+    """An evaluated equation as an array ``(*lead, *var.shape)``, its ranges in `var`'s order."""
+    dims = (*lead, *(var.dim_names if var is not None else ()))
+    shape = (*lead_shape, *(var.shape if var is not None else ()))
+    if isinstance(value, xr.DataArray):
+        value = value.transpose(*[d for d in dims if d in value.dims], ...)
+        present = [d for d in dims if d in value.dims]
+        array = np.asarray(value.values, dtype=float)
+        # Insert the ranges the value does not vary over, then broadcast.
+        expanded = array.reshape([shape[dims.index(d)] if d in present else 1 for d in dims])
+        return np.broadcast_to(expanded, shape).copy()
+    return np.broadcast_to(np.asarray(value, dtype=float), shape).copy()
 
 
 class _Clock:
@@ -393,6 +448,23 @@ def _passthrough(value: Any) -> Any:
     return value
 
 
+_ABSENT = object()
+
+
+class _SeriesXarray:
+    """xarray as the translated model sees it, but ``DataArray(value, coords, dims)`` keeps ``__t``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(xr, name)
+
+    @staticmethod
+    def DataArray(data: Any = np.nan, coords: Any = None, dims: Any = None, **kwargs: Any) -> xr.DataArray:
+        if isinstance(data, xr.DataArray) and "__t" in data.dims and dims is not None:
+            template = xr.DataArray(np.zeros([len(coords[d]) for d in dims]), coords, dims, **kwargs)
+            return (data + template).transpose("__t", *dims)
+        return xr.DataArray(data, coords, dims, **kwargs)
+
+
 def _smooth_order(obj: Any) -> int | None:
     """A SMOOTH's order (None for another stateful)."""
     if type(obj).__name__ != "Smooth":
@@ -407,6 +479,12 @@ def find_loops(
     params: Mapping[str, Any] | None = None,
 ) -> list[Loop]:
     """Every elementary feedback loop of a model, with its variables, length and polarity.
+
+    A model with subscripted variables has its loops found element by element (``arms[USA] ->
+    reaction[Russia] -> ...``): which elements of a variable an element reads is found from its
+    equation through PySD (each source element nudged in turn, at the run's states and at states
+    around them with the constants varied, so a coefficient that is zero still counts as a link,
+    as in the model's structure).
 
     Parameters
     ----------
@@ -424,25 +502,39 @@ def find_loops(
     -------
     list of Loop
         Ordered by length, then by variables; numbered ``R1, R2, ...``, ``B1, ...`` and ``U1, ...``
-        (mixed or undetermined) within each polarity.
+        (mixed or undetermined) within each polarity. Elements are named ``"name[element, ...]"``.
     """
     if not isinstance(model, Model):
         model = load_model(Path(model))
     graph = causal_graph(model)
-    names = {v.py_name: v.name for v in model.variables.values()}
-    stocks = {v.py_name for v in model.variables.values() if v.kind in ("stock", "stateful")}
-    cycles = [_rotate(cycle, stocks, names) for cycle in itertools.islice(elementary_cycles(graph, max_length), limit)]
-    states = RunStates(model, params) if cycles else None
-    link_signs: dict[tuple[str, str], tuple[int, bool]] = {}
+    by_py = {v.py_name: v for v in model.variables.values()}
+    states: RunStates | None = None
+    if any(by_py[n].dims for n in graph if graph[n]):
+        states = RunStates(model, params)
+        nodes, link_signs = element_graph(model, states, graph)
+    else:
+        nodes = {n: {by_py[m].name for m in targets} for n, targets in graph.items()}
+        nodes = {by_py[n].name: targets for n, targets in nodes.items()}
+        link_signs = {}
+    stocks = {
+        node
+        for node in nodes
+        if model.element(node)[0].kind in ("stock", "stateful")  # a stock or SMOOTH (or one element of it)
+    }
+    cycles = [_rotate(cycle, stocks) for cycle in itertools.islice(elementary_cycles(nodes, max_length), limit)]
+    if cycles and states is None:
+        states = RunStates(model, params)
     table = []
     for cycle in cycles:
         links = list(zip(cycle, cycle[1:] + cycle[:1], strict=True))
-        for link in links:
-            if link not in link_signs and states is not None:
-                link_signs[link] = link_polarity(states, *link)
+        for source, target in links:
+            if (source, target) not in link_signs and states is not None:
+                link_signs[source, target] = link_polarity(
+                    states, model.variable(source).py_name, model.variable(target).py_name
+                )
         table.append(
             (
-                tuple(names[n] for n in cycle),
+                tuple(cycle),
                 tuple(link_signs[link][0] for link in links),
                 tuple(link_signs[link][1] for link in links),
             )
@@ -458,71 +550,168 @@ def find_loops(
     return loops
 
 
-def _rotate(cycle: list[str], stocks: set[str], names: dict[str, str]) -> list[str]:
+def element_graph(
+    model: Model, states: RunStates, graph: dict[str, set[str]] | None = None
+) -> tuple[dict[str, set[str]], dict[tuple[str, str], tuple[int, bool]]]:
+    """The causal graph element by element, with each element link's polarity.
+
+    Parameters
+    ----------
+    model : Model
+        The model.
+    states : RunStates
+        A run of it, whose states the links are found and signed at.
+    graph : dict, optional
+        Its variable-level causal graph (:func:`causal_graph`), if already built.
+
+    Returns
+    -------
+    (dict, dict)
+        ``{node: {target nodes}}`` over element nodes (``"name[element, ...]"``; a scalar is its
+        name), and ``{(source node, target node): (sign, mixed)}`` as :func:`link_polarity` gives.
+    """
+    graph = causal_graph(model) if graph is None else graph
+    by_py = {v.py_name: v for v in model.variables.values()}
+    nodes: dict[str, set[str]] = {}
+    signs: dict[tuple[str, str], tuple[int, bool]] = {}
+    for source, targets in graph.items():
+        x = by_py[source]
+        for f in _elements(x):
+            nodes.setdefault(_node(x, f), set())
+        for target in targets:
+            z = by_py[target]
+            found: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[int, bool]] = {}
+            for f in _elements(x):
+                for e, sign in _element_polarities(states, source, target, f).items():
+                    found[f, e] = sign
+            if not found:
+                # Never responds, even with its constants varied: the ranges' names decide.
+                shared = [d for d in x.dim_names if d in z.dim_names]
+                for f in _elements(x):
+                    for e in _elements(z):
+                        same = all(f[x.dim_names.index(d)] == e[z.dim_names.index(d)] for d in shared)
+                        if same:
+                            found[f, e] = (0, False)
+            for (f, e), sign in found.items():
+                nodes.setdefault(_node(x, f), set()).add(_node(z, e))
+                signs[_node(x, f), _node(z, e)] = sign
+    return nodes, signs
+
+
+def _elements(var: Variable) -> list[tuple[str, ...]]:
+    return var.elements() if var.dims else [()]
+
+
+def _node(var: Variable, element: tuple[str, ...]) -> str:
+    return var.element_name(element) if element else var.name
+
+
+def _rotate(cycle: list[str], stocks: set[str]) -> list[str]:
     """The cycle started at its first stock (in name order), else at its first variable."""
-    first = min((n for n in cycle if n in stocks), default=cycle[0], key=lambda n: names[n])
+    first = min((n for n in cycle if n in stocks), default=cycle[0])
     i = cycle.index(first)
     return cycle[i:] + cycle[:i]
 
 
 def link_polarity(states: RunStates, source: str, target: str) -> tuple[int, bool]:
-    """Polarity of the link `source` -> `target` (py_names) over the run `states` holds.
+    """Polarity of the link `source` -> `target` (py_names of scalars) over the run `states` holds.
 
     At every step the source is nudged up and down (everything else at that step's values) and
-    the target's equation evaluated; a stock's or SMOOTH's rate for its holder.
+    the target's equation evaluated; a stock's or SMOOTH's rate for its holder. A link that never
+    acts in the run (a branch of MIN, MAX or IF THEN ELSE that does not bind, a factor that stays
+    zero) is signed at states around the run's instead: first with its variable inputs rescaled,
+    then with its constants varied too.
 
     Returns
     -------
     tuple of (int, bool)
         The sign (+1, -1, or 0 when mixed or never active) and whether it is mixed (both signs occur).
     """
+    return _element_polarities(states, source, target, ()).get((), (0, False))
+
+
+def _element_polarities(
+    states: RunStates, source: str, target: str, element: tuple[str, ...]
+) -> dict[tuple[str, ...], tuple[int, bool]]:
+    """Polarity of the link from one element of `source` to each element of `target` it acts on."""
+    z = states.by_py[target]
     if not states.evaluable(target):
         # DELAY, higher-order SMOOTH and the like: a positively weighted history of their input.
-        return (1, False) if source in states.inputs(target) else (0, False)
-    signs = _nudged_signs(states, source, target, {})
-    if len(signs) == 1:
-        return signs.pop(), False
-    if signs:
-        return 0, True
-    # Never active in the run (a branch of MIN, MAX or IF THEN ELSE that does not bind, a factor
-    # that stays zero): nudge it at states around the run's, each input rescaled by a random
-    # factor (or set to 1 where it is 0), so such branches bind somewhere. Non-negative factors
-    # first, which keep every input's sign; only if that finds nothing, factors of either sign
-    # (a net quantity such as indicated procurement can turn negative where the run's did not).
+        if source not in states.inputs(target):
+            return {}
+        return dict.fromkeys(_elements(z), (1, False))
+    out: dict[tuple[str, ...], tuple[int, bool]] = {}
+    run = _nudged_signs(states, source, target, element, {})
+    for e, signs in run.items():
+        if signs:
+            out[e] = (signs.pop(), False) if len(signs) == 1 else (0, True)
+    if len(out) == len(run):
+        return out
+    # Never active in the run: states around the run's, each input rescaled by a random factor
+    # (or set to 1 where it is 0), so such branches bind somewhere. Non-negative factors first,
+    # which keep every input's sign; then factors of either sign (a net quantity such as indicated
+    # procurement can turn negative where the run's did not); then the constants varied as well
+    # (a coefficient of zero, a switch that is off), which gives the link's structural sign.
     rng = np.random.default_rng(20200417)
-    for factors in (_FACTORS, np.concatenate([_FACTORS, -_FACTORS[1:]])):
-        found: set[int] = set()
+    signed = np.concatenate([_FACTORS, -_FACTORS[1:]])
+    for factors, constants in ((_FACTORS, False), (signed, False), (_FACTORS, True)):
+        missing = [e for e in run if e not in out]
+        if not missing:
+            break
+        found: dict[tuple[str, ...], set[int]] = {e: set() for e in missing}
         for _ in range(_SAMPLED_ROUNDS):
             around = {}
             for name in states.inputs(target):
+                if states.by_py[name].kind == "constant" and not constants:
+                    continue
                 values = states.values[name]
                 factor = rng.choice(factors, size=values.shape)
                 around[name] = np.where(values == 0, np.sign(factor) * (np.abs(factor) > 1), values * factor)
-            found |= _nudged_signs(states, source, target, around)
-        if found:
-            return (found.pop(), False) if len(found) == 1 else (0, False)
-    return 0, False
+            for e, signs in _nudged_signs(states, source, target, element, around).items():
+                if e in found:
+                    found[e] |= signs
+        for e, signs in found.items():
+            if signs:
+                out[e] = (signs.pop(), False) if len(signs) == 1 else (0, False)
+    return out
 
 
 #: Factors the inputs of a link never active in the run are rescaled by to find its sign.
 _FACTORS = np.array([0.0, 0.1, 0.5, 1.0, 2.0, 10.0])
-_SAMPLED_ROUNDS = 4
+_SAMPLED_ROUNDS = 3
 
 
-def _nudged_signs(states: RunStates, source: str, target: str, at: Mapping[str, np.ndarray]) -> set[int]:
-    """Signs of the target's response to nudging the source up, at each step's state (`at` overriding)."""
+def _nudged_signs(
+    states: RunStates, source: str, target: str, element: tuple[str, ...], at: Mapping[str, np.ndarray]
+) -> dict[tuple[str, ...], set[int]]:
+    """Per target element, the signs of its response to nudging one source element up, at each step.
+
+    The states are the run's, with `at` overriding some inputs.
+    """
+    x = states.by_py[source]
+    z = states.by_py[target]
     base = at.get(source, states.values[source])
-    step = _NUDGE * (np.abs(base) + 1.0)
+    mask = np.zeros(base.shape[1:])
+    if element:
+        mask[tuple(x.dims[i][1].index(name) for i, name in enumerate(element))] = 1.0
+    else:
+        mask = np.ones(base.shape[1:])
+    step = _NUDGE * (np.abs(base) + 1.0) * mask
     try:
         up = states.evaluate(target, {**at, source: base + step})
         down = states.evaluate(target, {**at, source: base - step})
     except Exception:  # an equation that cannot be evaluated on these states: no evidence
-        return set()
+        return {}
+    out = {}
     with np.errstate(all="ignore"):
         delta = up - down
         scale = np.maximum(np.abs(up), 1.0)
         active = np.isfinite(delta) & (np.abs(delta) > 1e-12 * scale)
-    return set(np.sign(delta[active]).astype(int).tolist())
+    for i, e in enumerate(_elements(z)):
+        index = (slice(None), *np.unravel_index(i, z.shape)) if z.dims else (slice(None),)
+        d = delta[index]
+        out[e] = set(np.sign(d[active[index]]).astype(int).tolist())
+    return out
 
 
 def format_loops(loops: list[Loop]) -> str:

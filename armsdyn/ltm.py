@@ -40,9 +40,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from armsdyn.errors import ModelError
-from armsdyn.loops import Loop, RunStates, causal_graph, find_loops
-from armsdyn.model import Model, TimeSettings, load_model
+from armsdyn.loops import Loop, RunStates, find_loops
+from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.specs import Scenario
 
 
@@ -84,10 +83,6 @@ def loop_dominance(
         (the loop's variables joined by ``" -> "``) and ``partition`` (its cycle partition); on
         ``link``: ``source`` and ``target`` (model names).
 
-    Raises
-    ------
-    ModelError
-        If a loop runs through a subscripted variable (element-level scores are not implemented).
     """
     if not isinstance(model, Model):
         model = load_model(Path(model))
@@ -95,33 +90,28 @@ def loop_dominance(
     if loops is None:
         loops = find_loops(model, max_length=max_length, limit=limit)
     loops = list(loops)
-    by_name = model.variables
-    for loop in loops:
-        arrayed = [v for v in loop.variables if by_name[v].dims]
-        if arrayed:
-            msg = f"loop {loop.id} runs through subscripted {arrayed[0]!r}: loop dominance is scalar-only for now"
-            raise ModelError(msg)
     named = _scenarios(scenarios)
     links = sorted({link for loop in loops for link in loop.links})
     save = settings.save_times()
     every = max(1, round(settings.saveper / settings.step))
-    partitions = _partitions(model, loops)
+    partitions = _partitions(loops)
+    ends = {node: model.element(node) for link in links for node in link}
     link_scores = np.zeros((len(named), len(links), save.size))
     loop_scores = np.zeros((len(named), len(loops), save.size))
     relative = np.zeros_like(loop_scores)
     index = {link: i for i, link in enumerate(links)}
     for s, (_, params) in enumerate(named):
         states = RunStates(model, params, settings)
-        scores = (
-            np.stack([link_score(states, by_name[a].py_name, by_name[b].py_name) for a, b in links]) if links else None
-        )
+        scores = np.zeros((len(links), states.times.size))
+        for i, (a, b) in enumerate(links):
+            (x, f), (z, e) = ends[a], ends[b]
+            scores[i] = link_score(states, x.py_name, z.py_name, f or (), e or ())
         loop_full = np.ones((len(loops), states.times.size))
         for j, loop in enumerate(loops):
             for link in loop.links:
                 loop_full[j] *= scores[index[link]]
         rel_full = relative_loop_scores(loop_full, partitions)
-        if links:
-            link_scores[s] = scores[:, ::every][:, : save.size]
+        link_scores[s] = scores[:, ::every][:, : save.size]
         loop_scores[s] = loop_full[:, ::every][:, : save.size]
         relative[s] = rel_full[:, ::every][:, : save.size]
     coords: dict[str, Any] = {
@@ -155,7 +145,13 @@ def loop_dominance(
     )
 
 
-def link_score(states: RunStates, source: str, target: str) -> np.ndarray:
+def link_score(
+    states: RunStates,
+    source: str,
+    target: str,
+    source_element: tuple[str, ...] = (),
+    target_element: tuple[str, ...] = (),
+) -> np.ndarray:
     """The link score of `source` -> `target` (py_names) at every step of the run `states` holds.
 
     Parameters
@@ -164,25 +160,37 @@ def link_score(states: RunStates, source: str, target: str) -> np.ndarray:
         The run, kept at every integration step.
     source, target : str
         The link's ends, by py_name.
+    source_element, target_element : tuple of str
+        For a subscripted end, the element (one name per range); empty for a scalar.
 
     Returns
     -------
     numpy.ndarray
-        One score per step; 0 where either end does not change and where there is no earlier
-        step to compare with.
+        One score per step; 0 where either end does not change and at the first step.
     """
+    x_var, z_var = states.by_py[source], states.by_py[target]
+    fx = _index(x_var, source_element)
+    fz = _index(z_var, target_element)
     x = states.values[source]
-    holder = states.stateful(target) is not None
     if not states.evaluable(target):
         # The black-box unit transfer: the link's sign, magnitude 1 (no internal scores).
-        z = states.values[target]
-        return _shifted_sign(x) * _shifted_sign(z)
+        return _shifted_sign(x[fx]) * _shifted_sign(states.values[target][fz])
     # For a stock (or SMOOTH) the equation scored is its net rate.
-    z = states.evaluate(target) if holder else states.values[target]
+    z = states.evaluate(target) if states.stateful(target) is not None else states.values[target]
     held = {name: _previous(states.values[name]) for name in states.inputs(target)}
-    held[source] = x
+    # Ceteris paribus: only this element of the source moves; its other elements are held too.
+    moved = held[source].copy() if source in held else _previous(x)
+    moved[fx] = x[fx]
+    held[source] = moved
     partial = states.evaluate(target, held)
-    return _ratio_score(partial, z, x)
+    return _ratio_score(partial[fz], z[fz], x[fx])
+
+
+def _index(var: Variable, element: tuple[str, ...]) -> tuple[Any, ...]:
+    """Index of one element's series in a ``(time, *shape)`` array."""
+    if not element:
+        return (slice(None),)
+    return (slice(None), *(elements.index(name) for (_, elements), name in zip(var.dims, element, strict=True)))
 
 
 def relative_loop_scores(scores: np.ndarray, partitions: Sequence[int]) -> np.ndarray:
@@ -231,39 +239,28 @@ def _shifted_sign(values: np.ndarray) -> np.ndarray:
     return np.sign(values - _previous(values))
 
 
-def _partitions(model: Model, loops: Sequence[Loop]) -> list[int]:
-    """Each loop's cycle partition: the strongly connected component of the causal graph it lies in."""
-    graph = causal_graph(model)
-    py = {v.name: v.py_name for v in model.variables.values()}
-    component: dict[str, int] = {}
-    for loop in loops:
-        start = py[loop.variables[0]]
-        if start in component:
-            continue
-        members = _strong_component(graph, start)
-        number = len(set(component.values()))
-        for node in members:
-            component[node] = number
-    return [component[py[loop.variables[0]]] for loop in loops]
+def _partitions(loops: Sequence[Loop]) -> list[int]:
+    """Each loop's cycle partition: loops sharing a variable are in one, and so on transitively.
 
+    With every loop of a model this is the strongly connected component of the causal graph the
+    loop lies in (its stocks' feedback partition); with a bounded set of loops, the components
+    those loops connect.
+    """
+    parent = list(range(len(loops)))
 
-def _strong_component(graph: dict[str, set[str]], start: str) -> set[str]:
-    reverse: dict[str, set[str]] = {n: set() for n in graph}
-    for n, targets in graph.items():
-        for m in targets:
-            reverse[m].add(n)
-    return _reach(graph, start) & _reach(reverse, start)
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
 
-
-def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen = {start}
-    stack = [start]
-    while stack:
-        for m in graph[stack.pop()]:
-            if m not in seen:
-                seen.add(m)
-                stack.append(m)
-    return seen
+    first: dict[str, int] = {}
+    for i, loop in enumerate(loops):
+        for node in loop.variables:
+            j = first.setdefault(node, i)
+            parent[root(i)] = root(j)
+    numbers: dict[int, int] = {}
+    return [numbers.setdefault(root(i), len(numbers)) for i in range(len(loops))]
 
 
 def _scenarios(
