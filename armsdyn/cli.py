@@ -25,6 +25,7 @@ from armsdyn.data import DataWarning
 from armsdyn.errors import ArmsdynError, ModelError
 from armsdyn.export import FORMATS, export_results
 from armsdyn.loops import find_loops, format_loops
+from armsdyn.ltm import format_dominance, loop_dominance
 from armsdyn.model import SUFFIXES, load_model
 from armsdyn.output import locked, redraw_figures, refuse_existing
 from armsdyn.pipeline import StudyInterrupted, run_experiment
@@ -47,6 +48,7 @@ examples:
   armsdyn models                                 list models in ./models with their parameters
   armsdyn describe models/richardson.mdl         every variable with units and documentation
   armsdyn loops models/richardson.mdl            every feedback loop with its polarity
+  armsdyn loops --dominance models/richardson.mdl   ... and each loop's share of loop activity
   armsdyn export results/richardson --format csv tidy tables in results/richardson/export/
   armsdyn compare results/a results/b --figure diff.png   what differs between two results folders
 """
@@ -173,6 +175,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="a .mdl, .xmile or .stmx file")
     p.add_argument("--max-length", type=int, metavar="N", help="only loops of at most N variables")
     p.add_argument("--limit", type=int, default=10000, metavar="N", help="stop after N loops (default: 10000)")
+    p.add_argument(
+        "--dominance",
+        action="store_true",
+        help="add each loop's mean and peak share of loop activity over the model file's run (Loops That Matter)",
+    )
 
     p = sub.add_parser(
         "export",
@@ -331,8 +338,9 @@ def describe_input(args: argparse.Namespace) -> int:
 
 def _loops(args: argparse.Namespace) -> int:
 
-    loops = find_loops(load_model(args.model), max_length=args.max_length, limit=args.limit)
-    print(format_loops(loops))
+    model = load_model(args.model)
+    loops = find_loops(model, max_length=args.max_length, limit=args.limit)
+    print(format_dominance(loops, loop_dominance(model, loops=loops)) if args.dominance else format_loops(loops))
     if args.limit is not None and len(loops) >= args.limit:
         print(f"armsdyn: stopped at {args.limit} loops; use --max-length or --limit", file=sys.stderr)
     return 0

@@ -271,3 +271,32 @@ def _scenarios(
     if isinstance(scenarios, Mapping):
         return [(name, dict(params)) for name, params in scenarios.items()]
     return [(s.name, s.pysd_params()) for s in scenarios]
+
+
+def format_dominance(loops: Sequence[Loop], ds: xr.Dataset, scenario: str | None = None) -> str:
+    """The loop table with each loop's mean and peak absolute relative score over a run.
+
+    Parameters
+    ----------
+    loops : sequence of Loop
+        The loops, as :func:`armsdyn.loops.find_loops` gives them.
+    ds : xarray.Dataset
+        Their scores, from :func:`loop_dominance`.
+    scenario : str, optional
+        The scenario to report (default: the first).
+
+    Returns
+    -------
+    str
+        A header line and one line per loop: id, polarity, length, mean and peak share of its
+        partition's loop activity, and its variables.
+    """
+    share = np.abs(ds.relative_loop_score.sel(scenario=scenario or ds.scenario.values[0]))
+    mean = share.mean("time")
+    peak = share.max("time")
+    lines = ["id   pol  len   mean   peak  variables"]
+    for loop in loops:
+        path = " -> ".join((*loop.variables, loop.variables[0]))
+        m, p = float(mean.sel(loop=loop.id)), float(peak.sel(loop=loop.id))
+        lines.append(f"{loop.id:<4} {loop.polarity}  {loop.length:>3}  {m:5.3f}  {p:5.3f}  {path}")
+    return "\n".join(lines)
