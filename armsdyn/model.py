@@ -2,9 +2,12 @@
 
 PySD translates a model file into a Python module written next to the file it
 reads. armsdyn never lets that happen inside ``models/``: it copies the model
-into a cache folder named by the SHA-256 of the file's content (and PySD's
-version), translates it there once, and loads the cached translation on later
-runs. Editing the model file changes its hash, so the next load translates
+into a cache folder named by the SHA-256 of the file's content and folder (and
+PySD's version), translates it there once, and loads the cached translation on
+later runs. Data files a model reads (GET DIRECT and GET XLS) are resolved
+against the model file's own folder, as PySD does when it runs a model where it
+lies; they are read as data (numbers and, for subscripts, checked names), never
+run. Editing the model file changes its hash, so the next load translates
 again; a half-written cache entry is never used because entries are built in a
 temporary folder and renamed into place.
 
@@ -254,8 +257,14 @@ class Model(VariableLookup):
         with quiet_pysd():
             try:
                 self.pysd_model = pysd.load(str(translation))
+            except FileNotFoundError as exc:
+                # Data files are resolved against the model's own folder when it is translated.
+                found = re.search(r"^(_ext_\w+)\s+File '(.*)' not found", str(exc), re.S)
+                what = f"{found.group(2)} (read by {found.group(1)})" if found else " ".join(str(exc).split())
+                msg = f"{path}: a data file the model reads is missing: {what}"
+                raise ModelError(msg) from exc
             except Exception as exc:  # a broken translation is a model error
-                msg = f"{path}: PySD could not load the translated model: {exc}"
+                msg = f"{path}: PySD could not load the translated model: {' '.join(str(exc).split())}"
                 raise ModelError(msg) from exc
         self.variables = self._read_variables()
         self.time = self._read_time()
@@ -622,7 +631,11 @@ def _translate(path: Path, sha: str) -> Path:
     pysd = pysd_module()
     check_model_text(path)
     folder = cache_dir()
-    entry = folder / f"{sha[:20]}-pysd{pysd.__version__}"
+    home = path.resolve().parent
+    # A model that reads files resolves them against its own folder, and the translation records
+    # them by absolute path; so the same text in another folder is another entry.
+    key = hashlib.sha256(f"{sha}\n{home}".encode("utf-8", "surrogateescape")).hexdigest()
+    entry = folder / f"{key[:20]}-pysd{pysd.__version__}"
     translated = entry / f"{_module_name(path)}.py"
     if entry.exists() or entry.is_symlink():
         problem = _entry_problem(entry, translated)
@@ -645,20 +658,22 @@ def _translate(path: Path, sha: str) -> Path:
     try:
         source = tmp / f"{_module_name(path)}{path.suffix.lower()}"
         shutil.copyfile(path, source)
-        reader = pysd.read_vensim if path.suffix.lower() == ".mdl" else pysd.read_xmile
-        _check_definitions(path, source)
+        from pysd.builders.python.python_model_builder import ModelBuilder
+
+        abstract = parse_model(path, source)
+        _check_definitions(path, abstract)
+        _anchor_data_files(path, home, abstract)
         with quiet_pysd():
             try:
-                reader(str(source), initialize=False)
-            except ModelError as exc:
-                msg = f"{path}: {exc}"
-                raise ModelError(msg) from exc
-            except KeyError as exc:
-                msg = f"{path}: the model uses a variable that it never defines: {exc.args[0]!r}"
-                raise ModelError(msg) from exc
+                builder = ModelBuilder(abstract)  # reads subscript ranges defined in files
             except Exception as exc:
-                msg = f"{path}: PySD could not translate the model: {type(exc).__name__}: {exc}"
-                raise ModelError(msg) from exc
+                raise _translation_error(path, exc) from exc
+        _check_file_subscripts(path, builder)
+        with quiet_pysd():
+            try:
+                builder.build_model()
+            except Exception as exc:
+                raise _translation_error(path, exc) from exc
         code = source.with_suffix(".py")
         check_translation(code, path)
         unsupported = sorted(set(re.findall(r'not_implemented_function\(\s*"([^"]+)"', code.read_text())))
@@ -676,6 +691,18 @@ def _translate(path: Path, sha: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return translated
+
+
+def _translation_error(path: Path, exc: Exception) -> ModelError:
+    """PySD's failure to translate a model, as one message naming the file."""
+    if isinstance(exc, ModelError):
+        return ModelError(f"{path}: {exc}")
+    if isinstance(exc, KeyError):
+        return ModelError(f"{path}: the model uses a variable that it never defines: {exc.args[0]!r}")
+    if isinstance(exc, FileNotFoundError):
+        # PySD's own message names the file it looked for.
+        return ModelError(f"{path}: a data file the model reads is missing: {' '.join(str(exc).split())}")
+    return ModelError(f"{path}: PySD could not translate the model: {type(exc).__name__}: {exc}")
 
 
 def _owned(path: Path) -> bool:
@@ -756,20 +783,132 @@ def parse_model(path: Path, source: Path | None = None) -> Any:
             raise ModelError(msg) from exc
 
 
-def _check_definitions(path: Path, source: Path) -> None:
+def _check_definitions(path: Path, abstract: Any) -> None:
     """Refuse a model that defines one (unsubscripted) variable more than once.
 
     Vensim names are case-insensitive, so ``reaction of X`` and ``Reaction Of X``
     are the same variable; PySD would merge the two definitions and fail later
     with an obscure message.
     """
-    abstract = parse_model(path, source)
     for section in abstract.sections:
         for element in section.elements:
             plain = [c for c in element.components if not c.subscripts[0]]
             if len(plain) > 1:
                 msg = f"{path}: variable {element.name!r} is defined {len(plain)} times (names ignore case)"
                 raise ModelError(msg)
+
+
+# What a data-file argument of GET DIRECT/GET XLS may hold: PySD writes these strings into the
+# generated module between quotes, so a quote, a line break or a trailing backslash there would
+# let model text escape into code.
+_BAD_IN_FILE_ARGUMENT = re.compile(r"['\"\x00-\x08\x0a-\x1f\x7f]|\\$")  # a tab separator is fine
+_BAD_IN_FILE_ELEMENT = re.compile(r"[\"'\\{}%\x00-\x1f\x7f]")
+_FILE_READERS = {
+    "GetDataStructure": ("GET DIRECT/XLS DATA", ("file", "tab", "time_row_or_col", "cell")),
+    "GetLookupsStructure": ("GET DIRECT/XLS LOOKUPS", ("file", "tab", "x_row_or_col", "cell")),
+    "GetConstantsStructure": ("GET DIRECT/XLS CONSTANTS", ("file", "tab", "cell")),
+}
+
+
+def _file_readers(node: Any) -> Iterator[Any]:
+    """Every GET DIRECT/GET XLS structure in an abstract syntax tree."""
+    if type(node).__name__ in _FILE_READERS:
+        yield node
+        return
+    if isinstance(node, list | tuple):
+        for item in node:
+            yield from _file_readers(item)
+    elif isinstance(node, dict):
+        for item in node.values():
+            yield from _file_readers(item)
+    elif hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            yield from _file_readers(getattr(node, name, None))
+
+
+def _anchored(path: Path, home: Path, where: str, what: str, file: str) -> str:
+    """A data file's path as the translation records it: absolute, from the model's own folder.
+
+    Vensim on Windows writes ``data\\series.csv``; the separator is made ``/`` so the same
+    model reads the same file on any system.
+    """
+    file = file.replace("\\", "/")
+    if not file.strip():
+        msg = f"{path}: {where}: {what} names no file"
+        raise ModelError(msg)
+    resolved = str(home / file)
+    for text, whose in ((file, f"file name {file!r}"), (resolved, f"the model's folder {str(home)!r}")):
+        if _BAD_IN_FILE_ARGUMENT.search(text):
+            msg = (
+                f"{path}: {where}: {what} reads {file!r}, and {whose} contains a quote, a control character "
+                "or a trailing backslash, which PySD would write into its generated code unescaped; "
+                "rename the file (or move the model) to a path without them"
+            )
+            raise ModelError(msg)
+    return resolved
+
+
+def _anchor_data_files(path: Path, home: Path, abstract: Any) -> None:
+    """Point every data file a model reads at the model's own folder, checking its arguments.
+
+    PySD resolves a data file against the folder of the module it generated: for
+    armsdyn that is the cache, not the folder the model was downloaded into with
+    its data. Each relative file name is made absolute against the model file's
+    folder (as PySD does when it runs a model where it lies), in the abstract
+    model before the code is generated. The sheet, cell and row arguments are
+    written into the code too and are checked the same way.
+
+    Raises
+    ------
+    ModelError
+        Naming the variable and the argument that is not allowed.
+    """
+    for section in abstract.sections:
+        for subscript in section.subscripts:
+            if isinstance(subscript.subscripts, dict) and "file" in subscript.subscripts:
+                where = f"subscript range {subscript.name!r}"
+                spec = subscript.subscripts
+                for key, value in spec.items():
+                    if key != "file" and isinstance(value, str) and _BAD_IN_FILE_ARGUMENT.search(value):
+                        msg = (
+                            f"{path}: {where}: GET DIRECT/XLS SUBSCRIPT argument {key} = {value!r} contains "
+                            "a quote or a control character; a model file may not contain text that could run as code"
+                        )
+                        raise ModelError(msg)
+                spec["file"] = _anchored(path, home, where, "GET DIRECT/XLS SUBSCRIPT", str(spec["file"]))
+        for element in section.elements:
+            where = f"variable {element.name!r}"
+            for component in element.components:
+                for node in _file_readers(component.ast):
+                    what, arguments = _FILE_READERS[type(node).__name__]
+                    for key in arguments[1:]:
+                        value = getattr(node, key, "")
+                        if isinstance(value, str) and _BAD_IN_FILE_ARGUMENT.search(value):
+                            msg = (
+                                f"{path}: {where}: {what} argument {key} = {value!r} contains a quote, a control "
+                                "character or a trailing backslash; a model file may not contain text that could "
+                                "run as code"
+                            )
+                            raise ModelError(msg)
+                    node.file = _anchored(path, home, where, what, str(node.file))
+
+
+def _check_file_subscripts(path: Path, builder: Any) -> None:
+    """Refuse subscript elements read from a data file that could escape the generated code.
+
+    Element names go into the generated module as text, so a data file is held
+    to the rule the model file's own subscript names follow.
+    """
+    for section in builder.sections:
+        for name, elements in section.subscripts.subscripts.items():
+            for element in (name, *elements):
+                if _BAD_IN_FILE_ELEMENT.search(str(element)):
+                    msg = (
+                        f"{path}: subscript range {name!r} read from a data file has element {str(element)!r}, "
+                        "which contains a quote, brace, backslash, percent sign or control character; "
+                        "data files may not contain text that could run as code"
+                    )
+                    raise ModelError(msg)
 
 
 def _file_line(path: Path, exc: Exception) -> str:

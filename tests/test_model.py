@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from armsdyn import ModelError, TimeSettings, load_model
-from tests.conftest import MODELS
+from tests.conftest import MODELS, run_cli
 
 
 def test_metadata_lists_constants_stocks_and_flows_with_units_and_docs() -> None:
@@ -132,3 +133,115 @@ def test_broken_models_give_clear_errors_and_leave_the_cache_clean(
     with pytest.raises(ModelError, match=message):
         load_model(path)
     assert set(cache_dir().iterdir()) == before, "a failed translation changed the cache"
+
+
+# --------------------------------------------------------------------------- models that read files
+
+_DATA_MODEL = """{{UTF-8}}
+{definitions}
+stock = INTEG(demand * k + growth(Time), 0)
+\t~\tunits
+\t~\tfed by data, a constant and a lookup read from files
+\t|
+INITIAL TIME = 0 ~ Year ~ |
+FINAL TIME = 10 ~ Year ~ |
+TIME STEP = 1 ~ Year ~ |
+SAVEPER = TIME STEP ~ Year ~ |
+\\\\\\---/// Sketch information
+"""
+
+_DIRECT = """demand := GET DIRECT DATA('data/series.csv', ',', 'A', 'B2') ~ units ~ a series from a CSV file |
+k = GET DIRECT CONSTANTS('data/constants.csv', ',', 'B2') ~ dmnl ~ a constant from a CSV file |
+growth(GET DIRECT LOOKUPS('trend.tab', '\\t', '1', 'A2')) ~ units ~ a lookup from a tab-separated file |"""
+
+
+def _data_folder(folder: Path, scale: float = 1.0) -> Path:
+    """A model in `folder` reading a CSV series, a CSV constant and a tab-separated lookup beside it."""
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "series.csv").write_text(f"time,demand\n0,{1 * scale}\n5,{2 * scale}\n10,{4 * scale}\n")
+    (folder / "data" / "constants.csv").write_text("name,value\nk,3\n")
+    (folder / "trend.tab").write_text("0\t10\n0\t1\n")  # x in row 1, y in row 2
+    path = folder / "demand.mdl"
+    path.write_text(_DATA_MODEL.format(definitions=_DIRECT), encoding="utf-8")
+    return path
+
+
+def _expected_stock(scale: float = 1.0) -> np.ndarray:
+    t = np.arange(11.0)
+    demand = np.interp(t, [0, 5, 10], [1 * scale, 2 * scale, 4 * scale])
+    rate = demand * 3 + t / 10
+    return np.concatenate([[0.0], np.cumsum(rate[:-1])])
+
+
+def test_a_model_reads_files_beside_it_not_beside_its_translation(tmp_path: Path) -> None:
+    path = _data_folder(tmp_path / "archive")
+    model = load_model(path)
+    assert path.parent not in model.translation.parents
+    assert model.variable("demand").kind == "data"
+    assert model.variable("k").default == 3.0
+    out = model.simulate({}, model.time, ["stock", "demand"])
+    np.testing.assert_allclose(out["stock"], _expected_stock())
+    # An override of a constant read from a file, then the file's value again on the next run.
+    doubled = model.simulate({"k": 6.0}, model.time, ["stock"])["stock"]
+    assert doubled[-1] > out["stock"][-1]
+    np.testing.assert_allclose(model.simulate({}, model.time, ["stock"])["stock"], _expected_stock())
+
+
+def test_the_same_model_in_two_folders_reads_its_own_data(tmp_path: Path) -> None:
+    first = _data_folder(tmp_path / "one")
+    second = _data_folder(tmp_path / "two", scale=10.0)
+    assert first.read_bytes() == second.read_bytes()
+    a, b = load_model(first), load_model(second)
+    assert a.translation != b.translation
+    np.testing.assert_allclose(a.simulate({}, a.time, ["stock"])["stock"], _expected_stock())
+    np.testing.assert_allclose(b.simulate({}, b.time, ["stock"])["stock"], _expected_stock(10.0))
+
+
+def test_an_excel_workbook_beside_the_model_is_read(tmp_path: Path) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "inputs"
+    for row in (["time", "demand", "k"], [0, 1, 3], [5, 2, None], [10, 4, None]):
+        sheet.append(row)
+    sheet["E1"], sheet["E2"], sheet["F1"], sheet["F2"] = 0, 10, 0, 1  # the trend lookup by row
+    (tmp_path / "in").mkdir()
+    book.save(tmp_path / "in" / "inputs.xlsx")
+    definitions = """demand := GET XLS DATA('in/inputs.xlsx', 'inputs', 'A', 'B2') ~ units ~ from a workbook |
+k = GET XLS CONSTANTS('in/inputs.xlsx', 'inputs', 'C2') ~ dmnl ~ from a workbook |
+growth(GET XLS LOOKUPS('in/inputs.xlsx', 'inputs', 'E', 'F1')) ~ units ~ from a workbook |"""
+    path = tmp_path / "workbook.mdl"
+    path.write_text(_DATA_MODEL.format(definitions=definitions), encoding="utf-8")
+    model = load_model(path)
+    np.testing.assert_allclose(model.simulate({}, model.time, ["stock"])["stock"], _expected_stock())
+
+
+def test_a_missing_data_file_is_named(tmp_path: Path) -> None:
+    path = _data_folder(tmp_path / "archive")
+    (tmp_path / "archive" / "data" / "series.csv").unlink()
+    with pytest.raises(
+        ModelError,
+        match=r"demand\.mdl: a data file the model reads is missing: /.*/data/series\.csv \(read by _ext_\w+\)$",
+    ):
+        load_model(path)
+
+
+def test_the_cli_runs_a_data_reading_model_from_any_folder(tmp_path: Path) -> None:
+    path = _data_folder(tmp_path / "archive")
+    config = tmp_path / "archive" / "exp.toml"
+    config.write_text(
+        '[experiment]\nname = "data"\nmodel = "demand.mdl"\n\n[[scenarios]]\nname = "base"\n\n'
+        '[[scenarios]]\nname = "double"\nparameters = { k = 6 }\n',
+        encoding="utf-8",
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for command in (["check", "../archive/exp.toml"], ["describe", str(path)]):
+        done = run_cli(*command, cwd=elsewhere)
+        assert done.returncode == 0, done.stderr
+    done = run_cli("run", "../archive/exp.toml", "--out", "out", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    ds = xr.open_dataset(elsewhere / "out" / "results.nc")
+    np.testing.assert_allclose(ds["stock"].sel(scenario="base").values, _expected_stock())
+    assert float(ds["stock"].sel(scenario="double")[-1]) > float(ds["stock"].sel(scenario="base")[-1])
+    assert not list((tmp_path / "archive").glob("*.py")), "PySD output leaked next to the model"

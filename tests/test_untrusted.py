@@ -269,3 +269,107 @@ def test_a_study_store_with_other_files_is_not_deleted(tmp_path: Path) -> None:
     (store / "chunk-000000.nc").write_bytes(b"")
     remove_store(store)
     assert not store.exists()
+
+
+# --------------------------------------------------------------------------- data files
+
+# PySD writes the arguments of GET DIRECT/GET XLS into its generated code between quotes. In
+# plain PySD, a file name ending in a backslash swallows the closing quote and the next argument
+# becomes code: this model creates the marker when PySD translates and imports it.
+_ESCAPING_ARGUMENTS = (
+    "lk := GET DIRECT LOOKUPS('x\\\\', ' + str(Path(\"{marker}\").write_text(\"1\")) + ', ' + ', '+ \"\") #')"
+)
+_DATA_TAIL = """
+\t~\tunits
+\t~\tread from a file
+\t|
+y = INTEG({rate}, 0)
+\t~\tunits
+\t~\ta stock
+\t|
+INITIAL TIME = 0 ~ Year ~ |
+FINAL TIME = 1 ~ Year ~ |
+TIME STEP = 0.5 ~ Year ~ |
+SAVEPER = TIME STEP ~ Year ~ |
+"""
+
+
+def _data_model(folder: Path, definition: str, rate: str) -> Path:
+    path = folder / "reads_data.mdl"
+    path.write_text("{UTF-8}\n" + definition + _DATA_TAIL.format(rate=rate), encoding="utf-8")
+    return path
+
+
+def _commands(model: Path, config: Path, out: Path) -> list[list[str]]:
+    return [
+        ["describe", str(model)],
+        ["models", str(model.parent)],
+        ["check", str(config)],
+        ["run", str(config), "--out", str(out)],
+        ["analyse", str(config)],
+    ]
+
+
+def test_data_file_arguments_that_would_escape_into_code_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "MARKER"
+    folder = tmp_path / "models"
+    folder.mkdir()
+    model = _data_model(folder, _ESCAPING_ARGUMENTS.format(marker=marker), "lk(Time)")
+    config = write_config(tmp_path, "", model=model)
+    for argv in _commands(model, config, tmp_path / "out"):
+        status = main(argv)
+        err = capsys.readouterr().err
+        assert not marker.exists(), f"'armsdyn {argv[0]}' ran the model's code"
+        assert status == 2, f"'armsdyn {argv[0]}' exited {status}: {err}"
+        assert "variable 'lk': GET DIRECT/XLS LOOKUPS argument" in err
+        assert err.count("\n") == 1, err
+    with pytest.raises(ModelError):
+        compile_model(model)
+    assert not marker.exists()
+    assert not list(folder.glob("*.py"))
+
+
+def test_backslashes_in_a_data_file_name_are_separators_never_code(tmp_path: Path) -> None:
+    # Vensim's 'x\\' is the name x\, which would end PySD's raw string literal early; armsdyn reads
+    # a backslash as Windows' folder separator, so the name is data/x.csv or a missing file x/.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "k.csv").write_text("name,value\nk,3\n")
+    model = _data_model(tmp_path, "k = GET DIRECT CONSTANTS('data\\\\k.csv', ',', 'B2')", "k")
+    assert load_model(model).variable("k").default == 3.0
+    model = _data_model(tmp_path, "k = GET DIRECT CONSTANTS('x\\\\', ',', 'B2')", "k")
+    with pytest.raises(ModelError, match=r"a data file the model reads is missing: .*/x \(read by _ext_constant_k\)$"):
+        load_model(model)
+
+
+def test_a_model_folder_whose_name_would_escape_into_code_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The translation records data files by absolute path, so the folder's name is written into code.
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "MARKER"
+    folder = tmp_path / 'x\' + str(Path("MARKER").write_text("1")) + r\''
+    folder.mkdir()
+    (folder / "k.csv").write_text("name,value\nk,3\n")
+    model = _data_model(folder, "k = GET DIRECT CONSTANTS('k.csv', ',', 'B2')", "k")
+    with pytest.raises(ModelError, match=r"the model's folder .* contains a quote"):
+        load_model(model)
+    assert not marker.exists()
+
+
+def test_data_file_contents_are_read_as_data_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "MARKER"
+    payload = PAYLOAD.format(marker=str(marker))
+    folder = tmp_path / "models"
+    folder.mkdir()
+    # Text where numbers belong, formulas and Python in every cell: none of it may run.
+    (folder / "series.csv").write_text(f'time,value\n0,1\n0.5,"{payload}"\n1,=1+1\n"{payload}",2\n')
+    model = _data_model(folder, "series := GET DIRECT DATA('series.csv', ',', 'A', 'B2')", "series")
+    config = write_config(tmp_path, 'engine = "pysd"\n', model=model)
+    for argv in _commands(model, config, tmp_path / "out"):
+        status = main(argv)
+        err = capsys.readouterr().err
+        assert not marker.exists(), f"'armsdyn {argv[0]}' ran the data file's code"
+        assert status in (0, 2), err
+    assert not marker.exists()
