@@ -208,16 +208,96 @@ def atomic_folder(target: str | os.PathLike[str], *, force: bool = False) -> Ite
         try:
             yield tmp
             _replace(tmp, target)
-        except OSError as exc:
-            msg = f"{target}: could not write results ({exc}); nothing was written"
-            raise ResultsError(msg) from exc
-        except (RuntimeError, zlib.error) as exc:
+        except (OSError, RuntimeError, zlib.error) as exc:
             # The netCDF library reports a full disk or a write error as a bare RuntimeError,
-            # and a compressor that cannot write its output as zlib.error.
-            msg = f"{target}: could not write results ({exc}; is the disk full?); nothing was written"
+            # and a compressor that cannot write its output as zlib.error; neither names the file.
+            failed = exc if isinstance(exc, WriteFailed) else None
+            cause = failed.__cause__ if failed is not None else exc
+            path = failed.path if failed is not None else getattr(exc, "filename", None)
+            what = _shown(Path(path), tmp) if path else "results"
+            reason = failed.reason if failed is not None else _one_line(exc)
+            disk = not isinstance(cause, OSError) or cause.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+            hint = "; is the disk full?" if disk else ""
+            msg = f"{target}: could not write {what} ({reason}{hint}); nothing was written"
             raise ResultsError(msg) from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class WriteFailed(OSError):
+    """Writing one file of a results folder failed (see :func:`writing`).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The file that could not be written.
+    reason : str
+        What the writer reported, as one line.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"could not write {path} ({reason})")
+        self.path = path
+        self.reason = reason
+
+
+_WRITE_ERRORS = (OSError, RuntimeError, zlib.error)
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, outermost first."""
+    found: list[BaseException] = []
+    while exc is not None and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Name `path` in the error if writing it fails (inside :func:`atomic_folder`).
+
+    The netCDF library and compressors report a full disk without saying which
+    file they were writing, and a writer cleaning up after a failed write may
+    raise something else entirely (matplotlib's PDF writer: ``zlib.error`` or
+    an ``AttributeError``). Within this block, a failure that is or follows an
+    OS, netCDF or zlib error becomes a :class:`WriteFailed` naming `path` (for a
+    folder, the file last written in it) and what went wrong.
+    """
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except Exception as exc:
+        failures = [e for e in _chain(exc) if isinstance(e, _WRITE_ERRORS)]
+        if not failures:
+            raise
+        named = next((e.filename for e in failures if getattr(e, "filename", None)), None)
+        reason = _one_line(failures[0])
+        first = failures[-1]  # the error that started it: the full disk itself
+        if first is not failures[0] and _one_line(first) != reason:
+            reason = f"{reason}, after {_one_line(first)}"
+        raise WriteFailed(Path(named) if named else _newest(Path(path)), reason) from first
+
+
+def _newest(path: Path) -> Path:
+    """The file last written in folder `path` (the one a failed writer was writing), else `path`."""
+    with contextlib.suppress(OSError, ValueError):
+        if path.is_dir():
+            return max((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+    return path
+
+
+def _shown(path: Path, tmp: Path) -> str:
+    """A file as the user will know it: relative to the results folder if it is in it."""
+    try:
+        return str(Path(os.path.abspath(path)).relative_to(os.path.abspath(tmp)))
+    except ValueError:
+        return str(path)
 
 
 def write_results(
@@ -280,16 +360,21 @@ def _fill(
     study: tuple[xr.Dataset, xr.Dataset] | None,
     provenance: Mapping[str, Any] | None = None,
 ) -> None:
-
-    ds.to_netcdf(folder / RESULTS_FILE, engine="netcdf4")
-    compute_metrics(ds).to_csv(folder / METRICS_FILE)
-    draw_figures(ds, experiment.figures, folder / FIGURES_DIR)
+    with writing(folder / RESULTS_FILE):
+        ds.to_netcdf(folder / RESULTS_FILE, engine="netcdf4")
+    with writing(folder / METRICS_FILE):
+        compute_metrics(ds).to_csv(folder / METRICS_FILE)
+    with writing(folder / FIGURES_DIR):
+        draw_figures(ds, experiment.figures, folder / FIGURES_DIR)
     if study is not None:
         ensemble, indices = study
         (folder / STUDY_DIR).mkdir()
-        ensemble.to_netcdf(folder / STUDY_DIR / ENSEMBLE_FILE, engine="netcdf4")
-        indices.to_netcdf(folder / STUDY_DIR / INDICES_FILE, engine="netcdf4")
-        draw_study_figures(ensemble, indices, experiment.sensitivity, folder / FIGURES_DIR)
+        with writing(folder / STUDY_DIR / ENSEMBLE_FILE):
+            ensemble.to_netcdf(folder / STUDY_DIR / ENSEMBLE_FILE, engine="netcdf4")
+        with writing(folder / STUDY_DIR / INDICES_FILE):
+            indices.to_netcdf(folder / STUDY_DIR / INDICES_FILE, engine="netcdf4")
+        with writing(folder / FIGURES_DIR):
+            draw_study_figures(ensemble, indices, experiment.sensitivity, folder / FIGURES_DIR)
     manifest = build_manifest(experiment, started=started, command=command)
     manifest["engine"] = {"scenarios": str(ds.attrs.get("engine", ""))}
     if study is not None:
@@ -299,7 +384,7 @@ def _fill(
             **{k: str(v) for k, v in (provenance or {}).items()},
         }
     manifest["files"] = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-    with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:
+    with writing(folder / MANIFEST_FILE), open(folder / MANIFEST_FILE, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=False)
         fh.write("\n")
         fh.flush()

@@ -18,7 +18,7 @@ from armsdyn.ensemble import choose_workers
 from armsdyn.errors import ArmsdynError, NumericalWarning, ResultsError
 from armsdyn.experiment import run
 from armsdyn.output import locked, now, refuse_existing, write_results
-from armsdyn.runner import needs, refuse_unfit, remove_store
+from armsdyn.runner import ChunkWriteError, needs, refuse_unfit, remove_store
 from armsdyn.sensitivity import run_study
 from armsdyn.specs import Experiment
 
@@ -119,6 +119,9 @@ def run_experiment(
                         "run the same command with --resume to continue"
                     )
                     raise StudyInterrupted(msg) from None
+                except ChunkWriteError as exc:
+                    msg = f"{exc}; finished chunks are kept: run the same command with --resume to continue"
+                    raise ResultsError(msg) from exc
                 except ArmsdynError:
                     raise
                 except (OSError, RuntimeError, zlib.error) as exc:

@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -58,6 +59,28 @@ class StoreError(ArmsdynError, RuntimeError):
 
 class SchedulerError(ArmsdynError, ConnectionError):
     """A Dask scheduler cannot be reached, or was lost while the study ran."""
+
+
+class ChunkWriteError(ArmsdynError, OSError):
+    """A finished chunk could not be written to the store (a full disk, a read-only folder).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The chunk file that was not written (nothing of it is left).
+    reason : str
+        What the writer reported.
+    """
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        self.path = path
+        self.reason = " ".join(str(exc).split()) or type(exc).__name__
+        super().__init__(
+            f"{path}: could not write this chunk ({self.reason}; is the disk full or the folder read-only?)"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -285,11 +308,19 @@ def _chunk_ok(path: Path, runs: int, outputs: int) -> bool:
 def _write_chunk(folder: Path, index: int, chunk: xr.Dataset) -> None:
     final = _chunk_path(folder, index)
     partial = folder / f".{final.name}.partial"
-    # Written here, in this process: with a Dask client open, xarray would otherwise take a
-    # lock on the cluster to write a local file, and fail if the scheduler is gone.
-    with _local_scheduler():
-        chunk.to_netcdf(partial, engine="netcdf4")
-    os.replace(partial, final)
+    try:
+        # Written here, in this process: with a Dask client open, xarray would otherwise take a
+        # lock on the cluster to write a local file, and fail if the scheduler is gone.
+        with _local_scheduler():
+            chunk.to_netcdf(partial, engine="netcdf4")
+        os.replace(partial, final)
+    except BaseException as exc:
+        # A chunk cut short by a full disk or an interrupt must not stay behind for --resume to trip on.
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        if isinstance(exc, OSError | RuntimeError | zlib.error):
+            raise ChunkWriteError(final, exc) from exc
+        raise
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -305,6 +306,69 @@ def test_a_nearly_full_disk_at_any_file_is_a_message(
     line = _one_line_error(proc.stderr)
     assert "could not write" in line
     assert not out.exists()
+    # The message names the file that did not fit: the first one written that is larger than the limit.
+    if fails_at == "a chunk":
+        assert re.search(r"\.study/chunk-\d{6}\.nc: could not write this chunk \(", line), line
+        assert "--resume" in line
+    else:
+        named = re.search(rf"{re.escape(str(out))}: could not write (\S+) \(", line)
+        assert named, line
+        assert study_sizes[named.group(1)] > limit, line
+    # Nothing half-written is left anywhere: no partial chunk, no partial results folder.
+    assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name], sorted(tmp_path.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def phase_portrait_only(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """Richardson's experiment drawing only its phase portrait, whose PDF is written after results.nc
+    and is larger than it; with the sizes of its results folder's files."""
+    folder = tmp_path_factory.mktemp("portrait")
+    text = (CONFIGS / "richardson.toml").read_text(encoding="utf-8")
+    text = re.sub(r'\[\[figures\]\]\nkind = "time_series".*?(?=\[\[figures\]\])', "", text, flags=re.S)
+    text = text.replace('model = "../models/', f'model = "{(ROOT / "models").as_posix()}/')
+    assert text.count("[[figures]]") == 1
+    config = folder / "portrait.toml"
+    config.write_text(text, encoding="utf-8")
+    assert main(["run", str(config), "--out", str(folder / "out")]) == 0
+    sizes = {str(p.relative_to(folder / "out")): p.stat().st_size for p in (folder / "out").rglob("*") if p.is_file()}
+    return config, sizes
+
+
+@pytest.mark.slow
+def test_a_disk_filling_inside_a_compressed_pdf_stream_is_a_message(
+    tmp_path: Path, phase_portrait_only: tuple[Path, dict[str, int]]
+) -> None:
+    # matplotlib writes a PDF's content as zlib streams; when the disk fills inside one, closing
+    # the file flushes the broken stream again and raises zlib.error ("inconsistent stream state")
+    # instead of the OSError. Limits across the PDF find that point; every one is a message.
+    config, sizes = phase_portrait_only
+    pdf = sizes["figures/phase_portrait.pdf"]
+    before = max(v for k, v in sizes.items() if not k.startswith("figures/"))
+    assert pdf > before, sizes  # the PDF is the first file a limit between the two stops
+    seen = []
+    for fraction in (0.8, 0.7, 0.9, 0.6, 0.5, 0.95):
+        limit = int(before + fraction * (pdf - before))
+        out = tmp_path / f"out-{limit}"
+        code = (
+            "import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "from armsdyn.cli import main\n"
+            "import armsdyn.figures\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            f"sys.exit(main(['run', {str(config)!r}, '--out', {str(out)!r}]))\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        line = _one_line_error(proc.stderr)
+        assert f"{out}: could not write figures/phase_portrait.pdf (" in line, line
+        assert line.endswith("nothing was written"), line
+        assert not out.exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}")], sorted(tmp_path.iterdir())
+        seen.append(line)
+        if "while flushing" in line:  # zlib's own message: the error really came from the compressor
+            break
+    else:
+        pytest.fail("no limit made matplotlib's compressor fail (zlib.error):\n" + "\n".join(seen))
 
 
 def test_an_unreachable_scheduler_fails_fast_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
