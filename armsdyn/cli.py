@@ -51,6 +51,7 @@ examples:
   armsdyn loops --dominance models/richardson.mdl   ... and each loop's share of loop activity
   armsdyn export results/richardson --format csv tidy tables in results/richardson/export/
   armsdyn compare results/a results/b --figure diff.png   what differs between two results folders
+  armsdyn explore configs/richardson.toml        sliders over the scenarios' parameters in a local web page
 """
 
 
@@ -209,6 +210,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all-metrics", action="store_true", help="list every metric, not only those that differ")
     p.add_argument("--out", type=Path, metavar="DIR", help="also write the tables (CSV), config diff and report here")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+
+    p = sub.add_parser(
+        "explore",
+        help="explore a config interactively: sliders, live time series and metrics in a local web page",
+        description="Serve a page on 127.0.0.1 with a slider per scenario parameter, a scenario picker, the saved "
+        "variables and the metrics table re-simulated on every change, and a button that saves the settings as a "
+        "new [[scenarios]] entry. Needs the explore extra (pip install 'armsdyn[explore]').",
+    )
+    p.add_argument("config", type=Path, help="experiment config file (TOML)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="print the page's address without opening a browser")
     return parser
 
 
@@ -432,6 +444,20 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explore(args: argparse.Namespace) -> int:
+    try:
+        from armsdyn.explore import serve  # Bokeh is an optional extra
+    except ImportError as exc:
+        print(f"armsdyn: error: explore needs Bokeh (pip install 'armsdyn[explore]'): {exc}", file=sys.stderr)
+        return 2
+    announce = lambda url: print(f"armsdyn: explorer at {url} (Ctrl+C to stop)", flush=True)  # noqa: E731
+    try:
+        serve(args.config, port=args.port, open_browser=not args.no_browser, announce=announce)
+    except KeyboardInterrupt:
+        print("armsdyn: explorer stopped", file=sys.stderr)
+    return 0
+
+
 _COMMANDS = {
     "audit": _audit,
     "run": _run,
@@ -444,4 +470,5 @@ _COMMANDS = {
     "loops": _loops,
     "export": _export,
     "compare": _compare,
+    "explore": _explore,
 }

@@ -114,7 +114,7 @@ def test_the_cycle_check_finds_a_cycle() -> None:
 
 
 #: Third-party packages armsdyn runs without (extras): a module that needs one may be imported lazily.
-OPTIONAL_DEPENDENCIES = ("numba", "llvmlite", "distributed", "ema_workbench", "sklearn")
+OPTIONAL_DEPENDENCIES = ("numba", "llvmlite", "distributed", "ema_workbench", "sklearn", "bokeh")
 
 
 def _needs_optional(module: str) -> bool:
