@@ -100,7 +100,11 @@ def simlin_rate(path: Path, model, settings, samples: dict[str, np.ndarray], run
         return f"could not load the model: {type(exc).__name__}: {exc}"
     by_name = {v.name: v.py_name for v in model.variables.values()}
     params = [n for n in samples if by_name[n] in names]
-    outputs = [by_name[v] for v in variables]
+    # Simlin names a subscripted variable's series by element ("arms[usa]").
+    outputs = [
+        o for v in variables for o in ([by_name[v]] if by_name[v] in names else
+                                       sorted(x for x in names if x.startswith(f"{by_name[v]}[")))
+    ]  # fmt: skip
     started = time.perf_counter()
     for i in range(runs):
         sim = sm.simulate({by_name[n]: float(samples[n][i]) for n in params})
@@ -279,34 +283,53 @@ SUBSCRIPTED_TWIN = Path(__file__).parent / "models" / "triad_lookup_twin.mdl"
 
 
 def subscripts(args: argparse.Namespace) -> None:
-    """runs/s of the three-state subscripted model (lookup, SMOOTH) and its hand-expanded scalar twin."""
+    """runs/s of the three-state subscripted model (lookup, SMOOTH) and its hand-expanded scalar twin.
+
+    One table, one run: sequential PySD and Simlin, the numpy backend (one
+    process) and the numba backend on one thread and on every core, warm
+    (compilation excluded; numba's first call compiles the kernel), and what
+    ``backend="auto"`` chose for a study of that size, with its wall time.
+    """
+    os.environ.setdefault("ARMSDYN_CACHE_DIR", str(Path(tempfile.gettempdir()) / "armsdyn-bench-cache"))
     from armsdyn.ensemble import compile_model
     from armsdyn.model import load_model
 
     n = args.numpy_samples
-    print(f"{n} runs, {args.pysd_runs} PySD runs; runs/s (x PySD)")
+    cores = os.cpu_count() or 1
+    print(f"# {cores} CPUs; {n:,} runs per ensemble cell, {args.pysd_runs} PySD runs, {args.simlin_runs} Simlin runs")
+    print("| model | PySD | Simlin | numpy, 1 core | numba, 1 thread | numba, all cores | auto (chose) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for path in (SUBSCRIPTED, SUBSCRIPTED_TWIN):
         pysd = load_model(path)
         names = [v.name for v in pysd.of_kind("stock")]
+        pysd.simulate({}, pysd.time, names)  # warm-up: imports and caches
         started = time.perf_counter()
         for _ in range(args.pysd_runs):
             pysd.simulate({}, pysd.time, names)
-        pysd_rate = args.pysd_runs / (time.perf_counter() - started)
+        cells = [f"{args.pysd_runs / (time.perf_counter() - started):,.2f}"]
         rng = np.random.default_rng(0)
-        for backend in ("numpy", "numba"):
+        samples = {"service life": rng.uniform(20, 30, n), "perception delay": rng.uniform(1, 3, n)}
+        base = compile_model(path, backend="numpy")
+        simlin = simlin_rate(path, base, base.time, samples, args.simlin_runs, names)
+        cells.append(f"{simlin:,.0f}" if isinstance(simlin, float) else "-")
+        for backend, threads in (("numpy", 1), ("numba", 1), ("numba", cores)):
             try:
                 model = compile_model(path, backend=backend)
                 model.backend  # noqa: B018 - resolves the backend, raising if it cannot run the model
             except Exception as exc:  # numba not installed, or the model not compiled for it
-                print(f"  {path.name:24} {backend:6} -: {type(exc).__name__}")
+                cells.append(f"- ({type(exc).__name__})")
                 continue
-            samples = {"service life": rng.uniform(20, 30, n), "perception delay": rng.uniform(1, 3, n)}
+            model.threads = threads
             model.run({k: v[:100] for k, v in samples.items()}, variables=names)  # warm (numba compiles here)
             started = time.perf_counter()
             model.run(samples, variables=names)
-            rate = n / (time.perf_counter() - started)
-            print(f"  {path.name:24} {backend:6} {rate:10,.0f} ({rate / pysd_rate:,.0f}x)")
-        print(f"  {path.name:24} PySD   {pysd_rate:10,.2f}")
+            cells.append(f"{n / (time.perf_counter() - started):,.0f}")
+        auto = compile_model(path)  # in-process: the kernel compiled above is at hand
+        started = time.perf_counter()
+        auto.run(samples, variables=names)
+        seconds = time.perf_counter() - started
+        cells.append(f"{n / seconds:,.0f} ({auto.backend})")
+        print(f"| {path.name} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ Two backends generate the code from the same compiled graph (see
 times faster; needs the optional numba package). ``compile_model(path, backend="auto")`` picks numba when it
 is installed and supports the model.
 
-Scalar models only. A construct the engine cannot compile raises
+Subscripted models compile in both backends (numpy: arrays over the elements;
+numba: one scalar per element, see ``_expand``). A construct the engine cannot compile raises
 :class:`UnsupportedConstruct` from :func:`compile_model`; :func:`run_ensemble`
 then falls back to PySD (one run per sample) with a :class:`FallbackWarning`.
 """

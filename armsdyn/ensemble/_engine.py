@@ -630,8 +630,8 @@ def compile_model(path: str | os.PathLike[str], backend: str = "auto") -> Compil
     Raises
     ------
     UnsupportedConstruct
-        If the model uses a construct the engine cannot compile (subscripts,
-        macros, external data, ...); the message names the file, the variable
+        If the model uses a construct the engine cannot compile (macros,
+        external data, :EXCEPT:, ...); the message names the file, the variable
         and the construct.
     ValueError
         If `backend` is not one of :data:`BACKENDS`.

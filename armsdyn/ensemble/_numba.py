@@ -13,6 +13,11 @@ Two kernel layouts (see :func:`generate_module`):
 - *per sample* (models with delays or higher-order smooths, whose states are
   arrays of a per-sample length): a loop over samples, the time loop inside.
 
+Subscripted models are first expanded into one scalar statement per element
+(:mod:`armsdyn.ensemble._expand`), so they get the same kernels; a subscripted
+delay or smooth keeps an ``(elements, order)`` array advanced in a loop over
+its elements.
+
 Either kernel releases the GIL and takes a range of samples, so
 :class:`~armsdyn.ensemble.CompiledModel` shares a chunk between threads itself.
 (Numba's ``parallel=True`` would need a threading layer; the only one available
