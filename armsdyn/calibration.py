@@ -1631,9 +1631,11 @@ def _calibrate_bayes(spec: CalibrationSpec, started: str) -> CalibrationResult:
     }
     mixed = summary["posterior"]["max_rhat"] <= RHAT_LIMIT and summary["posterior"]["min_ess"] >= ESS_MIN
     if not mixed:
+        post = summary["posterior"]
         summary["identification"] += (
-            f"; posterior not converged (max R-hat {summary['posterior']['max_rhat']:.3g}, min ESS "
-            f"{summary['posterior']['min_ess']:.0f}): raise calibration.steps"
+            f"; posterior not converged (max R-hat {post['max_rhat']:.3g}, min ESS {post['min_ess']:.0f}, "
+            f"acceptance {post['acceptance']:.2f}): raise calibration.steps, or give [calibration.priors] "
+            "where the likelihood has a long ridge (a weakly identified fit)"
         )
     stable = _stability_of_draws(spec, names, draws)
     if stable is not None:

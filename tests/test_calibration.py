@@ -915,3 +915,17 @@ def test_bayes_without_emcee_says_how_to_install_it(tmp_path: Path, monkeypatch:
     spec = load_calibration(_bayes_config(tmp_path, _synthetic(np.random.default_rng(0), sigma=0.1), steps=20, burn=10))
     with pytest.raises(ConfigError, match=r"pip install 'armsdyn\[bayes\]'"):
         calibrate(spec)
+
+
+def test_an_unconverged_posterior_gives_no_verdict(tmp_path: Path) -> None:
+    pytest.importorskip("emcee")
+    # 6 kept steps of 14 walkers are at most 84 draws: fewer than the 100 effective draws a verdict needs.
+    config = _bayes_config(tmp_path, _synthetic(np.random.default_rng(7), sigma=0.1), steps=12, burn=6,
+                           extra="walkers = 14\n")  # fmt: skip
+    result = calibrate(config)
+    assert result.summary["posterior"]["min_ess"] < 100
+    assert result.summary["stability"] == "indeterminate"
+    assert result.summary["stability_reason"].startswith("posterior not converged")
+    assert "posterior not converged" in result.summary["identification"]
+    assert "give [calibration.priors]" in result.summary["identification"]
+    assert result.summary["stability_least_squares"] == "stable"
