@@ -78,7 +78,8 @@ def loop_dominance(
     -------
     xarray.Dataset
         ``loop_score`` and ``relative_loop_score`` with dims ``(scenario, loop, time)``,
-        ``link_score`` with dims ``(scenario, link, time)``. Coordinates on ``loop``: ``polarity``
+        ``link_score`` with dims ``(scenario, link, time)``, ``stock_level`` (the levels of the
+        loops' stocks) with dims ``(scenario, stock, time)``. Coordinates on ``loop``: ``polarity``
         (R, B or ?, from the links' signs over the model file's run), ``length``, ``loop_variables``
         (the loop's variables joined by ``" -> "``) and ``partition`` (its cycle partition); on
         ``link``: ``source`` and ``target`` (model names).
@@ -97,11 +98,17 @@ def loop_dominance(
     partitions = _partitions(loops)
     ends = {node: model.element(node) for link in links for node in link}
     link_scores = np.zeros((len(named), len(links), save.size))
+    # The loops' stocks (and SMOOTHs), whose levels the attribution weights steps by.
+    stocks = sorted({n for loop in loops for n in loop.variables if model.element(n)[0].kind in ("stock", "stateful")})
+    levels = np.zeros((len(named), len(stocks), save.size))
     loop_scores = np.zeros((len(named), len(loops), save.size))
     relative = np.zeros_like(loop_scores)
     index = {link: i for i, link in enumerate(links)}
     for s, (_, params) in enumerate(named):
         states = RunStates(model, params, settings)
+        for i, node in enumerate(stocks):
+            var, element = model.element(node)
+            levels[s, i] = states.values[var.py_name][_index(var, element or ())][::every][: save.size]
         scores = np.zeros((len(links), states.times.size))
         for i, (a, b) in enumerate(links):
             (x, f), (z, e) = ends[a], ends[b]
@@ -119,6 +126,7 @@ def loop_dominance(
         "loop": [loop.id for loop in loops],
         "time": save,
         "link": [f"{a} -> {b}" for a, b in links],
+        "stock": stocks,
         "polarity": ("loop", [loop.polarity for loop in loops]),
         "length": ("loop", [loop.length for loop in loops]),
         "loop_variables": ("loop", [" -> ".join(loop.variables) for loop in loops]),
@@ -135,6 +143,7 @@ def loop_dominance(
                 {"long_name": "relative loop score", "description": "share of the cycle partition's |loop score|"},
             ),
             "link_score": (("scenario", "link", "time"), link_scores, {"long_name": "link score"}),
+            "stock_level": (("scenario", "stock", "time"), levels, {"long_name": "level of a stock in the loops"}),
         },
         coords=coords,
         attrs={
