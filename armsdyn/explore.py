@@ -33,6 +33,7 @@ server::
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -58,14 +59,12 @@ from bokeh.models import (
     Button,
     ColumnDataSource,
     CustomJSTickFormatter,
-    DataTable,
     Div,
     LayoutDOM,
     MultiChoice,
     PreText,
     Select,
     Slider,
-    TableColumn,
     TextInput,
 )
 from bokeh.palettes import Category10_10
@@ -547,22 +546,10 @@ class _View:
         self.chooser = MultiChoice(title="Panels", value=shown, options=list(exp.variables), width=320)
         self.chooser.on_change("value", lambda _a, _o, new: self._show(new))
         self._show(shown)
-        self.metrics_source = ColumnDataSource(
-            {"metric": [], "current": [], "configured": [], "current_value": [], "configured_value": []},
-            name="metrics",
-        )
-        self.metrics_table = DataTable(
-            source=self.metrics_source,
-            columns=[
-                TableColumn(field="metric", title="metric", width=260),
-                TableColumn(field="current", title="current settings", width=160),
-                TableColumn(field="configured", title="scenario as configured", width=160),
-            ],
-            width=600,
-            height=360,
-            index_position=None,
-            name="metrics_table",
-        )
+        # An HTML table rather than Bokeh's DataTable, which Bokeh 3.9 does not redraw when its data
+        # change; each value cell carries the exact number as data-value.
+        self.metrics_data: dict[str, list[Any]] = {}
+        self.metrics_table = Div(text="", width=620, name="metrics_table")
         self.save_name = TextInput(title="New scenario name", value=f"{self.name}_explored", width=320,
                                    name="save_name")  # fmt: skip
         self.save_file = TextInput(title="Append to file (.toml; empty: only show the entry)", value="", width=320,
@@ -683,13 +670,12 @@ class _View:
         row_now = table.loc[CURRENT]
         row_then = self.bench.configured_metrics.loc[self.name]
         names = list(row_now.index)
-        self.metrics_source.data = {
+        self.metrics_data = {
             "metric": names,
-            "current": [format_value(row_now[n]) for n in names],
-            "configured": [format_value(row_then.get(n, math.nan)) for n in names],
-            "current_value": [_number(row_now[n]) for n in names],
-            "configured_value": [_number(row_then.get(n, math.nan)) for n in names],
+            "current": [row_now[n] for n in names],
+            "configured": [row_then.get(n, math.nan) for n in names],
         }
+        self.metrics_table.text = metrics_html(names, self.metrics_data["current"], self.metrics_data["configured"])
         done = time.perf_counter()
         self.count += 1
         self.times.append((series_ms, (done - started) * 1e3))
@@ -720,12 +706,35 @@ class _View:
             self.status.text = f"<b>not saved:</b> {_html(str(exc))}"
 
 
+def metrics_html(names: list[str], current: list[Any], configured: list[Any]) -> str:
+    """The metrics table as HTML: a row per metric, the exact number of each cell in ``data-value``."""
+
+    def cell(value: Any, column: str, metric: str) -> str:
+        number = _number(value)
+        exact = f" data-value='{number!r}'" if not math.isnan(number) else ""
+        return f"<td data-column='{column}' data-metric='{html.escape(metric, quote=True)}'{exact}>" + (
+            f"{html.escape(format_value(value))}</td>"
+        )
+
+    rows = "".join(
+        f"<tr><td>{html.escape(n)}</td>{cell(a, 'current', n)}{cell(b, 'configured', n)}</tr>"
+        for n, a, b in zip(names, current, configured, strict=True)
+    )
+    return (
+        "<div style='max-height:380px;overflow-y:auto;border:1px solid #ddd'>"
+        "<table style='border-collapse:collapse;font-size:12px;width:100%'>"
+        "<thead><tr style='position:sticky;top:0;background:#f4f4f4;text-align:left'>"
+        "<th>metric</th><th>current settings</th><th>scenario as configured</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
+    )
+
+
 def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float | np.number) and not isinstance(value, bool) else math.nan
 
 
 def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html.escape(text)
 
 
 def _shown_variables(exp: Experiment) -> list[str]:
