@@ -475,10 +475,14 @@ class FinalsReducer(Reducer):
                 values = column.astype(float) if name == "fault time" else column.astype(str)
             else:
                 da = next(v for k, v in ds.data_vars.items() if name in (k, v.attrs.get("long_name")))
-                # A subscripted variable keeps its ranges: dims (run, *ranges).
                 final = da.isel(time=-1, drop=True).astype(float)
-                out[f"output: {name}"] = final.assign_coords(run=out["run"]).assign_attrs(long_name=name)
-                continue
+                if final.ndim > 1:  # a subscripted variable: one output per element, as the store keeps (run,) only
+                    flat = final.stack(element=final.dims[1:])
+                    for i, element in enumerate(flat["element"].values.tolist()):
+                        label = f"{name}[{', '.join(map(str, element))}]"
+                        out[f"output: {label}"] = ("run", flat.values[:, i], {"long_name": label})
+                    continue
+                values = final.values
             out[f"output: {name}"] = ("run", values, {"long_name": name})
         return out
 
@@ -537,11 +541,14 @@ def _run_values(
         key = f"{claim.scenario}|{claim.baseline}"
         if key not in tables:
             names = [n.removeprefix("baseline ") for c in spec.claims for n in c.predicate.names]
-            tables[key] = _metrics_of(runs, claim.scenario, claim.baseline, variables, experiment.time.final, names)
+            tables[key] = _metrics_of(
+                model, runs, claim.scenario, claim.baseline, variables, experiment.time.final, names
+            )
     return tables
 
 
 def _metrics_of(
+    model: Any,
     runs: Mapping[str, tuple[xr.Dataset, dict[str, np.ndarray]]],
     scenario: str,
     baseline: str,
@@ -561,13 +568,16 @@ def _metrics_of(
     labels = [f"{tag}{i}" for _, tag in parts for i in range(n)]
     data = {}
     for v in variables:
-        finals = [runs[s][0][f"output: {v}"] for s, _ in parts]
-        values = np.concatenate([f.values for f in finals])
-        ranges = finals[0].dims[1:]  # a subscripted variable keeps its ranges
+        var = model.variable(v)
+        # A subscripted variable was kept one element at a time; put its ranges back.
+        labels_of = [var.element_name(e) for e in var.elements()] if var.dims else [v]
+        values = np.stack(
+            [np.concatenate([runs[s][0][f"output: {label}"].values for s, _ in parts]) for label in labels_of], axis=-1
+        ).reshape(-1, 1, *var.shape)
         data[v] = xr.DataArray(
-            values[:, None],
-            dims=("scenario", "time", *ranges),
-            coords={r: finals[0][r].values for r in ranges},
+            values,
+            dims=("scenario", "time", *var.dim_names),
+            coords={name: list(elements) for name, elements in var.dims},
             attrs={"long_name": v},
         )
     constants = {

@@ -133,6 +133,10 @@ def parameter_values(ds: xr.Dataset, name: str) -> xr.DataArray | None:
     dim = case_dim(ds)
     element = None
     found = re.match(r"^([^\[\]]+)\[([^\[\]]*)\]\s*$", name)
+    # A study samples one element as its own coordinate ("knowledge half life[A]"): take it as named.
+    exact = [k for k, da in ds.coords.items() if da.dims == (dim,) and name in (k, da.attrs.get("long_name"))]
+    if found and exact:
+        return ds[exact[0]]
     if found:
         name, element = found.group(1).strip(), [e.strip() for e in found.group(2).split(",")]
     for key, da in ds.variables.items():
@@ -151,9 +155,10 @@ def parameter_values(ds: xr.Dataset, name: str) -> xr.DataArray | None:
         if len(element) != len(rest):
             return None
         try:
-            return values.sel(dict(zip(rest, element, strict=True)), drop=True)
+            picked = values.sel(dict(zip(rest, element, strict=True)), drop=True)
         except KeyError:
             return None
+        return picked.assign_attrs(long_name=f"{name}[{', '.join(element)}]")
     return None
 
 

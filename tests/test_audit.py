@@ -225,19 +225,19 @@ def test_sampling_is_seeded_and_respects_bounds_and_switches(tmp_path: Path) -> 
 
 
 def test_predicates_three_valued_logic() -> None:
-    names = ["breakout time A", "procurement time A", "treaty status"]
+    names = ["breakout time A", "procurement time[A]", "treaty status"]
     p = parse_predicate(
-        'breakout time A < 2 * procurement time A or treaty status == "defection"', names, text_names=["treaty status"]
+        'breakout time A < 2 * procurement time[A] or treaty status == "defection"', names, text_names=["treaty status"]
     )
     values = {
         "breakout time A": np.array([1.0, 9.0, np.nan, np.nan]),
-        "procurement time A": 3.0,
+        "procurement time[A]": 3.0,
         "treaty status": np.array(["expired", "expired", "expired", "defection"]),
     }
     np.testing.assert_array_equal(p.evaluate(values), [1.0, 0.0, np.nan, 1.0])
     q = parse_predicate("not (Breakout  Time A > 1) and -breakout time A < 0", names)
     np.testing.assert_array_equal(q.evaluate(values), [1.0, 0.0, np.nan, np.nan])
-    assert p.names == ("breakout time A", "procurement time A", "treaty status")
+    assert p.names == ("breakout time A", "procurement time[A]", "treaty status")
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ def test_image_regression_against_the_stored_baseline(ds: xr.Dataset, tmp_path: 
 
 def test_scenario_grid_and_metric_figures_from_the_main_experiment() -> None:
     dvk = armsdyn.run(CONFIGS / "disarmament_vs_knowledge.toml")
-    fig, axes = figures.scenario_grid(dvk, [["hardware A", "hardware B"], ["insecurity A", "insecurity B"]])
+    fig, axes = figures.scenario_grid(dvk, [["hardware"], ["insecurity"]])
     try:
         assert len(axes) == 2 * dvk.sizes["scenario"]
         assert axes[0].get_title() == "hardware"  # the model's arbitrary force unit is not a label
@@ -134,13 +134,13 @@ def test_scenario_grid_and_metric_figures_from_the_main_experiment() -> None:
         plt.close(fig)
     fig, axes = figures.metric_vs_parameter(
         dvk,
-        "knowledge half life A",
+        "knowledge half life[A]",
         ["insecurity reduction A"],
         scenarios=["disarm_knowledge_persists", "disarm_halflife_10"],
     )
     try:
         assert [t.get_text() for t in axes[0].get_xticklabels()][-1] == "∞"
-        assert axes[0].get_xlabel() == "knowledge half life A (Year)"
+        assert axes[0].get_xlabel() == "knowledge half life[A] (Year)"
         # The infinite half-life is its own marker, not joined to the finite points by a line.
         joined, alone = axes[0].lines
         assert list(joined.get_xdata()) == [10.0]
@@ -188,7 +188,7 @@ def test_parameter_sweep_heatmap_from_a_grid_study(tmp_path: Path) -> None:
     config.write_text(text)
     ensemble, _ = run_study(armsdyn.load_config(config))
     fig, axes = figures.parameter_sweep(
-        ensemble, "insecurity reduction A", ["knowledge half life A", "disarmament fraction"]
+        ensemble, "insecurity reduction A", ["knowledge half life[A]", "disarmament fraction"]
     )
     try:
         assert axes[0].get_xscale() == "log"
@@ -196,4 +196,4 @@ def test_parameter_sweep_heatmap_from_a_grid_study(tmp_path: Path) -> None:
     finally:
         plt.close(fig)
     # Both states' half-lives were sampled together.
-    np.testing.assert_array_equal(ensemble["knowledge_half_life_a"].values, ensemble["knowledge_half_life_b"].values)
+    np.testing.assert_array_equal(ensemble["knowledge_half_life[A]"].values, ensemble["knowledge_half_life[B]"].values)

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 import armsdyn
-from armsdyn.treaty import COLUMNS, OPTIONAL, required_variables, treaty_metrics
+from armsdyn.treaty import OPTIONAL, WORLD, columns, required_variables, treaty_metrics
 from tests.conftest import CONFIGS, run_cli
 
 T = np.arange(0.0, 20.5, 0.5)
@@ -24,26 +24,32 @@ RECORDS = {
     "treaty signing time": (5, 0),
     "treaty breakdown time": (12, 0),
     "breakdown by insecurity": (1, 0),
-    "hardware at signing {s}": (100, 0),
-    "hardware after cuts {s}": (40, 0),
-    "insecurity at signing {s}": (1.0, 0),
-    "insecurity after cuts {s}": (0.85, 0),
-    "power regained {s}": (1, 0),
-    "regain time {s}": (17, 0),
-    "mean insecurity over term {s}": (0.6, 0.8),
-    "cumulative civil output {s}": (900, 1000),
+    "hardware at signing": (100, 0),
+    "hardware after cuts": (40, 0),
+    "insecurity at signing": (1.0, 0),
+    "insecurity after cuts": (0.85, 0),
+    "power regained": (1, 0),
+    "regain time": (17, 0),
+    "mean insecurity over term": (0.6, 0.8),
+    "cumulative civil output": (900, 1000),
 }
 
 
-def _dataset(records: dict[str, tuple[float, float]]) -> xr.Dataset:
-    """Records as series that reach their final value only at the last time (earlier values must not matter)."""
+def _dataset(records: dict[str, tuple[float, float]], states: tuple[str, ...] = ("A", "B")) -> xr.Dataset:
+    """Records as series that reach their final value only at the last time (earlier values must not matter).
+
+    The world records are scalars; the per-state ones are subscripted by a ``state`` range, as the
+    knowledge model writes them, with the same value for every state.
+    """
     data = {}
-    for template, (s_value, t_value) in records.items():
-        for name in {template.format(s=s) for s in "AB"}:
-            series = np.zeros((2, T.size))
-            series[:, -1] = (s_value, t_value)
-            data[name.replace(" ", "_")] = xr.DataArray(series, dims=("scenario", "time"), attrs={"long_name": name})
-    return xr.Dataset(data, coords={"scenario": ["s", "t"], "time": ("time", T, {"units": "Year"})})
+    for name, (s_value, t_value) in records.items():
+        per_state = name not in WORLD and name != "breakdown by insecurity"
+        series = np.zeros((2, T.size, len(states)) if per_state else (2, T.size))
+        series[:, -1] = np.array((s_value, t_value)).reshape((2, 1) if per_state else (2,))
+        dims = ("scenario", "time", "state") if per_state else ("scenario", "time")
+        data[name.replace(" ", "_")] = xr.DataArray(series, dims=dims, attrs={"long_name": name})
+    coords = {"scenario": ["s", "t"], "time": ("time", T, {"units": "Year"}), "state": list(states)}
+    return xr.Dataset(data, coords=coords)
 
 
 def test_metrics_follow_their_definitions_on_constructed_records() -> None:
@@ -60,7 +66,7 @@ def test_metrics_follow_their_definitions_on_constructed_records() -> None:
     assert row["breakout time A"] == pytest.approx(5.0)
     assert row["breakout status A"] == "regained"
     assert row["mobilisation edge A over B"] == 0.0
-    assert set(table.columns) <= set(COLUMNS)
+    assert set(table.columns) <= set(columns(("A", "B")))
     assert table.loc["t", "treaty status"] == "no treaty"
     assert table.loc["t", "breakout status A"] == "no treaty"
     assert np.isnan(table.loc["t", "breakout time A"])
@@ -70,7 +76,7 @@ def test_metrics_follow_their_definitions_on_constructed_records() -> None:
     ("changes", "status", "treaty_status"),
     [
         ({"treaty broken": (0, 0)}, "no breakdown", "in force to the end"),
-        ({"power regained {s}": (0, 0)}, "not regained", "defection"),
+        ({"power regained": (0, 0)}, "not regained", "defection"),
         ({"breakdown by insecurity": (0, 0)}, "regained", "expired"),
     ],
     ids=["no-breakdown", "never-regained", "expired"],
@@ -137,3 +143,13 @@ def test_security_views_experiment_runs() -> None:
     ]
     assert float(ds["hardware_a"].min()) >= 0
     assert float(ds["hardware_b"].min()) >= 0
+
+
+def test_a_third_state_adds_its_columns_and_its_pairs() -> None:
+    """The metrics follow the model's state range: three states give three of each column and three edges."""
+    table = treaty_metrics(_dataset(RECORDS, states=("A", "B", "C")), baseline="t")
+    assert table.loc["s", "breakout time C"] == pytest.approx(5.0)
+    assert table.loc["s", "dampening efficiency C"] == pytest.approx(0.25)
+    edges = [c for c in table.columns if c.startswith("mobilisation edge")]
+    assert edges == ["mobilisation edge A over B", "mobilisation edge A over C", "mobilisation edge B over C"]
+    assert set(table.columns) <= set(columns(("A", "B", "C")))
