@@ -668,6 +668,9 @@ def sensitivity_indices(indices: xr.Dataset, output: str, ax: Axes | None = None
     else:
         rho = row["spearman"].values
         err = np.vstack([rho - row["spearman_low"].values, row["spearman_high"].values - rho])
+        # A perfectly monotone output has rho = 1 and an interval that collapses onto it, where
+        # rounding can leave a bound a hair past rho: no error bar, rather than a negative one.
+        err = np.clip(err, 0.0, None)
         ax.barh(y, rho, xerr=err, color="#0072B2", error_kw={"elinewidth": 0.6, "capsize": 2})
         ax.axvline(0, color="0.2", linewidth=0.6)
         ax.set_yticks(y, names)
