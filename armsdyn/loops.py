@@ -4,18 +4,20 @@ The causal graph has the model's variables as nodes and an edge from each variab
 reads to the variable it defines. A stock's inflows and outflows (everything its rate reads) are
 edges into the stock; the internals of SMOOTH, DELAY and the like are collapsed to the variable
 that holds them (what their rate reads points into that variable). Initial values are not edges:
-they act once and close no loop. Subscripted variables are nodes as a whole, so a loop is found
-once for all its elements.
+they act once and close no loop. In a model with subscripts the graph is taken element by element
+(``arms[USA] -> reaction[Russia]``): which elements an element reads is found from its equation
+(:func:`element_graph`), so a loop across elements is found as such.
 
 Every elementary cycle of the graph is found with Johnson's algorithm (1975). The polarity of a
 link is determined numerically over a whole run (the model file's own, or a scenario's): at every
 integration step the source is nudged up and down and the target's equation (a stock's or a
 SMOOTH's rate) evaluated through PySD with everything else at that step's values; the sign of the
 change is the link's polarity. A link that has one sign wherever it acts has that polarity; one
-whose sign changes along the run is *mixed*; one that never acts in the run (a factor that stays
-zero) is undetermined. A loop's polarity is the product of its links': R (reinforcing) or B
-(balancing), or ``?`` when a link is mixed or undetermined (or elements of a subscripted link
-disagree).
+whose sign changes along the run is *mixed*. One that never acts in the run (a branch of MIN, MAX
+or IF THEN ELSE that does not bind, a coefficient or switch that is zero) is signed at states
+around the run's: its inputs rescaled, then its constants varied too (its structural sign); only
+if it never responds is it undetermined. A loop's polarity is the product of its links': R
+(reinforcing) or B (balancing), or ``?`` when a link is mixed or undetermined.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from armsdyn.specs import Scenario
 
 
 def loop_dominance(
-    model: Model | str | Path,
+    model: Model | str | Path | Any,
     scenarios: Mapping[str, Mapping[str, Any]] | Sequence[Scenario] | None = None,
     *,
     loops: Sequence[Loop] | None = None,
@@ -58,8 +58,9 @@ def loop_dominance(
 
     Parameters
     ----------
-    model : Model or path
-        A loaded model or a model file.
+    model : Model, path or Experiment
+        A loaded model, a model file, or an experiment (:func:`armsdyn.load_config`), whose
+        model, scenarios and time settings are then the defaults.
     scenarios : mapping or sequence of Scenario, optional
         Scenario name to parameter overrides (as :meth:`armsdyn.model.Model.simulate` takes them),
         or an experiment's scenarios. Default: one scenario, ``"baseline"``, of the model file's own
@@ -83,8 +84,12 @@ def loop_dominance(
         (R, B or ?, from the links' signs over the model file's run), ``length``, ``loop_variables``
         (the loop's variables joined by ``" -> "``) and ``partition`` (its cycle partition); on
         ``link``: ``source`` and ``target`` (model names).
-
     """
+    if hasattr(model, "scenarios") and isinstance(getattr(model, "model", None), Model):
+        # An experiment: its model, and its scenarios and time settings unless given.
+        scenarios = model.scenarios if scenarios is None else scenarios
+        time = model.time if time is None else time
+        model = model.model
     if not isinstance(model, Model):
         model = load_model(Path(model))
     settings = time or model.time

@@ -13,7 +13,7 @@ import armsdyn
 from armsdyn.loops import Loop, find_loops
 from armsdyn.ltm import loop_dominance
 from armsdyn.model import load_model
-from tests.conftest import MODELS, SHARED, run_cli
+from tests.conftest import MODELS, ROOT, SHARED, run_cli
 
 CASES = SHARED / "test-models"
 
@@ -320,3 +320,14 @@ def test_cli_shows_each_loops_share_of_loop_activity() -> None:
     # Symmetric Richardson: the action-reaction loop holds 81/101 of the activity, each fatigue loop 10/101.
     assert rows["R1"][4] == f"{81 / 101:.3f}"
     assert rows["B1"][4] == f"{10 / 101:.3f}"
+
+
+def test_an_experiments_scenarios_are_scored() -> None:
+    exp = armsdyn.load_config(ROOT / "configs" / "richardson.toml")
+    ds = armsdyn.loop_dominance(exp)
+    assert list(ds.scenario.values) == [s.name for s in exp.scenarios]
+    np.testing.assert_array_equal(ds.time, exp.time.save_times())
+    assert np.isfinite(ds.relative_loop_score).all()
+    # Where the action-reaction loop outweighs fatigue (k l > a b) it dominates the run.
+    runaway = np.abs(ds.relative_loop_score.sel(scenario="runaway")).mean("time")
+    assert runaway.idxmax().item() == "R1"
