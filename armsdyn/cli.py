@@ -282,7 +282,8 @@ def _check_config(args: argparse.Namespace) -> Path:
     kind = config_kind(args.config)
     if kind == "calibration":
         spec = load_calibration(args.config)
-        names = ", ".join(p.name for p in spec.parameters)
+        # The regression methods estimate the model's coefficients from the data, not named constants.
+        names = ", ".join(p.name for p in spec.parameters) or "the model's reaction, fatigue and grievance terms"
         print(
             f"{args.config}: valid calibration {spec.name!r}: {spec.method} fit of {names} to "
             f"{len(spec.observations)} observations of {spec.data.file}, model {spec.model.path}"

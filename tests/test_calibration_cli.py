@@ -97,3 +97,10 @@ def test_calibrate_bayes_prints_the_posterior_verdict(tmp_path: Path) -> None:
     draws = pd.read_csv(out / "posterior.csv")
     assert {"defence coefficient k", "stable", "log_posterior"} <= set(draws.columns)
     assert (out / "figures" / "posterior_predictive.svg").is_file()
+
+
+def test_check_names_what_a_regression_calibration_estimates() -> None:
+    """A lagged fit estimates the model's terms from the data: check says so instead of an empty list."""
+    proc = run_cli("check", CONFIGS / "calibrate_usa_russia_china.toml")
+    assert proc.returncode == 0, proc.stderr
+    assert "lagged fit of the model's reaction, fatigue and grievance terms to 31 observations" in proc.stdout
