@@ -54,12 +54,13 @@ import xarray as xr
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
-from bokeh.layouts import column, gridplot, row
+from bokeh.layouts import column, row
 from bokeh.models import (
     Button,
     ColumnDataSource,
     CustomJSTickFormatter,
     Div,
+    GridBox,
     LayoutDOM,
     MultiChoice,
     PreText,
@@ -508,6 +509,8 @@ class _Series:
     figure: Any
     source: ColumnDataSource
     labels: list[str] = field(default_factory=list)
+    reference: str | None = None  # the scenario whose configured run the dashed lines show
+    stale: bool = True  # hidden panels are brought up to date when shown
 
 
 class _View:
@@ -543,6 +546,7 @@ class _View:
             self.sliders[knob.key] = slider
         self.series = self._panels()
         shown = _shown_variables(exp)
+        self.panels = GridBox(children=[], spacing=4)
         self.chooser = MultiChoice(title="Panels", value=shown, options=list(exp.variables), width=320)
         self.chooser.on_change("value", lambda _a, _o, new: self._show(new))
         self._show(shown)
@@ -566,7 +570,7 @@ class _View:
         )
         controls = column(self.picker, *self.sliders.values(), self.chooser, self.save_name, self.save_file,
                           self.save_button, width=340)  # fmt: skip
-        grid = gridplot([s.figure for s in self.series.values()], ncols=2, toolbar_location=None)
+        grid = self.panels
         right = column(grid, self.timing, self.metrics_table, self.status, self.entry)
         self.layout = column(title, row(controls, right), name="armsdyn_explorer")
         self.update()
@@ -595,14 +599,39 @@ class _View:
             if var.dims:
                 fig.legend.location = "top_left"
                 fig.legend.label_text_font_size = "8pt"
+                fig.legend.background_fill_alpha = 0.5
+                fig.legend.padding = 2
+                fig.legend.spacing = 0
+                fig.legend.label_height = 10
+                fig.legend.glyph_height = 10
             fig.title.text_font_size = "9pt"
             out[py] = _Series(fig, source, labels)
         return out
 
     def _show(self, names: Iterable[str]) -> None:
         chosen = set(names)
-        for var_name, series in zip(self.bench.exp.variables, self.series.values(), strict=True):
+        shown = []
+        for var_name, (py, series) in zip(self.bench.exp.variables, self.series.items(), strict=True):
             series.figure.visible = var_name in chosen
+            if series.figure.visible:
+                shown.append(series.figure)
+                if series.stale and self.count:
+                    self._push(py, series)
+        # Two columns of the chosen panels only, so hiding one leaves no hole.
+        self.panels.children = [(fig, i // 2, i % 2) for i, fig in enumerate(shown)]
+
+    def _push(self, py: str, series: _Series) -> None:
+        """Send a panel the current run (and the dashed reference, after a pick): changed columns only."""
+        n = self.frame["time"].size
+        current = self.frame[py].values[0].reshape(n, -1)
+        patch: dict[str, Any] = {f"y{i}": current[:, i] for i in range(len(series.labels))}
+        if series.reference != self.name:
+            reference = self.bench.configured[py].sel(scenario=self.name).values.reshape(current.shape)
+            patch |= {f"r{i}": reference[:, i] for i in range(len(series.labels))}
+            patch["time"] = self.frame["time"].values
+            series.reference = self.name
+        series.source.data.update(patch)
+        series.stale = False
 
     def values(self) -> dict[str, float]:
         """Each slider's parameter value."""
@@ -645,16 +674,10 @@ class _View:
         """
         started = time.perf_counter()
         simulate_ms, engine, error = self.bench.run_settings(self.frame, self.name, self.values())
-        configured = self.bench.configured.sel(scenario=self.name)
-        n = self.frame["time"].size
         for py, series in self.series.items():
-            current = self.frame[py].values[0].reshape(n, -1)
-            reference = configured[py].values.reshape(current.shape)
-            patch: dict[str, Any] = {"time": self.frame["time"].values}
-            for i in range(len(series.labels)):
-                patch[f"y{i}"] = current[:, i]
-                patch[f"r{i}"] = reference[:, i]
-            series.source.data = patch
+            series.stale = True
+            if series.figure.visible:  # the page gets only what it shows
+                self._push(py, series)
         self.status.text = f"<b>run failed:</b> {_html(error)}" if error else ""
         series_ms = (time.perf_counter() - started) * 1e3
         doc = self.layout.document if hasattr(self, "layout") else None
@@ -721,6 +744,7 @@ def metrics_html(names: list[str], current: list[Any], configured: list[Any]) ->
         for n, a, b in zip(names, current, configured, strict=True)
     )
     return (
+        "<style>td, th {padding: 1px 10px 1px 4px; white-space: nowrap}</style>"
         "<div style='max-height:380px;overflow-y:auto;border:1px solid #ddd'>"
         "<table style='border-collapse:collapse;font-size:12px;width:100%'>"
         "<thead><tr style='position:sticky;top:0;background:#f4f4f4;text-align:left'>"
