@@ -318,18 +318,26 @@ class RunStates:
     def evaluable(self, target: str) -> bool:
         """Whether :meth:`evaluate` can evaluate `target`'s equation (an auxiliary, a stock, a first-order SMOOTH)."""
         obj = self.stateful(target)
-        return obj is None or (hasattr(obj, "ddt") and (_smooth_order(obj) in (None, 1)))
+        # A DELAY's or higher-order SMOOTH's stages are not in the run's values.
+        return obj is None or type(obj).__name__ == "Integ" or _smooth_order(obj) == 1
 
-    def evaluate(self, target: str, overrides: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    def evaluate(
+        self, target: str, overrides: Mapping[str, np.ndarray] | None = None, part: str = "equation"
+    ) -> np.ndarray:
         """`target`'s equation at every step, reading `overrides` (series by py_name) for those inputs.
 
         For a stock or a first-order SMOOTH the equation is its rate (``d target / dt``).
-        Inputs not overridden are read at their own values at each step.
+        Inputs not overridden are read at their own values at each step. With `part` ``"input"``
+        or ``"delay time"``, a DELAY's input or delay time instead.
         """
         overrides = dict(overrides or {})
         series = {name: overrides.get(name, self.values[name]) for name in self.inputs(target)}
         obj = self.stateful(target)
-        if obj is None:
+        if part == "input":
+            function = obj.input_func
+        elif part == "delay time":
+            function = obj.delay_time_func
+        elif obj is None:
             function = getattr(self.module, target)
         elif _smooth_order(obj) == 1:
             # (input - state) / smoothing time, with the state an input like any other.

@@ -17,9 +17,12 @@ of the loops is scored at every step from the model's own equations (:class:`arm
   the stock is then 1).
 - **SMOOTH** (first order) is a stock whose rate is ``(input - state) / time``: its input's link is
   scored like any link into a stock, so a loop through a perception delay is scored through it.
-  Other stateful functions (DELAY, higher-order SMOOTH, TREND) keep their internal stages out of
-  reach, so their input's link has the black-box unit score ``sign(Δinput) · sign(Δoutput)``
-  (as Simlin uses for a module without internal scores).
+  **DELAY** (DELAY1, DELAY3, DELAY N as PySD's material delay) is a chain of stocks: its stages
+  are integrated again from its input and the link is scored through them (the product of the
+  scores along the chain, as Simlin scores a delay module's one pathway). Other stateful functions
+  (higher-order SMOOTH, TREND) keep their internal stages out of reach, so their input's link has
+  the black-box unit score ``sign(Δinput) · sign(Δoutput)`` (as Simlin uses for a module without
+  internal scores).
 - **Zero changes**: where the target or the source does not change in a step the link score is 0
   (nothing to attribute), never NaN; so is the first step, which has no earlier values to
   compare with.
@@ -186,6 +189,9 @@ def link_score(
     fx = _index(x_var, source_element)
     fz = _index(z_var, target_element)
     x = states.values[source]
+    obj = states.stateful(target)
+    if type(obj).__name__ == "Delay":
+        return _delay_score(states, source, target, fx, fz)
     if not states.evaluable(target):
         # The black-box unit transfer: the link's sign, magnitude 1 (no internal scores).
         return _shifted_sign(x[fx]) * _shifted_sign(states.values[target][fz])
@@ -198,6 +204,49 @@ def link_score(
     held[source] = moved
     partial = states.evaluate(target, held)
     return _ratio_score(partial[fz], z[fz], x[fx])
+
+
+def _delay_score(states: RunStates, source: str, target: str, fx: tuple[Any, ...], fz: tuple[Any, ...]) -> np.ndarray:
+    """A link into a DELAY (material delay of order n): through its n stages, as a chain of stocks.
+
+    The stages are not among the run's values, so they are integrated again from the delay's
+    input as PySD integrates them (Euler, each stage starting at the initial output times the
+    delay time). Stage k holds ``s_k``, drains at ``s_k / τ`` into stage k+1 and is filled by the
+    one before (the input for the first); the output is the last stage's outflow. The score is
+    the source's share of the input's change times, along the chain, each inflow's score into its
+    stage, ``|Δ inflow / Δ(inflow - outflow)|``, as for any flow into a stock (the outflow's link
+    from its stage scores 1).
+    """
+    obj = states.stateful(target)
+    x = states.values[source]
+    held = {name: _previous(states.values[name]) for name in states.inputs(target)}
+    moved = held[source].copy() if source in held else _previous(x)
+    moved[fx] = x[fx]
+    held[source] = moved
+    inflow = states.evaluate(target, part="input")
+    score = _ratio_score(states.evaluate(target, held, part="input")[fz], inflow[fz], x[fx])
+    tau = states.evaluate(target, part="delay time")[fz]
+    order = int(obj.order if obj.order is not None else obj.order_func())
+    dt = states.time.step
+    level = np.full(inflow[fz].shape, np.nan)
+    stage_in = inflow[fz]
+    for _ in range(order):
+        level = np.empty_like(stage_in)
+        level[0] = states.values[target][fz][0] * tau[0]
+        for t in range(1, level.size):
+            level[t] = level[t - 1] + dt * order * (stage_in[t - 1] - level[t - 1] / tau[t - 1])
+        outflow = level / tau
+        net = stage_in - outflow
+        d_in = stage_in - _previous(stage_in)
+        d_net = net - _previous(net)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            link = np.where((d_net == 0) | (d_in == 0), 0.0, np.abs(d_in / np.where(d_net == 0, 1.0, d_net)))
+        link[0] = 0.0
+        # The stage's outflow (and the output) moves with the stage alone: 1 where it moves.
+        moves = (outflow - _previous(outflow)) != 0
+        score = score * link * moves
+        stage_in = outflow
+    return score
 
 
 def _index(var: Variable, element: tuple[str, ...]) -> tuple[Any, ...]:

@@ -226,11 +226,20 @@ def _reference(path: Path) -> object:
     return simlin.Project.open(str(path)).main_model
 
 
-@pytest.mark.parametrize("path", [*SCALAR_CASES, None], ids=lambda p: p.name if p else "smoothed.mdl")
-def test_loops_and_relative_scores_agree_with_pysimlin(path: Path | None, tmp_path: Path) -> None:
-    if path is None:
-        path = tmp_path / "smoothed.mdl"
-        path.write_text(SMOOTHED, encoding="utf-8")
+#: The goal-seeking stock seeing itself through each stateful function (its internals in the loop).
+DELAYED = {
+    "smoothed.mdl": SMOOTHED,
+    "delayed1.mdl": SMOOTHED.replace("SMOOTH(stock, perception time)", "DELAY1(stock, perception time)"),
+    "delayed3.mdl": SMOOTHED.replace("SMOOTH(stock, perception time)", "DELAY3(stock, perception time)"),
+}
+
+
+@pytest.mark.parametrize("path", [*SCALAR_CASES, *DELAYED], ids=lambda p: p if isinstance(p, str) else p.name)
+def test_loops_and_relative_scores_agree_with_pysimlin(path: Path | str, tmp_path: Path) -> None:
+    if isinstance(path, str):
+        text = DELAYED[path]
+        path = tmp_path / path
+        path.write_text(text, encoding="utf-8")
     reference = _reference(path)
     model = load_model(path)
     known = {_canonical(name) for name in model.variables}
