@@ -335,7 +335,8 @@ class Workbench:
         tuple of (float, str, str)
             Milliseconds taken, the engine that ran it, and the error of a failed run ("").
         """
-        params: dict[str, ParameterValue] = {**self.fixed(name), **values}
+        fixed = self.fixed(name)
+        params: dict[str, ParameterValue] = {**values, **fixed}  # a scenario's time series beats its slider
         started = time.perf_counter()
         engine, error = self.engine, ""
         try:
@@ -354,6 +355,8 @@ class Workbench:
             frame[py].values[0] = out[var_name]
         for knob in self.knobs:
             py = knob.variable.py_name
+            if knob.key in fixed:
+                continue  # a time series: the coordinate keeps the NaN armsdyn.run gives it
             if py in frame.coords and py not in frame.data_vars:
                 row = frame.coords[py].values[0]
                 if knob.index is None:
@@ -529,6 +532,7 @@ class _View:
                              name="scenario", width=320)  # fmt: skip
         self.picker.on_change("value", lambda _a, _o, new: self.pick(new))
         values = bench.scenario_values(self.name)
+        fixed = bench.fixed(self.name)
         self.sliders: dict[str, Slider] = {}
         for knob in bench.knobs:
             units = f" [{knob.variable.units}]" if knob.variable.units else ""
@@ -541,7 +545,7 @@ class _View:
                 )
             slider = Slider(title=f"{knob.key}{units}", start=knob.start, end=knob.end, step=knob.step,
                             value=knob.to_slider(values[knob.key]), format=fmt, name=f"slider:{knob.key}",
-                            width=320)  # fmt: skip
+                            width=320, disabled=knob.key in fixed)  # fmt: skip
             slider.on_change("value", lambda _a, _o, _n: self.changed())
             self.sliders[knob.key] = slider
         self.series = self._panels()
@@ -643,10 +647,14 @@ class _View:
         self.frame = self.bench.frame(name)
         self.save_name.value = f"{name}_explored"
         values = self.bench.scenario_values(name)
+        fixed = self.bench.fixed(name)
         self.picking = True  # one update after all sliders moved, not one per slider
         try:
             for knob in self.bench.knobs:
-                self.sliders[knob.key].value = knob.to_slider(values[knob.key])
+                slider = self.sliders[knob.key]
+                slider.value = knob.to_slider(values[knob.key])
+                # A parameter this scenario gives as a time series keeps it; its slider rests.
+                slider.disabled = knob.key in fixed
         finally:
             self.picking = False
         self.update()
@@ -679,6 +687,8 @@ class _View:
             if series.figure.visible:  # the page gets only what it shows
                 self._push(py, series)
         self.status.text = f"<b>run failed:</b> {_html(error)}" if error else ""
+        if engine == "pysd" and self.bench.compiled is not None:
+            self.status.text += " this scenario sets a parameter as a time series, which only PySD runs: slow updates"
         series_ms = (time.perf_counter() - started) * 1e3
         doc = self.layout.document if hasattr(self, "layout") else None
         finish = lambda: self._metrics(started, series_ms, simulate_ms, engine)  # noqa: E731
@@ -710,7 +720,7 @@ class _View:
     def save(self) -> None:
         """Show the current settings as a ``[[scenarios]]`` entry; append it to the named file."""
         scenario = self.bench.exp.scenario(self.name)
-        params = {**self.bench.fixed(self.name), **self.values()}
+        params = {**self.values(), **self.bench.fixed(self.name)}
         try:
             entry = scenario_toml(
                 self.save_name.value.strip(),

@@ -364,3 +364,25 @@ def test_the_pick_of_a_scenario_restores_its_configured_run() -> None:
             bench.configured["arms_x"].sel(scenario=scenario.name).values,
             rtol=1e-9,
         )
+
+
+def test_a_scenario_with_a_time_series_keeps_it_and_runs_it_with_pysd(tmp_path: Path) -> None:
+    config = tmp_path / "richardson.toml"
+    text = RICHARDSON.read_text(encoding="utf-8").replace('"../models/', f'"{ROOT / "models"}/')
+    entry = scenario_toml("rising", {"grievance g": ((0.0, 1.0), (10.0, 2.0)), "defence coefficient k": 0.5})
+    config.write_text(text + "\n" + entry, encoding="utf-8")
+    bench = Workbench(config)
+    view = _View(bench)
+    view.pick("rising")
+    assert view.sliders["grievance g"].disabled
+    assert not view.sliders["grievance h"].disabled
+    view.sliders["defence coefficient k"].value = 0.7
+    assert "time series" in view.status.text
+    reference = _as_run(config, "rising", {"defence coefficient k": 0.7})
+    np.testing.assert_allclose(
+        view.frame["arms_x"].values[0], reference["arms_x"].sel(scenario="probe").values, rtol=1e-9
+    )
+    saved = tomllib.loads(scenario_toml("again", {**view.values(), **bench.fixed("rising")}))["scenarios"][0]
+    assert saved["parameters"]["grievance g"] == [[0.0, 1.0], [10.0, 2.0]]
+    view.pick("stable")
+    assert not view.sliders["grievance g"].disabled
