@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import multiprocessing
@@ -33,7 +34,7 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ FAN_DIM = "fan_run"
 
 #: Seconds to wait for a Dask scheduler to answer before giving up.
 CONNECT_TIMEOUT = 5
+#: Chunks submitted per worker at once: enough to keep every worker busy, few enough that
+#: the parent never holds more than a handful of chunks' samples and results.
+IN_FLIGHT = 2
 
 
 class StoreError(ArmsdynError, RuntimeError):
@@ -231,7 +235,7 @@ def run_chunked(
                 bar.update(min(chunk_size, n - index * chunk_size))
         finally:
             bar.close()
-        return _combine(folder, n_chunks)
+        return _combine(folder, n_chunks, n)
     finally:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
@@ -334,17 +338,37 @@ def _local_scheduler() -> Iterator[None]:
         yield
 
 
-def _combine(folder: Path, n_chunks: int) -> xr.Dataset:
-    chunks = []
+def _combine(folder: Path, n_chunks: int, n: int) -> xr.Dataset:
+    """The finished chunks as one Dataset, read one chunk at a time into arrays of the study's size.
+
+    Holding every chunk and concatenating them would keep the study's values
+    in memory twice (three times with the executor's own references); this
+    keeps them once, plus one chunk.
+    """
+    with xr.open_dataset(_chunk_path(folder, 0)) as first:
+        template = first.load()
+    per_run = [k for k, v in template.variables.items() if v.dims == ("run",)]
+    fan_vars = [k for k, v in template.data_vars.items() if FAN_DIM in v.dims]
+    arrays = {k: np.empty(n, dtype=template[k].dtype) for k in per_run}
+    fans = []
+    offset = 0
     for i in range(n_chunks):
         with xr.open_dataset(_chunk_path(folder, i)) as ds:
-            chunks.append(ds.load())
-    run_vars = [k for k, v in chunks[0].data_vars.items() if v.dims == ("run",)]
-    fan_vars = [k for k, v in chunks[0].data_vars.items() if FAN_DIM in v.dims]
-    combined = xr.concat([c[run_vars] for c in chunks], dim="run")
+            size = ds.sizes["run"]
+            for k in per_run:
+                arrays[k][offset : offset + size] = ds[k].values
+            if fan_vars and (i == 0 or ds.sizes.get(FAN_DIM, 0)):
+                fans.append(ds[fan_vars].load())
+        offset += size
+    if offset != n:
+        msg = f"{folder}: the chunks hold {offset} runs, the study has {n}; run it again without --resume"
+        raise StoreError(msg)
+    run_coords = {k: ("run", arrays[k], template[k].attrs) for k in per_run if k in template.coords}
+    scalars = {k: template[k] for k, v in template.coords.items() if v.dims == ()}
+    data = {k: ("run", arrays[k], template[k].attrs) for k in per_run if k in template.data_vars}
+    combined = xr.Dataset(data, coords=run_coords | scalars, attrs=template.attrs)
     if fan_vars:
-        fans = xr.concat([c[fan_vars] for c in chunks], dim=FAN_DIM)
-        combined = combined.merge(fans)
+        combined = combined.merge(xr.concat(fans, dim=FAN_DIM))
     return combined
 
 
@@ -362,10 +386,18 @@ def _execute(
             yield _run_task(task)
         return
     # "spawn", as the ensemble engine's own pool: clean interpreters, safe whatever threads the parent runs.
-    with ProcessPoolExecutor(max_workers=min(workers, count), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_task, task) for task in tasks]
-        for future in as_completed(futures):
-            yield future.result()
+    workers = min(workers, count)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # A few chunks in flight per worker, not all of them: every submitted chunk holds its
+        # samples and, once done, its result in this process until it is taken.
+        running = {pool.submit(_run_task, task) for task in itertools.islice(tasks, IN_FLIGHT * workers)}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                for task in itertools.islice(tasks, 1):
+                    running.add(pool.submit(_run_task, task))
+                yield future.result()
+            del done, future
 
 
 def _execute_dask(tasks: Iterator[_Task], scheduler: str) -> Iterator[tuple[int, xr.Dataset]]:
@@ -387,10 +419,17 @@ def _execute_dask(tasks: Iterator[_Task], scheduler: str) -> Iterator[tuple[int,
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         with client:
-            futures = [client.submit(_run_task, task, pure=False) for task in tasks]
+            # A bounded number of chunks on the cluster at once (see _execute); a finished
+            # future is dropped once its result is taken, so the cluster frees it too.
+            slots = IN_FLIGHT * max(1, sum(client.nthreads().values()))
+            futures = dask_completed([client.submit(_run_task, t, pure=False) for t in itertools.islice(tasks, slots)])
             try:
-                for future in dask_completed(futures):
-                    yield future.result()
+                for future in futures:
+                    for task in itertools.islice(tasks, 1):
+                        futures.add(client.submit(_run_task, task, pure=False))
+                    result = future.result()
+                    future.release()
+                    yield result
             except ArmsdynError:
                 raise
             except Exception as exc:
@@ -441,6 +480,42 @@ JIT_BYTES = 900 * 2**20
 EXTRA_BYTES = 50 * 2**20
 #: Runs whose full time series are kept for fan charts (see :class:`Reducer`).
 FAN_RUNS = Reducer.__dataclass_fields__["fan_runs"].default
+
+
+#: Memory a worker may give one chunk's saved series; a study's chunks are made smaller than
+#: asked where theirs would not fit (see :func:`study_chunk`).
+CHUNK_BYTES = 192 * 2**20
+#: Copies of a chunk's saved values a worker holds at once (the engine's output, the Dataset,
+#: the metrics' intermediates): measured on the knowledge study, about 2.4.
+CHUNK_COPIES = 3
+
+
+def study_chunk(experiment: Any, chunk_size: int) -> int:
+    """Samples per chunk for `experiment`'s study: `chunk_size`, or fewer where memory needs it.
+
+    A worker holds a chunk's saved series of every variable the study reads
+    (:attr:`SensitivitySpec.variables`), in a few copies; a chunk is cut so that
+    these stay within :data:`CHUNK_BYTES`, whatever the model's size, so the
+    workers' memory does not depend on how many variables and saved times a
+    study has. Results do not depend on the chunk size.
+
+    Parameters
+    ----------
+    experiment : Experiment
+        With a ``[sensitivity]`` table.
+    chunk_size : int
+        The most samples a chunk may hold (``--chunk-size``).
+
+    Returns
+    -------
+    int
+        At least 1 and at most `chunk_size`.
+    """
+    time = experiment.time
+    saves = round((time.final - time.initial) / time.saveper) + 1
+    width = sum(_width(experiment.model.variable(name)) for name in experiment.sensitivity.variables)
+    per_run = 8 * CHUNK_COPIES * max(1, width * saves)
+    return max(1, min(chunk_size, CHUNK_BYTES // per_run))
 
 
 def study_runs(spec: Any) -> int:
@@ -535,6 +610,7 @@ def needs(experiment: Any, *, workers: int | None = None, chunk_size: int = 8192
     runs, saved, n_workers = 0, scenario_values, 1
     if spec is not None:
         runs = study_runs(spec)
+        chunk_size = study_chunk(experiment, chunk_size)
         n_workers = max(1, min((os.cpu_count() or 1) if workers is None else workers, -(-runs // chunk_size)))
         sampled = len(spec.parameters) + sum(len(p.also) for p in spec.parameters)
         constants = len(experiment.scenario(spec.scenario).parameters) + sampled

@@ -42,7 +42,7 @@ import xarray as xr
 from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_model
 from armsdyn.metrics import compute_metrics
 from armsdyn.results import find_variable
-from armsdyn.runner import FAN_DIM, Reducer, run_chunked
+from armsdyn.runner import FAN_DIM, Reducer, run_chunked, study_chunk
 from armsdyn.sensitivity_methods import METHODS
 from armsdyn.specs import Experiment, Output, SensitivitySpec
 
@@ -177,7 +177,8 @@ def run_study(
     progress : bool
         Show a progress bar on stderr.
     chunk_size : int
-        Samples simulated together.
+        The most samples simulated together; fewer where a chunk's saved series
+        would not fit a worker's share of memory (:func:`armsdyn.runner.study_chunk`).
 
     Returns
     -------
@@ -215,7 +216,7 @@ def run_study(
         reducer,
         store=store,
         resume=resume,
-        chunk_size=chunk_size,
+        chunk_size=study_chunk(experiment, chunk_size),
         workers=workers,
         scheduler=scheduler,
         progress=progress,

@@ -108,3 +108,36 @@ def test_dask_cluster_gives_identical_results(tmp_path: Path, reference: tuple[x
     xr.testing.assert_identical(ensemble, reference[0])
     xr.testing.assert_identical(indices, reference[1])
     assert np.isfinite(indices["ST"]).any()
+
+
+def test_a_chunk_fits_a_workers_share_of_memory() -> None:
+    from armsdyn.runner import CHUNK_BYTES, CHUNK_COPIES, study_chunk
+
+    exp = armsdyn.load_config(CONFIGS / "knowledge_sensitivity.toml")
+    time = exp.time
+    saves = round((time.final - time.initial) / time.saveper) + 1
+    width = sum(len(exp.model.variable(v).elements()) or 1 for v in exp.sensitivity.variables)
+    chunk = study_chunk(exp, 8192)
+    # The knowledge study reads 18 variables over 201 saved times: 8192 runs would not fit.
+    assert 100 < chunk < 8192
+    assert 8 * CHUNK_COPIES * width * saves * chunk <= CHUNK_BYTES
+    assert study_chunk(exp, 7) == 7
+
+
+def test_chunks_combine_to_what_they_hold_in_run_order(tmp_path: Path) -> None:
+    # The combined study is read chunk by chunk into arrays of the study's size; it must equal
+    # concatenating the chunk files whole, with the fan-chart runs of the first chunks only.
+    exp = armsdyn.load_config(_config(tmp_path, samples=8))
+    store = tmp_path / "store"
+    ensemble, _ = run_study(exp, store=store, chunk_size=6, workers=2)
+    chunks = [xr.load_dataset(p) for p in sorted(store.glob("chunk-*.nc"))]
+    assert len(chunks) == 14
+    run_vars = [k for k, v in chunks[0].data_vars.items() if v.dims == ("run",)]
+    fan_vars = [k for k, v in chunks[0].data_vars.items() if "fan_run" in v.dims]
+    whole = xr.concat([c[run_vars] for c in chunks], dim="run").merge(
+        xr.concat([c[fan_vars] for c in chunks], dim="fan_run")
+    )
+    np.testing.assert_array_equal(ensemble["run"].values, np.arange(80))
+    for name in [*run_vars, *fan_vars, *(k for k, c in whole.coords.items() if c.dims == ("run",))]:
+        np.testing.assert_array_equal(ensemble[name].values, whole[name].values, err_msg=name)
+        assert ensemble[name].attrs == whole[name].attrs, name
