@@ -36,6 +36,18 @@ BACKEND_PARAMS = [
     pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="numba is not installed")),
 ]
 RTOL = 1e-9
+# Shared cases whose numba kernel takes more than ~10 s to compile (hundreds of subscript elements' statements).
+NUMBA_SLOW = {"test_subscripted_delays.mdl", "test_subscripted_smooth.mdl", "test_subscript_definition.mdl"}
+CASE_PARAMS = [pytest.param(p, "numpy", id=f"{p.parent.name}/{p.name}-numpy") for p in CASE_FILES] + [
+    pytest.param(
+        p,
+        "numba",
+        id=f"{p.parent.name}/{p.name}-numba",
+        marks=[pytest.mark.skipif(not NUMBA, reason="numba is not installed")]
+        + ([pytest.mark.slow] if p.name in NUMBA_SLOW else []),
+    )
+    for p in CASE_FILES
+]
 ATOL = 1e-12  # floor for values that should be 0 but carry rounding noise
 
 # Exercises every construct the engine compiles, with delay times that make PySD
@@ -159,7 +171,7 @@ def test_models_match_pysd_for_sampled_constants(path: Path, backend: str) -> No
     assert_matches_pysd(path, ds, samples, names)
 
 
-@pytest.mark.parametrize("path", CASE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(("path", "backend"), CASE_PARAMS)
 def test_conformance_cases_match_pysd(path: Path, backend: str) -> None:
     try:
         load_model(path)

@@ -119,6 +119,7 @@ class CompiledModel(VariableLookup):
         self._graph = graph
         self._programs: dict[tuple[str, ...], Callable[..., int]] = {}
         self._kernels: dict[tuple[str, ...], tuple[Callable[..., None], list[str], list[Any]]] = {}
+        self._sources: dict[tuple[str, ...], tuple[str, list[str], list[Any]]] = {}
         self._requested = _check_backend(backend)
         self._resolved: str | None = None
         self.threads: int | None = None
@@ -185,7 +186,7 @@ class CompiledModel(VariableLookup):
             return "numpy"
         outputs = [f"v_{v.py_name}" for v in self.variables.values() if v.kind != "lookup"]
         try:
-            _numba.generate_module(self._graph, outputs)
+            self._numba_module(outputs)
         except UnsupportedConstruct:
             if self._requested == "numba":
                 raise
@@ -220,7 +221,7 @@ class CompiledModel(VariableLookup):
 
         outputs = [f"v_{py}" for py in self._output_names(variables)]
         if (backend or self.backend) == "numba":
-            return _numba.generate_module(self._graph, outputs)[0]
+            return self._numba_module(outputs)[0]
         return generate_source(self._graph, outputs)
 
     # ------------------------------------------------------------------ running
@@ -392,14 +393,14 @@ class CompiledModel(VariableLookup):
 
         if tuple(names) in self._kernels:
             return True
-        source, _, _ = _numba.generate_module(self._graph, [f"v_{py}" for py in names])
+        source, _, _ = self._numba_module([f"v_{py}" for py in names])
         return _numba.kernel_cached(source, cache_dir() / "ensemble-numba")
 
     def _compile_estimate(self, names: Sequence[str]) -> float:
         # Seconds to compile a kernel, from its length (measured: 2 s for 130 lines, 40 s for 1,350;
         # numba's SSA construction grows faster than linearly).
 
-        lines = len(_numba.generate_module(self._graph, [f"v_{py}" for py in names])[0].splitlines())
+        lines = len(self._numba_module([f"v_{py}" for py in names])[0].splitlines())
         return _COMPILE_BASE + _COMPILE_PER_LINE2 * lines**2
 
     def _run_chunk(
@@ -447,12 +448,23 @@ class CompiledModel(VariableLookup):
             for k, v in self._graph.constants.items()
         }
 
+    def _numba_module(self, outputs: list[str]) -> tuple[str, list[str], list[Any]]:
+        """The numba kernel module saving the `outputs` nodes, generated once.
+
+        A subscripted model's expansion takes a noticeable fraction of a second,
+        and the automatic backend choice asks for the module several times.
+        """
+        key = tuple(outputs)
+        if key not in self._sources:
+            self._sources[key] = _numba.generate_module(self._graph, list(outputs))
+        return self._sources[key]
+
     def kernel(self, names: Sequence[str]) -> tuple[Callable[..., None], list[str], list[Any]]:
         """The numba kernel saving `names` (Python-safe), its constants and stateful objects; built once."""
 
         key = tuple(names)
         if key not in self._kernels:
-            source, constants, states = _numba.generate_module(self._graph, [f"v_{py}" for py in key])
+            source, constants, states = self._numba_module([f"v_{py}" for py in key])
             kernel = _numba.load_kernel(source, cache_dir() / "ensemble-numba")
             _numba.compile_kernel(kernel, len(constants), self.path)
             self._kernels[key] = (kernel, constants, states)

@@ -152,7 +152,14 @@ def expand_program(
         the expanded program would be too long to compile (more than
         :data:`MAX_STATEMENTS` statements).
     """
-    return _Expander(graph, output_text, array_output_text).run(program)
+    expander = _Expander(graph, output_text, array_output_text)
+    try:
+        return expander.run(program)
+    except UnsupportedConstruct:
+        raise
+    except Exception as exc:  # generated code this expansion does not follow: a clean fallback, never a crash
+        what = f"array code the expansion cannot follow ({type(exc).__name__}: {exc})"
+        raise expander.unsupported(what) from None
 
 
 class _Expander:
@@ -326,7 +333,7 @@ class _Expander:
             return self._ev(ast.parse(text, mode="eval").body)
         except UnsupportedConstruct:
             raise
-        except (ValueError, IndexError, TypeError) as exc:  # shapes that do not fit: not ours to run
+        except (ValueError, IndexError, TypeError, KeyError) as exc:  # shapes that do not fit: not ours to run
             raise self.unsupported(f"array code the expansion cannot follow ({type(exc).__name__}: {exc})") from None
 
     def _ev(self, node: ast.expr) -> np.ndarray:
