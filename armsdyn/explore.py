@@ -841,6 +841,15 @@ def serve(
     if not 0 <= port <= 65535:
         msg = f"--port {port}: give a port between 1 and 65535, or 0 for a free one"
         raise ExploreError(msg)
+    if port:
+        # Asked here, not of Bokeh: tornado leaks the socket of a failed bind.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tornado binds
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                msg = f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}); try another port or 0"
+                raise ExploreError(msg) from None
     bench = Workbench(config)
     port = port or free_port()
 

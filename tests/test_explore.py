@@ -6,6 +6,7 @@ import html
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -180,6 +181,12 @@ def test_cli_refuses_a_bad_config_and_port_with_status_2(tmp_path: Path, capsys:
     assert "missing.mdl" in capsys.readouterr().err
     assert main(["explore", str(RICHARDSON), "--no-browser", "--port", "70000"]) == 2
     assert "--port 70000" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["explore", str(RICHARDSON), "--no-browser", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 # --- the page in a real headless browser -------------------------------------------------------
