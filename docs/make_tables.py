@@ -1,12 +1,14 @@
-"""Write the main experiment's results table into docs/models.md, or check that it is current.
+"""Write the results tables of the shipped experiments into docs/models.md, or check that they are current.
 
-    python docs/make_tables.py           # rerun configs/disarmament_vs_knowledge.toml, rewrite the table
-    python docs/make_tables.py --check   # exit 1 if the table in docs/models.md differs from a fresh run
+    python docs/make_tables.py           # rerun the configs, rewrite the tables
+    python docs/make_tables.py --check   # exit 1 if a table in docs/models.md differs from a fresh run
 
-The table sits between the markers ``<!-- numbers: main experiment -->`` and
-``<!-- /numbers -->``; nothing else in the file is touched. tests/test_docs.py
-runs the check, so the documented numbers cannot drift from what the shipped
-config produces.
+Each table sits between the markers ``<!-- numbers: NAME -->`` and
+``<!-- /numbers -->`` (NAME is a key of :data:`TABLES`: ``main experiment``,
+the knowledge model's disarmament scenarios; ``security views``, the
+security-dilemma postures); nothing else in the file is touched.
+tests/test_docs.py runs the check, so the documented numbers cannot drift from
+what the shipped configs produce.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "models.md"
-CONFIG = ROOT / "configs" / "disarmament_vs_knowledge.toml"
-START = "<!-- numbers: main experiment -->"
 END = "<!-- /numbers -->"
 
 
@@ -29,12 +29,11 @@ def _cell(value: object, digits: int = 2) -> str:
     return str(value)
 
 
-def table() -> str:
+def main_experiment() -> str:
     """The main experiment's headline metrics per scenario, as a Markdown table."""
     import armsdyn
 
-    experiment = armsdyn.load_config(CONFIG)
-    ds = armsdyn.run(experiment)
+    ds = armsdyn.run(ROOT / "configs" / "disarmament_vs_knowledge.toml")
     metrics = armsdyn.compute_metrics(ds)
     descriptions = dict(zip(ds["scenario"].values.tolist(), ds["scenario_description"].values.tolist(), strict=True))
     rows = [
@@ -58,25 +57,73 @@ def table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def current() -> str:
+def security_views() -> str:
+    """The security-dilemma postures at the final time and over years 30-100, as a Markdown table."""
+    import armsdyn
+
+    ds = armsdyn.run(ROOT / "configs" / "security_views.toml")
+    end = ds.isel(time=-1)
+    later = ds.sel(time=slice(30, None))
+    notes = {
+        "power_B": "(A status quo)",
+        "peace_unilateral_exploited": "(B power)",
+        "peace_reciprocal_vs_power": "(B power)",
+        "power_to_security": "(switch at year 50)",
+    }
+
+    def pair(da: object, fmt: str) -> str:
+        return " / ".join(format(float(da[s]), fmt) for s in ("A", "B"))  # type: ignore[index]
+
+    rows = [
+        "| scenario | hardware A / B | insecurity A / B | mean insecurity A / B | burden % A / B "
+        "| cumulative cuts A / B |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ds["scenario"].values.tolist():
+        at, mean = end.sel(scenario=name), later.sel(scenario=name).mean("time")
+        cells = [
+            pair({s: at[f"hardware_{s.lower()}"] for s in "AB"}, ".0f"),
+            pair({s: at[f"insecurity_{s.lower()}"] for s in "AB"}, ".2f"),
+            pair({s: mean[f"insecurity_{s.lower()}"] for s in "AB"}, ".2f"),
+            pair({s: 100 * at[f"burden_share_{s.lower()}"] for s in "AB"}, ".1f"),
+            pair({s: at[f"cumulative_cuts_{s.lower()}"] for s in "AB"}, ".0f"),
+        ]
+        label = f"`{name}`" + (f" {notes[name]}" if name in notes else "")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+#: Each documented table: its marker name and the function that computes it from a fresh run.
+TABLES = {"main experiment": main_experiment, "security views": security_views}
+
+
+def _start(name: str) -> str:
+    return f"<!-- numbers: {name} -->"
+
+
+def current(name: str) -> str:
     text = DOC.read_text(encoding="utf-8")
-    return text[text.index(START) + len(START) : text.index(END)].strip("\n") + "\n"
+    start = text.index(_start(name)) + len(_start(name))
+    return text[start : text.index(END, start)].strip("\n") + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check that the documented table is current")
+    parser.add_argument("--check", action="store_true", help="only check that the documented tables are current")
     args = parser.parse_args(argv)
-    fresh = table()
+    fresh = {name: build() for name, build in TABLES.items()}
     if args.check:
-        if fresh != current():
-            print(f"{DOC}: the main experiment's table is out of date; run python docs/make_tables.py", file=sys.stderr)
+        stale = [name for name, table in fresh.items() if table != current(name)]
+        if stale:
+            print(f"{DOC}: out of date: {', '.join(stale)}; run python docs/make_tables.py", file=sys.stderr)
             return 1
         return 0
     text = DOC.read_text(encoding="utf-8")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{fresh}{END}{tail}", encoding="utf-8")
+    for name, table in fresh.items():
+        head, rest = text.split(_start(name), 1)
+        _, tail = rest.split(END, 1)
+        text = f"{head}{_start(name)}\n{table}{END}{tail}"
+    DOC.write_text(text, encoding="utf-8")
     return 0
 
 
