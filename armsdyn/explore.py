@@ -526,6 +526,7 @@ class _View:
         self.frame = bench.frame(self.name)
         self.pending = False
         self.picking = False
+        self.generation = 0  # runs started; the table is computed for the latest only
         self.count = 0  # finished updates, shown on the page so a test can wait for the next
         self.times: list[tuple[float, float]] = []  # (panels, panels and table) in ms, per update
         self.picker = Select(title="Scenario", value=self.name, options=[s.name for s in exp.scenarios],
@@ -557,7 +558,7 @@ class _View:
         # An HTML table rather than Bokeh's DataTable, which Bokeh 3.9 does not redraw when its data
         # change; each value cell carries the exact number as data-value.
         self.metrics_data: dict[str, list[Any]] = {}
-        self.metrics_table = Div(text="", width=620, name="metrics_table")
+        self.metrics_table = Div(text="", width=620, height=400, name="metrics_table")  # fixed: no relayout
         self.save_name = TextInput(title="New scenario name", value=f"{self.name}_explored", width=320,
                                    name="save_name")  # fmt: skip
         self.save_file = TextInput(title="Append to file (.toml; empty: only show the entry)", value="", width=320,
@@ -691,13 +692,17 @@ class _View:
             self.status.text += " this scenario sets a parameter as a time series, which only PySD runs: slow updates"
         series_ms = (time.perf_counter() - started) * 1e3
         doc = self.layout.document if hasattr(self, "layout") else None
-        finish = lambda: self._metrics(started, series_ms, simulate_ms, engine)  # noqa: E731
+        self.generation += 1
+        generation = self.generation
+        finish = lambda: self._metrics(generation, started, series_ms, simulate_ms, engine)  # noqa: E731
         if doc is None:
             finish()
         else:
             doc.add_next_tick_callback(finish)
 
-    def _metrics(self, started: float, series_ms: float, simulate_ms: float, engine: str) -> None:
+    def _metrics(self, generation: int, started: float, series_ms: float, simulate_ms: float, engine: str) -> None:
+        if generation != self.generation:
+            return  # the settings moved on while this waited: a drag keeps the panels live, the table follows
         begun = time.perf_counter()
         table = self.bench.metrics(self.frame)
         row_now = table.loc[CURRENT]
