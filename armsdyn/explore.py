@@ -249,6 +249,9 @@ class Workbench:
         self.grid = TimeGrid.from_settings(self.exp.time, self.exp.model.path)
         self.py_names = [self.exp.model.variable(v).py_name for v in self.exp.variables]
         self.unread = self._unread_coordinates()
+        if self.compiled is not None:
+            # Compile (or load) numba's kernel now, before any page waits on its first run.
+            self._compiled_run(self.scenario_values(self.exp.scenarios[0].name))
 
     def _unread_coordinates(self) -> list[str]:
         """Coordinates the metrics do not read, dropped from the explorer's results to speed them.

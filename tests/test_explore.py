@@ -295,7 +295,7 @@ def test_the_page_moves_with_a_slider_to_armsdyn_runs_values_and_saves_a_runnabl
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("request", lambda r: requests.append(r.url))
-            page.goto(url)
+            page.goto(url, timeout=120_000)
             page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
             before = _settle(page)
             assert before["count"] >= 1
