@@ -245,7 +245,7 @@ class Workbench:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NumericalWarning)  # a fault shows in the metrics table
             self.configured = run(self.exp)
-        self.configured_metrics = compute_metrics(self.configured)
+        self.configured_metrics = self.metrics(self.configured)
         self.grid = TimeGrid.from_settings(self.exp.time, self.exp.model.path)
         self.py_names = [self.exp.model.variable(v).py_name for v in self.exp.variables]
         self.unread = self._unread_coordinates()
