@@ -11,7 +11,7 @@ import pytest
 from armsdyn.ensemble import SampleError, UnsupportedConstruct, compile_model, run_ensemble
 from armsdyn.model import TimeSettings, load_model
 from tests.conftest import MODELS, SHARED
-from tests.test_ensemble import NUMBA, RTOL, assert_matches_pysd, value_names, vary_constants
+from tests.test_ensemble import NUMBA, NUMBA_SLOW, RTOL, assert_matches_pysd, value_names, vary_constants
 
 CASES = SHARED / "test-models"
 PREFIXES = ("subscript_", "subscripted_", "subrange_merge", "vector_select")
@@ -22,8 +22,6 @@ SUBSCRIPTED = (
 )
 # Cases PySD runs whose constructs the engine does not compile (it raises UnsupportedConstruct for them).
 NOT_COMPILED = {"test_vector_select.mdl"}
-# Cases whose numba kernel takes more than ~10 s to compile (hundreds of elements' statements).
-NUMBA_SLOW = {"test_subscripted_delays.mdl", "test_subscripted_smooth.mdl", "test_subscript_definition.mdl"}
 
 
 def _backend_cases() -> list:
@@ -168,3 +166,16 @@ def test_run_ensemble_on_two_workers_keeps_the_element_layout() -> None:
     assert serial["arms"].shape == (5, 6, 3)
     assert serial.attrs["engine"] == "armsdyn.ensemble"
     assert_matches_pysd(path, serial, samples, ["arms"], time)
+
+
+def test_auto_backend_pilot_on_a_subscripted_model_gives_numpys_values() -> None:
+    # "auto" runs a short first chunk with numpy, then numba for the rest if its compilation pays:
+    # either way every run equals the numpy backend's.
+    path = MODELS / "richardson_n.mdl"
+    rng = np.random.default_rng(13)
+    samples = {"grievance g[USA]": rng.uniform(100, 300, 3000), "fatigue coefficient a": rng.uniform(0.4, 0.6, 3000)}
+    time = TimeSettings(initial=0, final=5, step=0.25, saveper=1, units="Year")
+    auto = compile_model(path).with_backend("numpy").with_backend("auto")
+    want = compile_model(path, backend="numpy").run(samples, time, ["arms"], chunk_size=2048)
+    got = auto.run(samples, time, ["arms"], chunk_size=2048)
+    np.testing.assert_allclose(got["arms"], want["arms"], rtol=RTOL, atol=1e-12)

@@ -32,6 +32,8 @@ _LOAD_SECONDS = 0.7  # importing numba and loading a cached kernel
 _COMPILE_BASE = 1.5  # seconds: importing numba and compiling the smallest kernel
 _COMPILE_PER_LINE2 = 2.2e-5  # seconds per squared line of kernel source
 
+_PILOT_SAMPLES = 1024  # samples "auto" runs with numpy before deciding whether numba pays
+
 _MIN_PER_THREAD = 64  # samples: below this a chunk is not worth sharing between threads
 
 BACKENDS = ("auto", "numpy", "numba")
@@ -311,9 +313,10 @@ class CompiledModel(VariableLookup):
     ) -> list[np.ndarray]:
         """Run `n` samples chunk by chunk; one ``(n_save, n)`` array per saved variable.
 
-        Chunks always start at multiples of `chunk_size`, so a sample meets the
-        same neighbours (and numpy the same array layout) however the samples
-        are later split across processes.
+        Chunks always start at multiples of `chunk_size` (besides the automatic
+        backend choice's short first chunk), so a sample meets the same
+        neighbours (and numpy the same array layout) however the samples are
+        later split across processes.
         """
         if chunk_size < 1:
             msg = f"chunk_size must be at least 1, got {chunk_size}"
@@ -331,9 +334,12 @@ class CompiledModel(VariableLookup):
         func = self.program(names)
         n_save = sum(grid.save)
         out = [np.empty((n_save, *self._shape(py), n)) for py in names]
+        starts = list(range(0, n, chunk_size))
+        if pilot and min(n, chunk_size) > _PILOT_SAMPLES:
+            # A short first chunk decides sooner: a whole chunk of numpy is seconds that numba would save.
+            starts.insert(1, _PILOT_SAMPLES)
         started = perf_counter()
-        for lo in range(0, n, chunk_size):
-            hi = min(n, lo + chunk_size)
+        for lo, hi in itertools.pairwise([*starts, n]):
             if pilot and lo > 0:
                 pilot = False
                 per_sample = (perf_counter() - started) / lo
