@@ -104,7 +104,7 @@ def analyze(spec: SensitivitySpec, samples: Mapping[str, np.ndarray], outputs: M
     any non-finite value gets NaN indices and a ``note`` saying so.
     """
     names = [p.name for p in spec.parameters]
-    x = np.column_stack([samples[n] for n in names])
+    x = _sample_table([np.asarray(samples[n]) for n in names])
     problem = spec.problem()
     analyzer = METHODS[spec.method][1]
     per_output: dict[str, dict[str, np.ndarray]] = {}
@@ -142,6 +142,28 @@ def analyze(spec: SensitivitySpec, samples: Mapping[str, np.ndarray], outputs: M
             )
         ds.coords["parameter_2"] = names
     return ds
+
+
+def _sample_table(columns: list[np.ndarray]) -> np.ndarray:
+    """The samples as one ``(runs, parameters)`` array: the sampler's own where the columns are its.
+
+    :func:`sample` returns the columns of the sampler's array; putting them side by side again
+    would copy the whole table (128 MB for a 2,000,000-run study of 8 parameters).
+    """
+    base = columns[0].base
+    if (
+        isinstance(base, np.ndarray)
+        and base.ndim == 2
+        and base.shape == (columns[0].size, len(columns))
+        and base.dtype == float
+    ):
+        start = base.__array_interface__["data"][0]
+        if all(
+            c.base is base and c.strides == base.strides[:1] and c.__array_interface__["data"][0] == start + i * 8
+            for i, c in enumerate(columns)
+        ):
+            return base
+    return np.column_stack(columns)
 
 
 def run_study(
