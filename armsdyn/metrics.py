@@ -136,15 +136,15 @@ def _final_values(ds: xr.Dataset) -> pd.DataFrame:
         if da.dims[:2] != (dim, "time"):
             continue
         name = da.attrs.get("long_name", key)
-        final = da.isel(time=-1)
+        final = da.values[:, -1]
         extra = da.dims[2:]
         if not extra:
-            columns[f"final {name}"] = final.values
+            columns[f"final {name}"] = final
             continue
-        # A subscripted variable: a column per element, named as configs name elements.
-        for element in itertools.product(*(da[d].values for d in extra)):
-            label = ", ".join(map(str, element))
-            columns[f"final {name}[{label}]"] = final.sel(dict(zip(extra, element, strict=True))).values
+        # A subscripted variable: a column per element (row-major, as the values lie), named as configs name them.
+        flat = final.reshape(final.shape[0], -1)
+        for i, element in enumerate(itertools.product(*(ds[d].values for d in extra))):
+            columns[f"final {name}[{', '.join(map(str, element))}]"] = flat[:, i]
     return pd.DataFrame(columns, index=pd.Index(_labels(ds, dim), name=dim))
 
 
@@ -209,9 +209,12 @@ def richardson_parameters(ds: xr.Dataset, scenario: Any) -> tuple[Richardson, fl
         None when the Dataset lacks any of the parameters (another model), or
         a parameter was a time series in this scenario.
     """
-    columns = {name: parameter_values(ds, name) for name in PARAMETER_NAMES.values()}
-    if any(c is None for c in columns.values()):
-        return None
+    columns = {}
+    for name in PARAMETER_NAMES.values():
+        column = parameter_values(ds, name)
+        if column is None:  # another model: stop at the first missing parameter
+            return None
+        columns[name] = column
     dim = case_dim(ds)
     values = {name: float(c.sel({dim: scenario})) for name, c in columns.items()}
     if not all(np.isfinite(list(values.values()))):

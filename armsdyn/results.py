@@ -134,7 +134,9 @@ def parameter_values(ds: xr.Dataset, name: str) -> xr.DataArray | None:
     element = None
     found = re.match(r"^([^\[\]]+)\[([^\[\]]*)\]\s*$", name)
     # A study samples one element as its own coordinate ("knowledge half life[A]"): take it as named.
-    exact = [k for k, da in ds.coords.items() if da.dims == (dim,) and name in (k, da.attrs.get("long_name"))]
+    exact = [
+        k for k in ds.coords if ds.variables[k].dims == (dim,) and name in (k, ds.variables[k].attrs.get("long_name"))
+    ]
     if found and exact:
         return ds[exact[0]]
     if found:

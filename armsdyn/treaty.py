@@ -139,18 +139,27 @@ def model_states(model: Model) -> tuple[str, ...] | None:
     return tuple(records[0].dims[0][1])
 
 
-def _final(ds: xr.Dataset, name: str) -> xr.DataArray | None:
-    """Final values of a variable (dims: the case, and the state range for a record), or None if not saved."""
+def _finals(ds: xr.Dataset) -> dict[str, xr.Variable]:
+    """Final values of every variable the metrics may read, by model name, in one pass over the Dataset.
+
+    Bare variables with dims ``(case,)`` or ``(case, state range)``: the
+    explorer recomputes the metrics on every slider move, and building a
+    DataArray (with every scenario coordinate) per lookup is what costs.
+    """
     dim = case_dim(ds)
-    for key, da in ds.data_vars.items():
-        if name in (key, da.attrs.get("long_name")) and da.dims[:2] == (dim, "time") and da.ndim <= 3:
-            return da.isel(time=-1).astype(float)
-    return None
+    wanted = {*WORLD, *PER_STATE_RECORDS, *OPTIONAL}
+    found: dict[str, xr.Variable] = {}
+    for key in ds.data_vars:
+        var = ds.variables[key]
+        name = next((n for n in (key, var.attrs.get("long_name")) if n in wanted), None)
+        if name is not None and name not in found and var.dims[:2] == (dim, "time") and var.ndim <= 3:
+            found[name] = var.isel(time=-1).astype(float)
+    return found
 
 
-def _states(ds: xr.Dataset) -> tuple[str, tuple[str, ...]] | None:
+def _states(ds: xr.Dataset, finals: Mapping[str, xr.Variable]) -> tuple[str, tuple[str, ...]] | None:
     """The state range's name and elements, read from the saved records."""
-    records = [_final(ds, n) for n in PER_STATE_RECORDS]
+    records = [finals.get(n) for n in PER_STATE_RECORDS]
     if any(r is None or r.ndim != 2 for r in records):
         return None
     dims = {r.dims[1] for r in records if r is not None}
@@ -162,7 +171,8 @@ def _states(ds: xr.Dataset) -> tuple[str, tuple[str, ...]] | None:
 
 def applies(ds: xr.Dataset) -> bool:
     """True when the Dataset holds every variable the treaty metrics need."""
-    return all(_final(ds, n) is not None for n in WORLD) and _states(ds) is not None
+    finals = _finals(ds)
+    return all(n in finals for n in WORLD) and _states(ds, finals) is not None
 
 
 def treaty_metrics(
@@ -192,8 +202,9 @@ def treaty_metrics(
     KeyError
         If a required variable or a named baseline scenario is missing.
     """
-    missing = [n for n in required_variables() if _final(ds, n) is None]
-    found = _states(ds)
+    finals = _finals(ds)
+    missing = [n for n in required_variables() if n not in finals]
+    found = _states(ds, finals)
     if missing or found is None:
         msg = (
             f"treaty metrics need these variables saved: {', '.join(missing)}"
@@ -201,18 +212,19 @@ def treaty_metrics(
             else f"treaty metrics need the per-state records ({', '.join(PER_STATE_RECORDS)}) subscripted by one range"
         )
         raise KeyError(msg)
-    state_dim, states = found
+    _, states = found
     dim = case_dim(ds)
     labels = [str(s) if dim == "scenario" else s for s in ds[dim].values.tolist()]
-    finals = {n: _final(ds, n) for n in (*required_variables(), *OPTIONAL)}
 
     def world(name: str) -> np.ndarray | None:
-        da = finals[name]
+        da = finals.get(name)
         return None if da is None else da.values
 
+    position = {s: i for i, s in enumerate(states)}
+
     def of(name: str, s: str) -> np.ndarray | None:
-        da = finals[name]
-        return None if da is None else da.sel({state_dim: s}).values
+        da = finals.get(name)
+        return None if da is None else da.values[:, position[s]]
 
     table = pd.DataFrame(index=pd.Index(labels, name=dim))
     signed = world("treaty signed") > 0.5
