@@ -18,6 +18,7 @@ Reads ``/proc`` (Linux); uses psutil instead where it is installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -64,10 +65,8 @@ def tree_rss(pid: int) -> tuple[int, int]:
             own = proc.memory_info().rss
             rest = 0
             for child in proc.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):  # it ended between listing and reading
                     rest += child.memory_info().rss
-                except psutil.Error:
-                    pass
             return own, rest
         except psutil.Error:
             return 0, 0
