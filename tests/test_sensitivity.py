@@ -272,3 +272,36 @@ variable = "arms X"
     with xr.open_dataset(tmp_path / "out" / "sensitivity" / "indices.nc") as indices:
         assert float(indices["spearman"].sel(output="arms X final", parameter="grievance g")) == pytest.approx(1.0)
     assert list((tmp_path / "out" / "figures").glob("sensitivity_latin_*.png"))
+
+
+def test_an_element_name_with_a_space_stays_a_coordinate_on_disk(tmp_path: Path) -> None:
+    """Sampling "grievance g[Austria Hungary]": netCDF refuses a coordinate named with a space (xarray warns,
+    an error here, and writes it as a data variable); the key has none, the long_name keeps the name."""
+    from armsdyn.cli import main
+
+    config = tmp_path / "ah.toml"
+    config.write_text(
+        f"""
+[experiment]
+name = "ah"
+model = "{(MODELS / "richardson_n_1909.mdl").as_posix()}"
+[time]
+initial = 0
+final = 2
+step = 0.125
+[sensitivity]
+method = "latin"
+samples = 8
+[[sensitivity.parameters]]
+name = "grievance g[Austria Hungary]"
+bounds = [0, 1]
+[[sensitivity.outputs]]
+variable = "arms[France]"
+""",
+        encoding="utf-8",
+    )
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 0
+    with xr.open_dataset(tmp_path / "out" / "sensitivity" / "ensemble.nc") as ensemble:
+        coordinate = ensemble.coords["grievance_g[Austria_Hungary]"]
+        assert coordinate.attrs["long_name"] == "grievance g[Austria Hungary]"
+        assert coordinate.dims == ("run",)

@@ -611,7 +611,10 @@ def build_dataset(
     for meta in sampled:
         if meta.py_name in ds.data_vars:
             continue  # a sampled constant that is also saved is already a data variable
-        ds.coords[meta.py_name] = ("run", np.asarray(values[meta.py_name], dtype=float), meta.attrs())
+        # Not even inside an element's name ("Austria Hungary"): netCDF keeps a coordinate's name only
+        # without a space; long_name keeps the name as written, which is what lookups read.
+        key = meta.py_name.replace(" ", "_")
+        ds.coords[key] = ("run", np.asarray(values[meta.py_name], dtype=float), meta.attrs())
     return ds
 
 
