@@ -334,9 +334,6 @@ def test_a_failed_export_leaves_the_earlier_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-# The ensemble keeps each element of a subscripted constant as a coordinate named "grievance_g[Austria Hungary]";
-# netCDF cannot mark a name with a space as a coordinate, so xarray warns and writes it as a data variable.
-@pytest.mark.filterwarnings("ignore:coordinate .* has a space in its name")
 def test_a_study_of_subscripted_elements_exports_them_as_elements(tmp_path: Path) -> None:
     text = (CONFIGS / "richardson_1909_four_nations.toml").read_text(encoding="utf-8")
     text = text.replace('"../models/', f'"{(CONFIGS.parent / "models").as_posix()}/')
