@@ -227,6 +227,12 @@ _FORBIDDEN_NAMES = frozenset(
 # numpy and pandas readers that unpickle or reach the file system or the C level.
 _FORBIDDEN_ATTRIBUTES = frozenset(
     {"load", "loads", "system", "popen", "ctypeslib", "f2py", "read_pickle", "fromfile", "memmap", "lib"}
+    # Writing, moving or removing files: a translation only reads (the data files a model names).
+    # An escaped string in generated code once reached pathlib.Path.write_text this way.
+    | {"write_text", "write_bytes", "unlink", "rmdir", "touch", "mkdir", "chmod", "chown", "symlink_to"}
+    | {"hardlink_to", "rmtree", "remove", "removedirs", "tofile", "save", "savez", "savez_compressed"}
+    | {"savetxt", "to_csv", "to_pickle", "to_netcdf", "to_excel", "to_parquet", "to_json", "to_hdf"}
+    | {"to_feather", "to_sql", "kill", "fork", "startfile"}
 )
 _ALLOWED_DUNDERS = frozenset({"__file__", "__pysd_version__", "__data"})
 

@@ -196,7 +196,17 @@ def test_a_cache_entry_planted_by_another_user_is_refused(tmp_path: Path, fresh_
 
 
 def test_generated_code_that_reaches_for_the_interpreter_is_refused(tmp_path: Path) -> None:
-    for code in ("import os\n", "x = (lambda: 0).__globals__\n", "open('f')\n", "import numpy as np\nnp.load('x')\n"):
+    for code in (
+        "import os\n",
+        "x = (lambda: 0).__globals__\n",
+        "open('f')\n",
+        "import numpy as np\nnp.load('x')\n",
+        # Writing or removing files through the objects a translation may hold (pathlib, pandas, numpy).
+        "from pathlib import Path\nPath('x').write_text('y')\n",
+        "from pathlib import Path\nPath('x').unlink()\n",
+        "import pandas as pd\npd.DataFrame().to_csv('x')\n",
+        "import numpy as np\nnp.zeros(1).tofile('x')\n",
+    ):
         module = tmp_path / "m.py"
         module.write_text(code)
         with pytest.raises(ModelError, match="was not run"):
