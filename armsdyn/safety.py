@@ -108,9 +108,17 @@ def _check_vensim(path: Path, text: str) -> None:
                 )
         subscripts = re.match(r"\s*([^:=(\[~]+?)\s*:(?!=)(.*)", definition, re.S)
         if subscripts and not definition.lstrip().startswith(":"):
-            for item in (subscripts.group(1), *re.split(r"[,()\-]|->", subscripts.group(2))):
+            elements = subscripts.group(2)
+            if _FILE_SUBSCRIPT.match(elements):
+                # A range read from a file: its arguments are file names and cells, checked with every
+                # data-file argument when the model loads (armsdyn.model), and the names it reads too.
+                elements = ""
+            for item in (subscripts.group(1), *re.split(r"[,()\-]|->", elements)):
                 if _BAD_IN_SUBSCRIPT.search(item.strip().strip('"')):
                     _refuse(path, line, where, f"subscript name {item.strip()!r} contains a quote, brace or backslash")
+
+
+_FILE_SUBSCRIPT = re.compile(r"\s*GET\s+(?:DIRECT|XLS)\s+SUBSCRIPT\s*\(", re.IGNORECASE)
 
 
 def _vensim_name(definition: str) -> str:

@@ -19,7 +19,7 @@ from armsdyn.cli import main
 from armsdyn.ensemble import compile_model
 from armsdyn.model import load_model
 from armsdyn.safety import check_translation
-from tests.conftest import MODELS, write_config
+from tests.conftest import MODELS, run_cli, write_config
 
 PAYLOAD = "__import__('pathlib').Path({marker!r}).touch()"
 
@@ -383,3 +383,36 @@ def test_data_file_contents_are_read_as_data_never_run(tmp_path: Path, capsys: p
         assert not marker.exists(), f"'armsdyn {argv[0]}' ran the data file's code"
         assert status in (0, 2), err
     assert not marker.exists()
+
+
+_FILE_RANGE_MODEL = """{UTF-8}
+state:
+\tGET DIRECT SUBSCRIPT('states.csv', ',', 'A2', 'A4', '')
+\t~\t
+\t~\tThe states, read from a file beside the model.
+\t|
+arms[state] = INTEG(growth[state], 1) ~ arms ~ Arms. |
+growth[state] = 0.1 * arms[state] ~ arms/Year ~ Growth. |
+INITIAL TIME = 0 ~ Year ~ |
+FINAL TIME = 5 ~ Year ~ |
+TIME STEP = 0.25 ~ Year ~ |
+SAVEPER = 1 ~ Year ~ |
+"""
+
+
+@pytest.mark.parametrize(
+    ("names", "refused"), [("USA\nRussia\nChina", False), ('USA\nRu"ssia\nChina', True)], ids=["plain", "quote"]
+)
+def test_a_subscript_range_read_from_a_file_is_data(tmp_path: Path, names: str, refused: bool) -> None:
+    """GET DIRECT SUBSCRIPT is allowed; the element names it reads are checked like the model's own."""
+    (tmp_path / "states.csv").write_text(f"state\n{names}\n")
+    model = tmp_path / "m.mdl"
+    model.write_text(_FILE_RANGE_MODEL)
+    proc = run_cli("describe", model)
+    if refused:
+        assert proc.returncode == 2
+        assert "read from a data file has element 'Ru\"ssia'" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert "arms [state: USA, Russia, China]" in proc.stdout
