@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from armsdyn.ensemble import (
 )
 from armsdyn.errors import ModelError
 from armsdyn.model import TimeSettings, load_model
-from tests.conftest import MODELS, SHARED
+from tests.conftest import MODELS, ROOT, SHARED
 
 MODEL_FILES = [
     # Large models take PySD several seconds for 20 runs.
@@ -165,10 +166,41 @@ def test_models_match_pysd_for_sampled_constants(path: Path, backend: str) -> No
     except UnsupportedConstruct as exc:  # a clean fallback to PySD; any other exception fails
         pytest.skip(f"unsupported construct {exc.construct} in {exc.variable!r}")
     samples = vary_constants(model, 20)
+    twin = ROOT / "tests" / "data" / f"{path.stem}_scalar.mdl"
+    if twin.is_file():  # the twin has no rivalry matrix: it is fixed at its value (each state the other's rival)
+        samples = {k: v for k, v in samples.items() if not k.startswith("rivalry")}
     names = value_names(model)
     ds = model.run(samples, variables=names, chunk_size=8)  # several chunks, last one partial
     assert ds.sizes["run"] == 20
-    assert_matches_pysd(path, ds, samples, names)
+    if twin.is_file():
+        # PySD takes minutes a run on the subscripted knowledge model (xarray per equation): its
+        # reference is the same equations written per state (tests/test_knowledge_states.py).
+        assert_matches_scalar_twin(twin, ds, samples, model)
+    else:
+        assert_matches_pysd(path, ds, samples, names)
+
+
+def assert_matches_scalar_twin(twin: Path, ds, samples: dict[str, np.ndarray], model: CompiledModel) -> None:
+    """Each run of a subscripted model equals PySD's run of its twin written per element (``x A`` for ``x[A]``)."""
+    pysd_model = load_model(twin)
+    scalar = {re.sub(r"\[(\w+)\]$", r" \1", k): v for k, v in samples.items()}
+    for i in range(4):  # PySD's share of the time: four runs cover both chunks' kinds of sample
+        names = [v.name for v in pysd_model.variables.values() if v.kind != "lookup"]
+        expected = pysd_model.simulate({k: float(v[i]) for k, v in scalar.items()}, pysd_model.time, names)
+        for name in names:
+            column = name
+            if name.startswith("peak power ratio "):  # "peak power ratio A over B after breakdown"
+                var, element = model.variable("peak power ratio after breakdown"), name.split()[3]
+            elif re.fullmatch(r".+ [AB]", name) and name[:-2] in model.variables:
+                var, element = model.variable(name[:-2]), name[-1]
+            else:
+                var, element = model.variable(name), None
+            got = ds[var.py_name].values[i]
+            if element is not None:
+                got = got[..., list(var.dims[0][1]).index(element)]
+            np.testing.assert_allclose(
+                got, expected[column], rtol=RTOL, atol=ATOL, equal_nan=True, err_msg=f"{twin.name}: {name}, run {i}"
+            )
 
 
 @pytest.mark.parametrize(("path", "backend"), CASE_PARAMS)
