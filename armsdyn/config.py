@@ -499,6 +499,11 @@ def parse_parameters(
             hint = did_you_mean(base, constants)
             problems.add(path, f"unknown parameter in model {model.path}{hint}")
             continue
+        if var.kind == "lookup":
+            points = _parse_lookup(var, value, path, problems)
+            if points is not None:
+                out[var.name] = points
+            continue
         if var.kind != "constant":
             problems.add(
                 path,
@@ -551,6 +556,8 @@ def parse_parameters(
         out.update({var.element_name(e): v for e, v in given.items()})
     in_range = _range_checker(model, problems)
     for key in list(out):
+        if model.variable(key.split("[", 1)[0]).kind == "lookup":
+            continue  # a graphical function's points: checked as points above
         if not in_range(out[key], model.variable(key.split("[", 1)[0]), f'{where}."{key}"', owner):
             del out[key]
     return out
@@ -574,6 +581,26 @@ def _range_checker(model: Model, problems: Problems) -> Any:
         return False
 
     return in_range
+
+
+def _parse_lookup(var: Variable, value: Any, path: str, problems: Problems) -> ParameterValue | None:
+    """A graphical function (lookup) replaced by a list of [x, y] points, as Vensim users redraw one."""
+    if var.dims:
+        problems.add(path, f"{var.name!r} is a subscripted lookup; replacing one is not supported yet")
+        return None
+    if not isinstance(value, list) or len(value) < 2:
+        problems.add(
+            path,
+            f"{var.name!r} is a lookup (graphical function): give at least two [x, y] points, "
+            f"e.g. [[0, 0], [1, 1]], got {describe_input(value)}",
+        )
+        return None
+    parsed = _parse_value(value, path, Problems(""))
+    if parsed is None or not isinstance(parsed, tuple):
+        what = "its points must be [x, y] pairs of finite numbers, x increasing strictly"
+        problems.add(path, f"{var.name!r} is a lookup: {what}")
+        return None
+    return parsed
 
 
 def _parse_value(value: Any, path: str, problems: Problems) -> ParameterValue | None:
