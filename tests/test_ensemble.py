@@ -507,3 +507,12 @@ def test_numba_lookups_stay_in_the_vectorised_kernel(tmp_path: Path) -> None:
     assert "prefer_wide_vectors()" in source
     assert source.count("= table_function(") == 3  # the 80-point table keeps np.interp
     assert "_lookup(LK_big_x, LK_big_y" in source
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_a_run_that_saves_nothing_compiles_in_numba() -> None:
+    """An audit of closed-form metrics saves no variable: the kernel's step loop is then empty, not invalid."""
+    model = compile_model(MODELS / "richardson.mdl", backend="numba")
+    ds = model.run({"grievance g": np.linspace(1, 2, 5)}, variables=[])
+    assert ds.sizes["run"] == 5
+    assert not ds.data_vars

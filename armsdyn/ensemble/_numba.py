@@ -543,7 +543,8 @@ def _blocked_body(code: _Code) -> list[str]:
         "    for i in range(TS.shape[0]):",
         "        t = TS[i]",
         "        for jj in range(b):",
-        *(f"            {line}" for line in advance),
+        # Nothing to advance when no output depends on the state (e.g. a study that saves none): "pass".
+        *(f"            {line}" for line in advance or ["pass"]),
         "        if SV[i]:",
     ]
     # The outputs' rows of W are consecutive: one loop copies them all (a loop per output, with a
