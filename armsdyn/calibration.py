@@ -563,19 +563,33 @@ def stability_verdict(
         ``indeterminate`` when the determinant is noise, when an interval is missing
         or straddles zero; otherwise the sign decides (stable when ab > kl).
     """
-    if not math.isfinite(determinant) or abs(determinant) <= DETERMINANT_NOISE_RTOL * max(scale, 1e-300):
-        return "indeterminate", f"ab - kl = {determinant:.3g} is zero within numerical noise (|ab|, |kl| ~ {scale:.3g})"
+    return _sign_verdict(determinant, interval, scale, bootstrap_interval, "ab - kl", "|ab|, |kl|", stable_above=True)
+
+
+def _sign_verdict(
+    value: float,
+    interval: tuple[float, float],
+    scale: float,
+    bootstrap_interval: tuple[float, float] | None,
+    what: str,
+    scale_name: str,
+    *,
+    stable_above: bool,
+) -> tuple[str, str]:
+    """A stability verdict decided by the sign of `value`, honest about noise and intervals that include zero."""
+    if not math.isfinite(value) or abs(value) <= DETERMINANT_NOISE_RTOL * max(scale, 1e-300):
+        return "indeterminate", f"{what} = {value:.3g} is zero within numerical noise ({scale_name} ~ {scale:.3g})"
     low, high = interval
     if not (math.isfinite(low) and math.isfinite(high)):
-        return "indeterminate", "ab - kl has no usable standard error (weakly identified fit)"
+        return "indeterminate", f"{what} has no usable standard error (weakly identified fit)"
     if low <= 0 <= high:
-        return "indeterminate", f"the 95% interval of ab - kl [{low:.3g}, {high:.3g}] includes zero"
+        return "indeterminate", f"the 95% interval of {what} [{low:.3g}, {high:.3g}] includes zero"
     if bootstrap_interval is not None:
         blow, bhigh = bootstrap_interval
         if not (math.isfinite(blow) and math.isfinite(bhigh)) or blow <= 0 <= bhigh:
-            return "indeterminate", f"the bootstrap 95% interval of ab - kl [{blow:.3g}, {bhigh:.3g}] includes zero"
-    verdict = "stable" if determinant > 0 else "unstable"
-    return verdict, f"ab - kl = {determinant:.3g}, 95% interval [{low:.3g}, {high:.3g}] excludes zero"
+            return "indeterminate", f"the bootstrap 95% interval of {what} [{blow:.3g}, {bhigh:.3g}] includes zero"
+    verdict = "stable" if (value > 0) == stable_above else "unstable"
+    return verdict, f"{what} = {value:.3g}, 95% interval [{low:.3g}, {high:.3g}] excludes zero"
 
 
 def richardson_stability(
@@ -1918,19 +1932,7 @@ def spectral_verdict(
         otherwise stable when it is negative.
     """
     what = "max Re eig(K - A)"
-    if not math.isfinite(abscissa) or abs(abscissa) <= DETERMINANT_NOISE_RTOL * max(scale, 1e-300):
-        return "indeterminate", f"{what} = {abscissa:.3g} is zero within numerical noise (|eig| ~ {scale:.3g})"
-    low, high = interval
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "indeterminate", f"{what} has no usable standard error (weakly identified fit)"
-    if low <= 0 <= high:
-        return "indeterminate", f"the 95% interval of {what} [{low:.3g}, {high:.3g}] includes zero"
-    if bootstrap_interval is not None:
-        blow, bhigh = bootstrap_interval
-        if not (math.isfinite(blow) and math.isfinite(bhigh)) or blow <= 0 <= bhigh:
-            return "indeterminate", f"the bootstrap 95% interval of {what} [{blow:.3g}, {bhigh:.3g}] includes zero"
-    verdict = "stable" if abscissa < 0 else "unstable"
-    return verdict, f"{what} = {abscissa:.3g}, 95% interval [{low:.3g}, {high:.3g}] excludes zero"
+    return _sign_verdict(abscissa, interval, scale, bootstrap_interval, what, "|eig|", stable_above=False)
 
 
 def _n_state_matrices(
