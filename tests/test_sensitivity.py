@@ -305,3 +305,100 @@ variable = "arms[France]"
         coordinate = ensemble.coords["grievance_g[Austria_Hungary]"]
         assert coordinate.attrs["long_name"] == "grievance g[Austria Hungary]"
         assert coordinate.dims == ("run",)
+
+
+# --- Sobol bootstrap in bounded batches (issue 19) --------------------------------------------
+
+
+def _ishigami_study_outputs() -> tuple[armsdyn.Experiment, np.ndarray, xr.Dataset]:
+    """The Ishigami study run through the pipeline: the experiment, its outputs per run, its indices."""
+    exp = armsdyn.load_config(DATA / "ishigami.toml")
+    ensemble, indices = run_study(exp)
+    return exp, ensemble["output: Y final"].to_numpy(), indices
+
+
+def test_sobol_indices_of_a_study_equal_salibs_own_analysis() -> None:
+    from SALib.analyze import sobol
+
+    exp, y, indices = _ishigami_study_outputs()
+    spec = exp.sensitivity
+    assert spec.seed != 0  # SALib draws from numpy's global generator for seed 0
+    ref = sobol.analyze(spec.problem(), y, calc_second_order=spec.second_order, seed=spec.seed)
+    row = indices.sel(output="Y final")
+    for key in ("S1", "ST", "S1_conf", "ST_conf"):
+        np.testing.assert_array_equal(row[key].values, np.asarray(ref[key]), err_msg=key)
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_sobol_bootstrap_in_batches_equals_the_unbatched_computation(second_order: bool) -> None:
+    from SALib.analyze import sobol as salib_sobol
+    from SALib.sample import sobol as salib_sample
+    from SALib.test_functions import Ishigami
+
+    from armsdyn.sensitivity_methods import _BYTES_PER_DRAW, SOBOL_RESAMPLES, bootstrap_columns, sobol_indices
+
+    problem = {"num_vars": 3, "names": ["x1", "x2", "x3"], "bounds": [[-math.pi, math.pi]] * 3}
+    x = salib_sample.sample(problem, 512, calc_second_order=second_order, seed=3)
+    y = Ishigami.evaluate(x)
+    n = 512
+    whole = sobol_indices(problem, y, second_order=second_order, seed=19, batch_bytes=2**40)
+    assert bootstrap_columns(n, SOBOL_RESAMPLES, 2**40) == [(0, SOBOL_RESAMPLES)]
+    # Widths 2 (the least), 3 (a last single column folded into the batch before it) and 7.
+    for width in (2, 3, 7):
+        batch = width * _BYTES_PER_DRAW * n
+        columns = bootstrap_columns(n, SOBOL_RESAMPLES, batch)
+        assert len(columns) > 1
+        assert all(stop - start >= 2 for start, stop in columns)
+        batched = sobol_indices(problem, y, second_order=second_order, seed=19, batch_bytes=batch)
+        assert batched.keys() == whole.keys()
+        for key in whole:
+            np.testing.assert_array_equal(batched[key], whole[key], err_msg=f"{key}, batches of {width}")
+    ref = salib_sobol.analyze(problem, y, calc_second_order=second_order, seed=19)
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], np.asarray(ref[key]), err_msg=key)
+    # Another seed draws other resamples: the intervals change, the indices do not.
+    other = sobol_indices(problem, y, second_order=second_order, seed=20)
+    np.testing.assert_array_equal(other["S1"], whole["S1"])
+    assert not np.array_equal(other["S1_conf"], whole["S1_conf"])
+
+
+def test_sobol_intervals_with_seed_zero_are_reproducible() -> None:
+    from SALib.sample import sobol as salib_sample
+    from SALib.test_functions import Ishigami
+
+    from armsdyn.sensitivity_methods import sobol_indices
+
+    problem = {"num_vars": 3, "names": ["x1", "x2", "x3"], "bounds": [[-math.pi, math.pi]] * 3}
+    y = Ishigami.evaluate(salib_sample.sample(problem, 256, calc_second_order=False, seed=1))
+    first, again = sobol_indices(problem, y, seed=0), sobol_indices(problem, y, seed=0)
+    np.testing.assert_array_equal(first["S1_conf"], again["S1_conf"])
+
+
+def test_sobol_bootstrap_memory_is_bounded_by_a_batch() -> None:
+    """SALib's analysis holds every resample at once; the batched one a batch at a time."""
+    import tracemalloc
+
+    from SALib.analyze import sobol as salib_sobol
+
+    from armsdyn.sensitivity_methods import sobol_indices
+
+    d, n = 8, 20_000
+    problem = {"num_vars": d, "names": [f"x{i}" for i in range(d)], "bounds": [[0.0, 1.0]] * d}
+    x = np.random.default_rng(2).random((n * (d + 2), d))
+    y = x[:, 0] + 2 * x[:, 1] * x[:, 2] + 0.1 * x[:, 3] ** 2
+    budget = 4 * 2**20
+
+    def peak(function) -> int:
+        tracemalloc.start()
+        try:
+            function()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    ours = peak(lambda: sobol_indices(problem, y, seed=5, batch_bytes=budget))
+    theirs = peak(lambda: salib_sobol.analyze(problem, y, calc_second_order=False, seed=5))
+    # The analysis keeps the output's normalised copy and its A, B and AB columns (about 3 times y);
+    # the bootstrap adds at most one batch.
+    assert ours <= 4 * y.nbytes + budget, (ours, y.nbytes)
+    assert theirs > 4 * ours  # what the batches save at this size: 100 resamples of 20,000 rows
