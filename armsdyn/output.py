@@ -15,6 +15,7 @@ import errno
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from armsdyn.config import Experiment, load_config, parse_config
 from armsdyn.errors import ResultsError
 from armsdyn.figures import draw_figures, draw_study_figures
 from armsdyn.metrics import compute_metrics
-from armsdyn.model import file_sha256
+from armsdyn.model import Model, file_sha256, parse_model
 from armsdyn.sensitivity import reanalyse
 
 try:
@@ -464,8 +465,61 @@ def git_commit(folder: Path) -> str | None:
     return f"{head}-dirty" if dirty else head
 
 
+#: A subscript range read from a file (GET DIRECT/XLS SUBSCRIPT) is read only when the model is
+#: translated, so it is not among the loaded model's external data; the model text shows whether to look.
+_FILE_SUBSCRIPT = re.compile(r"GET[\s_]+(?:DIRECT|XLS|123)[\s_]+SUBSCRIPT", re.IGNORECASE)
+
+
+def model_data_files(model: Model) -> list[dict[str, str]]:
+    """Every data file a model reads, with its SHA-256, for a manifest.
+
+    The files are those PySD reads when it loads the model (GET DIRECT and GET
+    XLS data, constants and lookups, resolved against the model's own folder)
+    plus the files subscript ranges are read from when it is translated. A
+    replication archive's manifest pins them: the same config and model with
+    other data gives other results.
+
+    Parameters
+    ----------
+    model : Model
+        A loaded model.
+
+    Returns
+    -------
+    list of dict
+        One ``{"name", "path", "sha256"}`` per file, sorted by name: ``name`` is
+        the path relative to the model's folder (as the model names it, with
+        ``/``), ``path`` the absolute path read. A file that cannot be read has
+        ``sha256`` ``"unreadable: <reason>"`` rather than failing a run that
+        already read it.
+    """
+    home = model.path.resolve().parent
+    paths: set[Path] = set()
+    for external in getattr(model.pysd_model, "_external_elements", ()):
+        paths.update(Path(f) for f in getattr(external, "files", ()) or () if isinstance(f, str | os.PathLike))
+    text = model.path.read_text(encoding="utf-8", errors="replace")
+    if _FILE_SUBSCRIPT.search(text):
+        for section in parse_model(model.path).sections:
+            for subscript in section.subscripts:
+                spec = subscript.subscripts
+                if isinstance(spec, dict) and isinstance(spec.get("file"), str):
+                    paths.add(home / spec["file"].replace("\\", "/"))
+    files = []
+    for path in {Path(os.path.abspath(home / p)) for p in paths}:
+        try:
+            name = path.relative_to(home).as_posix()
+        except ValueError:  # outside the model's folder: only the full path names it
+            name = path.as_posix()
+        try:
+            digest = file_sha256(path)
+        except OSError as exc:
+            digest = f"unreadable: {exc.strerror or exc}"
+        files.append({"name": name, "path": str(path), "sha256": digest})
+    return sorted(files, key=lambda f: f["name"])
+
+
 def build_manifest(experiment: Experiment, *, started: str, command: Sequence[str] | None = None) -> dict[str, Any]:
-    """Provenance of a run: config, model, versions, commit, command and times."""
+    """Provenance of a run: config, model and the data files it reads, versions, commit, command and times."""
     folder = experiment.config_path.parent if experiment.config_path else Path.cwd()
     return {
         "experiment": experiment.name,
@@ -475,7 +529,11 @@ def build_manifest(experiment: Experiment, *, started: str, command: Sequence[st
             "sha256": experiment.config_sha256,
             "text": experiment.config_text,
         },
-        "model": {"path": str(experiment.model.path), "sha256": experiment.model.sha256},
+        "model": {
+            "path": str(experiment.model.path),
+            "sha256": experiment.model.sha256,
+            "data_files": model_data_files(experiment.model),
+        },
         "time": {
             "initial": experiment.time.initial,
             "final": experiment.time.final,
