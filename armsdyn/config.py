@@ -48,16 +48,22 @@ from pathlib import Path
 from typing import Any
 
 from armsdyn import metrics
+from armsdyn.attribution import CUTTABLE, MAX_GROUPS, OTHER
 from armsdyn.errors import ConfigError, ModelError, did_you_mean
 from armsdyn.figures import FIGURE_KINDS
+from armsdyn.loops import on_feedback_loops
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.sensitivity_methods import METHODS
 from armsdyn.specs import (
     AGGREGATES,
     DISTRIBUTIONS,
     ENGINES,
+    LOOP_GROUP_KINDS,
+    AttributionSpec,
     Experiment,
     FigureSpec,
+    LoopDominanceSpec,
+    LoopGroup,
     MetricsSpec,
     Output,
     ParameterValue,
@@ -104,7 +110,12 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "figures": "array of tables",
         "metrics": "table",
         "sensitivity": "table",
+        "loop_dominance": "table",
+        "attribution": "table",
     },
+    "loop_dominance": {"max_length": "integer", "limit": "integer"},
+    "attribution": {"stocks": "list of strings", "window": "list of numbers", "groups": "array of tables"},
+    "attribution.groups": {"name": "string", "variables": "list of strings", "kind": "string"},
     "metrics": {"baseline": "string"},
     "sensitivity": {
         "method": "string",
@@ -294,10 +305,21 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     if "sensitivity" in top:
         sensitivity, more = _parse_sensitivity(top["sensitivity"], scenarios, variables, model, problems)
         needed += more
+    dominance = _parse_loop_dominance(top["loop_dominance"], problems) if "loop_dominance" in top else None
+    attribution = _parse_attribution(top["attribution"], model, time, problems) if "attribution" in top else None
+    for i, fig in enumerate(figures):
+        if FIGURE_KINDS[fig.kind].reads_loops and dominance is None:
+            problems.add(
+                f"figures[{i}].kind",
+                f"{fig.kind!r} draws the loop dominance in loops.nc; add a [loop_dominance] table "
+                "(optionally with max_length and limit) so that the run computes it",
+            )
     problems.raise_if_any()
 
     # Figures are redrawn from saved results, so what they draw must be saved.
     for fig in figures:
+        if fig.kind == "model_diagram":
+            continue  # drawn from the model file
         drawn = (*fig.variables, *(v for panel in fig.panels for v in panel))
         variables += tuple(v for v in drawn if v not in variables)
     variables += tuple(v for v in needed if v not in variables)
@@ -314,7 +336,115 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
         metrics=metrics,
         sensitivity=sensitivity,
         engine=engine,
+        loop_dominance=dominance,
+        attribution=attribution,
     )
+
+
+def _parse_loop_dominance(table: Any, problems: Problems) -> LoopDominanceSpec:
+    good = check_table(table, "loop_dominance", "loop_dominance", problems)
+    for key in ("max_length", "limit"):
+        if key in good and good[key] < 1:
+            problems.add(f"loop_dominance.{key}", f"must be at least 1, got {good[key]}")
+    return LoopDominanceSpec(max_length=good.get("max_length"), limit=good.get("limit"))
+
+
+def _parse_attribution(table: Any, model: Model, time: TimeSettings, problems: Problems) -> AttributionSpec | None:
+    """``[attribution]``: stocks, window and ``[[attribution.groups]]`` (see :mod:`armsdyn.attribution`)."""
+    good = check_table(table, "attribution", "attribution", problems)
+    names = list(model.variables)
+    stocks = []
+    if not good.get("stocks"):
+        problems.add("attribution.stocks", "missing or empty; name the stocks whose change is attributed")
+    for i, name in enumerate(good.get("stocks", [])):
+        where = f"attribution.stocks[{i}]"
+        if name not in model.variables:
+            problems.add(where, f"{name!r} is not a variable of {model.path}{did_you_mean(name, names)}")
+        elif model.variables[name].kind != "stock":
+            allowed = ", ".join(v.name for v in model.of_kind("stock"))
+            problems.add(where, f"{name!r} is a {model.variables[name].kind}, not a stock (allowed: {allowed})")
+        else:
+            stocks.append(name)
+    window = None
+    if "window" in good:
+        w = good["window"]
+        grid = (time.initial, time.final, time.step)
+        if len(w) != 2 or not w[0] < w[1]:
+            problems.add("attribution.window", f"expected [start, end] with start < end, got {w}")
+        elif not all(time.initial <= t <= time.final and _on_grid(t, time) for t in w):
+            problems.add(
+                "attribution.window",
+                f"{w}: both ends must be times of the integration grid ({grid[0]:g} to {grid[1]:g} by {grid[2]:g})",
+            )
+        else:
+            window = (float(w[0]), float(w[1]))
+    groups = []
+    on_loops: set[str] | None = None
+    raw = good.get("groups", [])
+    if not raw:
+        problems.add("attribution.groups", "missing; give at least one [[attribution.groups]] with name and variables")
+    if len(raw) > MAX_GROUPS:
+        problems.add("attribution.groups", f"at most {MAX_GROUPS} groups (2**n runs per scenario), got {len(raw)}")
+    seen: set[str] = set()
+    cut_by: dict[str, str] = {}
+    for i, entry in enumerate(raw):
+        where = f"attribution.groups[{i}]"
+        g = check_table(entry, "attribution.groups", where, problems)
+        name = g.get("name")
+        if not name:
+            problems.add(f"{where}.name", "missing; it labels the group in loops.nc and the metrics")
+            continue
+        if name in seen or name == OTHER:
+            problems.add(f"{where}.name", f"{name!r} is used twice or reserved ({OTHER!r}: what no group explains)")
+        seen.add(name)
+        kind = g.get("kind", "loops")
+        if kind not in LOOP_GROUP_KINDS:
+            problems.add(f"{where}.kind", unknown_name("loop group kind", kind, LOOP_GROUP_KINDS))
+            continue
+        if not g.get("variables"):
+            problems.add(f"{where}.variables", "missing or empty; name the variables the group's loops pass through")
+            continue
+        ok = True
+        for j, var_name in enumerate(g["variables"]):
+            at = f"{where}.variables[{j}]"
+            if var_name not in model.variables:
+                problems.add(at, f"{var_name!r} is not a variable of {model.path}{did_you_mean(var_name, names)}")
+                ok = False
+                continue
+            if var_name in cut_by:
+                problems.add(at, f"{var_name!r} already cuts group {cut_by[var_name]!r}; a variable cuts one group")
+                ok = False
+                continue
+            cut_by[var_name] = name
+            var_kind = model.variables[var_name].kind
+            if var_kind not in CUTTABLE:
+                problems.add(
+                    at,
+                    f"{var_name!r} is a {var_kind}; a group is cut by holding an auxiliary or flow at its initial "
+                    "value (name one that the group's loops pass through)",
+                )
+                ok = False
+                continue
+            if kind == "loops":
+                on_loops = on_feedback_loops(model) if on_loops is None else on_loops
+                if var_name not in on_loops:
+                    problems.add(
+                        at,
+                        f"{var_name!r} lies on no feedback loop of {model.path}; name a variable the group's loops "
+                        'pass through, or give the group kind = "driver" to attribute an exogenous driver',
+                    )
+                    ok = False
+        if ok:
+            groups.append(LoopGroup(name, tuple(g["variables"]), kind))
+    if not stocks or not groups or len(groups) != len(raw):
+        return None
+    return AttributionSpec(tuple(stocks), tuple(groups), window)
+
+
+def _on_grid(t: float, time: TimeSettings) -> bool:
+    """Whether time `t` is one of the integration steps (to rounding)."""
+    k = (t - time.initial) / time.step
+    return abs(k - round(k)) <= 1e-9 * max(1.0, abs(k))
 
 
 def parse_experiment_table(
@@ -758,9 +888,10 @@ def _parse_figures(
                 problems.add(f"{where}.kind", unknown_name("figure kind", kind, FIGURE_KINDS))
             continue
         layouts, required = FIGURE_KINDS[kind].layouts, FIGURE_KINDS[kind].required
+        takes = (*required, *FIGURE_KINDS[kind].optional)
         for key in ("variables", "panels", "metrics", "parameter"):
-            if key in good and key not in required:
-                problems.add(f"{where}.{key}", f"not used by kind {kind!r} (it takes: {', '.join(required)})")
+            if key in good and key not in takes:
+                problems.add(f"{where}.{key}", f"not used by kind {kind!r} (it takes: {', '.join(takes) or 'none'})")
             elif key in required and not good.get(key):
                 problems.add(f"{where}.{key}", f"missing or empty; kind {kind!r} needs it")
         variables = _check_variables(good.get("variables", []), f"{where}.variables", model, problems)
@@ -814,6 +945,7 @@ def _parse_figures(
                 panels=panels,
                 metrics=tuple(good.get("metrics", [])),
                 parameter=parameter,
+                model=str(model.path.resolve()) if kind == "model_diagram" else "",
             )
         )
     return tuple(figures)

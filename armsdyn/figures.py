@@ -22,8 +22,13 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch
+from scipy.sparse.csgraph import shortest_path
 
+from armsdyn.errors import ResultsError
+from armsdyn.loops import causal_graph, on_feedback_loops, variable_link_polarities
 from armsdyn.metrics import compute_metrics, richardson_parameters
+from armsdyn.model import load_model
 from armsdyn.results import case_dim, find_variable, parameter_values
 from armsdyn.specs import FigureSpec
 
@@ -31,6 +36,8 @@ STYLE = Path(__file__).with_name("paper.mplstyle")
 SINGLE_COLUMN = 3.5  # inches
 DOUBLE_COLUMN = 7.2  # inches
 FORMATS = ("pdf", "svg", "png")
+#: The loop analysis of a results folder (written by :func:`armsdyn.run_experiment`).
+LOOPS_FILE = "loops.nc"
 
 
 @contextlib.contextmanager
@@ -838,6 +845,299 @@ def draw_study_figures(ensemble: xr.Dataset, indices: xr.Dataset, spec: Any, fol
     return written
 
 
+#: How a loop's polarity is coloured: reinforcing warm, balancing cool, undetermined grey.
+_POLARITY_COLOURS = {
+    "R": ("#D55E00", "#E69F00", "#CC79A7", "#F0A37A", "#8C3B00", "#B8860B"),
+    "B": ("#0072B2", "#56B4E9", "#009E73", "#7FB8DA", "#004B75", "#66C2A5"),
+    "?": ("#777777", "#AAAAAA", "#555555", "#CCCCCC", "#999999", "#444444"),
+}
+
+#: Loops drawn one by one in a loop dominance figure; the others are summed as "other loops".
+DOMINANCE_TOP = 6
+
+LOOP_DOMINANCE_LAYOUTS = ("stacked", "lines")
+
+
+def _base_name(node: str) -> str:
+    """A loop variable's model name without its element (``"hardware[A]"`` -> ``"hardware"``)."""
+    return node.split("[", 1)[0]
+
+
+def loop_dominance(
+    loops: xr.Dataset,
+    scenarios: Sequence[str] | None = None,
+    variables: Sequence[str] = (),
+    ax: Axes | Sequence[Axes] | None = None,
+    *,
+    layout: str = "stacked",
+    results: xr.Dataset | None = None,
+    top: int = DOMINANCE_TOP,
+) -> tuple[Figure, list[Axes]]:
+    """Relative loop scores over time, a panel per scenario (Loops That Matter; ``loops.nc``).
+
+    Parameters
+    ----------
+    loops : xarray.Dataset
+        From :func:`armsdyn.ltm.loop_dominance` (``relative_loop_score``, dims ``scenario, loop, time``).
+    scenarios : sequence of str, optional
+        Scenarios to draw; all by default.
+    variables : sequence of str
+        Only loops through any of these variables (model names; any element of a subscripted one).
+    ax : Axes or sequence of Axes, optional
+        One axes per scenario; a new figure when omitted.
+    layout : {"stacked", "lines"}
+        ``"stacked"``: reinforcing loops' shares stacked above zero, balancing loops' below, so the
+        band heights are each loop's share of the loop activity. ``"lines"``: a line per loop.
+    results : xarray.Dataset, optional
+        The run's results, to shade the time a treaty is in force.
+    top : int
+        The loops drawn one by one: the `top` with the largest mean share over the scenarios drawn;
+        the others are summed as "other loops".
+
+    Returns
+    -------
+    (Figure, list of Axes)
+    """
+    if layout not in LOOP_DOMINANCE_LAYOUTS:
+        msg = f"unknown layout {layout!r} (allowed: {', '.join(LOOP_DOMINANCE_LAYOUTS)})"
+        raise ValueError(msg)
+    names = _scenarios(loops, scenarios)
+    score = loops["relative_loop_score"]
+    ids = [str(i) for i in loops["loop"].values]
+    members = {i: str(v).split(" -> ") for i, v in zip(ids, loops["loop_variables"].values, strict=True)}
+    if variables:
+        wanted = set(variables)
+        ids = [i for i in ids if any(_base_name(n) in wanted or n in wanted for n in members[i])]
+    if not ids:
+        msg = f"no loop passes through {', '.join(variables)} (loops.nc holds {loops.sizes['loop']})"
+        raise ValueError(msg)
+    picked = score.sel(loop=ids, scenario=names)
+    ranking = np.abs(picked).mean(("scenario", "time")).values
+    order = [ids[k] for k in np.argsort(-ranking, kind="stable")]
+    shown, rest = order[:top], order[top:]
+    polarity = dict(zip([str(i) for i in loops["loop"].values], map(str, loops["polarity"].values), strict=True))
+    used = {"R": 0, "B": 0, "?": 0}
+    colours = {}
+    for i in shown:
+        palette = _POLARITY_COLOURS[polarity[i]]
+        colours[i] = palette[used[polarity[i]] % len(palette)]
+        used[polarity[i]] += 1
+    if ax is None:
+        fig, axes_arr = plt.subplots(
+            len(names),
+            1,
+            sharex=True,
+            squeeze=False,
+            figsize=(DOUBLE_COLUMN, 0.9 + 1.5 * len(names)),
+            layout="constrained",
+        )
+        axes = list(axes_arr.ravel())
+    else:
+        axes = [ax] if isinstance(ax, Axes) else list(ax)
+        fig = axes[0].figure
+    # The first saved time has no score (no earlier step to compare with): start after it.
+    t = loops["time"].values[1:]
+    picked = picked.isel(time=slice(1, None))
+    for panel, scenario in zip(axes, names, strict=True):
+        if results is not None and "scenario" in results.dims and scenario in results["scenario"].values:
+            _treaty_marks(panel, results, scenario)
+        data = picked.sel(scenario=scenario)
+        series = [data.sel(loop=i).values for i in shown]
+        other = data.sel(loop=rest).sum("loop").values if rest else None
+        labels = [_loop_label(i, members[i], polarity[i]) for i in shown]
+        if layout == "stacked":
+            pos = [np.clip(s, 0, None) for s in series] + ([np.clip(other, 0, None)] if other is not None else [])
+            neg = [np.clip(s, None, 0) for s in series] + ([np.clip(other, None, 0)] if other is not None else [])
+            cols = [colours[i] for i in shown] + (["0.85"] if other is not None else [])
+            panel.stackplot(t, *pos, colors=cols, labels=[*labels, *(["other loops"] if rest else [])], linewidth=0)
+            panel.stackplot(t, *neg, colors=cols, linewidth=0)
+            panel.axhline(0, color="0.3", linewidth=0.5)
+        else:
+            for values, label, i in zip(series, labels, shown, strict=True):
+                panel.plot(t, values, color=colours[i], label=label)
+            if other is not None:
+                panel.plot(t, other, color="0.6", label="other loops")
+            panel.axhline(0, color="0.3", linewidth=0.5)
+        panel.set_ylim(-1.05, 1.05)
+        panel.set_ylabel("relative loop score")
+        panel.set_title(_scenario_label(results if results is not None else loops, scenario, 80), loc="left")
+    clock = results["time"] if results is not None and "time" in results.coords else loops["time"]
+    axes[-1].set_xlabel(axis_label(clock))
+    handles, labels = axes[0].get_legend_handles_labels()
+    if ax is None:
+        fig.legend(handles, labels, loc="outside lower center", ncols=2)
+    else:
+        axes[0].legend(loc="best")
+    return fig, axes
+
+
+def _loop_label(loop_id: str, variables: Sequence[str], polarity: str, width: int = 60) -> str:
+    path = " → ".join([*variables, variables[0]])
+    text = f"{loop_id} ({polarity}): {path}"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def model_diagram(
+    model: str | Path,
+    variables: Sequence[str] = (),
+    ax: Axes | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """A causal-loop diagram of a model: its variables and links, with each link's polarity.
+
+    Stocks are boxed, flows have a rounded box, auxiliaries are plain names; an arrow is a link
+    (an equation reading a variable; a stock's flows point into it), labelled ``+`` or minus by its
+    polarity over the model file's run (:func:`armsdyn.loops.variable_link_polarities`; ``?``
+    where it is mixed or never acts) and drawn dark when it lies on a feedback loop, light when not.
+    The layout is a stress majorization of the graph's path distances (Gansner, Koren & North 2004),
+    so linked variables sit close; it is deterministic.
+
+    Parameters
+    ----------
+    model : path
+        The model file.
+    variables : sequence of str
+        The variables drawn (model names), with the links among them; by default every variable
+        that is not a constant.
+    ax : Axes, optional
+        Where to draw; a new figure when omitted.
+
+    Returns
+    -------
+    (Figure, list of Axes)
+    """
+    loaded = load_model(Path(model))
+    graph = causal_graph(loaded)
+    by_py = {v.py_name: v for v in loaded.variables.values()}
+    nodes = [by_py[n].name for n in sorted(graph)] if not variables else list(variables)
+    keep = set(nodes)
+    links = sorted(
+        (by_py[a].name, by_py[b].name)
+        for a, targets in graph.items()
+        for b in targets
+        if by_py[a].name in keep and by_py[b].name in keep and a != b
+    )
+    signs = variable_link_polarities(loaded, links)
+    cyclic = on_feedback_loops(loaded)
+    xy = _stress_layout(nodes, links)
+    if ax is None:
+        width = SINGLE_COLUMN if len(nodes) <= 12 else DOUBLE_COLUMN
+        span = np.ptp(xy, axis=0) + 1e-9
+        height = min(9.0, max(1.8, width * span[1] / span[0]))
+        fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    else:
+        fig = ax.figure
+    position = dict(zip(nodes, xy, strict=True))
+    scale = float(np.median([np.linalg.norm(position[a] - position[b]) for a, b in links])) if links else 1.0
+    boxes = {
+        "stock": {"boxstyle": "square,pad=0.3", "facecolor": "white", "edgecolor": "0.2", "linewidth": 0.8},
+        "flow": {"boxstyle": "round,pad=0.25", "facecolor": "0.93", "edgecolor": "0.5", "linewidth": 0.5},
+    }
+    texts = {}
+    for name in nodes:
+        kind = loaded.variables[name].kind
+        bbox = boxes.get("stock" if kind in ("stock", "stateful") else kind)
+        label = textwrap.fill(name, 14)
+        texts[name] = ax.text(*position[name], label, ha="center", va="center", fontsize=6, bbox=bbox, zorder=3)
+    colours = {1: "#0072B2", -1: "#D55E00", 0: "0.45"}
+    for source, target in links:
+        sign = signs.get((source, target), 0)
+        on_loop = source in cyclic and target in cyclic and _same_cycle(graph, source, target, loaded)
+        arrow = FancyArrowPatch(
+            posA=tuple(position[source]),
+            posB=tuple(position[target]),
+            patchA=texts[source].get_bbox_patch() or None,
+            patchB=texts[target].get_bbox_patch() or None,
+            shrinkA=6,
+            shrinkB=6,
+            connectionstyle="arc3,rad=0.15",
+            arrowstyle="-|>",
+            mutation_scale=7,
+            color=colours[sign],
+            alpha=1.0 if on_loop else 0.35,
+            linewidth=0.8 if on_loop else 0.5,
+            zorder=2,
+        )
+        ax.add_patch(arrow)
+        a, b = np.asarray(position[source]), np.asarray(position[target])
+        # The sign sits beside the arrow past its middle: on arc3's curve (control point off the
+        # chord by rad * (dy, -dx)), nudged outwards.
+        normal = np.array([(b - a)[1], -(b - a)[0]])
+        control = (a + b) / 2 + 0.15 * normal
+        s = 0.55
+        on_curve = (1 - s) ** 2 * a + 2 * s * (1 - s) * control + s**2 * b
+        where = on_curve + 0.08 * normal / max(np.linalg.norm(normal), 1e-9) * scale
+        ax.text(
+            *where,
+            {1: "+", -1: "\N{MINUS SIGN}", 0: "?"}[sign],
+            color=colours[sign],
+            fontsize=7,
+            ha="center",
+            va="center",
+            zorder=4,
+            fontweight="bold",
+        )
+    pad = 0.08 * (np.ptp(xy, axis=0) + 1.0)
+    ax.set_xlim(xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0])
+    ax.set_ylim(xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1])
+    ax.set_axis_off()
+    ax.set_title(f"{Path(model).name} (faint links close no loop)", loc="left")
+    return fig, [ax]
+
+
+def _same_cycle(graph: dict[str, set[str]], source: str, target: str, model: Any) -> bool:
+    """Whether the link source -> target closes a loop: target reaches source."""
+    a, b = model.variable(source).py_name, model.variable(target).py_name
+    seen, stack = {b}, [b]
+    while stack:
+        for nxt in graph[stack.pop()]:
+            if nxt == a:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return False
+
+
+def _stress_layout(nodes: Sequence[str], links: Sequence[tuple[str, str]], iterations: int = 300) -> np.ndarray:
+    """Node positions by stress majorization (SMACOF) of the undirected graph's path lengths.
+
+    Started from classical scaling, so the result is deterministic; unconnected parts are kept
+    apart at one more than the longest path.
+    """
+    n = len(nodes)
+    if n == 1:
+        return np.zeros((1, 2))
+    index = {name: i for i, name in enumerate(nodes)}
+    adjacency = np.zeros((n, n))
+    for a, b in links:
+        adjacency[index[a], index[b]] = adjacency[index[b], index[a]] = 1.0
+    dist = shortest_path(adjacency, directed=False, unweighted=True)
+    finite = dist[np.isfinite(dist)]
+    dist[~np.isfinite(dist)] = (finite.max() if finite.size else 1.0) + 1.0
+    # Classical scaling start.
+    j = np.eye(n) - 1.0 / n
+    b = -0.5 * j @ (dist**2) @ j
+    values, vectors = np.linalg.eigh(b)
+    x = vectors[:, -2:][:, ::-1] * np.sqrt(np.clip(values[-2:][::-1], 1e-9, None))
+    x *= np.where(x[np.argmax(np.abs(x), axis=0), [0, 1]] < 0, -1.0, 1.0)  # a fixed orientation
+    weights = np.where(dist > 0, 1.0 / np.where(dist > 0, dist, 1.0) ** 2, 0.0)
+    np.fill_diagonal(weights, 0.0)
+    v = -weights
+    np.fill_diagonal(v, weights.sum(axis=1))
+    pinv = np.linalg.pinv(v)
+    for _ in range(iterations):
+        d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(d > 0, weights * dist / d, 0.0)
+        bz = -ratio
+        np.fill_diagonal(bz, ratio.sum(axis=1))
+        x = pinv @ bz @ x
+    # Landscape: the wider spread horizontal.
+    if np.ptp(x[:, 1]) > np.ptp(x[:, 0]):
+        x = x[:, ::-1]
+    return x - x.mean(axis=0)
+
+
 @dataclass(frozen=True)
 class FigureKind:
     """A figure kind a config may ask for: an entry of :data:`FIGURE_KINDS`.
@@ -845,16 +1145,23 @@ class FigureKind:
     Attributes
     ----------
     draw : callable
-        ``(results Dataset, FigureSpec) -> (Figure, list of Axes)``.
+        ``(results Dataset, FigureSpec) -> (Figure, list of Axes)``; for a kind that reads the loop
+        analysis, ``(results Dataset, FigureSpec, loops Dataset)``.
     layouts : tuple of str
         The layouts it offers, the first the default.
     required : tuple of str
         The FigureSpec keys it needs (``variables``, ``panels``, ``metrics``, ``parameter``).
+    optional : tuple of str
+        The FigureSpec keys it may take besides.
+    reads_loops : bool
+        Whether it draws the loop analysis (``loops.nc``), which the config must then ask for.
     """
 
-    draw: Callable[[xr.Dataset, FigureSpec], tuple[Figure, list[Axes]]]
+    draw: Callable[..., tuple[Figure, list[Axes]]]
     layouts: tuple[str, ...]
     required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    reads_loops: bool = False
 
 
 #: Figure kinds, keyed as in configs. The config validator reads the layouts and
@@ -881,6 +1188,21 @@ FIGURE_KINDS: dict[str, FigureKind] = {
         ("line",),
         ("parameter", "metrics"),
     ),
+    "loop_dominance": FigureKind(
+        lambda ds, spec, loops: loop_dominance(
+            loops, spec.scenarios or None, spec.variables, layout=spec.layout or "stacked", results=ds
+        ),
+        LOOP_DOMINANCE_LAYOUTS,
+        (),
+        ("variables",),
+        reads_loops=True,
+    ),
+    "model_diagram": FigureKind(
+        lambda ds, spec: model_diagram(spec.model, spec.variables),
+        ("causal_loop",),
+        (),
+        ("variables",),
+    ),
 }
 
 
@@ -906,19 +1228,43 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> li
     return paths
 
 
-def draw_figures(ds: xr.Dataset, specs: Sequence[FigureSpec], folder: Path) -> list[Path]:
+def draw_figures(
+    ds: xr.Dataset, specs: Sequence[FigureSpec], folder: Path, loops: xr.Dataset | None = None
+) -> list[Path]:
     """Draw every figure a config asks for into `folder`: PDF, SVG, PNG and a caption sidecar.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The results.
+    specs : sequence of FigureSpec
+        The figures.
+    folder : pathlib.Path
+        Where to write them (``figures/`` of a results folder, or a folder beside it).
+    loops : xarray.Dataset, optional
+        The loop analysis, for kinds that read it; by default ``loops.nc`` of the results folder
+        `folder` is in (its parent), so a results folder's figures are redrawn from its files.
 
     Returns
     -------
     list of pathlib.Path
         The files written.
+
+    Raises
+    ------
+    ResultsError
+        When a figure reads the loop analysis and there is none.
     """
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     with paper_style():
         for spec in specs:
-            fig, _ = FIGURE_KINDS[spec.kind].draw(ds, spec)
+            kind = FIGURE_KINDS[spec.kind]
+            if kind.reads_loops:
+                loops = _loops_for(folder) if loops is None else loops
+                fig, _ = kind.draw(ds, spec, loops)
+            else:
+                fig, _ = kind.draw(ds, spec)
             try:
                 written += save_figure(fig, folder / spec.name)
             finally:
@@ -927,6 +1273,15 @@ def draw_figures(ds: xr.Dataset, specs: Sequence[FigureSpec], folder: Path) -> l
             caption.write_text(caption_text(ds, spec), encoding="utf-8")
             written.append(caption)
     return written
+
+
+def _loops_for(folder: Path) -> xr.Dataset:
+    path = folder.parent / LOOPS_FILE
+    if not path.is_file():
+        msg = f"{path}: no loop analysis to draw (the config needs a [loop_dominance] table, and the run writes it)"
+        raise ResultsError(msg)
+    with xr.open_dataset(path) as opened:
+        return opened.load()
 
 
 def caption_text(ds: xr.Dataset, spec: FigureSpec) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,25 @@ def _sources(deps: dict[str, Any], name: str, seen: set[str]) -> set[str]:
         else:
             found.add(key)
     return found
+
+
+def on_feedback_loops(model: Model) -> set[str]:
+    """Model names of the variables that lie on at least one feedback loop of the causal graph.
+
+    A variable is on a loop when it reaches itself: its strongly connected component has another
+    variable, or it reads itself. Cheap (no loop is enumerated), so a config can be checked with it.
+    """
+    graph = causal_graph(model)
+    by_py = {v.py_name: v.name for v in model.variables.values()}
+    nodes = set(graph)
+    found: set[str] = set()
+    for node in graph:
+        if node in found:
+            continue
+        component = _component_of(node, graph, nodes)
+        if len(component) > 1 or node in graph[node]:
+            found |= component
+    return {by_py[n] for n in found}
 
 
 def elementary_cycles(graph: dict[str, set[str]], max_length: int | None = None) -> Iterator[list[str]]:
@@ -729,3 +748,23 @@ def format_loops(loops: list[Loop]) -> str:
     lines = ["id   pol  len  variables"]
     lines += [loop.describe() for loop in loops]
     return "\n".join(lines)
+
+
+def variable_link_polarities(
+    model: Model, links: Sequence[tuple[str, str]], params: Mapping[str, Any] | None = None
+) -> dict[tuple[str, str], int]:
+    """The polarity of links between variables (model names), over the model file's run (or `params`').
+
+    A link between subscripted variables has a polarity when every element link it holds has the
+    same sign (as :func:`element_graph` finds them); +1, -1, or 0 when they differ, a link is mixed
+    or none acts.
+    """
+    states = RunStates(model, params)
+    out: dict[tuple[str, str], int] = {}
+    for source, target in links:
+        x, z = model.variable(source), model.variable(target)
+        signs: set[int] = set()
+        for f in _elements(x):
+            signs |= {sign for sign, _ in _element_polarities(states, x.py_name, z.py_name, f).values()}
+        out[source, target] = signs.pop() if len(signs) == 1 else 0
+    return out

@@ -7,17 +7,36 @@ do exactly the same thing.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import xarray as xr
+
+from armsdyn.attribution import analyse_loops, attribution_columns
 from armsdyn.config import load_config
 from armsdyn.ensemble import choose_workers
 from armsdyn.errors import ArmsdynError, NumericalWarning, ResultsError
 from armsdyn.experiment import run
-from armsdyn.output import locked, now, refuse_existing, write_results
+from armsdyn.figures import FIGURE_KINDS, LOOPS_FILE, draw_figures
+from armsdyn.metrics import compute_metrics
+from armsdyn.model import file_sha256
+from armsdyn.output import (
+    FIGURES_DIR,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    atomic_folder,
+    locked,
+    now,
+    refuse_existing,
+    write_results,
+    writing,
+)
 from armsdyn.runner import ChunkWriteError, needs, refuse_unfit, remove_store
 from armsdyn.sensitivity import run_study
 from armsdyn.specs import Experiment
@@ -134,9 +153,78 @@ def run_experiment(
                 say(f"armsdyn: warning: {w.message}")
             say(f"  {study[0].sizes['run']} runs")
         provenance = {"workers": f"dask {scheduler}" if scheduler else workers} if study is not None else None
-        write_results(
-            ds, experiment, target, force=force, started=started, command=command, study=study, provenance=provenance
-        )
+        loops = None
+        if experiment.loop_dominance is not None or experiment.attribution is not None:
+            say("armsdyn: loop analysis (loop dominance and attribution)")
+            loops = analyse_loops(experiment)
+        if loops is None:
+            write_results(
+                ds,
+                experiment,
+                target,
+                force=force,
+                started=started,
+                command=command,
+                study=study,
+                provenance=provenance,
+            )
+        else:
+            _write_with_loops(ds, loops, experiment, target, force, started, command, study, provenance)
         if study is not None:
             remove_store(store)
     return target
+
+
+def _write_with_loops(
+    ds: xr.Dataset,
+    loops: xr.Dataset,
+    experiment: Experiment,
+    target: Path,
+    force: bool,
+    started: str,
+    command: Sequence[str] | None,
+    study: tuple[xr.Dataset, xr.Dataset] | None,
+    provenance: Mapping[str, Any] | None,
+) -> None:
+    """Write the results folder with ``loops.nc``, the attribution columns and the loop figures, atomically.
+
+    The folder is built inside one :func:`armsdyn.output.atomic_folder` staging folder:
+    :func:`armsdyn.output.write_results` writes everything it writes (its figures without the
+    kinds that read the loop analysis), then ``loops.nc`` is added, ``metrics.csv`` gains the
+    attribution columns, the loop figures are drawn and the manifest lists every file; only then
+    is the folder swapped into place, so no reader ever sees a folder without its loop analysis.
+    """
+    plain = tuple(spec for spec in experiment.figures if not FIGURE_KINDS[spec.kind].reads_loops)
+    looped = tuple(spec for spec in experiment.figures if FIGURE_KINDS[spec.kind].reads_loops)
+    with atomic_folder(target, force=force) as tmp:
+        inner = tmp / "results"
+        write_results(
+            ds,
+            replace(experiment, figures=plain),
+            inner,
+            started=started,
+            command=command,
+            study=study,
+            provenance=provenance,
+        )
+        for entry in inner.iterdir():
+            entry.rename(tmp / entry.name)
+        inner.rmdir()
+        with writing(tmp / LOOPS_FILE):
+            loops.to_netcdf(tmp / LOOPS_FILE, engine="netcdf4")
+        if "attribution_share" in loops:
+            with writing(tmp / METRICS_FILE):
+                compute_metrics(ds).join(attribution_columns(loops)).to_csv(tmp / METRICS_FILE)
+        with writing(tmp / FIGURES_DIR):
+            draw_figures(ds, looped, tmp / FIGURES_DIR, loops=loops)
+        manifest = json.loads((tmp / MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest["files"] = {
+            str(p.relative_to(tmp)): file_sha256(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name != MANIFEST_FILE and not p.name.startswith(".")
+        }
+        with writing(tmp / MANIFEST_FILE), open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())

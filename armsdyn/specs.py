@@ -188,6 +188,8 @@ class FigureSpec:
         For metric figures: names of columns of the metrics table.
     parameter : str
         For ``metric_vs_parameter``: the model constant on the horizontal axis.
+    model : str
+        The model file, for ``model_diagram`` (set by the config; absolute).
     """
 
     kind: str
@@ -198,6 +200,7 @@ class FigureSpec:
     panels: tuple[tuple[str, ...], ...] = ()
     metrics: tuple[str, ...] = ()
     parameter: str = ""
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,66 @@ class MetricsSpec:
     """
 
     baseline: str = ""
+
+
+#: What a loop group's cut variables are: on its loops, or an exogenous driver on none.
+LOOP_GROUP_KINDS = ("loops", "driver")
+
+
+@dataclass(frozen=True)
+class LoopGroup:
+    """A named group of feedback loops (or an exogenous driver) whose share of a change is attributed.
+
+    Attributes
+    ----------
+    name : str
+        The label in ``loops.nc`` and the metrics (``"action-reaction"``).
+    variables : tuple of str
+        Model names of the auxiliaries or flows the group's loops pass through: the group is cut
+        by holding them at their initial values (see :mod:`armsdyn.attribution`).
+    kind : str
+        One of :data:`LOOP_GROUP_KINDS`: ``"loops"`` (each variable lies on a feedback loop) or
+        ``"driver"`` (an exogenous driver, on no loop).
+    """
+
+    name: str
+    variables: tuple[str, ...]
+    kind: str = "loops"
+
+
+@dataclass(frozen=True)
+class AttributionSpec:
+    """Which stocks' change over which window to attribute to which loop groups (``[attribution]``).
+
+    Attributes
+    ----------
+    stocks : tuple of str
+        Model names of the stocks (every element of a subscripted one).
+    groups : tuple of LoopGroup
+        The groups, in config order.
+    window : tuple of float, optional
+        ``(start, end)`` times on the integration grid; None for the whole run.
+    """
+
+    stocks: tuple[str, ...]
+    groups: tuple[LoopGroup, ...]
+    window: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class LoopDominanceSpec:
+    """Loops That Matter scores of an experiment's scenarios (``[loop_dominance]``).
+
+    Attributes
+    ----------
+    max_length : int or None
+        Only loops of at most this many variables.
+    limit : int or None
+        At most this many loops.
+    """
+
+    max_length: int | None = None
+    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +311,10 @@ class Experiment:
         engine, all scenarios at once; PySD for a scenario with a time-series
         override or a model the engine cannot compile) or ``"pysd"`` (the
         reference, for checking).
+    loop_dominance : LoopDominanceSpec or None
+        Loops That Matter scores to write to ``loops.nc`` (``[loop_dominance]``).
+    attribution : AttributionSpec or None
+        The loop-group attribution to write to ``loops.nc`` and the metrics (``[attribution]``).
     """
 
     name: str
@@ -262,6 +329,8 @@ class Experiment:
     metrics: MetricsSpec = MetricsSpec()
     sensitivity: SensitivitySpec | None = None
     engine: str = "compiled"
+    loop_dominance: LoopDominanceSpec | None = None
+    attribution: AttributionSpec | None = None
 
     @property
     def config_sha256(self) -> str:

@@ -1,0 +1,468 @@
+"""How much of a stock's change over a window each named group of feedback loops accounts for.
+
+Loops That Matter (:mod:`armsdyn.ltm`) says which loops dominate a stock's behaviour at each
+instant, as shares of the loops' activity: its scores do not add up to the stock's change over a
+window, and a driver outside every loop (the knowledge model's exogenous growth of general
+knowledge, which feeds effective power along a path that closes no loop) has no score at all. The
+question of Buzan's argument is a counterfactual over a window: how much less would effective
+power have grown without the action-reaction loops, and how much without the knowledge engine?
+This module answers it by *knockout* runs, apportioned by the Shapley value.
+
+Definition
+----------
+A group ``G`` is cut by holding each of its *cut variables* (auxiliaries or flows that its loops
+pass through, or an exogenous driver) at its own initial value for the whole run: the variable's
+equation becomes Vensim's ``INITIAL`` of itself, so its readers see the value it had at the start
+of the scenario, and every loop and pathway through it stops transmitting change (Ford 1999's
+behavioural approach to loop dominance deactivates loops in the same way). The run is otherwise
+the scenario's own, from the same initial state.
+
+For a set ``A`` of active groups (the others cut), ``v(A) = S_A(t1) - S_A(t0)`` is the change of
+the stock element ``S`` over the window ``[t0, t1]``. With ``N`` all ``n`` groups, ``v(N)`` is the
+scenario's actual change ``ΔS``, and ``v(∅)`` the change that remains with every group cut: what
+the drivers and loops outside the groups produce (``other``). Group ``i`` is credited with its
+Shapley value (Shapley 1953; Shorrocks 2013 for decompositions)::
+
+    φ_i = Σ_{A ⊆ N \\ {i}}  |A|! (n - |A| - 1)! / n!  ·  ( v(A + {i}) - v(A) )
+
+and the shares are ``φ_i / ΔS`` and ``v(∅) / ΔS``. They sum to 1 exactly (``v(∅) + Σ φ_i =
+v(N)``); a group that changes nothing in any combination gets exactly 0 (so an ablated
+action-reaction mechanism has share 0); two groups enter symmetrically, an interaction between
+them being split equally. A share may be negative (a group that held growth back, e.g. a treaty)
+or above 1 (when others held it back). Where the stock does not change over the window (``|ΔS|``
+at most ``1e-9`` of its largest level there) the shares are NaN: there is nothing to apportion.
+
+Why this and not loop scores: a referee can check it by rerunning the model, it is in the stock's
+own units (``φ_i`` is a change of the stock), it needs no assumption about how an instantaneous
+score accumulates, and exogenous drivers are separated by construction (name them as a group of
+``kind = "driver"``, or they fall into ``other``). It costs ``2**n`` runs per scenario, advanced
+together by the compiled engine.
+
+Invariances: every ``v`` is a difference of the same stock, so the shares do not change when the
+model's units are rescaled (the stock's unit, or every capability unit at once); the runs are read
+at every integration step whatever the experiment's ``saveper``, so the shares do not depend on
+it; and as Euler's method converges when ``dt`` halves, so do they (all three tested).
+
+References
+----------
+Ford, D. N. (1999). A behavioral approach to feedback loop dominance analysis. *System Dynamics
+Review* 15(1), 3-36. https://doi.org/10.1002/(SICI)1099-1727(199921)15:1<3::AID-SDR159>3.0.CO;2-P
+
+Shapley, L. S. (1953). A value for n-person games. In *Contributions to the Theory of Games II*,
+307-317. Princeton University Press. https://doi.org/10.1515/9781400881970-018
+
+Shorrocks, A. F. (2013). Decomposition procedures for distributional analysis: a unified framework
+based on the Shapley value. *Journal of Economic Inequality* 11(1), 99-126.
+https://doi.org/10.1007/s10888-011-9214-z
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from armsdyn.ensemble import compile_model
+from armsdyn.errors import ModelError, did_you_mean
+from armsdyn.loops import on_feedback_loops
+from armsdyn.ltm import loop_dominance
+from armsdyn.model import Model, TimeSettings, cache_dir, load_model
+from armsdyn.specs import AttributionSpec, Experiment, LoopGroup, Scenario
+
+#: The label of what no named group accounts for.
+OTHER = "other"
+
+#: Most groups an attribution may have (``2**n`` runs per scenario).
+MAX_GROUPS = 6
+
+#: Kinds of variable a group may be cut at: what can be held at its initial value.
+CUTTABLE = ("auxiliary", "flow")
+
+_CUT_PREFIX = "armsdyn attribution cut"
+
+
+def attribute(
+    model: Model | str | Path,
+    spec: AttributionSpec,
+    scenarios: Mapping[str, Mapping[str, Any]] | Sequence[Scenario] | None = None,
+    *,
+    time: TimeSettings | None = None,
+) -> xr.Dataset:
+    """Shares of each stock element's change over a window that each group of loops accounts for.
+
+    See the module docstring for the definition (knockout runs apportioned by the Shapley value).
+
+    Parameters
+    ----------
+    model : Model or path
+        The model (a Vensim ``.mdl`` file).
+    spec : AttributionSpec
+        The stocks, the window and the groups (:class:`armsdyn.specs.AttributionSpec`).
+    scenarios : mapping or sequence of Scenario, optional
+        Scenario name to constant overrides, or an experiment's scenarios (default: one scenario,
+        ``"baseline"``, of the model file's values).
+    time : TimeSettings, optional
+        Time settings (default: the model file's). The runs are read at every step.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``attribution_share`` and ``attribution_change`` with dims ``(scenario, loop_group,
+        attributed)``: each group's share of the change and its Shapley value in the stock's
+        units, the last ``loop_group`` being ``"other"``; ``stock_change`` ``(scenario,
+        attributed)``; ``knockout_change`` ``(scenario, knockout, attributed)``, the change in each
+        knockout run (``knockout`` labelled by its active groups, ``"none"`` for all cut).
+        ``attributed`` holds the stock elements (``"effective power[A]"``). Attrs ``method``,
+        ``window_start``, ``window_end``, ``time_step``.
+
+    Raises
+    ------
+    ModelError
+        If a group names a variable that cannot be cut, the model is not a Vensim file, or the
+        window does not lie on the integration grid.
+    """
+    if not isinstance(model, Model):
+        model = load_model(Path(model))
+    settings = replace(time or model.time, saveper=(time or model.time).step)
+    check_spec(model, spec)
+    named = _scenarios(scenarios)
+    groups = list(spec.groups)
+    n = len(groups)
+    t0, t1 = spec.window if spec.window else (settings.initial, settings.final)
+    i0, i1 = (_step_index(settings, t, model) for t in (t0, t1))
+    path = knockout_model(model, groups)
+    masks = list(itertools.product((0.0, 1.0), repeat=n))  # 1: the group is active (not cut)
+    stocks = [model.variable(name) for name in spec.stocks]
+    labels = [var.element_name(e) if var.dims else var.name for var in stocks for e in _elements(var)]
+    # change[s, m, j]: the change of stock element j in scenario s with active groups masks[m].
+    change = np.full((len(named), len(masks), len(labels)), np.nan)
+    runs = _run_all(path, model, named, masks, [v.name for v in stocks], settings)
+    for s in range(len(named)):
+        for m in range(len(masks)):
+            values = runs[s][m]
+            row = [values[var.name][i1].reshape(-1) - values[var.name][i0].reshape(-1) for var in stocks]
+            change[s, m] = np.concatenate(row)
+    levels = np.stack(
+        [
+            np.concatenate(
+                [np.abs(runs[s][-1][v.name][i0 : i1 + 1]).reshape(i1 - i0 + 1, -1).max(axis=0) for v in stocks]
+            )
+            for s in range(len(named))
+        ]
+    )
+    total = change[:, -1, :]
+    shapley = np.zeros((len(named), n, len(labels)))
+    index = {mask: m for m, mask in enumerate(masks)}
+    for i in range(n):
+        for mask in masks:
+            if mask[i]:
+                continue
+            k = int(sum(mask))
+            weight = math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n)
+            with_i = tuple(1.0 if j == i else mask[j] for j in range(n))
+            shapley[:, i] += weight * (change[:, index[with_i]] - change[:, index[mask]])
+    contributions = np.concatenate([shapley, change[:, :1, :]], axis=1)  # masks[0]: every group cut
+    still = np.abs(total) <= 1e-9 * levels
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shares = np.where(still[:, None, :], np.nan, contributions / np.where(still, 1.0, total)[:, None, :])
+    units = stocks[0].units if len({v.units for v in stocks}) == 1 else ""
+    knockouts = [" + ".join(g.name for g, on in zip(groups, mask, strict=True) if on) or "none" for mask in masks]
+    return xr.Dataset(
+        {
+            "attribution_share": (
+                ("scenario", "loop_group", "attributed"),
+                shares,
+                {"long_name": "share of the change", "units": "1"},
+            ),
+            "attribution_change": (
+                ("scenario", "loop_group", "attributed"),
+                contributions,
+                {"long_name": "change attributed (Shapley value)", "units": units},
+            ),
+            "stock_change": (
+                ("scenario", "attributed"),
+                total,
+                {"long_name": "change over the window", "units": units},
+            ),
+            "knockout_change": (
+                ("scenario", "knockout", "attributed"),
+                change,
+                {"long_name": "change with the other groups cut", "units": units},
+            ),
+        },
+        coords={
+            "scenario": [name for name, _ in named],
+            "loop_group": [*(g.name for g in groups), OTHER],
+            "attributed": labels,
+            "knockout": knockouts,
+            "group_variables": ("loop_group", [", ".join(g.variables) for g in groups] + [""]),
+            "group_kind": ("loop_group", [g.kind for g in groups] + [OTHER]),
+        },
+        attrs={
+            "method": "knockout runs (group's cut variables held at their initial values), Shapley value",
+            "window_start": float(t0),
+            "window_end": float(t1),
+            "time_step": settings.step,
+            "model": str(model.path),
+        },
+    )
+
+
+def check_spec(model: Model, spec: AttributionSpec) -> None:
+    """Refuse an attribution the model cannot run, naming what is wrong and what is allowed.
+
+    Raises
+    ------
+    ModelError
+        For an unknown stock or variable (with the closest name), a stock that is not a stock, a
+        cut variable that cannot be held (a stock, a constant, ...), a ``loops`` group whose
+        variable lies on no feedback loop, or too many groups.
+    """
+    names = list(model.variables)
+    for stock in spec.stocks:
+        if stock not in model.variables:
+            msg = f"attribution stock {stock!r} is not a variable of {model.path}{did_you_mean(stock, names)}"
+            raise ModelError(msg)
+        if model.variables[stock].kind != "stock":
+            msg = f"attribution stock {stock!r} of {model.path} is a {model.variables[stock].kind}, not a stock (INTEG)"
+            raise ModelError(msg)
+    if len(spec.groups) > MAX_GROUPS:
+        msg = f"an attribution has at most {MAX_GROUPS} groups (2**n runs per scenario); got {len(spec.groups)}"
+        raise ModelError(msg)
+    on_loops = on_feedback_loops(model)
+    for group in spec.groups:
+        for name in group.variables:
+            if name not in model.variables:
+                hint = did_you_mean(name, names)
+                msg = f"loop group {group.name!r}: {name!r} is not a variable of {model.path}{hint}"
+                raise ModelError(msg)
+            kind = model.variables[name].kind
+            if kind not in CUTTABLE:
+                msg = (
+                    f"loop group {group.name!r}: {name!r} is a {kind}; a group is cut at an auxiliary or flow "
+                    "(held at its initial value), e.g. the one after it on the loop"
+                )
+                raise ModelError(msg)
+            if group.kind == "loops" and name not in on_loops:
+                msg = (
+                    f"loop group {group.name!r}: {name!r} lies on no feedback loop of {model.path}; name a "
+                    'variable the group\'s loops pass through, or give the group kind = "driver" to attribute '
+                    "an exogenous driver"
+                )
+                raise ModelError(msg)
+
+
+def knockout_model(model: Model, groups: Sequence[LoopGroup]) -> Path:
+    """A copy of the model in which each group's cut variables can be held at their initial values.
+
+    Every cut variable's equation ``expr`` becomes ``IF THEN ELSE(armsdyn attribution cut i > 0,
+    INITIAL(expr), expr)``, with one new constant per group (0: active, as in the model; 1: cut).
+    The copy is written once under the translation cache (:func:`armsdyn.model.cache_dir`),
+    named by its content, so its translation and compiled form are cached too.
+
+    Returns
+    -------
+    pathlib.Path
+        The modified model file.
+    """
+    if model.path.suffix.lower() != ".mdl":
+        msg = f"{model.path}: loop-group attribution edits Vensim (.mdl) models only"
+        raise ModelError(msg)
+    text = model.path.read_text(encoding="utf-8")
+    split = text.find("\\\\\\---///")
+    equations, sketch = (text, "") if split < 0 else (text[:split], text[split:])
+    cut_of = {_norm(name): i for i, g in enumerate(groups) for name in g.variables}
+    blocks = equations.split("|")
+    found: set[str] = set()
+    for b, block in enumerate(blocks):
+        match = re.match(r"(\s*(?:\{[^}]*\}\s*)*)([^=~\[\]{}]+?)(\s*\[[^\]]*\])?(\s*=)(?!=)", block)
+        if not match or _norm(match.group(2)) not in cut_of:
+            continue
+        rest = block[match.end() :]
+        tilde = rest.find("~")
+        if tilde < 0:
+            continue
+        expr = rest[:tilde].strip()
+        name = _norm(match.group(2))
+        found.add(name)
+        cut = f"{_CUT_PREFIX} {cut_of[name] + 1}"
+        wrapped = f"IF THEN ELSE({cut} > 0, INITIAL({expr}), {expr})"
+        blocks[b] = f"{block[: match.end()]}\n\t{wrapped}\n\t{rest[tilde:]}"
+    missing = sorted(set(cut_of) - found)
+    if missing:
+        msg = f"{model.path}: could not find the equation of {', '.join(map(repr, missing))} to cut"
+        raise ModelError(msg)
+    header = "".join(
+        f"{_CUT_PREFIX} {i + 1}=\n\t0\n\t~\tDmnl [0,1]\n\t~\tarmsdyn: 1 holds the variables of loop group "
+        f"{g.name!r} at their initial values.\n\t|\n\n"
+        for i, g in enumerate(groups)
+    )
+    body = "|".join(blocks)
+    # After the encoding line, which must stay first.
+    utf8 = "{UTF-8}"
+    body = utf8 + "\n" + header + body[len(utf8) :].lstrip("\n") if body.startswith(utf8) else header + body
+    new = body + sketch
+    digest = hashlib.sha256(new.encode()).hexdigest()[:16]
+    folder = cache_dir() / "attribution" / digest
+    path = folder / model.path.name
+    if not path.is_file() or path.read_text(encoding="utf-8") != new:
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = folder / f".{model.path.name}.partial"
+        staged.write_text(new, encoding="utf-8")
+        staged.replace(path)
+    return path
+
+
+def attribution_columns(ds: xr.Dataset) -> pd.DataFrame:
+    """The attribution as metrics columns: ``"<stock element> change share: <group>"`` per scenario.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`attribute` (or ``loops.nc``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by scenario; one column per stock element and group (``other`` included), and
+        ``"<stock element> change"`` (the change over the window, in the stock's units).
+    """
+    columns: dict[str, Any] = {}
+    for stock in ds["attributed"].values.tolist():
+        columns[f"{stock} change"] = ds["stock_change"].sel(attributed=stock).values
+        for group in ds["loop_group"].values.tolist():
+            share = ds["attribution_share"].sel(attributed=stock, loop_group=group)
+            columns[f"{stock} change share: {group}"] = share.values
+    return pd.DataFrame(columns, index=pd.Index([str(s) for s in ds["scenario"].values], name="scenario"))
+
+
+def _run_all(
+    path: Path,
+    model: Model,
+    named: list[tuple[str, dict[str, Any]]],
+    masks: list[tuple[float, ...]],
+    stocks: list[str],
+    settings: TimeSettings,
+) -> list[list[dict[str, np.ndarray]]]:
+    """Every scenario under every knockout: ``runs[scenario][mask][stock]`` at every step.
+
+    Scenarios with constant overrides only run together on the compiled engine; the others
+    (time-series overrides), or all when the engine cannot compile the model, run with PySD.
+    """
+    out: list[list[dict[str, np.ndarray]]] = [[{} for _ in masks] for _ in named]
+    cuts = [f"{_CUT_PREFIX} {i + 1}" for i in range(len(masks[0]))]
+    batch = [s for s, (_, p) in enumerate(named) if not any(isinstance(v, pd.Series | tuple) for v in p.values())]
+    compiled = None
+    if batch:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                compiled = compile_model(path, backend="numpy")
+        except Exception:  # a construct the engine does not compile: PySD runs them all
+            compiled = None
+            batch = []
+    if compiled is not None and batch:
+        keys = sorted({k for s in batch for k in named[s][1]})
+        rows = [(s, m) for s in batch for m in range(len(masks))]
+        samples = {k: np.array([float(named[s][1].get(k, _model_value(model, k))) for s, _ in rows]) for k in keys}
+        for c, cut in enumerate(cuts):
+            samples[cut] = np.array([1.0 - masks[m][c] for _, m in rows])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = compiled.run(samples, time=settings, variables=stocks)
+        for r, (s, m) in enumerate(rows):
+            for name in stocks:
+                var = model.variable(name)
+                out[s][m][name] = ds[var.py_name].isel(run=r).transpose("time", *var.dim_names).values
+    knocked = load_model(path) if len(batch) < len(named) else None
+    for s, (_, params) in enumerate(named):
+        if s in batch:
+            continue
+        for m, mask in enumerate(masks):
+            cut_params = {cut: 1.0 - on for cut, on in zip(cuts, mask, strict=True)}
+            result = knocked.simulate({**params, **cut_params}, settings, stocks)  # type: ignore[union-attr]
+            out[s][m] = {name: np.asarray(result[name], dtype=float) for name in stocks}
+    return out
+
+
+def _model_value(model: Model, key: str) -> float:
+    var, element = model.element(key)
+    if element is None:
+        return float(var.default)  # type: ignore[arg-type]
+    return float(var.defaults[var.elements().index(tuple(element))])
+
+
+def _step_index(settings: TimeSettings, t: float, model: Model) -> int:
+    k = (t - settings.initial) / settings.step
+    if abs(k - round(k)) > 1e-6 or not (-1e-9 <= k <= (settings.final - settings.initial) / settings.step + 1e-9):
+        msg = (
+            f"attribution window end {t:g} is not a time of the integration grid of {model.path} "
+            f"({settings.initial:g} to {settings.final:g} by {settings.step:g})"
+        )
+        raise ModelError(msg)
+    return round(k)
+
+
+def _elements(var: Any) -> list[tuple[str, ...]]:
+    return var.elements() if var.dims else [()]
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace('"', "").lower().split())
+
+
+def _scenarios(
+    scenarios: Mapping[str, Mapping[str, Any]] | Sequence[Scenario] | None,
+) -> list[tuple[str, dict[str, Any]]]:
+    if scenarios is None:
+        return [("baseline", {})]
+    if isinstance(scenarios, Mapping):
+        return [(name, dict(params)) for name, params in scenarios.items()]
+    return [(s.name, s.pysd_params()) for s in scenarios]
+
+
+def analyse_loops(experiment: Experiment) -> xr.Dataset | None:
+    """The loop analysis an experiment asks for: ``[loop_dominance]`` and ``[attribution]``, merged.
+
+    Parameters
+    ----------
+    experiment : Experiment
+        A loaded config (:func:`armsdyn.load_config`).
+
+    Returns
+    -------
+    xarray.Dataset or None
+        :func:`armsdyn.ltm.loop_dominance`'s variables (dims ``scenario, loop, time``) and
+        :func:`attribute`'s (dims ``scenario, loop_group, attributed``), as written to
+        ``loops.nc``; None when the config asks for neither.
+    """
+    parts = []
+    attrs: dict[str, Any] = {"experiment": experiment.name, "model": experiment.model.path.name}
+    if experiment.loop_dominance is not None:
+        spec = experiment.loop_dominance
+        dominance = loop_dominance(experiment, max_length=spec.max_length, limit=spec.limit)
+        attrs["dominance_method"] = dominance.attrs["method"]
+        parts.append(dominance.drop_attrs())
+    if experiment.attribution is not None:
+        shares = attribute(experiment.model, experiment.attribution, experiment.scenarios, time=experiment.time)
+        attrs.update(
+            attribution_method=shares.attrs["method"],
+            window_start=shares.attrs["window_start"],
+            window_end=shares.attrs["window_end"],
+        )
+        parts.append(shares.drop_attrs())
+    if not parts:
+        return None
+    merged = xr.merge(parts, compat="no_conflicts", join="outer")
+    merged.attrs = {**attrs, "time_step": experiment.time.step, "saveper": experiment.time.saveper}
+    return merged
