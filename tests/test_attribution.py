@@ -1,0 +1,324 @@
+"""Loop-group attribution: knockout runs apportioned by the Shapley value (armsdyn.attribution).
+
+Every test runs the real model files through the compiled engine or PySD. Known answers come from
+the definition worked by hand on Richardson's equations, not from the code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from armsdyn.attribution import OTHER, attribute, knockout_model
+from armsdyn.config import load_config
+from armsdyn.ensemble import compile_model
+from armsdyn.errors import ConfigError
+from armsdyn.model import file_sha256, load_model
+from armsdyn.specs import AttributionSpec, LoopGroup
+from tests.conftest import MODELS, run_cli, write_config
+
+RICHARDSON = MODELS / "richardson.mdl"
+KNOWLEDGE = MODELS / "knowledge_engine.mdl"
+
+ACTION_REACTION = LoopGroup("action-reaction", ("reaction of X", "reaction of Y"))
+FATIGUE = LoopGroup("fatigue", ("fatigue of X", "fatigue of Y"))
+
+#: From zero arms, so that the race has something to do in every scenario.
+FROM_ZERO = {"initial arms X": 0.0, "initial arms Y": 0.0}
+
+
+def _shares(ds: xr.Dataset, scenario: str, stock: str = "arms X") -> dict[str, float]:
+    share = ds["attribution_share"].sel(scenario=scenario, attributed=stock)
+    return {str(g): float(v) for g, v in zip(share["loop_group"].values, share.values, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def richardson():
+    return load_model(RICHARDSON)
+
+
+def test_an_ablated_action_reaction_loop_has_no_share_and_the_shares_sum_to_one(richardson) -> None:
+    spec = AttributionSpec(("arms X", "arms Y"), (ACTION_REACTION, FATIGUE), window=(0.0, 5.0))
+    scenarios = {
+        "race": FROM_ZERO,
+        "no reaction": {**FROM_ZERO, "defence coefficient k": 0.0, "defence coefficient l": 0.0},
+    }
+    ds = attribute(richardson, spec, scenarios)
+    race, ablated = _shares(ds, "race"), _shares(ds, "no reaction")
+    # With k = l = 0 holding the reaction terms changes nothing, in any combination: exactly 0.
+    assert ablated["action-reaction"] == 0.0
+    assert race["action-reaction"] > 0.1
+    for shares in (race, ablated):
+        assert math.fsum(shares.values()) == pytest.approx(1.0, abs=1e-12)
+    # Shapley values are changes of the stock: they and 'other' add up to its change.
+    total = ds["attribution_change"].sum("loop_group")
+    np.testing.assert_allclose(total.values, ds["stock_change"].values, rtol=1e-12)
+
+
+def test_richardsons_action_reaction_share_is_the_one_worked_by_hand(richardson) -> None:
+    """Without fatigue (a = b = 0) and symmetric states, x' = k x + g.
+
+    Cut (reaction held at k x0): x grows by (k x0 + g) T. Active: x(T) = (x0 + g/k) e^{kT} - g/k.
+    The one group's Shapley value is the difference, so its share is 1 - (k x0 + g) T / (x(T) - x0).
+    """
+    k, g, x0, horizon = 0.3, 1.0, 2.0, 4.0
+    params = {
+        "defence coefficient k": k,
+        "defence coefficient l": k,
+        "fatigue coefficient a": 0.0,
+        "fatigue coefficient b": 0.0,
+        "grievance g": g,
+        "grievance h": g,
+        "initial arms X": x0,
+        "initial arms Y": x0,
+    }
+    grown = (x0 + g / k) * math.exp(k * horizon) - g / k - x0
+    expected = 1.0 - (k * x0 + g) * horizon / grown
+    time = replace(richardson.time, step=1 / 1024, saveper=1 / 1024)
+    spec = AttributionSpec(("arms X",), (ACTION_REACTION,), window=(0.0, horizon))
+    shares = _shares(attribute(richardson, spec, {"s": params}, time=time), "s")
+    assert shares["action-reaction"] == pytest.approx(expected, rel=1e-3)  # Euler's error at dt = 1/1024
+    assert shares[OTHER] == pytest.approx(1.0 - expected, rel=1e-2)
+
+
+def test_shares_do_not_change_when_the_arms_unit_is_rescaled(richardson) -> None:
+    spec = AttributionSpec(("arms X",), (ACTION_REACTION, FATIGUE), window=(0.0, 3.0))
+    base = {"initial arms X": 2.0, "initial arms Y": 0.5, "grievance g": 1.0, "grievance h": 0.2}
+    # Arms counted in thousandths: every level and every grievance (arms per year) times 1000.
+    scaled = {key: 1000 * value for key, value in base.items()}
+    ds = attribute(richardson, spec, {"base": base, "scaled": scaled})
+    np.testing.assert_allclose(
+        ds["attribution_share"].sel(scenario="scaled"), ds["attribution_share"].sel(scenario="base"), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        ds["stock_change"].sel(scenario="scaled"), 1000 * ds["stock_change"].sel(scenario="base"), rtol=1e-9
+    )
+
+
+def test_shares_do_not_depend_on_saveper_and_converge_as_dt_halves(richardson) -> None:
+    spec = AttributionSpec(("arms X",), (ACTION_REACTION, FATIGUE), window=(0.0, 4.0))
+    scenarios = {"s": FROM_ZERO}
+    step = 1 / 16
+    by_saveper = [
+        attribute(richardson, spec, scenarios, time=replace(richardson.time, step=step, saveper=saveper))
+        for saveper in (step, 0.5, 2.0)
+    ]
+    for ds in by_saveper[1:]:
+        xr.testing.assert_identical(ds["attribution_share"], by_saveper[0]["attribution_share"])
+    shares = [
+        attribute(richardson, spec, scenarios, time=replace(richardson.time, step=dt, saveper=dt))[
+            "attribution_share"
+        ].values.ravel()
+        for dt in (1 / 8, 1 / 16, 1 / 32, 1 / 64)
+    ]
+    gaps = [np.abs(b - a).max() for a, b in itertools.pairwise(shares)]
+    # Euler is first order: each halving about halves the change.
+    assert all(0.3 < later / earlier < 0.7 for earlier, later in itertools.pairwise(gaps)), gaps
+    assert gaps[-1] < 0.03 * np.abs(shares[-1]).max()
+
+
+def test_a_time_series_scenario_runs_with_pysd_and_agrees_with_the_compiled_engine(richardson) -> None:
+    spec = AttributionSpec(("arms Y",), (ACTION_REACTION, FATIGUE), window=(0.0, 2.0))
+    constant = attribute(richardson, spec, {"s": {**FROM_ZERO, "grievance g": 2.0}})
+    as_series = attribute(
+        richardson, spec, {"s": {**FROM_ZERO, "grievance g": pd.Series([2.0, 2.0], index=[0.0, 30.0])}}
+    )
+    np.testing.assert_allclose(as_series["attribution_share"], constant["attribution_share"], rtol=1e-9)
+
+
+def test_the_knockout_model_is_the_model_until_a_group_is_cut(richardson) -> None:
+    path = knockout_model(richardson, [ACTION_REACTION])
+    original = compile_model(RICHARDSON, backend="numpy").run({}, variables=["arms X", "reaction of X"])
+    edited = compile_model(path, backend="numpy").run(
+        {"armsdyn attribution cut 1": np.array([0.0, 1.0])}, variables=["arms X", "reaction of X"]
+    )
+    np.testing.assert_array_equal(edited["arms_x"].isel(run=0).values, original["arms_x"].isel(run=0).values)
+    held = edited["reaction_of_x"].isel(run=1).values
+    assert np.all(held == held[0])
+    assert held[0] == original["reaction_of_x"].isel(run=0).values[0]
+
+
+def test_the_knowledge_engine_takes_the_whole_explained_growth_without_action_reaction() -> None:
+    """The issue's known case, on the shipped knowledge model (one batch of 2**3 runs per scenario)."""
+    model = load_model(KNOWLEDGE)
+    groups = (
+        LoopGroup("action-reaction", ("rival signal",)),
+        LoopGroup("frontier push", ("frontier push",)),
+        LoopGroup("knowledge growth", ("civil frontier",), "driver"),
+    )
+    spec = AttributionSpec(("effective power",), groups)
+    scenarios = {
+        "race": {"treaty switch": 0.0},
+        "no action-reaction": {"treaty switch": 0.0, "action reaction switch": 0.0},
+        "treaty": {},
+    }
+    ds = attribute(model, spec, scenarios)
+    for state in ("A", "B"):
+        race = _shares(ds, "race", f"effective power[{state}]")
+        off = _shares(ds, "no action-reaction", f"effective power[{state}]")
+        assert off["action-reaction"] == 0.0
+        assert off["frontier push"] == 0.0  # the push is driven by insecurity, i.e. by the rival
+        assert off["knowledge growth"] + off[OTHER] == pytest.approx(1.0, abs=1e-12)
+        assert race["action-reaction"] > 0.5  # anarchy's race is most of the growth ...
+        assert race["knowledge growth"] > 0.02  # ... with knowledge an engine of its own
+        treaty = _shares(ds, "treaty", f"effective power[{state}]")
+        assert treaty != race
+
+
+CONFIG_ERRORS = [
+    ('stocks = ["arms x"]', r"attribution\.stocks\[0\]: 'arms x' is not a variable.*did you mean 'arms X'\?"),
+    ('stocks = ["reaction of X"]', r"attribution\.stocks\[0\]: 'reaction of X' is a auxiliary, not a stock"),
+    ('stock = ["arms X"]', r"attribution\.stock: unknown key; did you mean 'stocks'\?"),
+    ('stocks = ["arms X"]\nwindow = [0, 0.01]', r"attribution\.window: .*integration grid"),
+    ('stocks = ["arms X"]\nwindow = [5, 1]', r"attribution\.window: expected \[start, end\] with start < end"),
+]
+GROUP_ERRORS = [
+    ('name = "ar"\nvariables = ["reaction of Z"]', r"groups\[0\]\.variables\[0\]: .*did you mean 'reaction of [XY]'\?"),
+    ('name = "ar"\nvariables = ["arms X"]', r"groups\[0\]\.variables\[0\]: 'arms X' is a stock; .*auxiliary or flow"),
+    ('name = "other"\nvariables = ["reaction of X"]', r"groups\[0\]\.name: 'other' is used twice or reserved"),
+    ('name = "ar"\nvariables = ["reaction of X"]\nkind = "loop"', r"unknown loop group kind 'loop'; did you mean"),
+]
+
+
+GROUPED = [(f'stocks = ["arms X"]\n[[attribution.groups]]\n{g}', m) for g, m in GROUP_ERRORS]
+
+
+@pytest.mark.parametrize(("table", "message"), CONFIG_ERRORS + GROUPED)
+def test_config_errors_name_the_key_and_what_is_allowed(tmp_path: Path, table: str, message: str) -> None:
+    body = f"[attribution]\n{table}\n"
+    if "[[attribution.groups]]" not in table:
+        body += '[[attribution.groups]]\nname = "ar"\nvariables = ["reaction of X"]\n'
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(tmp_path, body))
+
+
+DRIVEN = """{UTF-8}
+level= INTEG (
+	growth,
+		1)
+	~	units
+	~	A stock that grows by itself and by an outside push.
+	|
+
+growth=
+	own rate * level + push
+	~	units/Year
+	~	Inflow.
+	|
+
+own rate=
+	0.05
+	~	1/Year
+	~	Fractional growth.
+	|
+
+push=
+	0.5 + 0.1 * Time
+	~	units/Year
+	~	An exogenous driver: on no loop.
+	|
+
+INITIAL TIME  = 0
+	~	Year
+	~	The initial time for the simulation.
+	|
+
+FINAL TIME  = 10
+	~	Year
+	~	The final time for the simulation.
+	|
+
+SAVEPER  = 1
+	~	Year
+	~	The frequency with which output is stored.
+	|
+
+TIME STEP  = 0.125
+	~	Year
+	~	The time step for the simulation.
+	|
+"""
+
+
+def test_a_variable_on_no_loop_is_refused_as_a_loop_group_and_accepted_as_a_driver(tmp_path: Path) -> None:
+    model = tmp_path / "driven.mdl"
+    model.write_text(DRIVEN, encoding="utf-8")
+    body = '[attribution]\nstocks = ["level"]\n[[attribution.groups]]\nname = "push"\nvariables = ["push"]\n'
+    with pytest.raises(ConfigError, match=r"'push' lies on no feedback loop.*kind = \"driver\""):
+        load_config(write_config(tmp_path, body, model=model))
+    body += 'kind = "driver"\n[[attribution.groups]]\nname = "growth loop"\nvariables = ["growth"]\n'
+    experiment = load_config(write_config(tmp_path, body, model=model))
+    ds = attribute(experiment.model, experiment.attribution, experiment.scenarios, time=experiment.time)
+    shares = _shares(ds, "base", "level")
+    # With both held at their initial values the inflow stays at 0.05 * 1 + 0.5 for 10 years: all
+    # that is left to 'other' is that initial momentum.
+    change = float(ds["stock_change"].sel(scenario="base", attributed="level"))
+    assert shares[OTHER] == pytest.approx(0.55 * 10 / change, rel=1e-12)
+    assert shares["push"] > 0
+    assert shares["growth loop"] > 0
+
+
+def test_run_writes_loops_nc_and_attribution_metrics_and_figures_redraw_from_it(tmp_path: Path) -> None:
+    body = """
+[[scenarios]]
+name = "race"
+parameters = { "initial arms X" = 0, "initial arms Y" = 0 }
+
+[[scenarios]]
+name = "no_reaction"
+parameters = { "initial arms X" = 0, "initial arms Y" = 0, "defence coefficient k" = 0, "defence coefficient l" = 0 }
+
+[loop_dominance]
+
+[attribution]
+stocks = ["arms X"]
+window = [0, 5]
+
+[[attribution.groups]]
+name = "action-reaction"
+variables = ["reaction of X", "reaction of Y"]
+
+[[figures]]
+kind = "loop_dominance"
+name = "dominance"
+
+[[figures]]
+kind = "time_series"
+variables = ["arms X"]
+"""
+    out = tmp_path / "out"
+    proc = run_cli("run", write_config(tmp_path, body), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    with xr.open_dataset(out / "loops.nc") as loops:
+        assert loops["relative_loop_score"].dims == ("scenario", "loop", "time")
+        assert list(loops["scenario"].values) == ["race", "no_reaction"]
+        assert loops["attribution_share"].sel(scenario="no_reaction", loop_group="action-reaction").item() == 0.0
+    metrics = pd.read_csv(out / "metrics.csv", index_col=0)
+    assert metrics.loc["no_reaction", "arms X change share: action-reaction"] == 0.0
+    assert metrics.loc["race", "arms X change share: action-reaction"] > 0.1
+    assert "final arms X" in metrics.columns  # the other families are still there
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ("loops.nc", "metrics.csv", "figures/dominance.pdf", "figures/time_series.pdf", "results.nc"):
+        assert manifest["files"][name] == file_sha256(out / name), name
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    # Redrawn from loops.nc, without running anything.
+    for path in (out / "figures").iterdir():
+        path.unlink()
+    proc = run_cli("figures", out)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "figures" / "dominance.svg").is_file()
+
+
+def test_a_loop_figure_without_loop_dominance_is_refused(tmp_path: Path) -> None:
+    body = '[[figures]]\nkind = "loop_dominance"\n'
+    with pytest.raises(ConfigError, match=re.escape("figures[0].kind: 'loop_dominance' draws the loop dominance")):
+        load_config(write_config(tmp_path, body))
