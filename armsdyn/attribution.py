@@ -19,8 +19,10 @@ the scenario's own, from the same initial state.
 
 For a set ``A`` of active groups (the others cut), ``v(A) = S_A(t1) - S_A(t0)`` is the change of
 the stock element ``S`` over the window ``[t0, t1]``. With ``N`` all ``n`` groups, ``v(N)`` is the
-scenario's actual change ``ΔS``, and ``v(∅)`` the change that remains with every group cut: what
-the drivers and loops outside the groups produce (``other``). Group ``i`` is credited with its
+scenario's actual change ``ΔS``, and ``v(∅)`` the change that remains with every group cut
+(``other``): what the drivers and loops outside the groups produce, and the momentum of the
+initial state (a stock whose inflow is held at its initial value still grows by that inflow times
+the window). Group ``i`` is credited with its
 Shapley value (Shapley 1953; Shorrocks 2013 for decompositions)::
 
     φ_i = Σ_{A ⊆ N \\ {i}}  |A|! (n - |A| - 1)! / n!  ·  ( v(A + {i}) - v(A) )
