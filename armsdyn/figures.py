@@ -958,7 +958,9 @@ def loop_dominance(
             if other is not None:
                 panel.plot(t, other, color="0.6", label="other loops")
             panel.axhline(0, color="0.3", linewidth=0.5)
-        panel.set_ylim(-1.05, 1.05)
+        # Shares are per cycle partition: loops of two partitions stack beyond 1.
+        low, high = panel.dataLim.y0, panel.dataLim.y1
+        panel.set_ylim(min(-1.05, low * 1.05), max(1.05, high * 1.05))
         panel.set_ylabel("relative loop score")
         panel.set_title(_scenario_label(results if results is not None else loops, scenario, 80), loc="left")
     clock = results["time"] if results is not None and "time" in results.coords else loops["time"]

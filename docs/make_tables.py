@@ -6,7 +6,8 @@
 Each table sits between the markers ``<!-- numbers: NAME -->`` and
 ``<!-- /numbers -->`` (NAME is a key of :data:`TABLES`: ``main experiment``,
 the knowledge model's disarmament scenarios; ``security views``, the
-security-dilemma postures); nothing else in the file is touched.
+security-dilemma postures; ``attribution``, the main experiment's loop-group
+attribution); nothing else in the file is touched.
 tests/test_docs.py runs the check, so the documented numbers cannot drift from
 what the shipped configs produce.
 """
@@ -93,8 +94,30 @@ def security_views() -> str:
     return "\n".join(rows) + "\n"
 
 
+def attribution() -> str:
+    """The main experiment's loop-group attribution of the growth of effective power, as a Markdown table."""
+    import armsdyn
+    from armsdyn.attribution import attribute
+
+    experiment = armsdyn.load_config(ROOT / "configs" / "disarmament_vs_knowledge.toml")
+    ds = attribute(experiment.model, experiment.attribution, experiment.scenarios, time=experiment.time)
+    groups = [str(g) for g in ds["loop_group"].values]
+    rows = [
+        "| scenario | change of effective power, A / B | " + " | ".join(groups) + " |",
+        "|---|---|" + "---|" * len(groups),
+    ]
+    for scenario in ds["scenario"].values.tolist():
+        change = ds["stock_change"].sel(scenario=scenario).values
+        cells = []
+        for group in groups:
+            a, b = ds["attribution_share"].sel(scenario=scenario, loop_group=group).values
+            cells.append(_cell(a) if _cell(a) == _cell(b) else f"{_cell(a)} / {_cell(b)}")
+        rows.append(f"| `{scenario}` | {change[0]:.0f} / {change[1]:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 #: Each documented table: its marker name and the function that computes it from a fresh run.
-TABLES = {"main experiment": main_experiment, "security views": security_views}
+TABLES = {"main experiment": main_experiment, "security views": security_views, "attribution": attribution}
 
 
 def _start(name: str) -> str:

@@ -197,3 +197,65 @@ def test_parameter_sweep_heatmap_from_a_grid_study(tmp_path: Path) -> None:
         plt.close(fig)
     # Both states' half-lives were sampled together.
     np.testing.assert_array_equal(ensemble["knowledge_half_life[A]"].values, ensemble["knowledge_half_life[B]"].values)
+
+
+@pytest.fixture(scope="module")
+def richardson_loops(ds: xr.Dataset) -> xr.Dataset:
+    experiment = armsdyn.load_config(CONFIGS / "richardson.toml")
+    return armsdyn.loop_dominance(experiment)
+
+
+def _regression(fig: plt.Figure, name: str, tmp_path: Path) -> None:
+    from matplotlib.testing.compare import compare_images
+
+    try:
+        fig.savefig(tmp_path / f"{name}.png", dpi=80, metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    baseline = BASELINE / f"{name}.png"
+    if not baseline.exists():  # pragma: no cover - written once, checked by eye, then committed
+        pytest.fail(f"missing baseline {baseline}; check {tmp_path / f'{name}.png'} and copy it there")
+    result = compare_images(str(baseline), str(tmp_path / f"{name}.png"), tol=3, in_decorator=True)
+    assert result is None, f"{name} differs from the baseline: {result}"
+
+
+@pytest.mark.parametrize("layout", figures.LOOP_DOMINANCE_LAYOUTS)
+def test_loop_dominance_draws_each_loop_by_polarity(
+    ds: xr.Dataset, richardson_loops: xr.Dataset, layout: str, tmp_path: Path
+) -> None:
+    with figures.paper_style():
+        fig, axes = figures.loop_dominance(richardson_loops, layout=layout, results=ds)
+        assert fig.get_size_inches()[0] == figures.DOUBLE_COLUMN
+        assert len(axes) == richardson_loops.sizes["scenario"]
+        labels = fig.legends[0].get_texts()
+        # The reinforcing action-reaction loop and the two balancing fatigue loops, each named.
+        assert sorted(t.get_text().split(" ")[0] for t in labels) == ["B1", "B2", "R1"]
+        if layout == "stacked":
+            # Balancing loops lie below zero, the reinforcing one above, in every panel.
+            for panel in axes:
+                low, high = panel.dataLim.y0, panel.dataLim.y1
+                assert low < 0 < high
+        _regression(fig, f"loop_dominance_{layout}", tmp_path)
+
+
+def test_loop_dominance_keeps_only_loops_through_the_variables_asked_for(richardson_loops: xr.Dataset) -> None:
+    with figures.paper_style():
+        fig, _ = figures.loop_dominance(richardson_loops, variables=["fatigue of X"])
+        try:
+            assert [t.get_text().split(" ")[0] for t in fig.legends[0].get_texts()] == ["B1"]
+        finally:
+            plt.close(fig)
+    with pytest.raises(ValueError, match="no loop passes through"):
+        figures.loop_dominance(richardson_loops, variables=["grievance g"])
+
+
+def test_model_diagram_shows_every_link_with_its_polarity(tmp_path: Path) -> None:
+    with figures.paper_style():
+        fig, (ax,) = figures.model_diagram(MODELS / "richardson.mdl")
+        assert fig.get_size_inches()[0] == figures.SINGLE_COLUMN  # eight variables: one column
+        texts = [t.get_text() for t in ax.texts]
+        # 10 links: fatigue -> arming rate is the only negative one per state.
+        assert texts.count("\N{MINUS SIGN}") == 2
+        assert texts.count("+") == 8
+        assert {"arms X", "arming rate Y", "reaction of X"} <= {t.replace("\n", " ") for t in texts}
+        _regression(fig, "model_diagram_richardson", tmp_path)
