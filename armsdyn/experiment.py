@@ -6,7 +6,7 @@ import math
 import os
 import time as _time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -18,6 +18,7 @@ from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_mode
 from armsdyn.errors import ModelError, NumericalError, NumericalWarning
 from armsdyn.model import SimulationError, Variable
 from armsdyn.results import Fault, find_faults
+from armsdyn.specs import ParameterValue
 
 
 def run(
@@ -176,31 +177,67 @@ def run(
 
 
 def _run_compiled(exp: Experiment) -> dict[int, dict[str, np.ndarray]]:
-    """Every scenario with constant overrides only, as one run of the compiled engine.
+    """The scenarios the compiled engine can run, as one batch of its runs.
 
-    Returns each such scenario's values by index, shaped as
-    :meth:`armsdyn.model.Model.simulate` gives them; the others (time-series
-    overrides) are left to PySD. A model the engine cannot compile is warned
-    about once and left to PySD whole.
+    Constants given as numbers are the batch's samples; constants given as a
+    time series in any scenario are series for every run (a number, or the
+    model's value, as a series of one point). Returns each such scenario's
+    values by index, shaped as :meth:`armsdyn.model.Model.simulate` gives
+    them; scenarios that redraw a lookup are left to PySD. A model (or a
+    series) the engine cannot compile is warned about once and left to PySD.
     """
-    batch = [i for i, s in enumerate(exp.scenarios) if not any(isinstance(v, tuple) for v in s.parameters.values())]
+    lookups = {v.name for v in exp.model.of_kind("lookup")}
+    batch = [
+        i for i, s in enumerate(exp.scenarios) if not any(exp.model.element(k)[0].name in lookups for k in s.parameters)
+    ]
     if not batch:
         return {}
     try:
         compiled = compile_model(exp.model.path, backend="numpy")  # a few runs: no kernel to compile
+        params = [_element_params(exp, exp.scenarios[i].parameters) for i in batch]
+        keys = sorted({k for p in params for k in p})
+        timed = {k for p in params for k, v in p.items() if isinstance(v, tuple)}
+        t0 = float(exp.time.initial)
+        samples = {k: np.array([float(p.get(k, _model_value(exp, k))) for p in params]) for k in keys if k not in timed}
+        series = {
+            k: [v if isinstance(v := p.get(k, _model_value(exp, k)), tuple) else ((t0, float(v)),) for p in params]
+            for k in sorted(timed)
+        }
+        # With no overrides at all the engine runs the model once, and every scenario is that run.
+        ds = compiled.run(samples, time=exp.time, variables=exp.variables, series=series)
     except UnsupportedConstruct as exc:
         warnings.warn(f"{exc}; the scenarios run with PySD instead", FallbackWarning, stacklevel=3)
         return {}
-    keys = sorted({k for i in batch for k in exp.scenarios[i].parameters})
-    params = [exp.scenarios[i].parameters for i in batch]
-    samples = {k: np.array([float(p.get(k, _model_value(exp, k))) for p in params]) for k in keys}
-    # With no overrides at all the engine runs the model once, and every scenario is that run.
-    ds = compiled.run(samples, time=exp.time, variables=exp.variables)
     keyed = {name: exp.model.variable(name).py_name for name in exp.variables}
+    several = bool(samples or series)
     return {
-        i: {name: ds[key].isel(run=j if samples else 0).values for name, key in keyed.items()}
+        i: {name: ds[key].isel(run=j if several else 0).values for name, key in keyed.items()}
         for j, i in enumerate(batch)
     }
+
+
+def _element_params(exp: Experiment, parameters: Mapping[str, ParameterValue]) -> dict[str, ParameterValue]:
+    """A scenario's overrides with a whole subscripted constant given element by element.
+
+    An element's own override wins over the whole constant's, as with PySD
+    (:meth:`armsdyn.model.Model.pysd_values`); element keys are the model's
+    names (``"k[USA, China]"``), so every scenario names an element alike.
+    """
+    out: dict[str, ParameterValue] = {}
+    for key, value in parameters.items():
+        var, element = exp.model.element(key)
+        if element is not None:
+            out[var.element_name(element)] = value
+    for key, value in parameters.items():
+        var, element = exp.model.element(key)
+        if element is not None:
+            continue
+        if var.dims:
+            for each in var.elements():
+                out.setdefault(var.element_name(each), value)
+        else:
+            out[var.name] = value
+    return out
 
 
 def _model_value(exp: Experiment, key: str) -> float:

@@ -22,6 +22,7 @@ numbers are written with ``repr``.
 from __future__ import annotations
 
 import ast as ast_module
+import copy
 import itertools
 import math
 import re
@@ -232,6 +233,12 @@ class ModelGraph:
         The model file's time controls by PySD name.
     time_units : str
         The model's time unit.
+    subscripted : bool
+        Whether the model has subscript ranges.
+    series : dict of str to int
+        Constants (PySD name) or elements of constants (``"py[e1,e2]"``) that
+        this graph reads as time series, with their number of points (see
+        :func:`with_series`); empty for the model as written.
     """
 
     path: Path
@@ -243,6 +250,65 @@ class ModelGraph:
     controls: dict[str, float] = field(default_factory=dict)
     time_units: str = ""
     subscripted: bool = False
+    series: dict[str, int] = field(default_factory=dict)
+
+
+def series_keys(key: str) -> tuple[str, str]:
+    """The names under which the generated code reads the points and values of series `key` from ``C``."""
+    return f"~x:{key}", f"~y:{key}"
+
+
+def with_series(graph: ModelGraph, series: dict[str, int]) -> ModelGraph:
+    """`graph` with some constants, or elements of subscripted ones, given as time series.
+
+    Each key of `series` (a constant's PySD name, or ``"py[e1,e2]"`` for one
+    element) has that many points. Its node stops being a constant read once
+    before the run: it becomes a value of time (``_series(t, ...)``, PySD's
+    ``np.interp`` of the series), so everything computed from it, which the
+    code generators treat as fixed (initialisation, hoisted and static values),
+    follows it into the time loop by the usual dependency rules; initial values
+    read it at the initial time, as PySD's do.
+
+    Raises
+    ------
+    KeyError
+        If a key names no constant of numbers, or no element of one.
+    """
+    out = copy.copy(graph)
+    out.nodes = dict(graph.nodes)
+    out.series = dict(series)
+    by_constant: dict[str, dict[str, str]] = {}
+    for key in series:
+        py, bracket, label = key.partition("[")
+        node = graph.nodes.get(f"v_{py}")
+        if node is None or node.constant != py:
+            msg = f"{py!r} is not a constant of model {graph.path}"
+            raise KeyError(msg)
+        x, y = series_keys(key)
+        by_constant.setdefault(py, {})[label[:-1] if bracket else ""] = f"_series(t, C[{x!r}], C[{y!r}])"
+    for py, texts in by_constant.items():
+        node = graph.nodes[f"v_{py}"]
+        info = graph.elements[py]
+        deps = frozenset({"T"})
+        if not node.shape:
+            if set(texts) != {""}:
+                msg = f"{py!r} in model {graph.path} has no subscripts"
+                raise KeyError(msg)
+            code = Code(texts[""], 0, deps)
+        else:
+            labels = [",".join(e) for e in itertools.product(*(els for _, els in info.dims))]
+            if "" in texts:
+                msg = f"{py!r} in model {graph.path} is subscripted: give a series per element"
+                raise KeyError(msg)
+            unknown = sorted(set(texts) - set(labels))
+            if unknown:
+                msg = f"{py!r} in model {graph.path} has no element {unknown[0]!r}"
+                raise KeyError(msg)
+            # Elements in C order (the layout of every subscripted value): the others keep C[py]'s value.
+            parts = ", ".join(f"({labels.index(label)}, {text})" for label, text in sorted(texts.items()))
+            code = Code(f"_put(C[{py!r}], ({parts},))", 0, deps, False, node.step.dims)
+        out.nodes[node.name] = Node(node.name, code, code, constant=None, shape=node.shape)
+    return out
 
 
 def parse(path: Path) -> Any:

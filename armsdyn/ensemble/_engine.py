@@ -17,7 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from armsdyn.ensemble import _numba
-from armsdyn.ensemble._compiler import Compiler, ModelGraph, generate_source, parse
+from armsdyn.ensemble._compiler import Compiler, ModelGraph, generate_source, parse, with_series
 from armsdyn.ensemble._errors import SampleError, UnsupportedConstruct
 from armsdyn.ensemble._runtime import NAMESPACE, NonUniformOrder
 from armsdyn.errors import ModelError
@@ -42,6 +42,9 @@ vectorised across samples; needs the numba package), ``auto`` (numba when it is
 installed and supports every construct of the model, else numpy)."""
 
 Samples = Mapping[str, Any] | pd.DataFrame
+SeriesLike = pd.Series | Sequence[tuple[float, float]] | Sequence[Sequence[float]]
+Spec = tuple[tuple[str, int], ...]  # constants (or elements) given as time series, with their points
+_SERIES_PREFIX = "~"  # keys of series tables among the sampled values: "~x:key" and "~y:key"
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,11 @@ class CompiledModel(VariableLookup):
         self.path = graph.path
         self.sha256 = sha256
         self._graph = graph
-        self._programs: dict[tuple[str, ...], Callable[..., int]] = {}
-        self._kernels: dict[tuple[str, ...], tuple[Callable[..., None], list[str], list[Any]]] = {}
-        self._sources: dict[tuple[str, ...], tuple[str, list[str], list[Any]]] = {}
+        # Keyed by the saved names and the constants given as time series (see series_spec).
+        self._programs: dict[tuple[tuple[str, ...], Spec], Callable[..., int]] = {}
+        self._kernels: dict[tuple[tuple[str, ...], Spec], tuple[Callable[..., None], list[str], list[Any]]] = {}
+        self._sources: dict[tuple[tuple[str, ...], Spec], tuple[str, list[str], list[Any]]] = {}
+        self._series_graphs: dict[Spec, ModelGraph] = {}
         self._requested = _check_backend(backend)
         self._resolved: str | None = None
         self.threads: int | None = None
@@ -233,6 +238,7 @@ class CompiledModel(VariableLookup):
         time: TimeSettings | None = None,
         variables: Sequence[str] | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        series: Mapping[str, Sequence[SeriesLike]] | None = None,
     ) -> xr.Dataset:
         """Simulate every parameter sample, advancing a chunk of samples at once.
 
@@ -249,13 +255,23 @@ class CompiledModel(VariableLookup):
             Variables to save (model or Python-safe names); stocks and flows by default.
         chunk_size : int
             Number of samples advanced together.
+        series : mapping, optional
+            Constants (or elements, ``"k[USA, China]"``; a whole subscripted
+            constant means each of its elements not otherwise given) that vary
+            with time: for each, one time series per sample, a
+            ``pandas.Series`` indexed by time or a sequence of ``(time, value)``
+            pairs with times increasing. They are interpolated as PySD
+            interpolates a ``pandas.Series`` given for a constant: linearly
+            between the points, holding the first value before them and the
+            last after them. Anything computed from them, initial values
+            included (read at the initial time), follows them.
 
         Returns
         -------
         xarray.Dataset
             Dims ``(run, time)``; one data variable per saved variable, keyed by its
             Python-safe name with attrs ``long_name``, ``units`` and ``description``;
-            the sampled values as coordinates on ``run``.
+            the sampled values as coordinates on ``run`` (not the time series).
 
         Raises
         ------
@@ -265,9 +281,13 @@ class CompiledModel(VariableLookup):
             If the time settings are unusable or the model cannot be initialised.
         """
         values, n = self.normalise_samples(samples)
+        if series:
+            tables, n = normalise_series(self, series, values, n if values else None)
+        else:
+            tables = {}
         names = self._output_names(variables)
         grid = TimeGrid.from_settings(time or self.time, self.path)
-        arrays = self.simulate_arrays(values, n, grid, names, chunk_size)
+        arrays = self.simulate_arrays({**values, **tables}, n, grid, names, chunk_size)
         return self.dataset(values, grid, names, arrays)
 
     def normalise_samples(self, samples: Samples) -> tuple[dict[str, np.ndarray], int]:
@@ -289,11 +309,25 @@ class CompiledModel(VariableLookup):
                 names.append(var.py_name)
         return names
 
-    def program(self, names: Sequence[str]) -> Callable[..., int]:
-        """The compiled simulation function saving `names` (Python-safe), built once."""
-        key = tuple(names)
+    def graph(self, spec: Spec = ()) -> ModelGraph:
+        """The compiled graph, with the constants of `spec` (see :func:`series_spec`) varying with time."""
+        if not spec:
+            return self._graph
+        if spec not in self._series_graphs:
+            try:
+                self._series_graphs[spec] = with_series(self._graph, dict(spec))
+            except KeyError as exc:
+                raise SampleError(exc.args[0]) from None
+        return self._series_graphs[spec]
+
+    def program(self, names: Sequence[str], spec: Spec = ()) -> Callable[..., int]:
+        """The compiled simulation function saving `names` (Python-safe), built once.
+
+        `spec` names the constants given as time series (see :func:`series_spec`).
+        """
+        key = (tuple(names), spec)
         if key not in self._programs:
-            source = generate_source(self._graph, [f"v_{py}" for py in key])
+            source = generate_source(self.graph(spec), [f"v_{py}" for py in names])
             namespace: dict[str, Any] = dict(NAMESPACE)
             for table, (xs, ys, _kind) in self._graph.lookups.items():
                 namespace[f"{table}_x"] = xs
@@ -321,17 +355,19 @@ class CompiledModel(VariableLookup):
         if chunk_size < 1:
             msg = f"chunk_size must be at least 1, got {chunk_size}"
             raise ValueError(msg)
+        spec = series_spec(values)
         # "auto" with no compiled kernel at hand: numpy first, numba once its compilation pays.
         # (A kernel cached on disk still costs importing numba and loading it: more than a small study.)
-        pilot = self.backend == "numba" and self._requested == "auto" and tuple(names) not in self._kernels
+        pilot = self.backend == "numba" and self._requested == "auto" and (tuple(names), spec) not in self._kernels
         if self.backend == "numba" and not pilot:
             try:
                 return self._simulate_numba(values, n, grid, names, chunk_size)
             except UnsupportedConstruct:
                 if self._requested == "numba":
                     raise
-                self._resolved = "numpy"  # numba could not compile the kernel: numpy can
-        func = self.program(names)
+                if not spec:
+                    self._resolved = "numpy"  # numba could not compile the kernel: numpy can
+        func = self.program(names, spec)
         n_save = sum(grid.save)
         out = [np.empty((n_save, *self._shape(py), n)) for py in names]
         starts = list(range(0, n, chunk_size))
@@ -343,13 +379,14 @@ class CompiledModel(VariableLookup):
             if pilot and lo > 0:
                 pilot = False
                 per_sample = (perf_counter() - started) / lo
-                cost = _LOAD_SECONDS if self.kernel_ready(names) else self._compile_estimate(names)
+                cost = _LOAD_SECONDS if self.kernel_ready(names, spec) else self._compile_estimate(names, spec)
                 if per_sample * (n - lo) * (1 - 1 / _NUMBA_SPEEDUP) > cost:
                     try:
                         rest = self._simulate_numba({k: v[lo:] for k, v in values.items()}, n - lo, grid, names,
                                                     chunk_size)  # fmt: skip
                     except UnsupportedConstruct:
-                        self._resolved = "numpy"
+                        if not spec:
+                            self._resolved = "numpy"
                     else:
                         for arr, res in zip(out, rest, strict=True):
                             arr[..., lo:] = res
@@ -370,6 +407,11 @@ class CompiledModel(VariableLookup):
         constants = self._numpy_constants
         elementwise: dict[str, list[tuple[str, np.ndarray]]] = {}
         for key, arr in chunk.items():
+            if key.startswith(_SERIES_PREFIX):
+                # Stored a row per sample (so that slicing the samples slices them): the code reads
+                # the points once, (K,), and the values as (K, m).
+                constants[key] = arr[0] if key.startswith("~x:") else np.ascontiguousarray(arr.T)
+                continue
             py, bracket, label = key.partition("[")
             default = self._graph.constants.get(py)
             if bracket:
@@ -394,19 +436,19 @@ class CompiledModel(VariableLookup):
         labels = itertools.product(*(e for _, e in info.dims))
         return {",".join(label): np.unravel_index(i, shape) for i, label in enumerate(labels)}
 
-    def kernel_ready(self, names: Sequence[str]) -> bool:
+    def kernel_ready(self, names: Sequence[str], spec: Spec = ()) -> bool:
         """Whether the numba kernel saving `names` is compiled in this process or cached on disk."""
 
-        if tuple(names) in self._kernels:
+        if (tuple(names), spec) in self._kernels:
             return True
-        source, _, _ = self._numba_module([f"v_{py}" for py in names])
+        source, _, _ = self._numba_module([f"v_{py}" for py in names], spec)
         return _numba.kernel_cached(source, cache_dir() / "ensemble-numba")
 
-    def _compile_estimate(self, names: Sequence[str]) -> float:
+    def _compile_estimate(self, names: Sequence[str], spec: Spec = ()) -> float:
         # Seconds to compile a kernel, from its length (measured: 2 s for 130 lines, 40 s for 1,350;
         # numba's SSA construction grows faster than linearly).
 
-        lines = len(self._numba_module([f"v_{py}" for py in names])[0].splitlines())
+        lines = len(self._numba_module([f"v_{py}" for py in names], spec)[0].splitlines())
         return _COMPILE_BASE + _COMPILE_PER_LINE2 * lines**2
 
     def _run_chunk(
@@ -435,7 +477,7 @@ class CompiledModel(VariableLookup):
             _, groups = np.unique(keys, return_inverse=True)
             for g in range(groups.max() + 1):
                 idx = np.flatnonzero(groups == g)
-                sub = {k: v[idx] for k, v in chunk.items()}
+                sub = {k: v[idx] for k, v in chunk.items()}  # series tables too: a row per sample
                 for arr, res in zip(out, self._run_chunk(func, sub, len(idx), grid, names), strict=True):
                     arr[..., idx] = res
             return out
@@ -454,23 +496,26 @@ class CompiledModel(VariableLookup):
             for k, v in self._graph.constants.items()
         }
 
-    def _numba_module(self, outputs: list[str]) -> tuple[str, list[str], list[Any]]:
+    def _numba_module(self, outputs: list[str], spec: Spec = ()) -> tuple[str, list[str], list[Any]]:
         """The numba kernel module saving the `outputs` nodes, generated once.
 
         A subscripted model's expansion takes a noticeable fraction of a second,
         and the automatic backend choice asks for the module several times.
         """
-        key = tuple(outputs)
+        key = (tuple(outputs), spec)
         if key not in self._sources:
-            self._sources[key] = _numba.generate_module(self._graph, list(outputs))
+            self._sources[key] = _numba.generate_module(self.graph(spec), list(outputs))
         return self._sources[key]
 
-    def kernel(self, names: Sequence[str]) -> tuple[Callable[..., None], list[str], list[Any]]:
-        """The numba kernel saving `names` (Python-safe), its constants and stateful objects; built once."""
+    def kernel(self, names: Sequence[str], spec: Spec = ()) -> tuple[Callable[..., None], list[str], list[Any]]:
+        """The numba kernel saving `names` (Python-safe), its constants and stateful objects; built once.
 
-        key = tuple(names)
+        `spec` names the constants given as time series (see :func:`series_spec`).
+        """
+
+        key = (tuple(names), spec)
         if key not in self._kernels:
-            source, constants, states = self._numba_module([f"v_{py}" for py in key])
+            source, constants, states = self._numba_module([f"v_{py}" for py in names], spec)
             kernel = _numba.load_kernel(source, cache_dir() / "ensemble-numba")
             _numba.compile_kernel(kernel, len(constants), self.path)
             self._kernels[key] = (kernel, constants, states)
@@ -479,7 +524,7 @@ class CompiledModel(VariableLookup):
     def _simulate_numba(
         self, values: Mapping[str, np.ndarray], n: int, grid: TimeGrid, names: Sequence[str], chunk_size: int
     ) -> list[np.ndarray]:
-        kernel, constants, states = self.kernel(names)
+        kernel, constants, states = self.kernel(names, series_spec(values))
         # The kernel writes each chunk's results into its columns of this array: no copies. A
         # subscripted output has a row per element (C order): a view reshapes it to (time, *elements, run).
         shapes = [self._shape(py) for py in names]
@@ -552,6 +597,12 @@ class CompiledModel(VariableLookup):
         """
         if key in values:
             return values[key]
+        if key.startswith(_SERIES_PREFIX):
+            # Row i of a series' points ("~x<i>:key") or values ("~y<i>:key"); tables have a row per sample.
+            head, _, name = key.partition(":")
+            table = values[f"{head[:2]}:{name}"]
+            i = int(head[2:])
+            return float(table[0, i]) if head[1] == "x" else table[:, i]
         py, bracket, label = key.partition("[")
         if not bracket:
             return float(self._graph.constants[py])
@@ -567,6 +618,7 @@ class CompiledModel(VariableLookup):
         self, values: Mapping[str, np.ndarray], grid: TimeGrid, names: Sequence[str], arrays: Sequence[np.ndarray]
     ) -> xr.Dataset:
         """Assemble the result Dataset of :meth:`run`."""
+        values = {k: v for k, v in values.items() if not k.startswith(_SERIES_PREFIX)}
         return build_dataset(
             self.path, self.sha256, grid.settings, values, self.output_meta(names), self.output_meta(list(values)),
             arrays, engine="armsdyn.ensemble",
@@ -731,6 +783,119 @@ def normalise_samples(model: VariableLookup, samples: Samples) -> tuple[dict[str
             raise SampleError(msg)
         values[name] = arr
     return values, 1 if n is None else n
+
+
+def series_spec(values: Mapping[str, np.ndarray]) -> Spec:
+    """The constants (or elements) that sampled `values` give as time series, with their number of points."""
+    return tuple(sorted((k[3:], int(v.shape[1])) for k, v in values.items() if k.startswith("~y:")))
+
+
+def normalise_series(
+    model: VariableLookup,
+    series: Mapping[str, Sequence[SeriesLike]],
+    values: Mapping[str, np.ndarray],
+    n: int | None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Time series of constants as tables the generated code reads, and the number of samples.
+
+    Each sample's series is interpolated (PySD's ``np.interp``) at the points of
+    all samples together: a piecewise-linear function is linear between those
+    points and constant beyond them, so the tables give every sample exactly
+    its own series, and one search per time step serves them all.
+
+    Parameters
+    ----------
+    model : CompiledModel
+        The model whose constants the keys name.
+    series : mapping
+        Constant (or element, or whole subscripted constant) to one series per
+        sample: a ``pandas.Series`` indexed by time or ``(time, value)`` pairs.
+    values : mapping
+        The sampled constants (normalised): a constant cannot be both.
+    n : int or None
+        The number of samples, if the samples fix it.
+
+    Returns
+    -------
+    tables, n
+        ``"~x:key"`` (the points) and ``"~y:key"`` (the values), both of shape
+        ``(n, points)`` (a row per sample, so that slicing the samples slices
+        them), keyed by Python-safe name or ``"py[e1,e2]"``.
+
+    Raises
+    ------
+    SampleError
+        For an unknown name, a non-constant, a constant also sampled or given
+        twice, a series that is empty, not numbers, with times not increasing,
+        or a number of series other than the samples'.
+    """
+    given: dict[str, tuple[str, Sequence[SeriesLike]]] = {}
+    wholes: list[tuple[Variable, Sequence[SeriesLike]]] = []
+    for key, per_sample in series.items():
+        try:
+            var, element = _model_element(model, str(key))
+        except KeyError as exc:
+            raise SampleError(exc.args[0]) from None
+        if var.kind != "constant" or (var.dims and not var.defaults) or (not var.dims and var.default is None):
+            msg = f"{var.name!r} in model {model.path} is not a constant of numbers, so it cannot vary over time"
+            raise SampleError(msg)
+        if var.dims and element is None:
+            wholes.append((var, per_sample))
+            continue
+        name = var.py_name if element is None else f"{var.py_name}[{','.join(element)}]"
+        what = var.name if element is None else var.element_name(element)
+        if name in given or name in values:
+            msg = f"constant {what!r} is given twice (as a time series and otherwise)"
+            raise SampleError(msg)
+        given[name] = (what, per_sample)
+    for var, per_sample in wholes:
+        if var.py_name in values:
+            msg = f"constant {var.name!r} is given twice (as a time series and otherwise)"
+            raise SampleError(msg)
+        for element in var.elements():
+            name = f"{var.py_name}[{','.join(element)}]"
+            if name not in given and name not in values:  # an element's own value wins, as with PySD
+                given[name] = (var.element_name(element), per_sample)
+    tables: dict[str, np.ndarray] = {}
+    for name, (what, per_sample) in given.items():
+        if isinstance(per_sample, pd.Series) or not isinstance(per_sample, Sequence):
+            msg = f"time series of {what!r}: give one series per sample (a list), not {type(per_sample).__name__}"
+            raise SampleError(msg)
+        if n is None:
+            n = len(per_sample)
+        if len(per_sample) != n:
+            msg = f"time series of {what!r}: {len(per_sample)} series for {n} samples"
+            raise SampleError(msg)
+        points = [_series_points(what, s) for s in per_sample]
+        knots = np.unique(np.concatenate([x for x, _ in points])) if points else np.zeros(1)
+        tables[f"~x:{name}"] = np.broadcast_to(knots, (n, knots.size))
+        tables[f"~y:{name}"] = np.array([np.interp(knots, x, y) for x, y in points]).reshape(n, knots.size)
+    return tables, 1 if n is None else n
+
+
+def _series_points(what: str, value: SeriesLike) -> tuple[np.ndarray, np.ndarray]:
+    """The times and values of one series, checked."""
+    try:
+        if isinstance(value, pd.Series):
+            x = value.index.to_numpy(dtype=float)
+            y = value.to_numpy(dtype=float)
+        else:
+            pairs = np.asarray(value, dtype=float)
+            if pairs.size == 0:
+                pairs = pairs.reshape(0, 2)  # no points: said below
+            if pairs.ndim != 2 or pairs.shape[1] != 2:
+                raise ValueError
+            x, y = pairs[:, 0].copy(), pairs[:, 1].copy()
+    except (TypeError, ValueError):
+        msg = f"time series of {what!r}: expected (time, value) pairs of numbers or a pandas.Series"
+        raise SampleError(msg) from None
+    if x.size == 0 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        msg = f"time series of {what!r}: expected at least one point, with finite times and values"
+        raise SampleError(msg)
+    if (np.diff(x) <= 0).any():
+        msg = f"time series of {what!r}: times must increase strictly"
+        raise SampleError(msg)
+    return x, y
 
 
 def _model_element(model: VariableLookup, key: str) -> tuple[Variable, tuple[str, ...] | None]:

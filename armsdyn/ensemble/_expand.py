@@ -396,6 +396,8 @@ class _Expander:
             return self._assemble(node)
         if name == "_lookup_many":
             return self._lookup_many(node)
+        if name == "_put":
+            return self._put(node)
         if name in _LOOKUP_CALLS:
             xs, ys = node.args[0], node.args[1]
             return _map(lambda x: ast.Call(ast.Name(name, ast.Load()), [xs, ys, x], []), self._ev(node.args[2]))
@@ -450,6 +452,22 @@ class _Expander:
             index = ast.literal_eval(part.elts[0])
             value = self._ev(part.elts[1])
             out[np.ix_(*index, [0])] = value
+        return out
+
+    def _put(self, node: ast.Call) -> np.ndarray:
+        """``_put(base, ((index, value), ...))``: a constant with some elements given as time series."""
+        out = self._ev(node.args[0]).copy()
+        flat = out.reshape(-1)  # a view: the copy is C-contiguous
+        parts = node.args[1]
+        if not isinstance(parts, ast.Tuple):
+            raise self.unsupported("a constant with elements of unknown series")
+        for part in parts.elts:
+            if not isinstance(part, ast.Tuple) or len(part.elts) != 2:
+                raise self.unsupported("a constant with elements of unknown series")
+            value = self._ev(part.elts[1])
+            if value.size != 1:
+                raise self.unsupported("an element series of more than one value")
+            flat[ast.literal_eval(part.elts[0])] = value.reshape(-1)[0]
         return out
 
     def _lookup_many(self, node: ast.Call) -> np.ndarray:

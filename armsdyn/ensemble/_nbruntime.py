@@ -166,6 +166,33 @@ def lookup_hold(xs, ys, x):  # type: ignore[no-untyped-def]
 
 
 @_jit
+def series(t, xs, ys):  # type: ignore[no-untyped-def]
+    # armsdyn.ensemble._runtime.series for one sample: np.interp's search and arithmetic.
+    last = len(xs) - 1
+    if not t > xs[0]:
+        return ys[0]
+    if not t < xs[last]:
+        return ys[last]
+    lo = 0
+    hi = last
+    while hi - lo > 1:  # xs[lo] <= t < xs[hi]
+        mid = (lo + hi) // 2
+        if xs[mid] <= t:
+            lo = mid
+        else:
+            hi = mid
+    if t == xs[lo]:
+        return ys[lo]
+    slope = (ys[lo + 1] - ys[lo]) / (xs[lo + 1] - xs[lo])
+    out = slope * (t - xs[lo]) + ys[lo]
+    if np.isnan(out):
+        out = slope * (t - xs[lo + 1]) + ys[lo + 1]
+        if np.isnan(out) and ys[lo] == ys[lo + 1]:
+            out = ys[lo]
+    return out
+
+
+@_jit
 def order(value):  # type: ignore[no-untyped-def]
     """The order as an int, or -1 if it is not a whole number of at least 1."""
     if not np.isfinite(value) or value < 1 or value != int(value):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import itertools
 import math
 import os
 import sys
@@ -93,6 +94,7 @@ _HELPERS = {
     "_lookup": "_lookup",
     "_lookup_extrapolate": "_lookup_extrapolate",
     "_lookup_hold": "_lookup_hold",
+    "_series": "_series",
 }
 _LOOKUPS = {"_lookup", "_lookup_extrapolate", "_lookup_hold"}
 _PULSE_ARGS = ("repeat_time", "width", "magnitude", "end")
@@ -128,11 +130,19 @@ def available() -> bool:
 class _Scalar(ast.NodeTransformer):
     """Rewrites a numpy-backend expression as scalar numba code."""
 
-    def __init__(self, path: Path, element: str, constants: dict[str, int], tables: set[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        path: Path,
+        element: str,
+        constants: dict[str, int],
+        tables: set[str] = frozenset(),
+        slices: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         self.path = path
         self.element = element
         self.constants = constants
         self.tables = tables  # lookup tables compiled to vectorisable functions of their own
+        self.slices = slices or {}  # a time series' points or values: consecutive rows of CV
 
     def unsupported(self, what: str) -> UnsupportedConstruct:
         return UnsupportedConstruct(self.path, self.element, what, "numba backend")
@@ -140,7 +150,11 @@ class _Scalar(ast.NodeTransformer):
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         # C['name']: the sample's value of a constant.
         if isinstance(node.value, ast.Name) and node.value.id == "C" and isinstance(node.slice, ast.Constant):
-            row = self.constants[node.slice.value]
+            key = node.slice.value
+            if key in self.slices:
+                lo, hi = self.slices[key]
+                return ast.parse(f"CV[{lo}:{hi}, j]", mode="eval").body
+            row = self.constants[key]
             return ast.parse(f"CV[{row}, j]", mode="eval").body
         return self.generic_visit(node)
 
@@ -380,6 +394,8 @@ def _statements(graph: Any, outputs: list[str]) -> _Code:
     else:
         flat = scalar_program(graph, program, _output_text)
     rows = {key: i for i, (_, key) in enumerate(flat.constants)}
+    extra, slices = _series_rows(graph, rows)
+    rows.update({key: len(rows) + i for i, key in enumerate(extra)})
     init_states = [item[1] for item in flat.init if item[0] == "state"]
     codes = {st.var: i + 1 for i, st in enumerate(init_states)}
 
@@ -393,11 +409,11 @@ def _statements(graph: Any, outputs: list[str]) -> _Code:
 
     def tr(text: str, name: str = "") -> str:
         tree = ast.parse(text, mode="eval")
-        return ast.unparse(_Scalar(graph.path, element_of(name), rows, tables).visit(tree))
+        return ast.unparse(_Scalar(graph.path, element_of(name), rows, tables, slices).visit(tree))
 
     def tr_lines(lines: list[str], element: str) -> list[str]:
         tree = ast.parse("\n".join(lines))
-        return ast.unparse(_Scalar(graph.path, element, rows, tables).visit(tree)).splitlines()
+        return ast.unparse(_Scalar(graph.path, element, rows, tables, slices).visit(tree)).splitlines()
 
     init = ["t = TS[0]"]
     init += [f"{name} = CV[{rows[key]}, j]" for name, key in flat.constants]
@@ -425,7 +441,7 @@ def _statements(graph: Any, outputs: list[str]) -> _Code:
     hoisted, per_step, per_save, _ = optimise_loop(per_step, per_save, [], changing)
     init += [f"{name} = {text}" for name, text in hoisted]
     code = _Code(
-        constants=[key for _, key in flat.constants],
+        constants=[key for _, key in flat.constants] + extra,
         states=init_states,
         init=init,
         per_step=[f"{n} = {t}" for n, t in per_step],
@@ -435,6 +451,37 @@ def _statements(graph: Any, outputs: list[str]) -> _Code:
     )
     _use_reciprocals(code)
     return code
+
+
+def _series_rows(graph: Any, rows: dict[str, int]) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """Rows of ``CV`` the time series of `graph` read beyond the program's constants.
+
+    A series of K points takes K rows of points (``"~x<i>:key"``, the same in
+    every column) and K of values (``"~y<i>:key"``); a subscripted constant with
+    an element given as a series reads its other elements from rows of their own
+    (``"py[e1,e2]"``), as it is no longer a constant of the program.
+
+    Returns
+    -------
+    keys, slices
+        The row keys in order (after `rows`), and each series' points and values
+        (``"~x:key"``, ``"~y:key"``) as a range of rows.
+    """
+    keys: list[str] = []
+    slices: dict[str, tuple[int, int]] = {}
+    done: set[str] = set()
+    for key, points in graph.series.items():
+        py = key.partition("[")[0]
+        info = graph.elements[py]
+        if info.dims and py not in done:
+            done.add(py)
+            labels = (",".join(e) for e in itertools.product(*(els for _, els in info.dims)))
+            keys += [f"{py}[{label}]" for label in labels if f"{py}[{label}]" not in rows]
+        for axis in ("x", "y"):
+            start = len(rows) + len(keys)
+            slices[f"~{axis}:{key}"] = (start, start + points)
+            keys += [f"~{axis}{i}:{key}" for i in range(points)]
+    return keys, slices
 
 
 def _unrolled_tables(graph: Any) -> set[str]:
@@ -529,6 +576,9 @@ def _blocked_body(code: _Code) -> list[str]:
     # Outputs are computed and stored every step (a few more operations) so that the
     # kernel has one copy of the loop body: it compiles in half the time.
     advance = [*loads, *code.per_step, *code.per_save, *saves, *code.updates, *stores]
+    if "CV" in _names(loop, ast.Load):
+        # A time series reads its sample's points and values from CV in the loop (the sample's column).
+        advance.insert(0, "j = lo0 + jj")
     # Initialisation is a function of its own: names assigned both there and in the
     # step loop would make numba's SSA reconstruction (quadratic) take minutes.
     init = [*code.init, *(f"W[{row[name]} + jj] = {name}" for name in live), "return 0"]
@@ -608,7 +658,7 @@ def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], lis
         "    modulo as _modulo, step as _step, ramp2 as _ramp2, ramp3 as _ramp3, pulse as _pulse,",
         "    lookup as _lookup, lookup_extrapolate as _lookup_extrapolate, lookup_hold as _lookup_hold,",
         "    order as _order, delay_order as _delay_order, fixed_order as _fixed_order,",
-        "    nan0 as _nan0, nan1 as _nan1, fmin as _fmin, fmax as _fmax,",
+        "    nan0 as _nan0, nan1 as _nan1, fmin as _fmin, fmax as _fmax, series as _series,",
         ")",
         "from armsdyn.ensemble._vecmath import (",
         "    exp as _exp, log as _log, power as _pow, prefer_wide_vectors, table_function,",

@@ -214,6 +214,48 @@ def lookup_hold(xs: np.ndarray, ys: np.ndarray, x: Num) -> Num:
     return ys[idx]
 
 
+def series(t: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """A constant given as a time series: ``np.interp(t, xs, ys[:, j])`` for every sample j.
+
+    PySD evaluates a ``pandas.Series`` set on a constant with ``np.interp`` at
+    the current time: linear between the points, the first value before them
+    and the last after them. `xs` (``(K,)``, increasing) are the points of all
+    samples together, `ys` (``(K, m)``) each sample's values there; one
+    segment search serves every sample, and the arithmetic is ``np.interp``'s
+    (``slope * (t - x0) + y0``, the point's own value at a point).
+    """
+    last = len(xs) - 1
+    if not t > xs[0]:
+        return ys[0].copy()
+    if not t < xs[last]:
+        return ys[last].copy()
+    j = int(np.searchsorted(xs, t, side="right")) - 1
+    if t == xs[j]:
+        return ys[j].copy()
+    y0, y1 = ys[j], ys[j + 1]
+    slope = (y1 - y0) / (xs[j + 1] - xs[j])
+    out = slope * (t - xs[j]) + y0
+    bad = np.isnan(out)
+    if bad.any():
+        # np.interp's second try from the right end of the segment, then a flat segment's value.
+        other = slope * (t - xs[j + 1]) + y1
+        other = np.where(np.isnan(other) & (y0 == y1), y0, other)
+        out = np.where(bad, other, out)
+    return out
+
+
+def put(base: np.ndarray, parts: tuple[tuple[int, Num], ...]) -> np.ndarray:
+    """A subscripted constant with some elements (flat C-order index) replaced by per-sample values."""
+    values = [np.asarray(v, dtype=float) for _, v in parts]
+    m = max([base.shape[-1], *(v.shape[-1] if v.ndim else 1 for v in values)])
+    out = np.empty((*base.shape[:-1], m))
+    out[...] = base
+    flat = out.reshape(-1, m)  # a view: out is C-contiguous
+    for (index, _), value in zip(parts, values, strict=True):
+        flat[index] = value
+    return out
+
+
 NAMESPACE = {
     "np": np,
     "_full": full,
@@ -236,5 +278,7 @@ NAMESPACE = {
     "_lookup": lookup,
     "_lookup_extrapolate": lookup_extrapolate,
     "_lookup_hold": lookup_hold,
+    "_series": series,
+    "_put": put,
 }
 """Names the generated code may use, besides its own lookup tables."""

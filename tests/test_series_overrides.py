@@ -1,0 +1,195 @@
+"""Time-series overrides of constants run in the compiled engine and equal PySD's runs.
+
+A constant given as a time series (config: a list of [time, value] pairs) is
+interpolated as PySD interpolates a ``pandas.Series`` set on a constant: linearly
+between the points, the first value before them and the last after them. Every
+value computed from it (a flow, an INITIAL, a stock's initial value, a value the
+engine would otherwise compute once) follows it; these tests compare every
+variable with PySD's run, in both backends.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import armsdyn
+from armsdyn.config import parse_config
+from armsdyn.ensemble import FallbackWarning, SampleError, compile_model
+from armsdyn.model import load_model
+
+DATA = Path(__file__).parent / "data"
+SCALAR = DATA / "series_scalar.mdl"
+SUBSCRIPTED = DATA / "series_subscripted.mdl"
+RTOL = 1e-9
+NUMBA = importlib.util.find_spec("numba") is not None
+BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="numba is not installed"))]
+
+SCALAR_VARIABLES = ["arms", "build", "first grievance", "initial arms", "grievance weight", "perceived grievance"]
+SUBSCRIPTED_VARIABLES = ["arms", "build", "first grievance", "initial arms", "perceived grievance"]
+
+# Knots inside the run (0 to 10), starting before it, ending before it, a single point.
+INSIDE = ((2.0, 1.0), (6.0, 3.0))
+STARTS_BEFORE = ((-1.0, 0.5), (4.0, 2.0), (7.25, 0.25), (20.0, 4.0))
+LATE_START = ((3.0, 4.0), (5.5, 0.5))  # starts after the initial time: the first value holds before it
+EARLY_END = ((0.0, 2.0), (1.5, 6.0), (4.0, 1.0))  # ends before the final time: the last value holds after it
+ONE_POINT = ((5.0, 2.5),)
+
+
+def _series(points: tuple[tuple[float, float], ...]) -> pd.Series:
+    return pd.Series([v for _, v in points], index=[t for t, _ in points], dtype=float)
+
+
+def _assert_equal_to_pysd(
+    ds: xr.Dataset, path: Path, runs: list[dict[str, object]], variables: list[str], label: str = ""
+) -> None:
+    """Run j of `ds` equals PySD's run with the overrides `runs[j]`, for every variable."""
+    model = load_model(path)
+    for j, params in enumerate(runs):
+        pysd_params = {k: _series(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        reference = model.simulate(pysd_params, model.time, variables)
+        for name in variables:
+            got = ds[model.variable(name).py_name].isel(run=j).values
+            np.testing.assert_allclose(got, reference[name], rtol=RTOL, atol=0, err_msg=f"{label} run {j} {name!r}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_series_feeding_a_flow_an_initial_and_a_stock_initial_value_equals_pysd(backend: str) -> None:
+    compiled = compile_model(SCALAR, backend=backend)
+    runs = [INSIDE, STARTS_BEFORE]
+    ds = compiled.run({}, variables=SCALAR_VARIABLES, series={"grievance": runs})
+    _assert_equal_to_pysd(ds, SCALAR, [{"grievance": r} for r in runs], SCALAR_VARIABLES, backend)
+    # Not vacuous: the series reached the INITIAL and the stock's initial value (the model has 1 and 10).
+    assert float(ds["first_grievance"].isel(run=0, time=0)) == 1.0
+    assert float(ds["initial_arms"].isel(run=1, time=0)) == pytest.approx(10 * (0.5 + 1.5 / 5 * 1))
+    # ... and a value of constants only (computed once without series) changes over the run.
+    assert np.ptp(ds["grievance_weight"].isel(run=1).values) > 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_series_starting_late_or_ending_early_hold_their_end_values_as_pysd_does(backend: str) -> None:
+    compiled = compile_model(SCALAR, backend=backend)
+    runs = [LATE_START, EARLY_END, ONE_POINT]
+    ds = compiled.run({"service life": [5.0, 4.0, 6.0]}, variables=SCALAR_VARIABLES, series={"grievance": runs})
+    lives = [5.0, 4.0, 6.0]
+    expected = [{"grievance": r, "service life": life} for r, life in zip(runs, lives, strict=True)]
+    _assert_equal_to_pysd(ds, SCALAR, expected, SCALAR_VARIABLES, backend)
+    # The held ends themselves: the first value before the first point, the last after the last.
+    weight = ds["grievance_weight"]
+    assert float(weight.isel(run=0).sel(time=0)) == 4.0 * 5
+    assert float(weight.isel(run=1).sel(time=10)) == 1.0 * 4
+    assert float(weight.isel(run=2).sel(time=0)) == 2.5 * 6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_series_on_one_element_of_a_subscripted_constant_equals_pysd(backend: str) -> None:
+    compiled = compile_model(SUBSCRIPTED, backend=backend)
+    runs = [INSIDE, LATE_START]
+    ds = compiled.run(
+        {"grievance[USA]": [4.0, 5.0]},
+        variables=SUBSCRIPTED_VARIABLES,
+        series={"grievance[China]": runs},
+    )
+    expected = [{"grievance[China]": r, "grievance[USA]": usa} for r, usa in zip(runs, (4.0, 5.0), strict=True)]
+    _assert_equal_to_pysd(ds, SUBSCRIPTED, expected, SUBSCRIPTED_VARIABLES, backend)
+    first = ds["first_grievance"].isel(run=1, time=0)
+    assert first.sel(state="China") == 4.0  # the series at the initial time
+    assert first.sel(state="USSR") == 2.0  # the model's value for the others
+    assert first.sel(state="USA") == 5.0  # a sampled element
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_runs_with_different_points_share_one_batch(backend: str) -> None:
+    """Each run's series is its own, though the batch reads them at the points of all runs together."""
+    compiled = compile_model(SCALAR, backend=backend)
+    runs = [INSIDE, STARTS_BEFORE, LATE_START, EARLY_END, ONE_POINT]
+    ds = compiled.run({}, variables=SCALAR_VARIABLES, series={"grievance": runs}, chunk_size=2)
+    _assert_equal_to_pysd(ds, SCALAR, [{"grievance": r} for r in runs], SCALAR_VARIABLES, backend)
+
+
+def test_series_that_do_not_fit_are_refused() -> None:
+    compiled = compile_model(SCALAR, backend="numpy")
+    cases = [
+        ({"grievance": [((1.0, 1.0), (1.0, 2.0))]}, "increase strictly"),
+        ({"grievance": [()]}, "at least one point"),
+        ({"grievance": [INSIDE, INSIDE]}, "2 series for 1 samples"),
+        ({"arms": [INSIDE]}, "not a constant"),
+        ({"grievance": _series(INSIDE)}, "one series per sample"),
+    ]
+    for series, message in cases:
+        with pytest.raises(SampleError, match=message):
+            compiled.run({"service life": [5.0]}, series=series)
+    with pytest.raises(SampleError, match="given twice"):
+        compiled.run({"grievance": [1.0]}, series={"grievance": [INSIDE]})
+
+
+def _config(folder: Path, model: Path, scenarios: list[dict], **experiment: str) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = Path(shutil.copy(model, folder / model.name))
+    return {
+        "experiment": {"name": "series", "model": str(copy), **experiment},
+        "scenarios": scenarios,
+        "output": {"variables": SCALAR_VARIABLES if model == SCALAR else SUBSCRIPTED_VARIABLES},
+    }
+
+
+def _pairs(points: tuple[tuple[float, float], ...]) -> list[list[float]]:
+    return [list(p) for p in points]
+
+
+def test_run_experiment_runs_time_series_scenarios_compiled(tmp_path: Path) -> None:
+    """A config with time-series scenarios runs in the compiled engine alone, as PySD runs it."""
+    scenarios = [
+        {"name": "base"},
+        {"name": "constant", "parameters": {"grievance": 2, "service life": 4}},
+        {"name": "rising", "parameters": {"grievance": _pairs(INSIDE)}},
+        {"name": "late", "parameters": {"grievance": _pairs(LATE_START), "service life": 6}},
+    ]
+    data = _config(tmp_path / "model", SCALAR, scenarios)
+    folder = armsdyn.run_experiment(parse_config(data), out=tmp_path / "results")
+    with xr.open_dataset(folder / "results.nc") as saved:
+        ds = saved.load()
+    assert ds.attrs["engine"] == "compiled (numpy)"
+    reference = armsdyn.run(parse_config({**data, "experiment": {**data["experiment"], "engine": "pysd"}}))
+    assert reference.attrs["engine"] == "pysd"
+    for name in ("arms", "build", "first_grievance", "initial_arms", "grievance_weight", "perceived_grievance"):
+        np.testing.assert_allclose(ds[name].values, reference[name].values, rtol=RTOL, atol=0, err_msg=name)
+    # The series is what the scenarios differ by: the rising grievance arms more than the base.
+    assert float(ds["arms"].sel(scenario="rising").isel(time=-1)) > float(ds["arms"].sel(scenario="base").isel(time=-1))
+
+
+def test_run_experiment_with_element_and_whole_series_equals_pysd(tmp_path: Path) -> None:
+    """Series on an element and on a whole subscripted constant (its other elements keep their own values)."""
+    scenarios = [
+        {"name": "base"},
+        {"name": "china", "parameters": {"grievance[China]": _pairs(EARLY_END), "grievance[USA]": 4}},
+        {"name": "all", "parameters": {"grievance": _pairs(STARTS_BEFORE), "grievance[USSR]": 0.5}},
+    ]
+    data = _config(tmp_path, SUBSCRIPTED, scenarios)
+    ds = armsdyn.run(parse_config(data))
+    assert ds.attrs["engine"] == "compiled (numpy)"
+    reference = armsdyn.run(parse_config({**data, "experiment": {**data["experiment"], "engine": "pysd"}}))
+    for name in ("arms", "build", "first_grievance", "initial_arms", "perceived_grievance"):
+        np.testing.assert_allclose(ds[name].values, reference[name].values, rtol=RTOL, atol=0, err_msg=name)
+    assert float(ds["first_grievance"].sel(scenario="all", state="USSR").isel(time=0)) == 0.5
+
+
+def test_a_model_the_engine_cannot_compile_falls_back_to_pysd_with_a_warning(tmp_path: Path) -> None:
+    model = tmp_path / "model" / "unsupported.mdl"
+    model.parent.mkdir()
+    text = SCALAR.read_text().replace("service life = 5 ~", "service life = 5 + RANDOM UNIFORM(0, 0, 1) ~")
+    model.write_text(text)
+    scenarios = [{"name": "rising", "parameters": {"grievance": _pairs(INSIDE)}}]
+    data = {"experiment": {"name": "fallback", "model": str(model)}, "scenarios": scenarios}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = armsdyn.run(parse_config(data))
+    assert any(issubclass(w.category, FallbackWarning) for w in caught), [str(w.message) for w in caught]
+    assert ds.attrs["engine"] == "pysd"
