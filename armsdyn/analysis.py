@@ -84,7 +84,7 @@ class _Flows:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.evaluations += 1
-        values = {}
+        values: dict[str, float | xr.DataArray] = {}
         for var, part in zip(self.vars, np.split(np.asarray(x, dtype=float), np.cumsum(self.sizes)[:-1]), strict=True):
             if var.dims:
                 values[var.py_name] = xr.DataArray(

@@ -344,7 +344,7 @@ def _parse_uncertainties(raw: Any, model: Any, problems: Problems) -> tuple[list
         if name is None or None in also:
             continue
         if dist in ("unif", "logunif", "triang", "truncnorm"):
-            for n in (name, *also):
+            for n in (name, *filter(None, also)):
                 outside = _outside(model, n, bounds[:2])
                 if outside:
                     problems.add(f"{where}.bounds", outside)
@@ -364,7 +364,7 @@ def _parse_uncertainties(raw: Any, model: Any, problems: Problems) -> tuple[list
         also = [_constant(model, o, f"{where}.also[{j}]", problems, seen) for j, o in enumerate(entry.get("also", []))]
         if name is None or None in also:
             continue
-        for n in (name, *also):
+        for n in (name, *filter(None, also)):
             outside = _outside(model, n, values)
             if outside:
                 problems.add(f"{where}.values", outside)
@@ -517,11 +517,12 @@ def _run_values(
     if workers != 1:  # one chunk per worker at least, so every worker has runs
         chunk_size = max(1, min(chunk_size, -(-n // (workers or os.cpu_count() or 1))))
     defaults = constant_values(model)
-    runs: dict[str, tuple[xr.Dataset, dict[str, np.ndarray]]] = {}
+    runs: dict[str, tuple[xr.Dataset, dict[str, float | np.ndarray]]] = {}
     for name in scenarios:
         scenario = experiment.scenario(name)
         samples = {k: np.full(n, float(v)) for k, v in scenario.parameters.items() if not isinstance(v, tuple)}
-        for entry in (*spec.parameters, *spec.switches):
+        entries: list[SampledParameter | Switch] = [*spec.parameters, *spec.switches]
+        for entry in entries:
             for target in (entry.name, *entry.also):
                 samples[target] = draws[entry.name].to_numpy(dtype=float)
         reducer = FinalsReducer(outputs=(*variables, *FAULT_COLUMNS), attrs={})
@@ -549,7 +550,7 @@ def _run_values(
 
 def _metrics_of(
     model: Any,
-    runs: Mapping[str, tuple[xr.Dataset, dict[str, np.ndarray]]],
+    runs: Mapping[str, tuple[xr.Dataset, dict[str, float | np.ndarray]]],
     scenario: str,
     baseline: str,
     variables: Sequence[str],
@@ -923,7 +924,7 @@ def audit(
         table = tables[f"{claim.scenario}|{claim.baseline}"]
         truth = claim.predicate.evaluate({n: table[n].to_numpy() for n in claim.predicate.names})
         holds = truth == 1.0
-        options = {
+        options: dict[str, Any] = {
             "min_density": spec.min_density,
             "peel_alpha": spec.peel_alpha,
             "paste_alpha": spec.paste_alpha,

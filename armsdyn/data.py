@@ -431,7 +431,7 @@ def load_nmc(
         raise DataError(msg)
 
     if variable == "milex":
-        if first <= NMC_POUND_ERA_END < last:
+        if first <= NMC_POUND_ERA_END < last and era_conversion is not None:  # None was refused above
             frame = _convert_era(frame, era_conversion, path)
         unit = nmc_milex_units(first, last, era_conversion)
     else:

@@ -163,6 +163,7 @@ def knobs(exp: Experiment) -> list[Knob]:
     for var in model.of_kind("constant"):
         if named and var.name not in named:
             continue
+        keys: list[tuple[str, int | None]]
         if var.dims:
             keys = [(var.element_name(e), i) for i, e in enumerate(var.elements())]
         elif var.default is not None:

@@ -159,7 +159,7 @@ def _split(name: str) -> tuple[str, str]:
 def _long(da: xr.DataArray, case: str, variable: str, *, case_column: str | None = None) -> pd.DataFrame:
     """One variable on ``(case, [time,] extra...)`` as rows (case, time, element, value, variable, units)."""
     has_time = "time" in da.dims
-    extra = [d for d in da.dims if d not in (case, "time")]
+    extra = [str(d) for d in da.dims if d not in (case, "time")]
     da = da.transpose(case, *(["time"] if has_time else []), *extra)
     cases = da[case].values if case in da.coords else np.arange(da.sizes[case])
     times = da["time"].values.astype(float) if has_time else np.array([np.nan])
@@ -289,7 +289,7 @@ def ensemble_tables(ensemble: xr.Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     columns = list(COLUMNS["ensemble_runs"])
     per_run = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
     series = [
-        _long(da, da.dims[0], _name(da, key), case_column="run")
+        _long(da, str(da.dims[0]), _name(da, key), case_column="run")
         for key, da in ensemble.data_vars.items()
         if da.dims[:1] != ("run",) and "time" in da.dims
     ]

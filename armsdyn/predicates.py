@@ -34,7 +34,7 @@ import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -258,7 +258,7 @@ class _Checker(ast.NodeVisitor):
         self.slots, self.texts, self.allowed, self.where, self.text = slots, texts, allowed, where, text
         self.used: list[int] = []
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str) -> NoReturn:
         raise PredicateError(f"{self.where}: {self.text!r}: {what}")
 
     def generic_visit(self, node: ast.AST) -> str:
@@ -268,7 +268,7 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Name(self, node: ast.Name) -> str:
         found = _PLACEHOLDER.match(node.id)
-        if not found:
+        if found is None:
             listing = ", ".join(self.allowed) if self.allowed else "none"
             self.fail(f"unknown name {node.id!r}{did_you_mean(node.id, self.allowed)} (allowed names: {listing})")
         i = int(found.group(1))
@@ -341,7 +341,9 @@ class _Evaluator(ast.NodeVisitor):
         return value if value.dtype.kind in "USO" else value.astype(float)
 
     def visit_Constant(self, node: ast.Constant) -> Any:
-        return node.value if isinstance(node.value, str) else float(node.value)
+        value = node.value
+        assert isinstance(value, int | float | str)  # the checker let only these through
+        return value if isinstance(value, str) else float(value)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
         value = self.visit(node.operand)
@@ -364,7 +366,7 @@ class _Evaluator(ast.NodeVisitor):
         operands = [self.visit(node.left), *(self.visit(c) for c in node.comparators)]
         result: Any = 1.0
         for op, left, right in zip(node.ops, operands, operands[1:], strict=False):
-            if isinstance(left, str) or getattr(np.asarray(left), "dtype", None).kind in "USO":
+            if isinstance(left, str) or np.asarray(left).dtype.kind in "USO":
                 step = np.asarray(_COMPARE[type(op)](np.asarray(left, dtype=str), np.asarray(right, dtype=str)), float)
             else:
                 left_a, right_a = np.asarray(left, dtype=float), np.asarray(right, dtype=float)

@@ -104,13 +104,13 @@ def find_faults(ds: xr.Dataset) -> list[Fault]:
             if "valid_max" in da.attrs:
                 checks.append(("above maximum", values > da.attrs["valid_max"]))
         for problem, bad in checks:
-            for i in np.flatnonzero(bad.any(axis=(1, 2))):
-                if int(i) in failed:
+            for i in map(int, np.flatnonzero(bad.any(axis=(1, 2)))):
+                if i in failed:
                     continue
                 j = int(np.argmax(bad[i].any(axis=1)))
                 e = int(np.argmax(bad[i, j]))
                 if i not in first or times[j] < first[i].time:
-                    first[int(i)] = Fault(
+                    first[i] = Fault(
                         scenario=str(ds[dim].values[i]),
                         variable=labels[e],
                         time=float(times[j]),

@@ -201,7 +201,7 @@ def install_literal_eval() -> None:
     from pysd.translators.xmile import xmile_element
 
     for module in (vensim_element, xmile_element):
-        module.eval = _literal  # type: ignore[attr-defined]
+        module.eval = _literal
 
 
 # --------------------------------------------------------------------------- generated code

@@ -58,7 +58,7 @@ def output_values(ds: xr.Dataset, outputs: tuple[Output, ...]) -> dict[str, np.n
     table = compute_metrics(ds) if any(o.metric for o in outputs) else None
     values = {}
     for o in outputs:
-        if o.metric:
+        if o.metric and table is not None:
             values[o.name] = table[o.metric].to_numpy(dtype=float)
             continue
         da = find_variable(ds, o.variable)
@@ -216,8 +216,12 @@ def run_study(
         raise ValueError(msg)
     draws = sample(spec)
     n = len(next(iter(draws.values())))
-    fixed = {k: v for k, v in experiment.scenario(spec.scenario).parameters.items() if k not in draws}
-    samples = {k: np.full(n, float(v)) for k, v in fixed.items()} | draws
+    samples = dict(draws)
+    for key, value in experiment.scenario(spec.scenario).parameters.items():
+        if isinstance(value, tuple):  # the config refuses this; a study starts from constants only
+            msg = f"scenario {spec.scenario!r} sets {key!r} as a time series; a sensitivity study needs constants"
+            raise ValueError(msg)
+        samples.setdefault(key, np.full(n, value))
     for p in spec.parameters:
         samples |= {other: draws[p.name] for other in p.also}
     try:

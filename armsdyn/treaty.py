@@ -166,7 +166,7 @@ def _states(ds: xr.Dataset, finals: Mapping[str, xr.Variable]) -> tuple[str, tup
     if len(dims) != 1:
         return None
     (dim,) = dims
-    return dim, tuple(str(e) for e in ds[dim].values.tolist())
+    return str(dim), tuple(str(e) for e in ds[dim].values.tolist())
 
 
 def applies(ds: xr.Dataset) -> bool:
@@ -216,21 +216,27 @@ def treaty_metrics(
     dim = case_dim(ds)
     labels = [str(s) if dim == "scenario" else s for s in ds[dim].values.tolist()]
 
-    def world(name: str) -> np.ndarray | None:
-        da = finals.get(name)
-        return None if da is None else da.values
+    def world(name: str) -> np.ndarray:
+        return np.asarray(finals[name].values)
+
+    def optional_world(name: str) -> np.ndarray | None:
+        return world(name) if name in finals else None
 
     position = {s: i for i, s in enumerate(states)}
 
-    def of(name: str, s: str) -> np.ndarray | None:
-        da = finals.get(name)
-        return None if da is None else da.values[:, position[s]]
+    def of(name: str, s: str) -> np.ndarray:
+        return np.asarray(finals[name].values[:, position[s]])
+
+    def optional(name: str, s: str) -> np.ndarray | None:
+        return of(name, s) if name in finals else None
 
     table = pd.DataFrame(index=pd.Index(labels, name=dim))
     signed = world("treaty signed") > 0.5
     broken = signed & (world("treaty broken") > 0.5)
     breakdown = world("treaty breakdown time")
-    table["treaty status"] = _status(signed, broken, world("breakdown by insecurity"), world("breakdown by detection"))
+    table["treaty status"] = _status(
+        signed, broken, optional_world("breakdown by insecurity"), optional_world("breakdown by detection")
+    )
     table["treaty start"] = np.where(signed, world("treaty signing time"), np.nan)
     table["breakdown time"] = np.where(broken, breakdown, np.nan)
     ref = _baseline_rows(labels, baseline, baselines)
@@ -253,14 +259,14 @@ def treaty_metrics(
             table[f"breakout status {s}"] = np.select(
                 [~signed, ~broken, regained], ["no treaty", "no breakdown", "regained"], "not regained"
             )
-            peak = of("peak power ratio after breakdown", s)
+            peak = optional("peak power ratio after breakdown", s)
             if peak is not None:
                 table[f"relative edge {s}"] = np.where(broken, peak, np.nan)
-            burden = of("cumulative arms burden", s)
+            burden = optional("cumulative arms burden", s)
             table[f"cumulative arms burden {s}"] = burden if burden is not None else np.nan
             if ref is not None:
                 table[f"insecurity reduction vs baseline {s}"] = 1.0 - mean / mean[ref]
-                civil = of("cumulative civil output", s)
+                civil = optional("cumulative civil output", s)
                 if civil is not None:
                     table[f"foregone output {s}"] = 1.0 - civil / civil[ref]
     for i, a in enumerate(states):
