@@ -76,7 +76,7 @@ import xarray as xr
 
 from armsdyn.ensemble import compile_model
 from armsdyn.errors import ModelError, did_you_mean
-from armsdyn.loops import on_feedback_loops
+from armsdyn.loops import find_loops, on_feedback_loops
 from armsdyn.ltm import loop_dominance
 from armsdyn.model import Model, TimeSettings, cache_dir, load_model
 from armsdyn.specs import AttributionSpec, Experiment, LoopGroup, Scenario
@@ -452,7 +452,8 @@ def analyse_loops(experiment: Experiment) -> xr.Dataset | None:
     attrs: dict[str, Any] = {"experiment": experiment.name, "model": experiment.model.path.name}
     if experiment.loop_dominance is not None:
         spec = experiment.loop_dominance
-        dominance = loop_dominance(experiment, max_length=spec.max_length, limit=spec.limit)
+        loops = find_loops(experiment.model, max_length=spec.max_length, limit=spec.limit, through=spec.through)
+        dominance = loop_dominance(experiment, loops=loops)
         attrs["dominance_method"] = dominance.attrs["method"]
         parts.append(dominance.drop_attrs())
     if experiment.attribution is not None:

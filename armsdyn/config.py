@@ -113,7 +113,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "loop_dominance": "table",
         "attribution": "table",
     },
-    "loop_dominance": {"max_length": "integer", "limit": "integer"},
+    "loop_dominance": {"max_length": "integer", "limit": "integer", "through": "list of strings"},
     "attribution": {"stocks": "list of strings", "window": "list of numbers", "groups": "array of tables"},
     "attribution.groups": {"name": "string", "variables": "list of strings", "kind": "string"},
     "metrics": {"baseline": "string"},
@@ -305,7 +305,7 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     if "sensitivity" in top:
         sensitivity, more = _parse_sensitivity(top["sensitivity"], scenarios, variables, model, problems)
         needed += more
-    dominance = _parse_loop_dominance(top["loop_dominance"], problems) if "loop_dominance" in top else None
+    dominance = _parse_loop_dominance(top["loop_dominance"], model, problems) if "loop_dominance" in top else None
     attribution = _parse_attribution(top["attribution"], model, time, problems) if "attribution" in top else None
     for i, fig in enumerate(figures):
         if FIGURE_KINDS[fig.kind].reads_loops and dominance is None:
@@ -341,12 +341,13 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     )
 
 
-def _parse_loop_dominance(table: Any, problems: Problems) -> LoopDominanceSpec:
+def _parse_loop_dominance(table: Any, model: Model, problems: Problems) -> LoopDominanceSpec:
     good = check_table(table, "loop_dominance", "loop_dominance", problems)
     for key in ("max_length", "limit"):
         if key in good and good[key] < 1:
             problems.add(f"loop_dominance.{key}", f"must be at least 1, got {good[key]}")
-    return LoopDominanceSpec(max_length=good.get("max_length"), limit=good.get("limit"))
+    through = _check_variables(good.get("through", []), "loop_dominance.through", model, problems)
+    return LoopDominanceSpec(max_length=good.get("max_length"), limit=good.get("limit"), through=tuple(through))
 
 
 def _parse_attribution(table: Any, model: Model, time: TimeSettings, problems: Problems) -> AttributionSpec | None:

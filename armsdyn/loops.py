@@ -506,6 +506,7 @@ def find_loops(
     max_length: int | None = None,
     limit: int | None = None,
     params: Mapping[str, Any] | None = None,
+    through: Sequence[str] = (),
 ) -> list[Loop]:
     """Every elementary feedback loop of a model, with its variables, length and polarity.
 
@@ -526,6 +527,11 @@ def find_loops(
         Stop after this many loops (which ones are found first is not defined beyond that).
     params : mapping, optional
         Overrides for the run the links are signed over (default: the model file's own run).
+    through : sequence of str, optional
+        Only loops through any of these variables (model names, any element of a subscripted
+        one, or one element: ``"rival signal[A]"``). The search then starts from them alone, so a
+        long loop (the knowledge model's action-reaction loop has 22 variables) is found without
+        enumerating every loop of that length.
 
     Returns
     -------
@@ -550,7 +556,8 @@ def find_loops(
         for node in nodes
         if model.element(node)[0].kind in ("stock", "stateful")  # a stock or SMOOTH (or one element of it)
     }
-    cycles = [_rotate(cycle, stocks) for cycle in itertools.islice(elementary_cycles(nodes, max_length), limit)]
+    found = elementary_cycles(nodes, max_length) if not through else _cycles_through(nodes, through, max_length)
+    cycles = [_rotate(cycle, stocks) for cycle in itertools.islice(found, limit)]
     if cycles and states is None:
         states = RunStates(model, params)
     table = []
@@ -577,6 +584,24 @@ def find_loops(
         prefix = "U" if polarity == "?" else polarity
         loops.append(Loop(f"{prefix}{counters[polarity]}", variables, polarities, mixed))
     return loops
+
+
+def _cycles_through(nodes: dict[str, set[str]], through: Sequence[str], max_length: int | None) -> Iterator[list[str]]:
+    """Every elementary cycle through any node of a variable in `through` (each once)."""
+    wanted = set(through)
+    starts = sorted(n for n in nodes if n in wanted or n.split("[", 1)[0] in wanted)
+    if not starts:
+        msg = f"no variable of the model's causal graph is called {', '.join(map(repr, through))}"
+        raise KeyError(msg)
+    seen: set[tuple[str, ...]] = set()
+    succ = {n: sorted(targets) for n, targets in nodes.items()}
+    for start in starts:
+        for cycle in _bounded(start, succ, max_length or len(nodes)):
+            i = cycle.index(min(cycle))
+            key = tuple(cycle[i:] + cycle[:i])
+            if key not in seen:
+                seen.add(key)
+                yield cycle
 
 
 def element_graph(

@@ -274,10 +274,13 @@ class LoopDominanceSpec:
         Only loops of at most this many variables.
     limit : int or None
         At most this many loops.
+    through : tuple of str
+        Only loops through any of these variables (empty: every loop).
     """
 
     max_length: int | None = None
     limit: int | None = None
+    through: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

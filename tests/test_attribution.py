@@ -322,3 +322,16 @@ def test_a_loop_figure_without_loop_dominance_is_refused(tmp_path: Path) -> None
     body = '[[figures]]\nkind = "loop_dominance"\n'
     with pytest.raises(ConfigError, match=re.escape("figures[0].kind: 'loop_dominance' draws the loop dominance")):
         load_config(write_config(tmp_path, body))
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('through = ["reaction of Z"]', r"loop_dominance\.through\[0\]: unknown variable 'reaction of Z'"),
+        ("max_length = 0", r"loop_dominance\.max_length: must be at least 1, got 0"),
+        ("max_lenght = 6", r"loop_dominance\.max_lenght: unknown key; did you mean 'max_length'\?"),
+    ],
+)
+def test_loop_dominance_config_errors_name_the_key(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(tmp_path, f"[loop_dominance]\n{table}\n"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from armsdyn.loops import RunStates, elementary_cycles, find_loops, link_polarity
+from armsdyn.loops import Loop, RunStates, elementary_cycles, find_loops, link_polarity
 from armsdyn.model import load_model
 from tests.conftest import MODELS, run_cli
 
@@ -159,3 +159,30 @@ def test_cli_prints_the_loops() -> None:
     assert lines[0].split() == ["id", "pol", "len", "variables"]
     assert any(line.startswith("R1") and " 6 " in line and "reaction of Y" in line for line in lines)
     assert sum(line.startswith("B") for line in lines[1:]) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "through"),
+    [
+        (MODELS / "richardson.mdl", ["reaction of X"]),
+        (MODELS / "richardson.mdl", ["fatigue of Y", "reaction of Y"]),
+        (MODELS / "richardson_n.mdl", ["reaction"]),
+    ],
+    ids=["richardson-one", "richardson-two", "richardson_n-every-element"],
+)
+def test_loops_through_variables_are_the_loops_that_pass_through_them(path: Path, through: list[str]) -> None:
+    every = find_loops(path)
+    passing = find_loops(path, through=through)
+
+    def on(loop: Loop) -> bool:
+        return any(n in through or n.split("[", 1)[0] in through for n in loop.variables)
+
+    expected = sorted((loop.variables, loop.polarities) for loop in every if on(loop))
+    assert expected
+    assert sorted((loop.variables, loop.polarities) for loop in passing) == expected
+    assert len(expected) < len(every)
+
+
+def test_loops_through_an_unknown_variable_are_refused() -> None:
+    with pytest.raises(KeyError, match="no variable of the model's causal graph is called 'reaction of Z'"):
+        find_loops(MODELS / "richardson.mdl", through=["reaction of Z"])
