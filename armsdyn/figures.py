@@ -852,6 +852,9 @@ _POLARITY_COLOURS = {
     "?": ("#777777", "#AAAAAA", "#555555", "#CCCCCC", "#999999", "#444444"),
 }
 
+#: The colour of the loops summed as "other loops": darker than a treaty's shading.
+_OTHER_LOOPS = "0.62"
+
 #: Loops drawn one by one in a loop dominance figure; the others are summed as "other loops".
 DOMINANCE_TOP = 6
 
@@ -944,11 +947,12 @@ def loop_dominance(
         data = picked.sel(scenario=scenario)
         series = [data.sel(loop=i).values for i in shown]
         other = data.sel(loop=rest).sum("loop").values if rest else None
-        labels = [_loop_label(i, members[i], polarity[i]) for i in shown]
+        common = set.intersection(*(set(members[i]) for i in shown)) if len(shown) > 1 else set()
+        labels = [_loop_label(i, members[i], polarity[i], common) for i in shown]
         if layout == "stacked":
             pos = [np.clip(s, 0, None) for s in series] + ([np.clip(other, 0, None)] if other is not None else [])
             neg = [np.clip(s, None, 0) for s in series] + ([np.clip(other, None, 0)] if other is not None else [])
-            cols = [colours[i] for i in shown] + (["0.85"] if other is not None else [])
+            cols = [colours[i] for i in shown] + ([_OTHER_LOOPS] if other is not None else [])
             panel.stackplot(t, *pos, colors=cols, labels=[*labels, *(["other loops"] if rest else [])], linewidth=0)
             panel.stackplot(t, *neg, colors=cols, linewidth=0)
             panel.axhline(0, color="0.3", linewidth=0.5)
@@ -956,7 +960,7 @@ def loop_dominance(
             for values, label, i in zip(series, labels, shown, strict=True):
                 panel.plot(t, values, color=colours[i], label=label)
             if other is not None:
-                panel.plot(t, other, color="0.6", label="other loops")
+                panel.plot(t, other, color=_OTHER_LOOPS, label="other loops")
             panel.axhline(0, color="0.3", linewidth=0.5)
         # Shares are per cycle partition: loops of two partitions stack beyond 1.
         low, high = panel.dataLim.y0, panel.dataLim.y1
@@ -973,9 +977,13 @@ def loop_dominance(
     return fig, axes
 
 
-def _loop_label(loop_id: str, variables: Sequence[str], polarity: str, width: int = 60) -> str:
-    path = " → ".join([*variables, variables[0]])
-    text = f"{loop_id} ({polarity}): {path}"
+def _loop_label(loop_id: str, variables: Sequence[str], polarity: str, common: set[str], width: int = 64) -> str:
+    """``"R1 (R): a → b → a"``; where the loops drawn share variables, only what sets this one apart."""
+    distinct = [v for v in variables if v not in common]
+    if common and distinct:
+        text = f"{loop_id} ({polarity}, {len(variables)} variables) via {', '.join(distinct)}"
+    else:
+        text = f"{loop_id} ({polarity}): {' → '.join([*variables, variables[0]])}"
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
