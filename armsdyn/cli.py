@@ -181,6 +181,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add each loop's mean and peak share of loop activity over the model file's run (Loops That Matter)",
     )
+    p.add_argument(
+        "--through",
+        action="append",
+        default=[],
+        metavar="VARIABLE",
+        help="only loops through this variable (repeatable; any element of a subscripted one)",
+    )
+    p.add_argument(
+        "--groups",
+        type=Path,
+        metavar="CONFIG",
+        help="name each loop after the [[attribution.groups]] of this config whose variables it passes through",
+    )
 
     p = sub.add_parser(
         "export",
@@ -351,9 +364,16 @@ def describe_input(args: argparse.Namespace) -> int:
 
 def _loops(args: argparse.Namespace) -> int:
 
+    groups = None
+    if args.groups is not None:
+        attribution = load_config(args.groups).attribution
+        groups = {g.name: g.variables for g in attribution.groups} if attribution is not None else {}
     model = load_model(args.model)
-    loops = find_loops(model, max_length=args.max_length, limit=args.limit)
-    print(format_dominance(loops, loop_dominance(model, loops=loops)) if args.dominance else format_loops(loops))
+    loops = find_loops(model, max_length=args.max_length, limit=args.limit, through=args.through)
+    if args.dominance:
+        print(format_dominance(loops, loop_dominance(model, loops=loops), groups=groups))
+    else:
+        print(format_loops(loops, groups))
     if args.limit is not None and len(loops) >= args.limit:
         print(f"armsdyn: stopped at {args.limit} loops; use --max-length or --limit", file=sys.stderr)
     return 0

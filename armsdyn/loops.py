@@ -33,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from armsdyn.ensemble import compile_model
+from armsdyn.errors import ModelError
 from armsdyn.model import CONTROL_NAMES, Model, TimeSettings, Variable, load_model, quiet_pysd
 
 _SKIP = {"time", *(name.lower().replace(" ", "_") for name in CONTROL_NAMES)}
@@ -592,7 +593,7 @@ def _cycles_through(nodes: dict[str, set[str]], through: Sequence[str], max_leng
     starts = sorted(n for n in nodes if n in wanted or n.split("[", 1)[0] in wanted)
     if not starts:
         msg = f"no variable of the model's causal graph is called {', '.join(map(repr, through))}"
-        raise KeyError(msg)
+        raise ModelError(msg)
     seen: set[tuple[str, ...]] = set()
     succ = {n: sorted(targets) for n, targets in nodes.items()}
     for start in starts:
@@ -768,11 +769,24 @@ def _nudged_signs(
     return out
 
 
-def format_loops(loops: list[Loop]) -> str:
-    """The loop table as text: a header line and one line per loop."""
+def format_loops(loops: list[Loop], groups: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The loop table as text: a header line and one line per loop.
+
+    With `groups` (name to variables, as a config's ``[[attribution.groups]]`` give them), each
+    loop through a group's variables is named after it: ``[action-reaction]``.
+    """
     lines = ["id   pol  len  variables"]
-    lines += [loop.describe() for loop in loops]
+    for loop in loops:
+        line = loop.describe()
+        names = loop_groups(loop, groups or {})
+        lines.append(f"{line}  [{', '.join(names)}]" if names else line)
     return "\n".join(lines)
+
+
+def loop_groups(loop: Loop, groups: Mapping[str, Sequence[str]]) -> list[str]:
+    """The names of the groups whose variables `loop` passes through (any element of them)."""
+    on = {n.split("[", 1)[0] for n in loop.variables} | set(loop.variables)
+    return [name for name, variables in groups.items() if on & set(variables)]
 
 
 def variable_link_polarities(

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from armsdyn.loops import Loop, RunStates, find_loops
+from armsdyn.loops import Loop, RunStates, find_loops, loop_groups
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.specs import Scenario
 
@@ -336,7 +336,12 @@ def _scenarios(
     return [(s.name, s.pysd_params()) for s in scenarios]
 
 
-def format_dominance(loops: Sequence[Loop], ds: xr.Dataset, scenario: str | None = None) -> str:
+def format_dominance(
+    loops: Sequence[Loop],
+    ds: xr.Dataset,
+    scenario: str | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """The loop table with each loop's mean and peak absolute relative score over a run.
 
     Parameters
@@ -347,6 +352,8 @@ def format_dominance(loops: Sequence[Loop], ds: xr.Dataset, scenario: str | None
         Their scores, from :func:`loop_dominance`.
     scenario : str, optional
         The scenario to report (default: the first).
+    groups : mapping, optional
+        Group name to variables: each loop through a group's variables is named after it.
 
     Returns
     -------
@@ -361,5 +368,7 @@ def format_dominance(loops: Sequence[Loop], ds: xr.Dataset, scenario: str | None
     for loop in loops:
         path = " -> ".join((*loop.variables, loop.variables[0]))
         m, p = float(mean.sel(loop=loop.id)), float(peak.sel(loop=loop.id))
-        lines.append(f"{loop.id:<4} {loop.polarity}  {loop.length:>3}  {m:5.3f}  {p:5.3f}  {path}")
+        line = f"{loop.id:<4} {loop.polarity}  {loop.length:>3}  {m:5.3f}  {p:5.3f}  {path}"
+        names = loop_groups(loop, groups or {})
+        lines.append(f"{line}  [{', '.join(names)}]" if names else line)
     return "\n".join(lines)

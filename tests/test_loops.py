@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from armsdyn.errors import ModelError
 from armsdyn.loops import Loop, RunStates, elementary_cycles, find_loops, link_polarity
 from armsdyn.model import load_model
 from tests.conftest import MODELS, run_cli
@@ -184,5 +185,27 @@ def test_loops_through_variables_are_the_loops_that_pass_through_them(path: Path
 
 
 def test_loops_through_an_unknown_variable_are_refused() -> None:
-    with pytest.raises(KeyError, match="no variable of the model's causal graph is called 'reaction of Z'"):
+    with pytest.raises(ModelError, match="no variable of the model's causal graph is called 'reaction of Z'"):
         find_loops(MODELS / "richardson.mdl", through=["reaction of Z"])
+
+
+def test_cli_names_loops_after_a_configs_groups_and_keeps_loops_through_a_variable(tmp_path: Path) -> None:
+    config = tmp_path / "groups.toml"
+    config.write_text(
+        f'[experiment]\nname = "g"\nmodel = "{(MODELS / "richardson.mdl").as_posix()}"\n'
+        '[attribution]\nstocks = ["arms X"]\n'
+        '[[attribution.groups]]\nname = "action-reaction"\nvariables = ["reaction of X", "reaction of Y"]\n',
+        encoding="utf-8",
+    )
+    proc = run_cli("loops", MODELS / "richardson.mdl", "--groups", config)
+    assert proc.returncode == 0, proc.stderr
+    named = [line for line in proc.stdout.splitlines() if line.endswith("[action-reaction]")]
+    assert len(named) == 1
+    assert named[0].startswith("R1")
+    proc = run_cli("loops", MODELS / "richardson.mdl", "--through", "fatigue of Y")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == ["B1"]
+    assert "fatigue of Y" in proc.stdout
+    proc = run_cli("loops", MODELS / "richardson.mdl", "--through", "fatigue of Z")
+    assert proc.returncode == 2
+    assert "'fatigue of Z'" in proc.stderr
