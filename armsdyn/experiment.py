@@ -177,42 +177,39 @@ def run(
 
 
 def _run_compiled(exp: Experiment) -> dict[int, dict[str, np.ndarray]]:
-    """The scenarios the compiled engine can run, as one batch of its runs.
+    """Every scenario, as one batch of runs of the compiled engine.
 
     Constants given as numbers are the batch's samples; constants given as a
-    time series in any scenario are series for every run (a number, or the
-    model's value, as a series of one point). Returns each such scenario's
-    values by index, shaped as :meth:`armsdyn.model.Model.simulate` gives
-    them; scenarios that redraw a lookup are left to PySD. A model (or a
-    series) the engine cannot compile is warned about once and left to PySD.
+    time series in any scenario are series for every run (a number as a series
+    of one point, the model's own value where a scenario leaves it); a lookup
+    a scenario redraws is a table per run (the model's own where a scenario
+    keeps it). Returns each scenario's values by index, shaped as
+    :meth:`armsdyn.model.Model.simulate` gives them. A model, series or table
+    the engine cannot compile is warned about once and left to PySD.
     """
     lookups = {v.name for v in exp.model.of_kind("lookup")}
-    batch = [
-        i for i, s in enumerate(exp.scenarios) if not any(exp.model.element(k)[0].name in lookups for k in s.parameters)
-    ]
-    if not batch:
-        return {}
     try:
         compiled = compile_model(exp.model.path, backend="numpy")  # a few runs: no kernel to compile
-        params = [_element_params(exp, exp.scenarios[i].parameters) for i in batch]
+        params = [_element_params(exp, s.parameters) for s in exp.scenarios]
         keys = sorted({k for p in params for k in p})
         timed = {k for p in params for k, v in p.items() if isinstance(v, tuple)}
         t0 = float(exp.time.initial)
         samples = {k: np.array([float(p.get(k, _model_value(exp, k))) for p in params]) for k in keys if k not in timed}
         series = {
-            k: [v if isinstance(v := p.get(k, _model_value(exp, k)), tuple) else ((t0, float(v)),) for p in params]
-            for k in sorted(timed)
+            k: [v if isinstance(v := p.get(k), tuple) or v is None else ((t0, float(v)),) for p in params]
+            for k in sorted(timed - lookups)
         }
+        tables = {k: [p.get(k) for p in params] for k in sorted(timed & lookups)}
         # With no overrides at all the engine runs the model once, and every scenario is that run.
-        ds = compiled.run(samples, time=exp.time, variables=exp.variables, series=series)
+        ds = compiled.run(samples, time=exp.time, variables=exp.variables, series=series, lookups=tables)
     except UnsupportedConstruct as exc:
         warnings.warn(f"{exc}; the scenarios run with PySD instead", FallbackWarning, stacklevel=3)
         return {}
     keyed = {name: exp.model.variable(name).py_name for name in exp.variables}
-    several = bool(samples or series)
+    several = bool(samples or series or tables)
     return {
-        i: {name: ds[key].isel(run=j if several else 0).values for name, key in keyed.items()}
-        for j, i in enumerate(batch)
+        i: {name: ds[key].isel(run=i if several else 0).values for name, key in keyed.items()}
+        for i in range(len(exp.scenarios))
     }
 
 

@@ -27,7 +27,7 @@ import itertools
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -237,8 +237,12 @@ class ModelGraph:
         Whether the model has subscript ranges.
     series : dict of str to int
         Constants (PySD name) or elements of constants (``"py[e1,e2]"``) that
-        this graph reads as time series, with their number of points (see
-        :func:`with_series`); empty for the model as written.
+        this graph reads as time series, and lookups whose tables it reads per
+        run, with their number of points (see :func:`with_series`); empty for
+        the model as written.
+    folded : dict of str to Code
+        Constants whose value the compiler computed from a lookup table (``x =
+        f(2)``), by PySD name: the code to compute them again from another table.
     """
 
     path: Path
@@ -251,6 +255,7 @@ class ModelGraph:
     time_units: str = ""
     subscripted: bool = False
     series: dict[str, int] = field(default_factory=dict)
+    folded: dict[str, Code] = field(default_factory=dict)
 
 
 def series_keys(key: str) -> tuple[str, str]:
@@ -278,7 +283,12 @@ def with_series(graph: ModelGraph, series: dict[str, int]) -> ModelGraph:
     out.nodes = dict(graph.nodes)
     out.series = dict(series)
     by_constant: dict[str, dict[str, str]] = {}
+    tables = [key for key in series if key in graph.elements and graph.elements[key].kind == "lookup"]
+    if tables:
+        _redraw(out, tables)
     for key in series:
+        if key in tables:
+            continue
         py, bracket, label = key.partition("[")
         node = graph.nodes.get(f"v_{py}")
         if node is None or node.constant != py:
@@ -309,6 +319,46 @@ def with_series(graph: ModelGraph, series: dict[str, int]) -> ModelGraph:
             code = Code(f"_put(C[{py!r}], ({parts},))", 0, deps, False, node.step.dims)
         out.nodes[node.name] = Node(node.name, code, code, constant=None, shape=node.shape)
     return out
+
+
+LOOKUP_KINDS = {"interpolate": 0, "extrapolate": 1, "hold_backward": 2}
+"""Lookup kinds by the code ``_lookup_runs`` takes."""
+
+
+def _redraw(graph: ModelGraph, lookups: list[str]) -> None:
+    """Make `graph` (a copy) read the tables of `lookups` per run, from ``C``, instead of the model's.
+
+    Every call of such a lookup (in variables, stateful operands and constants
+    the compiler folded) becomes ``_lookup_runs(kind, xs, ys, x)``, which
+    interpolates as the lookup's own kind does. Raises UnsupportedConstruct for
+    a subscripted lookup (a table per element).
+    """
+    calls = {}
+    for py in lookups:
+        table = f"LK_{py}"
+        if table not in graph.lookups:
+            raise UnsupportedConstruct(graph.path, graph.elements[py].name, "a redrawn subscripted lookup")
+        x, y = series_keys(py)
+        pattern = re.compile(rf"\b_lookup(?:_extrapolate|_hold)?\({re.escape(table)}_x, {re.escape(table)}_y, ")
+        calls[pattern] = f"_lookup_runs({LOOKUP_KINDS[graph.lookups[table][2]]}, C[{x!r}], C[{y!r}], "
+
+    def redrawn(code: Code) -> Code:
+        text = code.text
+        for pattern, call in calls.items():
+            text = pattern.sub(call, text)
+        return code if text == code.text else Code(text, code.order, code.deps, code.boolean, code.dims)
+
+    for name, node in graph.nodes.items():
+        step, init = redrawn(node.step), redrawn(node.init)
+        if step is not node.step or init is not node.init:
+            graph.nodes[name] = Node(name, step, init, node.constant, node.shape)
+    graph.statefuls = [replace(st, args={k: redrawn(v) for k, v in st.args.items()}) for st in graph.statefuls]
+    for py, code in graph.folded.items():
+        new = redrawn(code)
+        if new is not code:
+            # Computed once before the run from the run's table, no longer a constant read from C.
+            name = f"v_{py}"
+            graph.nodes[name] = Node(name, new, new, None, graph.nodes[name].shape)
 
 
 def parse(path: Path) -> Any:
@@ -677,6 +727,8 @@ class Compiler:
         if not created and not step.deps and not init.deps and not _uses_controls(step):
             value = np.asarray(self._fold(step.text, {}, element.name), dtype=float)
             self.graph.constants[py] = np.broadcast_to(value, (*shape, value.shape[-1]))[..., 0].copy()
+            if "LK_" in step.text:
+                self.graph.folded[py] = step
             self.graph.nodes[name] = Node(
                 name, Code(f"C[{py!r}]", dims=dims), Code(f"C[{py!r}]", dims=dims), constant=py, shape=shape
             )
@@ -707,6 +759,8 @@ class Compiler:
             if isinstance(value, np.ndarray | np.generic):
                 value = value.item() if value.size == 1 else value
             self.graph.constants[py] = value
+            if "LK_" in step.text:
+                self.graph.folded[py] = step
             self.graph.nodes[name] = Node(name, Code(f"C[{py!r}]"), Code(f"C[{py!r}]"), constant=py)
             self._info(element, py, "constant", name)
             return

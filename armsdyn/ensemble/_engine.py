@@ -238,7 +238,8 @@ class CompiledModel(VariableLookup):
         time: TimeSettings | None = None,
         variables: Sequence[str] | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        series: Mapping[str, Sequence[SeriesLike]] | None = None,
+        series: Mapping[str, Sequence[SeriesLike | None]] | None = None,
+        lookups: Mapping[str, Sequence[SeriesLike | None]] | None = None,
     ) -> xr.Dataset:
         """Simulate every parameter sample, advancing a chunk of samples at once.
 
@@ -264,7 +265,14 @@ class CompiledModel(VariableLookup):
             interpolates a ``pandas.Series`` given for a constant: linearly
             between the points, holding the first value before them and the
             last after them. Anything computed from them, initial values
-            included (read at the initial time), follows them.
+            included (read at the initial time), follows them. None stands
+            for the model's own value.
+        lookups : mapping, optional
+            Lookups (graphical functions) that the samples redraw: for each,
+            one table per sample, ``(x, y)`` pairs with x increasing (or a
+            ``pandas.Series`` of y indexed by x, or None for the model's own
+            table), read as the lookup's own kind reads its table (as PySD
+            reads a ``pandas.Series`` given for a lookup).
 
         Returns
         -------
@@ -281,8 +289,8 @@ class CompiledModel(VariableLookup):
             If the time settings are unusable or the model cannot be initialised.
         """
         values, n = self.normalise_samples(samples)
-        if series:
-            tables, n = normalise_series(self, series, values, n if values else None)
+        if series or lookups:
+            tables, n = normalise_series(self, series or {}, values, n if values else None, lookups)
         else:
             tables = {}
         names = self._output_names(variables)
@@ -791,29 +799,37 @@ def series_spec(values: Mapping[str, np.ndarray]) -> Spec:
 
 
 def normalise_series(
-    model: VariableLookup,
-    series: Mapping[str, Sequence[SeriesLike]],
+    model: CompiledModel,
+    series: Mapping[str, Sequence[SeriesLike | None]],
     values: Mapping[str, np.ndarray],
     n: int | None,
+    lookups: Mapping[str, Sequence[SeriesLike | None]] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Time series of constants as tables the generated code reads, and the number of samples.
+    """Time series of constants, and redrawn lookups, as tables the generated code reads.
 
     Each sample's series is interpolated (PySD's ``np.interp``) at the points of
     all samples together: a piecewise-linear function is linear between those
     points and constant beyond them, so the tables give every sample exactly
-    its own series, and one search per time step serves them all.
+    its own series, and one search per time step serves them all. A lookup's
+    tables are put on the points of all samples alike, continued beyond a
+    sample's own points as its kind continues them (held, extrapolated or
+    stepped), so that each sample reads exactly its own table.
 
     Parameters
     ----------
     model : CompiledModel
-        The model whose constants the keys name.
+        The model whose constants and lookups the keys name.
     series : mapping
         Constant (or element, or whole subscripted constant) to one series per
-        sample: a ``pandas.Series`` indexed by time or ``(time, value)`` pairs.
+        sample: a ``pandas.Series`` indexed by time, ``(time, value)`` pairs, or
+        None for the model's own value.
     values : mapping
         The sampled constants (normalised): a constant cannot be both.
     n : int or None
         The number of samples, if the samples fix it.
+    lookups : mapping, optional
+        Lookup (graphical function) to one table per sample: ``(x, y)`` pairs,
+        a ``pandas.Series`` of y indexed by x, or None for the model's own table.
 
     Returns
     -------
@@ -825,12 +841,13 @@ def normalise_series(
     Raises
     ------
     SampleError
-        For an unknown name, a non-constant, a constant also sampled or given
-        twice, a series that is empty, not numbers, with times not increasing,
-        or a number of series other than the samples'.
+        For an unknown name, a name of the wrong kind, a constant also sampled
+        or given twice, a series that is empty, not numbers, with times not
+        increasing, or a number of series other than the samples'.
     """
-    given: dict[str, tuple[str, Sequence[SeriesLike]]] = {}
-    wholes: list[tuple[Variable, Sequence[SeriesLike]]] = []
+    given: dict[str, tuple[str, Sequence[SeriesLike | None], Any]] = {}
+    wholes: list[tuple[Variable, Sequence[SeriesLike | None]]] = []
+    graph = model.graph()
     for key, per_sample in series.items():
         try:
             var, element = _model_element(model, str(key))
@@ -847,17 +864,38 @@ def normalise_series(
         if name in given or name in values:
             msg = f"constant {what!r} is given twice (as a time series and otherwise)"
             raise SampleError(msg)
-        given[name] = (what, per_sample)
+        default = var.default if element is None else var.defaults[var.elements().index(element)]
+        given[name] = (what, per_sample, ((0.0, default),))
     for var, per_sample in wholes:
         if var.py_name in values:
             msg = f"constant {var.name!r} is given twice (as a time series and otherwise)"
             raise SampleError(msg)
-        for element in var.elements():
+        for k, element in enumerate(var.elements()):
             name = f"{var.py_name}[{','.join(element)}]"
             if name not in given and name not in values:  # an element's own value wins, as with PySD
-                given[name] = (var.element_name(element), per_sample)
+                given[name] = (var.element_name(element), per_sample, ((0.0, var.defaults[k]),))
+    kinds: dict[str, str] = {}
+    for key, per_sample in (lookups or {}).items():
+        try:
+            var = model.variable(str(key))
+        except KeyError as exc:
+            raise SampleError(exc.args[0]) from None
+        table = graph.lookups.get(f"LK_{var.py_name}")
+        if var.kind != "lookup" or table is None:
+            what = "a subscripted lookup" if var.kind == "lookup" else f"a {var.kind}, not a lookup"
+            msg = f"{var.name!r} in model {model.path} is {what}, so its table cannot be redrawn"
+            raise SampleError(msg)
+        sampled = sorted(py for py, code in graph.folded.items() if f"LK_{var.py_name}_x" in code.text and py in values)
+        if sampled:
+            msg = (
+                f"constant {model.variable(sampled[0]).name!r} is computed from lookup {var.name!r}: "
+                "sample the one or redraw the other"
+            )
+            raise SampleError(msg)
+        kinds[var.py_name] = table[2]
+        given[var.py_name] = (var.name, per_sample, tuple(zip(table[0].tolist(), table[1].tolist(), strict=True)))
     tables: dict[str, np.ndarray] = {}
-    for name, (what, per_sample) in given.items():
+    for name, (what, per_sample, default) in given.items():
         if isinstance(per_sample, pd.Series) or not isinstance(per_sample, Sequence):
             msg = f"time series of {what!r}: give one series per sample (a list), not {type(per_sample).__name__}"
             raise SampleError(msg)
@@ -866,11 +904,25 @@ def normalise_series(
         if len(per_sample) != n:
             msg = f"time series of {what!r}: {len(per_sample)} series for {n} samples"
             raise SampleError(msg)
-        points = [_series_points(what, s) for s in per_sample]
+        points = [_series_points(what, default if s is None else s) for s in per_sample]
         knots = np.unique(np.concatenate([x for x, _ in points])) if points else np.zeros(1)
+        kind = kinds.get(name, "interpolate")
         tables[f"~x:{name}"] = np.broadcast_to(knots, (n, knots.size))
-        tables[f"~y:{name}"] = np.array([np.interp(knots, x, y) for x, y in points]).reshape(n, knots.size)
+        tables[f"~y:{name}"] = np.array([_on_points(kind, knots, x, y) for x, y in points]).reshape(n, knots.size)
     return tables, 1 if n is None else n
+
+
+def _on_points(kind: str, knots: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The values at `knots` (which include every `x`) of the function of kind `kind` through (`x`, `y`)."""
+    if kind == "hold_backward":
+        return y[np.clip(np.searchsorted(x, knots, side="right") - 1, 0, len(x) - 1)]
+    out = np.interp(knots, x, y)
+    if kind == "extrapolate" and len(x) > 1:
+        # Beyond its own points the table continues its end segments (PySD's extrapolation).
+        hi, lo = knots > x[-1], knots < x[0]
+        out[hi] = y[-1] + (y[-1] - y[-2]) / (x[-1] - x[-2]) * (knots[hi] - x[-1])
+        out[lo] = y[0] + (y[1] - y[0]) / (x[1] - x[0]) * (knots[lo] - x[0])
+    return out
 
 
 def _series_points(what: str, value: SeriesLike) -> tuple[np.ndarray, np.ndarray]:

@@ -193,6 +193,23 @@ def series(t, xs, ys):  # type: ignore[no-untyped-def]
 
 
 @_jit
+def lookup_runs(kind, xs, ys, x):  # type: ignore[no-untyped-def]
+    # armsdyn.ensemble._runtime.lookup_runs for one sample: this sample's table is ys at the points xs.
+    last = len(xs) - 1
+    if kind == 2:
+        idx = np.searchsorted(xs, x, side="right") - 1
+        return ys[min(max(idx, 0), last)]
+    if kind == 1 and last > 0:
+        if x > xs[last]:
+            return ys[last] + (ys[last] - ys[last - 1]) / (xs[last] - xs[last - 1]) * (x - xs[last])
+        if x < xs[0]:
+            return ys[0] + (ys[1] - ys[0]) / (xs[1] - xs[0]) * (x - xs[0])
+    if np.isnan(x):
+        return x
+    return series(x, xs, ys)
+
+
+@_jit
 def order(value):  # type: ignore[no-untyped-def]
     """The order as an int, or -1 if it is not a whole number of at least 1."""
     if not np.isfinite(value) or value < 1 or value != int(value):

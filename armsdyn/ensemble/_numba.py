@@ -95,6 +95,7 @@ _HELPERS = {
     "_lookup_extrapolate": "_lookup_extrapolate",
     "_lookup_hold": "_lookup_hold",
     "_series": "_series",
+    "_lookup_runs": "_lookup_runs",
 }
 _LOOKUPS = {"_lookup", "_lookup_extrapolate", "_lookup_hold"}
 _PULSE_ARGS = ("repeat_time", "width", "magnitude", "end")
@@ -659,6 +660,7 @@ def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], lis
         "    lookup as _lookup, lookup_extrapolate as _lookup_extrapolate, lookup_hold as _lookup_hold,",
         "    order as _order, delay_order as _delay_order, fixed_order as _fixed_order,",
         "    nan0 as _nan0, nan1 as _nan1, fmin as _fmin, fmax as _fmax, series as _series,",
+        "    lookup_runs as _lookup_runs,",
         ")",
         "from armsdyn.ensemble._vecmath import (",
         "    exp as _exp, log as _log, power as _pow, prefer_wide_vectors, table_function,",

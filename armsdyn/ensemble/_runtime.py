@@ -256,6 +256,47 @@ def put(base: np.ndarray, parts: tuple[tuple[int, Num], ...]) -> np.ndarray:
     return out
 
 
+def lookup_runs(kind: int, xs: np.ndarray, ys: np.ndarray, x: Num) -> np.ndarray:
+    """A lookup whose table each sample redraws: `ys` ``(K, m)`` at the points `xs` ``(K,)`` of all samples.
+
+    `kind` is 0 for Vensim's interpolation (clamped to the end values), 1 for
+    XMILE's extrapolation (the end segments continued), 2 for XMILE's
+    discrete lookup (the value at the last point at or before `x`), as
+    :func:`lookup`, :func:`lookup_extrapolate` and :func:`lookup_hold`
+    compute them; `x` has the samples along its last axis.
+    """
+    m = ys.shape[1]
+    shape = np.broadcast_shapes(np.shape(x), (m,))
+    xb = np.broadcast_to(np.asarray(x, dtype=float), shape)
+    cols = np.broadcast_to(np.arange(m), shape)
+    last = len(xs) - 1
+    j = np.searchsorted(xs, xb, side="right") - 1
+    if kind == 2:
+        return ys[np.clip(j, 0, last), cols]
+    if last == 0:
+        return ys[np.zeros(shape, dtype=int), cols]
+    j = np.clip(j, 0, last - 1)
+    x0 = xs[j]
+    y0, y1 = ys[j, cols], ys[j + 1, cols]
+    slope = (y1 - y0) / (xs[j + 1] - x0)
+    # np.interp's arithmetic: a point's own value at a point, else slope * (x - x0) + y0.
+    out = np.where(xb == x0, y0, slope * (xb - x0) + y0)
+    bad = np.isnan(out) & ~np.isnan(xb)
+    if bad.any():
+        other = slope * (xb - xs[j + 1]) + y1
+        out = np.where(bad, np.where(np.isnan(other) & (y0 == y1), y0, other), out)
+    first, end = ys[0][cols], ys[last][cols]
+    if kind == 1:
+        k_hi = (ys[last] - ys[last - 1])[cols] / (xs[last] - xs[last - 1])
+        k_lo = (ys[1] - ys[0])[cols] / (xs[1] - xs[0])
+        out = np.where(xb >= xs[last], end, out)
+        out = np.where(xb > xs[last], end + k_hi * (xb - xs[last]), out)
+        out = np.where(xb < xs[0], first + k_lo * (xb - xs[0]), out)
+        return np.where(xb == xs[0], first, out)
+    out = np.where(xb >= xs[last], end, out)
+    return np.where(xb <= xs[0], first, out)
+
+
 NAMESPACE = {
     "np": np,
     "_full": full,
@@ -280,5 +321,6 @@ NAMESPACE = {
     "_lookup_hold": lookup_hold,
     "_series": series,
     "_put": put,
+    "_lookup_runs": lookup_runs,
 }
 """Names the generated code may use, besides its own lookup tables."""
