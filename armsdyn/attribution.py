@@ -91,6 +91,7 @@ MAX_GROUPS = 6
 CUTTABLE = ("auxiliary", "flow")
 
 _CUT_PREFIX = "armsdyn attribution cut"
+_UNSAFE_DOC = re.compile(r'[|~{}\\"]')
 
 
 def attribute(
@@ -99,6 +100,7 @@ def attribute(
     scenarios: Mapping[str, Mapping[str, Any]] | Sequence[Scenario] | None = None,
     *,
     time: TimeSettings | None = None,
+    engine: str = "compiled",
 ) -> xr.Dataset:
     """Shares of each stock element's change over a window that each group of loops accounts for.
 
@@ -115,6 +117,10 @@ def attribute(
         ``"baseline"``, of the model file's values).
     time : TimeSettings, optional
         Time settings (default: the model file's). The runs are read at every step.
+    engine : {"compiled", "pysd"}
+        What runs the knockouts: the compiled engine, all scenarios and knockouts at once (PySD
+        for a scenario with a time-series override, or a model it cannot compile), or PySD, run by
+        run (the reference, as ``[experiment] engine = "pysd"``).
 
     Returns
     -------
@@ -148,7 +154,7 @@ def attribute(
     labels = [var.element_name(e) if var.dims else var.name for var in stocks for e in _elements(var)]
     # change[s, m, j]: the change of stock element j in scenario s with active groups masks[m].
     change = np.full((len(named), len(masks), len(labels)), np.nan)
-    runs = _run_all(path, model, named, masks, [v.name for v in stocks], settings)
+    runs = _run_all(path, model, named, masks, [v.name for v in stocks], settings, compiled=engine == "compiled")
     for s in range(len(named)):
         for m in range(len(masks)):
             values = runs[s][m]
@@ -304,10 +310,12 @@ def knockout_model(model: Model, groups: Sequence[LoopGroup]) -> Path:
     if missing:
         msg = f"{model.path}: could not find the equation of {', '.join(map(repr, missing))} to cut"
         raise ModelError(msg)
+    # A group's name is free text: keep Vensim's delimiters out of the documentation string.
+    labels = [_UNSAFE_DOC.sub(" ", g.name) for g in groups]
     header = "".join(
         f"{_CUT_PREFIX} {i + 1}=\n\t0\n\t~\tDmnl [0,1]\n\t~\tarmsdyn: 1 holds the variables of loop group "
-        f"{g.name!r} at their initial values.\n\t|\n\n"
-        for i, g in enumerate(groups)
+        f"{label} at their initial values.\n\t|\n\n"
+        for i, label in enumerate(labels)
     )
     body = "|".join(blocks)
     # After the encoding line, which must stay first.
@@ -355,6 +363,8 @@ def _run_all(
     masks: list[tuple[float, ...]],
     stocks: list[str],
     settings: TimeSettings,
+    *,
+    compiled: bool = True,
 ) -> list[list[dict[str, np.ndarray]]]:
     """Every scenario under every knockout: ``runs[scenario][mask][stock]`` at every step.
 
@@ -364,16 +374,17 @@ def _run_all(
     out: list[list[dict[str, np.ndarray]]] = [[{} for _ in masks] for _ in named]
     cuts = [f"{_CUT_PREFIX} {i + 1}" for i in range(len(masks[0]))]
     batch = [s for s, (_, p) in enumerate(named) if not any(isinstance(v, pd.Series | tuple) for v in p.values())]
-    compiled = None
-    if batch:
+    engine = None
+    if batch and compiled:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                compiled = compile_model(path, backend="numpy")
+                engine = compile_model(path, backend="numpy")
         except Exception:  # a construct the engine does not compile: PySD runs them all
-            compiled = None
-            batch = []
-    if compiled is not None and batch:
+            engine = None
+    if engine is None:
+        batch = []
+    if engine is not None and batch:
         keys = sorted({k for s in batch for k in named[s][1]})
         rows = [(s, m) for s in batch for m in range(len(masks))]
         samples = {k: np.array([float(named[s][1].get(k, _model_value(model, k))) for s, _ in rows]) for k in keys}
@@ -381,7 +392,7 @@ def _run_all(
             samples[cut] = np.array([1.0 - masks[m][c] for _, m in rows])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = compiled.run(samples, time=settings, variables=stocks)
+            ds = engine.run(samples, time=settings, variables=stocks)
         for r, (s, m) in enumerate(rows):
             for name in stocks:
                 var = model.variable(name)
@@ -457,7 +468,8 @@ def analyse_loops(experiment: Experiment) -> xr.Dataset | None:
         attrs["dominance_method"] = dominance.attrs["method"]
         parts.append(dominance.drop_attrs())
     if experiment.attribution is not None:
-        shares = attribute(experiment.model, experiment.attribution, experiment.scenarios, time=experiment.time)
+        asked, time = experiment.attribution, experiment.time
+        shares = attribute(experiment.model, asked, experiment.scenarios, time=time, engine=experiment.engine)
         attrs.update(
             attribution_method=shares.attrs["method"],
             window_start=shares.attrs["window_start"],

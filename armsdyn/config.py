@@ -354,6 +354,9 @@ def _parse_attribution(table: Any, model: Model, time: TimeSettings, problems: P
     """``[attribution]``: stocks, window and ``[[attribution.groups]]`` (see :mod:`armsdyn.attribution`)."""
     good = check_table(table, "attribution", "attribution", problems)
     names = list(model.variables)
+    if model.path.suffix.lower() != ".mdl":
+        problems.add("attribution", f"{model.path}: loop-group attribution edits Vensim (.mdl) models only")
+        return None
     stocks = []
     if not good.get("stocks"):
         problems.add("attribution.stocks", "missing or empty; name the stocks whose change is attributed")

@@ -22,7 +22,7 @@ from armsdyn.attribution import OTHER, attribute, knockout_model
 from armsdyn.config import load_config
 from armsdyn.ensemble import compile_model
 from armsdyn.errors import ConfigError
-from armsdyn.model import file_sha256, load_model
+from armsdyn.model import Model, file_sha256, load_model
 from armsdyn.specs import AttributionSpec, LoopGroup
 from tests.conftest import MODELS, run_cli, write_config
 
@@ -42,11 +42,11 @@ def _shares(ds: xr.Dataset, scenario: str, stock: str = "arms X") -> dict[str, f
 
 
 @pytest.fixture(scope="module")
-def richardson():
+def richardson() -> Model:
     return load_model(RICHARDSON)
 
 
-def test_an_ablated_action_reaction_loop_has_no_share_and_the_shares_sum_to_one(richardson) -> None:
+def test_an_ablated_action_reaction_loop_has_no_share_and_the_shares_sum_to_one(richardson: Model) -> None:
     spec = AttributionSpec(("arms X", "arms Y"), (ACTION_REACTION, FATIGUE), window=(0.0, 5.0))
     scenarios = {
         "race": FROM_ZERO,
@@ -64,7 +64,7 @@ def test_an_ablated_action_reaction_loop_has_no_share_and_the_shares_sum_to_one(
     np.testing.assert_allclose(total.values, ds["stock_change"].values, rtol=1e-12)
 
 
-def test_richardsons_action_reaction_share_is_the_one_worked_by_hand(richardson) -> None:
+def test_richardsons_action_reaction_share_is_the_one_worked_by_hand(richardson: Model) -> None:
     """Without fatigue (a = b = 0) and symmetric states, x' = k x + g.
 
     Cut (reaction held at k x0): x grows by (k x0 + g) T. Active: x(T) = (x0 + g/k) e^{kT} - g/k.
@@ -90,7 +90,7 @@ def test_richardsons_action_reaction_share_is_the_one_worked_by_hand(richardson)
     assert shares[OTHER] == pytest.approx(1.0 - expected, rel=1e-2)
 
 
-def test_shares_do_not_change_when_the_arms_unit_is_rescaled(richardson) -> None:
+def test_shares_do_not_change_when_the_arms_unit_is_rescaled(richardson: Model) -> None:
     spec = AttributionSpec(("arms X",), (ACTION_REACTION, FATIGUE), window=(0.0, 3.0))
     base = {"initial arms X": 2.0, "initial arms Y": 0.5, "grievance g": 1.0, "grievance h": 0.2}
     # Arms counted in thousandths: every level and every grievance (arms per year) times 1000.
@@ -104,7 +104,7 @@ def test_shares_do_not_change_when_the_arms_unit_is_rescaled(richardson) -> None
     )
 
 
-def test_shares_do_not_depend_on_saveper_and_converge_as_dt_halves(richardson) -> None:
+def test_shares_do_not_depend_on_saveper_and_converge_as_dt_halves(richardson: Model) -> None:
     spec = AttributionSpec(("arms X",), (ACTION_REACTION, FATIGUE), window=(0.0, 4.0))
     scenarios = {"s": FROM_ZERO}
     step = 1 / 16
@@ -126,7 +126,7 @@ def test_shares_do_not_depend_on_saveper_and_converge_as_dt_halves(richardson) -
     assert gaps[-1] < 0.03 * np.abs(shares[-1]).max()
 
 
-def test_a_time_series_scenario_runs_with_pysd_and_agrees_with_the_compiled_engine(richardson) -> None:
+def test_a_time_series_scenario_runs_with_pysd_and_agrees_with_the_compiled_engine(richardson: Model) -> None:
     spec = AttributionSpec(("arms Y",), (ACTION_REACTION, FATIGUE), window=(0.0, 2.0))
     constant = attribute(richardson, spec, {"s": {**FROM_ZERO, "grievance g": 2.0}})
     as_series = attribute(
@@ -135,7 +135,18 @@ def test_a_time_series_scenario_runs_with_pysd_and_agrees_with_the_compiled_engi
     np.testing.assert_allclose(as_series["attribution_share"], constant["attribution_share"], rtol=1e-9)
 
 
-def test_the_knockout_model_is_the_model_until_a_group_is_cut(richardson) -> None:
+def test_pysd_gives_the_compiled_engines_shares_and_any_group_name_is_safe(richardson: Model) -> None:
+    # Vensim's delimiters in a name must not break the generated model.
+    odd = LoopGroup('action | "reaction" ~ {k}', ACTION_REACTION.variables)
+    spec = AttributionSpec(("arms X",), (odd, FATIGUE), window=(0.0, 2.0))
+    scenarios = {"s": FROM_ZERO, "t": {"grievance h": 3.0}}
+    compiled = attribute(richardson, spec, scenarios)
+    pysd = attribute(richardson, spec, scenarios, engine="pysd")
+    np.testing.assert_allclose(pysd["attribution_share"], compiled["attribution_share"], rtol=1e-9)
+    assert str(compiled["loop_group"].values[0]) == odd.name
+
+
+def test_the_knockout_model_is_the_model_until_a_group_is_cut(richardson: Model) -> None:
     path = knockout_model(richardson, [ACTION_REACTION])
     original = compile_model(RICHARDSON, backend="numpy").run({}, variables=["arms X", "reaction of X"])
     edited = compile_model(path, backend="numpy").run(
