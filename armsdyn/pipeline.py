@@ -62,6 +62,11 @@ def run_experiment(
 ) -> Path:
     """Run every scenario of a config (and its sensitivity study) and write the results folder.
 
+    With ``[loop_dominance]`` or ``[attribution]`` the loop analysis
+    (:func:`armsdyn.attribution.analyse_loops`) is written to ``loops.nc`` in the same folder,
+    the attribution columns join ``metrics.csv`` and the loop figures are drawn from it, all in
+    the one atomic write.
+
     Parameters
     ----------
     config : path-like or Experiment
@@ -155,7 +160,9 @@ def run_experiment(
         provenance = {"workers": f"dask {scheduler}" if scheduler else workers} if study is not None else None
         loops = None
         if experiment.loop_dominance is not None or experiment.attribution is not None:
-            say("armsdyn: loop analysis (loop dominance and attribution)")
+            parts = {"loop dominance": experiment.loop_dominance, "attribution": experiment.attribution}
+            asked = [what for what, spec in parts.items() if spec is not None]
+            say(f"armsdyn: loop analysis ({' and '.join(asked)})")
             loops = analyse_loops(experiment)
         if loops is None:
             write_results(
