@@ -18,6 +18,10 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "models.md"
@@ -72,8 +76,8 @@ def security_views() -> str:
         "power_to_security": "(switch at year 50)",
     }
 
-    def pair(da: object, fmt: str) -> str:
-        return " / ".join(format(float(da[s]), fmt) for s in ("A", "B"))  # type: ignore[index]
+    def pair(da: xr.DataArray, fmt: str) -> str:
+        return " / ".join(format(float(da.sel(state=s)), fmt) for s in ("A", "B"))
 
     rows = [
         "| scenario | hardware A / B | insecurity A / B | mean insecurity A / B | burden % A / B "
@@ -83,11 +87,11 @@ def security_views() -> str:
     for name in ds["scenario"].values.tolist():
         at, mean = end.sel(scenario=name), later.sel(scenario=name).mean("time")
         cells = [
-            pair({s: at[f"hardware_{s.lower()}"] for s in "AB"}, ".0f"),
-            pair({s: at[f"insecurity_{s.lower()}"] for s in "AB"}, ".2f"),
-            pair({s: mean[f"insecurity_{s.lower()}"] for s in "AB"}, ".2f"),
-            pair({s: 100 * at[f"burden_share_{s.lower()}"] for s in "AB"}, ".1f"),
-            pair({s: at[f"cumulative_cuts_{s.lower()}"] for s in "AB"}, ".0f"),
+            pair(at["hardware"], ".0f"),
+            pair(at["insecurity"], ".2f"),
+            pair(mean["insecurity"], ".2f"),
+            pair(100 * at["burden_share"], ".1f"),
+            pair(at["cumulative_cuts"], ".0f"),
         ]
         label = f"`{name}`" + (f" {notes[name]}" if name in notes else "")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")

@@ -24,19 +24,15 @@ from tests.conftest import CONFIGS, MODELS
 
 MODEL = MODELS / "security_dilemma.mdl"
 SAVED = [
-    f"{name} {s}"
-    for name in (
-        "hardware",
-        "insecurity",
-        "restraint",
-        "relative lead",
-        "perceived own forces",
-        "cumulative cuts",
-        "cumulative procurement",
-        "cumulative removals",
-        "burden share",
-    )
-    for s in "AB"
+    "hardware",
+    "insecurity",
+    "restraint",
+    "relative lead",
+    "perceived own forces",
+    "cumulative cuts",
+    "cumulative procurement",
+    "cumulative removals",
+    "burden share",
 ]
 POLICY = 30.0  # restraint is adopted after the race has built up
 # Intrinsic security as years of economic weight, and the perception delay: the
@@ -52,15 +48,16 @@ def step_at(t: float, value: float, before: float = 0.0) -> list[list[float]]:
 
 
 def both(name: str, value: Any) -> dict[str, Any]:
-    return {f"{name} A": value, f"{name} B": value}
+    """The same value of `name` for both states, element by element (so it overrides a single state's)."""
+    return {f"{name}[A]": value, f"{name}[B]": value}
 
 
 def power(s: str) -> dict[str, float]:
-    return {f"cost of defeat {s}": 0.5, f"opportunism {s}": 2.0}
+    return {f"cost of defeat[{s}]": 0.5, f"opportunism[{s}]": 2.0}
 
 
 def restraint(s: str, *, reciprocal: bool = True) -> dict[str, Any]:
-    return {f"restraint pace {s}": step_at(POLICY, 0.2), f"reciprocity {s}": 1.0 if reciprocal else 0.0}
+    return {f"restraint pace[{s}]": step_at(POLICY, 0.2), f"reciprocity[{s}]": 1.0 if reciprocal else 0.0}
 
 
 SECURITY = {**both("reflexive weight", 0.5), **both("defensive share", 0.5)}
@@ -92,12 +89,12 @@ def run(
     return ds.assign_coords(scenario=names)
 
 
-def final(ds: xr.Dataset, name: str, var: str) -> float:
-    return float(ds[var].sel(scenario=name).isel(time=-1))
+def final(ds: xr.Dataset, name: str, var: str, state: str) -> float:
+    return float(ds[var].sel(scenario=name, state=state).isel(time=-1))
 
 
-def mean_after_policy(ds: xr.Dataset, name: str, var: str) -> float:
-    return float(ds[var].sel(scenario=name).sel(time=slice(POLICY, None)).mean())
+def mean_after_policy(ds: xr.Dataset, name: str, var: str, state: str) -> float:
+    return float(ds[var].sel(scenario=name, state=state).sel(time=slice(POLICY, None)).mean())
 
 
 def on_grid(cases: dict[str, dict[str, Any]]) -> xr.Dataset:
@@ -113,11 +110,11 @@ def grid() -> xr.Dataset:
             "power": {**power("A"), **power("B")},
             "power_no_cost_of_defeat": {**power("A"), **power("B"), **both("cost of defeat", 0.0)},
             "power_B": power("B"),
-            "power_B_no_opportunism": {**power("B"), "opportunism B": 0.0},
+            "power_B_no_opportunism": {**power("B"), "opportunism[B]": 0.0},
             "unilateral": {**restraint("A", reciprocal=False), **power("B")},
-            "unilateral_no_opportunism": {**restraint("A", reciprocal=False), **power("B"), "opportunism B": 0.0},
+            "unilateral_no_opportunism": {**restraint("A", reciprocal=False), **power("B"), "opportunism[B]": 0.0},
             "reciprocal_vs_power": {**restraint("A"), **power("B")},
-            "unforgiving_vs_power": {**restraint("A"), **power("B"), "forgiveness time A": float("inf")},
+            "unforgiving_vs_power": {**restraint("A"), **power("B"), "forgiveness time[A]": float("inf")},
             "peace": {**restraint("A"), **restraint("B")},
             "peace_ablated": {**restraint("A"), **restraint("B"), **both("restraint pace", 0.0)},
             "security": SECURITY,
@@ -138,11 +135,11 @@ def test_power_posture_is_self_defeating_through_fear_of_defeat(
     self-defeat comes from the margin that fear of defeat raises with insecurity.
     """
     at = f" {resilience} {delay}"
-    for s in "ab":
-        assert final(grid, "power" + at, f"hardware_{s}") > 1.5 * final(grid, "status_quo" + at, f"hardware_{s}")
-        assert final(grid, "power" + at, f"insecurity_{s}") > final(grid, "status_quo" + at, f"insecurity_{s}") + 0.05
-        ablated = grid[f"insecurity_{s}"].sel(scenario="power_no_cost_of_defeat" + at)
-        base = grid[f"insecurity_{s}"].sel(scenario="status_quo" + at)
+    for s in "AB":
+        assert final(grid, "power" + at, "hardware", s) > 1.5 * final(grid, "status_quo" + at, "hardware", s)
+        assert final(grid, "power" + at, "insecurity", s) > final(grid, "status_quo" + at, "insecurity", s) + 0.05
+        ablated = grid["insecurity"].sel(state=s).sel(scenario="power_no_cost_of_defeat" + at)
+        base = grid["insecurity"].sel(state=s).sel(scenario="status_quo" + at)
         np.testing.assert_allclose(ablated, base, rtol=1e-9, atol=1e-12)
 
 
@@ -151,17 +148,17 @@ def test_security_posture_lowers_both_insecurities_and_not_when_ablated(
     grid: xr.Dataset, resilience: float, delay: float
 ) -> None:
     at = f" {resilience} {delay}"
-    for s in "ab":
-        base_final = final(grid, "status_quo" + at, f"insecurity_{s}")
-        base_mean = mean_after_policy(grid, "status_quo" + at, f"insecurity_{s}")
-        assert final(grid, "security" + at, f"insecurity_{s}") < base_final - 0.1
-        assert mean_after_policy(grid, "security" + at, f"insecurity_{s}") < base_mean - 0.1
+    for s in "AB":
+        base_final = final(grid, "status_quo" + at, "insecurity", s)
+        base_mean = mean_after_policy(grid, "status_quo" + at, "insecurity", s)
+        assert final(grid, "security" + at, "insecurity", s) < base_final - 0.1
+        assert mean_after_policy(grid, "security" + at, "insecurity", s) < base_mean - 0.1
         # Each half of the posture lowers insecurity on its own: reflexive weighing
         # through the other state's reaction to lower arms, defensive forces directly.
         for half in ("reflexive_only", "defensive_only"):
-            assert final(grid, half + at, f"insecurity_{s}") < base_final - 0.02
+            assert final(grid, half + at, "insecurity", s) < base_final - 0.02
         # With both levers at 0 the posture does nothing.
-        assert final(grid, "security_ablated" + at, f"insecurity_{s}") == pytest.approx(base_final, rel=1e-9)
+        assert final(grid, "security_ablated" + at, "insecurity", s) == pytest.approx(base_final, rel=1e-9)
 
 
 @pytest.mark.parametrize(("resilience", "delay"), GRID)
@@ -169,17 +166,17 @@ def test_reciprocal_restraint_ends_with_lower_arms_and_the_cut_is_not_undone(
     grid: xr.Dataset, resilience: float, delay: float
 ) -> None:
     at = f" {resilience} {delay}"
-    for s in "ab":
-        peace = grid[f"hardware_{s}"].sel(scenario="peace" + at)
-        base = final(grid, "status_quo" + at, f"hardware_{s}")
+    for s in "AB":
+        peace = grid["hardware"].sel(state=s).sel(scenario="peace" + at)
+        base = final(grid, "status_quo" + at, "hardware", s)
         assert float(peace.isel(time=-1)) < 0.5 * base
         # The goal falls with the cuts, so procurement does not rebuild what was cut.
         assert float(peace.sel(time=slice(POLICY + 10, None)).max()) < 0.6 * float(peace.sel(time=POLICY))
-        assert final(grid, "peace" + at, f"cumulative_cuts_{s}") > 10
-        assert final(grid, "peace" + at, f"insecurity_{s}") < final(grid, "status_quo" + at, f"insecurity_{s}") - 0.1
+        assert final(grid, "peace" + at, "cumulative_cuts", s) > 10
+        assert final(grid, "peace" + at, "insecurity", s) < final(grid, "status_quo" + at, "insecurity", s) - 0.1
         # Ablated (no restraint), the posture is the status quo.
-        assert final(grid, "peace_ablated" + at, f"hardware_{s}") == pytest.approx(base, rel=1e-9)
-        assert final(grid, "peace_ablated" + at, f"cumulative_cuts_{s}") == 0
+        assert final(grid, "peace_ablated" + at, "hardware", s) == pytest.approx(base, rel=1e-9)
+        assert final(grid, "peace_ablated" + at, "cumulative_cuts", s) == 0
 
 
 @pytest.mark.parametrize(("resilience", "delay"), GRID)
@@ -192,14 +189,14 @@ def test_unilateral_restraint_is_exploited_by_an_opportunist(grid: xr.Dataset, r
     not tiny, restraint pays instead.
     """
     at = f" {resilience} {delay}"
-    exploited = final(grid, "unilateral" + at, "insecurity_a")
-    assert exploited > final(grid, "power_B" + at, "insecurity_a") + 0.03
-    assert exploited > final(grid, "status_quo" + at, "insecurity_a") + 0.1
-    assert final(grid, "unilateral" + at, "relative_lead_b") > 0.2
+    exploited = final(grid, "unilateral" + at, "insecurity", "A")
+    assert exploited > final(grid, "power_B" + at, "insecurity", "A") + 0.03
+    assert exploited > final(grid, "status_quo" + at, "insecurity", "A") + 0.1
+    assert final(grid, "unilateral" + at, "relative_lead", "B") > 0.2
 
-    penalty = exploited - final(grid, "power_B" + at, "insecurity_a")
-    ablated = final(grid, "unilateral_no_opportunism" + at, "insecurity_a") - final(
-        grid, "power_B_no_opportunism" + at, "insecurity_a"
+    penalty = exploited - final(grid, "power_B" + at, "insecurity", "A")
+    ablated = final(grid, "unilateral_no_opportunism" + at, "insecurity", "A") - final(
+        grid, "power_B_no_opportunism" + at, "insecurity", "A"
     )
     assert ablated < penalty - 0.05
     if resilience >= 0.1:
@@ -217,12 +214,12 @@ def test_reciprocity_delays_exploitation(grid: xr.Dataset, resilience: float, de
     """
     at = f" {resilience} {delay}"
     for read in (final, mean_after_policy):
-        reciprocal = read(grid, "reciprocal_vs_power" + at, "insecurity_a")
-        assert reciprocal < read(grid, "unilateral" + at, "insecurity_a") - 0.02
-    assert final(grid, "reciprocal_vs_power" + at, "restraint_a") < final(grid, "unilateral" + at, "restraint_a")
-    assert final(grid, "unforgiving_vs_power" + at, "restraint_a") < 0.01
-    assert final(grid, "unforgiving_vs_power" + at, "insecurity_a") == pytest.approx(
-        final(grid, "power_B" + at, "insecurity_a"), abs=0.01
+        reciprocal = read(grid, "reciprocal_vs_power" + at, "insecurity", "A")
+        assert reciprocal < read(grid, "unilateral" + at, "insecurity", "A") - 0.02
+    assert final(grid, "reciprocal_vs_power" + at, "restraint", "A") < final(grid, "unilateral" + at, "restraint", "A")
+    assert final(grid, "unforgiving_vs_power" + at, "restraint", "A") < 0.01
+    assert final(grid, "unforgiving_vs_power" + at, "insecurity", "A") == pytest.approx(
+        final(grid, "power_B" + at, "insecurity", "A"), abs=0.01
     )
 
 
@@ -244,8 +241,8 @@ def test_no_result_is_an_arithmetic_echo_of_an_override(grid: xr.Dataset) -> Non
         by_resilience = {}
         for resilience, delay in GRID:
             at = f" {resilience} {delay}"
-            insecurity = final(grid, case + at, "insecurity_a") / final(grid, "status_quo" + at, "insecurity_a")
-            hardware = final(grid, case + at, "hardware_a") / final(grid, "status_quo" + at, "hardware_a")
+            insecurity = final(grid, case + at, "insecurity", "A") / final(grid, "status_quo" + at, "insecurity", "A")
+            hardware = final(grid, case + at, "hardware", "A") / final(grid, "status_quo" + at, "hardware", "A")
             for ratio in (insecurity, hardware):
                 # An echo would match to rounding at every point; a near miss at one is a coincidence.
                 assert min(abs(ratio - v) for v in values) > 0.005, (case, resilience, delay, ratio)
@@ -257,7 +254,7 @@ def test_no_result_is_an_arithmetic_echo_of_an_override(grid: xr.Dataset) -> Non
 def test_the_perception_delay_shapes_the_transition() -> None:
     """Restraint is judged on perceived forces, so its path depends on the perception delay."""
     ds = run({f"peace {d}": {**restraint("A"), **restraint("B"), **both("perception delay", d)} for d in DELAYS})
-    means = [mean_after_policy(ds, f"peace {d}", "insecurity_a") for d in DELAYS]
+    means = [mean_after_policy(ds, f"peace {d}", "insecurity", "A") for d in DELAYS]
     assert means == sorted(means)
     assert means[-1] - means[0] > 0.01
 
@@ -267,12 +264,17 @@ def test_posture_switch_at_a_policy_time() -> None:
     ds = armsdyn.run(CONFIGS / "security_views.toml")
     switch, pw, sec = (ds.sel(scenario=n) for n in ("power_to_security", "power", "security"))
     before = slice(0, 50)
-    for s in "ab":
-        np.testing.assert_allclose(switch[f"insecurity_{s}"].sel(time=before), pw[f"insecurity_{s}"].sel(time=before))
-        assert float(switch[f"insecurity_{s}"].isel(time=-1)) == pytest.approx(
-            float(sec[f"insecurity_{s}"].isel(time=-1)), rel=1e-3
+    for s in "AB":
+        np.testing.assert_allclose(
+            switch["insecurity"].sel(state=s).sel(time=before), pw["insecurity"].sel(state=s).sel(time=before)
         )
-        assert float(switch[f"insecurity_{s}"].sel(time=60)) < float(pw[f"insecurity_{s}"].sel(time=60)) - 0.1
+        assert float(switch["insecurity"].sel(state=s).isel(time=-1)) == pytest.approx(
+            float(sec["insecurity"].sel(state=s).isel(time=-1)), rel=1e-3
+        )
+        assert (
+            float(switch["insecurity"].sel(state=s).sel(time=60))
+            < float(pw["insecurity"].sel(state=s).sel(time=60)) - 0.1
+        )
 
 
 def shipped_scenarios() -> dict[str, dict[str, Any]]:
@@ -288,10 +290,10 @@ def _scaled(parameters: dict[str, Any], factor: float) -> dict[str, Any]:
     """Every capability unit multiplied by `factor`: forces and grievances up, unit costs down."""
     model = load_model(MODEL)
     out = dict(parameters)
-    for s in "AB":
-        for name in ("initial hardware", "grievance force"):
-            out[f"{name} {s}"] = model.variable(f"{name} {s}").default * factor
-        out[f"unit cost {s}"] = model.variable(f"unit cost {s}").default / factor
+    for name, by in (("initial hardware", factor), ("grievance force", factor), ("unit cost", 1 / factor)):
+        var = model.variable(name)
+        for element, default in zip(var.elements(), var.defaults, strict=True):
+            out[var.element_name(element)] = default * by
     return out
 
 
@@ -299,13 +301,19 @@ def test_rescaling_every_capability_unit_leaves_insecurity_unchanged() -> None:
     cases = shipped_scenarios()
     ds = run({**cases, **{f"{n} x10": _scaled(p, 10.0) for n, p in cases.items()}})
     for name in cases:
-        for s in "ab":
-            for var in (f"insecurity_{s}", f"restraint_{s}", f"relative_lead_{s}", f"burden_share_{s}"):
+        for s in "AB":
+            for var in ("insecurity", "restraint", "relative_lead", "burden_share"):
                 np.testing.assert_allclose(
-                    ds[var].sel(scenario=f"{name} x10"), ds[var].sel(scenario=name), rtol=1e-9, atol=1e-12, err_msg=var
+                    ds[var].sel(scenario=f"{name} x10", state=s),
+                    ds[var].sel(scenario=name, state=s),
+                    rtol=1e-9,
+                    atol=1e-12,
+                    err_msg=f"{var}[{s}]",
                 )
             np.testing.assert_allclose(
-                ds[f"hardware_{s}"].sel(scenario=f"{name} x10"), 10 * ds[f"hardware_{s}"].sel(scenario=name), rtol=1e-9
+                ds["hardware"].sel(scenario=f"{name} x10", state=s),
+                10 * ds["hardware"].sel(scenario=name, state=s),
+                rtol=1e-9,
             )
 
 
@@ -340,20 +348,25 @@ def test_stocks_stay_in_range_and_the_cuts_balance() -> None:
     ds = run({**cases, **EDGES}, variables=every)  # run() asserts no fault: finite and in every declared range
     for name in ds["scenario"].values:
         x = ds.sel(scenario=name)
-        for s in "ab":
-            assert float(x[f"hardware_{s}"].min()) >= 0
-            assert float(x[f"restraint_{s}"].max()) <= float(x[f"restraint_limit_{s}"]) + 1e-12
-            initial = float(x[f"hardware_{s}"].isel(time=0))
+        for s in "AB":
+            assert float(x["hardware"].sel(state=s).min()) >= 0
+            assert float(x["restraint"].sel(state=s).max()) <= float(x["restraint_limit"].sel(state=s)) + 1e-12
+            initial = float(x["hardware"].sel(state=s).isel(time=0))
             balance = (
-                initial + x[f"cumulative_procurement_{s}"] - x[f"cumulative_removals_{s}"] - x[f"cumulative_cuts_{s}"]
+                initial
+                + x["cumulative_procurement"].sel(state=s)
+                - x["cumulative_removals"].sel(state=s)
+                - x["cumulative_cuts"].sel(state=s)
             )
-            scale = max(1.0, float(x[f"cumulative_procurement_{s}"].max()))
-            np.testing.assert_allclose(x[f"hardware_{s}"], balance, atol=1e-9 * scale, err_msg=str(name))
-    assert float(ds["cumulative_cuts_a"].sel(scenario="peace_unilateral_exploited").isel(time=-1)) > 10
-    assert float(ds["cumulative_cuts_b"].sel(scenario="peace_unilateral_exploited").isel(time=-1)) == 0
+            scale = max(1.0, float(x["cumulative_procurement"].sel(state=s).max()))
+            np.testing.assert_allclose(x["hardware"].sel(state=s), balance, atol=1e-9 * scale, err_msg=str(name))
+    assert float(ds["cumulative_cuts"].sel(state="A").sel(scenario="peace_unilateral_exploited").isel(time=-1)) > 10
+    assert float(ds["cumulative_cuts"].sel(state="B").sel(scenario="peace_unilateral_exploited").isel(time=-1)) == 0
 
 
 def test_a_zero_perception_delay_acts_within_one_time_step() -> None:
     ds = run({"instant": both("perception delay", 0.0)}, saveper=0.0625)
     x = ds.sel(scenario="instant")
-    np.testing.assert_allclose(x["perceived_own_forces_a"].values[1:], x["hardware_a"].values[:-1], rtol=1e-12)
+    np.testing.assert_allclose(
+        x["perceived_own_forces"].sel(state="A").values[1:], x["hardware"].sel(state="A").values[:-1], rtol=1e-12
+    )

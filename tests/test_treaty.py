@@ -141,8 +141,8 @@ def test_security_views_experiment_runs() -> None:
         "security",
         "power_to_security",
     ]
-    assert float(ds["hardware_a"].min()) >= 0
-    assert float(ds["hardware_b"].min()) >= 0
+    assert list(ds["hardware"].dims) == ["scenario", "time", "state"]
+    assert float(ds["hardware"].min()) >= 0
 
 
 def test_a_third_state_adds_its_columns_and_its_pairs() -> None:
