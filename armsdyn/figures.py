@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 from scipy.sparse.csgraph import shortest_path
 
-from armsdyn.errors import ResultsError
+from armsdyn.errors import ConfigError, ResultsError
 from armsdyn.loops import causal_graph, on_feedback_loops, variable_link_polarities
 from armsdyn.metrics import compute_metrics, richardson_parameters
 from armsdyn.model import load_model
@@ -913,7 +913,7 @@ def loop_dominance(
         ids = [i for i in ids if any(_base_name(n) in wanted or n in wanted for n in members[i])]
     if not ids:
         msg = f"no loop passes through {', '.join(variables)} (loops.nc holds {loops.sizes['loop']})"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     picked = score.sel(loop=ids, scenario=names)
     ranking = np.abs(picked).mean(("scenario", "time")).values
     order = [ids[k] for k in np.argsort(-ranking, kind="stable")]

@@ -346,3 +346,14 @@ def test_a_loop_figure_without_loop_dominance_is_refused(tmp_path: Path) -> None
 def test_loop_dominance_config_errors_name_the_key(tmp_path: Path, table: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write_config(tmp_path, f"[loop_dominance]\n{table}\n"))
+
+
+def test_a_failing_loop_figure_leaves_no_results_folder(tmp_path: Path) -> None:
+    """The loop analysis is written in the same atomic write as the rest: all or nothing."""
+    body = '[loop_dominance]\n[[figures]]\nkind = "loop_dominance"\nvariables = ["grievance g"]\n'
+    out = tmp_path / "out"
+    proc = run_cli("run", write_config(tmp_path, body), "--out", out)
+    assert proc.returncode == 2
+    assert "no loop passes through grievance g" in proc.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]
