@@ -128,6 +128,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 import scipy.optimize
+import scipy.special
 import scipy.stats
 from statsmodels.stats.diagnostic import acorr_ljungbox
 from statsmodels.stats.stattools import durbin_watson
@@ -154,7 +155,7 @@ from armsdyn.config import (
     ParameterValue,
     Scenario,
 )
-from armsdyn.ensemble import TimeGrid, compile_model
+from armsdyn.ensemble import CompiledModel, TimeGrid, UnsupportedConstruct, compile_model
 from armsdyn.errors import ConfigError, ModelError
 from armsdyn.figures import DOUBLE_COLUMN, SINGLE_COLUMN, paper_style, save_figure
 from armsdyn.model import Model, TimeSettings, file_sha256
@@ -299,6 +300,24 @@ class CalibrationResult:
 # --------------------------------------------------------------------------- config
 
 
+def _compiled_for_many_calls(path: Path) -> CompiledModel:
+    """The compiled model with numba's backend when numba is installed and compiles it, else numpy's.
+
+    A fit, its bootstrap and a posterior make thousands of calls of 1 to 100 runs
+    each. numpy's generated code pays Python's overhead at every time step of
+    every call (about 10 ms a call of Richardson's model over 528 steps), a numba
+    kernel almost none (under 0.5 ms); the engine's ``"auto"`` judges each call on
+    its own and never switches for so few runs. The kernel compiles once (a few
+    seconds, then cached on disk).
+    """
+    try:
+        compiled = compile_model(path, backend="numba")
+        compiled.backend  # noqa: B018 - resolving the backend raises when numba is missing or cannot compile it
+    except (ImportError, UnsupportedConstruct):
+        return compile_model(path, backend="numpy")
+    return compiled
+
+
 class _Simulator:
     """Simulate the model for a batch of parameter vectors; values at every saved time.
 
@@ -330,7 +349,7 @@ class _Simulator:
             self.sources.append((var.name, index))
         self.model_variables = list(dict.fromkeys(v for v, _ in self.sources))
         if engine == "compiled":
-            self.compiled = compile_model(model.path)
+            self.compiled = _compiled_for_many_calls(model.path)
             self.grid = TimeGrid.from_settings(time, model.path)
             self.py_names = [self.compiled.variable(v).py_name for v in self.model_variables]
 
@@ -345,8 +364,15 @@ class _Simulator:
             samples.update({name: thetas[:, j] for j, name in enumerate(self.names)})
             # simulate_arrays skips building a Dataset, a third of the cost of a small batch.
             values, n = self.compiled.normalise_samples(samples)
-            arrays = dict(zip(self.model_variables, self.compiled.simulate_arrays(values, n, self.grid, self.py_names),
-                              strict=True))  # fmt: skip
+            try:
+                found = self.compiled.simulate_arrays(values, n, self.grid, self.py_names)
+            except UnsupportedConstruct:
+                if self.compiled.backend == "numpy":
+                    raise
+                # numba could not compile this kernel (numpy covers more): numpy from now on.
+                self.compiled = compile_model(self.model.path, backend="numpy")
+                found = self.compiled.simulate_arrays(values, n, self.grid, self.py_names)
+            arrays = dict(zip(self.model_variables, found, strict=True))
             for j, (name, index) in enumerate(self.sources):
                 # (saved, *shape, runs) -> (runs, saved) for the one element observed
                 out[:, :, j] = arrays[name][(slice(None), *index, slice(None))].T
@@ -503,6 +529,7 @@ def fit_trajectories(
             "message": str(result.message),
             "loss": loss,
             "engine": engine,
+            "backend": sim.compiled.backend if engine == "compiled" else "pysd",
         }
     )
     return TrajectoryFit(
@@ -728,6 +755,83 @@ def _integration_order(series: np.ndarray) -> dict[str, Any]:
     return out
 
 
+#: Johansen's test: a constant in the cointegrating relations (det_order 0) and one lagged difference.
+JOHANSEN_DET_ORDER = 0
+JOHANSEN_LAGS = 1
+
+
+def johansen_test(
+    observations: pd.DataFrame, det_order: int = JOHANSEN_DET_ORDER, k_ar_diff: int = JOHANSEN_LAGS
+) -> dict[str, Any] | None:
+    """Johansen's trace test for the number of cointegrating relations among N series.
+
+    Parameters
+    ----------
+    observations : pandas.DataFrame
+        One column per series, indexed by time; rows with a missing value are dropped.
+    det_order : int
+        Deterministic terms, as :func:`statsmodels.tsa.vector_ar.vecm.coint_johansen` takes
+        them: -1 none, 0 a constant, 1 a linear trend.
+    k_ar_diff : int
+        Lagged differences in the vector error-correction model.
+
+    Returns
+    -------
+    dict or None
+        ``rank`` (the first r whose trace statistic is below its 5% critical value,
+        testing r = 0, 1, ... in turn; N when every one is rejected), ``trace``
+        and ``trace_critical_95`` (one per r), ``max_eigenvalue`` and
+        ``max_eigenvalue_critical_95``, ``det_order``, ``k_ar_diff``,
+        ``n_observations`` and ``variables``. None with fewer than two series, too
+        few observations, or a singular system.
+
+    Notes
+    -----
+    Rank 0 means no cointegration: levels regressions among I(1) series are then
+    likely spurious. Rank N means the series are stationary in levels, not
+    cointegrated. statsmodels tabulates critical values (Osterwald-Lenum 1992) for
+    at most 12 series.
+    """
+    from statsmodels.tsa.vector_ar.vecm import coint_johansen
+
+    data = observations.dropna()
+    n_series = data.shape[1]
+    if not 2 <= n_series <= 12 or len(data) < n_series * (k_ar_diff + 1) + 10:
+        return None
+    found = _safe(coint_johansen, data.to_numpy(dtype=float), det_order, k_ar_diff)
+    if found is None or not np.all(np.isfinite(found.lr1)):
+        return None
+    trace, critical = np.asarray(found.lr1, dtype=float), np.asarray(found.cvt, dtype=float)[:, 1]
+    below = np.flatnonzero(trace < critical)
+    return {
+        "test": f"Johansen trace, {', '.join(data.columns)}",
+        "rank": int(below[0]) if below.size else n_series,
+        "trace": trace.tolist(),
+        "trace_critical_95": critical.tolist(),
+        "max_eigenvalue": np.asarray(found.lr2, dtype=float).tolist(),
+        "max_eigenvalue_critical_95": np.asarray(found.cvm, dtype=float)[:, 1].tolist(),
+        "det_order": det_order,
+        "k_ar_diff": k_ar_diff,
+        "n_observations": len(data),
+        "variables": list(data.columns),
+    }
+
+
+def johansen_text(johansen: Mapping[str, Any]) -> str:
+    """One line: the rank and each trace statistic against its 5% critical value."""
+    n = len(johansen["variables"])
+    steps = ", ".join(
+        f"r <= {r}: trace {t:.1f} {'>' if t >= c else '<'} {c:.1f}"
+        for r, (t, c) in enumerate(zip(johansen["trace"], johansen["trace_critical_95"], strict=True))
+    )
+    terms = {-1: "no deterministic terms", 0: "constant", 1: "linear trend"}[johansen["det_order"]]
+    return (
+        f"Johansen trace test ({terms}, {johansen['k_ar_diff']} lagged difference"
+        f"{'s' if johansen['k_ar_diff'] != 1 else ''}, {johansen['n_observations']} observations): "
+        f"rank {johansen['rank']} of {n} at 5% ({steps})"
+    )
+
+
 def diagnose(
     observations: pd.DataFrame, fit: pd.DataFrame, n_parameters: int, *, transform: str = "levels"
 ) -> dict[str, Any]:
@@ -782,23 +886,33 @@ def diagnose(
     for name in columns:
         out["series"][name] = _integration_order(observations[name].dropna().to_numpy(dtype=float))
     out["cointegration"] = None
+    out["cointegration_pairs"] = []
+    out["johansen"] = None
     if len(columns) >= 2:
-        pair = observations[columns[:2]].dropna()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CollinearityWarning)
-            eg = _safe(coint, pair.iloc[:, 0].to_numpy(dtype=float), pair.iloc[:, 1].to_numpy(dtype=float))
-        # Two series almost exactly proportional (an explosive race, say) leave the test meaningless.
-        collinear = any(issubclass(w.category, CollinearityWarning) for w in caught)
-        if collinear:
-            eg = None
-        out["cointegration"] = {
-            "test": f"Engle-Granger, {columns[0]} on {columns[1]}"
-            + (" (not reliable: the series are almost perfectly collinear)" if collinear else ""),
-            "statistic": math.nan if eg is None else float(eg[0]),
-            "p": math.nan if eg is None else float(eg[1]),
-        }
+        pairs = [(x, y) for i, x in enumerate(columns) for y in columns[i + 1 :]]
+        out["cointegration_pairs"] = [_engle_granger(observations, x, y) for x, y in pairs]
+        out["cointegration"] = out["cointegration_pairs"][0]
+        out["johansen"] = johansen_test(observations[columns])
     out["verdict"] = _diagnostic_verdict(out, transform)
     return out
+
+
+def _engle_granger(observations: pd.DataFrame, x: str, y: str) -> dict[str, Any]:
+    """Engle-Granger test of one pair (statsmodels' ``coint``, constant, lag by AIC)."""
+    pair = observations[[x, y]].dropna()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CollinearityWarning)
+        eg = _safe(coint, pair.iloc[:, 0].to_numpy(dtype=float), pair.iloc[:, 1].to_numpy(dtype=float))
+    # Two series almost exactly proportional (an explosive race, say) leave the test meaningless.
+    collinear = any(issubclass(w.category, CollinearityWarning) for w in caught)
+    if collinear:
+        eg = None
+    return {
+        "test": f"Engle-Granger, {x} on {y}"
+        + (" (not reliable: the series are almost perfectly collinear)" if collinear else ""),
+        "statistic": math.nan if eg is None else float(eg[0]),
+        "p": math.nan if eg is None else float(eg[1]),
+    }
 
 
 def _diagnostic_verdict(d: Mapping[str, Any], transform: str = "levels") -> str:
@@ -806,11 +920,22 @@ def _diagnostic_verdict(d: Mapping[str, Any], transform: str = "levels") -> str:
     diff = transform == "differenced"
     subject, fit = ("differenced series", "differenced") if diff else ("series", "levels")
     coint_p = d["cointegration"]["p"] if d["cointegration"] else math.nan
+    johansen = d.get("johansen")
+    # Beyond a pair, Engle-Granger on two series says nothing of the system: Johansen's rank decides.
+    system = len(d["series"]) > 2
     if orders and all(o == "I(0)" for o in orders):
         first = f"{subject} are stationary (I(0)): no spurious-regression concern"
     elif orders and all(o not in ("I(0)", "unknown") for o in orders):
         kind = "I(1)" if all(o == "I(1)" for o in orders) else "non-stationary"
-        if math.isfinite(coint_p) and coint_p < ALPHA:
+        if system and johansen is not None:
+            test = f"Johansen rank {johansen['rank']} of {len(orders)}"
+            if johansen["rank"] > 0:
+                first = f"{subject} are {kind} and cointegrated ({test}): a {fit} fit can be meaningful"
+            else:
+                first = f"{subject} are {kind} and not cointegrated ({test}): a {fit} fit is likely spurious"
+        elif system:
+            first = f"{subject} are {kind}: a {fit} fit may be spurious (Johansen test not possible)"
+        elif math.isfinite(coint_p) and coint_p < ALPHA:
             test = f"Engle-Granger p = {coint_p:.2g}"
             first = f"{subject} are {kind} and cointegrated ({test}): a {fit} fit can be meaningful"
         elif math.isfinite(coint_p):
@@ -842,9 +967,18 @@ def _diagnostics_table(d: Mapping[str, Any]) -> pd.DataFrame:
         rows.append(
             ("KPSS levels (null: stationary)", name, s["kpss_statistic"], s["kpss_p"], "p clipped to [0.01, 0.1]")
         )
-    if d["cointegration"]:
-        c = d["cointegration"]
+    for c in d.get("cointegration_pairs") or ([d["cointegration"]] if d["cointegration"] else []):
         rows.append(("Engle-Granger cointegration (null: none)", "pair", c["statistic"], c["p"], c["test"]))
+    johansen = d.get("johansen")
+    if johansen is not None:
+        every = zip(johansen["trace"], johansen["trace_critical_95"], johansen["max_eigenvalue"],
+                    johansen["max_eigenvalue_critical_95"], strict=True)  # fmt: skip
+        for r, (trace, crit, eig, eig_crit) in enumerate(every):
+            note = f"5% critical value {crit:.4g}; {'rejected' if trace >= crit else 'not rejected'}"
+            rows.append((f"Johansen trace (null: rank <= {r})", "system", trace, math.nan, note))
+            note = f"5% critical value {eig_crit:.4g}"
+            rows.append((f"Johansen max eigenvalue (null: rank = {r})", "system", eig, math.nan, note))
+        rows.append(("Johansen rank", "system", johansen["rank"], math.nan, johansen_text(johansen)))
     rows.append(("AIC", "all", d["aic"], math.nan, "Gaussian likelihood of pooled residuals"))
     rows.append(("BIC", "all", d["bic"], math.nan, ""))
     rows.append(("verdict", "all", math.nan, math.nan, d["verdict"]))
@@ -1452,9 +1586,13 @@ def format_summary(result: CalibrationResult) -> str:
         text = f"posterior: {post['draws']} draws from {post['walkers']} walkers (emcee), "
         text += f"max R-hat {post['max_rhat']:.3f}, min ESS {post['min_ess']:.0f}"
         lines.append(text + (f", P(stable) = {p_stable:.3f}" if p_stable is not None else ""))
+        lines.append(f"posterior {post['convergence']}")
     for key, label in (("diagnostics_verdict", "diagnostics"), ("identification", "identification")):
         if summary.get(key):
             lines.append(f"{label}: {summary[key]}")
+    johansen = (summary.get("diagnostics") or {}).get("johansen")
+    if johansen:
+        lines.append(f"cointegration: {johansen_text(johansen)}")
     if result.comparison is not None:
         shown = result.comparison[["group", "n_parameters", "aic", "delta_aic", "bic", "delta_bic", "stability"]]
         lines.append("specifications ranked by AIC within groups fitted to the same observations:")
@@ -1470,9 +1608,17 @@ def format_summary(result: CalibrationResult) -> str:
 POSTERIOR_DRAWS = 4000
 #: Posterior trajectories simulated for the posterior predictive figure.
 PREDICTIVE_DRAWS = 200
-#: Split R-hat above this, or fewer effective draws than ESS_MIN, means the chains have not mixed.
+#: Convergence needs every split R-hat at most RHAT_LIMIT, at least ESS_MIN effective draws, kept steps
+#: at least TAU_MULTIPLE integrated autocorrelation times (emcee's advice: shorter chains misestimate tau
+#: itself) and a mean acceptance fraction of at least ACCEPTANCE_MIN (below it the walkers barely move).
 RHAT_LIMIT = 1.1
+#: A least-squares fit whose column-scaled Jacobian has a larger condition number lies on a ridge, and
+#: ``coordinates = "auto"`` samples Richardson's modes (a well identified synthetic race: about 150;
+#: one whose fast mode the data barely see: about 3,000).
+RIDGE_CONDITION = 1e3
 ESS_MIN = 100
+TAU_MULTIPLE = 50
+ACCEPTANCE_MIN = 0.05
 
 
 def _split_rhat(chain: np.ndarray) -> np.ndarray:
@@ -1488,20 +1634,249 @@ def _split_rhat(chain: np.ndarray) -> np.ndarray:
         return np.sqrt(((steps - 1) / steps * within + between / steps) / within)
 
 
-def sample_posterior(spec: CalibrationSpec, start: pd.DataFrame) -> dict[str, Any]:
+class _RichardsonModes:
+    """Coordinates of Richardson's two-state model in which its ridges are straight and flat.
+
+    Richardson's :math:`\\dot x = M x + f` with :math:`M = [[-a, k], [l, -b]]` and
+    :math:`k, l > 0` has two real eigenvalues, a slow :math:`\\lambda_s` and a fast
+    :math:`\\lambda_f < \\lambda_s`, with eigenvectors :math:`(1, r_s)`, :math:`r_s > 0`,
+    and :math:`(1, r_f)`, :math:`r_f < 0`. Trending series identify the slow mode (its
+    rate, which has the sign of :math:`kl - ab`, and direction) well, and the fast one
+    hardly at all: any large :math:`a` with :math:`k/a` fixed fits, which is the ridge
+    :math:`ab \\approx kl` of the coefficients. The sampler therefore moves in
+
+    ``(lambda_s, log(lambda_s - lambda_f), log r_s, log(-r_f))`` for ``(k, l, a, b)``,
+    ``(phi_s, -phi_f / lambda_f)`` for the grievances ``(g, h)`` (:math:`\\phi = V^{-1}(g, h)`,
+    the forcing of each mode; the second is the fast mode's equilibrium), and
+    ``V^{-1}(x_0, y_0)`` for the initial values (each mode's start),
+
+    where the weakly identified quantities are separate coordinates, flat in their
+    range. The map is one-to-one on :math:`k, l > 0`; the density in these
+    coordinates adds :math:`\\log|\\det d\\theta/du|` (numerically, by central
+    differences of the closed form), so the prior stays the config's.
+    """
+
+    def __init__(self, coefficients: Sequence[int], grievances: Sequence[int] | None, starts: Sequence[int] | None):
+        self.coefficients = list(coefficients)  # positions of k, l, a, b
+        self.grievances = None if grievances is None else list(grievances)  # g, h
+        self.starts = None if starts is None else list(starts)  # initial x, y
+        self.index = self.coefficients + (self.grievances or []) + (self.starts or [])
+        self.names = ["slow rate", "log rate gap", "slow angle", "fast angle"]
+        self.names += ["slow forcing", "fast equilibrium"] if self.grievances else []
+        self.names += ["slow start", "fast start"] if self.starts else []
+
+    def to_free(self, theta: np.ndarray) -> np.ndarray:
+        """The mode coordinates of parameter vectors (rows) with k, l > 0, in the order of :attr:`index`."""
+        k, ell, a, b = (theta[:, i] for i in self.coefficients)
+        disc = np.sqrt((a - b) ** 2 + 4 * k * ell)
+        slow, fast = (-(a + b) + disc) / 2, (-(a + b) - disc) / 2
+        r_s, r_f = (slow + a) / k, (fast + a) / k
+        out = [slow, np.log(disc), np.arctan(r_s), np.arctan(-r_f)]
+        det = r_f - r_s
+        for idx, kind in ((self.grievances, "forcing"), (self.starts, "start")):
+            if idx is None:
+                continue
+            x, y = theta[:, idx[0]], theta[:, idx[1]]
+            z_s, z_f = (r_f * x - y) / det, (-r_s * x + y) / det
+            out += [z_s, -z_f / fast] if kind == "forcing" else [z_s, z_f]
+        return np.column_stack(out)
+
+    def _theta(self, u: np.ndarray) -> np.ndarray:
+        slow, gap, r_s, r_f = u[:, 0], np.exp(u[:, 1]), np.tan(u[:, 2]), -np.tan(u[:, 3])
+        fast = slow - gap
+        spread = r_s - r_f
+        k = gap / spread
+        out = [k, -r_s * r_f * k, (slow * r_f - fast * r_s) / spread, (r_f * fast - r_s * slow) / spread]
+        col = 4
+        for idx, kind in ((self.grievances, "forcing"), (self.starts, "start")):
+            if idx is None:
+                continue
+            z_s, z_f = u[:, col], u[:, col + 1]
+            if kind == "forcing":
+                z_f = -z_f * fast
+            out += [z_s + z_f, r_s * z_s + r_f * z_f]
+            col += 2
+        return np.column_stack(out)
+
+    def from_free(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Parameter values (in the order of :attr:`index`) and :math:`\\log|\\det d\\theta/du|` per row."""
+        theta = self._theta(u)
+        n, d = u.shape
+        step = 1e-5 * np.maximum(1.0, np.abs(u))
+        jac = np.empty((n, d, d))
+        for j in range(d):
+            up, down = u.copy(), u.copy()
+            up[:, j] += step[:, j]
+            down[:, j] -= step[:, j]
+            jac[:, :, j] = (self._theta(up) - self._theta(down)) / (2 * step[:, j : j + 1])
+        # The slopes' angles repeat every pi: only (0, pi/2) is the map's domain (k, l > 0).
+        outside = np.any((u[:, 2:4] <= 0) | (u[:, 2:4] >= np.pi / 2), axis=1)
+        return theta, np.where(outside, -np.inf, np.linalg.slogdet(jac)[1])
+
+
+class _SamplerCoordinates:
+    """Where the sampler moves: the parameters themselves, or Richardson's mode coordinates.
+
+    Mode coordinates (:class:`_RichardsonModes`) need all four of Richardson's
+    two-state coefficients fitted with :math:`k, l \\ge 0`; the grievances and the
+    initial values join them when both of a pair are fitted. Every other fitted
+    quantity is its own coordinate.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Fitted names.
+    lower, upper : numpy.ndarray
+        Their bounds.
+    modes : bool
+        Use mode coordinates where they apply (:attr:`modes` is None where they do not).
+    """
+
+    def __init__(self, names: Sequence[str], lower: np.ndarray, upper: np.ndarray, modes: bool) -> None:
+        position = {n: i for i, n in enumerate(names)}
+        p = PARAMETER_NAMES
+
+        def pair(*keys: str) -> list[int] | None:
+            return [position[p[key]] for key in keys] if all(p[key] in position for key in keys) else None
+
+        coefficients = pair("k", "l", "a", "b")
+        self.modes = None
+        if modes and coefficients is not None and lower[coefficients[0]] >= 0 and lower[coefficients[1]] >= 0:
+            self.modes = _RichardsonModes(coefficients, pair("g", "h"), pair("x0", "y0"))
+        #: A name per sampler coordinate, for convergence messages.
+        self.names = list(names)
+        if self.modes:
+            for i, label in zip(self.modes.index, self.modes.names, strict=True):
+                self.names[i] = f"{label} (mode coordinate)"
+        self.kind = "modes" if self.modes else "parameters"
+        self.description = (
+            "Richardson's slow and fast modes (each mode's rate, eigenvector angle, forcing and start)"
+            if self.modes
+            else "the parameters themselves"
+        )
+
+    def to_free(self, theta: np.ndarray) -> np.ndarray:
+        """Sampler coordinates of parameter vectors (rows); with modes, k and l must be positive."""
+        u = np.array(theta, dtype=float)
+        if self.modes:
+            u[:, self.modes.index] = self.modes.to_free(theta)
+        return u
+
+    def from_free(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Parameter vectors of sampler coordinates (rows), and :math:`\\log|\\det d\\theta/du|` per row."""
+        theta = np.array(u, dtype=float)
+        log_jac = np.zeros(len(u))
+        if self.modes:
+            with np.errstate(all="ignore"):
+                theta[:, self.modes.index], log_jac = self.modes.from_free(u[:, self.modes.index])
+        return theta, log_jac
+
+
+def convergence_report(
+    chain: np.ndarray, tau: np.ndarray, acceptance: np.ndarray, names: Sequence[str]
+) -> dict[str, Any]:
+    """Whether an ensemble chain has converged, and why or why not, in words.
+
+    Parameters
+    ----------
+    chain : numpy.ndarray
+        Kept steps (after burn-in), shape (steps, walkers, parameters).
+    tau : numpy.ndarray
+        Integrated autocorrelation time of each parameter, in steps (NaN where a walker never moved).
+    acceptance : numpy.ndarray
+        Acceptance fraction of each walker.
+    names : sequence of str
+        Parameter names, for the message.
+
+    Returns
+    -------
+    dict
+        ``converged`` (bool), ``rhat`` and ``ess`` per parameter, ``max_rhat``, ``min_ess``,
+        ``max_autocorrelation_time``, ``steps_per_tau``, ``acceptance``, ``stuck_walkers``,
+        ``problems`` (list of str, empty when converged) and ``convergence`` (a sentence).
+
+    Notes
+    -----
+    Four checks, all needed: split R-hat at most :data:`RHAT_LIMIT` for every parameter
+    (each walker's halves compared, so a trend or walkers in different places show);
+    the kept chain at least :data:`TAU_MULTIPLE` integrated autocorrelation times long
+    (Foreman-Mackey et al. 2013; a shorter chain underestimates tau, so its ESS is
+    optimistic); at least :data:`ESS_MIN` effective draws; and a mean acceptance
+    fraction of at least :data:`ACCEPTANCE_MIN` with no walker that never moved.
+    """
+    steps, walkers, _ = chain.shape
+    rhat = _split_rhat(chain)
+    finite_tau = np.all(np.isfinite(tau))
+    tau_max = float(np.max(tau)) if finite_tau else math.inf
+    ess = steps * walkers / np.maximum(np.where(np.isfinite(tau), tau, math.inf), 1.0)
+    stuck = int(np.sum(acceptance == 0))
+    mean_acc = float(np.mean(acceptance))
+    max_rhat = float(np.max(np.where(np.isfinite(rhat), rhat, math.inf)))
+    worst = names[int(np.nanargmax(np.where(np.isfinite(rhat), rhat, math.inf)))] if len(names) else ""
+    problems = []
+    if not max_rhat <= RHAT_LIMIT:
+        problems.append(f"split R-hat {max_rhat:.3g} > {RHAT_LIMIT} ({worst})")
+    if not steps >= TAU_MULTIPLE * tau_max:
+        problems.append(
+            f"{steps} kept steps are fewer than {TAU_MULTIPLE} autocorrelation times "
+            f"({TAU_MULTIPLE} x {tau_max:.3g} steps)"
+        )
+    if not float(np.min(ess)) >= ESS_MIN:
+        problems.append(f"{float(np.min(ess)):.0f} effective draws < {ESS_MIN}")
+    if mean_acc < ACCEPTANCE_MIN:
+        problems.append(f"acceptance fraction {mean_acc:.3f} < {ACCEPTANCE_MIN}: the walkers barely move")
+    if stuck:
+        problems.append(f"{stuck} of {walkers} walkers never moved")
+    facts = (
+        f"max split R-hat {max_rhat:.3f}, {steps} kept steps = {steps / tau_max:.0f} autocorrelation times "
+        f"(longest {tau_max:.3g} steps), min ESS {float(np.min(ess)):.0f}, acceptance {mean_acc:.2f}"
+        if finite_tau
+        else f"max split R-hat {max_rhat:.3f}, autocorrelation time undefined, acceptance {mean_acc:.2f}"
+    )
+    sentence = f"converged ({facts})" if not problems else f"not converged: {'; '.join(problems)} ({facts})"
+    return {
+        "converged": not problems,
+        "rhat": rhat,
+        "ess": ess,
+        "max_rhat": max_rhat,
+        "min_ess": float(np.min(ess)),
+        "max_autocorrelation_time": tau_max,
+        "steps_per_tau": steps / tau_max,
+        "acceptance": mean_acc,
+        "stuck_walkers": stuck,
+        "problems": problems,
+        "convergence": sentence,
+    }
+
+
+def sample_posterior(spec: CalibrationSpec, start: pd.DataFrame, *, ridge: bool = False) -> dict[str, Any]:
     """Sample the posterior of a trajectory fit's parameters with emcee on the compiled engine.
 
     The likelihood is Gaussian with one unknown noise variance per observed
     series, integrated out under Jeffreys' prior, so the posterior of the model
     parameters is :math:`p(\\theta) \\prod_v SSR_v(\\theta)^{-n_v/2}` (Box and
     Tiao 1973, section 2.4). Priors are uniform on the bounds, or normal
-    (truncated to the bounds) where ``[calibration.priors]`` says so. The walkers
-    of emcee's ensemble (Foreman-Mackey et al. 2013) start around the
-    least-squares estimate, spread by its standard errors, and are simulated
+    (truncated to the bounds) where ``[calibration.priors]`` says so.
+
+    The walkers of emcee's ensemble (Foreman-Mackey et al. 2013) start around
+    the least-squares estimate, spread by its standard errors, and are simulated
     together, one compiled batch per step. They move by differential evolution
     (80%) and its snooker update (20%) (ter Braak 2006; ter Braak and Vrugt
-    2008), which mix far faster than the default stretch move on the strongly
-    correlated posteriors of Richardson's coefficients.
+    2008). Both moves are affine invariant: they follow any straight ridge, but
+    not a curved one, and Richardson's coefficients have one (:math:`ab \\approx kl`,
+    along which only the determinant and ratios are identified; a trending series
+    fixes the slow mode, not the fast one). For Richardson's two-state model the
+    walkers can therefore move in its modes' coordinates instead
+    (:class:`_RichardsonModes`), where that ridge is flat and straight; the
+    density there includes :math:`\\log|\\det d\\theta/du|`, so the prior stays the
+    config's. With ``coordinates = "auto"`` (the default) they are used when the
+    least-squares fit lies on a ridge (`ridge`); a well identified fit has a
+    nearly Gaussian posterior, which mixes fastest in the parameters themselves.
+    On a synthetic race whose fast mode the data barely see, the mode coordinates
+    cut the autocorrelation time from about 100 steps to 30 and the acceptance
+    rises from 0.10 to 0.29; on a well identified race they are about three times
+    slower than the parameters. Convergence is judged by
+    :func:`convergence_report` on the parameters and the sampler's coordinates.
 
     Parameters
     ----------
@@ -1510,13 +1885,20 @@ def sample_posterior(spec: CalibrationSpec, start: pd.DataFrame) -> dict[str, An
     start : pandas.DataFrame
         The least-squares estimates (``estimate``, ``std_error``, ``lower``,
         ``upper``), indexed by fitted name.
+    ridge : bool
+        Whether the least-squares fit lies on a ridge (weakly identified, see
+        :func:`identification_note`, or a scaled Jacobian condition number above
+        :data:`RIDGE_CONDITION`); with ``coordinates = "auto"``, the mode coordinates are then used.
 
     Returns
     -------
     dict
-        ``chain`` (steps after burn-in, walkers, parameters), ``log_prob`` (steps, walkers),
-        ``names``, ``rhat``, ``ess``, ``tau`` (integrated autocorrelation times, in steps),
-        ``acceptance`` (mean acceptance fraction), ``walkers``.
+        ``chain`` (steps after burn-in, walkers, parameters; in the parameters' own
+        units), ``log_prob`` (steps, walkers; the log posterior density of
+        :math:`\\theta`, up to a constant), ``names``, ``walkers`` and what
+        :func:`convergence_report` says of the chain (``converged``, ``rhat``, ``ess``,
+        ``tau``, ``acceptance``, ``convergence``, ...), ``coordinates`` (``"parameters"``
+        or ``"modes"``) and its description.
 
     Raises
     ------
@@ -1542,21 +1924,33 @@ def sample_posterior(spec: CalibrationSpec, start: pd.DataFrame) -> dict[str, An
     prior_mean = np.array([spec.priors.get(n, (0.0, math.inf))[0] for n in names])
     prior_sd = np.array([spec.priors.get(n, (0.0, math.inf))[1] for n in names])
 
-    def log_prob(thetas: np.ndarray) -> np.ndarray:
-        out = np.full(len(thetas), -np.inf)
-        inside = np.all((thetas >= lower) & (thetas <= upper), axis=1)
-        if not inside.any():
-            return out
-        batch = thetas[inside]
+    def log_posterior(thetas: np.ndarray) -> np.ndarray:
+        """Log posterior density of parameter vectors (rows) in the box, -inf where a run fails."""
         with np.errstate(all="ignore"):
-            res = sim(batch)[:, rows, :] - observed
+            res = sim(thetas)[:, rows, :] - observed
             res = np.where(mask, res, 0.0)
             ssr = (res**2).sum(axis=1)
             loglik = -(counts / 2 * np.log(ssr)).sum(axis=1)
-            logprior = -0.5 * (((batch - prior_mean) / prior_sd) ** 2).sum(axis=1)
+            logprior = -0.5 * (((thetas - prior_mean) / prior_sd) ** 2).sum(axis=1)
         value = loglik + logprior
-        out[inside] = np.where(np.isfinite(value), value, -np.inf)
-        return out
+        return np.where(np.isfinite(value), value, -np.inf)
+
+    def sampler_in(coords: _SamplerCoordinates) -> Any:
+        def log_prob(us: np.ndarray) -> np.ndarray:
+            """Rows of (log density of u, log posterior of theta): emcee keeps the second as a blob."""
+            thetas, log_jac = coords.from_free(us)
+            out = np.full((len(us), 2), -np.inf)
+            # Mode coordinates reach outside the box (a < 0, say), where the prior is zero.
+            inside = np.all((thetas >= lower) & (thetas <= upper), axis=1) & np.isfinite(log_jac)
+            if inside.any():
+                dens = log_posterior(thetas[inside])
+                out[inside] = np.column_stack([dens + log_jac[inside], dens])
+            return out
+
+        moves = [(emcee.moves.DEMove(), 0.8), (emcee.moves.DESnookerMove(), 0.2)]
+        sampler = emcee.EnsembleSampler(walkers, d, log_prob, vectorize=True, moves=moves, blobs_dtype=float)
+        sampler.random_state = np.random.RandomState(spec.seed).get_state()
+        return sampler
 
     rng = np.random.default_rng(spec.seed)
     theta = start["estimate"].to_numpy(dtype=float)
@@ -1565,31 +1959,43 @@ def sample_posterior(spec: CalibrationSpec, start: pd.DataFrame) -> dict[str, An
     # Walkers start spread like the least-squares uncertainty, so burn-in need not expand a tiny ball.
     spread = np.minimum(spread, 0.1 * width)
     p0 = theta + spread * rng.standard_normal((walkers, d))
-    # A walker outside the box would never move: reflect it in (the estimate itself may sit on a bound).
+    # A walker outside the box would never move: reflect it in, then off the bounds themselves
+    # (a least-squares estimate often sits on one), where mode coordinates are singular (k or l = 0).
     p0 = np.where(p0 < lower, 2 * lower - p0, p0)
     p0 = np.where(p0 > upper, 2 * upper - p0, p0)
-    p0 = np.clip(p0, lower, upper)
-    # Differential evolution follows the long correlated ridges of k, l, a and b (autocorrelation time
-    # about 20 steps on a six-parameter race, against about 100 with the stretch move).
-    moves = [(emcee.moves.DEMove(), 0.8), (emcee.moves.DESnookerMove(), 0.2)]
-    sampler = emcee.EnsembleSampler(walkers, d, log_prob, vectorize=True, moves=moves)
-    sampler.random_state = np.random.RandomState(spec.seed).get_state()
+    margin = 1e-4 * width
+    p0 = np.clip(p0, np.where(np.isfinite(lower), lower + margin, -np.inf),
+                 np.where(np.isfinite(upper), upper - margin, np.inf))  # fmt: skip
+
+    kind = spec.coordinates
+    if kind == "auto":
+        kind = "modes" if ridge else "parameters"
+    free = _SamplerCoordinates(names, lower, upper, modes=kind == "modes")
+    sampler = sampler_in(free)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a stretch into an overflowing region is just rejected
-        sampler.run_mcmc(p0, spec.steps, progress=False)
-    chain = sampler.get_chain(discard=spec.burn)
+        warnings.simplefilter("ignore", RuntimeWarning)  # a move into an overflowing region is just rejected
+        sampler.run_mcmc(free.to_free(p0), spec.steps, progress=False)
+    free_chain = sampler.get_chain(discard=spec.burn)
+    chain = np.clip(free.from_free(free_chain.reshape(-1, d))[0], lower, upper).reshape(free_chain.shape)
+    # Convergence is judged on the parameters and on the sampler's coordinates alike (the worse of the two):
+    # the first are what is reported, the second are where the sampler moves.
+    both = np.concatenate([chain, free_chain], axis=2) if free.modes else chain
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a stuck walker has no autocorrelation: tau is NaN
-        tau = sampler.get_autocorr_time(discard=spec.burn, tol=0)
+        tau = emcee.autocorr.integrated_time(both, tol=0)
+    report = convergence_report(both, tau, sampler.acceptance_fraction, [*names, *free.names][: both.shape[2]])
     return {
+        **report,
         "chain": chain,
-        "log_prob": sampler.get_log_prob(discard=spec.burn),
+        "log_prob": sampler.get_blobs(discard=spec.burn),
         "names": names,
-        "rhat": _split_rhat(chain),
-        "tau": tau,
-        "ess": chain.shape[0] * chain.shape[1] / np.maximum(tau, 1.0),
-        "acceptance": float(np.mean(sampler.acceptance_fraction)),
         "walkers": walkers,
+        "coordinates": free.kind,
+        "coordinates_description": free.description,
+        # Per fitted quantity, for estimates.csv; the report's extremes cover the sampler's coordinates too.
+        "tau": tau[:d],
+        "rhat": report["rhat"][:d],
+        "ess": report["ess"][:d],
     }
 
 
@@ -1614,7 +2020,9 @@ def _stability_of_draws(spec: CalibrationSpec, names: Sequence[str], draws: np.n
 
 def _calibrate_bayes(spec: CalibrationSpec, started: str) -> CalibrationResult:
     base = _calibrate_trajectory(spec, started)
-    found = sample_posterior(spec, base.estimates)
+    condition = base.summary.get("jacobian_condition", math.inf)
+    ridge = base.summary["identification"].startswith("weakly identified") or not condition <= RIDGE_CONDITION
+    found = sample_posterior(spec, base.estimates, ridge=ridge)
     chain, names = found["chain"], found["names"]
     flat = chain.reshape(-1, chain.shape[2])
     keep = np.unique(np.linspace(0, len(flat) - 1, min(POSTERIOR_DRAWS, len(flat))).astype(int))
@@ -1635,21 +2043,26 @@ def _calibrate_bayes(spec: CalibrationSpec, started: str) -> CalibrationResult:
         "steps": spec.steps,
         "burn": spec.burn,
         "draws": int(steps_kept * walkers),
+        "converged": found["converged"],
+        "convergence": found["convergence"],
         "acceptance": found["acceptance"],
-        "max_rhat": float(np.nanmax(found["rhat"])),
-        # NaN (a walker that never moved) counts as not converged.
-        "min_ess": float(np.min(found["ess"])) if np.all(np.isfinite(found["ess"])) else 0.0,
-        "max_autocorrelation_time": float(np.max(found["tau"])),
+        "max_rhat": found["max_rhat"],
+        "min_ess": found["min_ess"],
+        "max_autocorrelation_time": found["max_autocorrelation_time"],
+        "steps_per_autocorrelation_time": found["steps_per_tau"],
+        "stuck_walkers": found["stuck_walkers"],
+        "sampler": "emcee: differential evolution (80%) and snooker (20%) moves",
+        "coordinates": found["coordinates"],
+        "coordinates_description": found["coordinates_description"],
         "likelihood": "Gaussian, one noise variance per series integrated out (Jeffreys prior)",
         "priors": {n: (f"normal{spec.priors[n]}" if n in spec.priors else "uniform on the bounds") for n in names},
     }
-    mixed = summary["posterior"]["max_rhat"] <= RHAT_LIMIT and summary["posterior"]["min_ess"] >= ESS_MIN
+    mixed = found["converged"]
     if not mixed:
-        post = summary["posterior"]
         summary["identification"] += (
-            f"; posterior not converged (max R-hat {post['max_rhat']:.3g}, min ESS {post['min_ess']:.0f}, "
-            f"acceptance {post['acceptance']:.2f}): raise calibration.steps, or give [calibration.priors] "
-            "where the likelihood has a long ridge (a weakly identified fit)"
+            f"; posterior {found['convergence']}: raise calibration.steps (and burn), or give "
+            "[calibration.priors] where the likelihood has a long ridge (a weakly identified fit); "
+            "the posterior summaries are not yet reliable"
         )
     stable = _stability_of_draws(spec, names, draws)
     if stable is not None:

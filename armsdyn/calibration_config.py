@@ -47,6 +47,8 @@ TRANSFORMS = ("levels", "differenced")
 COMPARABLE_METHODS = ("trajectory", "lagged")
 LOSSES = ("linear", "soft_l1", "huber")
 ENGINES = ("compiled", "pysd")
+#: Where ``method = "bayes"`` moves its walkers (see :func:`armsdyn.calibration.sample_posterior`).
+COORDINATES = ("auto", "parameters", "modes")
 DATA_KINDS = ("csv", "nmc", "sipri")
 
 
@@ -89,6 +91,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "steps": "integer",
         "burn": "integer",
         "priors": "table",
+        "coordinates": "string",
     },
     "prior": {"normal": "list of numbers"},
     "estimate": {"initial": "number", "bounds": "list of numbers"},
@@ -188,6 +191,10 @@ class CalibrationSpec:
     priors : mapping of str to (float, float)
         For ``method = "bayes"``: normal priors (mean, sd) by fitted name, truncated
         to the bounds; a fitted quantity without one has a uniform prior on its bounds.
+    coordinates : {"auto", "parameters", "modes"}
+        For ``method = "bayes"``: where the walkers move (the parameters themselves,
+        or Richardson's two-state modes; ``"auto"``: the modes when they apply and the
+        least-squares fit lies on a ridge).
     """
 
     name: str
@@ -214,6 +221,7 @@ class CalibrationSpec:
     steps: int = 2000
     burn: int = 1000
     priors: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    coordinates: str = "auto"
 
     @property
     def config_sha256(self) -> str:
@@ -448,6 +456,7 @@ def _parse(
         steps=cal.get("steps", 2000),
         burn=cal.get("burn", cal.get("steps", 2000) // 2),
         priors=priors,
+        coordinates=cal.get("coordinates", "auto"),
     )
 
 
@@ -455,7 +464,7 @@ def _check_bayes(
     cal: Mapping[str, Any], method: str, parameters: Sequence[FittedParameter], problems: Problems
 ) -> dict[str, tuple[float, float]]:
     """Sampler settings and priors of ``method = "bayes"``; they are refused with any other method."""
-    keys = ("walkers", "steps", "burn", "priors")
+    keys = ("walkers", "steps", "burn", "priors", "coordinates")
     if method != "bayes":
         for key in keys:
             if key in cal:
@@ -469,6 +478,9 @@ def _check_bayes(
     burn = cal.get("burn", steps // 2)
     if not 0 <= burn < steps:
         problems.add("calibration.burn", f"must be at least 0 and below steps ({steps}), got {burn}")
+    coordinates = cal.get("coordinates", "auto")
+    if coordinates not in COORDINATES:
+        problems.add("calibration.coordinates", unknown_name("coordinates", coordinates, COORDINATES))
     walkers = cal.get("walkers", 0)
     if walkers and not (2 * len(parameters) < walkers <= 10_000 and walkers % 2 == 0):
         problems.add(
@@ -491,6 +503,15 @@ def _check_bayes(
             problems.add(f"{where}.normal", f"expected [mean, sd] with sd > 0, got {pair}")
             continue
         priors[key] = (float(pair[0]), float(pair[1]))
+    coefficients = [PARAMETER_NAMES[key] for key in ("k", "l", "a", "b")]
+    fitted = {p.name: p for p in parameters}
+    if coordinates == "modes" and not (
+        all(n in fitted for n in coefficients) and all(fitted[n].bounds[0] >= 0 for n in coefficients[:2])
+    ):
+        problems.add(
+            "calibration.coordinates",
+            "'modes' needs Richardson's two-state coefficients k, l, a and b fitted, with k and l bounded below by 0",
+        )
     for p in parameters:
         if p.name not in priors and not all(map(math.isfinite, p.bounds)):
             where = f'calibration.initial_values."{p.stock}"' if p.stock else f'calibration.parameters."{p.name}"'
@@ -616,7 +637,7 @@ def _parse_specification(
         problems.add(f"{where}.name", f"{label!r} names two specifications (the config's own is {main.label!r})")
         return None
     names.add(label)
-    sampler = ("walkers", "steps", "burn", "priors")  # a specification is a point fit, not a posterior
+    sampler = ("walkers", "steps", "burn", "priors", "coordinates")  # a specification is a point fit, not a posterior
     cal = {k: v for k, v in dict(raw.get("calibration", {})).items() if k not in ("bootstrap", "name", *sampler)}
     method = good.get("method", "trajectory" if cal.get("method") == "bayes" else cal.get("method", "trajectory"))
     if method not in COMPARABLE_METHODS:

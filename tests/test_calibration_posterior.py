@@ -1,0 +1,223 @@
+"""Bayesian calibration: convergence checks, Richardson's mode coordinates, and posteriors of known races."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from armsdyn.calibration import (
+    ACCEPTANCE_MIN,
+    RIDGE_CONDITION,
+    TAU_MULTIPLE,
+    _SamplerCoordinates,
+    calibrate,
+    convergence_report,
+    format_summary,
+)
+from armsdyn.errors import ConfigError
+from armsdyn.model import TimeSettings, load_model
+from armsdyn.richardson import PARAMETER_NAMES, Richardson
+from tests.conftest import MODELS
+
+NAMES = list(PARAMETER_NAMES.values())  # k, l, a, b, g, h, x0, y0
+LOWER = np.array([0, 0, 0, 0, -100, -100, 0, 0], dtype=float)
+UPPER = np.array([3, 3, 3, 3, 100, 100, 200, 200], dtype=float)
+
+
+def _autocorrelation_time(chain: np.ndarray) -> np.ndarray:
+    import emcee
+
+    return emcee.autocorr.integrated_time(chain, tol=0)
+
+
+# --------------------------------------------------------------------------- convergence checks
+
+
+def test_independent_draws_are_converged() -> None:
+    pytest.importorskip("emcee")
+    chain = np.random.default_rng(0).standard_normal((2000, 32, 3))
+    found = convergence_report(chain, _autocorrelation_time(chain), np.full(32, 0.3), ["x", "y", "z"])
+    assert found["converged"], found["convergence"]
+    assert found["convergence"].startswith("converged (max split R-hat 1.0")
+    assert found["max_rhat"] < 1.01
+    assert found["min_ess"] > 20_000
+
+
+def test_a_chain_shorter_than_its_autocorrelation_allows_is_not_converged() -> None:
+    pytest.importorskip("emcee")
+    # AR(1) walkers with correlation 0.99 (autocorrelation time about 200 steps), 1000 steps from a common
+    # start: R-hat may pass by luck, but 1000 steps are far fewer than 50 autocorrelation times.
+    rng = np.random.default_rng(1)
+    chain = np.zeros((1000, 32, 2))
+    for t in range(1, 1000):
+        chain[t] = 0.99 * chain[t - 1] + math.sqrt(1 - 0.99**2) * rng.standard_normal((32, 2))
+    tau = _autocorrelation_time(chain)
+    found = convergence_report(chain, tau, np.full(32, 0.3), ["x", "y"])
+    assert not found["converged"]
+    assert found["steps_per_tau"] < TAU_MULTIPLE
+    assert f"1000 kept steps are fewer than {TAU_MULTIPLE} autocorrelation times" in found["convergence"]
+
+
+def test_walkers_in_different_places_fail_rhat_and_stuck_walkers_are_named() -> None:
+    pytest.importorskip("emcee")
+    rng = np.random.default_rng(2)
+    chain = rng.standard_normal((2000, 32, 2))
+    chain[:, :16, 1] += 5  # half the walkers sample a different mode, and never cross
+    acceptance = np.full(32, 0.3)
+    acceptance[:3] = 0.0
+    found = convergence_report(chain, _autocorrelation_time(chain), acceptance, ["x", "y"])
+    assert not found["converged"]
+    assert "split R-hat" in found["convergence"]
+    assert "(y)" in found["convergence"]
+    assert "3 of 32 walkers never moved" in found["convergence"]
+
+
+def test_rarely_accepted_proposals_are_not_convergence() -> None:
+    pytest.importorskip("emcee")
+    chain = np.random.default_rng(3).standard_normal((2000, 32, 2))
+    found = convergence_report(chain, _autocorrelation_time(chain), np.full(32, 0.01), ["x", "y"])
+    assert not found["converged"]
+    assert f"acceptance fraction 0.010 < {ACCEPTANCE_MIN}: the walkers barely move" in found["convergence"]
+
+
+# --------------------------------------------------------------------------- mode coordinates
+
+
+def _inside(rng: np.random.Generator, n: int) -> np.ndarray:
+    return LOWER + (UPPER - LOWER) * rng.uniform(0.01, 0.99, (n, len(NAMES)))
+
+
+def test_mode_coordinates_map_back_to_the_same_parameters() -> None:
+    coords = _SamplerCoordinates(NAMES, LOWER, UPPER, modes=True)
+    assert coords.modes is not None
+    theta = _inside(np.random.default_rng(0), 50)
+    back, _ = coords.from_free(coords.to_free(theta))
+    np.testing.assert_allclose(back, theta, rtol=1e-9, atol=1e-9)
+    # The slow coordinate is Richardson's larger eigenvalue, whose sign is that of kl - ab.
+    u = coords.to_free(theta)
+    for row, slow in zip(theta, u[:, 0], strict=True):
+        race = Richardson(*row[:6])
+        assert slow == pytest.approx(max(race.eigenvalues().real), abs=1e-12)
+        assert np.sign(slow) == -np.sign(race.determinant)
+
+
+def test_mode_coordinates_jacobian_is_the_inverse_of_the_reverse_map() -> None:
+    # log|det dtheta/du| (central differences of the forward map) against -log|det du/dtheta|
+    # (central differences of the reverse map, a different formula): the prior's correction is right.
+    coords = _SamplerCoordinates(NAMES, LOWER, UPPER, modes=True)
+    theta = _inside(np.random.default_rng(1), 20)
+    _, log_jac = coords.from_free(coords.to_free(theta))
+    step = 1e-6 * np.maximum(1.0, np.abs(theta))
+    reverse = np.empty((len(theta), len(NAMES), len(NAMES)))
+    for j in range(len(NAMES)):
+        up, down = theta.copy(), theta.copy()
+        up[:, j] += step[:, j]
+        down[:, j] -= step[:, j]
+        reverse[:, :, j] = (coords.to_free(up) - coords.to_free(down)) / (2 * step[:, j : j + 1])
+    np.testing.assert_allclose(log_jac, -np.linalg.slogdet(reverse)[1], atol=1e-5)
+
+
+def test_mode_coordinates_apply_only_to_richardsons_coefficients() -> None:
+    assert _SamplerCoordinates(NAMES, LOWER, UPPER, modes=False).modes is None
+    # Without fatigue fitted there is no two-state matrix to decompose.
+    assert _SamplerCoordinates(NAMES[:2] + NAMES[4:], LOWER[:6], UPPER[:6], modes=True).modes is None
+    # Negative reactions allowed: eigenvalues may be complex, the map does not cover the box.
+    lower = LOWER.copy()
+    lower[0] = -1
+    assert _SamplerCoordinates(NAMES, lower, UPPER, modes=True).modes is None
+    # Grievances and starts join the modes only as pairs.
+    partial = _SamplerCoordinates(NAMES[:5], LOWER[:5], UPPER[:5], modes=True)
+    assert partial.modes is not None
+    assert partial.modes.index == [0, 1, 2, 3]
+    assert partial.names[4] == "grievance g"
+
+
+# --------------------------------------------------------------------------- posteriors of known races
+
+
+#: A race that trends like the Cold War's: X adjusts fast to Y (k/a fixed, a itself weakly identified),
+#: and the slow mode grows (kl > ab). The least-squares fit of such data is weakly identified.
+RIDGE_TRUTH = {
+    "defence coefficient k": 1.2,
+    "defence coefficient l": 0.1,
+    "fatigue coefficient a": 1.5,
+    "fatigue coefficient b": 0.05,
+    "grievance g": 1.0,
+    "grievance h": 0.5,
+}
+RIDGE_START = {"initial arms X": 10.0, "initial arms Y": 10.0}
+RIDGE_NOISE = 0.3
+RIDGE_TIME = TimeSettings(0, 30, 0.25, 1.0, "Year")
+
+
+def _ridge_config(tmp_path: Path, steps: int, burn: int, extra: str = "") -> Path:
+    """A method = "bayes" config over the ridge race simulated by the model (PySD), with Gaussian noise."""
+    model = load_model(MODELS / "richardson.mdl")
+    clean = model.simulate({**RIDGE_TRUTH, **RIDGE_START}, RIDGE_TIME, ["arms X", "arms Y"])
+    rng = np.random.default_rng(11)
+    noisy = {column: clean[name] + rng.normal(0, RIDGE_NOISE, clean[name].size)
+             for column, name in (("x", "arms X"), ("y", "arms Y"))}  # fmt: skip
+    pd.DataFrame(noisy, index=pd.Index(RIDGE_TIME.save_times(), name="year")).to_csv(tmp_path / "d.csv")
+    bounds = {n: "[0, 3]" for n in NAMES[:4]} | {n: "[-20, 20]" for n in NAMES[4:6]}
+    fitted = "\n".join(f'"{n}" = {{ initial = {0.5 if "coefficient" in n else 0}, bounds = {b} }}'
+                       for n, b in bounds.items())  # fmt: skip
+    path = tmp_path / "ridge.toml"
+    path.write_text(
+        f'[experiment]\nname = "ridge"\nmodel = "{(MODELS / "richardson.mdl").as_posix()}"\n'
+        "[time]\ninitial = 0\nfinal = 30\nstep = 0.25\nsaveper = 1\n"
+        '[parameters]\n"initial arms X" = 10.0\n"initial arms Y" = 10.0\n'
+        '[data]\nfile = "d.csv"\nunits = "u"\ncolumns = { x = "arms X", y = "arms Y" }\n'
+        f'[calibration]\nmethod = "bayes"\nsteps = {steps}\nburn = {burn}\nseed = 4\n{extra}'
+        f"[calibration.parameters]\n{fitted}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_a_ridge_race_posterior_converges_in_mode_coordinates_and_covers_the_truth(tmp_path: Path) -> None:
+    pytest.importorskip("emcee")
+    result = calibrate(_ridge_config(tmp_path, steps=6000, burn=1000))
+    post = result.summary["posterior"]
+    # Not at a bound, but k and a move together (the least-squares fit lies on the ridge): mode coordinates.
+    assert result.summary["jacobian_condition"] > RIDGE_CONDITION
+    assert post["coordinates"] == "modes"
+    assert post["converged"], post["convergence"]
+    assert post["convergence"].startswith("converged (")
+    est = result.estimates
+    for name, true in RIDGE_TRUTH.items():
+        assert est.loc[name, "posterior_low"] <= true <= est.loc[name, "posterior_high"], name
+    # The slow mode grows in the truth (kl > ab): the posterior says unstable, and the verdict follows it.
+    assert result.summary["p_stable_posterior"] <= 0.025
+    assert result.summary["stability"] == "unstable"
+    assert "posterior converged (" in format_summary(result)
+
+
+def test_a_too_short_chain_on_the_ridge_is_reported_as_not_converged(tmp_path: Path) -> None:
+    pytest.importorskip("emcee")
+    result = calibrate(_ridge_config(tmp_path, steps=60, burn=30))
+    post = result.summary["posterior"]
+    assert post["coordinates"] == "modes"
+    assert not post["converged"]
+    assert post["convergence"].startswith("not converged: ")
+    assert "30 kept steps are fewer than 50 autocorrelation times" in post["convergence"]
+    # No verdict is drawn from it, and the summary says why.
+    assert result.summary["stability"] == "indeterminate"
+    assert result.summary["stability_reason"].startswith("posterior not converged")
+    assert "posterior not converged: " in result.summary["identification"]
+    assert "posterior not converged: " in format_summary(result)
+
+
+def test_modes_are_refused_where_they_do_not_apply(tmp_path: Path) -> None:
+    config = _ridge_config(tmp_path, steps=60, burn=30, extra='coordinates = "modes"\n')
+    text = config.read_text().replace('"fatigue coefficient a" = { initial = 0.5, bounds = [0, 3] }\n', "")
+    config.write_text(text.replace("[parameters]\n", '[parameters]\n"fatigue coefficient a" = 1.5\n'))
+    with pytest.raises(ConfigError, match="'modes' needs Richardson's two-state coefficients k, l, a and b fitted"):
+        calibrate(config)
+    config.write_text(text.replace('coordinates = "modes"', 'coordinates = "eigen"'))
+    with pytest.raises(ConfigError, match=r"calibration\.coordinates"):
+        calibrate(config)
