@@ -897,6 +897,8 @@ def loop_dominance(
         The loops drawn one by one: the `top` with the largest mean share over the scenarios drawn;
         the others are summed as "other loops".
 
+    A single scenario is drawn at single-column width (3.5 in), several at double (7.2 in).
+
     Returns
     -------
     (Figure, list of Axes)
@@ -925,13 +927,16 @@ def loop_dominance(
         palette = _POLARITY_COLOURS[polarity[i]]
         colours[i] = palette[used[polarity[i]] % len(palette)]
         used[polarity[i]] += 1
+    # One scenario fits a journal column (the legend below it in one column); more take the page.
+    narrow = len(names) == 1
+    width = SINGLE_COLUMN if narrow else DOUBLE_COLUMN
     if ax is None:
         fig, axes_arr = plt.subplots(
             len(names),
             1,
             sharex=True,
             squeeze=False,
-            figsize=(DOUBLE_COLUMN, 0.9 + 1.5 * len(names)),
+            figsize=(width, 0.9 + 1.5 * len(names) + (0.9 if narrow else 0.0)),
             layout="constrained",
         )
         axes = list(axes_arr.ravel())
@@ -948,7 +953,7 @@ def loop_dominance(
         series = [data.sel(loop=i).values for i in shown]
         other = data.sel(loop=rest).sum("loop").values if rest else None
         common = set.intersection(*(set(members[i]) for i in shown)) if len(shown) > 1 else set()
-        labels = [_loop_label(i, members[i], polarity[i], common) for i in shown]
+        labels = [_loop_label(i, members[i], polarity[i], common, 46 if narrow else 64) for i in shown]
         if layout == "stacked":
             pos = [np.clip(s, 0, None) for s in series] + ([np.clip(other, 0, None)] if other is not None else [])
             neg = [np.clip(s, None, 0) for s in series] + ([np.clip(other, None, 0)] if other is not None else [])
@@ -966,12 +971,13 @@ def loop_dominance(
         low, high = panel.dataLim.y0, panel.dataLim.y1
         panel.set_ylim(min(-1.05, low * 1.05), max(1.05, high * 1.05))
         panel.set_ylabel("relative loop score")
-        panel.set_title(_scenario_label(results if results is not None else loops, scenario, 80), loc="left")
+        titled = results if results is not None else loops
+        panel.set_title(_scenario_label(titled, scenario, 48 if narrow else 80), loc="left")
     clock = results["time"] if results is not None and "time" in results.coords else loops["time"]
     axes[-1].set_xlabel(axis_label(clock))
     handles, labels = axes[0].get_legend_handles_labels()
     if ax is None:
-        fig.legend(handles, labels, loc="outside lower center", ncols=2)
+        fig.legend(handles, labels, loc="outside lower center", ncols=1 if narrow else 2)
     else:
         axes[0].legend(loc="best")
     return fig, axes

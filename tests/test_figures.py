@@ -259,3 +259,20 @@ def test_model_diagram_shows_every_link_with_its_polarity(tmp_path: Path) -> Non
         assert texts.count("+") == 8
         assert {"arms X", "arming rate Y", "reaction of X"} <= {t.replace("\n", " ") for t in texts}
         _regression(fig, "model_diagram_richardson", tmp_path)
+
+
+def test_loop_dominance_of_one_scenario_fits_a_column(
+    ds: xr.Dataset, richardson_loops: xr.Dataset, tmp_path: Path
+) -> None:
+    with figures.paper_style():
+        fig, axes = figures.loop_dominance(richardson_loops, ["runaway"], results=ds)
+        assert fig.get_size_inches()[0] == figures.SINGLE_COLUMN
+        assert len(axes) == 1
+        fig.canvas.draw()
+        # Nothing drawn sticks out of the column: the legend and title fit its width.
+        width = fig.get_size_inches()[0] * fig.dpi
+        for artist in (fig.legends[0], axes[0].title):
+            box = artist.get_window_extent()
+            assert box.x0 >= -1
+            assert box.x1 <= width + 1
+        _regression(fig, "loop_dominance_one_column", tmp_path)
