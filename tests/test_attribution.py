@@ -24,7 +24,7 @@ from armsdyn.ensemble import compile_model
 from armsdyn.errors import ConfigError
 from armsdyn.model import Model, file_sha256, load_model
 from armsdyn.specs import AttributionSpec, LoopGroup
-from tests.conftest import MODELS, run_cli, write_config
+from tests.conftest import CONFIGS, MODELS, run_cli, write_config
 
 RICHARDSON = MODELS / "richardson.mdl"
 KNOWLEDGE = MODELS / "knowledge_engine.mdl"
@@ -357,3 +357,33 @@ def test_a_failing_loop_figure_leaves_no_results_folder(tmp_path: Path) -> None:
     assert "no loop passes through grievance g" in proc.stderr
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]
+
+
+def test_the_main_experiments_shares_converge_and_ignore_the_capability_unit() -> None:
+    """dt, dt/2, dt/4 on the shipped config; every capability unit ten times smaller moves no share."""
+    experiment = load_config(CONFIGS / "disarmament_vs_knowledge.toml")
+    spec = experiment.attribution
+    assert spec is not None
+    shares = [
+        attribute(experiment.model, spec, experiment.scenarios, time=replace(experiment.time, step=dt))[
+            "attribution_share"
+        ].values
+        for dt in (1 / 16, 1 / 32, 1 / 64)
+    ]
+    coarse, fine = np.nanmax(np.abs(shares[1] - shares[0])), np.nanmax(np.abs(shares[2] - shares[1]))
+    assert fine < coarse
+    assert fine < 0.005
+    # Forces, grievance and unit costs in units ten times smaller (as the knowledge claims' test).
+    both = {
+        f"{name}[{state}]": value
+        for name, value in (("initial hardware", 300.0), ("grievance force", 200.0), ("base unit cost", 0.2))
+        for state in "AB"
+    }
+    scenarios = {"base": {"treaty switch": 0.0}, "base_x10": {"treaty switch": 0.0, **both}}
+    ds = attribute(experiment.model, spec, scenarios, time=experiment.time)
+    np.testing.assert_allclose(
+        ds["attribution_share"].sel(scenario="base_x10"), ds["attribution_share"].sel(scenario="base"), rtol=1e-7
+    )
+    np.testing.assert_allclose(
+        ds["stock_change"].sel(scenario="base_x10"), 10 * ds["stock_change"].sel(scenario="base"), rtol=1e-7
+    )
