@@ -21,8 +21,10 @@ Four estimators are offered:
   (``estimator = "sur"``) or one by one (``"ols"``) with :func:`fit_system`;
   ``transform = "differenced"`` regresses changes of changes instead.
 - ``method = "bayes"``: the trajectory fit's posterior, sampled with emcee on
-  the compiled engine (:func:`sample_posterior`), with R-hat, ESS, a posterior
-  predictive figure and the posterior probability that the race is stable.
+  the compiled engine (:func:`sample_posterior`, in Richardson's mode
+  coordinates where the fit lies on its ridge), with convergence checked
+  (:func:`convergence_report`), a posterior predictive figure and the posterior
+  probability that the race is stable.
 
 Further specifications of the same question (``[[specifications]]``) are fitted
 beside the config's own and ranked by AIC and BIC within groups fitted to the
@@ -71,7 +73,7 @@ A calibration config looks like::
     "arms X" = { bounds = [0, 100] }   # initial guess: the first observation
     "arms Y" = "observed"       # ... or to fix at the first observation
 
-    [calibration.priors]        # bayes only (with walkers, steps, burn in [calibration])
+    [calibration.priors]        # bayes only (with walkers, steps, burn, coordinates in [calibration])
     "grievance g" = { normal = [0, 10] }   # others: uniform on their bounds
 
     [[specifications]]          # optional, any number: fitted beside and ranked by AIC/BIC
@@ -83,8 +85,9 @@ A calibration config looks like::
 The results folder holds ``estimates.csv``, ``derived.csv`` (for Richardson's
 model: :math:`ab - kl` and the stability verdict), ``fit.csv`` (observed,
 fitted, residual), ``covariance.csv``, ``bootstrap.csv`` (when asked),
-``diagnostics.csv`` (Ljung-Box, Durbin-Watson, ADF, KPSS, Engle-Granger, AIC/BIC
-and a one-line verdict; see :func:`diagnose`),
+``diagnostics.csv`` (Ljung-Box, Durbin-Watson, ADF, KPSS, Engle-Granger for each
+pair, Johansen's trace test for the system, AIC/BIC and a one-line verdict; see
+:func:`diagnose`),
 ``comparison.csv`` and ``specifications.csv`` (with ``[[specifications]]``: the
 ranking, and every specification's estimates),
 ``posterior.csv`` and ``posterior_predictive.csv`` (method ``bayes``),
@@ -177,12 +180,15 @@ __all__ = [
     "calibrate",
     "compare_specifications",
     "comparison_verdict",
+    "convergence_report",
     "diagnose",
     "draw_calibration_figures",
     "fit_system",
     "fit_trajectories",
     "format_summary",
     "identification_note",
+    "johansen_test",
+    "johansen_text",
     "lagged_equations",
     "load_calibration",
     "near_bound",
@@ -821,7 +827,7 @@ def johansen_text(johansen: Mapping[str, Any]) -> str:
     """One line: the rank and each trace statistic against its 5% critical value."""
     n = len(johansen["variables"])
     steps = ", ".join(
-        f"r <= {r}: trace {t:.1f} {'>' if t >= c else '<'} {c:.1f}"
+        f"r <= {r}: trace {t:.2f} {'>' if t >= c else '<'} {c:.2f}"
         for r, (t, c) in enumerate(zip(johansen["trace"], johansen["trace_critical_95"], strict=True))
     )
     terms = {-1: "no deterministic terms", 0: "constant", 1: "linear trend"}[johansen["det_order"]]
@@ -928,7 +934,9 @@ def _diagnostic_verdict(d: Mapping[str, Any], transform: str = "levels") -> str:
     elif orders and all(o not in ("I(0)", "unknown") for o in orders):
         kind = "I(1)" if all(o == "I(1)" for o in orders) else "non-stationary"
         if system and johansen is not None:
-            test = f"Johansen rank {johansen['rank']} of {len(orders)}"
+            pairs = [c["p"] for c in d.get("cointegration_pairs", [])]
+            together = sum(p < ALPHA for p in pairs if math.isfinite(p))
+            test = f"Johansen rank {johansen['rank']} of {len(orders)}; Engle-Granger: {together} of {len(pairs)} pairs"
             if johansen["rank"] > 0:
                 first = f"{subject} are {kind} and cointegrated ({test}): a {fit} fit can be meaningful"
             else:
@@ -2078,6 +2086,19 @@ def _calibrate_bayes(spec: CalibrationSpec, started: str) -> CalibrationResult:
         else:
             verdict, reason = "indeterminate", f"posterior probability of stability {p:.3f} is between 0.025 and 0.975"
         summary["stability"], summary["stability_reason"] = verdict, reason
+    derived = base.derived
+    modes = _two_state_draws(spec, names, draws)
+    if modes is not None and "determinant ab-kl" in derived.index:
+        # What the data identify on Richardson's ridge: the slow mode's rate (the sign of kl - ab), not k, l, a, b.
+        derived = derived.copy()
+        for row, values in (("determinant ab-kl", modes["determinant"]), ("eigenvalue 2 real", modes["slow"])):
+            low, median, high = np.quantile(values, [0.025, 0.5, 0.975])
+            derived.loc[row, ["posterior_median", "posterior_low", "posterior_high"]] = [median, low, high]
+            summary["posterior"]["slow_rate" if row.startswith("eigen") else "determinant"] = [low, median, high]
+        derived.loc["determinant ab-kl", "note"] = (
+            f"stability: {summary['stability']} ({summary['stability_reason']}); "
+            f"least squares: {summary['stability_least_squares']}"
+        )
     posterior = pd.DataFrame(draws, columns=names)
     posterior.insert(0, "walker", keep % walkers)
     posterior.insert(1, "step", spec.burn + keep // walkers)
@@ -2085,7 +2106,27 @@ def _calibrate_bayes(spec: CalibrationSpec, started: str) -> CalibrationResult:
     if stable is not None:
         posterior["stable"] = stable
     predictive = _posterior_predictive(spec, names, draws)
-    return replace(base, estimates=estimates, summary=summary, posterior=posterior, predictive=predictive)
+    return replace(
+        base, estimates=estimates, derived=derived, summary=summary, posterior=posterior, predictive=predictive
+    )
+
+
+def _two_state_draws(spec: CalibrationSpec, names: Sequence[str], draws: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Per draw of Richardson's two-state model: ``determinant`` ab - kl and ``slow``, the larger eigenvalue."""
+    if not all(n in spec.model.variables for n in PARAMETER_NAMES.values()):
+        return None
+    column = {n: j for j, n in enumerate(names)}
+    values = {}
+    for sym in "klab":
+        name = PARAMETER_NAMES[sym]
+        fixed = spec.fixed.get(name, spec.model.variable(name).default)
+        if name not in column and not isinstance(fixed, int | float):
+            return None
+        values[sym] = draws[:, column[name]] if name in column else np.full(len(draws), float(fixed))
+    k, ell, a, b = (values[s] for s in "klab")
+    # Real when kl >= 0; otherwise the real part of the complex pair, -(a + b) / 2.
+    root = np.sqrt(np.clip((a - b) ** 2 + 4 * k * ell, 0, None))
+    return {"determinant": a * b - k * ell, "slow": (-(a + b) + root) / 2}
 
 
 def _posterior_predictive(spec: CalibrationSpec, names: Sequence[str], draws: np.ndarray) -> pd.DataFrame:

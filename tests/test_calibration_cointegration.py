@@ -68,7 +68,7 @@ def test_three_independent_walks_are_flagged_by_johansen_not_the_first_pair() ->
     walks = _independent_walks(rng)
     found = diagnose(walks, _residual_table(walks), 3)
     assert found["johansen"]["rank"] == 0
-    assert "not cointegrated (Johansen rank 0 of 3)" in found["verdict"]
+    assert "not cointegrated (Johansen rank 0 of 3; Engle-Granger: " in found["verdict"]
     assert "likely spurious" in found["verdict"]
     # Every pair keeps its Engle-Granger test; the first is the one two-state fits always reported.
     assert [c["test"] for c in found["cointegration_pairs"]] == [

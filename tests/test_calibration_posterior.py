@@ -17,11 +17,12 @@ from armsdyn.calibration import (
     calibrate,
     convergence_report,
     format_summary,
+    load_calibration,
 )
 from armsdyn.errors import ConfigError
 from armsdyn.model import TimeSettings, load_model
 from armsdyn.richardson import PARAMETER_NAMES, Richardson
-from tests.conftest import MODELS
+from tests.conftest import CONFIGS, MODELS
 
 NAMES = list(PARAMETER_NAMES.values())  # k, l, a, b, g, h, x0, y0
 LOWER = np.array([0, 0, 0, 0, -100, -100, 0, 0], dtype=float)
@@ -181,7 +182,7 @@ def _ridge_config(tmp_path: Path, steps: int, burn: int, extra: str = "") -> Pat
 @pytest.mark.slow
 def test_a_ridge_race_posterior_converges_in_mode_coordinates_and_covers_the_truth(tmp_path: Path) -> None:
     pytest.importorskip("emcee")
-    result = calibrate(_ridge_config(tmp_path, steps=6000, burn=1000))
+    result = calibrate(_ridge_config(tmp_path, steps=3000, burn=1000))
     post = result.summary["posterior"]
     # Not at a bound, but k and a move together (the least-squares fit lies on the ridge): mode coordinates.
     assert result.summary["jacobian_condition"] > RIDGE_CONDITION
@@ -191,6 +192,12 @@ def test_a_ridge_race_posterior_converges_in_mode_coordinates_and_covers_the_tru
     est = result.estimates
     for name, true in RIDGE_TRUTH.items():
         assert est.loc[name, "posterior_low"] <= true <= est.loc[name, "posterior_high"], name
+    # The data identify the slow mode's rate: its posterior interval holds the true one, away from zero.
+    slow = max(Richardson(*RIDGE_TRUTH.values()).eigenvalues().real)
+    low, high = result.derived.loc["eigenvalue 2 real", ["posterior_low", "posterior_high"]]
+    assert 0 < low <= slow <= high
+    assert post["slow_rate"] == pytest.approx(result.derived.loc["eigenvalue 2 real", ["posterior_low",
+                                              "posterior_median", "posterior_high"]].to_list())  # fmt: skip
     # The slow mode grows in the truth (kl > ab): the posterior says unstable, and the verdict follows it.
     assert result.summary["p_stable_posterior"] <= 0.025
     assert result.summary["stability"] == "unstable"
@@ -221,3 +228,14 @@ def test_modes_are_refused_where_they_do_not_apply(tmp_path: Path) -> None:
     config.write_text(text.replace('coordinates = "modes"', 'coordinates = "eigen"'))
     with pytest.raises(ConfigError, match=r"calibration\.coordinates"):
         calibrate(config)
+
+
+def test_the_cold_war_posterior_config_is_the_least_squares_config_sampled() -> None:
+    bayes = load_calibration(CONFIGS / "calibrate_cold_war_bayes.toml")
+    least_squares = load_calibration(CONFIGS / "calibrate_cold_war.toml")
+    assert bayes.method == "bayes"
+    assert bayes.coordinates == "auto"
+    # Long enough for the mode coordinates' autocorrelation time (about 140 steps) 50 times over.
+    assert bayes.steps - bayes.burn >= 50 * 150
+    assert bayes.parameters == least_squares.parameters
+    pd.testing.assert_frame_equal(bayes.observations, least_squares.observations)
