@@ -307,19 +307,21 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
         needed += more
     dominance = _parse_loop_dominance(top["loop_dominance"], model, problems) if "loop_dominance" in top else None
     attribution = _parse_attribution(top["attribution"], model, time, problems) if "attribution" in top else None
+    asked = {"loop_dominance": dominance, "attribution": attribution or top.get("attribution")}
     for i, fig in enumerate(figures):
-        if FIGURE_KINDS[fig.kind].reads_loops and dominance is None:
+        needs = FIGURE_KINDS[fig.kind].needs
+        if needs and asked[needs] is None:
             problems.add(
                 f"figures[{i}].kind",
-                f"{fig.kind!r} draws the loop dominance in loops.nc; add a [loop_dominance] table "
-                "(optionally with max_length and limit) so that the run computes it",
+                f"{fig.kind!r} draws the {needs.replace('_', ' ')} in loops.nc; add a [{needs}] table "
+                "so that the run computes it",
             )
     problems.raise_if_any()
 
     # Figures are redrawn from saved results, so what they draw must be saved.
     for fig in figures:
-        if fig.kind == "model_diagram":
-            continue  # drawn from the model file
+        if fig.kind == "model_diagram" or FIGURE_KINDS[fig.kind].reads_loops:
+            continue  # drawn from the model file or loops.nc
         drawn = (*fig.variables, *(v for panel in fig.panels for v in panel))
         variables += tuple(v for v in drawn if v not in variables)
     variables += tuple(v for v in needed if v not in variables)

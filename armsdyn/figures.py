@@ -993,6 +993,83 @@ def _loop_label(loop_id: str, variables: Sequence[str], polarity: str, common: s
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def attribution_shares(
+    loops: xr.Dataset,
+    scenarios: Sequence[str] | None = None,
+    stocks: Sequence[str] = (),
+    ax: Axes | Sequence[Axes] | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """Each loop group's share of a stock's change, as stacked bars per scenario (``loops.nc``).
+
+    Parameters
+    ----------
+    loops : xarray.Dataset
+        From :func:`armsdyn.attribution.attribute` (``attribution_share``, dims ``scenario,
+        loop_group, attributed``).
+    scenarios : sequence of str, optional
+        Scenarios to draw (a bar each, top to bottom); all by default.
+    stocks : sequence of str
+        The stock elements drawn, a panel each (``"effective power[A]"``; a subscripted stock's
+        name draws every element); all by default.
+    ax : Axes or sequence of Axes, optional
+        One axes per stock element; a new figure when omitted.
+
+    Returns
+    -------
+    (Figure, list of Axes)
+        Positive shares stack right of zero, negative ones left, so each bar's net length is 1
+        (the whole change); ``other`` (what no group explains) is grey.
+    """
+    names = _scenarios(loops, scenarios)
+    every = [str(s) for s in loops["attributed"].values]
+    drawn = [s for s in every if not stocks or s in stocks or _base_name(s) in stocks]
+    if not drawn:
+        msg = f"loops.nc attributes none of {', '.join(stocks)} (it holds {', '.join(every)})"
+        raise ConfigError(msg)
+    groups = [str(g) for g in loops["loop_group"].values]
+    palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+    colours = {g: ("0.62" if g == groups[-1] else palette[i % len(palette)]) for i, g in enumerate(groups)}
+    if ax is None:
+        width = SINGLE_COLUMN if len(drawn) == 1 else DOUBLE_COLUMN
+        fig, axes_arr = plt.subplots(
+            1,
+            len(drawn),
+            sharey=True,
+            squeeze=False,
+            figsize=(width, 0.9 + 0.28 * len(names)),
+            layout="constrained",
+        )
+        axes = list(axes_arr.ravel())
+    else:
+        axes = [ax] if isinstance(ax, Axes) else list(ax)
+        fig = axes[0].figure
+    rows = np.arange(len(names))[::-1]
+    start, end = loops.attrs.get("window_start", np.nan), loops.attrs.get("window_end", np.nan)
+    window = f"{start:g} to {end:g}"
+    for panel, stock in zip(axes, drawn, strict=True):
+        share = loops["attribution_share"].sel(attributed=stock, scenario=names).transpose("scenario", "loop_group")
+        values = np.nan_to_num(share.values)
+        right = np.zeros(len(names))
+        left = np.zeros(len(names))
+        for j, group in enumerate(groups):
+            v = values[:, j]
+            pos, neg = np.clip(v, 0, None), np.clip(v, None, 0)
+            panel.barh(rows, pos, left=right, color=colours[group], label=group, height=0.7)
+            panel.barh(rows, neg, left=left, color=colours[group], height=0.7)
+            right, left = right + pos, left + neg
+        panel.axvline(0, color="0.3", linewidth=0.5)
+        panel.axvline(1, color="0.3", linewidth=0.5, linestyle=":")
+        panel.set_title(stock, loc="left")
+        panel.set_xlabel(f"share of the change from {window}")
+        panel.set_yticks(rows, names)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if ax is None:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3))
+    else:
+        axes[0].legend(loc="best")
+    return fig, axes
+
+
 def model_diagram(
     model: str | Path,
     variables: Sequence[str] = (),
@@ -1171,6 +1248,9 @@ class FigureKind:
         The FigureSpec keys it may take besides.
     reads_loops : bool
         Whether it draws the loop analysis (``loops.nc``), which the config must then ask for.
+    needs : str
+        The config table that makes the run write what it draws (``"loop_dominance"`` or
+        ``"attribution"``), for a kind that reads the loop analysis.
     """
 
     draw: Callable[..., tuple[Figure, list[Axes]]]
@@ -1178,6 +1258,7 @@ class FigureKind:
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
     reads_loops: bool = False
+    needs: str = ""
 
 
 #: Figure kinds, keyed as in configs. The config validator reads the layouts and
@@ -1212,6 +1293,15 @@ FIGURE_KINDS: dict[str, FigureKind] = {
         (),
         ("variables",),
         reads_loops=True,
+        needs="loop_dominance",
+    ),
+    "attribution_shares": FigureKind(
+        lambda ds, spec, loops: attribution_shares(loops, spec.scenarios or None, spec.variables),
+        ("stacked_bars",),
+        (),
+        ("variables",),
+        reads_loops=True,
+        needs="attribution",
     ),
     "model_diagram": FigureKind(
         lambda ds, spec: model_diagram(spec.model, spec.variables),

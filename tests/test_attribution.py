@@ -387,3 +387,9 @@ def test_the_main_experiments_shares_converge_and_ignore_the_capability_unit() -
     np.testing.assert_allclose(
         ds["stock_change"].sel(scenario="base_x10"), 10 * ds["stock_change"].sel(scenario="base"), rtol=1e-7
     )
+
+
+def test_an_attribution_figure_without_attribution_is_refused(tmp_path: Path) -> None:
+    body = '[[figures]]\nkind = "attribution_shares"\n'
+    with pytest.raises(ConfigError, match=re.escape("'attribution_shares' draws the attribution in loops.nc; add a")):
+        load_config(write_config(tmp_path, body))

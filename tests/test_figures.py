@@ -276,3 +276,33 @@ def test_loop_dominance_of_one_scenario_fits_a_column(
             assert box.x0 >= -1
             assert box.x1 <= width + 1
         _regression(fig, "loop_dominance_one_column", tmp_path)
+
+
+def test_attribution_shares_stack_to_the_whole_change(tmp_path: Path) -> None:
+    from armsdyn.attribution import attribute
+    from armsdyn.specs import AttributionSpec, LoopGroup
+
+    spec = AttributionSpec(
+        ("arms X", "arms Y"),
+        (
+            LoopGroup("action-reaction", ("reaction of X", "reaction of Y")),
+            LoopGroup("fatigue", ("fatigue of X", "fatigue of Y")),
+        ),
+        window=(0.0, 2.0),
+    )
+    start = {"initial arms X": 0.0, "initial arms Y": 0.0}
+    shares = attribute(
+        MODELS / "richardson.mdl", spec, {"race": start, "calm": {**start, "defence coefficient l": 0.1}}
+    )
+    with figures.paper_style():
+        fig, axes = figures.attribution_shares(shares)
+        assert fig.get_size_inches()[0] == figures.DOUBLE_COLUMN  # two stocks: a panel each
+        assert [a.get_title(loc="left") for a in axes] == ["arms X", "arms Y"]
+        # The bars of a scenario add up (right minus left) to the whole change: 1.
+        for panel in axes:
+            for row in (0, 1):
+                widths = [p.get_width() for p in panel.patches if abs(p.get_y() + p.get_height() / 2 - row) < 1e-9]
+                assert sum(widths) == pytest.approx(1.0, abs=1e-9)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert labels == ["action-reaction", "fatigue", "other"]
+        _regression(fig, "attribution_shares", tmp_path)
