@@ -422,7 +422,8 @@ def fit_trajectories(
     f_scale : float
         Where a robust loss turns from quadratic to linear, in data units.
     engine : {"compiled", "pysd"}
-        Simulate with the compiled engine (the default) or with PySD, one run at a time.
+        Simulate with the compiled engine (the default; its numba kernel when numba is
+        installed, see :func:`_compiled_for_many_calls`) or with PySD, one run at a time.
 
     Returns
     -------
