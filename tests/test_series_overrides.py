@@ -114,6 +114,19 @@ def test_runs_with_different_points_share_one_batch(backend: str) -> None:
     _assert_equal_to_pysd(ds, SCALAR, [{"grievance": r} for r in runs], SCALAR_VARIABLES, backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_series_into_a_delay_equals_pysd(tmp_path: Path, backend: str) -> None:
+    """A delay's operands read the series too (numba: the kernel that runs one sample at a time)."""
+    path = tmp_path / "delayed.mdl"
+    delayed = "delayed grievance = DELAY3(grievance, delay time) ~ arms/Year ~ The grievance, three years late. |\n"
+    delayed += "delay time = 1 + grievance ~ Year ~ Slower with more grievance. |\n"
+    path.write_text(SCALAR.read_text().replace("grievance = 1 ~", delayed + "grievance = 1 ~", 1))
+    variables = [*SCALAR_VARIABLES, "delayed grievance"]
+    runs = [INSIDE, STARTS_BEFORE, LATE_START]
+    ds = compile_model(path, backend=backend).run({}, variables=variables, series={"grievance": runs})
+    _assert_equal_to_pysd(ds, path, [{"grievance": r} for r in runs], variables, backend)
+
+
 def test_series_that_do_not_fit_are_refused() -> None:
     compiled = compile_model(SCALAR, backend="numpy")
     cases = [

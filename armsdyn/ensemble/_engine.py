@@ -904,24 +904,71 @@ def normalise_series(
         if len(per_sample) != n:
             msg = f"time series of {what!r}: {len(per_sample)} series for {n} samples"
             raise SampleError(msg)
-        points = [_series_points(what, default if s is None else s) for s in per_sample]
-        knots = np.unique(np.concatenate([x for x, _ in points])) if points else np.zeros(1)
+        groups = _grouped_points(what, [default if s is None else s for s in per_sample])
+        knots = np.unique(np.concatenate([x for x, _, _ in groups])) if groups else np.zeros(1)
         kind = kinds.get(name, "interpolate")
+        table = np.empty((n, knots.size))
+        for x, rows, ys in groups:
+            table[rows] = _on_points(kind, knots, x, ys)
         tables[f"~x:{name}"] = np.broadcast_to(knots, (n, knots.size))
-        tables[f"~y:{name}"] = np.array([_on_points(kind, knots, x, y) for x, y in points]).reshape(n, knots.size)
+        tables[f"~y:{name}"] = table
     return tables, 1 if n is None else n
 
 
+def _grouped_points(what: str, items: list[SeriesLike]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Samples' series grouped by their points: ``(x, rows, y)``, `y` a row of values per sample in `rows`.
+
+    Samples with the same points (the usual case: the same dates, other
+    values) are put on the points of all samples together at once; series of
+    pairs of one length are read and checked as one array.
+    """
+    lengths = {len(s) if isinstance(s, tuple | list) else -1 for s in items}
+    if len(lengths) == 1 and min(lengths) > 0:
+        try:
+            pairs = np.asarray(items, dtype=float)
+        except (TypeError, ValueError):
+            pairs = None
+        if pairs is not None and pairs.ndim == 3 and pairs.shape[2] == 2:
+            xs, ys = pairs[:, :, 0], pairs[:, :, 1]
+            if not (np.isfinite(pairs).all() and (np.diff(xs, axis=1) > 0).all()):
+                for s in items:
+                    _series_points(what, s)  # names what is wrong
+            unique, inverse = np.unique(xs, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            return [(x, np.flatnonzero(inverse == g), ys[inverse == g]) for g, x in enumerate(unique)]
+    groups: dict[bytes, tuple[np.ndarray, list[int], list[np.ndarray]]] = {}
+    for i, s in enumerate(items):
+        x, y = _series_points(what, s)
+        _, rows, values = groups.setdefault(x.tobytes(), (x, [], []))
+        rows.append(i)
+        values.append(y)
+    return [(x, np.array(rows), np.array(values)) for x, rows, values in groups.values()]
+
+
 def _on_points(kind: str, knots: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The values at `knots` (which include every `x`) of the function of kind `kind` through (`x`, `y`)."""
+    """Values at `knots` (which include every `x`) of functions of kind `kind` through `x` and each row of `y`.
+
+    ``np.interp``'s arithmetic, row by row: a point's own value at a point (so a
+    sample whose points are all the knots keeps its values to the bit).
+    """
+    last = len(x) - 1
+    j = np.searchsorted(x, knots, side="right") - 1
     if kind == "hold_backward":
-        return y[np.clip(np.searchsorted(x, knots, side="right") - 1, 0, len(x) - 1)]
-    out = np.interp(knots, x, y)
-    if kind == "extrapolate" and len(x) > 1:
+        return y[:, np.clip(j, 0, last)]
+    if last == 0:
+        return np.repeat(y, knots.size, axis=1)
+    j = np.clip(j, 0, last - 1)
+    y0, y1 = y[:, j], y[:, j + 1]
+    out = np.where(knots == x[j], y0, (y1 - y0) / (x[j + 1] - x[j]) * (knots - x[j]) + y0)
+    out = np.where(knots >= x[last], y[:, last : last + 1], out)
+    out = np.where(knots <= x[0], y[:, :1], out)
+    if kind == "extrapolate":
         # Beyond its own points the table continues its end segments (PySD's extrapolation).
-        hi, lo = knots > x[-1], knots < x[0]
-        out[hi] = y[-1] + (y[-1] - y[-2]) / (x[-1] - x[-2]) * (knots[hi] - x[-1])
-        out[lo] = y[0] + (y[1] - y[0]) / (x[1] - x[0]) * (knots[lo] - x[0])
+        hi, lo = knots > x[last], knots < x[0]
+        k_hi = (y[:, last:] - y[:, last - 1 : last]) / (x[last] - x[last - 1])
+        k_lo = (y[:, 1:2] - y[:, :1]) / (x[1] - x[0])
+        out[:, hi] = y[:, last:] + k_hi * (knots[hi] - x[last])
+        out[:, lo] = y[:, :1] + k_lo * (knots[lo] - x[0])
     return out
 
 

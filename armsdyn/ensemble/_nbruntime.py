@@ -193,6 +193,32 @@ def series(t, xs, ys):  # type: ignore[no-untyped-def]
 
 
 @_jit
+def segment(t, xs):  # type: ignore[no-untyped-def]
+    """Where time `t` falls among the points `xs` of a series: what :func:`series` searches, once per step.
+
+    Returns the rows of the two values to interpolate between, the width of
+    the segment, the time into it, and 1.0 when `t` is at a point or beyond
+    the ends (the value is then the first row's, as np.interp gives it).
+    """
+    last = len(xs) - 1
+    if not t > xs[0]:
+        return 0, 0, 1.0, 0.0, 1.0
+    if not t < xs[last]:
+        return last, last, 1.0, 0.0, 1.0
+    lo = 0
+    hi = last
+    while hi - lo > 1:  # xs[lo] <= t < xs[hi]
+        mid = (lo + hi) // 2
+        if xs[mid] <= t:
+            lo = mid
+        else:
+            hi = mid
+    if t == xs[lo]:
+        return lo, lo, 1.0, 0.0, 1.0
+    return lo, lo + 1, xs[lo + 1] - xs[lo], t - xs[lo], 0.0
+
+
+@_jit
 def lookup_runs(kind, xs, ys, x):  # type: ignore[no-untyped-def]
     # armsdyn.ensemble._runtime.lookup_runs for one sample: this sample's table is ys at the points xs.
     last = len(xs) - 1

@@ -42,10 +42,11 @@ import importlib.util
 import itertools
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -552,6 +553,41 @@ def _per_sample_body(code: _Code) -> list[str]:
     ]
 
 
+_SERIES_CALL = re.compile(r"_series\(t, CV\[(\d+):(\d+), j\], CV\[(\d+):(\d+), j\]\)")
+
+
+def _series_segments(per_step: list[str], per_save: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Time series in a blocked kernel: one segment search per step for all samples, outside the sample loop.
+
+    Every sample's series has the same points (rows of ``CV``, the same in
+    each column), so where time falls among them is found once per step (in
+    the block's first column); the sample loop then reads its two values from
+    rows at that segment and interpolates with ``np.interp``'s arithmetic:
+    straight-line code that vectorises, as a series read by its own search
+    (:func:`~armsdyn.ensemble._nbruntime.series`) does not.
+
+    Returns
+    -------
+    searches, per_step, per_save
+        The statements before the sample loop, and the loop's statements with
+        each series read at the step's segment.
+    """
+    searches: list[str] = []
+    found: dict[tuple[str, str], int] = {}
+
+    def read(match: re.Match[str]) -> str:
+        xa, xb, ya, _ = match.groups()
+        k = found.setdefault((xa, xb), len(found))
+        if k == len(searches):
+            searches.append(f"_sa{k}, _sb{k}, _sd{k}, _sx{k}, _se{k} = _segment(t, CV[{xa}:{xb}, lo0])")
+        y0, y1 = f"CV[{ya} + _sa{k}, j]", f"CV[{ya} + _sb{k}, j]"
+        return f"_where(_se{k}, {y0}, ({y1} - {y0}) / _sd{k} * _sx{k} + {y0})"
+
+    per_step = [_SERIES_CALL.sub(read, line) for line in per_step]
+    per_save = [_SERIES_CALL.sub(read, line) for line in per_save]
+    return searches, per_step, per_save
+
+
 def _blocked_body(code: _Code) -> list[str]:
     """Blocks of samples advanced together, the sample loop innermost, so LLVM vectorises it.
 
@@ -564,6 +600,8 @@ def _blocked_body(code: _Code) -> list[str]:
     into two arrays that might overlap would need run-time overlap checks, and
     with many rows LLVM gives up vectorising it.
     """
+    searches, per_step, per_save = _series_segments(code.per_step, code.per_save)
+    code = replace(code, per_step=per_step, per_save=per_save)
     loop = code.per_step + code.per_save + code.updates
     read = _names(loop, ast.Load) | set(code.outputs)
     live = sorted(read & (_names(code.init, ast.Store) - {"t"}))
@@ -593,6 +631,7 @@ def _blocked_body(code: _Code) -> list[str]:
         "    k = 0",
         "    for i in range(TS.shape[0]):",
         "        t = TS[i]",
+        *(f"        {line}" for line in searches),
         "        for jj in range(b):",
         # Nothing to advance when no output depends on the state (e.g. a study that saves none): "pass".
         *(f"            {line}" for line in advance or ["pass"]),
@@ -660,7 +699,7 @@ def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], lis
         "    lookup as _lookup, lookup_extrapolate as _lookup_extrapolate, lookup_hold as _lookup_hold,",
         "    order as _order, delay_order as _delay_order, fixed_order as _fixed_order,",
         "    nan0 as _nan0, nan1 as _nan1, fmin as _fmin, fmax as _fmax, series as _series,",
-        "    lookup_runs as _lookup_runs,",
+        "    lookup_runs as _lookup_runs, segment as _segment,",
         ")",
         "from armsdyn.ensemble._vecmath import (",
         "    exp as _exp, log as _log, power as _pow, prefer_wide_vectors, table_function,",
