@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tomllib
 from pathlib import Path
 
@@ -137,6 +138,18 @@ def test_engines_agree() -> None:
     ensemble = fit_trajectories(model, observed, GUESSES, TIME, fixed=START, engine="compiled").estimates
     np.testing.assert_allclose(ensemble["estimate"], pysd["estimate"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(ensemble["std_error"], pysd["std_error"], rtol=1e-3)
+
+
+def test_fits_run_numbas_kernel_and_numpys_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("numba")
+    observed = _synthetic(np.random.default_rng(3), sigma=0.1)
+    model = load_model(MODELS / "richardson.mdl")
+    with_numba = fit_trajectories(model, observed, GUESSES, TIME, fixed=START)
+    assert with_numba.statistics["backend"] == "numba"
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba now raises ImportError
+    without = fit_trajectories(model, observed, GUESSES, TIME, fixed=START)
+    assert without.statistics["backend"] == "numpy"
+    np.testing.assert_allclose(with_numba.estimates["estimate"], without.estimates["estimate"], rtol=1e-8)
 
 
 @pytest.mark.slow
