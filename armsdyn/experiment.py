@@ -1,4 +1,9 @@
-"""Run an experiment's scenarios with PySD and assemble one xarray Dataset."""
+"""Run an experiment's scenarios and assemble one xarray Dataset.
+
+The compiled engine runs every scenario in one batch (constants, time series
+and redrawn lookups alike); PySD runs them when the config asks for it
+(``engine = "pysd"``) or when the engine cannot compile the model.
+"""
 
 from __future__ import annotations
 

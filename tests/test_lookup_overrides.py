@@ -12,7 +12,7 @@ import pytest
 import armsdyn
 from armsdyn import ConfigError
 from armsdyn.config import parse_config
-from armsdyn.ensemble import compile_model
+from armsdyn.ensemble import UnsupportedConstruct, compile_model
 from armsdyn.model import load_model
 
 MODEL = """{{UTF-8}}
@@ -175,3 +175,15 @@ def test_scenarios_that_redraw_a_lookup_run_compiled_with_the_others(tmp_path: P
         np.testing.assert_allclose(ds[name].values, reference[name].values, rtol=1e-9, atol=0, err_msg=name)
     # Not vacuous: the scenarios differ.
     assert len({round(float(v), 6) for v in ds["arms"].isel(time=-1).values}) == 4
+
+
+def test_sampling_a_number_computed_from_a_redrawn_lookup_is_unsupported(tmp_path: Path) -> None:
+    """The batch cannot both sample it and compute it from each run's table (configs call it an auxiliary)."""
+    path = tmp_path / "folded.mdl"
+    path.write_text(FOLDED_MODEL.format(points=FILE_POINTS))
+    compiled = compile_model(path, backend="numpy")
+    with pytest.raises(UnsupportedConstruct, match="'base effect' uses a number computed from lookup"):
+        compiled.run({"base effect": [3.0, 1.0]}, lookups={"effect of threat": [TABLES[0], None]})
+    # Either alone is fine.
+    compiled.run({"base effect": [3.0, 1.0]})
+    compiled.run({}, lookups={"effect of threat": [TABLES[0], None]})

@@ -844,6 +844,8 @@ def normalise_series(
         For an unknown name, a name of the wrong kind, a constant also sampled
         or given twice, a series that is empty, not numbers, with times not
         increasing, or a number of series other than the samples'.
+    UnsupportedConstruct
+        If a constant the compiler computed from a redrawn lookup is sampled.
     """
     given: dict[str, tuple[str, Sequence[SeriesLike | None], Any]] = {}
     wholes: list[tuple[Variable, Sequence[SeriesLike | None]]] = []
@@ -887,11 +889,10 @@ def normalise_series(
             raise SampleError(msg)
         sampled = sorted(py for py, code in graph.folded.items() if f"LK_{var.py_name}_x" in code.text and py in values)
         if sampled:
-            msg = (
-                f"constant {model.variable(sampled[0]).name!r} is computed from lookup {var.name!r}: "
-                "sample the one or redraw the other"
-            )
-            raise SampleError(msg)
+            # The samples would give the file's value to the runs that leave the constant alone, where
+            # PySD computes it from each run's table.
+            what = f"a number computed from lookup {var.name!r}, sampled while the lookup is redrawn"
+            raise UnsupportedConstruct(model.path, model.variable(sampled[0]).name, what)
         kinds[var.py_name] = table[2]
         given[var.py_name] = (var.name, per_sample, tuple(zip(table[0].tolist(), table[1].tolist(), strict=True)))
     tables: dict[str, np.ndarray] = {}
