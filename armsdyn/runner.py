@@ -472,10 +472,22 @@ def _progress_bar(n_chunks: int, done_chunks: int, n: int, chunk_size: int, show
 
 # Limits before work: what a config will need, against what the machine has.
 
-#: Memory of one worker process before it simulates anything (Python, numpy, the model).
-WORKER_BASE_BYTES = 200 * 2**20
-#: What loading numba and LLVM (and a compiled kernel) adds to a process that runs a study with it.
-JIT_BYTES = 900 * 2**20
+#: Memory of the ``armsdyn`` process before it holds any results: the interpreter, numpy, xarray,
+#: PySD, matplotlib and the model, translated afresh (measured 2026-12-02, cold cache: 302-373 MiB
+#: peaks for the shipped scenario configs, whose results are a few MB; see ``benchmarks/README.md``).
+PROCESS_BYTES = 416 * 2**20
+#: Memory of one study worker process before it simulates anything (spawned: the interpreter,
+#: numpy, xarray, PySD and the compiled model; measured 257 MiB for the knowledge model).
+WORKER_BASE_BYTES = 288 * 2**20
+#: What importing numba and LLVM and compiling a kernel adds to a process that runs a study with
+#: it: measured 138 MiB for the knowledge model's kernel (the largest shipped), cold cache; the
+#: rest is margin for larger (expanded subscripted) kernels.
+JIT_BYTES = 256 * 2**20
+#: Bytes a Sobol or other analysis holds per run beyond the outputs (the output's normalised copy
+#: and its columns); a Sobol bootstrap adds at most one batch (see armsdyn.sensitivity_methods).
+ANALYSIS_BYTES_PER_RUN = 4 * 8
+#: Peak of SALib's samplers over the sample table they return (measured 3.6 for Sobol).
+SAMPLER_COPIES = 4
 #: Memory and disk of the figures, manifest and the like.
 EXTRA_BYTES = 50 * 2**20
 #: Runs whose full time series are kept for fan charts (see :class:`Reducer`).
@@ -590,10 +602,27 @@ def _size(n: float) -> str:
 def needs(experiment: Any, *, workers: int | None = None, chunk_size: int = 8192) -> Needs:
     """Estimate what running `experiment` takes, without running anything.
 
-    The estimate counts the arrays armsdyn and the engine hold (8 bytes a value)
-    with a margin for copies; it is meant to catch configs that cannot fit by far
-    (a billion samples, a grid of 100 levels over several parameters), not to
-    predict memory to the megabyte.
+    Memory is the peak summed over the ``armsdyn`` process and its study workers:
+    a fixed cost per process (:data:`PROCESS_BYTES`, :data:`WORKER_BASE_BYTES`,
+    :data:`JIT_BYTES` where numba may compile a kernel) plus the arrays each
+    holds (8 bytes a value, with the copies the code makes). It is meant to be
+    conservative but honest: on the shipped configs it is 1.1-2.2 times the
+    measured peak (``benchmarks/bench_memory.py --configs``), never below it, so
+    a config that ``check`` refuses really cannot fit.
+
+    Parameters
+    ----------
+    experiment : Experiment
+        The config.
+    workers : int or None
+        Worker processes of a study, as ``armsdyn run --workers``; None for what
+        ``run`` chooses (:func:`armsdyn.ensemble.choose_workers`).
+    chunk_size : int
+        Samples per chunk asked for (``--chunk-size``).
+
+    Returns
+    -------
+    Needs
     """
     time = experiment.time
     steps = round((time.final - time.initial) / time.step)
@@ -604,30 +633,50 @@ def needs(experiment: Any, *, workers: int | None = None, chunk_size: int = 8192
     scenarios = len(experiment.scenarios)
     # Scenarios run one at a time; their results are held together, then copied into the Dataset.
     scenario_values = scenarios * n_vars * saves
-    memory = 3 * 8 * scenario_values + 8 * n_model * saves + WORKER_BASE_BYTES
+    memory = PROCESS_BYTES + 3 * 8 * scenario_values + 8 * n_model * saves
     disk = 8 * scenario_values + EXTRA_BYTES
     spec = experiment.sensitivity
     runs, saved, n_workers = 0, scenario_values, 1
     if spec is not None:
         runs = study_runs(spec)
         chunk_size = study_chunk(experiment, chunk_size)
-        n_workers = max(1, min((os.cpu_count() or 1) if workers is None else workers, -(-runs // chunk_size)))
+        if workers is None:
+            workers = choose_workers(model.path, runs)  # what `run` will use
+        chunks = -(-runs // chunk_size)
+        n_workers = max(1, min(workers, chunks))
         sampled = len(spec.parameters) + sum(len(p.also) for p in spec.parameters)
         constants = len(experiment.scenario(spec.scenario).parameters) + sampled
         per_run = len(spec.outputs) + constants  # outputs and the sampled values kept as coordinates
         fan = min(runs, FAN_RUNS) * len(spec.fan_variables) * saves
         saved += runs * per_run + fan
         chunk = min(chunk_size, runs)
-        # Parent: the sample table (and the sampler's own copy), the outputs as chunks and combined.
-        parent = 8 * runs * (constants + 2 * sampled) + 3 * 8 * (runs * per_run + fan)
-        # Each worker: its chunk's saved series and the engine's state for every model variable.
+        # The parent: the sampler's peak, then the samples and outputs as chunks and combined, then
+        # the analysis of one output at a time.
+        kept = 3 * 8 * (runs * per_run + fan)
+        sampling = SAMPLER_COPIES * 8 * runs * sampled
+        analysis = ANALYSIS_BYTES_PER_RUN * runs + _bootstrap_bytes(spec, runs)
+        parent = max(sampling, 8 * runs * sampled + kept + analysis)
+        # A process that simulates: its chunk's saved series (in the copies study_chunk allows for)
+        # and the engine's state for every model variable, and numba if it may be used.
         study_vars = sum(_width(model.variable(name)) for name in spec.variables)
-        worker = WORKER_BASE_BYTES + 8 * chunk * (study_vars * saves + 4 * n_model)
+        simulating = 8 * chunk * (CHUNK_COPIES * study_vars * saves + 4 * n_model)
         if importlib.util.find_spec("numba") is not None:  # the automatic backend may load a numba kernel
-            worker += JIT_BYTES
-        memory += parent + n_workers * worker
+            simulating += JIT_BYTES
+        if n_workers == 1:  # the chunks run in the armsdyn process itself (runner._execute)
+            memory += parent + simulating
+        else:
+            memory += parent + n_workers * (WORKER_BASE_BYTES + simulating)
         disk += 2 * 8 * (runs * per_run + fan)  # the chunk store and ensemble.nc
     return Needs(scenarios, runs, steps, saves, saved, memory, disk, n_workers)
+
+
+def _bootstrap_bytes(spec: Any, runs: int) -> int:
+    """The most a study's analysis holds for a Sobol bootstrap batch (0 for other methods)."""
+    if spec.method != "sobol":
+        return 0
+    from armsdyn.sensitivity_methods import bootstrap_bytes
+
+    return bootstrap_bytes(runs // (len(spec.parameters) * (2 if spec.second_order else 1) + 2))
 
 
 def _width(var: Any) -> int:

@@ -162,6 +162,25 @@ def bootstrap_columns(n: int, resamples: int, batch_bytes: int) -> list[tuple[in
     return list(itertools.pairwise(bounds))
 
 
+def bootstrap_bytes(n: int, resamples: int = SOBOL_RESAMPLES, batch_bytes: int = BOOTSTRAP_BATCH_BYTES) -> int:
+    """The most memory one batch of the Sobol bootstrap takes, for `n` base samples (an estimate).
+
+    Parameters
+    ----------
+    n : int
+        Base samples (runs divided by the design's runs per base sample).
+    resamples, batch_bytes : int
+        As for :func:`sobol_indices`.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    width = max(stop - start for start, stop in bootstrap_columns(n, resamples, batch_bytes))
+    return _BYTES_PER_DRAW * n * width
+
+
 def _bootstrap_index(n: int, resamples: int, seed: int, start: int, stop: int) -> np.ndarray:
     """Columns ``start:stop`` of ``default_rng(seed).integers(n, size=(n, resamples))``.
 
