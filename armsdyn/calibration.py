@@ -1654,13 +1654,15 @@ class _RichardsonModes:
     hardly at all: any large :math:`a` with :math:`k/a` fixed fits, which is the ridge
     :math:`ab \\approx kl` of the coefficients. The sampler therefore moves in
 
-    ``(lambda_s, log(lambda_s - lambda_f), log r_s, log(-r_f))`` for ``(k, l, a, b)``,
+    ``(lambda_s, log(lambda_s - lambda_f), arctan r_s, arctan(-r_f))`` for ``(k, l, a, b)``,
     ``(phi_s, -phi_f / lambda_f)`` for the grievances ``(g, h)`` (:math:`\\phi = V^{-1}(g, h)`,
     the forcing of each mode; the second is the fast mode's equilibrium), and
     ``V^{-1}(x_0, y_0)`` for the initial values (each mode's start),
 
     where the weakly identified quantities are separate coordinates, flat in their
-    range. The map is one-to-one on :math:`k, l > 0`; the density in these
+    range. The eigenvectors enter as angles in :math:`(0, \\pi/2)`, not as log slopes,
+    which run off to infinity where k or l nears 0, inside the prior. The map is
+    one-to-one on :math:`k, l > 0`; the density in these
     coordinates adds :math:`\\log|\\det d\\theta/du|` (numerically, by central
     differences of the closed form), so the prior stays the config's.
     """
@@ -1681,16 +1683,17 @@ class _RichardsonModes:
         slow, fast = (-(a + b) + disc) / 2, (-(a + b) - disc) / 2
         r_s, r_f = (slow + a) / k, (fast + a) / k
         out = [slow, np.log(disc), np.arctan(r_s), np.arctan(-r_f)]
-        det = r_f - r_s
+        spread = r_f - r_s  # det V, V = [[1, 1], [r_s, r_f]]
         for idx, kind in ((self.grievances, "forcing"), (self.starts, "start")):
             if idx is None:
                 continue
             x, y = theta[:, idx[0]], theta[:, idx[1]]
-            z_s, z_f = (r_f * x - y) / det, (-r_s * x + y) / det
+            z_s, z_f = (r_f * x - y) / spread, (-r_s * x + y) / spread  # V^-1 (x, y)
             out += [z_s, -z_f / fast] if kind == "forcing" else [z_s, z_f]
         return np.column_stack(out)
 
     def _theta(self, u: np.ndarray) -> np.ndarray:
+        """Parameter values of mode coordinates (rows): M = V diag(slow, fast) V^-1, (g, h) = V phi, x0 = V z0."""
         slow, gap, r_s, r_f = u[:, 0], np.exp(u[:, 1]), np.tan(u[:, 2]), -np.tan(u[:, 3])
         fast = slow - gap
         spread = r_s - r_f
