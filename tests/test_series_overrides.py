@@ -22,7 +22,7 @@ import xarray as xr
 
 import armsdyn
 from armsdyn.config import parse_config
-from armsdyn.ensemble import FallbackWarning, SampleError, compile_model
+from armsdyn.ensemble import FallbackWarning, SampleError, compile_model, run_ensemble
 from armsdyn.model import load_model
 
 DATA = Path(__file__).parent / "data"
@@ -125,6 +125,29 @@ def test_a_series_into_a_delay_equals_pysd(tmp_path: Path, backend: str) -> None
     runs = [INSIDE, STARTS_BEFORE, LATE_START]
     ds = compile_model(path, backend=backend).run({}, variables=variables, series={"grievance": runs})
     _assert_equal_to_pysd(ds, path, [{"grievance": r} for r in runs], variables, backend)
+
+
+def test_run_ensemble_takes_series_on_workers_and_in_the_pysd_fallback(tmp_path: Path) -> None:
+    """Series split with the samples across worker processes; a model PySD runs gets them as pandas.Series."""
+    runs = [INSIDE, None, LATE_START, EARLY_END]  # None: the model's own value
+    samples = {"service life": [5.0, 4.0, 6.0, 5.5]}
+    common = {"variables": SCALAR_VARIABLES, "series": {"grievance": runs}, "backend": "numpy"}
+    one = run_ensemble(SCALAR, samples, **common)
+    two = run_ensemble(SCALAR, samples, **common, workers=2, chunk_size=2)
+    xr.testing.assert_identical(one, two)
+    expected = [
+        {"service life": life} if r is None else {"grievance": r, "service life": life}
+        for r, life in zip(runs, samples["service life"], strict=True)
+    ]
+    _assert_equal_to_pysd(one, SCALAR, expected, SCALAR_VARIABLES)
+    unsupported = tmp_path / "unsupported.mdl"
+    random = "grievance * service life + RANDOM UNIFORM(0, 0, 1) ~"  # PySD's draw from [0, 0]: 0
+    unsupported.write_text(SCALAR.read_text().replace("grievance * service life ~", random))
+    with pytest.warns(FallbackWarning, match="RANDOM UNIFORM"):
+        pysd = run_ensemble(unsupported, samples, variables=SCALAR_VARIABLES, series={"grievance": runs})
+    assert pysd.attrs["engine"] == "pysd"
+    for name in one.data_vars:
+        np.testing.assert_allclose(pysd[name].values, one[name].values, rtol=RTOL, atol=0, err_msg=name)
 
 
 def test_series_that_do_not_fit_are_refused() -> None:

@@ -288,19 +288,33 @@ class CompiledModel(VariableLookup):
         ModelError
             If the time settings are unusable or the model cannot be initialised.
         """
-        values, n = self.normalise_samples(samples)
-        if series or lookups:
-            tables, n = normalise_series(self, series or {}, values, n if values else None, lookups)
-        else:
-            tables = {}
+        values, n = self.normalise_inputs(samples, series, lookups)
         names = self._output_names(variables)
         grid = TimeGrid.from_settings(time or self.time, self.path)
-        arrays = self.simulate_arrays({**values, **tables}, n, grid, names, chunk_size)
+        arrays = self.simulate_arrays(values, n, grid, names, chunk_size)
         return self.dataset(values, grid, names, arrays)
 
     def normalise_samples(self, samples: Samples) -> tuple[dict[str, np.ndarray], int]:
         """Sampled constants as float arrays keyed by Python-safe name, and their length."""
         return normalise_samples(self, samples)
+
+    def normalise_inputs(
+        self,
+        samples: Samples,
+        series: Mapping[str, Sequence[SeriesLike | None]] | None = None,
+        lookups: Mapping[str, Sequence[SeriesLike | None]] | None = None,
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """What :meth:`simulate_arrays` takes for `samples`, time `series` and redrawn `lookups` (see :meth:`run`).
+
+        Returns the sampled constants by Python-safe name and the series' and
+        lookups' tables (keys starting with ``"~"``, a row per sample), and the
+        number of samples.
+        """
+        values, n = self.normalise_samples(samples)
+        if not (series or lookups):
+            return values, n
+        tables, n = normalise_series(self, series or {}, values, n if values else None, lookups)
+        return {**values, **tables}, n
 
     def _output_names(self, variables: Sequence[str] | None) -> list[str]:
         if variables is None:
@@ -354,6 +368,9 @@ class CompiledModel(VariableLookup):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> list[np.ndarray]:
         """Run `n` samples chunk by chunk; one ``(n_save, n)`` array per saved variable.
+
+        `values` are what :meth:`normalise_inputs` returns: sampled constants,
+        and the tables of time series and redrawn lookups (a row per sample).
 
         Chunks always start at multiples of `chunk_size` (besides the automatic
         backend choice's short first chunk), so a sample meets the same
@@ -933,13 +950,13 @@ def _grouped_points(what: str, items: list[SeriesLike]) -> list[tuple[np.ndarray
             xs, ys = pairs[:, :, 0], pairs[:, :, 1]
             if not (np.isfinite(pairs).all() and (np.diff(xs, axis=1) > 0).all()):
                 for s in items:
-                    _series_points(what, s)  # names what is wrong
+                    series_points(what, s)  # names what is wrong
             unique, inverse = np.unique(xs, axis=0, return_inverse=True)
             inverse = inverse.reshape(-1)
             return [(x, np.flatnonzero(inverse == g), ys[inverse == g]) for g, x in enumerate(unique)]
     groups: dict[bytes, tuple[np.ndarray, list[int], list[np.ndarray]]] = {}
     for i, s in enumerate(items):
-        x, y = _series_points(what, s)
+        x, y = series_points(what, s)
         _, rows, values = groups.setdefault(x.tobytes(), (x, [], []))
         rows.append(i)
         values.append(y)
@@ -973,7 +990,7 @@ def _on_points(kind: str, knots: np.ndarray, x: np.ndarray, y: np.ndarray) -> np
     return out
 
 
-def _series_points(what: str, value: SeriesLike) -> tuple[np.ndarray, np.ndarray]:
+def series_points(what: str, value: SeriesLike) -> tuple[np.ndarray, np.ndarray]:
     """The times and values of one series, checked."""
     try:
         if isinstance(value, pd.Series):

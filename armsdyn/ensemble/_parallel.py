@@ -5,12 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from armsdyn.ensemble._engine import (
@@ -18,13 +19,15 @@ from armsdyn.ensemble._engine import (
     CompiledModel,
     OutputMeta,
     Samples,
+    SeriesLike,
     TimeGrid,
     build_dataset,
     compile_model,
     normalise_samples,
     sample_meta,
+    series_points,
 )
-from armsdyn.ensemble._errors import FallbackWarning, UnsupportedConstruct
+from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
 from armsdyn.model import Model, TimeSettings, load_model
 
 # Per-process state of worker processes: each compiles (or loads) its model once.
@@ -41,6 +44,8 @@ def run_ensemble(
     workers: int | None = 1,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     backend: str = "auto",
+    series: Mapping[str, Sequence[SeriesLike | None]] | None = None,
+    lookups: Mapping[str, Sequence[SeriesLike | None]] | None = None,
 ) -> xr.Dataset:
     """Run a model for every parameter sample, on one core or several.
 
@@ -70,6 +75,10 @@ def run_ensemble(
     backend : {"auto", "numpy", "numba"}
         Code generator of the compiled engine (see :func:`compile_model`). With
         numba and ``workers > 1``, each worker process runs one thread.
+    series, lookups : mapping, optional
+        Constants that vary with time and lookups redrawn, one series or table
+        per sample (see :meth:`CompiledModel.run`); PySD takes each as a
+        ``pandas.Series``.
 
     Returns
     -------
@@ -82,10 +91,10 @@ def run_ensemble(
     except UnsupportedConstruct as exc:
         msg = f"{exc}; running the model with PySD instead, one sample at a time"
         warnings.warn(msg, FallbackWarning, stacklevel=2)
-        return _run_pysd(Path(path), samples, time, variables, workers)
+        return _run_pysd(Path(path), samples, time, variables, workers, series, lookups)
     if workers == 1:
-        return model.run(samples, time, variables, chunk_size)
-    values, n = model.normalise_samples(samples)
+        return model.run(samples, time, variables, chunk_size, series=series, lookups=lookups)
+    values, n = model.normalise_inputs(samples, series, lookups)
     names = model._output_names(variables)
     grid = TimeGrid.from_settings(time or model.time, model.path)
     # Tasks are whole chunks, so every sample is computed in the same chunk as in a serial run;
@@ -146,10 +155,19 @@ def _task_compiled(
 
 # ---------------------------------------------------------------------- PySD fallback
 def _run_pysd(
-    path: Path, samples: Samples, time: TimeSettings | None, variables: Sequence[str] | None, workers: int
+    path: Path,
+    samples: Samples,
+    time: TimeSettings | None,
+    variables: Sequence[str] | None,
+    workers: int,
+    series: Mapping[str, Sequence[SeriesLike | None]] | None = None,
+    lookups: Mapping[str, Sequence[SeriesLike | None]] | None = None,
 ) -> xr.Dataset:
     model = load_model(path)
     values, n, keys = _pysd_samples(model, samples)
+    timed = _pysd_series(model, {**(series or {}), **(lookups or {})}, n if keys else None)
+    if timed and not keys:
+        n = len(next(iter(timed.values())))
     if variables is None:
         chosen = model.of_kind("stock", "flow")
     else:
@@ -158,7 +176,11 @@ def _run_pysd(
     time = time or model.time
     grid = TimeGrid.from_settings(time, path)
     by_name = {v.name: v for v in model.variables.values()}
-    params = [{name: float(arr[i]) for name, arr in values.items()} for i in range(n)]
+    params: list[dict[str, Any]] = [{name: float(arr[i]) for name, arr in values.items()} for i in range(n)]
+    for name, per_sample in timed.items():
+        for p, value in zip(params, per_sample, strict=True):
+            if value is not None:  # None: the model's own value or table
+                p[name] = value
     if workers == 1 or n < 2:
         results = [_simulate_pysd(model, p, time, names) for p in params]
     else:
@@ -184,7 +206,36 @@ def _pysd_samples(model: Model, samples: Samples) -> tuple[dict[str, np.ndarray]
     return {sample_meta(model, key).name: arr for key, arr in keys.items()}, n, keys
 
 
-def _simulate_pysd(model: Model, params: dict[str, float], time: TimeSettings, names: list[str]) -> dict[str, Any]:
+def _pysd_series(
+    model: Model, series: Mapping[str, Sequence[SeriesLike | None]], n: int | None
+) -> dict[str, list[pd.Series | None]]:
+    """Series and tables per sample as the ``pandas.Series`` PySD takes, by the model's name, checked."""
+    out: dict[str, list[pd.Series | None]] = {}
+    for key, per_sample in series.items():
+        try:
+            var, element = model.element(str(key))
+        except KeyError as exc:
+            raise SampleError(exc.args[0]) from None
+        name = var.name if element is None else var.element_name(element)
+        if isinstance(per_sample, pd.Series) or not isinstance(per_sample, Sequence):
+            msg = f"time series of {name!r}: give one series per sample (a list), not {type(per_sample).__name__}"
+            raise SampleError(msg)
+        n = len(per_sample) if n is None else n
+        if len(per_sample) != n:
+            msg = f"time series of {name!r}: {len(per_sample)} series for {n} samples"
+            raise SampleError(msg)
+        out[name] = [None if s is None else _as_series(name, s) for s in per_sample]
+    return out
+
+
+def _as_series(name: str, value: SeriesLike) -> pd.Series:
+    if isinstance(value, pd.Series):
+        return value
+    x, y = series_points(name, value)
+    return pd.Series(y, index=x, dtype=float)
+
+
+def _simulate_pysd(model: Model, params: dict[str, Any], time: TimeSettings, names: list[str]) -> dict[str, Any]:
     return model.simulate(params, time, names)
 
 
@@ -193,6 +244,6 @@ def _init_pysd(path: str) -> None:
     _worker_pysd = load_model(path)
 
 
-def _task_pysd(block: list[dict[str, float]], time: TimeSettings, names: list[str]) -> list[dict[str, Any]]:
+def _task_pysd(block: list[dict[str, Any]], time: TimeSettings, names: list[str]) -> list[dict[str, Any]]:
     assert _worker_pysd is not None
     return [_simulate_pysd(_worker_pysd, p, time, names) for p in block]
