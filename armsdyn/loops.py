@@ -135,6 +135,16 @@ def on_feedback_loops(model: Model) -> set[str]:
 
     A variable is on a loop when it reaches itself: its strongly connected component has another
     variable, or it reads itself. Cheap (no loop is enumerated), so a config can be checked with it.
+
+    Parameters
+    ----------
+    model : Model
+        The model.
+
+    Returns
+    -------
+    set of str
+        The variables on some loop.
     """
     graph = causal_graph(model)
     by_py = {v.py_name: v.name for v in model.variables.values()}
@@ -795,8 +805,22 @@ def variable_link_polarities(
     """The polarity of links between variables (model names), over the model file's run (or `params`').
 
     A link between subscripted variables has a polarity when every element link it holds has the
-    same sign (as :func:`element_graph` finds them); +1, -1, or 0 when they differ, a link is mixed
-    or none acts.
+    same sign (as :func:`element_graph` finds them).
+
+    Parameters
+    ----------
+    model : Model
+        The model.
+    links : sequence of (str, str)
+        ``(source, target)`` model names.
+    params : mapping, optional
+        Overrides for the run the links are signed over.
+
+    Returns
+    -------
+    dict
+        ``{(source, target): sign}``: +1, -1, or 0 when element links differ, a link is mixed or
+        none acts.
     """
     states = RunStates(model, params)
     out: dict[tuple[str, str], int] = {}

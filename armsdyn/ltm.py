@@ -106,7 +106,7 @@ def loop_dominance(
     partitions = _partitions(loops)
     ends = {node: model.element(node) for link in links for node in link}
     link_scores = np.zeros((len(named), len(links), save.size))
-    # The loops' stocks (and SMOOTHs), whose levels the attribution weights steps by.
+    # The loops' stocks (and SMOOTHs): their levels, reported beside the scores for reading them.
     stocks = sorted({n for loop in loops for n in loop.variables if model.element(n)[0].kind in ("stock", "stateful")})
     levels = np.zeros((len(named), len(stocks), save.size))
     loop_scores = np.zeros((len(named), len(loops), save.size))
