@@ -305,6 +305,10 @@ name = "dominance"
 [[figures]]
 kind = "time_series"
 variables = ["arms X"]
+
+[[figures]]
+kind = "model_diagram"
+name = "diagram"
 """
     out = tmp_path / "out"
     proc = run_cli("run", write_config(tmp_path, body), "--out", out)
@@ -318,7 +322,8 @@ variables = ["arms X"]
     assert metrics.loc["race", "arms X change share: action-reaction"] > 0.1
     assert "final arms X" in metrics.columns  # the other families are still there
     manifest = json.loads((out / "manifest.json").read_text())
-    for name in ("loops.nc", "metrics.csv", "figures/dominance.pdf", "figures/time_series.pdf", "results.nc"):
+    files = ("loops.nc", "metrics.csv", "figures/dominance.pdf", "figures/diagram.svg", "figures/time_series.pdf")
+    for name in (*files, "results.nc"):
         assert manifest["files"][name] == file_sha256(out / name), name
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
     # Redrawn from loops.nc, without running anything.
@@ -327,6 +332,7 @@ variables = ["arms X"]
     proc = run_cli("figures", out)
     assert proc.returncode == 0, proc.stderr
     assert (out / "figures" / "dominance.svg").is_file()
+    assert (out / "figures" / "diagram.pdf").is_file()  # from the model file the recorded config names
 
 
 def test_a_loop_figure_without_loop_dominance_is_refused(tmp_path: Path) -> None:
