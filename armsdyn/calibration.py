@@ -1828,7 +1828,9 @@ def convergence_report(
     problems = []
     if not max_rhat <= RHAT_LIMIT:
         problems.append(f"split R-hat {max_rhat:.3g} > {RHAT_LIMIT} ({worst})")
-    if not steps >= TAU_MULTIPLE * tau_max:
+    if not finite_tau:
+        problems.append("autocorrelation time undefined (a walker stood still over the kept steps)")
+    elif not steps >= TAU_MULTIPLE * tau_max:
         problems.append(
             f"{steps} kept steps are fewer than {TAU_MULTIPLE} autocorrelation times "
             f"({TAU_MULTIPLE} x {tau_max:.3g} steps)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from armsdyn.calibration import (
     convergence_report,
     format_summary,
     load_calibration,
+    write_calibration,
 )
 from armsdyn.errors import ConfigError
 from armsdyn.model import TimeSettings, load_model
@@ -75,6 +78,22 @@ def test_walkers_in_different_places_fail_rhat_and_stuck_walkers_are_named() -> 
     assert "split R-hat" in found["convergence"]
     assert "(y)" in found["convergence"]
     assert "3 of 32 walkers never moved" in found["convergence"]
+
+
+def test_a_walker_that_never_moved_is_caught_where_rhat_misses_it() -> None:
+    pytest.importorskip("emcee")
+    chain = np.random.default_rng(4).standard_normal((500, 16, 2))
+    chain[:, 3, :] = 1.0
+    acceptance = np.full(16, 0.3)
+    acceptance[3] = 0.0
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        tau = _autocorrelation_time(chain)
+    found = convergence_report(chain, tau, acceptance, ["x", "y"])
+    assert found["max_rhat"] < 1.1  # one still walker among sixteen hardly moves R-hat
+    assert not found["converged"]
+    assert "autocorrelation time undefined (a walker stood still over the kept steps)" in found["convergence"]
+    assert "1 of 16 walkers never moved" in found["convergence"]
 
 
 def test_rarely_accepted_proposals_are_not_convergence() -> None:
@@ -211,12 +230,18 @@ def test_a_too_short_chain_on_the_ridge_is_reported_as_not_converged(tmp_path: P
     assert post["coordinates"] == "modes"
     assert not post["converged"]
     assert post["convergence"].startswith("not converged: ")
-    assert "30 kept steps are fewer than 50 autocorrelation times" in post["convergence"]
+    # 30 kept steps: too few to measure the autocorrelation time, let alone to span 50 of them.
+    assert "autocorrelation time" in post["convergence"]
+    assert post["steps_per_autocorrelation_time"] < 50
     # No verdict is drawn from it, and the summary says why.
     assert result.summary["stability"] == "indeterminate"
     assert result.summary["stability_reason"].startswith("posterior not converged")
     assert "posterior not converged: " in result.summary["identification"]
     assert "posterior not converged: " in format_summary(result)
+    folder = write_calibration(result, tmp_path / "out")
+    saved = json.loads((folder / "summary.json").read_text())["posterior"]
+    assert saved["converged"] is False
+    assert saved["convergence"] == post["convergence"]
 
 
 def test_modes_are_refused_where_they_do_not_apply(tmp_path: Path) -> None:
