@@ -606,7 +606,7 @@ def needs(experiment: Any, *, workers: int | None = None, chunk_size: int = 8192
     a fixed cost per process (:data:`PROCESS_BYTES`, :data:`WORKER_BASE_BYTES`,
     :data:`JIT_BYTES` where numba may compile a kernel) plus the arrays each
     holds (8 bytes a value, with the copies the code makes). It is meant to be
-    conservative but honest: on the shipped configs it is 1.1-2.2 times the
+    conservative but honest: on the shipped configs it is 1.05-2.4 times the
     measured peak (``benchmarks/bench_memory.py --configs``), never below it, so
     a config that ``check`` refuses really cannot fit.
 
