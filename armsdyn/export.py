@@ -20,6 +20,12 @@ study's ``sensitivity/``) become tables with one value per row,
     first runs.
 ``indices`` (a study only)
     output, parameter, index, value: the sensitivity indices.
+``attribution`` (a run with ``[attribution]``)
+    scenario, stock, group, kind, share, change: each loop group's share of the
+    change of each attributed stock (element) over the window, from ``loops.nc``.
+``loops`` and ``loop_scores`` (a run with ``[loop_dominance]``)
+    every loop scored (loop, polarity, length, variables, partition), and its
+    loop score and relative loop score per scenario and time.
 ``dictionary``
     table, variable, name, units, description: every variable of every table
     (``name`` is its key in the netCDF files).
@@ -50,6 +56,7 @@ import xarray as xr
 
 from armsdyn import __version__
 from armsdyn.errors import ArmsdynError, ResultsError
+from armsdyn.figures import LOOPS_FILE
 from armsdyn.model import file_sha256
 from armsdyn.output import (
     ENSEMBLE_FILE,
@@ -121,6 +128,28 @@ COLUMNS: dict[str, dict[str, str]] = {
         "parameter": "the sampled parameter",
         "index": "the index's name (e.g. S1, ST, mu_star, spearman)",
         "value": "the index's value",
+    },
+    "attribution": {
+        "scenario": "scenario name",
+        "stock": "the attributed stock (element), e.g. 'effective power[A]'",
+        "group": "the loop group, or 'other' (what the run produces with every group cut)",
+        "kind": "'loops' (a group of feedback loops), 'driver' (an exogenous driver) or 'other'",
+        "share": "the group's Shapley share of the stock's change over the window (shares sum to 1)",
+        "change": "the group's Shapley value: the change of the stock it accounts for, in the stock's units",
+    },
+    "loops": {
+        "loop": "loop id (R: reinforcing, B: balancing, U: undetermined)",
+        "polarity": "the loop's polarity over the run",
+        "length": "number of variables on the loop",
+        "variables": "the loop's variables in causal order",
+        "partition": "the cycle partition the loop's relative score is a share of",
+    },
+    "loop_scores": {
+        "scenario": "scenario name",
+        "loop": "loop id (see the loops table)",
+        "time": "model time",
+        "score": "Loops That Matter loop score (product of the loop's link scores)",
+        "relative_score": "the loop's share of its partition's summed absolute scores, in [-1, 1]",
     },
     "dictionary": {
         "table": "the table the variable appears in",
@@ -319,6 +348,59 @@ def indices_table(indices: xr.Dataset) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
+def loops_tables(loops: xr.Dataset) -> dict[str, pd.DataFrame]:
+    """A run's loop analysis (``loops.nc``) as long tables: ``attribution``, ``loops``, ``loop_scores``.
+
+    Only the tables the run computed are returned (attribution with
+    ``[attribution]``, the other two with ``[loop_dominance]``).
+    """
+    tables: dict[str, pd.DataFrame] = {}
+    if "attribution_share" in loops:
+        share = loops["attribution_share"].transpose("scenario", "attributed", "loop_group")
+        change = loops["attribution_change"].transpose("scenario", "attributed", "loop_group")
+        scenarios, stocks, groups = (
+            [str(v) for v in share[d].values] for d in ("scenario", "attributed", "loop_group")
+        )
+        kinds = [str(v) for v in loops["group_kind"].values] if "group_kind" in loops.coords else [""] * len(groups)
+        n_s, n_a, n_g = len(scenarios), len(stocks), len(groups)
+        tables["attribution"] = pd.DataFrame(
+            {
+                "scenario": np.repeat(scenarios, n_a * n_g),
+                "stock": np.tile(np.repeat(stocks, n_g), n_s),
+                "group": np.tile(groups, n_s * n_a),
+                "kind": np.tile(kinds, n_s * n_a),
+                "share": np.asarray(share.values, dtype=float).reshape(-1),
+                "change": np.asarray(change.values, dtype=float).reshape(-1),
+            }
+        )
+    if "relative_loop_score" in loops:
+        ids = [str(v) for v in loops["loop"].values]
+        described = {
+            "polarity": "polarity",
+            "length": "length",
+            "loop_variables": "variables",
+            "partition": "partition",
+        }
+        tables["loops"] = pd.DataFrame(
+            {"loop": ids, **{col: loops[c].values for c, col in described.items() if c in loops.coords}}
+        )
+        score = loops["loop_score"].transpose("scenario", "loop", "time")
+        relative = loops["relative_loop_score"].transpose("scenario", "loop", "time")
+        scenarios = [str(v) for v in score["scenario"].values]
+        times = score["time"].values.astype(float)
+        n_s, n_l, n_t = len(scenarios), len(ids), len(times)
+        tables["loop_scores"] = pd.DataFrame(
+            {
+                "scenario": np.repeat(scenarios, n_l * n_t),
+                "loop": np.tile(np.repeat(ids, n_t), n_s),
+                "time": np.tile(times, n_s * n_l),
+                "score": np.asarray(score.values, dtype=float).reshape(-1),
+                "relative_score": np.asarray(relative.values, dtype=float).reshape(-1),
+            }
+        )
+    return tables
+
+
 def dictionary_table(ds: xr.Dataset, ensemble: xr.Dataset | None = None) -> pd.DataFrame:
     """The data dictionary: table, variable, name, units, description of every variable exported."""
     rows: list[dict[str, str]] = []
@@ -417,8 +499,9 @@ def export_results(
     pathlib.Path
         The export folder, holding ``results``, ``scenarios``, ``parameters``,
         ``dictionary`` (and for a sensitivity study ``ensemble_runs``,
-        ``ensemble_series`` and ``indices``) as ``.csv`` or ``.parquet``,
-        and ``manifest.json``.
+        ``ensemble_series`` and ``indices``; for a run with a loop analysis
+        ``attribution`` or ``loops`` and ``loop_scores``) as ``.csv`` or
+        ``.parquet``, and ``manifest.json``.
 
     Raises
     ------
@@ -460,8 +543,10 @@ def export_results(
                 tables["ensemble_series"] = series
             if len(study) > 1:
                 tables["indices"] = indices_table(study[1])
+        if (results / LOOPS_FILE).is_file():
+            tables |= loops_tables(_open(results / LOOPS_FILE))
         tables["dictionary"] = dictionary_table(ds, ensemble)
-        sources = [RESULTS_FILE, MANIFEST_FILE]
+        sources = [RESULTS_FILE, MANIFEST_FILE, *([LOOPS_FILE] if (results / LOOPS_FILE).is_file() else [])]
         sources += [f"{STUDY_DIR}/{n}" for n in (ENSEMBLE_FILE, INDICES_FILE) if (results / STUDY_DIR / n).is_file()]
         with atomic_folder(target, force=force) as tmp:
             for name, table in tables.items():

@@ -382,3 +382,48 @@ aggregate = "final"
     rows = dictionary[(dictionary["table"] == "ensemble_series") & (dictionary["variable"] == "arms")]
     assert len(rows) == 1
     assert rows["units"].item() == "arms"
+
+
+def test_the_loop_analysis_is_exported(tmp_path: Path) -> None:
+    """loops.nc's attribution and loop scores become long tables that equal the netCDF values."""
+    body = """
+[[scenarios]]
+name = "race"
+parameters = { "initial arms X" = 0, "initial arms Y" = 0 }
+
+[[scenarios]]
+name = "no_reaction"
+parameters = { "initial arms X" = 0, "initial arms Y" = 0, "defence coefficient k" = 0, "defence coefficient l" = 0 }
+
+[loop_dominance]
+
+[attribution]
+stocks = ["arms X"]
+window = [0, 5]
+
+[[attribution.groups]]
+name = "action-reaction"
+variables = ["reaction of X", "reaction of Y"]
+"""
+    out = tmp_path / "out"
+    assert run_cli("run", write_config(tmp_path, body), "--out", out).returncode == 0
+    folder = export_results(out)
+    shares = pd.read_csv(folder / "attribution.csv", keep_default_na=False)
+    assert list(shares.columns) == ["scenario", "stock", "group", "kind", "share", "change"]
+    with xr.open_dataset(out / "loops.nc") as loops:
+        for row in shares.itertuples():
+            cell = {"scenario": row.scenario, "attributed": row.stock, "loop_group": row.group}
+            assert row.share == float(loops["attribution_share"].sel(cell))
+            assert row.change == float(loops["attribution_change"].sel(cell))
+        assert shares.groupby("scenario")["share"].sum().to_numpy() == pytest.approx([1.0, 1.0])
+        listed = pd.read_csv(folder / "loops.csv")
+        assert list(listed["loop"]) == [str(v) for v in loops["loop"].values]
+        assert set(listed["polarity"]) <= {"R", "B", "U", "reinforcing", "balancing", "undetermined", "mixed"}
+        scores = pd.read_csv(folder / "loop_scores.csv")
+        assert len(scores) == loops["loop_score"].size
+        one = scores[(scores["scenario"] == "race") & (scores["loop"] == listed["loop"][0])]
+        want = loops["relative_loop_score"].sel(scenario="race", loop=listed["loop"][0]).values
+        np.testing.assert_array_equal(one["relative_score"].to_numpy(), want)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert {"attribution", "loops", "loop_scores"} <= set(manifest["tables"])
+    assert "loops.nc" in manifest["source"]["files"]
