@@ -147,3 +147,12 @@ def test_check_validates_each_kind_of_config_with_its_own_reader(
 
     assert main(["check", str(CONFIGS / config)]) == 0
     assert says in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.toml")))
+def test_every_shipped_config_passes_check(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A shipped config that stopped validating (a renamed variable, a changed model) fails here, not for a user."""
+    from armsdyn.cli import main
+
+    assert main(["check", str(CONFIGS / config)]) == 0, capsys.readouterr().err
+    assert "valid" in capsys.readouterr().out
