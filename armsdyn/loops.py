@@ -302,10 +302,11 @@ class RunStates:
         self.deps = self.pm.dependencies
         self.by_py = {v.py_name: v for v in model.variables.values()}
         names = [v.name for v in model.variables.values() if v.kind not in ("lookup",)]
-        self.values = self._run_compiled(dict(params or {}), names)
-        if self.values is None:
+        values = self._run_compiled(dict(params or {}), names)
+        if values is None:
             out = model.simulate(dict(params or {}), self.time, names)
-            self.values = {model.variables[n].py_name: np.asarray(array, dtype=float) for n, array in out.items()}
+            values = {model.variables[n].py_name: np.asarray(array, dtype=float) for n, array in out.items()}
+        self.values: dict[str, np.ndarray] = values
 
     def _run_compiled(self, params: dict[str, Any], names: list[str]) -> dict[str, np.ndarray] | None:
         """Every variable at every step by the compiled engine (as experiments run), or None.
@@ -359,14 +360,20 @@ class RunStates:
         For a stock or a first-order SMOOTH the equation is its rate (``d target / dt``).
         Inputs not overridden are read at their own values at each step. With `part` ``"input"``
         or ``"delay time"``, a DELAY's input or delay time instead.
+
+        Raises
+        ------
+        ValueError
+            If `part` is ``"input"`` or ``"delay time"`` and `target` holds no stateful object.
         """
         overrides = dict(overrides or {})
         series = {name: overrides.get(name, self.values[name]) for name in self.inputs(target)}
         obj = self.stateful(target)
-        if part == "input":
-            function = obj.input_func
-        elif part == "delay time":
-            function = obj.delay_time_func
+        if part in ("input", "delay time"):
+            if obj is None:
+                msg = f"{target!r} holds no stateful object (not a DELAY): it has no {part} to evaluate"
+                raise ValueError(msg)
+            function = obj.input_func if part == "input" else obj.delay_time_func
         elif obj is None:
             function = getattr(self.module, target)
         elif _smooth_order(obj) == 1:
@@ -434,7 +441,7 @@ class RunStates:
     ) -> np.ndarray:
         rows = []
         for i, t in enumerate(self.times):
-            inputs = {}
+            inputs: dict[str, xr.DataArray | float] = {}
             for name, array in series.items():
                 source = self.by_py.get(name)
                 if source is not None and source.dims:

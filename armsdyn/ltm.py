@@ -45,11 +45,11 @@ import xarray as xr
 
 from armsdyn.loops import Loop, RunStates, find_loops, loop_groups
 from armsdyn.model import Model, TimeSettings, Variable, load_model
-from armsdyn.specs import Scenario
+from armsdyn.specs import Experiment, Scenario
 
 
 def loop_dominance(
-    model: Model | str | Path | Any,
+    model: Model | str | Path | Experiment,
     scenarios: Mapping[str, Mapping[str, Any]] | Sequence[Scenario] | None = None,
     *,
     loops: Sequence[Loop] | None = None,
@@ -88,8 +88,8 @@ def loop_dominance(
         (the loop's variables joined by ``" -> "``) and ``partition`` (its cycle partition); on
         ``link``: ``source`` and ``target`` (model names).
     """
-    if hasattr(model, "scenarios") and isinstance(getattr(model, "model", None), Model):
-        # An experiment: its model, and its scenarios and time settings unless given.
+    if isinstance(model, Experiment):
+        # Its model, and its scenarios and time settings unless given.
         scenarios = model.scenarios if scenarios is None else scenarios
         time = model.time if time is None else time
         model = model.model
@@ -191,7 +191,7 @@ def link_score(
     x = states.values[source]
     obj = states.stateful(target)
     if type(obj).__name__ == "Delay":
-        return _delay_score(states, source, target, fx, fz)
+        return _delay_score(states, obj, source, target, fx, fz)
     if not states.evaluable(target):
         # The black-box unit transfer: the link's sign, magnitude 1 (no internal scores).
         return _shifted_sign(x[fx]) * _shifted_sign(states.values[target][fz])
@@ -206,7 +206,9 @@ def link_score(
     return _ratio_score(partial[fz], z[fz], x[fx])
 
 
-def _delay_score(states: RunStates, source: str, target: str, fx: tuple[Any, ...], fz: tuple[Any, ...]) -> np.ndarray:
+def _delay_score(
+    states: RunStates, delay: Any, source: str, target: str, fx: tuple[Any, ...], fz: tuple[Any, ...]
+) -> np.ndarray:
     """A link into a DELAY (material delay of order n): through its n stages, as a chain of stocks.
 
     The stages are not among the run's values, so they are integrated again from the delay's
@@ -216,8 +218,9 @@ def _delay_score(states: RunStates, source: str, target: str, fx: tuple[Any, ...
     the source's share of the input's change times, along the chain, each inflow's score into its
     stage, ``|Δ inflow / Δ(inflow - outflow)|``, as for any flow into a stock (the outflow's link
     from its stage scores 1).
+
+    `delay` is the PySD ``Delay`` object `target` holds.
     """
-    obj = states.stateful(target)
     x = states.values[source]
     held = {name: _previous(states.values[name]) for name in states.inputs(target)}
     moved = held[source].copy() if source in held else _previous(x)
@@ -226,7 +229,7 @@ def _delay_score(states: RunStates, source: str, target: str, fx: tuple[Any, ...
     inflow = states.evaluate(target, part="input")
     score = _ratio_score(states.evaluate(target, held, part="input")[fz], inflow[fz], x[fx])
     tau = states.evaluate(target, part="delay time")[fz]
-    order = int(obj.order if obj.order is not None else obj.order_func())
+    order = int(delay.order if delay.order is not None else delay.order_func())
     dt = states.time.step
     level = np.full(inflow[fz].shape, np.nan)
     stage_in = inflow[fz]
