@@ -223,7 +223,7 @@ def richardson_parameters(ds: xr.Dataset, scenario: Any) -> tuple[Richardson, fl
 
 
 def _richardson_columns(ds: xr.Dataset) -> pd.DataFrame | None:
-    rows = {}
+    rows: dict[Any, dict[str, Any]] = {}
     for scenario in _labels(ds, case_dim(ds)):
         found = richardson_parameters(ds, scenario)
         if found is None:
@@ -282,9 +282,12 @@ def richardson_n_parameters(ds: xr.Dataset, scenario: Any) -> tuple[RichardsonN,
         them was a time series in this scenario.
     """
     dim = case_dim(ds)
-    columns = {s: parameter_values(ds, name) for s, name in N_PARAMETER_NAMES.items()}
-    if any(c is None for c in columns.values()):
-        return None
+    columns: dict[str, xr.DataArray] = {}
+    for s, name in N_PARAMETER_NAMES.items():
+        column = parameter_values(ds, name)
+        if column is None:  # another model
+            return None
+        columns[s] = column
     a = columns["a"]
     if a.ndim != 2 or columns["k"].ndim != 3:
         return None
@@ -308,7 +311,8 @@ def _richardson_n_columns(ds: xr.Dataset) -> pd.DataFrame | None:
         if found is None:
             if any(parameter_values(ds, name) is None for name in N_PARAMETER_NAMES.values()):
                 return None  # not an N-state Richardson model
-            if parameter_values(ds, N_PARAMETER_NAMES["a"]).ndim != 2:
+            a = parameter_values(ds, N_PARAMETER_NAMES["a"])
+            if a is None or a.ndim != 2:  # None is ruled out just above
                 return None
             rows[scenario] = {"regime": "not analysed: a parameter varies over time"}
             continue

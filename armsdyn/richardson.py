@@ -229,7 +229,8 @@ class RichardsonN:
     @classmethod
     def from_two(cls, model: Richardson) -> RichardsonN:
         """The two-state model as an N-state one (states ``X``, ``Y``)."""
-        return cls([[0.0, model.k], [model.l, 0.0]], [model.a, model.b], [model.g, model.h], ("X", "Y"))
+        k = np.array([[0.0, model.k], [model.l, 0.0]])
+        return cls(k, np.array([model.a, model.b]), np.array([model.g, model.h]), ("X", "Y"))
 
     @property
     def n(self) -> int:
