@@ -460,7 +460,8 @@ def parse_experiment_table(
 
     Returns the checked table, the name and the model; when the model cannot be
     loaded, raises the problems found so far, since nothing else can be checked
-    without it.
+    without it. A missing name is a problem recorded in `problems` and returned as
+    ``""``, which the caller's ``raise_if_any`` keeps out of any experiment.
     """
     exp = check_table(top.get("experiment", {}), "experiment", "experiment", problems)
     name = exp.get("name")
@@ -476,7 +477,7 @@ def parse_experiment_table(
     if model is None:
         problems.raise_if_any()
         raise AssertionError("unreachable")  # pragma: no cover - raise_if_any raised
-    return exp, name, model
+    return exp, name if name is not None else "", model
 
 
 def _resolve_model(value: str, source: Path | None, problems: Problems) -> Model | None:
@@ -1046,7 +1047,7 @@ def _parse_sensitivity(
             )
             continue
         problem = bounds_problem(bounds, dist, method)
-        if problem:
+        if problem or bounds is None:  # missing bounds are a problem too: both hold together
             problems.add(f"{where}.bounds", problem)
             continue
         if dist in ("unif", "logunif", "triang", "truncnorm"):  # samples lie between the first two numbers
@@ -1114,7 +1115,8 @@ def _parse_sensitivity(
     ]
     fan = tuple(named for _, named in filter(None, fan_checked))
     needed += [saved for saved, _ in filter(None, fan_checked)]
-    if len(problems.items) > n_before:
+    # A missing method was recorded as a problem above.
+    if len(problems.items) > n_before or method is None:
         return None, ()
     spec = SensitivitySpec(
         method=method,
