@@ -106,6 +106,16 @@ def test_a_series_on_one_element_of_a_subscripted_constant_equals_pysd(backend: 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_series_on_a_whole_subscripted_constant_leaves_a_sampled_element_its_value(backend: str) -> None:
+    compiled = compile_model(SUBSCRIPTED, backend=backend)
+    runs = [INSIDE, STARTS_BEFORE]
+    ds = compiled.run({"grievance[USSR]": [7.0, 8.0]}, variables=SUBSCRIPTED_VARIABLES, series={"grievance": runs})
+    expected = [{"grievance": r, "grievance[USSR]": ussr} for r, ussr in zip(runs, (7.0, 8.0), strict=True)]
+    _assert_equal_to_pysd(ds, SUBSCRIPTED, expected, SUBSCRIPTED_VARIABLES, backend)
+    assert ds["first_grievance"].isel(run=0, time=0).sel(state="USSR") == 7.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_runs_with_different_points_share_one_batch(backend: str) -> None:
     """Each run's series is its own, though the batch reads them at the points of all runs together."""
     compiled = compile_model(SCALAR, backend=backend)
