@@ -397,13 +397,14 @@ def _run_all(
             for name in stocks:
                 var = model.variable(name)
                 out[s][m][name] = ds[var.py_name].isel(run=r).transpose("time", *var.dim_names).values
-    knocked = load_model(path) if len(batch) < len(named) else None
-    for s, (_, params) in enumerate(named):
-        if s in batch:
-            continue
+    by_pysd = [(s, params) for s, (_, params) in enumerate(named) if s not in batch]
+    if not by_pysd:
+        return out
+    knocked = load_model(path)
+    for s, params in by_pysd:
         for m, mask in enumerate(masks):
             cut_params = {cut: 1.0 - on for cut, on in zip(cuts, mask, strict=True)}
-            result = knocked.simulate({**params, **cut_params}, settings, stocks)  # type: ignore[union-attr]
+            result = knocked.simulate({**params, **cut_params}, settings, stocks)
             out[s][m] = {name: np.asarray(result[name], dtype=float) for name in stocks}
     return out
 
@@ -411,7 +412,10 @@ def _run_all(
 def _model_value(model: Model, key: str) -> float:
     var, element = model.element(key)
     if element is None:
-        return float(var.default)  # type: ignore[arg-type]
+        if var.default is None:  # scenarios override constants only, and a scalar one has a value
+            msg = f"{key!r} has no value in the model file to run the other scenarios at"
+            raise ModelError(msg)
+        return float(var.default)
     return float(var.defaults[var.elements().index(tuple(element))])
 
 
