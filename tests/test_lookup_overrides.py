@@ -120,10 +120,14 @@ NUMBA = importlib.util.find_spec("numba") is not None
 BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="numba is not installed"))]
 
 
-def _assert_tables_match_pysd(path: Path, backend: str, variables: list[str]) -> None:
+# More points than the numba kernel reads branch-free (it then searches each run's table).
+DENSE = tuple((x / 4, 1 + 0.5 * np.sin(x)) for x in range(-4, 20))
+
+
+def _assert_tables_match_pysd(path: Path, backend: str, variables: list[str], dense: bool = False) -> None:
     """Each run of the compiled engine, one table per run (or the file's), equals PySD's with that table."""
     compiled = compile_model(path, backend=backend)
-    tables = [*TABLES, None]
+    tables = [*TABLES, None, DENSE] if dense else [*TABLES, None]
     ds = compiled.run({}, variables=variables, lookups={"effect of threat": tables})
     model = load_model(path)
     for j, table in enumerate(tables):
@@ -136,11 +140,12 @@ def _assert_tables_match_pysd(path: Path, backend: str, variables: list[str]) ->
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_compiled_engine_redraws_a_lookup_per_run_as_pysd_does(tmp_path: Path, backend: str) -> None:
+@pytest.mark.parametrize("dense", [False, True], ids=["few points", "many points"])
+def test_the_compiled_engine_redraws_a_lookup_per_run_as_pysd_does(tmp_path: Path, backend: str, dense: bool) -> None:
     """Calls in flows, in a stock's initial value and in a number computed once all read the run's table."""
     path = tmp_path / "folded.mdl"
     path.write_text(FOLDED_MODEL.format(points=FILE_POINTS))
-    _assert_tables_match_pysd(path, backend, ["arms", "response", "base effect", "threat"])
+    _assert_tables_match_pysd(path, backend, ["arms", "response", "base effect", "threat"], dense)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

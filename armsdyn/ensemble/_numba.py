@@ -192,6 +192,10 @@ class _Scalar(ast.NodeTransformer):
                 table = node.args[0].id.removesuffix("_x")
                 if table in self.tables:
                     return ast.Call(ast.Name(table, ast.Load()), [node.args[2]], [])
+            if func.id == "_lookup_runs":
+                unrolled = _unrolled_lookup_runs(node)
+                if unrolled is not None:
+                    return unrolled
             if func.id in _HELPERS:
                 node.func = ast.Name(_HELPERS[func.id], ast.Load())
                 return node
@@ -204,6 +208,56 @@ class _Scalar(ast.NodeTransformer):
                 rest = [given.get(k, ast.Constant(0.0)) for k in _PULSE_ARGS]
                 return ast.Call(ast.Name("_pulse", ast.Load()), [*node.args, *rest, ast.Constant(flags)], [])
         raise self.unsupported(ast.unparse(func))
+
+
+_UNROLLED_RUNS = 12
+"""Most points of a lookup redrawn per run that the kernel reads branch-free (larger ones: a search per sample)."""
+
+
+def _unrolled_lookup_runs(node: ast.Call) -> ast.expr | None:
+    """``_lookup_runs(kind, CV[xa:xb, j], CV[ya:yb, j], x)`` as a chain of selects, or None.
+
+    Every sample's table has the same points, so a lookup redrawn per run can
+    be read as the file's small tables are (:func:`table_slopes`): a select per
+    segment, straight-line code that vectorises across samples, where
+    :func:`~armsdyn.ensemble._nbruntime.lookup_runs` searches each sample's
+    table in a loop. Same arithmetic as that function (``np.interp``'s).
+    """
+    kind_node, xs, ys, x_node = node.args
+    try:
+        kind = ast.literal_eval(kind_node)
+        (xa, xb), (ya, _) = (
+            (ast.literal_eval(arg.slice.elts[0].lower), ast.literal_eval(arg.slice.elts[0].upper))  # type: ignore[attr-defined]
+            for arg in (xs, ys)
+        )
+    except (AttributeError, ValueError, IndexError, TypeError):
+        return None
+    size = xb - xa
+    if not 1 <= size <= _UNROLLED_RUNS:
+        return None
+    x = f"({ast.unparse(x_node)})"
+    xk = [f"CV[{xa + k}, j]" for k in range(size)]
+    yk = [f"CV[{ya + k}, j]" for k in range(size)]
+    last = size - 1
+    if kind == 2:
+        value = yk[last]
+        for k in range(last - 1, -1, -1):
+            value = f"_where({x} < {xk[k + 1]}, {yk[k]}, {value})"
+        return ast.parse(value, mode="eval").body
+    if size == 1:
+        return ast.parse(f"_where({x} != {x}, {x}, {yk[0]})", mode="eval").body
+    if kind == 1:
+        value = f"{yk[last]} + ({yk[last]} - {yk[last - 1]}) / ({xk[last]} - {xk[last - 1]}) * ({x} - {xk[last]})"
+    else:
+        value = yk[last]
+    for k in range(last - 1, -1, -1):
+        segment = f"({yk[k + 1]} - {yk[k]}) / ({xk[k + 1]} - {xk[k]}) * ({x} - {xk[k]}) + {yk[k]}"
+        value = f"_where({x} < {xk[k + 1]}, _where({x} == {xk[k]}, {yk[k]}, {segment}), {value})"
+    if kind == 1:
+        value = f"_where({x} < {xk[0]}, {yk[0]} + ({yk[1]} - {yk[0]}) / ({xk[1]} - {xk[0]}) * ({x} - {xk[0]}), {value})"
+    else:
+        value = f"_where({x} <= {xk[0]}, {yk[0]}, {value})"
+    return ast.parse(f"_where({x} != {x}, {x}, {value})", mode="eval").body
 
 
 def _output_text(st: Stateful) -> str:
