@@ -9,6 +9,7 @@ figure and its axes. Axis labels come from each variable's ``long_name`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import re
 import textwrap
@@ -110,6 +111,16 @@ def _joined(*parts: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _root_figure(ax: Axes) -> Figure:
+    """The Figure `ax` is drawn in, to return beside the axes for saving or closing.
+
+    An axes on a SubFigure (``fig.subfigures()``) belongs to the SubFigure, which cannot be
+    saved; the drawing functions return, as they document, its root Figure.
+    """
+    fig = ax.figure
+    return fig if isinstance(fig, Figure) else fig.figure
+
+
 def _scenarios(ds: xr.Dataset, scenarios: Sequence[str] | None) -> list[str]:
     return [str(s) for s in ds["scenario"].values] if not scenarios else list(scenarios)
 
@@ -162,7 +173,7 @@ def time_series(
         axes = axes[:panels]
     else:
         axes = [ax] if isinstance(ax, Axes) else list(ax)
-        fig = axes[0].figure
+        fig = _root_figure(axes[0])
     t = ds["time"].values
     # A subscripted variable is a line per element, labelled with the element's name.
     if layout == "overlay":
@@ -243,7 +254,7 @@ def phase_portrait(
         axes = axes[: len(names)]
     else:
         axes = [ax] if isinstance(ax, Axes) else list(ax)
-        fig = axes[0].figure
+        fig = _root_figure(axes[0])
     dx, dy = find_variable(ds, x), find_variable(ds, y)
     for panel, scenario in zip(axes, names, strict=True):
         pairs = _phase_pairs(dx, dy, scenario)
@@ -374,7 +385,7 @@ def scenario_grid(
         rows = [list(r) for r in grid]
     else:
         rows = [list(r) for r in ax]
-        fig = rows[0][0].figure
+        fig = _root_figure(rows[0][0])
     t = ds["time"].values
     for r, scenario in enumerate(names):
         for c, group in enumerate(panels):
@@ -443,7 +454,7 @@ def metric_bars(
     if ax is None:
         fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 0.6 + 0.22 * len(names) * len(metrics)), layout="constrained")
     else:
-        fig = ax.figure
+        fig = _root_figure(ax)
     height = 0.8 / len(metrics)
     y = np.arange(len(names))
     hatches = ["", "///", "...", "xx"]
@@ -556,7 +567,7 @@ def metric_vs_parameter(
     if ax is None:
         fig, ax = plt.subplots(layout="constrained")
     else:
-        fig = ax.figure
+        fig = _root_figure(ax)
     finite = x[np.isfinite(x)]
     log = finite.size > 0 and np.all(finite > 0) and finite.max() / finite.min() >= 10
     inf_at = (finite.max() * (4 if log else 1.25)) if finite.size else 1.0
@@ -615,7 +626,7 @@ def sensitivity_indices(indices: xr.Dataset, output: str, ax: Axes | None = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 0.8 + 0.25 * len(names)), layout="constrained")
     else:
-        fig = ax.figure
+        fig = _root_figure(ax)
     y = np.arange(len(names))
     if method == "oat":
         order = np.argsort(row["swing"].values)
@@ -709,7 +720,7 @@ def fan_chart(
     if ax is None:
         fig, ax = plt.subplots(layout="constrained")
     else:
-        fig = ax.figure
+        fig = _root_figure(ax)
     t = ds["time"].values
     qs = list(percentiles)
     pairs = [(i, len(qs) - 1 - i) for i in range(len(qs) // 2)]
@@ -764,14 +775,17 @@ def parameter_sweep(
     """
 
     values = ensemble[f"output: {output}"].values
-    coords = [parameter_values(ensemble, p) for p in parameters]
-    if any(c is None for c in coords):
-        msg = f"the ensemble has no coordinate for one of {list(parameters)}"
-        raise KeyError(msg)
+    coords: list[xr.DataArray] = []
+    for p in parameters:
+        coord = parameter_values(ensemble, p)
+        if coord is None:
+            msg = f"the ensemble has no coordinate for one of {list(parameters)}"
+            raise KeyError(msg)
+        coords.append(coord)
     if ax is None:
         fig, ax = plt.subplots(layout="constrained")
     else:
-        fig = ax.figure
+        fig = _root_figure(ax)
     if len(parameters) == 1:
         x = coords[0].values
         order = np.argsort(x)
@@ -786,7 +800,8 @@ def parameter_sweep(
     if np.isfinite(grid).sum() >= 4 and xs.size > 1 and ys.size > 1:
         lines = ax.contour(xs, ys, grid, colors="white", linewidths=0.6)
         ax.clabel(lines, fontsize=6, fmt="%.3g")
-    fig.colorbar(mesh, ax=ax, label=output)
+    # On the (sub)figure holding ax, which is where the colour bar belongs.
+    ax.figure.colorbar(mesh, ax=ax, label=output)
     # A log-uniform grid reads best on a log axis.
     if xs.min() > 0 and xs.max() / xs.min() >= 20:
         ax.set_xscale("log")
@@ -816,14 +831,17 @@ def draw_study_figures(ensemble: xr.Dataset, indices: xr.Dataset, spec: Any, fol
     if spec.method == "grid" and len(spec.parameters) <= 2:
         names = [p.name for p in spec.parameters]
         for output in indices["output"].values:
-            jobs.append((f"sweep_{_slug(output)}", lambda o=str(output): parameter_sweep(ensemble, o, names)))
+            jobs.append((f"sweep_{_slug(output)}", functools.partial(parameter_sweep, ensemble, str(output), names)))
     if spec.method != "grid":
         for output in indices["output"].values:
             jobs.append(
-                (f"sensitivity_{spec.method}_{_slug(output)}", lambda o=str(output): sensitivity_indices(indices, o))
+                (
+                    f"sensitivity_{spec.method}_{_slug(output)}",
+                    functools.partial(sensitivity_indices, indices, str(output)),
+                )
             )
     for variable in spec.fan_variables:
-        jobs.append((f"fan_chart_{_slug(variable)}", lambda v=variable: fan_chart(ensemble, v)))
+        jobs.append((f"fan_chart_{_slug(variable)}", functools.partial(fan_chart, ensemble, variable)))
     # Two outputs may give the same slug, and a config's own figure may already
     # have the name: never overwrite, add a number instead (file systems may ignore case).
     taken = {re.sub(r"\.(pdf|svg|png|md)$", "", p.name, flags=re.IGNORECASE).casefold() for p in folder.iterdir()}
@@ -917,7 +935,7 @@ def loop_dominance(
         msg = f"no loop passes through {', '.join(variables)} (loops.nc holds {loops.sizes['loop']})"
         raise ConfigError(msg)
     picked = score.sel(loop=ids, scenario=names)
-    ranking = np.abs(picked).mean(("scenario", "time")).values
+    ranking = abs(picked).mean(("scenario", "time")).values
     order = [ids[k] for k in np.argsort(-ranking, kind="stable")]
     shown, rest = order[:top], order[top:]
     polarity = dict(zip([str(i) for i in loops["loop"].values], map(str, loops["polarity"].values), strict=True))
@@ -942,7 +960,7 @@ def loop_dominance(
         axes = list(axes_arr.ravel())
     else:
         axes = [ax] if isinstance(ax, Axes) else list(ax)
-        fig = axes[0].figure
+        fig = _root_figure(axes[0])
     # The first saved time has no score (no earlier step to compare with): start after it.
     t = loops["time"].values[1:]
     picked = picked.isel(time=slice(1, None))
@@ -1042,7 +1060,7 @@ def attribution_shares(
         axes = list(axes_arr.ravel())
     else:
         axes = [ax] if isinstance(ax, Axes) else list(ax)
-        fig = axes[0].figure
+        fig = _root_figure(axes[0])
     rows = np.arange(len(names))[::-1]
     start, end = loops.attrs.get("window_start", np.nan), loops.attrs.get("window_end", np.nan)
     window = f"{start:g} to {end:g}"
@@ -1118,7 +1136,7 @@ def model_diagram(
         height = min(9.0, max(1.8, width * span[1] / span[0]))
         fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
     else:
-        fig = ax.figure
+        fig = _root_figure(ax)
     position = dict(zip(nodes, xy, strict=True))
     scale = float(np.median([np.linalg.norm(position[a] - position[b]) for a, b in links])) if links else 1.0
     boxes = {
@@ -1130,7 +1148,8 @@ def model_diagram(
         kind = loaded.variables[name].kind
         bbox = boxes.get("stock" if kind in ("stock", "stateful") else kind)
         label = textwrap.fill(name, 14)
-        texts[name] = ax.text(*position[name], label, ha="center", va="center", fontsize=6, bbox=bbox, zorder=3)
+        x, y = position[name]
+        texts[name] = ax.text(x, y, label, ha="center", va="center", fontsize=6, bbox=bbox, zorder=3)
     colours = {1: "#0072B2", -1: "#D55E00", 0: "0.45"}
     for source, target in links:
         sign = signs.get((source, target), 0)
@@ -1158,9 +1177,10 @@ def model_diagram(
         control = (a + b) / 2 + 0.15 * normal
         s = 0.55
         on_curve = (1 - s) ** 2 * a + 2 * s * (1 - s) * control + s**2 * b
-        where = on_curve + 0.08 * normal / max(np.linalg.norm(normal), 1e-9) * scale
+        where = on_curve + 0.08 * normal / max(float(np.linalg.norm(normal)), 1e-9) * scale
         ax.text(
-            *where,
+            where[0],
+            where[1],
             {1: "+", -1: "\N{MINUS SIGN}", 0: "?"}[sign],
             color=colours[sign],
             fontsize=7,
@@ -1231,6 +1251,23 @@ def _stress_layout(nodes: Sequence[str], links: Sequence[tuple[str, str]], itera
     return x - x.mean(axis=0)
 
 
+def _phase_portrait_of(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
+    """Draw a phase portrait figure spec, whose variables are x then y.
+
+    Raises
+    ------
+    ValueError
+        If the spec does not name exactly two variables. A config is checked for this when read;
+        a FigureSpec built in Python is not, and its third variable would be taken for the
+        scenarios drawn.
+    """
+    if len(spec.variables) != 2:
+        msg = f"figure {spec.name!r}: a phase portrait takes exactly two variables (x, y), got {len(spec.variables)}"
+        raise ValueError(msg)
+    x, y = spec.variables
+    return phase_portrait(ds, x, y, spec.scenarios or None)
+
+
 @dataclass(frozen=True)
 class FigureKind:
     """A figure kind a config may ask for: an entry of :data:`FIGURE_KINDS`.
@@ -1270,7 +1307,7 @@ FIGURE_KINDS: dict[str, FigureKind] = {
         ("variables",),
     ),
     "phase_portrait": FigureKind(
-        lambda ds, spec: phase_portrait(ds, *spec.variables, spec.scenarios or None),
+        lambda ds, spec: _phase_portrait_of(ds, spec),
         ("small_multiples",),
         ("variables",),
     ),
