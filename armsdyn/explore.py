@@ -18,8 +18,8 @@ server itself, so the page needs no network) with
   and appended (atomically) to the ``.toml`` file named beside it.
 
 Each change runs the compiled engine (:func:`armsdyn.ensemble.compile_model`; numba's kernel when
-numba is installed, as ``pip install '.[explore]'`` does) on the one parameter set; a scenario
-with a time-series override, or a model the engine cannot compile, runs with PySD instead.
+numba is installed, as ``pip install '.[explore]'`` does) on the one parameter set, a scenario's
+time series and redrawn lookups included; a model the engine cannot compile runs with PySD instead.
 
 In a Jupyter notebook the same view is :func:`explorer`'s layout, shown through Bokeh's notebook
 server::
@@ -344,7 +344,7 @@ class Workbench:
         started = time.perf_counter()
         engine, error = self.engine, ""
         try:
-            if self.compiled is not None and not any(isinstance(v, tuple) for v in params.values()):
+            if self.compiled is not None:
                 out = self._compiled_run(params)
             else:
                 engine = "pysd"
@@ -378,7 +378,11 @@ class Workbench:
     def _compiled_run(self, params: Mapping[str, ParameterValue]) -> dict[str, np.ndarray]:
         assert self.compiled is not None
         samples = {k: np.array([float(v)]) for k, v in params.items() if not isinstance(v, tuple)}
-        values, n = self.compiled.normalise_samples(samples)
+        lookups = {v.name for v in self.exp.model.of_kind("lookup")}
+        timed = {k: [v] for k, v in params.items() if isinstance(v, tuple)}
+        series = {k: v for k, v in timed.items() if self.exp.model.element(k)[0].name not in lookups}
+        tables = {k: v for k, v in timed.items() if k not in series}
+        values, n = self.compiled.normalise_inputs(samples, series, tables)
         arrays = self.compiled.simulate_arrays(values, max(n, 1), self.grid, self.py_names)
         # The engine puts the sample last: (time, *subscripts, run).
         return {name: a[..., 0] for name, a in zip(self.exp.variables, arrays, strict=True)}
@@ -692,8 +696,6 @@ class _View:
             if series.figure.visible:  # the page gets only what it shows
                 self._push(py, series)
         self.status.text = f"<b>run failed:</b> {_html(error)}" if error else ""
-        if engine == "pysd" and self.bench.compiled is not None:
-            self.status.text += " this scenario sets a parameter as a time series, which only PySD runs: slow updates"
         series_ms = (time.perf_counter() - started) * 1e3
         doc = self.layout.document if hasattr(self, "layout") else None
         self.generation += 1

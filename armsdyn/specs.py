@@ -311,9 +311,9 @@ class Experiment:
         The sensitivity study, when the config has a ``[sensitivity]`` table.
     engine : str
         What runs the scenarios: ``"compiled"`` (the default: the ensemble
-        engine, all scenarios at once; PySD for a scenario with a time-series
-        override or a model the engine cannot compile) or ``"pysd"`` (the
-        reference, for checking).
+        engine, all scenarios at once, time series and redrawn lookups
+        included; PySD for a model the engine cannot compile) or ``"pysd"``
+        (the reference, for checking).
     loop_dominance : LoopDominanceSpec or None
         Loops That Matter scores to write to ``loops.nc`` (``[loop_dominance]``).
     attribution : AttributionSpec or None
