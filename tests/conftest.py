@@ -19,8 +19,17 @@ SHARED = ROOT.parent / "shared"
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Tests must not depend on (or pollute) the user's translation cache; the
-    # variable is inherited by CLI subprocesses too.
-    os.environ["ARMSDYN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    # variable is inherited by CLI subprocesses too. Each pytest-xdist worker has
+    # its own (tests check what a translation leaves in the cache), but the
+    # workers of one run share the numba kernels compiled into it: a kernel one
+    # worker compiled, another loads from disk instead of compiling it again
+    # (numba and armsdyn write those files atomically).
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["ARMSDYN_CACHE_DIR"] = str(cache)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        kernels = tmp_path_factory.getbasetemp().parent / "ensemble-numba"
+        kernels.mkdir(mode=0o700, exist_ok=True)
+        (cache / "ensemble-numba").symlink_to(kernels, target_is_directory=True)
 
 
 @pytest.fixture
