@@ -9,7 +9,6 @@ knowledge model the reference is therefore PySD on its scalar twin
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import xarray as xr
 import armsdyn
 from armsdyn.config import config_kind
 from armsdyn.model import load_model
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS
+from tests.helpers import SCALAR_TWIN, STATES, scalar_name, scalar_names
 
 EXPERIMENTS = [p for p in sorted(CONFIGS.glob("*.toml")) if config_kind(p) == "experiment"]
 
@@ -54,48 +54,24 @@ def test_an_unknown_engine_is_a_config_error(tmp_path: Path) -> None:
         armsdyn.load_config(config)
 
 
-SCALAR_TWIN = ROOT / "tests" / "data" / "knowledge_engine_scalar.mdl"
-
-
 def _on_scalar_twin(experiment: armsdyn.Experiment) -> xr.Dataset:
     """Run a knowledge-model experiment with PySD on the scalar twin; return it in the subscripted form."""
     twin = load_model(SCALAR_TWIN)
-    states = ("A", "B")
-
-    def scalar_name(name: str) -> str:  # "adoption time[A]" -> "adoption time A"
-        return re.sub(r"\[(\w+)\]$", r" \1", name)
-
     subscripted = {v.name for v in experiment.model.variables.values() if v.dims}
-    variables = [f"{v} {s}" if v in subscripted else v for v in experiment.variables for s in states]
-    variables = list(
-        dict.fromkeys(
-            v.replace("peak power ratio after breakdown A", "peak power ratio A over B after breakdown").replace(
-                "peak power ratio after breakdown B", "peak power ratio B over A after breakdown"
-            )
-            for v in variables
-        )
-    )
+    variables = [n for v in experiment.variables for n in (scalar_names(v) if v in subscripted else [v])]
     scenarios = tuple(
         replace(s, parameters={scalar_name(k): v for k, v in s.parameters.items()}) for s in experiment.scenarios
     )
-    ds = armsdyn.run(replace(experiment, model=twin, scenarios=scenarios, variables=tuple(variables), engine="pysd"))
-    out = ds[
-        [
-            k
-            for k, da in ds.data_vars.items()
-            if not re.search(r" [AB]$", da.attrs["long_name"]) and "peak power ratio" not in da.attrs["long_name"]
-        ]
-    ]
+    ds = armsdyn.run(
+        replace(experiment, model=twin, scenarios=scenarios, variables=tuple(dict.fromkeys(variables)), engine="pysd")
+    )
+    keys = {da.attrs["long_name"]: key for key, da in ds.data_vars.items()}
+    per_state = {n for v in subscripted for n in scalar_names(v)}
+    out = ds[[key for name, key in keys.items() if name not in per_state]]
     for name in sorted(subscripted & set(experiment.variables)):
-        key = {"peak power ratio after breakdown": "peak_power_ratio_{0}_over_{1}_after_breakdown"}.get(name)
-        parts = []
-        for i, s in enumerate(states):
-            scalar_key = (
-                key.format(s.lower(), states[1 - i].lower()) if key else f"{name} {s}".replace(" ", "_").lower()
-            )
-            parts.append(ds[scalar_key])
+        parts = [ds[keys[n]] for n in scalar_names(name)]
         out[name.replace(" ", "_")] = (
-            xr.concat(parts, dim=xr.DataArray(list(states), dims="state", name="state"))
+            xr.concat(parts, dim=xr.DataArray(list(STATES), dims="state", name="state"))
             .transpose(..., "state")
             .assign_attrs(long_name=name)
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 import shutil
 from pathlib import Path
 
@@ -23,10 +22,17 @@ from armsdyn.ensemble import (
 from armsdyn.errors import ModelError
 from armsdyn.model import TimeSettings, load_model
 from tests.conftest import MODELS, ROOT, SHARED
+from tests.helpers import pysd_run, scalar_name, subscripted_counterpart
+
+
+def pysd_group(path: Path) -> pytest.MarkDecorator:
+    """Tests of one model file (both backends) on one pytest-xdist worker: they share PySD's reference runs."""
+    return pytest.mark.xdist_group(f"pysd:{path.parent.name}/{path.name}")
+
 
 MODEL_FILES = [
     # Large models take PySD several seconds for 20 runs.
-    pytest.param(p, marks=pytest.mark.slow) if p.stat().st_size > 20_000 else p
+    pytest.param(p, marks=[pysd_group(p), *([pytest.mark.slow] if p.stat().st_size > 20_000 else [])])
     for p in sorted(MODELS.glob("*.mdl")) + sorted(MODELS.glob("*.xmile"))
 ]
 CASES = SHARED / "test-models"
@@ -39,12 +45,14 @@ BACKEND_PARAMS = [
 RTOL = 1e-9
 # Shared cases whose numba kernel takes more than ~10 s to compile (hundreds of subscript elements' statements).
 NUMBA_SLOW = {"test_subscripted_delays.mdl", "test_subscripted_smooth.mdl", "test_subscript_definition.mdl"}
-CASE_PARAMS = [pytest.param(p, "numpy", id=f"{p.parent.name}/{p.name}-numpy") for p in CASE_FILES] + [
+CASE_PARAMS = [
+    pytest.param(p, "numpy", id=f"{p.parent.name}/{p.name}-numpy", marks=pysd_group(p)) for p in CASE_FILES
+] + [
     pytest.param(
         p,
         "numba",
         id=f"{p.parent.name}/{p.name}-numba",
-        marks=[pytest.mark.skipif(not NUMBA, reason="numba is not installed")]
+        marks=[pysd_group(p), pytest.mark.skipif(not NUMBA, reason="numba is not installed")]
         + ([pytest.mark.slow] if p.name in NUMBA_SLOW else []),
     )
     for p in CASE_FILES
@@ -140,11 +148,10 @@ def assert_matches_pysd(
 ) -> None:
     """Each run of `ds` equals PySD's run of the same sample, variable by variable."""
     pysd_model = load_model(path)
-    time = time or pysd_model.time
     n = ds.sizes["run"]
     for i in range(n):
         params = {name: float(values[i]) for name, values in samples.items()}
-        expected = pysd_model.simulate(params, time, names)
+        expected = pysd_run(path, params, time, names)
         for name in names:
             got = ds[pysd_model.variable(name).py_name].values[i]
             np.testing.assert_allclose(
@@ -183,23 +190,19 @@ def test_models_match_pysd_for_sampled_constants(path: Path, backend: str) -> No
 def assert_matches_scalar_twin(twin: Path, ds, samples: dict[str, np.ndarray], model: CompiledModel) -> None:
     """Each run of a subscripted model equals PySD's run of its twin written per element (``x A`` for ``x[A]``)."""
     pysd_model = load_model(twin)
-    scalar = {re.sub(r"\[(\w+)\]$", r" \1", k): v for k, v in samples.items()}
+    scalar = {scalar_name(k): v for k, v in samples.items()}
+    subscripted = {v.name for v in model.variables.values() if v.dims}
     for i in range(4):  # PySD's share of the time: four runs cover both chunks' kinds of sample
         names = [v.name for v in pysd_model.variables.values() if v.kind != "lookup"]
-        expected = pysd_model.simulate({k: float(v[i]) for k, v in scalar.items()}, pysd_model.time, names)
+        expected = pysd_run(twin, {k: float(v[i]) for k, v in scalar.items()}, None, names)
         for name in names:
-            column = name
-            if name.startswith("peak power ratio "):  # "peak power ratio A over B after breakdown"
-                var, element = model.variable("peak power ratio after breakdown"), name.split()[3]
-            elif re.fullmatch(r".+ [AB]", name) and name[:-2] in model.variables:
-                var, element = model.variable(name[:-2]), name[-1]
-            else:
-                var, element = model.variable(name), None
+            var_name, element = subscripted_counterpart(name, subscripted)
+            var = model.variable(var_name)
             got = ds[var.py_name].values[i]
             if element is not None:
                 got = got[..., list(var.dims[0][1]).index(element)]
             np.testing.assert_allclose(
-                got, expected[column], rtol=RTOL, atol=ATOL, equal_nan=True, err_msg=f"{twin.name}: {name}, run {i}"
+                got, expected[name], rtol=RTOL, atol=ATOL, equal_nan=True, err_msg=f"{twin.name}: {name}, run {i}"
             )
 
 

@@ -11,7 +11,15 @@ import pytest
 from armsdyn.ensemble import SampleError, UnsupportedConstruct, compile_model, run_ensemble
 from armsdyn.model import TimeSettings, load_model
 from tests.conftest import MODELS, SHARED
-from tests.test_ensemble import NUMBA, NUMBA_SLOW, RTOL, assert_matches_pysd, value_names, vary_constants
+from tests.test_ensemble import (
+    NUMBA,
+    NUMBA_SLOW,
+    RTOL,
+    assert_matches_pysd,
+    pysd_group,
+    value_names,
+    vary_constants,
+)
 
 CASES = SHARED / "test-models"
 PREFIXES = ("subscript_", "subscripted_", "subrange_merge", "vector_select")
@@ -25,9 +33,9 @@ NOT_COMPILED = {"test_vector_select.mdl"}
 
 
 def _backend_cases() -> list:
-    params = [pytest.param(p, "numpy", id=f"numpy-{p.parent.name}/{p.name}") for p in SUBSCRIPTED]
+    params = [pytest.param(p, "numpy", id=f"numpy-{p.parent.name}/{p.name}", marks=pysd_group(p)) for p in SUBSCRIPTED]
     for p in SUBSCRIPTED:
-        marks = [pytest.mark.skipif(not NUMBA, reason="numba is not installed")]
+        marks = [pysd_group(p), pytest.mark.skipif(not NUMBA, reason="numba is not installed")]
         if p.name in NUMBA_SLOW:
             marks.append(pytest.mark.slow)
         params.append(pytest.param(p, "numba", id=f"numba-{p.parent.name}/{p.name}", marks=marks))

@@ -23,10 +23,10 @@ from armsdyn.config import parse_config
 from armsdyn.metrics import compute_metrics
 from armsdyn.model import load_model
 from tests.conftest import MODELS
+from tests.helpers import SCALAR_TWIN, state_parameters, subscripted_counterpart
 
-ROOT = Path(__file__).parent
 SUBSCRIPTED = MODELS / "knowledge_engine.mdl"
-SCALAR = ROOT / "data" / "knowledge_engine_scalar.mdl"
+SCALAR = SCALAR_TWIN
 
 # Symmetric and asymmetric cases, each touching a mechanism that couples the states.
 CASES: dict[str, dict[str, Any]] = {
@@ -40,26 +40,6 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "open-ended, forgetting": {"knowledge half life": {"A": 0, "B": 0}, "treaty end time": 200},
 }
-
-
-def _scalar_parameters(case: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for name, value in case.items():
-        if isinstance(value, dict):
-            out |= {f"{name} {s}": v for s, v in value.items()}
-        else:
-            out[name] = value
-    return out
-
-
-def _subscripted_parameters(case: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for name, value in case.items():
-        if isinstance(value, dict):
-            out |= {f"{name}[{s}]": v for s, v in value.items()}
-        else:
-            out[name] = value
-    return out
 
 
 def _run(
@@ -87,19 +67,24 @@ def _everything(model: Path) -> list[str]:
 
 def _twin(subscripted: xr.Dataset, key: str, name: str) -> xr.DataArray:
     """The subscripted model's counterpart of the scalar file's variable `name` (Dataset key `key`)."""
-    if name.startswith("peak power ratio"):  # "peak power ratio A over B after breakdown"
-        return subscripted["peak_power_ratio_after_breakdown"].sel(state=name.split()[3])
-    per_state = re.fullmatch(r"(.+) ([AB])", name)
-    if per_state and per_state.group(1).replace(" ", "_") in subscripted:
-        return subscripted[per_state.group(1).replace(" ", "_")].sel(state=per_state.group(2))
-    return subscripted[key]
+    keys = {da.attrs["long_name"]: k for k, da in subscripted.data_vars.items()}
+    per_state = {n for n, k in keys.items() if "state" in subscripted[k].dims}
+    var, element = subscripted_counterpart(name, per_state)
+    return subscripted[key] if element is None else subscripted[keys[var]].sel(state=element)
 
 
 @pytest.mark.slow
 def test_the_subscripted_model_is_its_scalar_twin() -> None:
     """Every variable of the scalar file (PySD) equals its element of the subscripted model (compiled engine)."""
-    scalar = _run(SCALAR, {k: _scalar_parameters(v) for k, v in CASES.items()}, _everything(SCALAR), engine="pysd")
-    subscripted = _run(SUBSCRIPTED, {k: _subscripted_parameters(v) for k, v in CASES.items()}, _everything(SUBSCRIPTED))
+    scalar = _run(
+        SCALAR,
+        {k: state_parameters(v, subscripted=False) for k, v in CASES.items()},
+        _everything(SCALAR),
+        engine="pysd",
+    )
+    subscripted = _run(
+        SUBSCRIPTED, {k: state_parameters(v, subscripted=True) for k, v in CASES.items()}, _everything(SUBSCRIPTED)
+    )
     # The cases differ from each other (the overrides took effect), so the comparison is not vacuous.
     hardware_b = scalar["hardware_b"]
     assert float(abs(hardware_b.sel(scenario="lead and cheating") - hardware_b.sel(scenario="treaty")).max()) > 1
@@ -120,9 +105,15 @@ def test_pysd_runs_the_subscripted_model_as_its_scalar_twin() -> None:
     case = {"lead and cheating": CASES["lead and cheating"]}
     names = ["hardware", "insecurity", "effective power", "military knowledge", "regain time", "treaty broken"]
     grid = (45, 0.25)
-    scalar = _run(SCALAR, {k: _scalar_parameters(v) for k, v in case.items()}, engine="pysd", time=grid)
+    scalar = _run(
+        SCALAR, {k: state_parameters(v, subscripted=False) for k, v in case.items()}, engine="pysd", time=grid
+    )
     subscripted = _run(
-        SUBSCRIPTED, {k: _subscripted_parameters(v) for k, v in case.items()}, names, engine="pysd", time=grid
+        SUBSCRIPTED,
+        {k: state_parameters(v, subscripted=True) for k, v in case.items()},
+        names,
+        engine="pysd",
+        time=grid,
     )
     assert float(scalar["treaty_broken"].isel(scenario=0, time=-1)) == 1.0  # the breakdown is inside the window
     for key, da in scalar.data_vars.items():
@@ -161,7 +152,8 @@ def test_a_third_state_is_one_more_element(tmp_path: Path) -> None:
         *armsdyn.treaty.required_variables(),
         "peak power ratio after breakdown",
     ]
-    ds3 = _run(three, {"treaty": {}}, names).sel(scenario="treaty")
+    run3 = _run(three, {"treaty": {}}, names)
+    ds3 = run3.sel(scenario="treaty")
     ds2 = _run(SUBSCRIPTED, {"treaty": {}}, names).sel(scenario="treaty")
     assert list(ds3["state"].values) == ["A", "B", "C"]
     np.testing.assert_allclose(ds3["hardware"].sel(state="A"), ds3["hardware"].sel(state="C"), rtol=1e-12)
@@ -170,7 +162,7 @@ def test_a_third_state_is_one_more_element(tmp_path: Path) -> None:
     )
     assert threat_ratio == pytest.approx(2.0, rel=1e-9)
     assert float(ds3["insecurity"].sel(state="A", time=20)) > float(ds2["insecurity"].sel(state="A", time=20))
-    metrics = compute_metrics(_run(three, {"treaty": {}}, names))
+    metrics = compute_metrics(run3)
     assert {
         "breakout time C",
         "dampening efficiency C",

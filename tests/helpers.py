@@ -1,0 +1,87 @@
+"""Helpers shared by the engine tests: PySD reference runs computed once, and the knowledge model's scalar twin.
+
+PySD is the reference the compiled engine is checked against, and its runs are
+the bulk of the engine tests' time. The same reference run (same model file,
+parameters, time settings and variables) is asked for by both backends' variant
+of a test, and by identical samples within one test: :func:`pysd_run` computes
+it once per test process.
+
+``tests/data/knowledge_engine_scalar.mdl`` is the knowledge model written per
+state (``hardware A``, ``hardware B``) where the shipped model has a ``state``
+subscript (``hardware[A]``); PySD runs the scalar file about a hundred times
+faster. The name mapping between the two lives here, once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Container, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from armsdyn.model import TimeSettings, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SCALAR_TWIN = ROOT / "tests" / "data" / "knowledge_engine_scalar.mdl"
+STATES = ("A", "B")
+
+_references: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
+
+
+def pysd_run(
+    path: Path, params: Mapping[str, float], time: TimeSettings | None, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """PySD's run of the model file `path` (``Model.simulate``), computed once per process for the same inputs.
+
+    Keyed by the file's path and content hash, the parameters, the time settings
+    (the model's own when None) and the variables. The arrays are read-only, so
+    no test can change another's reference.
+    """
+    model = load_model(path)
+    time = time or model.time
+    key = (str(Path(path).resolve()), model.sha256, tuple(sorted(params.items())), time, tuple(names))
+    if key not in _references:
+        out = model.simulate(params, time, list(names))
+        for values in out.values():
+            values.setflags(write=False)
+        _references[key] = out
+    return _references[key]
+
+
+def scalar_name(name: str) -> str:
+    """The scalar twin's name of one element of a one-dimensional subscripted name: ``x[A]`` -> ``x A``."""
+    return re.sub(r"\[(\w+)\]$", r" \1", name)
+
+
+def scalar_names(name: str) -> list[str]:
+    """The scalar twin's variables that hold the per-state subscripted variable `name`, in ``STATES`` order."""
+    if name == "peak power ratio after breakdown":  # one state's peak over its rival's
+        return [f"peak power ratio {s} over {r} after breakdown" for s, r in zip(STATES, STATES[::-1], strict=True)]
+    return [f"{name} {s}" for s in STATES]
+
+
+def subscripted_counterpart(name: str, subscripted: Container[str]) -> tuple[str, str | None]:
+    """The subscripted model's variable and ``state`` element for the scalar twin's variable `name`.
+
+    `subscripted` holds the names of the subscripted model's per-state
+    variables; any other name is the same variable in both files (element None).
+    """
+    if name.startswith("peak power ratio "):  # "peak power ratio A over B after breakdown"
+        return "peak power ratio after breakdown", name.split()[3]
+    per_state = re.fullmatch(r"(.+) ([AB])", name)
+    if per_state and per_state.group(1) in subscripted:
+        return per_state.group(1), per_state.group(2)
+    return name, None
+
+
+def state_parameters(case: Mapping[str, Any], *, subscripted: bool) -> dict[str, float]:
+    """A scenario's parameters, per-state values (``{"A": 1}``) as ``name[A]`` or, for the scalar twin, ``name A``."""
+    out: dict[str, float] = {}
+    for name, value in case.items():
+        if isinstance(value, Mapping):
+            out |= {(f"{name}[{s}]" if subscripted else f"{name} {s}"): v for s, v in value.items()}
+        else:
+            out[name] = value
+    return out
