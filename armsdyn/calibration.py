@@ -381,13 +381,15 @@ class _Simulator:
             arrays = dict(zip(self.model_variables, found, strict=True))
             for j, (name, index) in enumerate(self.sources):
                 # (saved, *shape, runs) -> (runs, saved) for the one element observed
-                out[:, :, j] = arrays[name][(slice(None), *index, slice(None))].T
+                every_run: tuple[slice | int, ...] = (slice(None), *index, slice(None))
+                out[:, :, j] = arrays[name][every_run].T
             return out
         for i, theta in enumerate(thetas):
             params = {**self.fixed, **dict(zip(self.names, map(float, theta), strict=True))}
             values = self.model.simulate(params, self.time, self.model_variables)
             for j, (name, index) in enumerate(self.sources):
-                out[i, :, j] = values[name][(slice(None), *index)]
+                every_time: tuple[slice | int, ...] = (slice(None), *index)
+                out[i, :, j] = values[name][every_time]
         return out
 
 
@@ -744,22 +746,25 @@ def _integration_order(series: np.ndarray) -> dict[str, Any]:
     adf = _safe(adfuller, series, regression="c", autolag="AIC")
     adf_diff = _safe(adfuller, np.diff(series), regression="c", autolag="AIC")
     kp = _safe(kpss, series, regression="c", nlags="auto")
-    out = {
-        "adf_statistic": math.nan if adf is None else float(adf[0]),
-        "adf_p": math.nan if adf is None else float(adf[1]),
-        "kpss_statistic": math.nan if kp is None else float(kp[0]),
-        "kpss_p": math.nan if kp is None else float(kp[1]),
-        "adf_diff_p": math.nan if adf_diff is None else float(adf_diff[1]),
-    }
+    adf_p = math.nan if adf is None else float(adf[1])
+    kpss_p = math.nan if kp is None else float(kp[1])
+    adf_diff_p = math.nan if adf_diff is None else float(adf_diff[1])
     if adf is None or kp is None:
-        out["order"] = "unknown"
-    elif out["adf_p"] < ALPHA and out["kpss_p"] >= ALPHA:
-        out["order"] = "I(0)"
-    elif adf_diff is not None and out["adf_diff_p"] < ALPHA:
-        out["order"] = "I(1)"
+        order = "unknown"
+    elif adf_p < ALPHA and kpss_p >= ALPHA:
+        order = "I(0)"
+    elif adf_diff is not None and adf_diff_p < ALPHA:
+        order = "I(1)"
     else:
-        out["order"] = "I(2) or higher"
-    return out
+        order = "I(2) or higher"
+    return {
+        "adf_statistic": math.nan if adf is None else float(adf[0]),
+        "adf_p": adf_p,
+        "kpss_statistic": math.nan if kp is None else float(kp[0]),
+        "kpss_p": kpss_p,
+        "adf_diff_p": adf_diff_p,
+        "order": order,
+    }
 
 
 #: Johansen's test: a constant in the cointegrating relations (det_order 0) and one lagged difference.
@@ -1392,7 +1397,10 @@ def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
         index=pd.Index(names, name="parameter"),
     )
     times = context.index.to_numpy(dtype=float)
-    tidy, stats = [], {"rmse_by_variable": {}, "r2_by_variable": {}}
+    tidy: list[pd.DataFrame] = []
+    rmse_by_variable: dict[str, float] = {}
+    r2_by_variable: dict[str, float] = {}
+    stats: dict[str, Any] = {"rmse_by_variable": rmse_by_variable, "r2_by_variable": r2_by_variable}
     ss_res_total = ss_tot_total = 0.0
     for j, eq in enumerate(equations):
         # The observed response includes the fixed terms' values, so "observed" is what the free terms explain.
@@ -1401,8 +1409,8 @@ def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
         ss_tot = float(np.sum((observed - observed.mean()) ** 2))
         ss_res_total += ss_res
         ss_tot_total += ss_tot
-        stats["rmse_by_variable"][eq.name] = math.sqrt(ss_res / observed.size)
-        stats["r2_by_variable"][eq.name] = 1 - ss_res / ss_tot if ss_tot > 0 else math.nan
+        rmse_by_variable[eq.name] = math.sqrt(ss_res / observed.size)
+        r2_by_variable[eq.name] = 1 - ss_res / ss_tot if ss_tot > 0 else math.nan
         tidy.append(pd.DataFrame({"variable": eq.name, "time": times, "observed": observed, "fitted": fitted,
                                   "residual": observed - fitted}))  # fmt: skip
     fit_table = pd.concat(tidy, ignore_index=True)
@@ -1426,7 +1434,7 @@ def _calibrate_lagged(spec: CalibrationSpec, started: str) -> CalibrationResult:
     )
     trajectories = one_step_levels(context, fitted_system.fitted, spec.transform)
     fit = TrajectoryFit(estimates, fitted_system.covariance, fit_table, trajectories, stats)
-    summary = {"method": spec.method, "specification": spec.label, **stats, "units": spec.data.units}
+    summary: dict[str, Any] = {"method": spec.method, "specification": spec.label, **stats, "units": spec.data.units}
     derived = _richardson_derived(spec, fit, None, summary)
     tested = spec.observations
     if spec.transform == "differenced":
@@ -2122,13 +2130,16 @@ def _two_state_draws(spec: CalibrationSpec, names: Sequence[str], draws: np.ndar
     if not all(n in spec.model.variables for n in PARAMETER_NAMES.values()):
         return None
     column = {n: j for j, n in enumerate(names)}
-    values = {}
+    values: dict[str, np.ndarray] = {}
     for sym in "klab":
         name = PARAMETER_NAMES[sym]
+        if name in column:
+            values[sym] = draws[:, column[name]]
+            continue
         fixed = spec.fixed.get(name, spec.model.variable(name).default)
-        if name not in column and not isinstance(fixed, int | float):
+        if not isinstance(fixed, int | float):
             return None
-        values[sym] = draws[:, column[name]] if name in column else np.full(len(draws), float(fixed))
+        values[sym] = np.full(len(draws), float(fixed))
     k, ell, a, b = (values[s] for s in "klab")
     # Real when kl >= 0; otherwise the real part of the complex pair, -(a + b) / 2.
     root = np.sqrt(np.clip((a - b) ** 2 + 4 * k * ell, 0, None))
@@ -2291,22 +2302,33 @@ def _richardson_derived(
             return _richardson_n_derived(spec, fit, boot, summary)
         return pd.DataFrame()
 
-    def values_of(estimates: Mapping[str, float]) -> dict[str, float]:
-        out = {}
-        for name in PARAMETER_NAMES.values():
-            if name in estimates:
-                out[name] = float(estimates[name])
-            elif isinstance(spec.fixed.get(name), float):
-                out[name] = float(spec.fixed[name])
-            else:
-                out[name] = float(spec.model.variable(name).default)
-        return out
-
-    defaults = values_of({})
+    # ab - kl, the equilibrium and the eigenvalues need k, l, a, b, g and h (not the initial arms). Those not
+    # fitted are held at their fixed number, else at the model file's value.
+    coefficients = [PARAMETER_NAMES[sym] for sym in "klabgh"]
+    fitted = [name for name in coefficients if name in fit.estimates.index]
+    defaults: dict[str, float] = {}
+    for name in coefficients:
+        if name in fitted:
+            continue
+        fixed = spec.fixed.get(name)
+        default = spec.model.variable(name).default
+        if isinstance(fixed, float):
+            defaults[name] = float(fixed)
+        elif default is not None:
+            defaults[name] = default
+        else:
+            # Neither fitted, fixed to a number nor a number in the model file (an equation, say):
+            # the coefficients are not Richardson's constants, so there is no ab - kl to report.
+            return pd.DataFrame()
     dets = None
     if boot is not None:
         ok = boot[boot["converged"]]
-        dets = np.array([Richardson.from_values(values_of(r)).determinant for r in ok.to_dict("records")])
+        dets = np.array(
+            [
+                Richardson.from_values({**defaults, **{n: float(r[n]) for n in fitted}}).determinant
+                for r in ok.to_dict("records")
+            ]
+        )
         boot["determinant ab-kl"] = np.nan
         boot.loc[ok.index, "determinant ab-kl"] = dets
     found = richardson_stability(fit.estimates, fit.covariance, fit.statistics["dof"], defaults, dets)

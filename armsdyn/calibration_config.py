@@ -7,6 +7,7 @@ problem reported like an experiment config's (file, key path, what, allowed).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -14,7 +15,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -344,9 +344,9 @@ def lagged_system(model: Model) -> LaggedSystem | None:
     if stock is None:
         return None
     rivals = k.dims[1][1]
-    terms = []
+    terms: list[tuple[tuple[str, int | None, float], ...]] = []
     for i, si in enumerate(states):
-        row = [(g.element_name((si,)), None, 1.0)]
+        row: list[tuple[str, int | None, float]] = [(g.element_name((si,)), None, 1.0)]
         row += [(k.element_name((si, rivals[j])), j, 1.0) for j in range(len(states)) if j != i]
         row.append((a.element_name((si,)), i, -1.0))
         terms.append(tuple(row))
@@ -833,8 +833,11 @@ def _data_time(table: Any, model: Model, observations: pd.DataFrame | None, prob
     saveper = float(gaps.min()) if gaps.size else 1.0
     step = model.time.step if _whole(saveper, model.time.step) else saveper
     defaults = TimeSettings(float(t[0]), float(t[-1]), step, saveper, model.time.units)
-    # config._parse_time validates against a model's own settings: give it the data's defaults.
-    time = parse_time(table if isinstance(table, dict) else {}, SimpleNamespace(time=defaults), problems)
+    # parse_time validates against a model's own settings (it reads only model.time): give it a
+    # shallow copy of the model whose own settings are the data's defaults.
+    spanning = copy.copy(model)
+    spanning.time = defaults
+    time = parse_time(table if isinstance(table, dict) else {}, spanning, problems)
     if not isinstance(table, dict):
         problems.add("time", f"expected a table, got {describe_input(table)}")
     saved = time.save_times()
@@ -889,8 +892,8 @@ def _parse_fitted(
             problems.add(where, f"{var.name!r} is a {var.kind}, not a stock")
             continue
         if var.dims and element is None:
-            first = var.element_name(var.elements()[0])
-            problems.add(where, f"{var.name!r} is subscripted; name one element, e.g. {first!r}")
+            example = var.element_name(var.elements()[0])
+            problems.add(where, f"{var.name!r} is subscripted; name one element, e.g. {example!r}")
             continue
         constant = _stock_initial(model, var.name)
         if constant is not None and element is not None:
@@ -952,8 +955,9 @@ def _parse_fitted(
             continue
         overlap = [e for e in elements if e in seen]
         whole = next((k for k in seen if key in _constant_default_elements(model, k)), None)
-        if overlap or whole:
-            problems.add(where, f"{key!r} overlaps {(overlap or [whole])[0]!r}, also fitted; fit each element once")
+        clash = overlap[0] if overlap else whole
+        if clash:
+            problems.add(where, f"{key!r} overlaps {clash!r}, also fitted; fit each element once")
             continue
         good = _check(value, "estimate", where, problems)
         bounds = good.get("bounds", [-math.inf, math.inf])
