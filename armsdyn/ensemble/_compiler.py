@@ -716,9 +716,9 @@ class Compiler:
             step, init = (Code(c.text, c.order, c.deps, c.boolean, dims) for c in parts[0][1:])
         else:
             codes = []
-            for i in (1, 2):
-                items = ", ".join(f"({part[0]!r}, {part[i].text})" for part in parts)
-                deps = frozenset().union(*(part[i].deps for part in parts))
+            for pairs in ([(p, s) for p, s, _ in parts], [(p, i) for p, _, i in parts]):
+                items = ", ".join(f"({p!r}, {c.text})" for p, c in pairs)
+                deps = frozenset().union(*(c.deps for _, c in pairs))
                 codes.append(Code(f"_assemble({shape!r}, ({items},))", 0, deps, False, dims))
             step, init = codes
         name = f"v_{py}"

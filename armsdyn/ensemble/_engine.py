@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -41,8 +41,8 @@ BACKENDS = ("auto", "numpy", "numba")
 vectorised across samples; needs the numba package), ``auto`` (numba when it is
 installed and supports every construct of the model, else numpy)."""
 
-Samples = Mapping[str, Any] | pd.DataFrame
-SeriesLike = pd.Series | Sequence[tuple[float, float]] | Sequence[Sequence[float]]
+Samples: TypeAlias = Mapping[str, Any] | pd.DataFrame
+SeriesLike: TypeAlias = pd.Series | Sequence[tuple[float, float]] | Sequence[Sequence[float]]
 Spec = tuple[tuple[str, int], ...]  # constants (or elements) given as time series, with their points
 _SERIES_PREFIX = "~"  # keys of series tables among the sampled values: "~x:key" and "~y:key"
 
@@ -133,17 +133,21 @@ class CompiledModel(VariableLookup):
         variables = {}
         for info in graph.elements.values():
             default = graph.constants.get(info.py_name)
-            number = isinstance(default, int | float | np.number) and not isinstance(default, bool)
-            array = isinstance(default, np.ndarray) and bool(info.dims)
+            number: float | None = None
+            numbers: tuple[float, ...] = ()
+            if isinstance(default, int | float | np.number) and not isinstance(default, bool):
+                number = float(default)
+            elif isinstance(default, np.ndarray) and info.dims:
+                numbers = tuple(float(v) for v in default.ravel())
             variables[info.name] = Variable(
                 name=info.name,
                 py_name=info.py_name,
                 kind=info.kind,
                 units=info.units,
                 doc=info.doc,
-                default=float(default) if number else None,
+                default=number,
                 dims=info.dims,
-                defaults=tuple(float(v) for v in default.ravel()) if array else (),
+                defaults=numbers,
             )
         self.variables = dict(sorted(variables.items()))
         self._index_variables()
@@ -459,7 +463,7 @@ class CompiledModel(VariableLookup):
         info = self._graph.elements[py]
         shape = tuple(len(e) for _, e in info.dims)
         labels = itertools.product(*(e for _, e in info.dims))
-        return {",".join(label): np.unravel_index(i, shape) for i, label in enumerate(labels)}
+        return {",".join(label): tuple(int(k) for k in np.unravel_index(i, shape)) for i, label in enumerate(labels)}
 
     def kernel_ready(self, names: Sequence[str], spec: Spec = ()) -> bool:
         """Whether the numba kernel saving `names` is compiled in this process or cached on disk."""
@@ -486,6 +490,7 @@ class CompiledModel(VariableLookup):
         constants = self._chunk_constants(chunk, m)
         time = grid.settings
         f64 = np.float64
+        keys: np.ndarray | None = None
         try:
             # Overflow and NaN are results to report, not errors (as with PySD in armsdyn.model).
             with np.errstate(all="ignore"):
@@ -495,8 +500,6 @@ class CompiledModel(VariableLookup):
                 )  # fmt: skip
         except NonUniformOrder as exc:
             keys = exc.values
-        else:
-            keys = None
         if keys is not None:
             # Some samples need another delay order or pipe length: run each group separately.
             _, groups = np.unique(keys, return_inverse=True)
@@ -925,11 +928,11 @@ def normalise_series(
         groups = _grouped_points(what, [default if s is None else s for s in per_sample])
         knots = np.unique(np.concatenate([x for x, _, _ in groups])) if groups else np.zeros(1)
         kind = kinds.get(name, "interpolate")
-        table = np.empty((n, knots.size))
+        on_knots = np.empty((n, knots.size))
         for x, rows, ys in groups:
-            table[rows] = _on_points(kind, knots, x, ys)
+            on_knots[rows] = _on_points(kind, knots, x, ys)
         tables[f"~x:{name}"] = np.broadcast_to(knots, (n, knots.size))
-        tables[f"~y:{name}"] = table
+        tables[f"~y:{name}"] = on_knots
     return tables, 1 if n is None else n
 
 
@@ -1018,7 +1021,8 @@ def series_points(what: str, value: SeriesLike) -> tuple[np.ndarray, np.ndarray]
 def _model_element(model: VariableLookup, key: str) -> tuple[Variable, tuple[str, ...] | None]:
     """The variable and element a sample key names: ``"grievance g"`` or ``"k[USA, China]"``."""
 
-    # Model.element only reads variables through VariableLookup.variable.
+    # Model.element is defined on Model but only reads variables through VariableLookup.variable,
+    # which every VariableLookup has (the ignore goes once element moves to VariableLookup in model.py).
     return Model.element(model, key)  # type: ignore[arg-type]
 
 

@@ -310,7 +310,7 @@ class _Expander:
             shortest = ast.unparse(acc)
         if st.shape and (st.kind in ("delay", "delayn") or (st.kind == "smooth" and st.order != 1)):
             texts = {
-                key: [ast.unparse(v[()])] if key == "order" else [ast.unparse(e) for e in v.flat]
+                key: [ast.unparse(v.item())] if key == "order" else [ast.unparse(e) for e in v.flat]
                 for key, v in args.items()
             }
             self.count += 4 * size + 10
@@ -319,7 +319,7 @@ class _Expander:
             return [arrays]
         out = []
         for k in range(size):
-            codes = {key: Code(ast.unparse(v.flat[k] if v.ndim else v[()])) for key, v in args.items()}
+            codes = {key: Code(ast.unparse(v.flat[k] if v.ndim else v.item())) for key, v in args.items()}
             var = element_name(st.var, k) if st.shape else st.var
             self.count += 2
             out.append(replace(st, var=var, args=codes, shape=()))
@@ -484,8 +484,8 @@ class _Expander:
         index, x = np.broadcast_arrays(self._ev(node.args[1]), self._ev(node.args[2]))
         out = np.empty(index.shape, dtype=object)
         for pos in np.ndindex(*index.shape):
-            xs, ys, func = funcs[int(ast.literal_eval(index[pos]))]
-            out[pos] = ast.Call(ast.Name(func, ast.Load()), [xs, ys, x[pos]], [])
+            xs, ys, func = funcs[int(ast.literal_eval(index.item(pos)))]
+            out[pos] = ast.Call(ast.Name(func, ast.Load()), [xs, ys, x.item(pos)], [])
         return out
 
 

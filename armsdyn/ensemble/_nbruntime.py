@@ -18,6 +18,10 @@ from armsdyn.ensemble._vecmath import Emit, ir_function
 
 SMALL_VENSIM = 1e-6
 
+# The @_jit functions below are left unannotated: numba types each from the
+# arguments it is compiled for (a float, or an array for a table), so an
+# annotation would be unchecked and could be wrong. mypy sees numba as untyped
+# and checks their bodies as untyped functions.
 _jit = njit(cache=True, error_model="numpy", inline="always")
 
 
@@ -91,43 +95,43 @@ step = ir_function("step", _step)
 
 
 @_jit
-def land(a, b):  # type: ignore[no-untyped-def]
+def land(a, b):
     return bool(a) and bool(b)
 
 
 @_jit
-def lor(a, b):  # type: ignore[no-untyped-def]
+def lor(a, b):
     return bool(a) or bool(b)
 
 
 @_jit
-def lnot(a):  # type: ignore[no-untyped-def]
+def lnot(a):
     return not bool(a)
 
 
 @_jit
-def quantum(a, b):  # type: ignore[no-untyped-def]
+def quantum(a, b):
     return a * 1.0 if b < SMALL_VENSIM else b * np.trunc(a / b)
 
 
 @_jit
-def modulo(x, m):  # type: ignore[no-untyped-def]
+def modulo(x, m):
     return x - quantum(x, m)
 
 
 @_jit
-def ramp3(t, slope, start, finish):  # type: ignore[no-untyped-def]
+def ramp3(t, slope, start, finish):
     final = minimum(finish, t)
     return (1.0 if t + SMALL_VENSIM > start else 0.0) * slope * (final - start)
 
 
 @_jit
-def ramp2(t, slope, start):  # type: ignore[no-untyped-def]
+def ramp2(t, slope, start):
     return (1.0 if t + SMALL_VENSIM > start else 0.0) * slope * (t - start)
 
 
 @_jit
-def pulse(t, dt, start, repeat_time, width, magnitude, end, flags):  # type: ignore[no-untyped-def]
+def pulse(t, dt, start, repeat_time, width, magnitude, end, flags):
     # flags: 1 width given, 2 magnitude given, 4 end given, 8 repeat_time given.
     w = width if flags & 1 else 0.5 * dt
     out = magnitude / dt if flags & 2 else 1.0
@@ -142,12 +146,12 @@ def pulse(t, dt, start, repeat_time, width, magnitude, end, flags):  # type: ign
 
 
 @_jit
-def lookup(xs, ys, x):  # type: ignore[no-untyped-def]
+def lookup(xs, ys, x):
     return np.interp(x, xs, ys)
 
 
 @_jit
-def lookup_extrapolate(xs, ys, x):  # type: ignore[no-untyped-def]
+def lookup_extrapolate(xs, ys, x):
     y = np.interp(x, xs, ys)
     if len(xs) < 2:
         return y
@@ -159,14 +163,14 @@ def lookup_extrapolate(xs, ys, x):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def lookup_hold(xs, ys, x):  # type: ignore[no-untyped-def]
+def lookup_hold(xs, ys, x):
     idx = np.searchsorted(xs, x, side="right") - 1
     idx = min(max(idx, 0), len(xs) - 1)
     return ys[idx]
 
 
 @_jit
-def series(t, xs, ys):  # type: ignore[no-untyped-def]
+def series(t, xs, ys):
     # armsdyn.ensemble._runtime.series for one sample: np.interp's search and arithmetic.
     last = len(xs) - 1
     if not t > xs[0]:
@@ -193,7 +197,7 @@ def series(t, xs, ys):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def segment(t, xs):  # type: ignore[no-untyped-def]
+def segment(t, xs):
     """Where time `t` falls among the points `xs` of a series: what :func:`series` searches, once per step.
 
     Returns the rows of the two values to interpolate between, the width of
@@ -219,7 +223,7 @@ def segment(t, xs):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def lookup_runs(kind, xs, ys, x):  # type: ignore[no-untyped-def]
+def lookup_runs(kind, xs, ys, x):
     # armsdyn.ensemble._runtime.lookup_runs for one sample: this sample's table is ys at the points xs.
     last = len(xs) - 1
     if kind == 2:
@@ -236,7 +240,7 @@ def lookup_runs(kind, xs, ys, x):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def order(value):  # type: ignore[no-untyped-def]
+def order(value):
     """The order as an int, or -1 if it is not a whole number of at least 1."""
     if not np.isfinite(value) or value < 1 or value != int(value):
         return -1
@@ -244,7 +248,7 @@ def order(value):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def delay_order(k0, d, dt):  # type: ignore[no-untyped-def]
+def delay_order(k0, d, dt):
     k = np.trunc(k0 * 1.0)
     if not k > 0:
         return k
@@ -257,5 +261,5 @@ def delay_order(k0, d, dt):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def fixed_order(d, dt):  # type: ignore[no-untyped-def]
+def fixed_order(d, dt):
     return np.rint(maximum(d / dt, 1) + SMALL_VENSIM)

@@ -46,6 +46,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ class _Scalar(ast.NodeTransformer):
         path: Path,
         element: str,
         constants: dict[str, int],
-        tables: set[str] = frozenset(),
+        tables: AbstractSet[str] = frozenset(),
         slices: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         self.path = path
@@ -151,8 +152,12 @@ class _Scalar(ast.NodeTransformer):
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         # C['name']: the sample's value of a constant.
-        if isinstance(node.value, ast.Name) and node.value.id == "C" and isinstance(node.slice, ast.Constant):
-            key = node.slice.value
+        if (
+            isinstance(node.value, ast.Name)
+            and node.value.id == "C"
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(key := node.slice.value, str)
+        ):
             if key in self.slices:
                 lo, hi = self.slices[key]
                 return ast.parse(f"CV[{lo}:{hi}, j]", mode="eval").body
@@ -161,7 +166,7 @@ class _Scalar(ast.NodeTransformer):
         return self.generic_visit(node)
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
-        node = self.generic_visit(node)  # type: ignore[assignment]
+        self.generic_visit(node)  # transforms the children in place (and returns node itself)
         if not isinstance(node.op, ast.Pow):
             return node
         try:
@@ -176,7 +181,7 @@ class _Scalar(ast.NodeTransformer):
         return ast.Call(ast.Name("_pow", ast.Load()), [node.left, node.right], [])
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
-        node = self.generic_visit(node)  # type: ignore[assignment]
+        self.generic_visit(node)  # transforms the children in place (and returns node itself)
         func = node.func
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "np":
             if func.attr in _DIRECT:
@@ -203,7 +208,7 @@ class _Scalar(ast.NodeTransformer):
                 node.func = ast.Name("_ramp3" if len(node.args) == 4 else "_ramp2", ast.Load())
                 return node
             if func.id == "_pulse":
-                given = {kw.arg: kw.value for kw in node.keywords}
+                given = {kw.arg: kw.value for kw in node.keywords if kw.arg is not None}  # the compiler names each
                 flags = sum(_PULSE_FLAGS[k] for k in given)
                 rest = [given.get(k, ast.Constant(0.0)) for k in _PULSE_ARGS]
                 return ast.Call(ast.Name("_pulse", ast.Load()), [*node.args, *rest, ast.Constant(flags)], [])
@@ -557,7 +562,7 @@ class _Reciprocal(ast.NodeTransformer):
         self.found = found
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
-        node = self.generic_visit(node)  # type: ignore[assignment]
+        self.generic_visit(node)  # transforms the children in place (and returns node itself)
         if isinstance(node.op, ast.Div) and isinstance(node.right, ast.Name) and node.right.id in self.invariant:
             name = self.found.setdefault(node.right.id, f"_r{len(self.found)}")
             return ast.BinOp(node.left, ast.Mult(), ast.Name(name, ast.Load()))
@@ -812,7 +817,7 @@ def load_kernel(source: str, cache: Path) -> Callable[..., None]:
     digest = hashlib.sha256(source.encode()).hexdigest()[:24]
     name = f"armsdyn_kernel_{digest}"
     if name in sys.modules:
-        return sys.modules[name].kernel  # type: ignore[no-any-return]
+        return sys.modules[name].kernel
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{name}.py"
     if not path.is_file() or path.read_text(encoding="utf-8") != source:
@@ -826,4 +831,4 @@ def load_kernel(source: str, cache: Path) -> Callable[..., None]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return module.kernel  # type: ignore[no-any-return]
+    return module.kernel

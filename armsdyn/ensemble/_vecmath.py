@@ -167,7 +167,7 @@ def _function(module: ir.Module, name: str, body: Callable[..., Any]) -> ir.Func
     """The module's always-inlined function `name` with the IR `body` builds; defined on first use."""
     full = f"armsdyn.vecmath.{name}"
     try:
-        return module.get_global(full)  # type: ignore[no-any-return]
+        return module.get_global(full)
     except KeyError:
         pass
     n_args = body.__code__.co_argcount - 1
@@ -207,7 +207,7 @@ def ir_function(name: str, body: Callable[..., Any]) -> Callable[..., Any]:
         3: lambda typingctx, a, b, c: typer(typingctx, a, b, c),
         4: lambda typingctx, a, b, c, d: typer(typingctx, a, b, c, d),
     }
-    return intrinsic(typers[n_args])  # type: ignore[no-any-return]
+    return intrinsic(typers[n_args])
 
 
 exp = ir_function("exp", _exp_body)
