@@ -198,8 +198,11 @@ def _run_compiled(exp: Experiment) -> dict[int, dict[str, np.ndarray]]:
         params = [_element_params(exp, s.parameters) for s in exp.scenarios]
         keys = sorted({k for p in params for k in p})
         timed = {k for p in params for k, v in p.items() if isinstance(v, tuple)}
+        numbers = [{k: v for k, v in p.items() if not isinstance(v, tuple)} for p in params]
         t0 = float(exp.time.initial)
-        samples = {k: np.array([float(p.get(k, _model_value(exp, k))) for p in params]) for k in keys if k not in timed}
+        samples = {
+            k: np.array([float(n.get(k, _model_value(exp, k))) for n in numbers]) for k in keys if k not in timed
+        }
         series = {
             k: [v if isinstance(v := p.get(k), tuple) or v is None else ((t0, float(v)),) for p in params]
             for k in sorted(timed - lookups)
@@ -287,5 +290,5 @@ def _error_fault(scenario: str, exc: SimulationError) -> Fault:
     return Fault(scenario, exc.variable, exc.time, math.nan, problem="simulation error", text=exc.text)
 
 
-def _attrs(long_name: str, units: str, description: str) -> dict[str, str]:
+def _attrs(long_name: str, units: str, description: str) -> dict[str, str | float]:
     return {"long_name": long_name, "units": units, "description": description}
