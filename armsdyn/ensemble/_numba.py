@@ -219,6 +219,15 @@ _UNROLLED_RUNS = 12
 """Most points of a lookup redrawn per run that the kernel reads branch-free (larger ones: a search per sample)."""
 
 
+def _row_bounds(arg: ast.expr) -> tuple[Any, Any]:
+    """``lo, hi`` of ``CV[lo:hi, j]``: the rows of a table's points or values; ValueError for other code."""
+    if isinstance(arg, ast.Subscript) and isinstance(arg.slice, ast.Tuple) and arg.slice.elts:
+        rows = arg.slice.elts[0]
+        if isinstance(rows, ast.Slice) and rows.lower is not None and rows.upper is not None:
+            return ast.literal_eval(rows.lower), ast.literal_eval(rows.upper)
+    raise ValueError(ast.unparse(arg))
+
+
 def _unrolled_lookup_runs(node: ast.Call) -> ast.expr | None:
     """``_lookup_runs(kind, CV[xa:xb, j], CV[ya:yb, j], x)`` as a chain of selects, or None.
 
@@ -231,11 +240,8 @@ def _unrolled_lookup_runs(node: ast.Call) -> ast.expr | None:
     kind_node, xs, ys, x_node = node.args
     try:
         kind = ast.literal_eval(kind_node)
-        (xa, xb), (ya, _) = (
-            (ast.literal_eval(arg.slice.elts[0].lower), ast.literal_eval(arg.slice.elts[0].upper))  # type: ignore[attr-defined]
-            for arg in (xs, ys)
-        )
-    except (AttributeError, ValueError, IndexError, TypeError):
+        (xa, xb), (ya, _) = _row_bounds(xs), _row_bounds(ys)
+    except (ValueError, TypeError):
         return None
     size = xb - xa
     if not 1 <= size <= _UNROLLED_RUNS:
