@@ -386,10 +386,17 @@ SAVEPER = 0.5
 """
 
 
-def test_a_zero_divisor_ends_only_its_own_scenario(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["compiled", "pysd"])
+def test_a_zero_divisor_ends_only_its_own_scenario(tmp_path: Path, engine: str) -> None:
+    """A divisor that a time series takes to 0 at 1.5 faults that scenario only, named with variable and time.
+
+    The compiled engine divides as numpy does (inf, found by the fault scan); PySD
+    raises ZeroDivisionError on the Python floats it interpolates (a simulation error).
+    """
     model = tmp_path / "decay.mdl"
     model.write_text(SCALAR_FAULT_MODEL)
     body = (
+        f'engine = "{engine}"\n'  # still in the [experiment] table write_config starts
         '[[scenarios]]\nname = "before"\n'
         '[[scenarios]]\nname = "zero"\nparameters = { "half life" = [[0, 5], [1, 5], [1.5, 0], [4, 0]] }\n'
         '[[scenarios]]\nname = "after"\nparameters = { "half life" = 3 }\n'
@@ -400,14 +407,21 @@ def test_a_zero_divisor_ends_only_its_own_scenario(tmp_path: Path) -> None:
         status = main(["run", str(cfg), "--out", str(tmp_path / "out")])
     assert status == 0, stderr.getvalue()
     assert "Traceback" not in stderr.getvalue()
-    assert "ZeroDivisionError" in stderr.getvalue()
     table = pd.read_csv(tmp_path / "out" / "metrics.csv", index_col="scenario")
-    assert table.loc["zero", "fault"] == "simulation error"
+    ds = xr.open_dataset(tmp_path / "out" / "results.nc")
+    assert ds.attrs["engine"].startswith(engine)
+    if engine == "pysd":
+        assert "ZeroDivisionError" in stderr.getvalue()
+        assert table.loc["zero", "fault"] == "simulation error"
+        assert np.isnan(ds["stock"].sel(scenario="zero").values).all()
+    else:
+        assert "'decay' became inf at time 1.5" in stderr.getvalue()
+        assert table.loc["zero", "fault"] == "non-finite"
+        # The run up to the fault is kept; its values are the same Euler decay at half life 5.
+        np.testing.assert_allclose(ds["stock"].sel(scenario="zero", time=0.5).values, 100 * (1 - 0.25 / 5) ** 2)
     assert table.loc["zero", "fault variable"] == "decay"
     assert table.loc["zero", "fault time"] == 1.5
     assert list(table.loc[["before", "after"], "fault"]) == ["none", "none"]
-    ds = xr.open_dataset(tmp_path / "out" / "results.nc")
-    assert np.isnan(ds["stock"].sel(scenario="zero").values).all()
     # The scenarios either side ran as if alone: exact exponential-Euler decay.
     np.testing.assert_allclose(ds["stock"].sel(scenario="before").values[-1], 100 * (1 - 0.25 / 10) ** 16)
     np.testing.assert_allclose(ds["stock"].sel(scenario="after").values[-1], 100 * (1 - 0.25 / 3) ** 16)
