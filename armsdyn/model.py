@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import math
 import os
 import re
@@ -619,12 +620,16 @@ def load_model(path: str | os.PathLike[str]) -> Model:
         raise ModelError(msg)
     sha = file_sha256(path)
     key = (str(path.resolve()), sha)
-    if key not in _loaded:
+    if key not in _loaded or _range_files_problem(_loaded[key].translation.parent) is not None:
+        # A subscript range read from a file that changed since is another model.
         _loaded[key] = Model(path, sha, _translate(path, sha))
     return _loaded[key]
 
 
 HASH_FILE = "translation.sha256"
+#: The files a translation read subscript ranges from (GET DIRECT SUBSCRIPT), with their SHA-256:
+#: the elements are written into the generated code, so a changed file needs a new translation.
+RANGE_FILES = "range_files.json"
 
 
 def _translate(path: Path, sha: str) -> Path:
@@ -662,7 +667,7 @@ def _translate(path: Path, sha: str) -> Path:
 
         abstract = parse_model(path, source)
         _check_definitions(path, abstract)
-        _anchor_data_files(path, home, abstract)
+        range_files = _anchor_data_files(path, home, abstract)
         with quiet_pysd():
             try:
                 builder = ModelBuilder(abstract)  # reads subscript ranges defined in files
@@ -682,6 +687,8 @@ def _translate(path: Path, sha: str) -> Path:
             msg = f"{path}: the model uses functions PySD does not implement: {names}"
             raise ModelError(msg)
         (tmp / HASH_FILE).write_text(file_sha256(code) + "\n")
+        hashes = {str(f): file_sha256(Path(f)) for f in sorted(set(range_files))}
+        (tmp / RANGE_FILES).write_text(json.dumps(hashes, indent=1) + "\n")
         try:
             tmp.rename(entry)
         except OSError:
@@ -712,7 +719,7 @@ def _owned(path: Path) -> bool:
 
 def _entry_problem(entry: Path, translated: Path) -> str | None:
     """Why a cache entry may not be imported, or None if it may."""
-    for item in (entry, translated, entry / HASH_FILE):
+    for item in (entry, translated, entry / HASH_FILE, entry / RANGE_FILES):
         try:
             info = item.lstat()
         except OSError:
@@ -730,6 +737,28 @@ def _entry_problem(entry: Path, translated: Path) -> str | None:
         return "is unreadable"
     if recorded != actual:
         return "has changed since it was translated"
+    return _range_files_problem(entry)
+
+
+def _range_files_problem(entry: Path) -> str | None:
+    """Why an entry's subscript ranges read from files are out of date (or unreadable), or None.
+
+    The record is data from the cache, so it is parsed as JSON and checked for
+    its shape; it only names files to hash and compare.
+    """
+    try:
+        recorded = json.loads((entry / RANGE_FILES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"has no readable {RANGE_FILES}"
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        return f"has a malformed {RANGE_FILES}"
+    for name, sha in recorded.items():
+        try:
+            current = file_sha256(Path(name))
+        except OSError:
+            return f"read subscript ranges from {name}, which is now unreadable"
+        if current != sha:
+            return f"read subscript ranges from {name}, which has changed since"
     return None
 
 
@@ -848,7 +877,7 @@ def _anchored(path: Path, home: Path, where: str, what: str, file: str) -> str:
     return resolved
 
 
-def _anchor_data_files(path: Path, home: Path, abstract: Any) -> None:
+def _anchor_data_files(path: Path, home: Path, abstract: Any) -> list[str]:
     """Point every data file a model reads at the model's own folder, checking its arguments.
 
     PySD resolves a data file against the folder of the module it generated: for
@@ -858,11 +887,17 @@ def _anchor_data_files(path: Path, home: Path, abstract: Any) -> None:
     model before the code is generated. The sheet, cell and row arguments are
     written into the code too and are checked the same way.
 
+    Returns
+    -------
+    list of str
+        The absolute paths of the files subscript ranges are read from.
+
     Raises
     ------
     ModelError
         Naming the variable and the argument that is not allowed.
     """
+    range_files = []
     for section in abstract.sections:
         for subscript in section.subscripts:
             if isinstance(subscript.subscripts, dict) and "file" in subscript.subscripts:
@@ -876,6 +911,7 @@ def _anchor_data_files(path: Path, home: Path, abstract: Any) -> None:
                         )
                         raise ModelError(msg)
                 spec["file"] = _anchored(path, home, where, "GET DIRECT/XLS SUBSCRIPT", str(spec["file"]))
+                range_files.append(spec["file"])
         for element in section.elements:
             where = f"variable {element.name!r}"
             for component in element.components:
@@ -891,6 +927,7 @@ def _anchor_data_files(path: Path, home: Path, abstract: Any) -> None:
                             )
                             raise ModelError(msg)
                     node.file = _anchored(path, home, where, what, str(node.file))
+    return range_files
 
 
 def _check_file_subscripts(path: Path, builder: Any) -> None:

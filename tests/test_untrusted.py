@@ -416,3 +416,28 @@ def test_a_subscript_range_read_from_a_file_is_data(tmp_path: Path, names: str, 
     else:
         assert proc.returncode == 0, proc.stderr
         assert "arms [state: USA, Russia, China]" in proc.stdout
+
+
+def test_a_changed_range_file_is_read_again_not_served_from_the_cache(tmp_path: Path) -> None:
+    """Subscript elements read from a file are written into the translation: a changed file is a new model.
+
+    Checked in this process (the loaded-model cache) and in a new one (the translation
+    cache on disk), and a cache entry whose record of range files is malformed is
+    translated afresh rather than trusted.
+    """
+    states = tmp_path / "states.csv"
+    states.write_text("state\nUSA\nRussia\nChina\n")
+    model = tmp_path / "m.mdl"
+    model.write_text(_FILE_RANGE_MODEL)
+    assert load_model(model).variable("arms").dims == (("state", ("USA", "Russia", "China")),)
+    states.write_text("state\nFrance\nGermany\nItaly\n")
+    assert load_model(model).variable("arms").dims == (("state", ("France", "Germany", "Italy")),)
+    proc = run_cli("describe", model)
+    assert proc.returncode == 0, proc.stderr
+    assert "arms [state: France, Germany, Italy]" in proc.stdout
+    entry = load_model(model).translation.parent
+    (entry / "range_files.json").write_text('["not", "a", "record"]')
+    states.write_text("state\nIndia\nPakistan\nChina\n")
+    proc = run_cli("describe", model)
+    assert proc.returncode == 0, proc.stderr
+    assert "arms [state: India, Pakistan, China]" in proc.stdout
