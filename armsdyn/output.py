@@ -277,7 +277,7 @@ def writing(path: str | os.PathLike[str]) -> Iterator[None]:
         failures = [e for e in _chain(exc) if isinstance(e, _WRITE_ERRORS)]
         if not failures:
             raise
-        named = next((e.filename for e in failures if getattr(e, "filename", None)), None)
+        named = next((name for e in failures if (name := getattr(e, "filename", None))), None)
         reason = _one_line(failures[0])
         first = failures[-1]  # the error that started it: the full disk itself
         if first is not failures[0] and _one_line(first) != reason:
@@ -349,7 +349,7 @@ def write_results(
     started = started or now()
     with atomic_folder(target, force=force) as tmp:
         _fill(tmp, ds, experiment, started, command, study, provenance)
-    return target
+    return Path(target)
 
 
 def _fill(

@@ -48,6 +48,8 @@ from armsdyn.model import TimeSettings
 
 PLAN_FILE = "plan.json"
 FAN_DIM = "fan_run"
+#: Runs whose full time series are kept for fan charts (see :class:`Reducer`).
+FAN_RUNS = 2000
 
 
 #: Seconds to wait for a Dask scheduler to answer before giving up.
@@ -108,7 +110,7 @@ class Reducer:
 
     outputs: tuple[Any, ...]
     fan_variables: tuple[str, ...] = ()
-    fan_runs: int = 2000
+    fan_runs: int = FAN_RUNS
     attrs: Mapping[str, Any] | None = None
 
     def __call__(self, ds: xr.Dataset, start: int) -> xr.Dataset:
@@ -206,7 +208,7 @@ def run_chunked(
         workers = choose_workers(model_path, n)  # measured per model: see armsdyn.ensemble.choose_workers
     model_path = Path(model_path)
     temporary = store is None
-    folder = Path(tempfile.mkdtemp(prefix="armsdyn-study-")) if temporary else Path(store)
+    folder = Path(tempfile.mkdtemp(prefix="armsdyn-study-")) if store is None else Path(store)
     try:
         digest = plan_hash(model_path, samples, time, chunk_size, reduce)
         n_chunks = max(1, -(-n // chunk_size))
@@ -298,7 +300,8 @@ def _chunk_ok(path: Path, runs: int, outputs: int) -> bool:
         return False
     try:
         with xr.open_dataset(path) as ds:
-            ok = ds.sizes.get("run") == runs and len([v for v in ds.data_vars if v.startswith("output: ")]) == outputs
+            found = [v for v in ds.data_vars if str(v).startswith("output: ")]
+            ok = ds.sizes.get("run") == runs and len(found) == outputs
             if ok:
                 ds.load()
     except Exception:  # any failure to read it back means the chunk is damaged
@@ -490,8 +493,6 @@ ANALYSIS_BYTES_PER_RUN = 4 * 8
 SAMPLER_COPIES = 4
 #: Memory and disk of the figures, manifest and the like.
 EXTRA_BYTES = 50 * 2**20
-#: Runs whose full time series are kept for fan charts (see :class:`Reducer`).
-FAN_RUNS = Reducer.__dataclass_fields__["fan_runs"].default
 
 
 #: Memory a worker may give one chunk's saved series; a study's chunks are made smaller than
