@@ -226,6 +226,47 @@ class VariableLookup:
             raise KeyError(msg)
         return var
 
+    def element(self, key: str) -> tuple[Variable, tuple[str, ...] | None]:
+        """The variable and element a key names: ``"grievance g"`` or ``"k[USA, China]"``.
+
+        Returns
+        -------
+        (Variable, tuple of str or None)
+            The element as one name per subscript range, or None for the whole variable.
+
+        Raises
+        ------
+        KeyError
+            For an unknown variable, or an element that is not one of the
+            variable's, with a message naming the allowed elements.
+        """
+        found = _ELEMENT.match(key)
+        if found is None:
+            return self.variable(key), None
+        var = self.variable(found.group(1).strip())
+        given = tuple(part.strip() for part in found.group(2).split(","))
+        if not var.dims:
+            msg = (
+                f"{var.name!r} has no subscripts, so it has no element {found.group(2).strip()!r}; "
+                "write it without [...]"
+            )
+            raise KeyError(msg)
+        if len(given) != len(var.dims):
+            ranges = ", ".join(var.dim_names)
+            msg = f"{var.name!r} has {len(var.dims)} subscript(s) [{ranges}], got {len(given)} in {key!r}"
+            raise KeyError(msg)
+        element = []
+        for name, (dim, allowed) in zip(given, var.dims, strict=True):
+            match = next((e for e in allowed if e.lower() == name.lower()), None)
+            if match is None:
+                msg = (
+                    f"{var.name!r} has no element {name!r} in subscript range {dim!r}"
+                    f"{did_you_mean(name, allowed)} (allowed: {', '.join(allowed)})"
+                )
+                raise KeyError(msg)
+            element.append(match)
+        return var, tuple(element)
+
 
 class Model(VariableLookup):
     """A translated model with its metadata, ready to simulate.
@@ -366,47 +407,6 @@ class Model(VariableLookup):
     def of_kind(self, *kinds: str) -> list[Variable]:
         """Variables of the given kinds, sorted by name."""
         return [v for v in self.variables.values() if v.kind in kinds]
-
-    def element(self, key: str) -> tuple[Variable, tuple[str, ...] | None]:
-        """The variable and element a key names: ``"grievance g"`` or ``"k[USA, China]"``.
-
-        Returns
-        -------
-        (Variable, tuple of str or None)
-            The element as one name per subscript range, or None for the whole variable.
-
-        Raises
-        ------
-        KeyError
-            For an unknown variable, or an element that is not one of the
-            variable's, with a message naming the allowed elements.
-        """
-        found = _ELEMENT.match(key)
-        if found is None:
-            return self.variable(key), None
-        var = self.variable(found.group(1).strip())
-        given = tuple(part.strip() for part in found.group(2).split(","))
-        if not var.dims:
-            msg = (
-                f"{var.name!r} has no subscripts, so it has no element {found.group(2).strip()!r}; "
-                "write it without [...]"
-            )
-            raise KeyError(msg)
-        if len(given) != len(var.dims):
-            ranges = ", ".join(var.dim_names)
-            msg = f"{var.name!r} has {len(var.dims)} subscript(s) [{ranges}], got {len(given)} in {key!r}"
-            raise KeyError(msg)
-        element = []
-        for name, (dim, allowed) in zip(given, var.dims, strict=True):
-            match = next((e for e in allowed if e.lower() == name.lower()), None)
-            if match is None:
-                msg = (
-                    f"{var.name!r} has no element {name!r} in subscript range {dim!r}"
-                    f"{did_you_mean(name, allowed)} (allowed: {', '.join(allowed)})"
-                )
-                raise KeyError(msg)
-            element.append(match)
-        return var, tuple(element)
 
     def pysd_values(self, params: Mapping[str, Any], time: TimeSettings) -> dict[str, Any]:
         """Overrides keyed by model name in the form PySD's ``run(params=...)`` takes.

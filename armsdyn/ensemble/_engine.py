@@ -21,7 +21,7 @@ from armsdyn.ensemble._compiler import Compiler, ModelGraph, generate_source, pa
 from armsdyn.ensemble._errors import SampleError, UnsupportedConstruct
 from armsdyn.ensemble._runtime import NAMESPACE, NonUniformOrder
 from armsdyn.errors import ModelError
-from armsdyn.model import SUFFIXES, Model, TimeSettings, Variable, VariableLookup, cache_dir, file_sha256
+from armsdyn.model import SUFFIXES, TimeSettings, Variable, VariableLookup, cache_dir, file_sha256
 
 DEFAULT_CHUNK_SIZE = 8192
 """Samples advanced together: large enough to amortise numpy's per-call overhead,
@@ -1020,10 +1020,7 @@ def series_points(what: str, value: SeriesLike) -> tuple[np.ndarray, np.ndarray]
 
 def _model_element(model: VariableLookup, key: str) -> tuple[Variable, tuple[str, ...] | None]:
     """The variable and element a sample key names: ``"grievance g"`` or ``"k[USA, China]"``."""
-
-    # Model.element is defined on Model but only reads variables through VariableLookup.variable,
-    # which every VariableLookup has (the ignore goes once element moves to VariableLookup in model.py).
-    return Model.element(model, key)  # type: ignore[arg-type]
+    return model.element(key)
 
 
 def sample_meta(model: VariableLookup, key: str) -> OutputMeta:
