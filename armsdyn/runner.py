@@ -45,6 +45,7 @@ import xarray as xr
 from armsdyn.ensemble import choose_workers, run_ensemble
 from armsdyn.errors import ArmsdynError
 from armsdyn.model import TimeSettings
+from armsdyn.sensitivity_methods import bootstrap_bytes
 
 PLAN_FILE = "plan.json"
 FAN_DIM = "fan_run"
@@ -675,8 +676,6 @@ def _bootstrap_bytes(spec: Any, runs: int) -> int:
     """The most a study's analysis holds for a Sobol bootstrap batch (0 for other methods)."""
     if spec.method != "sobol":
         return 0
-    from armsdyn.sensitivity_methods import bootstrap_bytes
-
     return bootstrap_bytes(runs // (len(spec.parameters) * (2 if spec.second_order else 1) + 2))
 
 
