@@ -26,6 +26,24 @@ from armsdyn.model import TimeSettings, load_model
 ROOT = Path(__file__).resolve().parents[1]
 SCALAR_TWIN = ROOT / "tests" / "data" / "knowledge_engine_scalar.mdl"
 STATES = ("A", "B")
+# Shipped models written over a ``state`` range whose scalar twin (``tests/data/<stem>_scalar.mdl``)
+# names a per-state variable other than ``<name> A``, ``<name> B``: the twin's names, in STATES order.
+TWIN_NAMES: dict[str, dict[str, tuple[str, str]]] = {
+    "knowledge_engine": {
+        "peak power ratio after breakdown": (
+            "peak power ratio A over B after breakdown",
+            "peak power ratio B over A after breakdown",
+        )
+    },
+    "security_dilemma": {"threat posed": ("threat posed by A", "threat posed by B")},
+}
+
+
+def scalar_twin(model: Path) -> Path | None:
+    """The scalar twin of a shipped model written over a ``state`` range, if it has one."""
+    twin = ROOT / "tests" / "data" / f"{Path(model).stem}_scalar.mdl"
+    return twin if twin.is_file() else None
+
 
 _references: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
 
@@ -55,21 +73,22 @@ def scalar_name(name: str) -> str:
     return re.sub(r"\[(\w+)\]$", r" \1", name)
 
 
-def scalar_names(name: str) -> list[str]:
-    """The scalar twin's variables that hold the per-state subscripted variable `name`, in ``STATES`` order."""
-    if name == "peak power ratio after breakdown":  # one state's peak over its rival's
-        return [f"peak power ratio {s} over {r} after breakdown" for s, r in zip(STATES, STATES[::-1], strict=True)]
-    return [f"{name} {s}" for s in STATES]
+def scalar_names(name: str, model: str = "knowledge_engine") -> list[str]:
+    """The scalar twin's variables that hold the per-state variable `name` of `model` (a stem), in STATES order."""
+    return list(TWIN_NAMES.get(model, {}).get(name) or [f"{name} {s}" for s in STATES])
 
 
-def subscripted_counterpart(name: str, subscripted: Container[str]) -> tuple[str, str | None]:
+def subscripted_counterpart(
+    name: str, subscripted: Container[str], model: str = "knowledge_engine"
+) -> tuple[str, str | None]:
     """The subscripted model's variable and ``state`` element for the scalar twin's variable `name`.
 
     `subscripted` holds the names of the subscripted model's per-state
     variables; any other name is the same variable in both files (element None).
     """
-    if name.startswith("peak power ratio "):  # "peak power ratio A over B after breakdown"
-        return "peak power ratio after breakdown", name.split()[3]
+    for var, names in TWIN_NAMES.get(model, {}).items():
+        if name in names:
+            return var, STATES[names.index(name)]
     per_state = re.fullmatch(r"(.+) ([AB])", name)
     if per_state and per_state.group(1) in subscripted:
         return per_state.group(1), per_state.group(2)

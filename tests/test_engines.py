@@ -1,10 +1,12 @@
 """Both engines give the same results on every shipped experiment config.
 
 PySD evaluates a subscripted equation through xarray, about a hundred times
-slower than the same equation written per element; for the subscripted
-knowledge model the reference is therefore PySD on its scalar twin
-(``tests/data/knowledge_engine_scalar.mdl``, identical results:
-``tests/test_knowledge_states.py``), every scenario of the config.
+slower than the same equation written per element; for the shipped models
+written over a ``state`` range (the knowledge and security-dilemma models) the
+reference is therefore PySD on their scalar twins
+(``tests/data/<model>_scalar.mdl``, identical results:
+``tests/test_knowledge_states.py``, ``tests/test_security_states.py``), every
+scenario of the config.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import armsdyn
 from armsdyn.config import config_kind
 from armsdyn.model import load_model
 from tests.conftest import CONFIGS
-from tests.helpers import SCALAR_TWIN, STATES, scalar_name, scalar_names
+from tests.helpers import STATES, scalar_name, scalar_names, scalar_twin
 
 EXPERIMENTS = [p for p in sorted(CONFIGS.glob("*.toml")) if config_kind(p) == "experiment"]
 
@@ -30,8 +32,9 @@ EXPERIMENTS = [p for p in sorted(CONFIGS.glob("*.toml")) if config_kind(p) == "e
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
 def test_the_compiled_engine_gives_pysds_results(config: Path) -> None:
     experiment = armsdyn.load_config(config)
-    if experiment.model.path.name == "knowledge_engine.mdl":
-        reference = _on_scalar_twin(experiment)
+    twin = scalar_twin(experiment.model.path)
+    if twin is not None:
+        reference = _on_scalar_twin(experiment, twin)
     else:
         reference = armsdyn.run(replace(experiment, engine="pysd"))
     compiled = armsdyn.run(replace(experiment, engine="compiled"))
@@ -54,22 +57,29 @@ def test_an_unknown_engine_is_a_config_error(tmp_path: Path) -> None:
         armsdyn.load_config(config)
 
 
-def _on_scalar_twin(experiment: armsdyn.Experiment) -> xr.Dataset:
-    """Run a knowledge-model experiment with PySD on the scalar twin; return it in the subscripted form."""
-    twin = load_model(SCALAR_TWIN)
+def _on_scalar_twin(experiment: armsdyn.Experiment, path: Path) -> xr.Dataset:
+    """Run an experiment with PySD on the model's scalar twin `path`; return it in the subscripted form."""
+    twin, stem = load_model(path), experiment.model.path.stem
     subscripted = {v.name for v in experiment.model.variables.values() if v.dims}
-    variables = [n for v in experiment.variables for n in (scalar_names(v) if v in subscripted else [v])]
-    scenarios = tuple(
-        replace(s, parameters={scalar_name(k): v for k, v in s.parameters.items()}) for s in experiment.scenarios
-    )
+
+    def per_state(name: str) -> list[str]:
+        return scalar_names(name, stem) if name in subscripted else [name]
+
+    def scalar_parameters(parameters: dict) -> dict:  # "x[A]" -> "x A"; a whole "x" -> "x A" and "x B"
+        return {n: value for k, value in parameters.items() for n in per_state(k) if k in subscripted} | {
+            scalar_name(k): value for k, value in parameters.items() if k not in subscripted
+        }
+
+    variables = [n for v in experiment.variables for n in per_state(v)]
+    scenarios = tuple(replace(s, parameters=scalar_parameters(s.parameters)) for s in experiment.scenarios)
     ds = armsdyn.run(
         replace(experiment, model=twin, scenarios=scenarios, variables=tuple(dict.fromkeys(variables)), engine="pysd")
     )
     keys = {da.attrs["long_name"]: key for key, da in ds.data_vars.items()}
-    per_state = {n for v in subscripted for n in scalar_names(v)}
-    out = ds[[key for name, key in keys.items() if name not in per_state]]
+    by_state = {n for v in subscripted for n in scalar_names(v, stem)}
+    out = ds[[key for name, key in keys.items() if name not in by_state]]
     for name in sorted(subscripted & set(experiment.variables)):
-        parts = [ds[keys[n]] for n in scalar_names(name)]
+        parts = [ds[keys[n]] for n in scalar_names(name, stem)]
         out[name.replace(" ", "_")] = (
             xr.concat(parts, dim=xr.DataArray(list(STATES), dims="state", name="state"))
             .transpose(..., "state")
