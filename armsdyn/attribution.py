@@ -77,7 +77,7 @@ import xarray as xr
 from armsdyn.ensemble import compile_model
 from armsdyn.errors import ModelError, did_you_mean
 from armsdyn.loops import find_loops, on_feedback_loops
-from armsdyn.ltm import loop_dominance
+from armsdyn.ltm import loop_dominance, named_scenarios
 from armsdyn.model import Model, TimeSettings, cache_dir, load_model
 from armsdyn.specs import AttributionSpec, Experiment, LoopGroup, Scenario
 
@@ -143,7 +143,7 @@ def attribute(
         model = load_model(Path(model))
     settings = replace(time or model.time, saveper=(time or model.time).step)
     check_spec(model, spec)
-    named = _scenarios(scenarios)
+    named = named_scenarios(scenarios)
     groups = list(spec.groups)
     n = len(groups)
     t0, t1 = spec.window if spec.window else (settings.initial, settings.final)
@@ -436,16 +436,6 @@ def _elements(var: Any) -> list[tuple[str, ...]]:
 
 def _norm(name: str) -> str:
     return " ".join(name.replace("_", " ").replace('"', "").lower().split())
-
-
-def _scenarios(
-    scenarios: Mapping[str, Mapping[str, Any]] | Sequence[Scenario] | None,
-) -> list[tuple[str, dict[str, Any]]]:
-    if scenarios is None:
-        return [("baseline", {})]
-    if isinstance(scenarios, Mapping):
-        return [(name, dict(params)) for name, params in scenarios.items()]
-    return [(s.name, s.pysd_params()) for s in scenarios]
 
 
 def analyse_loops(experiment: Experiment) -> xr.Dataset | None:

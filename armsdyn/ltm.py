@@ -99,7 +99,7 @@ def loop_dominance(
     if loops is None:
         loops = find_loops(model, max_length=max_length, limit=limit)
     loops = list(loops)
-    named = _scenarios(scenarios)
+    named = named_scenarios(scenarios)
     links = sorted({link for loop in loops for link in loop.links})
     save = settings.save_times()
     every = max(1, round(settings.saveper / settings.step))
@@ -329,9 +329,10 @@ def _partitions(loops: Sequence[Loop]) -> list[int]:
     return [numbers.setdefault(root(i), len(numbers)) for i in range(len(loops))]
 
 
-def _scenarios(
+def named_scenarios(
     scenarios: Mapping[str, Mapping[str, Any]] | Sequence[Scenario] | None,
 ) -> list[tuple[str, dict[str, Any]]]:
+    """Scenarios as (name, PySD parameters) pairs: the model's own values alone when None."""
     if scenarios is None:
         return [("baseline", {})]
     if isinstance(scenarios, Mapping):

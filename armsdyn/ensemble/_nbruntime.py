@@ -172,20 +172,8 @@ def lookup_hold(xs, ys, x):
 @_jit
 def series(t, xs, ys):
     # armsdyn.ensemble._runtime.series for one sample: np.interp's search and arithmetic.
-    last = len(xs) - 1
-    if not t > xs[0]:
-        return ys[0]
-    if not t < xs[last]:
-        return ys[last]
-    lo = 0
-    hi = last
-    while hi - lo > 1:  # xs[lo] <= t < xs[hi]
-        mid = (lo + hi) // 2
-        if xs[mid] <= t:
-            lo = mid
-        else:
-            hi = mid
-    if t == xs[lo]:
+    lo, _, _, _, at_point = segment(t, xs)
+    if at_point:  # at a point, or beyond the ends
         return ys[lo]
     slope = (ys[lo + 1] - ys[lo]) / (xs[lo + 1] - xs[lo])
     out = slope * (t - xs[lo]) + ys[lo]
