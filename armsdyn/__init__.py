@@ -42,7 +42,7 @@ from armsdyn.errors import (
 )
 from armsdyn.experiment import run
 from armsdyn.export import export_results
-from armsdyn.loops import Loop, find_loops
+from armsdyn.feedback import Loop, find_loops
 from armsdyn.ltm import loop_dominance as loop_dominance
 from armsdyn.metrics import compute_metrics
 from armsdyn.model import Model, TimeSettings, Variable, load_model

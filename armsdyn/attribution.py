@@ -76,7 +76,7 @@ import xarray as xr
 
 from armsdyn.ensemble import compile_model
 from armsdyn.errors import ModelError, did_you_mean
-from armsdyn.loops import find_loops, on_feedback_loops
+from armsdyn.feedback import find_loops, on_feedback_loops
 from armsdyn.ltm import loop_dominance, named_scenarios
 from armsdyn.model import Model, TimeSettings, cache_dir, load_model
 from armsdyn.specs import AttributionSpec, Experiment, LoopGroup, Scenario

@@ -24,7 +24,7 @@ from armsdyn.config import config_kind, load_config
 from armsdyn.data import DataWarning
 from armsdyn.errors import ArmsdynError, ModelError
 from armsdyn.export import FORMATS, export_results
-from armsdyn.loops import find_loops, format_loops
+from armsdyn.feedback import find_loops, format_loops
 from armsdyn.ltm import format_dominance, loop_dominance
 from armsdyn.model import SUFFIXES, load_model
 from armsdyn.output import locked, redraw_figures, refuse_existing

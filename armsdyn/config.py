@@ -50,8 +50,8 @@ from typing import Any
 from armsdyn import metrics
 from armsdyn.attribution import CUTTABLE, MAX_GROUPS, OTHER
 from armsdyn.errors import ConfigError, ModelError, did_you_mean
+from armsdyn.feedback import on_feedback_loops
 from armsdyn.figures import FIGURE_KINDS
-from armsdyn.loops import on_feedback_loops
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.sensitivity_methods import METHODS
 from armsdyn.specs import (

@@ -27,7 +27,7 @@ from matplotlib.patches import FancyArrowPatch
 from scipy.sparse.csgraph import shortest_path
 
 from armsdyn.errors import ConfigError, ResultsError
-from armsdyn.loops import causal_graph, on_feedback_loops, variable_link_polarities
+from armsdyn.feedback import causal_graph, on_feedback_loops, variable_link_polarities
 from armsdyn.metrics import compute_metrics, richardson_parameters
 from armsdyn.model import load_model
 from armsdyn.results import case_dim, find_variable, parameter_values
@@ -1097,7 +1097,7 @@ def model_diagram(
 
     Stocks are boxed, flows have a rounded box, auxiliaries are plain names; an arrow is a link
     (an equation reading a variable; a stock's flows point into it), labelled ``+`` or minus by its
-    polarity over the model file's run (:func:`armsdyn.loops.variable_link_polarities`; ``?``
+    polarity over the model file's run (:func:`armsdyn.feedback.variable_link_polarities`; ``?``
     where it is mixed or never acts) and drawn dark when it lies on a feedback loop, light when not.
     The layout is a stress majorization of the graph's path distances (Gansner, Koren & North 2004),
     so linked variables sit close; it is deterministic.

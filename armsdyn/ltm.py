@@ -1,7 +1,7 @@
 """Loop dominance by the Loops That Matter method (Schoenberg, Davidsen & Eberlein 2020).
 
 For every scenario the model is run once with PySD, keeping every integration step, and each link
-of the loops is scored at every step from the model's own equations (:class:`armsdyn.loops.RunStates`):
+of the loops is scored at every step from the model's own equations (:class:`armsdyn.feedback.RunStates`):
 
 - **Auxiliary links** ``x -> z`` (``z = f(x, y, ...)``): the change in `z` that `x`'s change alone
   would have caused, the other inputs held at their previous values (*ceteris paribus*), over
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from armsdyn.loops import Loop, RunStates, find_loops, loop_groups
+from armsdyn.feedback import Loop, RunStates, find_loops, loop_groups
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.specs import Experiment, Scenario
 
@@ -69,11 +69,11 @@ def loop_dominance(
         or an experiment's scenarios. Default: one scenario, ``"baseline"``, of the model file's own
         values.
     loops : sequence of Loop, optional
-        The loops to score (default: :func:`armsdyn.loops.find_loops` with `max_length` and `limit`).
+        The loops to score (default: :func:`armsdyn.feedback.find_loops` with `max_length` and `limit`).
         Relative scores are shares among these loops only, so a bounded set gives shares among
         the loops it holds.
     max_length, limit : int, optional
-        Passed to :func:`armsdyn.loops.find_loops` when `loops` is not given.
+        Passed to :func:`armsdyn.feedback.find_loops` when `loops` is not given.
     time : TimeSettings, optional
         Time settings (default: the model file's). Scores are computed at every `time.step` and
         reported at the saved times.
@@ -351,7 +351,7 @@ def format_dominance(
     Parameters
     ----------
     loops : sequence of Loop
-        The loops, as :func:`armsdyn.loops.find_loops` gives them.
+        The loops, as :func:`armsdyn.feedback.find_loops` gives them.
     ds : xarray.Dataset
         Their scores, from :func:`loop_dominance`.
     scenario : str, optional

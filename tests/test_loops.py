@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from armsdyn.errors import ModelError
-from armsdyn.loops import Loop, RunStates, elementary_cycles, find_loops, link_polarity
+from armsdyn.feedback import Loop, RunStates, elementary_cycles, find_loops, link_polarity
 from armsdyn.model import load_model
 from tests.conftest import MODELS, run_cli
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import armsdyn
-from armsdyn.loops import Loop, find_loops
+from armsdyn.feedback import Loop, find_loops
 from armsdyn.ltm import loop_dominance
 from armsdyn.model import load_model
 from tests.conftest import MODELS, ROOT, SHARED, run_cli
