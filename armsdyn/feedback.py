@@ -795,14 +795,14 @@ def format_loops(loops: list[Loop], groups: Mapping[str, Sequence[str]] | None =
     lines = ["id   pol  len  variables"]
     for loop in loops:
         line = loop.describe()
-        names = loop_groups(loop, groups or {})
+        names = loop_groups(loop.variables, groups or {})
         lines.append(f"{line}  [{', '.join(names)}]" if names else line)
     return "\n".join(lines)
 
 
-def loop_groups(loop: Loop, groups: Mapping[str, Sequence[str]]) -> list[str]:
-    """The names of the groups whose variables `loop` passes through (any element of them)."""
-    on = {n.split("[", 1)[0] for n in loop.variables} | set(loop.variables)
+def loop_groups(variables: Sequence[str], groups: Mapping[str, Sequence[str]]) -> list[str]:
+    """The names of the groups whose variables a loop of `variables` passes through (any element of them)."""
+    on = {n.split("[", 1)[0] for n in variables} | set(variables)
     return [name for name, variables in groups.items() if on & set(variables)]
 
 

@@ -373,6 +373,6 @@ def format_dominance(
         path = " -> ".join((*loop.variables, loop.variables[0]))
         m, p = float(mean.sel(loop=loop.id)), float(peak.sel(loop=loop.id))
         line = f"{loop.id:<4} {loop.polarity}  {loop.length:>3}  {m:5.3f}  {p:5.3f}  {path}"
-        names = loop_groups(loop, groups or {})
+        names = loop_groups(loop.variables, groups or {})
         lines.append(f"{line}  [{', '.join(names)}]" if names else line)
     return "\n".join(lines)

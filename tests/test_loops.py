@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import doctest
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import xarray as xr
 
-from armsdyn.errors import ModelError
+import armsdyn
+from armsdyn import loop_table
+from armsdyn.errors import ModelError, ResultsError
 from armsdyn.feedback import Loop, RunStates, elementary_cycles, find_loops, link_polarity
+from armsdyn.loop_table import loops
+from armsdyn.ltm import loop_dominance
 from armsdyn.model import load_model
-from tests.conftest import MODELS, run_cli
+from armsdyn.pipeline import run_experiment
+from tests.conftest import MODELS, ROOT, run_cli, write_config
 
 HAND_MADE = """{UTF-8}
 population= INTEG (births - deaths, 100)
@@ -209,3 +217,79 @@ def test_cli_names_loops_after_a_configs_groups_and_keeps_loops_through_a_variab
     proc = run_cli("loops", MODELS / "richardson.mdl", "--through", "fatigue of Z")
     assert proc.returncode == 2
     assert "'fatigue of Z'" in proc.stderr
+
+
+def test_loops_api_gives_a_models_loop_table_named_after_groups(tmp_path: Path) -> None:
+    report = loops(MODELS / "richardson.mdl", groups={"action-reaction": ["reaction of X", "reaction of Y"]})
+    assert report.scores is None
+    table = report.table
+    assert list(table.columns) == ["name", "variables", "length", "polarity"]
+    assert table.index.name == "loop"
+    assert dict(table["polarity"]) == {"B1": "B", "B2": "B", "R1": "R"}
+    assert dict(table["name"]) == {"B1": "", "B2": "", "R1": "action-reaction"}
+    assert table.loc["R1", "variables"] == (
+        "arms X", "reaction of Y", "arming rate Y", "arms Y", "reaction of X", "arming rate X"
+    )  # fmt: skip
+    assert list(table["length"]) == [len(v) for v in table["variables"]] == [3, 3, 6]
+    # A config's [[attribution.groups]] name them the same way.
+    config = write_config(
+        tmp_path,
+        '[attribution]\nstocks = ["arms X"]\n'
+        '[[attribution.groups]]\nname = "fatigue"\nvariables = ["fatigue of X", "fatigue of Y"]\n',
+    )
+    assert dict(loops(load_model(MODELS / "richardson.mdl"), groups=config).table["name"]) == {
+        "B1": "fatigue",
+        "B2": "fatigue",
+        "R1": "",
+    }
+
+
+def test_loops_api_docstring_example_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    # The example calls armsdyn.loops, which the package namespace exports (added there by its owner).
+    monkeypatch.setattr(armsdyn, "loops", loop_table.loops, raising=False)
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    (test,) = finder.find(loop_table.loops, "loops", globs={})
+    runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
+    assert runner.summarize(verbose=False).attempted >= 4
+
+
+def test_loops_api_reads_a_results_folders_loop_table_and_scores(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        "[time]\nfinal = 5\nstep = 0.125\nsaveper = 0.5\n"
+        '[[scenarios]]\nname = "runaway"\n'
+        'parameters = { "defence coefficient k" = 1.2, "defence coefficient l" = 1.2 }\n'
+        '[[scenarios]]\nname = "stable"\n'
+        'parameters = { "defence coefficient k" = 0.3, "defence coefficient l" = 0.3 }\n'
+        "[loop_dominance]\n"
+        '[attribution]\nstocks = ["arms X"]\n'
+        '[[attribution.groups]]\nname = "action-reaction"\nvariables = ["reaction of X", "reaction of Y"]\n',
+    )
+    folder = run_experiment(config, out=tmp_path / "results")
+    report = loops(folder)
+    assert report.scores is not None
+    # The table is the loops the run scored, named after the run's own attribution groups.
+    expected = loops(MODELS / "richardson.mdl").table
+    pd.testing.assert_frame_equal(report.table.drop(columns="name"), expected.drop(columns="name"))
+    assert dict(report.table["name"]) == {"B1": "", "B2": "", "R1": "action-reaction"}
+    with xr.open_dataset(folder / "loops.nc") as saved:
+        xr.testing.assert_identical(report.scores, saved.load())
+    assert report.scores["relative_loop_score"].dims == ("scenario", "loop", "time")
+    runaway = abs(report.scores["relative_loop_score"].sel(scenario="runaway")).mean("time")
+    assert runaway.idxmax().item() == "R1"
+    # The Dataset itself (as loop_dominance returns it) gives the same table.
+    pd.testing.assert_frame_equal(loops(report.scores).table, report.table)
+    dominance = loop_dominance(MODELS / "richardson.mdl")
+    pd.testing.assert_frame_equal(loops(dominance).table.drop(columns="name"), expected.drop(columns="name"))
+
+
+def test_loops_api_refuses_what_holds_no_loop_analysis(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "[time]\nfinal = 1\n")
+    folder = run_experiment(config, out=tmp_path / "results")
+    with pytest.raises(ResultsError, match=r"results: no loops\.nc \(a run writes it when its config has a "):
+        loops(folder)
+    with xr.open_dataset(folder / "results.nc") as ds, pytest.raises(ResultsError, match="holds no loop analysis"):
+        loops(ds.load())
