@@ -25,10 +25,14 @@ In a Jupyter notebook the same view is :func:`explorer`'s layout, shown through 
 server::
 
     from bokeh.io import output_notebook, show
+    from bokeh.resources import INLINE
     from armsdyn.explore import explorer
 
-    output_notebook()
-    show(lambda doc: doc.add_root(explorer("configs/richardson.toml")))
+    output_notebook(resources=INLINE)  # BokehJS from the package: no network needed
+    show(lambda doc: doc.add_root(explorer("configs/richardson.toml")), notebook_url="http://localhost:8888")
+
+``notebook_url`` is where the notebook server runs (Bokeh's server checks the page's origin).
+Tested in Jupyter Notebook 7; JupyterLab needs the ``jupyter_bokeh`` extension.
 """
 
 from __future__ import annotations

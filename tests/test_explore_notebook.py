@@ -1,0 +1,178 @@
+"""The explorer inside a Jupyter notebook: a real notebook server, a real kernel, a real browser.
+
+The notebook is the one README shows (``output_notebook`` then ``show(... explorer(config))``),
+run cell by cell from the notebook's own Run menu in headless Chromium. The explorer's panels
+must then move with a slider to what :func:`armsdyn.run` gives for the same parameters, exactly
+as on the ``armsdyn explore`` page, and nothing may be fetched from outside the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from armsdyn.config import load_config
+from armsdyn.explore import knobs
+from tests.conftest import ROOT
+from tests.test_explore import RICHARDSON, _as_run, _browser_or_skip, _settle
+
+pytest.importorskip("bokeh", reason="the explorer needs Bokeh (pip install '.[explore]')")
+pytest.importorskip("notebook", reason="the notebook test needs Jupyter Notebook (pip install '.[test]')")
+pytest.importorskip("ipykernel", reason="the notebook test needs ipykernel (pip install '.[test]')")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _notebook(config: Path, port: int) -> dict[str, object]:
+    """README's two cells; BokehJS inline because the machine may have no network (and must not use it)."""
+    cells = [
+        "from bokeh.io import output_notebook, show\n"
+        "from bokeh.resources import INLINE\n"
+        "from armsdyn.explore import explorer\n"
+        "output_notebook(resources=INLINE, hide_banner=True)",
+        f"show(lambda doc: doc.add_root(explorer({str(config)!r})), notebook_url='http://127.0.0.1:{port}')",
+    ]
+    return {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": f"cell{i}",
+                "metadata": {},
+                "source": src,
+                "outputs": [],
+                "execution_count": None,
+            }
+            for i, src in enumerate(cells)
+        ],
+    }
+
+
+@pytest.fixture
+def notebook_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A Jupyter Notebook server on 127.0.0.1 serving a notebook of the explorer; yields its URL and config."""
+    _browser_or_skip()
+    config = tmp_path / "richardson.toml"
+    config.write_text(
+        RICHARDSON.read_text(encoding="utf-8").replace('"../models/', f'"{ROOT / "models"}/'), encoding="utf-8"
+    )
+    port = _free_port()
+    (tmp_path / "explore.ipynb").write_text(json.dumps(_notebook(config, port)), encoding="utf-8")
+    # Jupyter's and IPython's per-user state goes to the test's folder, not the user's home.
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "IPYTHONDIR": str(home / "ipython"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "notebook",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--port-retries=0",
+        "--IdentityProvider.token=",
+        f"--ServerApp.root_dir={tmp_path}",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # CI containers run as root
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"the notebook server exited: {(tmp_path / 'server.log').read_text()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the notebook server did not listen on {port}")
+        yield url, config
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
+    notebook_server: tuple[str, Path],
+) -> None:
+    url, config = notebook_server
+    sync_playwright = _browser_or_skip()
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url + "notebooks/explore.ipynb", timeout=120_000)
+            # A Run All sent before the kernel is connected is dropped: wait for it to be idle.
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
+            # Run the notebook as a reader would: Run > Run All Cells.
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            try:
+                page.wait_for_function(
+                    "() => window.Bokeh && Bokeh.documents.length > 0"
+                    " && Bokeh.documents[0].get_model_by_name('slider:grievance g')",
+                    timeout=180_000,
+                )
+            except Exception as exc:
+                shown = page.locator(".jp-OutputArea").all_inner_texts()
+                raise AssertionError(f"the explorer never appeared; the cells' outputs: {shown}") from exc
+            before = _settle(page)
+            assert before["sliders"]["grievance g"] == 1.0  # the first scenario, 'stable'
+
+            order = [k.key for k in knobs(load_config(config))]  # the sliders' order in the cell
+            handle = page.locator(".noUi-handle").nth(order.index("grievance g"))
+            # Dragged with the mouse: the notebook's own key bindings take arrow keys in command mode.
+            handle.scroll_into_view_if_needed()
+            box = handle.bounding_box()
+            assert box is not None
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] / 2 + 40, box["y"] + box["height"] / 2, steps=8)
+            page.mouse.up()
+            state = _settle(page)
+            assert state["sliders"]["grievance g"] > 1.0
+        finally:
+            browser.close()
+    params = {k: float(f"{v:.12g}") for k, v in state["sliders"].items()}
+    reference = _as_run(config, "stable", params).sel(scenario="probe")
+    for name in ("arms X", "arms Y"):
+        py = load_config(config).model.variable(name).py_name
+        assert not np.allclose(before["series"][name]["y0"], reference[py].values)  # the slider moved the run
+        np.testing.assert_allclose(state["series"][name]["y0"], reference[py].values, rtol=1e-9)
+    # The notebook server and the kernel's Bokeh server, both on this machine, served everything.
+    assert all(re.match(r"(http|ws)://127\.0\.0\.1:\d+/", u) or u.startswith(("data:", "blob:")) for u in requests), [
+        u for u in requests if "127.0.0.1" not in u
+    ]
