@@ -49,7 +49,14 @@ import xarray as xr
 from armsdyn import treaty
 from armsdyn.model import Model
 from armsdyn.results import case_dim, find_faults, parameter_values
-from armsdyn.richardson import N_PARAMETER_NAMES, PARAMETER_NAMES, Richardson, RichardsonN
+from armsdyn.richardson import (
+    N_PARAMETER_NAMES,
+    PARAMETER_NAMES,
+    ClosedForms,
+    Richardson,
+    RichardsonN,
+    closed_forms,
+)
 
 RICHARDSON_COLUMNS = (
     "determinant ab-kl",
@@ -222,30 +229,35 @@ def richardson_parameters(ds: xr.Dataset, scenario: Any) -> tuple[Richardson, fl
     return Richardson.from_values(values), values[PARAMETER_NAMES["x0"]], values[PARAMETER_NAMES["y0"]]
 
 
+#: The regime of a scenario whose Richardson parameters are not all finite numbers.
+NOT_ANALYSED = "not analysed: a parameter varies over time"
+
+
+def _closed_form_table(ds: xr.Dataset, forms: ClosedForms, states: Sequence[str], determinant: str) -> pd.DataFrame:
+    """The closed-form columns of every case: equilibrium per state, eigenvalues, stability and regime."""
+    dim = case_dim(ds)
+    columns: dict[str, Any] = {determinant: forms.determinant}
+    columns |= {f"equilibrium {state}": forms.equilibrium[:, i] for i, state in enumerate(states)}
+    for i in range(len(states)):
+        columns[f"eigenvalue {i + 1} real"] = forms.eigenvalues[:, i].real
+        columns[f"eigenvalue {i + 1} imag"] = forms.eigenvalues[:, i].imag
+    columns["stability"] = np.where(forms.analysed, forms.stability, np.nan).astype(object)
+    columns["regime"] = np.where(forms.analysed, forms.regime, NOT_ANALYSED).astype(object)
+    return pd.DataFrame(columns, index=pd.Index(_labels(ds, dim), name=dim))
+
+
 def _richardson_columns(ds: xr.Dataset) -> pd.DataFrame | None:
-    rows: dict[Any, dict[str, Any]] = {}
-    for scenario in _labels(ds, case_dim(ds)):
-        found = richardson_parameters(ds, scenario)
-        if found is None:
-            if any(parameter_values(ds, name) is None for name in PARAMETER_NAMES.values()):
-                return None  # not Richardson's model
-            rows[scenario] = {"regime": "not analysed: a parameter varies over time"}
-            continue
-        model, x0, y0 = found
-        eq = model.equilibrium()
-        ev = model.eigenvalues()
-        rows[scenario] = {
-            "determinant ab-kl": model.determinant,
-            "equilibrium X": np.nan if eq is None else eq[0],
-            "equilibrium Y": np.nan if eq is None else eq[1],
-            "eigenvalue 1 real": ev[0].real,
-            "eigenvalue 1 imag": ev[0].imag,
-            "eigenvalue 2 real": ev[1].real,
-            "eigenvalue 2 imag": ev[1].imag,
-            "stability": model.stability(),
-            "regime": model.regime(x0, y0),
-        }
-    return pd.DataFrame.from_dict(rows, orient="index")
+    values = {}
+    for symbol, name in PARAMETER_NAMES.items():
+        column = parameter_values(ds, name)
+        if column is None:
+            return None  # not Richardson's model
+        values[symbol] = column.transpose(case_dim(ds), ...).values.astype(float).reshape(-1)
+    k = np.zeros((values["k"].size, 2, 2))
+    k[:, 0, 1], k[:, 1, 0] = values["k"], values["l"]
+    pairs = [np.stack([values[x], values[y]], axis=1) for x, y in (("a", "b"), ("g", "h"), ("x0", "y0"))]
+    forms = closed_forms(k, *pairs, two_state=True)
+    return _closed_form_table(ds, forms, ("X", "Y"), "determinant ab-kl")
 
 
 def _n_state_elements(model: Model) -> tuple[str, ...] | None:
@@ -305,30 +317,27 @@ def richardson_n_parameters(ds: xr.Dataset, scenario: Any) -> tuple[RichardsonN,
 
 
 def _richardson_n_columns(ds: xr.Dataset) -> pd.DataFrame | None:
-    rows = {}
-    for scenario in _labels(ds, case_dim(ds)):
-        found = richardson_n_parameters(ds, scenario)
-        if found is None:
-            if any(parameter_values(ds, name) is None for name in N_PARAMETER_NAMES.values()):
-                return None  # not an N-state Richardson model
-            a = parameter_values(ds, N_PARAMETER_NAMES["a"])
-            if a is None or a.ndim != 2:  # None is ruled out just above
-                return None
-            rows[scenario] = {"regime": "not analysed: a parameter varies over time"}
-            continue
-        model, x0 = found
-        eq = model.equilibrium()
-        ev = model.eigenvalues()
-        row: dict[str, Any] = {"determinant det(A-K)": model.determinant}
-        for i, state in enumerate(model.states):
-            row[f"equilibrium {state}"] = np.nan if eq is None else eq[i]
-        for i, value in enumerate(ev, start=1):
-            row[f"eigenvalue {i} real"] = value.real
-            row[f"eigenvalue {i} imag"] = value.imag
-        row["stability"] = model.stability()
-        row["regime"] = model.regime(x0)
-        rows[scenario] = row
-    return pd.DataFrame.from_dict(rows, orient="index")
+    columns: dict[str, xr.DataArray] = {}
+    for symbol, name in N_PARAMETER_NAMES.items():
+        column = parameter_values(ds, name)
+        if column is None:
+            return None  # not an N-state Richardson model
+        columns[symbol] = column
+    a = columns["a"]
+    if a.ndim != 2:
+        return None
+    dim = case_dim(ds)
+    state = a.dims[1]
+    states = tuple(str(s) for s in a[state].values)
+    m, n = a.shape
+    k = columns["k"]
+    if k.ndim == 3 and [str(s) for s in k[k.dims[2]].values] == list(states):
+        matrices = k.transpose(dim, *k.dims[1:]).values.astype(float)
+    else:  # not a reaction matrix over the same states: nothing to analyse
+        matrices = np.full((m, n, n), np.nan)
+    vectors = [columns[s].transpose(dim, ...).values.astype(float).reshape(m, n) for s in ("a", "g", "x0")]
+    forms = closed_forms(matrices, *vectors)
+    return _closed_form_table(ds, forms, states, "determinant det(A-K)")
 
 
 #: Metric families, in column order. Adding a family is a module with its two
