@@ -18,6 +18,7 @@ import pytest
 import xarray as xr
 
 import armsdyn
+from armsdyn.ensemble import run_ensemble
 from armsdyn.metrics import NOT_ANALYSED, compute_metrics, richardson_n_parameters, richardson_parameters
 from armsdyn.richardson import PARAMETER_NAMES
 from tests.conftest import MODELS, write_config
@@ -175,7 +176,7 @@ def test_a_run_ensemble_gets_the_columns_of_its_sampled_parameters() -> None:
     n = 500
     samples = {name: rng.uniform(0.05, 2.0, n) for name in PARAMETER_NAMES.values()}
     samples["grievance g"] = rng.uniform(-2.0, 3.0, n)
-    ds = armsdyn.ensemble.run_ensemble(MODELS / "richardson.mdl", samples, variables=["arms X"])
+    ds = run_ensemble(MODELS / "richardson.mdl", samples, variables=["arms X"])
     table = compute_metrics(ds)
     stable = samples["fatigue coefficient a"] * samples["fatigue coefficient b"] > (
         samples["defence coefficient k"] * samples["defence coefficient l"]
