@@ -24,10 +24,9 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
-from scipy.sparse.csgraph import shortest_path
 
+from armsdyn.diagram import causal_diagram, diagram_layout
 from armsdyn.errors import ConfigError, ResultsError
-from armsdyn.feedback import causal_graph, on_feedback_loops, variable_link_polarities
 from armsdyn.metrics import compute_metrics, richardson_parameters
 from armsdyn.model import load_model
 from armsdyn.results import case_dim, find_variable, parameter_values
@@ -1097,10 +1096,9 @@ def model_diagram(
 
     Stocks are boxed, flows have a rounded box, auxiliaries are plain names; an arrow is a link
     (an equation reading a variable; a stock's flows point into it), labelled ``+`` or minus by its
-    polarity over the model file's run (:func:`armsdyn.feedback.variable_link_polarities`; ``?``
-    where it is mixed or never acts) and drawn dark when it lies on a feedback loop, light when not.
-    The layout is a stress majorization of the graph's path distances (Gansner, Koren & North 2004),
-    so linked variables sit close; it is deterministic.
+    polarity over the model file's run (``?`` where it is mixed or never acts) and drawn dark when
+    it closes a feedback loop, light when not. The diagram and its layout (networkx's Kamada-Kawai,
+    deterministic) are :func:`armsdyn.diagram.causal_diagram` and :func:`armsdyn.diagram.diagram_layout`.
 
     Parameters
     ----------
@@ -1110,50 +1108,42 @@ def model_diagram(
         The variables drawn (model names), with the links among them; by default every variable
         that is not a constant.
     ax : Axes, optional
-        Where to draw; a new figure when omitted.
+        Where to draw; a new figure when omitted: one column wide (3.5 in) up to 12 variables,
+        else two (7.2 in).
 
     Returns
     -------
     (Figure, list of Axes)
     """
     loaded = load_model(Path(model))
-    graph = causal_graph(loaded)
-    by_py = {v.py_name: v for v in loaded.variables.values()}
-    nodes = [by_py[n].name for n in sorted(graph)] if not variables else list(variables)
-    keep = set(nodes)
-    links = sorted(
-        (by_py[a].name, by_py[b].name)
-        for a, targets in graph.items()
-        for b in targets
-        if by_py[a].name in keep and by_py[b].name in keep and a != b
-    )
-    signs = variable_link_polarities(loaded, links)
-    cyclic = on_feedback_loops(loaded)
-    xy = _stress_layout(nodes, links)
+    diagram = causal_diagram(loaded, variables)
+    position = diagram_layout(diagram)
+    xy = np.array(list(position.values()))
     if ax is None:
-        width = SINGLE_COLUMN if len(nodes) <= 12 else DOUBLE_COLUMN
+        width = SINGLE_COLUMN if len(position) <= 12 else DOUBLE_COLUMN
         span = np.ptp(xy, axis=0) + 1e-9
         height = min(9.0, max(1.8, width * span[1] / span[0]))
         fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
     else:
         fig = _root_figure(ax)
-    position = dict(zip(nodes, xy, strict=True))
-    scale = float(np.median([np.linalg.norm(position[a] - position[b]) for a, b in links])) if links else 1.0
+    links = list(diagram.edges(data=True))
+    scale = float(np.median([np.linalg.norm(position[a] - position[b]) for a, b, _ in links])) if links else 1.0
     boxes = {
         "stock": {"boxstyle": "square,pad=0.3", "facecolor": "white", "edgecolor": "0.2", "linewidth": 0.8},
         "flow": {"boxstyle": "round,pad=0.25", "facecolor": "0.93", "edgecolor": "0.5", "linewidth": 0.5},
+        # An auxiliary is a plain name, but its unseen box ends the arrows at the text and hides
+        # any link passing behind it.
+        "auxiliary": {"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none"},
     }
     texts = {}
-    for name in nodes:
-        kind = loaded.variables[name].kind
-        bbox = boxes.get("stock" if kind in ("stock", "stateful") else kind)
-        label = textwrap.fill(name, 14)
+    for name in diagram:
+        kind = diagram.nodes[name]["kind"]
+        bbox = boxes["stock" if kind in ("stock", "stateful") else "flow" if kind == "flow" else "auxiliary"]
         x, y = position[name]
-        texts[name] = ax.text(x, y, label, ha="center", va="center", fontsize=6, bbox=bbox, zorder=3)
+        texts[name] = ax.text(x, y, textwrap.fill(name, 14), ha="center", va="center", fontsize=6, bbox=bbox, zorder=3)
     colours = {1: "#0072B2", -1: "#D55E00", 0: "0.45"}
-    for source, target in links:
-        sign = signs.get((source, target), 0)
-        on_loop = source in cyclic and target in cyclic and _same_cycle(graph, source, target, loaded)
+    for source, target, link in links:
+        sign, on_loop = link["sign"], link["on_loop"]
         arrow = FancyArrowPatch(
             posA=tuple(position[source]),
             posB=tuple(position[target]),
@@ -1195,60 +1185,6 @@ def model_diagram(
     ax.set_axis_off()
     ax.set_title(f"{Path(model).name} (faint links close no loop)", loc="left")
     return fig, [ax]
-
-
-def _same_cycle(graph: dict[str, set[str]], source: str, target: str, model: Any) -> bool:
-    """Whether the link source -> target closes a loop: target reaches source."""
-    a, b = model.variable(source).py_name, model.variable(target).py_name
-    seen, stack = {b}, [b]
-    while stack:
-        for nxt in graph[stack.pop()]:
-            if nxt == a:
-                return True
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return False
-
-
-def _stress_layout(nodes: Sequence[str], links: Sequence[tuple[str, str]], iterations: int = 300) -> np.ndarray:
-    """Node positions by stress majorization (SMACOF) of the undirected graph's path lengths.
-
-    Started from classical scaling, so the result is deterministic; unconnected parts are kept
-    apart at one more than the longest path.
-    """
-    n = len(nodes)
-    if n == 1:
-        return np.zeros((1, 2))
-    index = {name: i for i, name in enumerate(nodes)}
-    adjacency = np.zeros((n, n))
-    for a, b in links:
-        adjacency[index[a], index[b]] = adjacency[index[b], index[a]] = 1.0
-    dist = shortest_path(adjacency, directed=False, unweighted=True)
-    finite = dist[np.isfinite(dist)]
-    dist[~np.isfinite(dist)] = (finite.max() if finite.size else 1.0) + 1.0
-    # Classical scaling start.
-    j = np.eye(n) - 1.0 / n
-    b = -0.5 * j @ (dist**2) @ j
-    values, vectors = np.linalg.eigh(b)
-    x = vectors[:, -2:][:, ::-1] * np.sqrt(np.clip(values[-2:][::-1], 1e-9, None))
-    x *= np.where(x[np.argmax(np.abs(x), axis=0), [0, 1]] < 0, -1.0, 1.0)  # a fixed orientation
-    weights = np.where(dist > 0, 1.0 / np.where(dist > 0, dist, 1.0) ** 2, 0.0)
-    np.fill_diagonal(weights, 0.0)
-    v = -weights
-    np.fill_diagonal(v, weights.sum(axis=1))
-    pinv = np.linalg.pinv(v)
-    for _ in range(iterations):
-        d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(d > 0, weights * dist / d, 0.0)
-        bz = -ratio
-        np.fill_diagonal(bz, ratio.sum(axis=1))
-        x = pinv @ bz @ x
-    # Landscape: the wider spread horizontal.
-    if np.ptp(x[:, 1]) > np.ptp(x[:, 0]):
-        x = x[:, ::-1]
-    return x - x.mean(axis=0)
 
 
 def _phase_portrait_of(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:

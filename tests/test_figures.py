@@ -12,6 +12,8 @@ import xarray as xr
 
 import armsdyn
 from armsdyn import figures
+from armsdyn.diagram import causal_diagram, diagram_layout
+from armsdyn.errors import ModelError
 from tests.conftest import CONFIGS, MODELS, ROOT, run_cli
 
 BASELINE = ROOT / "tests" / "baseline"
@@ -259,6 +261,58 @@ def test_model_diagram_shows_every_link_with_its_polarity(tmp_path: Path) -> Non
         assert texts.count("+") == 8
         assert {"arms X", "arming rate Y", "reaction of X"} <= {t.replace("\n", " ") for t in texts}
         _regression(fig, "model_diagram_richardson", tmp_path)
+        # At double-column width the same diagram, spread out.
+        fig, ax = plt.subplots(figsize=(figures.DOUBLE_COLUMN, 3.0), layout="constrained")
+        figures.model_diagram(MODELS / "richardson.mdl", ax=ax)
+        _regression(fig, "model_diagram_richardson_wide", tmp_path)
+
+
+def test_the_causal_diagram_is_the_models_graph_with_link_polarities() -> None:
+    model = armsdyn.load_model(MODELS / "richardson.mdl")
+    diagram = causal_diagram(model)
+    assert sorted(diagram) == sorted(v.name for v in model.variables.values() if v.kind != "constant")
+    assert diagram.nodes["arms X"]["kind"] == "stock"
+    assert diagram.nodes["arming rate X"]["kind"] == "flow"
+    assert diagram.edges["fatigue of X", "arming rate X"]["sign"] == -1
+    assert diagram.edges["arms Y", "reaction of X"]["sign"] == 1
+    assert diagram.number_of_edges() == 10
+    assert all(on for _, _, on in diagram.edges(data="on_loop"))  # every link of Richardson's model closes a loop
+    # Drawn alone, the fatigue chain still knows its links close loops of the whole model.
+    part = causal_diagram(model, ["arms x", "fatigue_of_x", "arming rate X"])  # any case or Python-safe name
+    assert sorted(part.edges) == [
+        ("arming rate X", "arms X"),
+        ("arms X", "fatigue of X"),
+        ("fatigue of X", "arming rate X"),
+    ]
+
+
+def test_the_diagram_layout_is_deterministic_landscape_and_keeps_unconnected_parts_near() -> None:
+    model = armsdyn.load_model(MODELS / "richardson.mdl")
+    diagram = causal_diagram(model)
+    first, again = diagram_layout(diagram), diagram_layout(causal_diagram(model))
+    assert first.keys() == again.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])
+    xy = np.array(list(first.values()))
+    assert np.ptp(xy[:, 0]) >= np.ptp(xy[:, 1])
+    np.testing.assert_allclose(xy.mean(axis=0), 0.0, atol=1e-12)
+    # Linked variables sit closer than the two states' stocks, three links apart.
+    near = np.linalg.norm(first["arms X"] - first["fatigue of X"])
+    assert near < np.linalg.norm(first["arms X"] - first["arms Y"])
+    # Two unconnected links: each pair close, the parts apart but on the same page.
+    parts = causal_diagram(model, ["arms X", "fatigue of X", "arms Y", "fatigue of Y"])
+    placed = diagram_layout(parts)
+    inside = np.linalg.norm(placed["arms X"] - placed["fatigue of X"])
+    across = np.linalg.norm(placed["arms X"] - placed["arms Y"])
+    assert inside < across < 10 * inside
+
+
+def test_a_model_diagram_refuses_a_constant_and_an_unknown_name() -> None:
+    model = armsdyn.load_model(MODELS / "richardson.mdl")
+    with pytest.raises(ModelError, match=r"'grievance g' cannot be drawn \(a constant, time or a control variable"):
+        causal_diagram(model, ["arms X", "grievance g"])
+    with pytest.raises(KeyError, match=r"no variable 'arms Z' in model .*did you mean 'arms [XY]'"):
+        causal_diagram(model, ["arms Z"])
 
 
 def test_loop_dominance_of_one_scenario_fits_a_column(
