@@ -197,3 +197,38 @@ def test_every_registry_entry_is_documented_in_the_readme() -> None:
             assert f"`{name}`" in readme, f"{name!r} is registered but not documented in README.md"
     for name in METHODS:
         assert name in readme.split("## Sensitivity studies")[1].split("\n## ")[0], name
+
+
+#: Modules the command line and ``import armsdyn`` must not load before a subcommand needs them (seconds each).
+HEAVY = ("matplotlib", "scipy.stats", "statsmodels")
+
+
+def test_the_public_names_are_their_modules_objects_loaded_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    code = f"""
+import importlib, sys
+import armsdyn
+heavy = [m for m in {HEAVY!r} if m in sys.modules]
+assert not heavy, f"import armsdyn loaded {{heavy}}"
+assert set(armsdyn.__all__) <= set(dir(armsdyn))
+for name in armsdyn.__all__:
+    if name != "__version__":
+        module = importlib.import_module("armsdyn." + armsdyn._MODULES[name])
+        assert getattr(armsdyn, name) is getattr(module, name), name
+import armsdyn.audit  # the submodule of the same name does not replace the function
+assert callable(armsdyn.audit) and armsdyn.audit.__module__ == "armsdyn.audit"
+from armsdyn import figures  # a submodule that is no public name is still importable this way
+assert figures.__name__ == "armsdyn.figures"
+try:
+    armsdyn.no_such_name
+except AttributeError as exc:
+    assert "no_such_name" in str(exc)
+else:
+    raise SystemExit("an unknown name was found")
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
