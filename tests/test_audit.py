@@ -328,3 +328,29 @@ def test_knowledge_audit_config_runs(tmp_path: Path) -> None:
         assert "Buzan 1984, s." in claim.text
     # The baseline comparison ran: the claim over the treaty's term against the race has a share.
     assert spec.claims[1].baseline == "baseline"
+
+
+@pytest.mark.slow
+def test_knowledge_claims_weaken_when_idle_knowledge_is_forgotten(tmp_path: Path) -> None:
+    """The audit can fail the knowledge argument: ablate its mechanism and its claims hold in far less of the space.
+
+    The same audit twice, with idle military knowledge persisting (half-life 200
+    to 500 years) and forgotten (2 to 4 years); every other assumption sampled
+    as in the config. The claims that rest on persistent knowledge must lose at
+    least the stated share; the cheating claim, which rests on detection, not.
+    """
+    text = KNOWLEDGE_AUDIT.read_text(encoding="utf-8")
+    text = text.replace('model = "../models/', f'model = "{(ROOT / "models").as_posix()}/')
+    assert text.count("bounds = [2, 500]") == 1
+    shares = {}
+    for label, bounds in (("persists", "[200, 500]"), ("forgets", "[2, 4]")):
+        path = tmp_path / f"{label}.toml"
+        path.write_text(text.replace("bounds = [2, 500]", f"bounds = {bounds}"), encoding="utf-8")
+        result = audit(path, samples=200, workers=2)
+        shares[label] = {r.claim.name: r.share for r in result.claims}
+    persists, forgets = shares["persists"], shares["forgets"]
+    assert persists["rebuilt_in_short_order"] > 0.9
+    assert persists["rebuilt_in_short_order"] - forgets["rebuilt_in_short_order"] > 0.5
+    assert persists["disarmed_world_still_fears"] - forgets["disarmed_world_still_fears"] > 0.3
+    assert persists["cuts_barely_dampen"] - forgets["cuts_barely_dampen"] > 0.1
+    assert persists["suppression_undone_by_cheating"] == forgets["suppression_undone_by_cheating"] == 1.0
