@@ -1,39 +1,47 @@
-"""The ``armsdyn`` command line.
+"""The ``armsdyn`` command line: argument parsing only.
 
 Errors a user can cause (a bad config, a broken model, an existing results
 folder) print one clear message and exit with status 2, without a traceback.
+
+Each subcommand's work is a function in :mod:`armsdyn.commands`, named in
+:data:`COMMANDS` and imported only when that subcommand runs: ``armsdyn --help``
+loads no model, plotting or statistics library, and ``armsdyn check`` none of
+the calibration's or the comparison's.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import matplotlib
 
 from armsdyn import __version__
-from armsdyn.analysis import analyse, summarise
-from armsdyn.audit import audit, load_audit, summary_lines
-from armsdyn.calibration import calibrate, format_summary, load_calibration, write_calibration
-from armsdyn.compare import TOP, compare_results, write_comparison
-from armsdyn.config import config_kind, load_config
-from armsdyn.data import DataWarning
-from armsdyn.errors import ArmsdynError, ModelError
-from armsdyn.export import FORMATS, export_results
-from armsdyn.feedback import find_loops, format_loops
-from armsdyn.ltm import format_dominance, loop_dominance
-from armsdyn.model import SUFFIXES, load_model
-from armsdyn.output import locked, redraw_figures, refuse_existing
-from armsdyn.pipeline import StudyInterrupted, run_experiment
-from armsdyn.runner import needs, refuse_unfit
-from armsdyn.units import check_units
+from armsdyn.errors import ArmsdynError
 
-if TYPE_CHECKING:
-    pass
+#: Each subcommand's function, as ``"module:function"``: it takes the parsed arguments and
+#: returns the exit status. The one extension point of the command line (with the subcommand's
+#: arguments in :func:`_parser`), and the one place it imports a package module at run time.
+COMMANDS: dict[str, str] = {
+    "run": "armsdyn.commands.run:run",
+    "check": "armsdyn.commands.check:check",
+    "figures": "armsdyn.commands.figures:figures",
+    "calibrate": "armsdyn.commands.calibrate:calibrate",
+    "analyse": "armsdyn.commands.analyse:analyse",
+    "audit": "armsdyn.commands.audit:audit",
+    "models": "armsdyn.commands.models:models",
+    "describe": "armsdyn.commands.models:describe",
+    "loops": "armsdyn.commands.loops:loops",
+    "export": "armsdyn.commands.export:export",
+    "compare": "armsdyn.commands.compare:compare",
+    "explore": "armsdyn.commands.explore:explore",
+}
+
+#: ``armsdyn compare --top``'s default, :data:`armsdyn.compare.TOP` (stated here for the help
+#: text without importing the comparison and matplotlib; a test checks the two agree).
+COMPARE_TOP = 4
 
 EPILOG = """\
 examples:
@@ -203,9 +211,8 @@ def _parser() -> argparse.ArgumentParser:
         "dictionary, into RESULTS_DIR/export/ or --out.",
     )
     p.add_argument("results", type=Path, help="a results folder written by 'armsdyn run'")
-    p.add_argument(
-        "--format", choices=FORMATS, default="csv", help="table format (default: csv; parquet needs pyarrow)"
-    )
+    # export_results checks the format and names the allowed ones.
+    p.add_argument("--format", default="csv", help="table format: csv (default) or parquet (needs pyarrow)")
     p.add_argument("--out", type=Path, help="export folder (default: RESULTS_DIR/export)")
     p.add_argument("--force", action="store_true", help="replace an existing export folder")
 
@@ -219,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("a", type=Path, help="results folder A (e.g. before a change)")
     p.add_argument("b", type=Path, help="results folder B (e.g. after it)")
     p.add_argument("--figure", type=Path, metavar="PATH", help="draw the most different variables (.png, .pdf, .svg)")
-    p.add_argument("--top", type=int, default=TOP, metavar="N", help=f"variables in the figure (default: {TOP})")
+    p.add_argument("--top", type=int, metavar="N", help=f"variables in the figure (default: {COMPARE_TOP})")
     p.add_argument("--all-metrics", action="store_true", help="list every metric, not only those that differ")
     p.add_argument("--out", type=Path, metavar="DIR", help="also write the tables (CSV), config diff and report here")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
@@ -238,13 +245,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``armsdyn`` command; returns the exit status."""
-    # The command line draws figures to files only: a library import never switches a
-    # notebook's backend, but the command does, so it needs no display.
-    matplotlib.use("Agg")
+    """Entry point of the ``armsdyn`` command; returns the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name (default: ``sys.argv[1:]``), as in
+        ``main(["check", "configs/richardson.toml"])``.
+
+    Returns
+    -------
+    int
+        0 on success, 2 for an error the user can fix, 130 when interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The command line draws figures to files only and needs no display (a library import never
+    # switches a notebook's backend, but the command does). matplotlib reads MPLBACKEND when a
+    # subcommand first imports it; a process that already has it (a test calling main) is switched.
+    os.environ["MPLBACKEND"] = "Agg"
+    if (matplotlib := sys.modules.get("matplotlib")) is not None:
+        matplotlib.use("Agg")
     args = _parser().parse_args(argv)
+    args.command_line = ["armsdyn", *argv]  # for the manifests of the folders a command writes
     try:
-        return _COMMANDS[args.command](args)
+        return command(args.command)(args)
     except ArmsdynError as exc:
         print(f"armsdyn: error: {exc}", file=sys.stderr)
         return 2
@@ -257,239 +281,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    try:
-        target = run_experiment(
-            args.config,
-            out=args.out,
-            force=args.force,
-            stop_on_fault=args.stop_on_fault,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            chunk_size=max(1, args.chunk_size),
-            resume=args.resume,
-            report=lambda line: print(line, file=sys.stderr),
-            progress=sys.stderr.isatty(),
-            command=["armsdyn", *sys.argv[1:]],
-        )
-    except StudyInterrupted as exc:
-        print(f"armsdyn: {exc}", file=sys.stderr)
-        return 130
-    print(f"armsdyn: wrote {target}", file=sys.stderr)
-    return 0
+def command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The function of subcommand `name` (a key of :data:`COMMANDS`), its module imported now.
 
+    Parameters
+    ----------
+    name : str
+        A subcommand, e.g. ``"run"``.
 
-def _check(args: argparse.Namespace) -> int:
-    model_path = _check_config(args)
-    if not args.units:
-        return 0
-    issues = check_units(model_path)
-    label = "error" if args.strict else "warning"
-    print(f"units: {model_path}: " + (f"{len(issues)} inconsistencies" if issues else "consistent"))
-    for issue in issues:
-        print(f"  {label}: {issue}")
-    return 2 if issues and args.strict else 0
-
-
-def _check_config(args: argparse.Namespace) -> Path:
-    kind = config_kind(args.config)
-    if kind == "calibration":
-        spec = load_calibration(args.config)
-        # The regression methods estimate the model's coefficients from the data, not named constants.
-        names = ", ".join(p.name for p in spec.parameters) or "the model's reaction, fatigue and grievance terms"
-        print(
-            f"{args.config}: valid calibration {spec.name!r}: {spec.method} fit of {names} to "
-            f"{len(spec.observations)} observations of {spec.data.file}, model {spec.model.path}"
-        )
-        return spec.model.path
-    if kind == "audit":
-        audit_spec = load_audit(args.config)
-        print(
-            f"{args.config}: valid audit of {len(audit_spec.claims)} claims over {len(audit_spec.dimensions)} "
-            f"uncertain dimensions ({audit_spec.samples} {audit_spec.sampling} samples), "
-            f"model {audit_spec.experiment.model.path}"
-        )
-        return audit_spec.experiment.model.path
-    exp = load_config(args.config)
-    found = needs(exp)
-    refuse_unfit(exp, found, Path("results") / exp.name)
-    print(
-        f"{args.config}: valid: experiment {exp.name!r}, model {exp.model.path}, "
-        f"{len(exp.scenarios)} scenarios, {len(exp.variables)} saved variables, {len(exp.figures)} figures; "
-        f"{found.summary()}"
-    )
-    for name in exp.variables:  # subscripted variables keep their dimensions in the results
-        var = exp.model.variable(name)
-        if var.dims:
-            print(f"  {var.name} {var.describe_dims()}")
-    return exp.model.path
-
-
-def _models(args: argparse.Namespace) -> int:
-
-    files = sorted(p for p in args.folder.glob("*") if p.suffix.lower() in SUFFIXES) if args.folder.is_dir() else []
-    if not files:
-        msg = f"{args.folder}: no model files ({', '.join(SUFFIXES)}) found"
-        raise ModelError(msg)
-    for path in files:
-        model = load_model(path)
-        print(f"{path}  (stocks: {', '.join(v.name for v in model.of_kind('stock'))})")
-        for var in model.of_kind("constant"):
-            print(
-                f"    {var.name} = {var.default:g} {var.units}".rstrip()
-                if var.default is not None
-                else f"    {var.name} {var.units}".rstrip()
-            )
-    return 0
-
-
-def describe_input(args: argparse.Namespace) -> int:
-
-    model = load_model(args.model)
-    t = model.time
-    print(f"{model.path}: time {t.initial:g} to {t.final:g} {t.units}, step {t.step:g}, saved every {t.saveper:g}")
-    for kind in ("stock", "flow", "auxiliary", "stateful", "constant", "lookup", "data"):
-        variables = model.of_kind(kind)
-        if not variables:
-            continue
-        print(f"\n{kind}s:")
-        for var in variables:
-            units = f" [{var.units}]" if var.units else ""
-            dims = f" {var.describe_dims()}" if var.dims else ""
-            print(f"  {var.name}{dims}{var.describe_value()}{units}")
-            if var.doc:
-                print(f"      {var.doc}")
-    return 0
-
-
-def _loops(args: argparse.Namespace) -> int:
-
-    groups = None
-    if args.groups is not None:
-        attribution = load_config(args.groups).attribution
-        groups = {g.name: g.variables for g in attribution.groups} if attribution is not None else {}
-    model = load_model(args.model)
-    loops = find_loops(model, max_length=args.max_length, limit=args.limit, through=args.through)
-    if args.dominance:
-        print(format_dominance(loops, loop_dominance(model, loops=loops), groups=groups))
-    else:
-        print(format_loops(loops, groups))
-    if args.limit is not None and len(loops) >= args.limit:
-        print(f"armsdyn: stopped at {args.limit} loops; use --max-length or --limit", file=sys.stderr)
-    return 0
-
-
-def _figures(args: argparse.Namespace) -> int:
-
-    files = redraw_figures(args.results, args.config)
-    print(f"armsdyn: redrew {len(files)} files in {args.results / 'figures'}", file=sys.stderr)
-    return 0
-
-
-def _calibrate(args: argparse.Namespace) -> int:
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DataWarning)
-        spec = load_calibration(args.config)
-    for w in caught:
-        if issubclass(w.category, DataWarning):
-            print(f"armsdyn: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    target = args.out or Path("results") / spec.name
-    refuse_existing(target, force=args.force)
-    with locked(target):  # fails now, not after the fit, if the folder cannot be written
-        return _calibrate_locked(args, spec, target)
-
-
-def _calibrate_locked(args: argparse.Namespace, spec: Any, target: Path) -> int:
-
-    print(f"armsdyn: {spec.name}: calibrating {spec.model.path}", file=sys.stderr)
-    result = calibrate(spec)
-    print(result.estimates.to_string())
-    if not result.derived.empty:
-        print(result.derived.to_string())
-    summary = result.summary
-    print(format_summary(result))  # fit, stability, diagnostics and identification verdicts, any comparison
-    if summary.get("converged") is False:
-        print("armsdyn: warning: the optimiser did not report convergence", file=sys.stderr)
-    write_calibration(result, target, force=args.force, command=["armsdyn", *sys.argv[1:]])
-    print(f"armsdyn: wrote {target}", file=sys.stderr)
-    return 0
-
-
-def _analyse(args: argparse.Namespace) -> int:
-
-    table = analyse(load_config(args.config), stocks=args.stocks, seed=args.seed)
-    print(summarise(table))
-    if args.out:
-        table.to_csv(args.out, index=False)
-    return 0
-
-
-def _audit(args: argparse.Namespace) -> int:
-
-    spec = load_audit(args.config)
-    target = args.out or Path("results") / spec.experiment.name / "audit"
-    refuse_existing(target, force=args.force)  # before the runs; checked again when writing
-    result = audit(
-        spec,
-        out=target,
-        samples=args.samples,
-        force=args.force,
-        workers=args.workers,
-        chunk_size=args.chunk_size,
-        progress=sys.stderr.isatty(),
-        command=sys.argv,
-    )
-    print(summary_lines(result))
-    print(f"wrote {target}/ (report.md, claims.csv, boxes.csv, figures/)")
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    target = export_results(args.results, args.out, fmt=args.format, force=args.force)
-    print(f"armsdyn: wrote {target}", file=sys.stderr)
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    if args.out is not None:
-        refuse_existing(args.out, force=args.force)  # before the comparison; checked again when writing
-    comparison = compare_results(args.a, args.b, figure=args.figure, top=args.top)
-    print(comparison.report(all_metrics=args.all_metrics))
-    if args.out is not None:
-        print(f"armsdyn: wrote {write_comparison(comparison, args.out, force=args.force)}", file=sys.stderr)
-    if args.figure is not None:
-        print(f"armsdyn: wrote {args.figure}", file=sys.stderr)
-    return 0
-
-
-def _explore(args: argparse.Namespace) -> int:
-    try:
-        from armsdyn.explore import serve  # Bokeh is an optional extra
-    except ImportError as exc:
-        print(f"armsdyn: error: explore needs Bokeh (pip install 'armsdyn[explore]'): {exc}", file=sys.stderr)
-        return 2
-    announce = lambda url: print(f"armsdyn: explorer at {url} (Ctrl+C to stop)", flush=True)  # noqa: E731
-    try:
-        serve(args.config, port=args.port, open_browser=not args.no_browser, announce=announce)
-    except KeyboardInterrupt:
-        print("armsdyn: explorer stopped", file=sys.stderr)
-    return 0
-
-
-_COMMANDS = {
-    "audit": _audit,
-    "run": _run,
-    "check": _check,
-    "figures": _figures,
-    "calibrate": _calibrate,
-    "analyse": _analyse,
-    "models": _models,
-    "describe": describe_input,
-    "loops": _loops,
-    "export": _export,
-    "compare": _compare,
-    "explore": _explore,
-}
+    Returns
+    -------
+    callable
+        Takes the parsed arguments, returns the exit status.
+    """
+    module, _, function = COMMANDS[name].partition(":")
+    handler: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), function)
+    return handler

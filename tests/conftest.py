@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -9,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from armsdyn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -36,6 +40,21 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 def richardson_mdl(tmp_path: Path) -> Path:
     """A private copy of models/richardson.mdl that a test may edit."""
     return Path(shutil.copy(MODELS / "richardson.mdl", tmp_path / "richardson.mdl"))
+
+
+def call_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``armsdyn ARGS`` in this process (:func:`armsdyn.cli.main`) and capture its output.
+
+    The same result as :func:`run_cli` without a new interpreter's seconds of imports; use
+    :func:`run_cli` where the process is the point (the entry point, exit codes, signals).
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's --help, --version and usage errors
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess(["armsdyn", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -142,6 +142,72 @@ def test_no_package_import_hides_inside_a_function() -> None:
     assert not hidden, "function-level imports of the package:\n" + "\n".join(hidden)
 
 
+#: The only functions that import by name at run time: the command line's registry of
+#: subcommands (COMMANDS) and the package's lazy public names (PEP 562).
+DYNAMIC_IMPORTERS = {("armsdyn.cli", "command"), ("armsdyn", "__getattr__")}
+
+
+def _dynamic_imports(path: Path) -> list[tuple[str, int]]:
+    """Calls of importlib.import_module or __import__ in `path`: (innermost enclosing function, line)."""
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Call) and ast.unparse(child.func).split(".")[-1] in (
+                "import_module",
+                "__import__",
+            ):
+                found.append((function, child.lineno))
+            visit(child, child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) else function)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), "<module>")
+    return found
+
+
+def test_only_the_registries_import_by_name(tmp_path: Path) -> None:
+    seen = {(_module_name(p), function, line) for p in PACKAGE.rglob("*.py") for function, line in _dynamic_imports(p)}
+    assert {(m, f) for m, f, _ in seen} >= DYNAMIC_IMPORTERS, "the test no longer sees the registries' imports"
+    hidden = sorted(f"{m}:{line} in {f}" for m, f, line in seen if (m, f) not in DYNAMIC_IMPORTERS)
+    assert not hidden, "imports by name outside the registries:\n" + "\n".join(hidden)
+    # The check sees one hidden in a function, and names that function.
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    import importlib\n    return importlib.import_module('armsdyn.x')\n")
+    assert _dynamic_imports(probe) == [("f", 3)]
+
+
+def test_every_subcommand_has_a_registered_function_and_nothing_else_is_registered() -> None:
+    import argparse
+
+    from armsdyn.cli import COMMANDS, _parser, command
+
+    subparsers = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == set(COMMANDS)
+    for name in COMMANDS:
+        assert callable(command(name)), name
+
+
+def test_the_command_line_loads_heavy_modules_only_for_the_subcommand_that_needs_them() -> None:
+    import subprocess
+    import sys
+
+    code = f"""
+import contextlib, io, sys
+import armsdyn.cli
+assert not [m for m in {HEAVY!r} if m in sys.modules], "import armsdyn.cli"
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    armsdyn.cli.main(["--help"])
+assert not [m for m in {HEAVY!r} if m in sys.modules], "armsdyn --help"
+with contextlib.redirect_stdout(io.StringIO()):
+    assert armsdyn.cli.main(["check", {str(ROOT / "configs" / "richardson.toml")!r}]) == 0
+assert not [m for m in ("scipy.stats", "statsmodels") if m in sys.modules], "armsdyn check"
+assert "armsdyn.calibration" not in sys.modules and "armsdyn.compare" not in sys.modules, "armsdyn check"
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
 def test_the_package_imports_and_locks_without_posix_flock(tmp_path: Path) -> None:
     """Windows has no fcntl: import armsdyn and take a results lock as it would there."""
     import subprocess

@@ -1,8 +1,16 @@
-"""The command line, run as a user runs it: in a subprocess."""
+"""The command line: in this process where the process is not the point, in a subprocess where it is.
+
+Most tests call :func:`armsdyn.cli.main` with the arguments a user types (``call_cli``),
+which is what the ``armsdyn`` command runs; the entry point itself, its exit statuses and the
+absence of a traceback are checked with real processes (``run_cli``, the installed script).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +18,18 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from armsdyn.cli import COMPARE_TOP, main
 from armsdyn.model import file_sha256
-from tests.conftest import CONFIGS, MODELS, ROOT, run_cli
+from tests.conftest import CONFIGS, MODELS, ROOT, call_cli, run_cli
+
+# One worker runs this module, so the Richardson run below is made once per test session, not once per worker.
+pytestmark = pytest.mark.xdist_group("cli")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "richardson"
-    proc = run_cli("run", CONFIGS / "richardson.toml", "--out", out, cwd=ROOT)
+    proc = call_cli("run", CONFIGS / "richardson.toml", "--out", out, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "[5/5] mutual_goodwill" in proc.stderr  # a progress line per scenario
     return out
@@ -72,16 +84,15 @@ def test_manifest_records_provenance(results: Path) -> None:
         assert file_sha256(results / name) == digest
 
 
-def test_existing_results_are_not_overwritten_without_force(tmp_path: Path) -> None:
-    out = tmp_path / "r"
-    assert run_cli("run", CONFIGS / "richardson.toml", "--out", out).returncode == 0
+def test_existing_results_are_not_overwritten_without_force(results: Path, tmp_path: Path) -> None:
+    out = Path(shutil.copytree(results, tmp_path / "r"))  # the same run's folder, this test's to replace
     marker = out / "manifest.json"
     before = marker.read_text()
-    again = run_cli("run", CONFIGS / "richardson.toml", "--out", out)
+    again = call_cli("run", CONFIGS / "richardson.toml", "--out", out)
     assert again.returncode == 2
     assert "already exists; pass --force" in again.stderr
     assert marker.read_text() == before
-    forced = run_cli("run", CONFIGS / "richardson.toml", "--out", out, "--force")
+    forced = call_cli("run", CONFIGS / "richardson.toml", "--out", out, "--force")
     assert forced.returncode == 0, forced.stderr
     assert json.loads(marker.read_text())["started"] >= json.loads(before)["started"]
 
@@ -103,33 +114,57 @@ def test_bad_config_exits_2_without_traceback_and_creates_nothing(tmp_path: Path
 
 
 def test_check_validates_without_running(tmp_path: Path) -> None:
-    proc = run_cli("check", CONFIGS / "richardson.toml", cwd=tmp_path)
+    proc = call_cli("check", CONFIGS / "richardson.toml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "valid" in proc.stdout
     assert not (tmp_path / "results").exists()
 
 
 def test_models_lists_models_with_parameters() -> None:
-    proc = run_cli("models", cwd=ROOT)
+    proc = call_cli("models", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "richardson.mdl" in proc.stdout
     assert "defence coefficient k = 0.9 1/Year" in proc.stdout
 
 
 def test_describe_lists_variables_with_units_and_docs() -> None:
-    proc = run_cli("describe", MODELS / "richardson.mdl")
+    proc = call_cli("describe", MODELS / "richardson.mdl")
     assert proc.returncode == 0, proc.stderr
     assert "arms X [arms]" in proc.stdout
     assert "Armaments of state X" in proc.stdout
-    missing = run_cli("describe", "nowhere.mdl")
+    missing = call_cli("describe", "nowhere.mdl")
     assert missing.returncode == 2
     assert "nowhere.mdl: model file not found" in missing.stderr
 
 
-def test_help_shows_examples() -> None:
-    proc = run_cli("--help")
-    assert proc.returncode == 0
+def test_the_installed_command_shows_help_with_examples_and_exits_0() -> None:
+    script = shutil.which("armsdyn", path=str(Path(sys.executable).parent))
+    assert script is not None, "the armsdyn entry point is not installed next to this Python"
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
     assert "armsdyn run configs/richardson.toml" in proc.stdout
+    # A usage error is argparse's status 2 with the usage line, as for any other error a user can fix.
+    proc = subprocess.run([script, "frobnicate"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2
+    assert "invalid choice: 'frobnicate'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_compare_help_states_the_comparisons_own_default() -> None:
+    from armsdyn.compare import TOP
+
+    assert COMPARE_TOP == TOP
+    proc = call_cli("compare", "--help")
+    assert proc.returncode == 0
+    assert f"variables in the figure (default: {TOP})" in " ".join(proc.stdout.split())
+
+
+def test_an_unknown_export_format_names_the_allowed_ones(tmp_path: Path) -> None:
+    proc = call_cli("export", tmp_path, "--format", "xlsx")
+    assert proc.returncode == 2
+    assert "xlsx" in proc.stderr
+    assert "csv" in proc.stderr
+    assert "parquet" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -143,8 +178,6 @@ def test_help_shows_examples() -> None:
 def test_check_validates_each_kind_of_config_with_its_own_reader(
     config: str, says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from armsdyn.cli import main
-
     assert main(["check", str(CONFIGS / config)]) == 0
     assert says in capsys.readouterr().out
 
@@ -152,7 +185,5 @@ def test_check_validates_each_kind_of_config_with_its_own_reader(
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.toml")))
 def test_every_shipped_config_passes_check(config: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A shipped config that stopped validating (a renamed variable, a changed model) fails here, not for a user."""
-    from armsdyn.cli import main
-
     assert main(["check", str(CONFIGS / config)]) == 0, capsys.readouterr().err
     assert "valid" in capsys.readouterr().out
