@@ -158,7 +158,7 @@ from armsdyn.config import (
     ParameterValue,
     Scenario,
 )
-from armsdyn.ensemble import CompiledModel, TimeGrid, UnsupportedConstruct, compile_model
+from armsdyn.ensemble import CompiledModel, FallbackWarning, TimeGrid, UnsupportedConstruct, compile_model
 from armsdyn.errors import ConfigError, ModelError
 from armsdyn.figures import DOUBLE_COLUMN, SINGLE_COLUMN, paper_style, save_figure
 from armsdyn.model import Model, TimeSettings, file_sha256
@@ -327,8 +327,11 @@ def _compiled_for_many_calls(path: Path) -> CompiledModel:
 class _Simulator:
     """Simulate the model for a batch of parameter vectors; values at every saved time.
 
-    The PySD engine runs :meth:`Model.simulate` once per vector; the ensemble
-    engine runs the batch at once (it matches PySD to rounding).
+    The PySD engine runs :meth:`Model.simulate` once per vector; the compiled
+    engine runs the batch at once (it matches PySD to rounding), fixed time
+    series included (every run reads the same series). A model the compiled
+    engine cannot compile is warned about once (:class:`FallbackWarning`,
+    naming the construct) and simulated with PySD.
     """
 
     def __init__(
@@ -346,6 +349,12 @@ class _Simulator:
         self.variables = list(variables)
         self.engine = engine
         self.fixed = Scenario("fit", parameters=dict(fixed)).pysd_params()
+        # The compiled engine takes numbers as samples, time series as series and redrawn lookups as tables.
+        lookups = {v.name for v in model.of_kind("lookup")}
+        self.constants = {k: float(v) for k, v in fixed.items() if not isinstance(v, tuple)}
+        timed = {k: v for k, v in fixed.items() if isinstance(v, tuple)}
+        self.series = {k: v for k, v in timed.items() if model.element(k)[0].name not in lookups}
+        self.tables = {k: v for k, v in timed.items() if model.element(k)[0].name in lookups}
         self.runs = 0
         # Each observed variable is a model variable, or one element of a subscripted one ("arms[USA]").
         self.sources: list[tuple[str, tuple[int, ...]]] = []
@@ -355,7 +364,12 @@ class _Simulator:
             self.sources.append((var.name, index))
         self.model_variables = list(dict.fromkeys(v for v, _ in self.sources))
         if engine == "compiled":
-            self.compiled = _compiled_for_many_calls(model.path)
+            try:
+                self.compiled = _compiled_for_many_calls(model.path)
+            except UnsupportedConstruct as exc:
+                warnings.warn(f"{exc}; the calibration simulates with PySD instead", FallbackWarning, stacklevel=3)
+                self.engine = "pysd"
+                return
             self.grid = TimeGrid.from_settings(time, model.path)
             self.py_names = [self.compiled.variable(v).py_name for v in self.model_variables]
 
@@ -366,24 +380,31 @@ class _Simulator:
         n_saved = len(self.time.save_times())
         out = np.empty((len(thetas), n_saved, len(self.variables)))
         if self.engine == "compiled":
-            samples = {k: np.full(len(thetas), float(v)) for k, v in self.fixed.items()}
+            samples = {k: np.full(len(thetas), v) for k, v in self.constants.items()}
             samples.update({name: thetas[:, j] for j, name in enumerate(self.names)})
+            series = {k: [v] * len(thetas) for k, v in self.series.items()}
+            tables = {k: [v] * len(thetas) for k, v in self.tables.items()}
             # simulate_arrays skips building a Dataset, a third of the cost of a small batch.
-            values, n = self.compiled.normalise_samples(samples)
             try:
-                found = self.compiled.simulate_arrays(values, n, self.grid, self.py_names)
-            except UnsupportedConstruct:
-                if self.compiled.backend == "numpy":
-                    raise
-                # numba could not compile this kernel (numpy covers more): numpy from now on.
-                self.compiled = compile_model(self.model.path, backend="numpy")
-                found = self.compiled.simulate_arrays(values, n, self.grid, self.py_names)
-            arrays = dict(zip(self.model_variables, found, strict=True))
-            for j, (name, index) in enumerate(self.sources):
-                # (saved, *shape, runs) -> (runs, saved) for the one element observed
-                every_run: tuple[slice | int, ...] = (slice(None), *index, slice(None))
-                out[:, :, j] = arrays[name][every_run].T
-            return out
+                values, n = self.compiled.normalise_inputs(samples, series, tables)
+                try:
+                    found = self.compiled.simulate_arrays(values, n, self.grid, self.py_names)
+                except UnsupportedConstruct:
+                    if self.compiled.backend == "numpy":
+                        raise
+                    # numba could not compile this kernel (numpy covers more): numpy from now on.
+                    self.compiled = compile_model(self.model.path, backend="numpy")
+                    found = self.compiled.simulate_arrays(values, n, self.grid, self.py_names)
+            except UnsupportedConstruct as exc:
+                warnings.warn(f"{exc}; the calibration simulates with PySD instead", FallbackWarning, stacklevel=2)
+                self.engine = "pysd"
+            else:
+                arrays = dict(zip(self.model_variables, found, strict=True))
+                for j, (name, index) in enumerate(self.sources):
+                    # (saved, *shape, runs) -> (runs, saved) for the one element observed
+                    every_run: tuple[slice | int, ...] = (slice(None), *index, slice(None))
+                    out[:, :, j] = arrays[name][every_run].T
+                return out
         for i, theta in enumerate(thetas):
             params = {**self.fixed, **dict(zip(self.names, map(float, theta), strict=True))}
             values = self.model.simulate(params, self.time, self.model_variables)
@@ -537,8 +558,8 @@ def fit_trajectories(
             "jacobian_condition": _scaled_condition(jacobian),
             "message": str(result.message),
             "loss": loss,
-            "engine": engine,
-            "backend": sim.compiled.backend if engine == "compiled" else "pysd",
+            "engine": sim.engine,  # "pysd" where the compiled engine fell back
+            "backend": sim.compiled.backend if sim.engine == "compiled" else "pysd",
         }
     )
     return TrajectoryFit(

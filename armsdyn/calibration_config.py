@@ -402,9 +402,6 @@ def _parse(
     parameters: list[FittedParameter] = []
     if method in ("trajectory", "bayes"):
         parameters = _parse_fitted(cal, model, fixed, observations, problems)
-        series = [k for k, v in fixed.items() if isinstance(v, tuple)]
-        if cal.get("engine") == "compiled" and series:
-            problems.add("calibration.engine", f"the compiled engine takes constants only; {series[0]!r} is a series")
     elif method == "richardson_combined":
         missing = [n for n in PARAMETER_NAMES.values() if n not in model.variables]
         if missing:
@@ -417,10 +414,6 @@ def _parse(
     elif method == "lagged":
         _check_lagged(cal, model, fixed, observations, problems, nested=nested)
     priors = _check_bayes(cal, method, parameters, problems)
-    series = [k for k, v in fixed.items() if isinstance(v, tuple)]
-    if method == "bayes" and series:
-        why = "method 'bayes' runs on the compiled engine, which takes constants only, not a time series"
-        problems.add(f'parameters."{series[0]}"', why)
     if problems.items:
         return None
     # Problems were reported above otherwise; the asserts tell the type checker.
@@ -443,8 +436,8 @@ def _parse(
         observations=observations,
         method=method,
         loss=cal.get("loss", "linear"),
-        # The compiled engine by default; PySD where a fixed parameter is a time series.
-        engine=cal.get("engine", "pysd" if any(isinstance(v, tuple) for v in fixed.values()) else "compiled"),
+        # The compiled engine by default, fixed time series included; PySD where it cannot compile the model.
+        engine=cal.get("engine", "compiled"),
         parameters=tuple(parameters),
         f_scale=float(f_scale),
         bootstrap=cal.get("bootstrap", 0),
