@@ -86,9 +86,9 @@ def main() -> None:
         spec = a.load_audit(args.config)
     with stage("runs"):
         draws = a.sample(spec, args.samples)
-        tables = a._run_values(spec, draws, workers=args.workers, chunk_size=8192, progress=False)
+        tables = a.metric_tables(spec, draws, workers=args.workers, chunk_size=8192, progress=False)
     with stage("ema import"):
-        a._prim_module()
+        importlib.import_module("armsdyn.audit.discovery").prim_module()
     with stage("claims"):
         result = a.AuditResult(spec, draws, a.evaluate_claims(spec, draws, tables), tables)
     with tempfile.TemporaryDirectory() as tmp, stage("write"):
