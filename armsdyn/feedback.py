@@ -18,11 +18,17 @@ or IF THEN ELSE that does not bind, a coefficient or switch that is zero) is sig
 around the run's: its inputs rescaled, then its constants varied too (its structural sign); only
 if it never responds is it undetermined. A loop's polarity is the product of its links': R
 (reinforcing) or B (balancing), or ``?`` when a link is mixed or undetermined.
+
+A model file names its loops in its documentation: a variable whose documentation says
+``Loop group: action-reaction.`` makes every loop through it (any element) an ``action-reaction``
+loop (:func:`documented_groups`), as a config's ``[[attribution.groups]]`` name loops by the
+variables they pass through.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -56,12 +62,16 @@ class Loop:
         +1, -1, or 0 when mixed or undetermined.
     mixed : tuple of bool
         Per link, whether its sign changes along the run (its polarity is then 0). Empty when not known.
+    groups : tuple of str
+        The loop groups the model file's documentation names that the loop passes through
+        (:func:`documented_groups`), in name order.
     """
 
     id: str
     variables: tuple[str, ...]
     polarities: tuple[int, ...]
     mixed: tuple[bool, ...] = ()
+    groups: tuple[str, ...] = ()
 
     @property
     def length(self) -> int:
@@ -594,14 +604,65 @@ def find_loops(
             )
         )
     table.sort(key=lambda c: (len(c[0]), c[0]))
+    documented = documented_groups(model)
     counters = {"R": 0, "B": 0, "?": 0}
     loops = []
     for variables, polarities, mixed in table:
         polarity = {1: "R", -1: "B"}.get(int(np.prod(polarities)), "?")
         counters[polarity] += 1
         prefix = "U" if polarity == "?" else polarity
-        loops.append(Loop(f"{prefix}{counters[polarity]}", variables, polarities, mixed))
+        groups = tuple(loop_groups(variables, documented))
+        loops.append(Loop(f"{prefix}{counters[polarity]}", variables, polarities, mixed, groups))
     return loops
+
+
+#: ``Loop group: NAME`` (or ``Loop groups: NAME, NAME``) in a variable's documentation, up to a
+#: full stop, a semicolon or the end.
+_GROUP_NOTE = re.compile(r"\bloop groups?\s*:\s*([^.;]*)", re.IGNORECASE)
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _'-]*")
+
+
+def documented_groups(model: Model) -> dict[str, tuple[str, ...]]:
+    """The loop groups a model file's documentation names: group name to the variables naming it.
+
+    A variable's documentation names the groups of the loops through it with a sentence
+    ``Loop group: NAME.`` (``Loop groups: NAME, NAME.`` for several), anywhere in the text and in
+    any case; a name runs to the next full stop, semicolon or the end of the documentation and is
+    made of letters, digits, spaces, ``-``, ``_`` and ``'``. Every loop through such a variable (any
+    element of it) belongs to the group, as with a config's ``[[attribution.groups]]``. Name the
+    variable only the group's loops pass through (in the knowledge model, ``rival signal`` for the
+    action-reaction loops).
+
+    Parameters
+    ----------
+    model : Model
+        The model.
+
+    Returns
+    -------
+    dict
+        Group name to the model names of the variables whose documentation names it, both sorted.
+
+    Raises
+    ------
+    ModelError
+        For a note naming no group, a name of other characters, or ``other`` (the attribution's
+        label of what no group accounts for), naming the file and the variable.
+    """
+    found: dict[str, set[str]] = {}
+    for var in model.variables.values():
+        for note in _GROUP_NOTE.finditer(var.doc):
+            for raw in note.group(1).split(","):
+                name = " ".join(raw.split())
+                if not _GROUP_NAME.fullmatch(name) or name.lower() == "other":
+                    msg = (
+                        f"{model.path}: the documentation of {var.name!r} names loop group {name!r}; a loop "
+                        "group is written 'Loop group: NAME.' with a name of letters, digits, spaces, '-', '_' "
+                        "and \"'\" (not 'other'), several separated by commas"
+                    )
+                    raise ModelError(msg)
+                found.setdefault(name, set()).add(var.name)
+    return {name: tuple(sorted(found[name])) for name in sorted(found)}
 
 
 def _cycles_through(nodes: dict[str, set[str]], through: Sequence[str], max_length: int | None) -> Iterator[list[str]]:
@@ -789,15 +850,34 @@ def _nudged_signs(
 def format_loops(loops: list[Loop], groups: Mapping[str, Sequence[str]] | None = None) -> str:
     """The loop table as text: a header line and one line per loop.
 
-    With `groups` (name to variables, as a config's ``[[attribution.groups]]`` give them), each
-    loop through a group's variables is named after it: ``[action-reaction]``.
+    Each loop is named after the groups it belongs to: those of the model file's documentation
+    (:attr:`Loop.groups`) and those of `groups` (name to variables, as a config's
+    ``[[attribution.groups]]`` give them) whose variables it passes through: ``[action-reaction]``.
     """
     lines = ["id   pol  len  variables"]
     for loop in loops:
         line = loop.describe()
-        names = loop_groups(loop.variables, groups or {})
+        names = group_names(loop, groups)
         lines.append(f"{line}  [{', '.join(names)}]" if names else line)
     return "\n".join(lines)
+
+
+def group_names(loop: Loop, groups: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The groups `loop` belongs to: the documentation's (:attr:`Loop.groups`), then those of `groups`.
+
+    Parameters
+    ----------
+    loop : Loop
+        The loop.
+    groups : mapping, optional
+        Group name to the variables its loops pass through (a config's ``[[attribution.groups]]``).
+
+    Returns
+    -------
+    list of str
+        Each name once, the documentation's first.
+    """
+    return list(dict.fromkeys([*loop.groups, *loop_groups(loop.variables, groups or {})]))
 
 
 def loop_groups(variables: Sequence[str], groups: Mapping[str, Sequence[str]]) -> list[str]:

@@ -4,8 +4,9 @@ One function for a notebook: given a model it lists the feedback loops (:func:`a
 as a pandas table; given a run's loop analysis (a results folder's ``loops.nc``, or the Dataset
 :func:`armsdyn.ltm.loop_dominance` or :func:`armsdyn.attribution.analyse_loops` returns) it reads
 the table from the scores and returns the scores beside it. Loops are named after the loop groups
-that pass through them: those a config's ``[[attribution.groups]]`` or the `groups` argument
-name, and those recorded in the loop analysis itself.
+they belong to: those the model file's documentation names (``Loop group: NAME.``), those a
+config's ``[[attribution.groups]]`` or the `groups` argument name, and those recorded in the loop
+analysis itself.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import xarray as xr
 
 from armsdyn.config import load_config
 from armsdyn.errors import ResultsError
-from armsdyn.feedback import Loop, find_loops, loop_groups
+from armsdyn.feedback import Loop, find_loops, group_names
 from armsdyn.figures import LOOPS_FILE
 from armsdyn.model import Model, load_model
 
@@ -66,9 +67,10 @@ def loops(
         written with ``[loop_dominance]`` or ``[attribution]`` (it holds ``loops.nc``), or such a
         Dataset: the loops scored are read from it, and it is returned as the scores.
     groups : mapping or path, optional
-        Loop groups naming the loops: group name to the variables its loops pass through, or a
-        config whose ``[[attribution.groups]]`` to use. A run's own attribution groups (in its
-        ``loops.nc``) name its loops too.
+        Loop groups naming the loops besides those the model file's documentation names
+        (:func:`armsdyn.feedback.documented_groups`): group name to the variables its loops pass
+        through, or a config whose ``[[attribution.groups]]`` to use. A run's own attribution
+        groups (in its ``loops.nc``) name its loops too.
     max_length, limit : int, optional
         For a model: only loops of at most `max_length` variables; stop after `limit` loops
         (:func:`armsdyn.feedback.find_loops`). A large model can have millions of loops (the
@@ -90,14 +92,17 @@ def loops(
 
     Examples
     --------
+    The loops of Richardson's model, named by its documentation (``Loop group: fatigue.``) and here
+    also after a group of one's own:
+
     >>> import armsdyn
-    >>> report = armsdyn.loops("models/richardson.mdl", groups={"action-reaction": ["reaction of X"]})
+    >>> report = armsdyn.loops("models/richardson.mdl", groups={"X's restraint": ["fatigue of X"]})
     >>> report.table[["name", "length", "polarity"]]  # doctest: +NORMALIZE_WHITESPACE
-                     name  length polarity
+                             name  length polarity
     loop
-    B1                          3        B
-    B2                          3        B
-    R1    action-reaction       6        R
+    B1    fatigue, X's restraint       3        B
+    B2                   fatigue       3        B
+    R1           action-reaction       6        R
     >>> report.table.loc["B1", "variables"]
     ('arms X', 'fatigue of X', 'arming rate X')
 
@@ -144,18 +149,14 @@ def loop_table(found: Sequence[Loop], groups: Mapping[str, Sequence[str]] | None
 
 
 def _table(found: Sequence[Loop], groups: Mapping[str, Sequence[str]]) -> pd.DataFrame:
-    return _rows([(loop.id, loop.variables, loop.polarity) for loop in found], groups)
-
-
-def _rows(rows: Sequence[tuple[str, tuple[str, ...], str]], groups: Mapping[str, Sequence[str]]) -> pd.DataFrame:
-    """The table of ``(id, variables, polarity)`` rows."""
+    """The table of `found`, each loop named after its documented groups and those of `groups`."""
     columns = {
-        "name": [", ".join(loop_groups(variables, groups)) for _, variables, _ in rows],
-        "variables": [variables for _, variables, _ in rows],
-        "length": [len(variables) for _, variables, _ in rows],
-        "polarity": [polarity for _, _, polarity in rows],
+        "name": [", ".join(group_names(loop, groups)) for loop in found],
+        "variables": [loop.variables for loop in found],
+        "length": [loop.length for loop in found],
+        "polarity": [loop.polarity for loop in found],
     }
-    index = pd.Index([loop_id for loop_id, _, _ in rows], name="loop", dtype=object)
+    index = pd.Index([loop.id for loop in found], name="loop", dtype=object)
     return pd.DataFrame(columns, index=index, columns=list(COLUMNS)).astype({"length": int})
 
 
@@ -172,13 +173,19 @@ def _from_scores(ds: xr.Dataset, groups: dict[str, tuple[str, ...]], where: str)
         for name, variables in zip(ds["loop_group"].values, ds["group_variables"].values, strict=True):
             if str(variables) and str(name) not in groups:
                 groups[str(name)] = tuple(str(variables).split(", "))
-    rows = []
+    found = []
     if "loop" in ds.dims:
-        for loop_id, variables, polarity in zip(
-            ds["loop"].values, ds["loop_variables"].values, ds["polarity"].values, strict=True
+        n = ds.sizes["loop"]
+        # Written before loops were named from the model's documentation: no documented groups.
+        documented = ds["loop_groups"].values if "loop_groups" in ds.coords else [""] * n
+        for loop_id, variables, polarity, named in zip(
+            ds["loop"].values, ds["loop_variables"].values, ds["polarity"].values, documented, strict=True
         ):
-            rows.append((str(loop_id), tuple(str(variables).split(" -> ")), str(polarity)))
-    return LoopReport(_rows(rows, groups), ds)
+            # The loop's own polarity is stored, not its links': the table needs only the former.
+            signs = {"R": (1,), "B": (-1,)}.get(str(polarity), (0,))
+            names = tuple(str(variables).split(" -> "))
+            found.append(Loop(str(loop_id), names, signs, (), tuple(filter(None, str(named).split(", ")))))
+    return LoopReport(_table(found, groups), ds)
 
 
 def _groups(groups: Mapping[str, Sequence[str]] | str | os.PathLike[str] | None) -> dict[str, tuple[str, ...]]:

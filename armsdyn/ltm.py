@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from armsdyn.feedback import Loop, RunStates, find_loops, loop_groups
+from armsdyn.feedback import Loop, RunStates, find_loops, group_names
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.specs import Experiment, Scenario
 
@@ -85,7 +85,8 @@ def loop_dominance(
         ``link_score`` with dims ``(scenario, link, time)``, ``stock_level`` (the levels of the
         loops' stocks) with dims ``(scenario, stock, time)``. Coordinates on ``loop``: ``polarity``
         (R, B or ?, from the links' signs over the model file's run), ``length``, ``loop_variables``
-        (the loop's variables joined by ``" -> "``) and ``partition`` (its cycle partition); on
+        (the loop's variables joined by ``" -> "``), ``loop_groups`` (the loop groups the model file's
+        documentation names it after, joined by ``", "``) and ``partition`` (its cycle partition); on
         ``link``: ``source`` and ``target`` (model names).
     """
     if isinstance(model, Experiment):
@@ -138,6 +139,7 @@ def loop_dominance(
         "polarity": ("loop", [loop.polarity for loop in loops]),
         "length": ("loop", [loop.length for loop in loops]),
         "loop_variables": ("loop", [" -> ".join(loop.variables) for loop in loops]),
+        "loop_groups": ("loop", [", ".join(loop.groups) for loop in loops]),
         "partition": ("loop", partitions),
         "source": ("link", [a for a, _ in links]),
         "target": ("link", [b for _, b in links]),
@@ -373,6 +375,6 @@ def format_dominance(
         path = " -> ".join((*loop.variables, loop.variables[0]))
         m, p = float(mean.sel(loop=loop.id)), float(peak.sel(loop=loop.id))
         line = f"{loop.id:<4} {loop.polarity}  {loop.length:>3}  {m:5.3f}  {p:5.3f}  {path}"
-        names = loop_groups(loop.variables, groups or {})
+        names = group_names(loop, groups)
         lines.append(f"{line}  [{', '.join(names)}]" if names else line)
     return "\n".join(lines)

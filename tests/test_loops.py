@@ -13,7 +13,15 @@ import xarray as xr
 import armsdyn
 from armsdyn import loop_table
 from armsdyn.errors import ModelError, ResultsError
-from armsdyn.feedback import Loop, RunStates, elementary_cycles, find_loops, link_polarity
+from armsdyn.feedback import (
+    Loop,
+    RunStates,
+    documented_groups,
+    elementary_cycles,
+    find_loops,
+    link_polarity,
+    on_feedback_loops,
+)
 from armsdyn.loop_table import loops
 from armsdyn.ltm import loop_dominance
 from armsdyn.model import load_model
@@ -226,7 +234,8 @@ def test_loops_api_gives_a_models_loop_table_named_after_groups(tmp_path: Path) 
     assert list(table.columns) == ["name", "variables", "length", "polarity"]
     assert table.index.name == "loop"
     assert dict(table["polarity"]) == {"B1": "B", "B2": "B", "R1": "R"}
-    assert dict(table["name"]) == {"B1": "", "B2": "", "R1": "action-reaction"}
+    # The model file's documentation names both kinds of loop (Loop group: ...).
+    assert dict(table["name"]) == {"B1": "fatigue", "B2": "fatigue", "R1": "action-reaction"}
     assert table.loc["R1", "variables"] == (
         "arms X", "reaction of Y", "arming rate Y", "arms Y", "reaction of X", "arming rate X"
     )  # fmt: skip
@@ -235,12 +244,12 @@ def test_loops_api_gives_a_models_loop_table_named_after_groups(tmp_path: Path) 
     config = write_config(
         tmp_path,
         '[attribution]\nstocks = ["arms X"]\n'
-        '[[attribution.groups]]\nname = "fatigue"\nvariables = ["fatigue of X", "fatigue of Y"]\n',
+        '[[attribution.groups]]\nname = "restraint"\nvariables = ["fatigue of X"]\n',
     )
     assert dict(loops(load_model(MODELS / "richardson.mdl"), groups=config).table["name"]) == {
-        "B1": "fatigue",
+        "B1": "fatigue, restraint",
         "B2": "fatigue",
-        "R1": "",
+        "R1": "action-reaction",
     }
 
 
@@ -266,15 +275,16 @@ def test_loops_api_reads_a_results_folders_loop_table_and_scores(tmp_path: Path)
         'parameters = { "defence coefficient k" = 0.3, "defence coefficient l" = 0.3 }\n'
         "[loop_dominance]\n"
         '[attribution]\nstocks = ["arms X"]\n'
-        '[[attribution.groups]]\nname = "action-reaction"\nvariables = ["reaction of X", "reaction of Y"]\n',
+        '[[attribution.groups]]\nname = "reaction"\nvariables = ["reaction of X", "reaction of Y"]\n',
     )
     folder = run_experiment(config, out=tmp_path / "results")
     report = loops(folder)
     assert report.scores is not None
-    # The table is the loops the run scored, named after the run's own attribution groups.
+    # The table is the loops the run scored, named as the model's documentation and the run's own
+    # attribution groups name them.
     expected = loops(MODELS / "richardson.mdl").table
     pd.testing.assert_frame_equal(report.table.drop(columns="name"), expected.drop(columns="name"))
-    assert dict(report.table["name"]) == {"B1": "", "B2": "", "R1": "action-reaction"}
+    assert dict(report.table["name"]) == {"B1": "fatigue", "B2": "fatigue", "R1": "action-reaction, reaction"}
     with xr.open_dataset(folder / "loops.nc") as saved:
         xr.testing.assert_identical(report.scores, saved.load())
     assert report.scores["relative_loop_score"].dims == ("scenario", "loop", "time")
@@ -283,7 +293,7 @@ def test_loops_api_reads_a_results_folders_loop_table_and_scores(tmp_path: Path)
     # The Dataset itself (as loop_dominance returns it) gives the same table.
     pd.testing.assert_frame_equal(loops(report.scores).table, report.table)
     dominance = loop_dominance(MODELS / "richardson.mdl")
-    pd.testing.assert_frame_equal(loops(dominance).table.drop(columns="name"), expected.drop(columns="name"))
+    pd.testing.assert_frame_equal(loops(dominance).table, expected)
 
 
 def test_loops_api_refuses_what_holds_no_loop_analysis(tmp_path: Path) -> None:
@@ -293,3 +303,104 @@ def test_loops_api_refuses_what_holds_no_loop_analysis(tmp_path: Path) -> None:
         loops(folder)
     with xr.open_dataset(folder / "results.nc") as ds, pytest.raises(ResultsError, match="holds no loop analysis"):
         loops(ds.load())
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (
+            "richardson.mdl",
+            {"action-reaction": ("reaction of X", "reaction of Y"), "fatigue": ("fatigue of X", "fatigue of Y")},
+        ),
+        (
+            "richardson.xmile",
+            {"action-reaction": ("reaction of X", "reaction of Y"), "fatigue": ("fatigue of X", "fatigue of Y")},
+        ),
+        ("richardson_n.mdl", {"action-reaction": ("reaction",), "fatigue": ("fatigue",)}),
+        ("richardson_n_1909.mdl", {"action-reaction": ("reaction",), "fatigue": ("fatigue",)}),
+        (
+            "knowledge_engine.mdl",
+            {
+                "action-reaction": ("rival signal",),
+                "military research push": ("frontier push",),
+                "treaty": ("treaty in force",),
+            },
+        ),
+        ("security_dilemma.mdl", {"action-reaction": ("rival forces", "threat faced")}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_every_shipped_model_names_its_loop_groups_in_its_documentation(model: str, expected: dict) -> None:
+    assert documented_groups(load_model(MODELS / model)) == expected
+    # Each names variables on feedback loops, so a group names loops (not an exogenous driver).
+    on_loops = on_feedback_loops(load_model(MODELS / model))
+    assert {v for variables in expected.values() for v in variables} <= on_loops
+
+
+def test_subscripted_loops_are_named_after_the_documented_group_of_any_element() -> None:
+    found = find_loops(MODELS / "richardson_n.mdl")
+    for loop in found:
+        expected = {"reaction": "action-reaction", "fatigue": "fatigue"}
+        assert loop.groups == tuple(
+            sorted({expected[v.split("[")[0]] for v in loop.variables if v.split("[")[0] in expected})
+        )
+    assert {loop.groups for loop in found} == {("action-reaction",), ("fatigue",)}
+
+
+def _documented(text: str, variable: str, doc: str) -> str:
+    """The model text with `doc` as the documentation of `variable` (which has none)."""
+    start = text.index(f"\n{variable}=") + 1
+    blank = text.index("\t~\t|", text.index("\t~\t", start) + 3)
+    return text[:blank] + f"\t~\t{doc}\n\t|" + text[blank + len("\t~\t|") :]
+
+
+def test_documentation_names_loop_groups_in_a_sentence_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "logistic.mdl"
+    text = _documented(HAND_MADE, "crowding", "How full the land is. LOOP GROUPS: carrying capacity, limits; more.")
+    path.write_text(_documented(text, "deaths", "loop group:   mortality"), encoding="utf-8")
+    model = load_model(path)
+    assert documented_groups(model) == {
+        "carrying capacity": ("crowding",),
+        "limits": ("crowding",),
+        "mortality": ("deaths",),
+    }
+    named = {loop.variables: loop.groups for loop in find_loops(model)}
+    assert named == {
+        ("population", "births"): (),
+        ("population", "deaths"): ("mortality",),
+        ("population", "crowding", "birth rate", "births"): ("carrying capacity", "limits"),
+    }
+    proc = run_cli("loops", path)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.rsplit("  ", 1)[-1] for line in proc.stdout.splitlines()[1:] if line.endswith("]")] == [
+        "[mortality]",
+        "[carrying capacity, limits]",
+    ]
+
+
+@pytest.mark.parametrize(
+    "note", ["Loop group: .", "Loop group: other.", "Loop group: guns+butter", "Loop groups: arms, , race."]
+)
+def test_a_malformed_loop_group_note_is_refused_naming_the_variable(tmp_path: Path, note: str) -> None:
+    path = tmp_path / "logistic.mdl"
+    path.write_text(_documented(HAND_MADE, "lifetime", note), encoding="utf-8")
+    with pytest.raises(
+        ModelError, match=r"logistic\.mdl: the documentation of 'lifetime' names loop group .*'Loop group: NAME\.'"
+    ):
+        documented_groups(load_model(path))
+
+
+def test_the_cli_names_loops_from_the_models_documentation() -> None:
+    proc = run_cli("loops", MODELS / "richardson.mdl")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert rows["R1"].endswith("[action-reaction]")
+    assert rows["B1"].endswith("[fatigue]")
+    assert rows["B2"].endswith("[fatigue]")
+    # loops.nc keeps the names: the Dataset of the scores has them per loop.
+    ds = loop_dominance(MODELS / "richardson.mdl")
+    assert dict(zip(ds["loop"].values, ds["loop_groups"].values, strict=True)) == {
+        "B1": "fatigue",
+        "B2": "fatigue",
+        "R1": "action-reaction",
+    }
