@@ -6,8 +6,8 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -24,7 +24,7 @@ import armsdyn
 from armsdyn import NumericalError
 from armsdyn.cli import main
 from armsdyn.sensitivity import run_study
-from tests.conftest import CONFIGS, ROOT, run_cli, write_config
+from tests.conftest import CONFIGS, ROOT, call_cli, write_config
 
 
 def complete(folder: Path) -> dict[str, object]:
@@ -38,29 +38,112 @@ def complete(folder: Path) -> dict[str, object]:
     return manifest
 
 
-@pytest.mark.slow
-def test_kill_at_random_moments_never_leaves_a_half_written_folder(tmp_path: Path) -> None:
-    out = tmp_path / "richardson"
-    first = run_cli("run", CONFIGS / "richardson.toml", "--out", out)
-    assert first.returncode == 0, first.stderr
-    seen = {complete(out)["started"]}
-    rng = random.Random(20261126)
-    env = {**os.environ}
-    for _ in range(12):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "armsdyn", "run", str(CONFIGS / "richardson.toml"), "--out", str(out), "--force"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        time.sleep(rng.uniform(0.5, 6.0))
+#: A child that runs ``armsdyn run CONFIG --out OUT --force`` and, on reaching the kill point named
+#: by its first argument, says "reached" on stdout and waits for its SIGKILL. The wrappers pass every
+#: call through; only "between the two renames" also makes the atomic exchange unavailable, as on a
+#: system without renameat2 (macOS, Windows, older Linux), so the folder is swapped by two renames.
+KILL_CHILD = """
+import os, pathlib, signal, sys
+import matplotlib.figure
+import armsdyn.output, armsdyn.pipeline
+from armsdyn.cli import main
+
+point, config, out = sys.argv[1:]
+
+def reached():
+    os.write(1, b"reached\\n")
+    while True:
+        signal.pause()
+
+def before(owner, name):
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        reached()
+        return original(*args, **kwargs)
+    setattr(owner, name, wrapper)
+
+def after(owner, name, when=lambda *args: True):
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if when(*args):
+            reached()
+        return result
+    setattr(owner, name, wrapper)
+
+if point == "while the scenarios run":
+    before(armsdyn.pipeline, "run")
+elif point == "after results.nc is written":
+    before(armsdyn.output, "compute_metrics")
+elif point == "while a figure is saved":
+    before(matplotlib.figure.Figure, "savefig")
+elif point == "before the manifest is written":
+    before(armsdyn.output, "build_manifest")
+elif point == "before the swap":
+    before(armsdyn.output, "_replace")
+elif point == "after the swap, before the earlier results are removed":
+    after(armsdyn.output, "_exchange")
+elif point == "between the two renames":
+    armsdyn.output._exchange = lambda a, b: False
+    after(pathlib.Path, "rename", lambda src, dst: ".old-" in pathlib.Path(dst).name)
+else:
+    raise SystemExit(f"unknown kill point {point!r}")
+sys.exit(main(["run", config, "--out", out, "--force"]))
+"""
+
+#: Where a run is killed, and whether the folder then holds the new results (else the earlier ones).
+KILL_POINTS = {
+    "while the scenarios run": False,
+    "after results.nc is written": False,
+    "while a figure is saved": False,
+    "before the manifest is written": False,
+    "before the swap": False,
+    "after the swap, before the earlier results are removed": True,
+}
+
+
+def _kill_at(point: str, out: Path) -> None:
+    """Run the KILL_CHILD to `point` and SIGKILL it (its whole process group) there."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_CHILD, point, str(CONFIGS / "richardson.toml"), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 300)
+        line = proc.stdout.readline() if ready else b""
+    finally:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        # Whatever the moment, the folder is a complete run: the earlier one or the new one.
-        seen.add(complete(out)["started"])
+        _, err = proc.communicate()
+    assert line == b"reached\n", f"the run did not reach the kill point {point!r}:\n{err.decode()[-2000:]}"
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_point_never_leaves_a_half_written_folder(tmp_path: Path) -> None:
+    out = tmp_path / "richardson"
+    first = call_cli("run", CONFIGS / "richardson.toml", "--out", out)
+    assert first.returncode == 0, first.stderr
+    earlier = complete(out)["started"]
+    for point, replaced in KILL_POINTS.items():
+        _kill_at(point, out)
+        # Whatever the moment, the folder is a complete run: the earlier one, or the new one once swapped in.
+        started = complete(out)["started"]
+        assert (started != earlier) == replaced, point
+        earlier = started
+    # Without an atomic exchange a kill between the two renames leaves no folder, the earlier results
+    # hidden beside it; the next run puts them back (here one without --force, which then refuses).
+    _kill_at("between the two renames", out)
+    assert not out.exists()
+    (hidden,) = tmp_path.glob(".richardson.old-*")
+    assert complete(hidden)["started"] == earlier
+    again = call_cli("run", CONFIGS / "richardson.toml", "--out", out)
+    assert again.returncode == 2
+    assert "already exists; pass --force" in again.stderr
+    assert complete(out)["started"] == earlier
     # The next run cleans up whatever the killed ones left beside the folder.
-    last = run_cli("run", CONFIGS / "richardson.toml", "--out", out, "--force")
+    last = call_cli("run", CONFIGS / "richardson.toml", "--out", out, "--force")
     assert last.returncode == 0, last.stderr
     complete(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["richardson"]
@@ -106,14 +189,14 @@ def test_stop_on_fault_stops_with_the_scenario_variable_and_time(tmp_path: Path)
         NumericalError, match=r"scenario 'explodes': 'arm.*' became (inf|-inf|nan) at time [0-9.]+ Year"
     ):
         armsdyn.run(config, stop_on_fault=True)
-    proc = run_cli("run", config, "--out", tmp_path / "out", "--stop-on-fault")
+    proc = call_cli("run", config, "--out", tmp_path / "out", "--stop-on-fault")
     assert proc.returncode == 2
     assert "scenario 'explodes'" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_fault_without_stop_is_a_warning_and_the_run_completes(tmp_path: Path) -> None:
-    proc = run_cli("run", write_config(tmp_path, EXPLODING), "--out", tmp_path / "out")
+    proc = call_cli("run", write_config(tmp_path, EXPLODING), "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "armsdyn: warning: scenario 'explodes'" in proc.stderr
     complete(tmp_path / "out")
@@ -125,7 +208,7 @@ def test_names_that_would_escape_the_results_folder_are_rejected(tmp_path: Path,
         tmp_path,
         f'[[scenarios]]\nname = "{name}"\n[[figures]]\nkind = "time_series"\nname = "{name}"\nvariables = ["arms X"]\n',
     )
-    proc = run_cli("run", config, "--out", tmp_path / "out")
+    proc = call_cli("run", config, "--out", tmp_path / "out")
     assert proc.returncode == 2
     assert "is not a safe" in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -433,7 +516,8 @@ def test_two_forced_studies_at_once_the_second_is_refused(tmp_path: Path) -> Non
     # Once the lock is free, the same command runs and clears the store it replaces.
     (store / "plan.json").unlink()
     (store / "chunk-000000.nc").unlink()
-    assert subprocess.run(args, capture_output=True, text=True, timeout=300, check=False).returncode == 0
+    done = call_cli(*args[3:])
+    assert done.returncode == 0, done.stderr
     complete(out)
     assert not store.exists()
 
@@ -559,6 +643,6 @@ def test_a_killed_scheduler_is_a_message_and_the_study_resumes(tmp_path: Path) -
     assert f"{address}: lost the Dask scheduler while the study ran" in line
     assert "--resume" in line
     assert not out.exists()
-    resumed = run_cli(*args, "--resume", "--workers", "1")
+    resumed = call_cli(*args, "--resume", "--workers", "1")
     assert resumed.returncode == 0, resumed.stderr
     complete(out)
