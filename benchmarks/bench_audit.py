@@ -23,22 +23,40 @@ one worker, 50 s under the profiler [1.4]: runs 15.3 s (numpy kernel 9.9 s of it
 PRIM 8.5 s, EMA import 9.7 s (its method logger inspects the call stack:
 ``inspect.getmodule`` over 2,300 loaded modules, 2.7 million ``hasattr`` calls),
 figures 10.7 s (30 files), config 5.9 s (a translation-cache miss).
-``armsdyn audit`` at 10,000 samples: 71 s wall [11]; the issue recorded 2:25 (52 s CPU)
-under load, about 45 s of it the numpy kernel.
+``armsdyn audit`` at 10,000 samples: 71 s wall [11] (the numba kernel already cached on disk by
+an earlier run); the issue recorded 2:25 (52 s CPU) under load, about 45 s of it the numpy kernel.
 
-numba kernel in this process (2 threads), EMA imported only for PRIM, 10,000 samples [9.7 before, 9.5 after]:
+numba kernel in this process (2 threads), EMA imported only for PRIM, 10,000 samples
+(2026-12-02, after the package split; [8.7 before, 9.9 after]):
 
 =========== ====== =====
 stage       wall s cpu s
 =========== ====== =====
-import        5.78  1.87
-load          3.20  1.03
-runs         20.73  7.08
-ema import   11.52  4.48
-claims       12.47  4.90
-write        18.33  6.75
-total        72.05 26.1
+import        3.97  1.53
+load          2.13  0.86
+runs         17.42  6.08
+ema import   15.15  5.14
+claims       17.16  5.89
+write        21.25  6.76
+total        77.10 26.3
 =========== ====== =====
+
+``armsdyn audit configs/audit_knowledge_argument.toml --samples 10000`` (every core), the audit
+code before (9c78be8's audit, metrics and richardson modules on today's engine) and after, the
+same load [7 to 10]; CPU is user + system of the command and its worker processes:
+
+============================================= ============ ============
+numba kernel and model translation            before       after
+============================================= ============ ============
+cached on disk (a second audit)               77 s, 26 s   46 s, 24 s
+not cached (fresh ``ARMSDYN_CACHE_DIR``)      106 s, 36 s  78 s, 30 s
+============================================= ============ ============
+
+Before, the engine's "auto" choice ran numpy in each worker process and switched
+to numba only once a chunk's pilot showed it paid (with a cached kernel, mostly);
+the issue's 2:25 (52 s CPU) was numpy throughout. After, numba runs every chunk
+(compiled once, about 20 s CPU, then loaded from disk), so a second audit spends
+about 6 s CPU on 30,000 runs; the rest is the EMA import, PRIM and the figures.
 """
 
 from __future__ import annotations
