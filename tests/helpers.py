@@ -10,6 +10,9 @@ it once per test process.
 state (``hardware A``, ``hardware B``) where the shipped model has a ``state``
 subscript (``hardware[A]``); PySD runs the scalar file about a hundred times
 faster. The name mapping between the two lives here, once.
+``tests/data/richardson_n_per_element.mdl`` is ``models/richardson_n.mdl`` written
+the same way (``arms USA``, ``defence coefficient k USA China`` for
+``defence coefficient k[USA, China]``), for the engine tests' PySD reference.
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ def scalar_twin(model: Path) -> Path | None:
     return twin if twin.is_file() else None
 
 
+def element_twin(model: Path) -> Path | None:
+    """A shipped model written per element, if it has such a twin: its scalar twin or ``<stem>_per_element.mdl``.
+
+    The latter holds matrices (one constant per element of ``k[state, rival]``), which the
+    element-by-element check of ``tests/test_ensemble.py`` (one subscript) does not read; the
+    engine tests read them through :func:`scalar_names`.
+    """
+    twin = ROOT / "tests" / "data" / f"{Path(model).stem}_per_element.mdl"
+    return scalar_twin(model) or (twin if twin.is_file() else None)
+
+
 _references: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
 
 
@@ -69,13 +83,22 @@ def pysd_run(
 
 
 def scalar_name(name: str) -> str:
-    """The scalar twin's name of one element of a one-dimensional subscripted name: ``x[A]`` -> ``x A``."""
-    return re.sub(r"\[(\w+)\]$", r" \1", name)
+    """The scalar twin's name of one element of a subscripted name: ``x[A]`` -> ``x A``, ``k[A, B]`` -> ``k A B``."""
+    return re.sub(r"\[([\w, ]+)\]$", lambda m: " " + " ".join(e.strip() for e in m.group(1).split(",")), name)
 
 
-def scalar_names(name: str, model: str = "knowledge_engine") -> list[str]:
-    """The scalar twin's variables that hold the per-state variable `name` of `model` (a stem), in STATES order."""
-    return list(TWIN_NAMES.get(model, {}).get(name) or [f"{name} {s}" for s in STATES])
+def scalar_names(
+    name: str, model: str = "knowledge_engine", elements: Sequence[tuple[str, ...]] | None = None
+) -> list[str]:
+    """The scalar twin's variables that hold the subscripted variable `name` of `model` (a stem).
+
+    One per element, in the order of `elements` (tuples of one element per subscript range, as
+    :meth:`armsdyn.model.Variable.elements` gives them; default: STATES).
+    """
+    named = TWIN_NAMES.get(model, {}).get(name)
+    if named is not None:
+        return list(named)
+    return [f"{name} {' '.join(e)}" for e in (elements or [(s,) for s in STATES])]
 
 
 def subscripted_counterpart(
