@@ -74,7 +74,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from armsdyn.ensemble import compile_model
+from armsdyn.ensemble import UnsupportedConstruct, compile_model
 from armsdyn.errors import ModelError, did_you_mean
 from armsdyn.feedback import find_loops, on_feedback_loops
 from armsdyn.ltm import loop_dominance, named_scenarios
@@ -118,9 +118,9 @@ def attribute(
     time : TimeSettings, optional
         Time settings (default: the model file's). The runs are read at every step.
     engine : {"compiled", "pysd"}
-        What runs the knockouts: the compiled engine, all scenarios and knockouts at once (PySD
-        for a scenario with a time-series override, or a model it cannot compile), or PySD, run by
-        run (the reference, as ``[experiment] engine = "pysd"``).
+        What runs the knockouts: the compiled engine, all scenarios and knockouts at once, time
+        series and redrawn lookups included (PySD for a model, series or table it cannot
+        compile), or PySD, run by run (the reference, as ``[experiment] engine = "pysd"``).
 
     Returns
     -------
@@ -131,7 +131,8 @@ def attribute(
         attributed)``; ``knockout_change`` ``(scenario, knockout, attributed)``, the change in each
         knockout run (``knockout`` labelled by its active groups, ``"none"`` for all cut).
         ``attributed`` holds the stock elements (``"effective power[A]"``). Attrs ``method``,
-        ``window_start``, ``window_end``, ``time_step``.
+        ``window_start``, ``window_end``, ``time_step`` and ``engine`` (``"compiled"`` or
+        ``"pysd"``: what ran the knockouts).
 
     Raises
     ------
@@ -154,7 +155,9 @@ def attribute(
     labels = [var.element_name(e) if var.dims else var.name for var in stocks for e in _elements(var)]
     # change[s, m, j]: the change of stock element j in scenario s with active groups masks[m].
     change = np.full((len(named), len(masks), len(labels)), np.nan)
-    runs = _run_all(path, model, named, masks, [v.name for v in stocks], settings, compiled=engine == "compiled")
+    runs, ran_on = _run_all(
+        path, model, named, masks, [v.name for v in stocks], settings, compiled=engine == "compiled"
+    )
     for s in range(len(named)):
         for m in range(len(masks)):
             values = runs[s][m]
@@ -222,6 +225,7 @@ def attribute(
             "window_end": float(t1),
             "time_step": settings.step,
             "model": str(model.path),
+            "engine": ran_on,
         },
     )
 
@@ -365,48 +369,73 @@ def _run_all(
     settings: TimeSettings,
     *,
     compiled: bool = True,
-) -> list[list[dict[str, np.ndarray]]]:
-    """Every scenario under every knockout: ``runs[scenario][mask][stock]`` at every step.
+) -> tuple[list[list[dict[str, np.ndarray]]], str]:
+    """Every scenario under every knockout: ``runs[scenario][mask][stock]`` at every step, and the engine.
 
-    Scenarios with constant overrides only run together on the compiled engine; the others
-    (time-series overrides), or all when the engine cannot compile the model, run with PySD.
+    Every scenario and knockout runs as one batch of the compiled engine, as an experiment runs
+    its scenarios: constants given as numbers are samples; a constant given as a time series in any
+    scenario is a series for every run (a number as a series of one point, the model's own value
+    where a scenario leaves it), and a redrawn lookup a table per run. Where the engine cannot
+    compile the model, a series or a table, or `compiled` is false, PySD runs them one by one.
+    The engine is returned as ``"compiled"`` or ``"pysd"``.
     """
     out: list[list[dict[str, np.ndarray]]] = [[{} for _ in masks] for _ in named]
     cuts = [f"{_CUT_PREFIX} {i + 1}" for i in range(len(masks[0]))]
-    batch = [s for s, (_, p) in enumerate(named) if not any(isinstance(v, pd.Series | tuple) for v in p.values())]
-    engine = None
-    if batch and compiled:
+    if compiled:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                engine = compile_model(path, backend="numpy")
-        except Exception:  # a construct the engine does not compile: PySD runs them all
-            engine = None
-    if engine is None:
-        batch = []
-    if engine is not None and batch:
-        keys = sorted({k for s in batch for k in named[s][1]})
-        rows = [(s, m) for s in batch for m in range(len(masks))]
-        samples = {k: np.array([float(named[s][1].get(k, _model_value(model, k))) for s, _ in rows]) for k in keys}
-        for c, cut in enumerate(cuts):
-            samples[cut] = np.array([1.0 - masks[m][c] for _, m in rows])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = engine.run(samples, time=settings, variables=stocks)
-        for r, (s, m) in enumerate(rows):
-            for name in stocks:
-                var = model.variable(name)
-                out[s][m][name] = ds[var.py_name].isel(run=r).transpose("time", *var.dim_names).values
-    by_pysd = [(s, params) for s, (_, params) in enumerate(named) if s not in batch]
-    if not by_pysd:
-        return out
+            ds = _run_compiled(path, model, named, masks, cuts, stocks, settings)
+        except UnsupportedConstruct:  # a construct, series or table it does not compile
+            ds = None
+        if ds is not None:
+            for r, (s, m) in enumerate(itertools.product(range(len(named)), range(len(masks)))):
+                for name in stocks:
+                    var = model.variable(name)
+                    out[s][m][name] = ds[var.py_name].isel(run=r).transpose("time", *var.dim_names).values
+            return out, "compiled"
     knocked = load_model(path)
-    for s, params in by_pysd:
+    for s, (_, params) in enumerate(named):
         for m, mask in enumerate(masks):
             cut_params = {cut: 1.0 - on for cut, on in zip(cuts, mask, strict=True)}
             result = knocked.simulate({**params, **cut_params}, settings, stocks)
             out[s][m] = {name: np.asarray(result[name], dtype=float) for name in stocks}
-    return out
+    return out, "pysd"
+
+
+def _run_compiled(
+    path: Path,
+    model: Model,
+    named: list[tuple[str, dict[str, Any]]],
+    masks: list[tuple[float, ...]],
+    cuts: list[str],
+    stocks: list[str],
+    settings: TimeSettings,
+) -> xr.Dataset:
+    """The knockout runs as one batch of the compiled engine, run ``s * len(masks) + m``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = compile_model(path, backend="numpy")
+    rows = list(itertools.product(range(len(named)), range(len(masks))))
+    keys = sorted({k for _, params in named for k in params})
+    timed = {k for _, params in named for k, v in params.items() if isinstance(v, pd.Series | tuple)}
+    tables = {k for k in timed if model.element(k)[0].kind == "lookup"}
+    t0 = float(settings.initial)
+
+    def timed_value(value: Any) -> Any:
+        # A number where another scenario gives a series: a series of one point, held.
+        return value if value is None or isinstance(value, pd.Series | tuple) else ((t0, float(value)),)
+
+    samples = {
+        k: np.array([float(named[s][1].get(k, _model_value(model, k))) for s, _ in rows])
+        for k in keys
+        if k not in timed
+    }
+    for c, cut in enumerate(cuts):
+        samples[cut] = np.array([1.0 - masks[m][c] for _, m in rows])
+    series = {k: [timed_value(named[s][1].get(k)) for s, _ in rows] for k in sorted(timed - tables)}
+    lookups = {k: [named[s][1].get(k) for s, _ in rows] for k in sorted(tables)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return engine.run(samples, time=settings, variables=stocks, series=series, lookups=lookups)
 
 
 def _model_value(model: Model, key: str) -> float:
@@ -468,6 +497,7 @@ def analyse_loops(experiment: Experiment) -> xr.Dataset | None:
             attribution_method=shares.attrs["method"],
             window_start=shares.attrs["window_start"],
             window_end=shares.attrs["window_end"],
+            attribution_engine=shares.attrs["engine"],
         )
         parts.append(shares.drop_attrs())
     if not parts:

@@ -23,6 +23,7 @@ from armsdyn.config import load_config
 from armsdyn.ensemble import compile_model
 from armsdyn.errors import ConfigError
 from armsdyn.model import Model, file_sha256, load_model
+from armsdyn.pipeline import run_experiment
 from armsdyn.specs import AttributionSpec, LoopGroup
 from tests.conftest import CONFIGS, MODELS, run_cli, write_config
 
@@ -126,13 +127,90 @@ def test_shares_do_not_depend_on_saveper_and_converge_as_dt_halves(richardson: M
     assert gaps[-1] < 0.03 * np.abs(shares[-1]).max()
 
 
-def test_a_time_series_scenario_runs_with_pysd_and_agrees_with_the_compiled_engine(richardson: Model) -> None:
-    spec = AttributionSpec(("arms Y",), (ACTION_REACTION, FATIGUE), window=(0.0, 2.0))
-    constant = attribute(richardson, spec, {"s": {**FROM_ZERO, "grievance g": 2.0}})
-    as_series = attribute(
-        richardson, spec, {"s": {**FROM_ZERO, "grievance g": pd.Series([2.0, 2.0], index=[0.0, 30.0])}}
+def test_time_series_scenarios_run_on_the_compiled_engine_and_agree_with_pysd(richardson: Model) -> None:
+    spec = AttributionSpec(("arms X", "arms Y"), (ACTION_REACTION, FATIGUE), window=(0.0, 2.0))
+    # X's grievance rising over the window, Y's falling, beside a scenario of numbers only: each
+    # number a series of one point in the one batch.
+    scenarios = {
+        "ramps": {
+            **FROM_ZERO,
+            "grievance g": pd.Series([1.0, 3.0], index=[0.0, 1.5]),
+            "grievance h": pd.Series([2.0, 0.5], index=[0.0, 1.0]),
+        },
+        "numbers": {**FROM_ZERO, "grievance g": 2.0},
+    }
+    compiled = attribute(richardson, spec, scenarios)
+    pysd = attribute(richardson, spec, scenarios, engine="pysd")
+    assert (compiled.attrs["engine"], pysd.attrs["engine"]) == ("compiled", "pysd")
+    for key in ("attribution_share", "attribution_change", "knockout_change", "stock_change"):
+        np.testing.assert_allclose(compiled[key], pysd[key], rtol=1e-9, atol=1e-12)
+    # The ramps matter (the shares differ from the constant scenario's) and sum to one.
+    assert not np.allclose(
+        compiled["attribution_share"].sel(scenario="ramps"), compiled["attribution_share"].sel(scenario="numbers")
     )
-    np.testing.assert_allclose(as_series["attribution_share"], constant["attribution_share"], rtol=1e-9)
+    np.testing.assert_allclose(compiled["attribution_share"].sum("loop_group"), 1.0, rtol=1e-12)
+    # A constant series is the constant.
+    flat = {"s": {**FROM_ZERO, "grievance g": pd.Series([2.0, 2.0], index=[0.0, 30.0])}}
+    constant = attribute(richardson, spec, {"s": {**FROM_ZERO, "grievance g": 2.0}})
+    np.testing.assert_allclose(
+        attribute(richardson, spec, flat)["attribution_share"], constant["attribution_share"], rtol=1e-9
+    )
+
+
+#: Richardson's model with X's reaction a graphical function of Y's arms, which a scenario redraws.
+WITH_LOOKUP = """{UTF-8}
+arms X= INTEG (reaction of X - fatigue of X + 1, 0)
+	~	arms
+	~	|
+arms Y= INTEG (reaction of Y - fatigue of Y + 1, 0)
+	~	arms
+	~	|
+reaction of X= effect of threat(arms Y)
+	~	arms/Year
+	~	|
+effect of threat(
+	[(0,0)-(10,10)],(0,0),(2,1.5),(10,6))
+	~	arms/Year
+	~	|
+reaction of Y= 0.8 * arms X
+	~	arms/Year
+	~	|
+fatigue of X= 0.5 * arms X
+	~	arms/Year
+	~	|
+fatigue of Y= 0.5 * arms Y
+	~	arms/Year
+	~	|
+INITIAL TIME = 0
+	~	Year
+	~	|
+FINAL TIME = 4
+	~	Year
+	~	|
+TIME STEP = 0.0625
+	~	Year
+	~	|
+SAVEPER = 0.5
+	~	Year
+	~	|
+"""
+
+
+def test_a_redrawn_lookup_runs_on_the_compiled_engine_and_agrees_with_pysd(tmp_path: Path) -> None:
+    path = tmp_path / "lookup_race.mdl"
+    path.write_text(WITH_LOOKUP, encoding="utf-8")
+    model = load_model(path)
+    spec = AttributionSpec(("arms X",), (ACTION_REACTION, FATIGUE), window=(0.0, 4.0))
+    steeper = pd.Series([0.0, 3.0, 9.0], index=[0.0, 2.0, 10.0])  # y indexed by x, as PySD takes a lookup
+    scenarios = {"own": {}, "steeper": {"effect of threat": steeper}}
+    compiled = attribute(model, spec, scenarios)
+    pysd = attribute(model, spec, scenarios, engine="pysd")
+    assert compiled.attrs["engine"] == "compiled"
+    np.testing.assert_allclose(compiled["knockout_change"], pysd["knockout_change"], rtol=1e-9)
+    np.testing.assert_allclose(compiled["attribution_share"], pysd["attribution_share"], rtol=1e-9)
+    # The redrawn table is the one run: a stronger reaction everywhere, so X arms more.
+    change = compiled["stock_change"].sel(attributed="arms X")
+    assert float(change.sel(scenario="steeper")) > 1.2 * float(change.sel(scenario="own")) > 0
 
 
 def test_pysd_gives_the_compiled_engines_shares_and_any_group_name_is_safe(richardson: Model) -> None:
@@ -399,3 +477,22 @@ def test_an_attribution_figure_without_attribution_is_refused(tmp_path: Path) ->
     body = '[[figures]]\nkind = "attribution_shares"\n'
     with pytest.raises(ConfigError, match=re.escape("'attribution_shares' draws the attribution in loops.nc; add a")):
         load_config(write_config(tmp_path, body))
+
+
+def test_a_configs_time_series_scenario_is_attributed_on_the_compiled_engine(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        "[time]\nfinal = 4\nstep = 0.0625\nsaveper = 0.5\n"
+        '[[scenarios]]\nname = "rising"\nparameters = { "grievance g" = [[0, 1.0], [4, 3.0]] }\n'
+        '[[scenarios]]\nname = "flat"\nparameters = { "grievance g" = 2.0 }\n'
+        '[attribution]\nstocks = ["arms X"]\n'
+        '[[attribution.groups]]\nname = "action-reaction"\nvariables = ["reaction of X", "reaction of Y"]\n',
+    )
+    folder = run_experiment(config, out=tmp_path / "results")
+    with xr.open_dataset(folder / "loops.nc") as saved:
+        loops = saved.load()
+    assert loops.attrs["attribution_engine"] == "compiled"
+    experiment = load_config(config)
+    assert experiment.attribution is not None
+    reference = attribute(RICHARDSON, experiment.attribution, experiment.scenarios, time=experiment.time, engine="pysd")
+    np.testing.assert_allclose(loops["attribution_share"], reference["attribution_share"], rtol=1e-9)
