@@ -2,9 +2,14 @@
 
 For each scenario of an experiment, the stocks' derivatives :math:`f(x)` are
 evaluated at a given state :math:`x` by running the model itself for one Euler
-step from that state: PySD's ``initial_condition = (t0, {stock: value})`` sets
-the stocks, and :math:`f(x) = (x_1 - x)/\\Delta t` is exact for Euler's method
-(it is the rate the model integrates). The experiment's own time step is used,
+step from that state, and :math:`f(x) = (x_1 - x)/\\Delta t` is exact for
+Euler's method (it is the rate the model integrates). The compiled engine
+(:meth:`armsdyn.ensemble.CompiledModel.rates`) sets the stocks and evaluates a
+batch of states in one call (the root finder's starts, the Jacobian's
+:math:`2n` points); PySD, with ``initial_condition = (t0, {stock: value})``,
+evaluates them when the experiment says ``engine = "pysd"`` or the engine
+cannot compile the model (warned once, naming the construct). Both give the
+same rates to rounding. The experiment's own time step is used,
 because some models' flows depend on it (e.g. "remove at most what is left in
 one step"). This uses the model file as the single source of the equations,
 for Vensim and XMILE models alike, with no re-derivation that could drift.
@@ -20,6 +25,8 @@ the verdict:
   (both signs) or ``non-hyperbolic`` (a real part zero to tolerance);
 - the type: ``node``, ``focus`` (complex eigenvalues: the approach or departure
   oscillates) or ``saddle``; e.g. ``"stable focus"``.
+- ``undetermined`` when the rates are not finite next to the equilibrium (a
+  0/0 at the origin, say): it is reported, with NaN eigenvalues and a note.
 
 Which stocks make the state: by default every stock that feeds back on some
 stock's rate (found from PySD's dependency graph); pure accumulators such as
@@ -35,7 +42,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,7 +52,16 @@ import scipy.optimize
 import xarray as xr
 
 from armsdyn.config import Experiment, Scenario, load_config
+from armsdyn.ensemble import (
+    CompiledModel,
+    FallbackWarning,
+    RateFunction,
+    TimeGrid,
+    UnsupportedConstruct,
+    compile_model,
+)
 from armsdyn.errors import ModelError
+from armsdyn.experiment import _element_params
 from armsdyn.model import Model, TimeSettings, pysd_module, quiet_pysd
 from armsdyn.richardson import Richardson
 
@@ -83,6 +100,10 @@ class _Flows:
         self.evaluations = 0
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Rates at one state `x` (1-D), or at each row of a batch of states (2-D), one PySD run each."""
+        x = np.asarray(x, dtype=float)
+        if x.ndim == 2:
+            return np.array([self(row) for row in x]).reshape(x.shape)
         self.evaluations += 1
         values: dict[str, float | xr.DataArray] = {}
         for var, part in zip(self.vars, np.split(np.asarray(x, dtype=float), np.cumsum(self.sizes)[:-1]), strict=True):
@@ -153,17 +174,21 @@ def feedback_stocks(model: Model) -> list[str]:
     return sorted(reached)
 
 
-def numerical_jacobian(f: Any, x: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
-    """Central-difference Jacobian of `f` at `x`, steps relative to ``max(|x|, scale)``."""
+def numerical_jacobian(
+    f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, scale: np.ndarray | None = None
+) -> np.ndarray:
+    """Central-difference Jacobian of `f` at `x`, steps relative to ``max(|x|, scale)``.
+
+    `f` takes a batch of states, shape ``(m, n)``, and returns their rates,
+    shape ``(m, n)``: the :math:`2n` displaced states are evaluated in one call.
+    """
     x = np.asarray(x, dtype=float)
     scale = np.ones_like(x) if scale is None else scale
     h = np.cbrt(np.finfo(float).eps) * np.maximum(np.abs(x), scale)
-    columns = []
-    for j in range(x.size):
-        e = np.zeros_like(x)
-        e[j] = h[j]
-        columns.append((f(x + e) - f(x - e)) / (2 * h[j]))
-    return np.column_stack(columns)
+    steps = np.diag(h)
+    rates = np.asarray(f(np.concatenate([x + steps, x - steps])), dtype=float)
+    # Column j is (f(x + h_j e_j) - f(x - h_j e_j)) / (2 h_j), exactly as one pair of calls at a time gives it.
+    return ((rates[: x.size] - rates[x.size :]) / (2 * h[:, None])).T
 
 
 def classify(eigenvalues: np.ndarray, scale: float = 1.0) -> tuple[str, str]:
@@ -213,24 +238,79 @@ def _initial_state(experiment: Experiment, scenario: Scenario, stocks: Sequence[
     return np.concatenate([np.ravel(out[s][0]) for s in stocks])
 
 
-def find_equilibria(f: Any, x0: np.ndarray, *, seed: int = 0, tol: float = 1e-9) -> list[tuple[np.ndarray, int]]:
+def _compiled(exp: Experiment) -> CompiledModel | None:
+    """The experiment's model compiled, or None (warned, naming the construct) when PySD must evaluate it."""
+    try:
+        return compile_model(exp.model.path, backend="numpy")  # a few hundred states: no kernel to compile
+    except UnsupportedConstruct as exc:
+        warnings.warn(f"{exc}; the rates are evaluated with PySD instead", FallbackWarning, stacklevel=3)
+        return None
+
+
+def _compiled_flows(
+    exp: Experiment, compiled: CompiledModel, scenario: Scenario, stocks: Sequence[str]
+) -> tuple[RateFunction, np.ndarray]:
+    """A scenario's rate function on the compiled engine, and the stocks' values at the initial time."""
+    params = _element_params(exp, scenario.parameters)
+    lookups = {v.name for v in exp.model.of_kind("lookup")}
+    numbers = {k: float(v) for k, v in params.items() if not isinstance(v, tuple)}
+    series = {k: v for k, v in params.items() if isinstance(v, tuple) and k not in lookups}
+    tables = {k: v for k, v in params.items() if isinstance(v, tuple) and k in lookups}
+    flows = compiled.rates(stocks, exp.time, numbers, series, tables)
+    time = exp.time
+    short = TimeSettings(time.initial, time.initial + time.step, time.step, time.step, time.units)
+    # Arrays, not a Dataset: building one costs more than the whole analysis of a small model.
+    values, n = compiled.normalise_inputs(
+        {k: [v] for k, v in numbers.items()},
+        {k: [v] for k, v in series.items()} or None,
+        {k: [v] for k, v in tables.items()} or None,
+    )
+    py = [exp.model.variable(s).py_name for s in stocks]
+    arrays = compiled.simulate_arrays(values, n, TimeGrid.from_settings(short, compiled.path), py)
+    x0 = np.concatenate([np.ravel(a[0, ..., 0]) for a in arrays])
+    return flows, x0
+
+
+def _forward_jacobian(f: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """MINPACK's own forward-difference Jacobian (``fdjac1``), its n + 1 states evaluated in one batch.
+
+    The same steps and arithmetic as :func:`scipy.optimize.root`'s ``hybr``
+    takes without a `jac`, so the root finder follows the same path, in one
+    call of `f` per Jacobian instead of n + 1.
+    """
+    eps = math.sqrt(np.finfo(float).eps)
+
+    def jac(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        h = eps * np.abs(x)
+        h[h == 0] = eps
+        rates = np.asarray(f(np.concatenate([x[None, :], x + np.diag(h)])), dtype=float)
+        return ((rates[1:] - rates[0]) / h[:, None]).T
+
+    return jac
+
+
+def find_equilibria(
+    f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, *, seed: int = 0, tol: float = 1e-9
+) -> list[tuple[np.ndarray, int]]:
     """Roots of `f` from several starts around `x0`, merged; each with how many starts reached it.
 
-    A root is kept when :math:`\\|f(x)\\|` is below `tol` times the size of
+    `f` takes one state (1-D) or a batch of states (2-D, a row each). A root
+    is kept when :math:`\\|f(x)\\|` is below `tol` times the size of
     :math:`f` at the starts (and 1e-12 absolutely).
     """
     rng = np.random.default_rng(seed)
     starts = _starts(np.asarray(x0, dtype=float), rng)
-    rate_scale = max(max(float(np.max(np.abs(f(s)))) for s in starts[:2]), 1.0)
+    rate_scale = max(float(np.max(np.abs(f(np.array(starts[:2]))))), 1.0)
     found: list[list[Any]] = []
     for start in starts:
         with np.errstate(all="ignore"):
-            sol = scipy.optimize.root(f, start, method="hybr", tol=1e-12)
+            sol = scipy.optimize.root(f, start, method="hybr", jac=_forward_jacobian(f), tol=1e-12)
         x = sol.x
         if not np.all(np.isfinite(x)):
             continue
         residual = float(np.max(np.abs(f(x))))
-        if residual > max(tol * rate_scale, 1e-12):
+        if not residual <= max(tol * rate_scale, 1e-12):  # NaN rates are no root either
             continue
         for entry in found:
             if np.allclose(entry[0], x, rtol=1e-6, atol=1e-9 * max(1.0, float(np.max(np.abs(x))))):
@@ -298,6 +378,7 @@ def analyse(
         msg = f"{model.path}: no stock feeds back on the rates, so there are no equilibria to find"
         raise ModelError(msg)
     labels = state_labels(model, names)
+    compiled = _compiled(exp) if exp.engine == "compiled" else None
     lagged = [v.name for v in model.of_kind("stateful")]
     rows: list[dict[str, Any]] = []
     for scenario in exp.scenarios:
@@ -307,8 +388,12 @@ def analyse(
         series = [k for k, v in scenario.parameters.items() if isinstance(v, tuple)]
         if series:
             notes.append(f"time series ({', '.join(series)}) evaluated at time {exp.time.initial:g}")
-        flows = _Flows(model, scenario, exp.time, names)
-        x0 = _initial_state(exp, scenario, names)
+        flows: Callable[[np.ndarray], np.ndarray]
+        if compiled is not None:
+            flows, x0 = _compiled_flows(exp, compiled, scenario, names)
+        else:
+            flows = _Flows(model, scenario, exp.time, names)
+            x0 = _initial_state(exp, scenario, names)
         roots = find_equilibria(flows, x0, seed=seed)
         if not roots:
             rows.append(
@@ -323,9 +408,16 @@ def analyse(
         roots.sort(key=lambda item: tuple(item[0]))
         for i, (x, count) in enumerate(roots):
             jac = numerical_jacobian(flows, x, np.maximum(np.abs(x0), 1.0))
-            ev = np.linalg.eigvals(jac).astype(complex)
-            ev = ev[np.lexsort((ev.imag, ev.real))]
-            stability, verdict = classify(ev, float(np.max(np.abs(jac))) if jac.size else 1.0)
+            row_notes = list(notes)
+            if np.all(np.isfinite(jac)):
+                ev = np.linalg.eigvals(jac).astype(complex)
+                ev = ev[np.lexsort((ev.imag, ev.real))]
+                stability, verdict = classify(ev, float(np.max(np.abs(jac))) if jac.size else 1.0)
+            else:
+                # E.g. a 0/0 at the origin: the equilibrium is real, its linearisation is not defined.
+                ev = np.full(jac.shape[0], complex(math.nan, math.nan))
+                stability, verdict = "undetermined", "undetermined"
+                row_notes.append("the rates are not finite next to this equilibrium, so it has no Jacobian")
             row: dict[str, Any] = {"scenario": scenario.name, "equilibrium": i}
             row.update(dict(zip(labels, x, strict=True)))
             row["max_rate"] = float(np.max(np.abs(flows(x))))
@@ -334,7 +426,9 @@ def analyse(
             for j, value in enumerate(ev, start=1):
                 row[f"eigenvalue {j} real"] = value.real
                 row[f"eigenvalue {j} imag"] = value.imag
-            row.update({"stability": stability, "verdict": verdict, "jacobian": jac.tolist(), "note": "; ".join(notes)})
+            row.update(
+                {"stability": stability, "verdict": verdict, "jacobian": jac.tolist(), "note": "; ".join(row_notes)}
+            )
             rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs["stocks"] = labels

@@ -28,7 +28,14 @@ numba: one scalar per element, see ``_expand``). A construct the engine cannot c
 then falls back to PySD (one run per sample) with a :class:`FallbackWarning`.
 """
 
-from armsdyn.ensemble._engine import BACKENDS, DEFAULT_CHUNK_SIZE, CompiledModel, TimeGrid, compile_model
+from armsdyn.ensemble._engine import (
+    BACKENDS,
+    DEFAULT_CHUNK_SIZE,
+    CompiledModel,
+    RateFunction,
+    TimeGrid,
+    compile_model,
+)
 from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
 from armsdyn.ensemble._parallel import choose_workers, run_ensemble
 
@@ -37,6 +44,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "CompiledModel",
     "FallbackWarning",
+    "RateFunction",
     "SampleError",
     "TimeGrid",
     "UnsupportedConstruct",

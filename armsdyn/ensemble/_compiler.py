@@ -321,6 +321,55 @@ def with_series(graph: ModelGraph, series: dict[str, int]) -> ModelGraph:
     return out
 
 
+STATE_PREFIX = "armsdyn_state_"
+"""Python-safe name prefix of the constants :func:`with_state` adds (PySD's names never start so)."""
+
+
+def with_state(graph: ModelGraph, stocks: list[str]) -> ModelGraph:
+    """`graph` with the initial values of some stocks read from constants, so samples can set them.
+
+    Each stock's INTEG starts from a new constant ``armsdyn_state_<py>`` (same
+    subscripts; its default, zero, is meant to be replaced by samples) instead
+    of its own initial expression. Everything
+    initialised from the stock (SMOOTH and DELAY internals, other stocks'
+    initial values) then starts from the set value, in the usual dependency
+    order: what PySD does for ``initial_condition=(t0, {stock: value})``, which
+    re-initialises the statefuls whose initial values depend on the set ones.
+
+    Raises
+    ------
+    KeyError
+        If a name is not the Python-safe name of a stock.
+    UnsupportedConstruct
+        If a stock is not one INTEG over all its elements (defined piecewise).
+    """
+    out = copy.copy(graph)
+    out.nodes = dict(graph.nodes)
+    out.constants = dict(graph.constants)
+    out.elements = dict(graph.elements)
+    out.statefuls = list(graph.statefuls)
+    for py in stocks:
+        info = graph.elements.get(py)
+        if info is None or info.kind != "stock":
+            msg = f"{py!r} is not a stock of model {graph.path}"
+            raise KeyError(msg)
+        shape = tuple(len(e) for _, e in info.dims)
+        integs = [i for i, st in enumerate(out.statefuls) if st.kind == "integ" and st.element == info.name]
+        if len(integs) != 1 or out.statefuls[integs[0]].shape != shape:
+            raise UnsupportedConstruct(graph.path, info.name, "a stock defined piecewise", "its state cannot be set")
+        key = f"{STATE_PREFIX}{py}"
+        name = f"v_{key}"
+        dims = tuple(d for d, _ in info.dims)
+        read = Code(f"C[{key!r}]", dims=dims)
+        out.nodes[name] = Node(name, read, read, constant=key, shape=shape)
+        out.constants[key] = np.zeros(shape) if shape else 0.0
+        out.elements[key] = ElementInfo(f"{info.name} (state)", key, "constant", info.units, "", name, (), info.dims)
+        st = out.statefuls[integs[0]]
+        initial = Code(name, 0, frozenset({name}), False, dims)
+        out.statefuls[integs[0]] = replace(st, args={**st.args, "initial": initial})
+    return out
+
+
 LOOKUP_KINDS = {"interpolate": 0, "extrapolate": 1, "hold_backward": 2}
 """Lookup kinds by the code ``_lookup_runs`` takes."""
 

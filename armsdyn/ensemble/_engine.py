@@ -17,7 +17,15 @@ import pandas as pd
 import xarray as xr
 
 from armsdyn.ensemble import _numba
-from armsdyn.ensemble._compiler import Compiler, ModelGraph, generate_source, parse, with_series
+from armsdyn.ensemble._compiler import (
+    STATE_PREFIX,
+    Compiler,
+    ModelGraph,
+    generate_source,
+    parse,
+    with_series,
+    with_state,
+)
 from armsdyn.ensemble._errors import SampleError, UnsupportedConstruct
 from armsdyn.ensemble._runtime import NAMESPACE, NonUniformOrder
 from armsdyn.errors import ModelError
@@ -33,6 +41,7 @@ _COMPILE_BASE = 1.5  # seconds: importing numba and compiling the smallest kerne
 _COMPILE_PER_LINE2 = 2.2e-5  # seconds per squared line of kernel source
 
 _PILOT_SAMPLES = 1024  # samples "auto" runs with numpy before deciding whether numba pays
+_MIN_TIMED = _PILOT_SAMPLES  # samples: a call this large measures a backend's speed well enough to keep
 
 _MIN_PER_THREAD = 64  # samples: below this a chunk is not worth sharing between threads
 
@@ -116,6 +125,16 @@ class CompiledModel(VariableLookup):
     threads : int or None
         Threads the numba backend shares each chunk between; None (the
         default) means one per CPU. Results do not depend on it.
+    study_runs : int or None
+        Runs of the whole study a call belongs to (a chunk of a larger study):
+        the automatic backend choice judges the call by it, so that every
+        chunk of a large study runs where the study runs fastest. None: the
+        call is the study.
+
+    The automatic backend choice keeps each backend's measured speed (seconds
+    per run and time step, JSON beside the cached numba kernel; read as
+    untrusted data, a bad file ignored) so that a later study of the same
+    kernel chooses at once instead of piloting numpy first.
     """
 
     def __init__(self, graph: ModelGraph, sha256: str, backend: str = "auto") -> None:
@@ -127,9 +146,13 @@ class CompiledModel(VariableLookup):
         self._kernels: dict[tuple[tuple[str, ...], Spec], tuple[Callable[..., None], list[str], list[Any]]] = {}
         self._sources: dict[tuple[tuple[str, ...], Spec], tuple[str, list[str], list[Any]]] = {}
         self._series_graphs: dict[Spec, ModelGraph] = {}
+        self._state_models: dict[tuple[str, ...], CompiledModel] = {}
+        self._constants_cache: dict[str, Any] | None = None
+        self._positions: dict[str, dict[str, tuple[int, ...]]] = {}
         self._requested = _check_backend(backend)
         self._resolved: str | None = None
         self.threads: int | None = None
+        self.study_runs: int | None = None
         variables = {}
         for info in graph.elements.values():
             default = graph.constants.get(info.py_name)
@@ -298,6 +321,72 @@ class CompiledModel(VariableLookup):
         arrays = self.simulate_arrays(values, n, grid, names, chunk_size)
         return self.dataset(values, grid, names, arrays)
 
+    def rates(
+        self,
+        stocks: Sequence[str],
+        time: TimeSettings | None = None,
+        samples: Mapping[str, float] | None = None,
+        series: Mapping[str, SeriesLike] | None = None,
+        lookups: Mapping[str, SeriesLike] | None = None,
+    ) -> RateFunction:
+        """The stocks' rates as a function of their values, for a batch of states at once.
+
+        The returned function takes states of shape ``(m, k)`` (one column per
+        stock, or per element of a subscripted one, in C order) and returns
+        the rates :math:`(x_1 - x_0)/\\Delta t` of one Euler step of
+        ``time.step`` from each state at ``time.initial``: exactly the rate
+        the model integrates, as PySD gives it for ``initial_condition =
+        (t0, {stock: value})``. Stateful functions initialised from a set stock
+        (SMOOTH, DELAY) start settled at the state; other stocks keep their
+        own initial values.
+
+        Parameters
+        ----------
+        stocks : sequence of str
+            Stocks making up the state (model or Python-safe names).
+        time : TimeSettings, optional
+            Initial time and time step; the model file's own by default.
+        samples : mapping, optional
+            Constants (or elements, ``"k[USA, China]"``) to one value each, as a scenario sets them.
+        series : mapping, optional
+            Constants to one time series each (see :meth:`run`).
+        lookups : mapping, optional
+            Lookups to one redrawn table each (see :meth:`run`).
+
+        Raises
+        ------
+        SampleError
+            If a name is unknown or not a constant, stock or lookup.
+        UnsupportedConstruct
+            If a stock's state cannot be set (a stock defined piecewise).
+        """
+        py = []
+        for name in stocks:
+            var = self.variable(name)
+            if var.kind != "stock":
+                msg = f"{var.name!r} in model {self.path} is a {var.kind}, not a stock"
+                raise SampleError(msg)
+            py.append(var.py_name)
+        key = tuple(py)
+        if key not in self._state_models:
+            try:
+                graph = with_state(self._graph, py)
+            except KeyError as exc:
+                raise SampleError(exc.args[0]) from None
+            # A handful of evaluations per call: numpy, with no kernel to compile.
+            self._state_models[key] = CompiledModel(graph, self.sha256, backend="numpy")
+        model = self._state_models[key]
+        given = {k: [float(v)] for k, v in (samples or {}).items()}
+        values, _ = model.normalise_inputs(
+            given,
+            {k: [v] for k, v in (series or {}).items()} or None,
+            {k: [v] for k, v in (lookups or {}).items()} or None,
+        )
+        settings = time or self.time
+        step = TimeSettings(settings.initial, settings.initial + settings.step, settings.step, settings.step,
+                            settings.units)  # fmt: skip
+        return RateFunction(model, py, values, TimeGrid.from_settings(step, self.path))
+
     def normalise_samples(self, samples: Samples) -> tuple[dict[str, np.ndarray], int]:
         """Sampled constants as float arrays keyed by Python-safe name, and their length."""
         return normalise_samples(self, samples)
@@ -385,10 +474,23 @@ class CompiledModel(VariableLookup):
             msg = f"chunk_size must be at least 1, got {chunk_size}"
             raise ValueError(msg)
         spec = series_spec(values)
-        # "auto" with no compiled kernel at hand: numpy first, numba once its compilation pays.
-        # (A kernel cached on disk still costs importing numba and loading it: more than a small study.)
-        pilot = self.backend == "numba" and self._requested == "auto" and (tuple(names), spec) not in self._kernels
-        if self.backend == "numba" and not pilot:
+        key = (tuple(names), spec)
+        auto = self._requested == "auto" and self.backend == "numba"
+        # Per run and time step, as measured by earlier studies of this kernel (stored beside it).
+        timings = self._timings(names, spec) if auto else {}
+        steps = len(grid.times)
+        if len(timings) == 2:
+            # Both backends measured: choose at once, judging the call by the study it belongs to.
+            study = max(n, self.study_runs or 0)
+            cost = 0.0 if key in self._kernels else self._kernel_cost(names, spec)
+            numba_wins = (timings["numba"] * steps * study + cost) < timings["numpy"] * steps * study
+            pilot = False
+        else:
+            # "auto" with no compiled kernel at hand: numpy first, numba once its compilation pays.
+            # (A kernel cached on disk still costs importing numba and loading it: more than a small study.)
+            pilot = auto and key not in self._kernels
+            numba_wins = not pilot
+        if self.backend == "numba" and numba_wins:
             try:
                 return self._simulate_numba(values, n, grid, names, chunk_size)
             except UnsupportedConstruct:
@@ -408,8 +510,11 @@ class CompiledModel(VariableLookup):
             if pilot and lo > 0:
                 pilot = False
                 per_sample = (perf_counter() - started) / lo
-                cost = _LOAD_SECONDS if self.kernel_ready(names, spec) else self._compile_estimate(names, spec)
-                if per_sample * (n - lo) * (1 - 1 / _NUMBA_SPEEDUP) > cost:
+                if auto and lo >= _MIN_TIMED:
+                    self._record(names, spec, "numpy", per_sample / steps)
+                numba = timings.get("numba", per_sample / _NUMBA_SPEEDUP / steps) * steps
+                study = max(n, self.study_runs or 0) - lo
+                if (per_sample - numba) * study > self._kernel_cost(names, spec):
                     try:
                         rest = self._simulate_numba({k: v[lo:] for k, v in values.items()}, n - lo, grid, names,
                                                     chunk_size)  # fmt: skip
@@ -424,7 +529,24 @@ class CompiledModel(VariableLookup):
             results = self._run_chunk(func, chunk, hi - lo, grid, list(names))
             for arr, res in zip(out, results, strict=True):
                 arr[..., lo:hi] = res
+        if auto and n >= _MIN_TIMED:
+            self._record(names, spec, "numpy", (perf_counter() - started) / n / steps)
         return out
+
+    def _timings(self, names: Sequence[str], spec: Spec) -> dict[str, float]:
+        """Seconds per run and time step of each backend on this kernel, as earlier studies measured them."""
+        source = self._numba_module([f"v_{py}" for py in names], spec)[0]
+        return _numba.read_timings(source, cache_dir() / "ensemble-numba")
+
+    def _record(self, names: Sequence[str], spec: Spec, backend: str, seconds: float) -> None:
+        source = self._numba_module([f"v_{py}" for py in names], spec)[0]
+        _numba.write_timing(source, cache_dir() / "ensemble-numba", backend, seconds)
+
+    def _kernel_cost(self, names: Sequence[str], spec: Spec) -> float:
+        """Seconds before the numba kernel saving `names` can run: none, loading it, or compiling it."""
+        if (tuple(names), spec) in self._kernels:
+            return 0.0
+        return _LOAD_SECONDS if self.kernel_ready(names, spec) else self._compile_estimate(names, spec)
 
     def _shape(self, py: str) -> tuple[int, ...]:
         """Number of elements along each subscript range of variable `py` (empty for a scalar)."""
@@ -460,10 +582,14 @@ class CompiledModel(VariableLookup):
         return constants
 
     def _element_positions(self, py: str) -> dict[str, tuple[int, ...]]:
-        info = self._graph.elements[py]
-        shape = tuple(len(e) for _, e in info.dims)
-        labels = itertools.product(*(e for _, e in info.dims))
-        return {",".join(label): tuple(int(k) for k in np.unravel_index(i, shape)) for i, label in enumerate(labels)}
+        if py not in self._positions:
+            info = self._graph.elements[py]
+            shape = tuple(len(e) for _, e in info.dims)
+            labels = itertools.product(*(e for _, e in info.dims))
+            self._positions[py] = {
+                ",".join(label): tuple(int(k) for k in np.unravel_index(i, shape)) for i, label in enumerate(labels)
+            }
+        return self._positions[py]
 
     def kernel_ready(self, names: Sequence[str], spec: Spec = ()) -> bool:
         """Whether the numba kernel saving `names` is compiled in this process or cached on disk."""
@@ -517,12 +643,16 @@ class CompiledModel(VariableLookup):
     @property
     def _numpy_constants(self) -> dict[str, Any]:
         # Subscripted constants carry a samples axis of length 1, as every subscripted value does.
-        return {
-            k: np.float64(v)
-            if isinstance(v, int | float) and not isinstance(v, bool)
-            else (v[..., None] if isinstance(v, np.ndarray) else v)
-            for k, v in self._graph.constants.items()
-        }
+        # Built once (a chunk of a few samples, as the equilibrium analysis runs, spent a quarter of
+        # its time here); a fresh dict each call, as the caller fills in its chunk's values.
+        if self._constants_cache is None:
+            self._constants_cache = {
+                k: np.float64(v)
+                if isinstance(v, int | float) and not isinstance(v, bool)
+                else (v[..., None] if isinstance(v, np.ndarray) else v)
+                for k, v in self._graph.constants.items()
+            }
+        return dict(self._constants_cache)
 
     def _numba_module(self, outputs: list[str], spec: Spec = ()) -> tuple[str, list[str], list[Any]]:
         """The numba kernel module saving the `outputs` nodes, generated once.
@@ -552,7 +682,9 @@ class CompiledModel(VariableLookup):
     def _simulate_numba(
         self, values: Mapping[str, np.ndarray], n: int, grid: TimeGrid, names: Sequence[str], chunk_size: int
     ) -> list[np.ndarray]:
-        kernel, constants, states = self.kernel(names, series_spec(values))
+        spec = series_spec(values)
+        kernel, constants, states = self.kernel(names, spec)
+        started = perf_counter()  # the kernel is loaded: what follows is the backend's own speed
         # The kernel writes each chunk's results into its columns of this array: no copies. A
         # subscripted output has a row per element (C order): a view reshapes it to (time, *elements, run).
         shapes = [self._shape(py) for py in names]
@@ -561,6 +693,8 @@ class CompiledModel(VariableLookup):
         threads = max(1, self.threads or os.cpu_count() or 1)
         with ThreadPoolExecutor(threads) as pool:
             self._numba_chunks(kernel, constants, states, values, n, grid, chunk_size, out, threads, pool)
+        if self._requested == "auto" and n >= _MIN_TIMED:
+            self._record(names, spec, "numba", (perf_counter() - started) / n / len(grid.times))
         starts = itertools.accumulate(sizes, initial=0)
         return [
             np.moveaxis(out[lo : lo + size], 0, 1).reshape((out.shape[1], *shape, n))
@@ -651,6 +785,50 @@ class CompiledModel(VariableLookup):
             self.path, self.sha256, grid.settings, values, self.output_meta(names), self.output_meta(list(values)),
             arrays, engine="armsdyn.ensemble",
         )  # fmt: skip
+
+
+class RateFunction:
+    """The rates of some stocks at a batch of their states; see :meth:`CompiledModel.rates`.
+
+    Attributes
+    ----------
+    size : int
+        Number of state components (columns of a state).
+    """
+
+    def __init__(self, model: CompiledModel, stocks: list[str], values: dict[str, np.ndarray], grid: TimeGrid) -> None:
+        self._model = model
+        self._stocks = stocks
+        self._values = values
+        self._grid = grid
+        self._keys: list[str] = []
+        for py in stocks:
+            dims = model._graph.elements[py].dims
+            key = f"{STATE_PREFIX}{py}"
+            if dims:
+                self._keys += [f"{key}[{','.join(e)}]" for e in itertools.product(*(els for _, els in dims))]
+            else:
+                self._keys.append(key)
+        self.size = len(self._keys)
+        self.evaluations = 0
+
+    def __call__(self, states: np.ndarray) -> np.ndarray:
+        """Rates at `states`, shape ``(m, size)`` (or ``(size,)`` for one state, giving ``(size,)``)."""
+        x = np.asarray(states, dtype=float)
+        one = x.ndim == 1
+        x = np.atleast_2d(x)
+        if x.shape[1] != self.size:
+            msg = f"states have {x.shape[1]} components; the stocks {self._stocks} have {self.size}"
+            raise ValueError(msg)
+        m = x.shape[0]
+        self.evaluations += m
+        # The scenario's values are one run's: every state of the batch runs with them.
+        values = {k: np.repeat(v, m, axis=0) for k, v in self._values.items()}
+        values.update({key: np.ascontiguousarray(x[:, j]) for j, key in enumerate(self._keys)})
+        arrays = self._model.simulate_arrays(values, m, self._grid, self._stocks)
+        dt = self._grid.settings.step
+        rates = np.concatenate([((a[-1] - a[0]) / dt).reshape(-1, m) for a in arrays], axis=0).T
+        return rates[0] if one else rates
 
 
 def build_dataset(
