@@ -128,6 +128,7 @@ class _Task:
     time: TimeSettings
     variables: tuple[str, ...]
     reduce: Reducer
+    study_runs: int  # runs of the whole study: the engine chooses its backend for the study, not the chunk
 
 
 def _run_task(task: _Task) -> tuple[int, xr.Dataset]:
@@ -137,7 +138,9 @@ def _run_task(task: _Task) -> tuple[int, xr.Dataset]:
     with warnings.catch_warnings():
         # Worker processes cannot report warnings usefully; the parent checks compilability.
         warnings.simplefilter("ignore")
-        ds = run_ensemble(task.model_path, task.samples, task.time, list(task.variables), workers=1)
+        ds = run_ensemble(
+            task.model_path, task.samples, task.time, list(task.variables), workers=1, study_runs=task.study_runs
+        )
     return task.index, task.reduce(ds, task.start)
 
 
@@ -228,6 +231,7 @@ def run_chunked(
                 time=time,
                 variables=tuple(variables),
                 reduce=reduce,
+                study_runs=n,
             )
             for i in pending
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -529,3 +530,69 @@ def test_a_run_that_saves_nothing_compiles_in_numba() -> None:
     ds = model.run({"grievance g": np.linspace(1, 2, 5)}, variables=[])
     assert ds.sizes["run"] == 5
     assert not ds.data_vars
+
+
+# ------------------------------------------------------------------ measured backend speeds
+def test_backend_timings_are_plain_numbers_and_a_bad_file_is_ignored(tmp_path: Path) -> None:
+    from armsdyn.ensemble import _numba
+
+    source = "# a kernel module's source\n"
+    assert _numba.read_timings(source, tmp_path) == {}  # nothing measured yet
+    _numba.write_timing(source, tmp_path, "numpy", 2e-6)
+    _numba.write_timing(source, tmp_path, "numba", 3e-7)
+    (stored,) = tmp_path.glob("*.timings.json")
+    assert json.loads(stored.read_text(encoding="utf-8")) == {"numpy": 2e-6, "numba": 3e-7}
+    assert _numba.read_timings(source, tmp_path) == {"numpy": 2e-6, "numba": 3e-7}
+    # The cache folder is untrusted: anything but finite positive numbers under a second is ignored.
+    bad = [
+        "import os; os.remove('x')",
+        "[1e-6, 2e-7]",
+        '{"numpy": "1e-6", "numba": true}',
+        '{"numpy": NaN, "numba": Infinity}',
+        '{"numpy": -1e-6, "numba": 5}',
+        '{"numpy": 1e-6, "numba": ' + "1" * 5000 + "}",
+        "\xff\xfe",
+    ]
+    for text in bad:
+        stored.write_text(text, encoding="utf-8", errors="surrogateescape")
+        assert _numba.read_timings(source, tmp_path) == {}, text
+    stored.write_text('{"numpy": 1e-6, "numba": "fast", "fortran": 1e-9}', encoding="utf-8")
+    assert _numba.read_timings(source, tmp_path) == {"numpy": 1e-6}
+    _numba.write_timing(source, tmp_path, "numba", float("nan"))  # not a measurement: not written
+    assert _numba.read_timings(source, tmp_path) == {"numpy": 1e-6}
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_auto_backend_chooses_from_stored_timings_without_a_pilot(tmp_path: Path, monkeypatch) -> None:
+    from armsdyn.ensemble import _numba
+
+    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "richardson.mdl"
+    shutil.copy(MODELS / "richardson.mdl", path)
+    samples = {"defence coefficient k": np.linspace(0.1, 0.9, 2000)}
+    reference = compile_model(path, backend="numpy").run(samples)
+    kernels = tmp_path / "ensemble-numba"
+    source = compile_model(path).source(backend="numba")
+
+    # numpy measured faster per run than numba: the study runs on numpy, no kernel compiled or loaded.
+    _numba.write_timing(source, kernels, "numpy", 1e-9)
+    _numba.write_timing(source, kernels, "numba", 1e-6)
+    model = CompiledModel(compile_model(path)._graph, "sha", backend="auto")
+    ds = model.run(samples)
+    assert model._kernels == {}
+    np.testing.assert_array_equal(ds["arms_x"].values, reference["arms_x"].values)
+
+    # numba measured faster: a call of 2,000 runs would not pay numba's compilation, but as a chunk of
+    # a study of a hundred million runs it does, so it runs compiled at once, equal to numpy's results.
+    _numba.write_timing(source, kernels, "numpy", 1e-7)
+    _numba.write_timing(source, kernels, "numba", 1e-9)
+    small = CompiledModel(compile_model(path)._graph, "sha", backend="auto")
+    small.run(samples)
+    assert small._kernels == {}
+    chunk = CompiledModel(compile_model(path)._graph, "sha", backend="auto")
+    chunk.study_runs = 100_000_000
+    ds = chunk.run(samples)
+    assert len(chunk._kernels) == 1
+    np.testing.assert_allclose(ds["arms_x"].values, reference["arms_x"].values, rtol=1e-9)
+    # The run measured numba's speed itself and kept it, beside the kernel, as plain numbers.
+    assert _numba.read_timings(source, kernels)["numba"] != 1e-9

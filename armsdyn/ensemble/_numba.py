@@ -40,6 +40,7 @@ import ast
 import hashlib
 import importlib.util
 import itertools
+import json
 import math
 import os
 import re
@@ -838,3 +839,58 @@ def load_kernel(source: str, cache: Path) -> Callable[..., None]:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module.kernel
+
+
+TIMED_BACKENDS = ("numpy", "numba")
+"""Backends whose measured speed is kept beside a kernel (see :func:`read_timings`)."""
+_TIMINGS_MAX_BYTES = 4096  # a timings file is two numbers: anything longer is not ours
+_TIMING_MAX = 1.0  # seconds per run and time step; no kernel of ours is that slow
+
+
+def _timings_path(source: str, cache: Path) -> Path:
+    return cache / f"armsdyn_kernel_{hashlib.sha256(source.encode()).hexdigest()[:24]}.timings.json"
+
+
+def read_timings(source: str, cache: Path) -> dict[str, float]:
+    """Seconds per run and time step measured for each backend on the kernel module `source`.
+
+    The cache folder is untrusted: the file is read as JSON data only and
+    each number kept only if it is a finite positive float below a second; a
+    missing, oversized, unreadable or malformed file, or entry, is ignored (so
+    the caller measures again).
+    """
+    path = _timings_path(source, cache)
+    try:
+        if path.stat().st_size > _TIMINGS_MAX_BYTES:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    for backend in TIMED_BACKENDS:
+        value = data.get(backend)
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < _TIMING_MAX:
+            out[backend] = float(value)  # NaN and inf fail the comparison above
+    return out
+
+
+def write_timing(source: str, cache: Path, backend: str, seconds: float) -> None:
+    """Keep `seconds` per run and time step measured for `backend` beside the kernel of `source`.
+
+    Written atomically (a whole file or none); a cache that cannot be written is
+    left alone: the timings only save a later study its pilot run.
+    """
+    if backend not in TIMED_BACKENDS or not 0 < seconds < _TIMING_MAX:
+        return
+    timings = read_timings(source, cache)
+    timings[backend] = float(seconds)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(timings, fh)
+        os.replace(tmp, _timings_path(source, cache))
+    except OSError:
+        pass

@@ -46,6 +46,7 @@ def run_ensemble(
     backend: str = "auto",
     series: Mapping[str, Sequence[SeriesLike | None]] | None = None,
     lookups: Mapping[str, Sequence[SeriesLike | None]] | None = None,
+    study_runs: int | None = None,
 ) -> xr.Dataset:
     """Run a model for every parameter sample, on one core or several.
 
@@ -79,6 +80,9 @@ def run_ensemble(
         Constants that vary with time and lookups redrawn, one series or table
         per sample (see :meth:`CompiledModel.run`); PySD takes each as a
         ``pandas.Series``.
+    study_runs : int, optional
+        Runs of the whole study these samples are a chunk of: the automatic
+        backend choice judges the call by it (see :class:`CompiledModel`).
 
     Returns
     -------
@@ -92,6 +96,24 @@ def run_ensemble(
         msg = f"{exc}; running the model with PySD instead, one sample at a time"
         warnings.warn(msg, FallbackWarning, stacklevel=2)
         return _run_pysd(Path(path), samples, time, variables, workers, series, lookups)
+    # The compiled model is shared in-process: the study size holds for this call only.
+    model.study_runs = study_runs
+    try:
+        return _run_compiled(model, samples, time, variables, workers, chunk_size, series, lookups)
+    finally:
+        model.study_runs = None
+
+
+def _run_compiled(
+    model: CompiledModel,
+    samples: Samples,
+    time: TimeSettings | None,
+    variables: Sequence[str] | None,
+    workers: int,
+    chunk_size: int,
+    series: Mapping[str, Sequence[SeriesLike | None]] | None,
+    lookups: Mapping[str, Sequence[SeriesLike | None]] | None,
+) -> xr.Dataset:
     if workers == 1:
         return model.run(samples, time, variables, chunk_size, series=series, lookups=lookups)
     values, n = model.normalise_inputs(samples, series, lookups)
