@@ -134,7 +134,8 @@ def test_n_state_closed_form_matches_numerical_equilibria(n: int, stable: bool, 
     np.testing.assert_allclose(model.jacobian @ eq + model.g, 0.0, atol=1e-9 * max(1.0, np.abs(eq).max()))
 
     def rates(x: np.ndarray) -> np.ndarray:
-        return model.jacobian @ x + model.g
+        # One state (1-D) or a batch, a row each: find_equilibria passes both.
+        return x @ model.jacobian.T + model.g
 
     roots = find_equilibria(rates, np.ones(n), seed=seed % 1000)
     assert len(roots) == 1
