@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from armsdyn.audit import (
     audit,
     find_boxes,
     load_audit,
+    numba_model,
     prim_frame,
     sample,
     select_box,
@@ -354,3 +357,33 @@ def test_knowledge_claims_weaken_when_idle_knowledge_is_forgotten(tmp_path: Path
     assert persists["disarmed_world_still_fears"] - forgets["disarmed_world_still_fears"] > 0.3
     assert persists["cuts_barely_dampen"] - forgets["cuts_barely_dampen"] > 0.1
     assert persists["suppression_undone_by_cheating"] == forgets["suppression_undone_by_cheating"] == 1.0
+
+
+@pytest.mark.slow
+def test_without_numba_the_audit_runs_numpy_and_gets_the_same_tables(tmp_path: Path) -> None:
+    """The fallback: numba hidden (as when it is not installed), the runs go through the runner with numpy."""
+    path = richardson_config(tmp_path, 10, STABLE + STABLE_METRIC)
+    out = tmp_path / "numpy.csv"
+    code = f"""
+import sys
+sys.modules["numba"] = None  # as without numba: importing it fails
+from armsdyn.audit import audit, load_audit, numba_model
+spec = load_audit({str(path)!r})
+assert numba_model(spec.experiment.model.path) is None
+result = audit(spec, samples=400, workers=1)
+next(iter(result.values.values())).to_csv({str(out)!r}, index=False)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    spec = load_audit(path)
+    assert numba_model(spec.experiment.model.path) is not None
+    ours = next(iter(audit(spec, samples=400, workers=2).values.values()))
+    numpy_table = pd.read_csv(out)
+    assert list(numpy_table.columns) == list(ours.columns)
+    for column in ours.columns:
+        if not pd.api.types.is_numeric_dtype(ours[column]):
+            # CSV reads an empty text column back as NaN: compare as text, empty for missing.
+            text = [["" if pd.isna(v) else str(v) for v in t[column]] for t in (numpy_table, ours)]
+            assert text[0] == text[1], column
+        else:
+            np.testing.assert_allclose(numpy_table[column], ours[column], rtol=1e-9, atol=1e-12, err_msg=column)
