@@ -36,6 +36,19 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         (cache / "ensemble-numba").symlink_to(kernels, target_is_directory=True)
 
 
+@pytest.fixture(scope="session")
+def richardson_results(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+    """``armsdyn run configs/richardson.toml --out FOLDER``, run once per test process (in-process).
+
+    Its output, with the results folder as ``.args[-1]``. Many tests read this folder; one that
+    changes it works on a copy (``shutil.copytree``).
+    """
+    out = tmp_path_factory.mktemp("richardson") / "richardson"
+    proc = call_cli("run", CONFIGS / "richardson.toml", "--out", out, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 @pytest.fixture
 def richardson_mdl(tmp_path: Path) -> Path:
     """A private copy of models/richardson.mdl that a test may edit."""

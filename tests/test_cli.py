@@ -22,17 +22,13 @@ from armsdyn.cli import COMPARE_TOP, main
 from armsdyn.model import file_sha256
 from tests.conftest import CONFIGS, MODELS, ROOT, call_cli, run_cli
 
-# One worker runs this module, so the Richardson run below is made once per test session, not once per worker.
-pytestmark = pytest.mark.xdist_group("cli")
-
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "richardson"
-    proc = call_cli("run", CONFIGS / "richardson.toml", "--out", out, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    assert "[5/5] mutual_goodwill" in proc.stderr  # a progress line per scenario
-    return out
+def results(richardson_results: subprocess.CompletedProcess[str]) -> Path:
+    """The folder of ``armsdyn run configs/richardson.toml`` (tests/conftest.py), after checking its output."""
+    assert "[5/5] mutual_goodwill" in richardson_results.stderr  # a progress line per scenario
+    assert richardson_results.stderr.rstrip().endswith(f"armsdyn: wrote {richardson_results.args[-1]}")
+    return Path(richardson_results.args[-1])
 
 
 def test_run_writes_every_documented_file(results: Path) -> None:

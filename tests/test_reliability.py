@@ -102,10 +102,22 @@ KILL_POINTS = {
 }
 
 
-def _kill_at(point: str, out: Path) -> None:
-    """Run the KILL_CHILD to `point` and SIGKILL it (its whole process group) there."""
+KILLED_RUN = """
+[[scenarios]]
+name = "stable"
+[[scenarios]]
+name = "runaway"
+parameters = { "defence coefficient k" = 1.2, "defence coefficient l" = 1.2 }
+[[figures]]
+kind = "time_series"
+variables = ["arms X", "arms Y"]
+"""
+
+
+def _kill_at(point: str, config: Path, out: Path) -> None:
+    """Run the KILL_CHILD on `config` to `point` and SIGKILL it (its whole process group) there."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_CHILD, point, str(CONFIGS / "richardson.toml"), str(out)],
+        [sys.executable, "-c", KILL_CHILD, point, str(config), str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -122,31 +134,34 @@ def _kill_at(point: str, out: Path) -> None:
 
 @pytest.mark.slow
 def test_a_kill_at_any_point_never_leaves_a_half_written_folder(tmp_path: Path) -> None:
+    # Richardson's model with two scenarios and one figure: every kind of file a results folder
+    # holds, written in seconds, since each kill point costs a run up to it.
+    config = write_config(tmp_path, KILLED_RUN, name="killed")
     out = tmp_path / "richardson"
-    first = call_cli("run", CONFIGS / "richardson.toml", "--out", out)
+    first = call_cli("run", config, "--out", out)
     assert first.returncode == 0, first.stderr
     earlier = complete(out)["started"]
     for point, replaced in KILL_POINTS.items():
-        _kill_at(point, out)
+        _kill_at(point, config, out)
         # Whatever the moment, the folder is a complete run: the earlier one, or the new one once swapped in.
         started = complete(out)["started"]
         assert (started != earlier) == replaced, point
         earlier = started
     # Without an atomic exchange a kill between the two renames leaves no folder, the earlier results
     # hidden beside it; the next run puts them back (here one without --force, which then refuses).
-    _kill_at("between the two renames", out)
+    _kill_at("between the two renames", config, out)
     assert not out.exists()
     (hidden,) = tmp_path.glob(".richardson.old-*")
     assert complete(hidden)["started"] == earlier
-    again = call_cli("run", CONFIGS / "richardson.toml", "--out", out)
+    again = call_cli("run", config, "--out", out)
     assert again.returncode == 2
     assert "already exists; pass --force" in again.stderr
     assert complete(out)["started"] == earlier
     # The next run cleans up whatever the killed ones left beside the folder.
-    last = call_cli("run", CONFIGS / "richardson.toml", "--out", out, "--force")
+    last = call_cli("run", config, "--out", out, "--force")
     assert last.returncode == 0, last.stderr
     complete(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["richardson"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [config.name, "richardson"]
 
 
 def test_full_disk_gives_a_clear_error_and_no_folder(tmp_path: Path) -> None:
