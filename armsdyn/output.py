@@ -553,6 +553,7 @@ def build_manifest(experiment: Experiment, *, started: str, command: Sequence[st
                     "xarray",
                     "scipy",
                     "matplotlib",
+                    "networkx",  # lays out the model_diagram figure
                     "netCDF4",
                     "SALib",
                     "numba",
