@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # the names as type checkers and IDEs see them; at run time _
     from armsdyn.experiment import run
     from armsdyn.export import export_results
     from armsdyn.feedback import Loop, find_loops
+    from armsdyn.loop_table import LoopReport, loops
     from armsdyn.ltm import loop_dominance as loop_dominance
     from armsdyn.metrics import compute_metrics
     from armsdyn.model import Model, TimeSettings, Variable, load_model
@@ -91,6 +92,8 @@ _MODULES: dict[str, str] = {
     "export_results": "export",
     "Loop": "feedback",
     "find_loops": "feedback",
+    "LoopReport": "loop_table",
+    "loops": "loop_table",
     "loop_dominance": "ltm",
     "compute_metrics": "metrics",
     "Model": "model",
@@ -150,6 +153,7 @@ __all__ = [
     "Fault",
     "FigureSpec",
     "Loop",
+    "LoopReport",
     "MetricsSpec",
     "Model",
     "ModelError",
@@ -175,6 +179,7 @@ __all__ = [
     "load_model",
     "load_nmc",
     "load_sipri",
+    "loops",
     "redraw_figures",
     "richardson_combined_fit",
     "run",
