@@ -693,7 +693,7 @@ class CompiledModel(VariableLookup):
         threads = max(1, self.threads or os.cpu_count() or 1)
         with ThreadPoolExecutor(threads) as pool:
             self._numba_chunks(kernel, constants, states, values, n, grid, chunk_size, out, threads, pool)
-        if self._requested == "auto" and n >= _MIN_TIMED:
+        if n >= _MIN_TIMED:  # numba asked for or chosen: either way a measure for later automatic choices
             self._record(names, spec, "numba", (perf_counter() - started) / n / len(grid.times))
         starts = itertools.accumulate(sizes, initial=0)
         return [
