@@ -616,9 +616,15 @@ def find_loops(
     return loops
 
 
-#: ``Loop group: NAME`` (or ``Loop groups: NAME, NAME``) in a variable's documentation, up to a
-#: full stop, a semicolon or the end.
-_GROUP_NOTE = re.compile(r"\bloop groups?\s*:\s*([^.;]*)", re.IGNORECASE)
+#: ``Loop group: NAME`` (or ``Loop groups: NAME, NAME``) starting a sentence of a variable's
+#: documentation (at its start, or after a full stop or semicolon and whitespace), up to the end of
+#: that sentence: a full stop before whitespace or the end, a semicolon, or the end. Anchored so that
+#: prose mentioning a loop group ("the loop group: e.g. ...") is not read as a note, and running to
+#: the sentence's end so that an abbreviation ("U.S. action") is refused, not cut to "U".
+_GROUP_NOTE = re.compile(
+    r"(?:\A\s*|(?<=[.;])\s+)loop\s+groups?\s*:\s*((?:[^.;]|\.(?=\S))*)",
+    re.IGNORECASE,
+)
 _GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _'-]*")
 
 
@@ -626,12 +632,14 @@ def documented_groups(model: Model) -> dict[str, tuple[str, ...]]:
     """The loop groups a model file's documentation names: group name to the variables naming it.
 
     A variable's documentation names the groups of the loops through it with a sentence
-    ``Loop group: NAME.`` (``Loop groups: NAME, NAME.`` for several), anywhere in the text and in
-    any case; a name runs to the next full stop, semicolon or the end of the documentation and is
-    made of letters, digits, spaces, ``-``, ``_`` and ``'``. Every loop through such a variable (any
-    element of it) belongs to the group, as with a config's ``[[attribution.groups]]``. Name the
-    variable only the group's loops pass through (in the knowledge model, ``rival signal`` for the
-    action-reaction loops).
+    ``Loop group: NAME.`` (``Loop groups: NAME, NAME.`` for several) in any case, starting the
+    documentation or a sentence of it (after a full stop or semicolon); the words elsewhere in prose
+    are not a note. A name runs to the end of its sentence (a full stop before whitespace or the
+    end, a semicolon, or the end of the documentation) and is made of letters, digits, spaces,
+    ``-``, ``_`` and ``'``. Every loop through such a variable (any element of it) belongs to the
+    group, as with a config's ``[[attribution.groups]]``, so the variable must lie on a feedback
+    loop. Name the variable only the group's loops pass through (in the knowledge model, ``rival
+    signal`` for the action-reaction loops).
 
     Parameters
     ----------
@@ -646,10 +654,13 @@ def documented_groups(model: Model) -> dict[str, tuple[str, ...]]:
     Raises
     ------
     ModelError
-        For a note naming no group, a name of other characters, or ``other`` (the attribution's
-        label of what no group accounts for), naming the file and the variable.
+        For a note naming no group, a name of other characters (an abbreviation's full stop
+        included), or ``other`` (the attribution's label of what no group accounts for), or a note
+        on a variable on no feedback loop (:func:`on_feedback_loops`), naming the file and the
+        variable.
     """
     found: dict[str, set[str]] = {}
+    on_loops: set[str] | None = None
     for var in model.variables.values():
         for note in _GROUP_NOTE.finditer(var.doc):
             for raw in note.group(1).split(","):
@@ -657,8 +668,17 @@ def documented_groups(model: Model) -> dict[str, tuple[str, ...]]:
                 if not _GROUP_NAME.fullmatch(name) or name.lower() == "other":
                     msg = (
                         f"{model.path}: the documentation of {var.name!r} names loop group {name!r}; a loop "
-                        "group is written 'Loop group: NAME.' with a name of letters, digits, spaces, '-', '_' "
-                        "and \"'\" (not 'other'), several separated by commas"
+                        "group is written 'Loop group: NAME.' starting a sentence, with a name of letters, "
+                        "digits, spaces, '-', '_' and \"'\" (not 'other'), several separated by commas"
+                    )
+                    raise ModelError(msg)
+                # Only computed for a model with notes: most have none.
+                on_loops = on_feedback_loops(model) if on_loops is None else on_loops
+                if var.name not in on_loops:
+                    msg = (
+                        f"{model.path}: the documentation of {var.name!r} names loop group {name!r}, but "
+                        f"{var.name!r} lies on no feedback loop, so the group would name no loop; write the "
+                        "note on a variable the group's loops pass through"
                     )
                     raise ModelError(msg)
                 found.setdefault(name, set()).add(var.name)

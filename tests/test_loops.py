@@ -380,13 +380,54 @@ def test_documentation_names_loop_groups_in_a_sentence_of_its_own(tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    "note", ["Loop group: .", "Loop group: other.", "Loop group: guns+butter", "Loop groups: arms, , race."]
+    "doc",
+    [
+        "The loop group: e.g. fatigue.",
+        "See the loop groups: below.",
+        "Deaths per year (their loop group: mortality).",
+        "Not a note; but loop groups: none here",
+    ],
+)
+def test_loop_group_words_inside_a_sentence_are_prose_not_a_note(tmp_path: Path, doc: str) -> None:
+    # Only a sentence that starts with "Loop group:" names a group: the words elsewhere in prose
+    # once named groups "e" and "below".
+    path = tmp_path / "logistic.mdl"
+    path.write_text(_documented(HAND_MADE, "deaths", doc), encoding="utf-8")
+    assert documented_groups(load_model(path)) == {}
+
+
+@pytest.mark.parametrize(
+    "note",
+    [
+        "Loop group: .",
+        "Loop group: other.",
+        "Loop group: guns+butter",
+        "Loop groups: arms, , race.",
+        # A name ends at the end of a sentence, so an abbreviation's full stop is not cut off
+        # silently ("U.S. action" once named the group "U"): it is refused as a name with a '.'.
+        "Loop group: U.S. action.",
+        "Loop group: e.g. fatigue.",
+    ],
 )
 def test_a_malformed_loop_group_note_is_refused_naming_the_variable(tmp_path: Path, note: str) -> None:
     path = tmp_path / "logistic.mdl"
-    path.write_text(_documented(HAND_MADE, "lifetime", note), encoding="utf-8")
+    path.write_text(_documented(HAND_MADE, "deaths", note), encoding="utf-8")
     with pytest.raises(
-        ModelError, match=r"logistic\.mdl: the documentation of 'lifetime' names loop group .*'Loop group: NAME\.'"
+        ModelError, match=r"logistic\.mdl: the documentation of 'deaths' names loop group .*'Loop group: NAME\.'"
+    ):
+        documented_groups(load_model(path))
+
+
+@pytest.mark.parametrize("variable", ["lifetime", "rumour"])
+def test_a_loop_group_note_on_a_variable_on_no_loop_is_refused(tmp_path: Path, variable: str) -> None:
+    # A constant, or a variable only read off a loop, names no loop: the group would be empty, as
+    # [[attribution.groups]] refuses such a variable.
+    path = tmp_path / "logistic.mdl"
+    path.write_text(_documented(HAND_MADE, variable, "Loop group: mortality."), encoding="utf-8")
+    with pytest.raises(
+        ModelError,
+        match=rf"logistic\.mdl: the documentation of '{variable}' names loop group 'mortality', but '{variable}' "
+        "lies on no feedback loop",
     ):
         documented_groups(load_model(path))
 
