@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import html
 import math
 import os
 import re
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,9 +18,9 @@ import xarray as xr
 
 from armsdyn.cli import main
 from armsdyn.config import load_config
-from armsdyn.experiment import run
 from armsdyn.metrics import compute_metrics
 from tests.conftest import ROOT
+from tests.explorer_page import CHROMIUM, as_run, browser_or_skip, settle, table_values
 
 pytest.importorskip("bokeh", reason="the explorer needs Bokeh (pip install '.[explore]')")
 
@@ -41,19 +37,6 @@ from armsdyn.explore import (
 
 RICHARDSON = ROOT / "configs" / "richardson.toml"
 KNOWLEDGE = ROOT / "configs" / "disarmament_vs_knowledge.toml"
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-def _as_run(config: Path, name: str, params: dict[str, Any], engine: str | None = None) -> xr.Dataset:
-    """What armsdyn.run gives for one scenario of `config` with `params`, beside its baselines."""
-    exp = load_config(config)
-    if engine is not None:
-        exp = replace(exp, engine=engine)
-    scenario = exp.scenario(name)
-    rows = [replace(scenario, name="probe", parameters={**scenario.parameters, **params})]
-    rows += [s for s in exp.scenarios if s.name in {scenario.baseline, exp.metrics.baseline} - {None, ""}]
-    rows += [s for s in exp.scenarios if s.name in {r.baseline for r in rows} - {None} - {r.name for r in rows}]
-    return run(replace(exp, scenarios=tuple(rows)))
 
 
 def test_richardson_sliders_cover_every_scenario_parameter_within_the_declared_range() -> None:
@@ -100,7 +83,7 @@ def test_a_slider_update_of_the_knowledge_model_equals_armsdyn_run_and_is_fast()
     assert values["adoption time[B]"] == 7.5
     assert values["knowledge half life[B]"] == math.inf
 
-    reference = _as_run(KNOWLEDGE, "knowledge_lead_A", values)
+    reference = as_run(KNOWLEDGE, "knowledge_lead_A", values)
     for name in bench.exp.variables:
         py = bench.exp.model.variable(name).py_name
         np.testing.assert_allclose(
@@ -194,20 +177,10 @@ def test_cli_refuses_a_bad_config_and_port_with_status_2(tmp_path: Path, capsys:
 # --- the page in a real headless browser -------------------------------------------------------
 
 
-def _browser_or_skip() -> Any:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install '.[test]')")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    return sync_playwright
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """`armsdyn explore` on a copy of the Richardson config, as a subprocess; yields its URL and the copy."""
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     del sync_playwright
     config = tmp_path / "richardson.toml"
     config.write_text(
@@ -240,56 +213,12 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 pipe.close()
 
 
-def _page_state(page: Any) -> dict[str, Any]:
-    """The document's slider values, series, metrics and update count, read from BokehJS."""
-    return page.evaluate(
-        """() => {
-        const doc = Bokeh.documents[0];
-        const out = {sliders: {}, series: {}, metrics: null, count: 0};
-        for (const m of doc.all_models) {
-            if (!m.name) continue;
-            if (m.name.startsWith('slider:')) out.sliders[m.name.slice(7)] = m.value;
-            if (m.name.startsWith('series:')) {
-                const d = {};
-                for (const [k, v] of m.data.entries ? m.data.entries() : Object.entries(m.data)) d[k] = Array.from(v);
-                out.series[m.name.slice(7)] = d;
-            }
-            if (m.name === 'metrics_table') out.metrics = m.text;
-            if (m.name === 'timing') {
-                const found = /data-update='(\\d+)'/.exec(m.text);
-                out.count = found ? Number(found[1]) : 0;
-            }
-        }
-        return out;
-    }"""
-    )
-
-
-def _table_values(text: str) -> dict[str, float]:
-    """The exact numbers of the metrics table's current-settings column, by metric."""
-    found = re.findall(r"data-column='current' data-metric='([^']*)' data-value='([^']*)'", text)
-    return {html.unescape(metric): float(value) for metric, value in found}
-
-
-def _settle(page: Any, timeout: float = 60.0) -> dict[str, Any]:
-    """Wait until updates stop (the count unchanged for a second) and return the page's state."""
-    deadline = time.monotonic() + timeout
-    state = _page_state(page)
-    while time.monotonic() < deadline:
-        page.wait_for_timeout(1000)
-        now = _page_state(page)
-        if now["count"] == state["count"] and now["count"] > 0:
-            return now
-        state = now
-    raise AssertionError(f"the page kept updating (or never did) for {timeout} s")
-
-
 @pytest.mark.slow
 def test_the_page_moves_with_a_slider_to_armsdyn_runs_values_and_saves_a_runnable_scenario(
     served: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, config = served
-    sync_playwright = _browser_or_skip()
+    sync_playwright = browser_or_skip()
     port = url.rsplit(":", 1)[1].strip("/")
     requests: list[str] = []
     with sync_playwright() as p:
@@ -299,7 +228,7 @@ def test_the_page_moves_with_a_slider_to_armsdyn_runs_values_and_saves_a_runnabl
             page.on("request", lambda r: requests.append(r.url))
             page.goto(url, timeout=120_000)
             page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
-            before = _settle(page)
+            before = settle(page)
             assert before["count"] >= 1
             assert before["sliders"]["grievance g"] == 1.0  # the first scenario, 'stable'
 
@@ -313,18 +242,18 @@ def test_the_page_moves_with_a_slider_to_armsdyn_runs_values_and_saves_a_runnabl
             handle.focus()
             for _ in range(25):
                 handle.press("ArrowRight")
-            state = _settle(page)
+            state = settle(page)
             assert state["sliders"]["grievance g"] == pytest.approx(1.25)
             assert state["sliders"]["defence coefficient k"] == 1.2
 
             # The plotted series and the table equal armsdyn.run with the page's parameters.
             params = {k: float(f"{v:.12g}") for k, v in state["sliders"].items()}
-            reference = _as_run(config, "runaway", params).sel(scenario="probe")
+            reference = as_run(config, "runaway", params).sel(scenario="probe")
             for name in ("arms X", "arms Y"):  # the panels shown (the config's figures)
                 py = load_config(config).model.variable(name).py_name
                 np.testing.assert_allclose(state["series"][name]["y0"], reference[py].values, rtol=1e-9)
-            shown = _table_values(state["metrics"])
-            expected = compute_metrics(_as_run(config, "runaway", params)).loc["probe"]
+            shown = table_values(state["metrics"])
+            expected = compute_metrics(as_run(config, "runaway", params)).loc["probe"]
             for metric in ("final arms X", "equilibrium X", "determinant ab-kl", "eigenvalue 1 real"):
                 np.testing.assert_allclose(shown[metric], expected[metric], rtol=1e-9)
             # ... and the table a person reads shows them.
@@ -389,7 +318,7 @@ def test_a_scenario_with_a_time_series_keeps_it_and_runs_it_compiled(tmp_path: P
     view.sliders["defence coefficient k"].value = 0.7
     outcome = bench.simulate(bench.frame("rising"), "rising", view.values())
     assert outcome.engine.startswith("compiled"), outcome.engine
-    reference = _as_run(config, "rising", {"defence coefficient k": 0.7}, engine="pysd")
+    reference = as_run(config, "rising", {"defence coefficient k": 0.7}, engine="pysd")
     np.testing.assert_allclose(
         view.frame["arms_x"].values[0], reference["arms_x"].sel(scenario="probe").values, rtol=1e-9
     )

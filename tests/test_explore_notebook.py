@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -24,7 +25,8 @@ import pytest
 from armsdyn.config import load_config
 from armsdyn.explore import knobs
 from tests.conftest import ROOT
-from tests.test_explore import RICHARDSON, _as_run, _browser_or_skip, _settle
+from tests.explorer_page import CHROMIUM, as_run, browser_or_skip, settle
+from tests.test_explore import RICHARDSON
 
 pytest.importorskip("bokeh", reason="the explorer needs Bokeh (pip install '.[explore]')")
 pytest.importorskip("notebook", reason="the notebook test needs Jupyter Notebook (pip install '.[test]')")
@@ -67,14 +69,15 @@ def _notebook(config: Path, port: int) -> dict[str, object]:
 
 
 @pytest.fixture
-def notebook_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A Jupyter Notebook server on 127.0.0.1 serving a notebook of the explorer; yields its URL and config."""
-    _browser_or_skip()
+def notebook_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """A Jupyter Notebook server on 127.0.0.1 serving a notebook of the explorer; yields its URL, token and config."""
+    browser_or_skip()
     config = tmp_path / "richardson.toml"
     config.write_text(
         RICHARDSON.read_text(encoding="utf-8").replace('"../models/', f'"{ROOT / "models"}/'), encoding="utf-8"
     )
     port = _free_port()
+    token = secrets.token_hex(16)
     (tmp_path / "explore.ipynb").write_text(json.dumps(_notebook(config, port)), encoding="utf-8")
     # Jupyter's and IPython's per-user state goes to the test's folder, not the user's home.
     home = tmp_path / "home"
@@ -93,7 +96,8 @@ def notebook_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "--ip=127.0.0.1",
         f"--port={port}",
         "--port-retries=0",
-        "--IdentityProvider.token=",
+        # A token, not none: another user of the machine must not run code in the kernel meanwhile.
+        f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={tmp_path}",
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -112,7 +116,7 @@ def notebook_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             time.sleep(0.5)
         else:
             raise AssertionError(f"the notebook server did not listen on {port}")
-        yield url, config
+        yield url, token, config
     finally:
         proc.terminate()
         try:
@@ -124,17 +128,17 @@ def notebook_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
-    notebook_server: tuple[str, Path],
+    notebook_server: tuple[str, str, Path],
 ) -> None:
-    url, config = notebook_server
-    sync_playwright = _browser_or_skip()
+    url, token, config = notebook_server
+    sync_playwright = browser_or_skip()
     requests: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("request", lambda r: requests.append(r.url))
-            page.goto(url + "notebooks/explore.ipynb", timeout=120_000)
+            page.goto(f"{url}notebooks/explore.ipynb?token={token}", timeout=120_000)
             # A Run All sent before the kernel is connected is dropped: wait for it to be idle.
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
             # Run the notebook as a reader would: Run > Run All Cells.
@@ -149,7 +153,7 @@ def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
             except Exception as exc:
                 shown = page.locator(".jp-OutputArea").all_inner_texts()
                 raise AssertionError(f"the explorer never appeared; the cells' outputs: {shown}") from exc
-            before = _settle(page)
+            before = settle(page)
             assert before["sliders"]["grievance g"] == 1.0  # the first scenario, 'stable'
 
             order = [k.key for k in knobs(load_config(config))]  # the sliders' order in the cell
@@ -162,12 +166,12 @@ def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
             page.mouse.down()
             page.mouse.move(box["x"] + box["width"] / 2 + 40, box["y"] + box["height"] / 2, steps=8)
             page.mouse.up()
-            state = _settle(page)
+            state = settle(page)
             assert state["sliders"]["grievance g"] > 1.0
         finally:
             browser.close()
     params = {k: float(f"{v:.12g}") for k, v in state["sliders"].items()}
-    reference = _as_run(config, "stable", params).sel(scenario="probe")
+    reference = as_run(config, "stable", params).sel(scenario="probe")
     for name in ("arms X", "arms Y"):
         py = load_config(config).model.variable(name).py_name
         assert not np.allclose(before["series"][name]["y0"], reference[py].values)  # the slider moved the run
