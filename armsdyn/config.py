@@ -50,7 +50,7 @@ from typing import Any
 from armsdyn import metrics
 from armsdyn.attribution import CUTTABLE, MAX_GROUPS, OTHER
 from armsdyn.errors import ConfigError, ModelError, did_you_mean
-from armsdyn.feedback import on_feedback_loops
+from armsdyn.feedback import diagram_refusal, on_feedback_loops
 from armsdyn.figures import FIGURE_KINDS
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.sensitivity_methods import METHODS
@@ -902,6 +902,10 @@ def _parse_figures(
             elif key in required and not good.get(key):
                 problems.add(f"{where}.{key}", f"missing or empty; kind {kind!r} needs it")
         variables = _check_variables(good.get("variables", []), f"{where}.variables", model, problems)
+        # Refused here, not after the runs when the figure is drawn (and on every redraw).
+        refusal = diagram_refusal(model, variables) if kind == "model_diagram" else None
+        if refusal:
+            problems.add(f"{where}.variables", refusal)
         if kind == "phase_portrait" and good.get("variables") and len(good["variables"]) != 2:
             problems.add(
                 f"{where}.variables",

@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 
 from armsdyn.errors import ModelError
-from armsdyn.feedback import causal_graph, variable_link_polarities
+from armsdyn.feedback import causal_graph, diagram_refusal, variable_link_polarities
 from armsdyn.model import Model
 
 
@@ -56,12 +56,8 @@ def causal_diagram(model: Model, variables: Sequence[str] = ()) -> nx.DiGraph[st
     whole.add_edges_from((by_py[a].name, by_py[b].name) for a, targets in graph.items() for b in targets if a != b)
     # Any case, or the Python-safe name, as everywhere in a config (an unknown one raises with a suggestion).
     nodes = sorted(whole) if not variables else list(dict.fromkeys(model.variable(n).name for n in variables))
-    constants = [name for name in nodes if name not in whole]
-    if constants:
-        msg = (
-            f"model diagram of {model.path}: {', '.join(map(repr, constants))} cannot be drawn (a constant, "
-            "time or a control variable is on no link of the diagram); name stocks, flows and auxiliaries"
-        )
+    msg = diagram_refusal(model, nodes)
+    if msg:
         raise ModelError(msg)
     # A link closes a loop when its target reaches its source: both in one strongly connected set.
     component = {n: i for i, members in enumerate(nx.strongly_connected_components(whole)) for n in members}

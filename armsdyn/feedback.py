@@ -101,6 +101,39 @@ class Loop:
         return line + (f"  [mixed: {'; '.join(mixed)}]" if mixed else "")
 
 
+#: Kinds of variable that are no node of the causal graph (time and the control variables are no
+#: variable of a Model at all).
+_OFF_GRAPH = ("constant",)
+
+
+def diagram_refusal(model: Model, variables: Sequence[str]) -> str | None:
+    """Why a model diagram of these variables cannot be drawn, or None if it can.
+
+    A diagram draws nodes of the causal graph (:func:`causal_graph`); a constant is none. Config
+    validation and :func:`armsdyn.diagram.causal_diagram` both ask here, so ``armsdyn check``
+    refuses what drawing the figure would, in the same words.
+
+    Parameters
+    ----------
+    model : Model
+        The model.
+    variables : sequence of str
+        Model names of variables of the model.
+
+    Returns
+    -------
+    str or None
+        The message naming the model file and the variables that cannot be drawn.
+    """
+    off = [name for name in variables if model.variables[name].kind in _OFF_GRAPH]
+    if not off:
+        return None
+    return (
+        f"model diagram of {model.path}: {', '.join(map(repr, off))} cannot be drawn (a constant, "
+        "time or a control variable is on no link of the diagram); name stocks, flows and auxiliaries"
+    )
+
+
 def causal_graph(model: Model) -> dict[str, set[str]]:
     """The model's causal graph: ``{source py_name: {target py_names}}`` over its variables.
 
@@ -108,7 +141,7 @@ def causal_graph(model: Model) -> dict[str, set[str]]:
     the stateful object's rate reads; constants, time and the control variables have no edges.
     """
     deps = model.pysd_model.dependencies
-    names = {v.py_name for v in model.variables.values() if v.kind not in ("constant",)}
+    names = {v.py_name for v in model.variables.values() if v.kind not in _OFF_GRAPH}
     graph: dict[str, set[str]] = {name: set() for name in names}
     for target in names:
         for source in _sources(deps, target, set()):

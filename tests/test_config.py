@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 
 from armsdyn import ConfigError, load_config
 from armsdyn.cli import main
-from tests.conftest import CONFIGS, MODELS, write_config
+from tests.conftest import CONFIGS, MODELS, call_cli, write_config
 
 GOOD = """
 [time]
@@ -329,3 +330,20 @@ def test_sampled_bounds_outside_the_declared_range_are_refused(tmp_path: Path) -
     ):
         load_config(write_config(tmp_path, study.format(high=3), model=model))
     assert load_config(write_config(tmp_path, study.format(high=2), model=model, name="ok")).sensitivity is not None
+
+
+def test_check_refuses_a_constant_in_a_model_diagram_before_anything_runs(tmp_path: Path) -> None:
+    # A constant is on no link of the diagram: drawing it failed after the runs (and on every
+    # redraw by `armsdyn figures`); `armsdyn check` refuses it in the drawing's own words.
+    body = GOOD + '\n[[figures]]\nkind = "model_diagram"\nvariables = ["arms X", "grievance g", "arms Y"]\n'
+    proc = call_cli("check", write_config(tmp_path, body))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert re.search(
+        r"exp\.toml: .*figures\[1\]\.variables: model diagram of .*richardson\.mdl: 'grievance g' cannot be drawn "
+        r"\(a constant, time or a control variable is on no link of the diagram\); name stocks, flows and auxiliaries",
+        proc.stderr,
+    ), proc.stderr
+    # The same figure of stocks, flows and auxiliaries is accepted.
+    good = body.replace('"grievance g", ', '"reaction of X", ')
+    assert call_cli("check", write_config(tmp_path, good)).returncode == 0
