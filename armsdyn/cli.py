@@ -77,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run an experiment and write its results folder",
-        description="Run every scenario of CONFIG with PySD and write results.nc, "
-        "metrics.csv, figures/ and manifest.json into the results folder.",
+        description="Run every scenario of CONFIG (compiled engine; PySD where a model cannot compile) "
+        "and write results.nc, metrics.csv, figures/ and manifest.json into the results folder.",
     )
     p.add_argument("config", type=Path, help="experiment config file (TOML)")
     p.add_argument("--out", type=Path, help="results folder (default: results/<experiment name>)")
@@ -163,7 +163,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="audit folder (default: results/<experiment name>/audit)")
     p.add_argument("--samples", type=int, metavar="N", help="runs (default: the config's [audit] samples)")
     p.add_argument("--force", action="store_true", help="replace an existing audit folder")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: all cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads of numba's kernel, or processes where numba is not installed (default: all cores)",
+    )
     p.add_argument(
         "--chunk-size", type=int, default=8192, metavar="N", help="samples simulated together (default: 8192)"
     )

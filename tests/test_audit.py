@@ -387,3 +387,22 @@ next(iter(result.values.values())).to_csv({str(out)!r}, index=False)
             assert text[0] == text[1], column
         else:
             np.testing.assert_allclose(numpy_table[column], ours[column], rtol=1e-9, atol=1e-12, err_msg=column)
+
+
+def test_the_numba_path_shows_a_progress_bar_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--progress drew nothing for runs on numba's kernel; it counts every run of each scenario now."""
+    from armsdyn.audit.runs import metric_tables
+
+    spec = load_audit(richardson_config(tmp_path, 10, STABLE))
+    if numba_model(spec.experiment.model.path) is None:
+        pytest.skip("numba is not installed (pip install '.[fast]'): the runs take the runner's path")
+    draws = sample(spec, samples=300)
+    quiet = metric_tables(spec, draws, workers=1, chunk_size=128, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = metric_tables(spec, draws, workers=1, chunk_size=128, progress=True)
+    err = capsys.readouterr().err
+    assert "300/300" in err, err
+    for key in quiet:
+        pd.testing.assert_frame_equal(quiet[key], shown[key])

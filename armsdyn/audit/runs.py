@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from tqdm import tqdm
 
 from armsdyn.audit.spec import AuditSpec, Switch, constant_values, is_baseline_metric
 from armsdyn.ensemble import CompiledModel, UnsupportedConstruct, compile_model
@@ -118,7 +120,7 @@ def metric_tables(
     chunk_size : int
         Runs simulated, and reduced to final values, together.
     progress : bool
-        Show a progress bar (the runs without numba).
+        Show a progress bar on stderr, one per scenario (with numba: one chunk of runs a step).
 
     Returns
     -------
@@ -144,7 +146,9 @@ def metric_tables(
                 samples[target] = draws[entry.name].to_numpy(dtype=float)
         reducer = FinalsReducer(outputs=(*variables, *FAULT_COLUMNS), attrs={})
         if compiled is not None:
-            ds = _run_in_process(compiled, samples, experiment.time, variables, reducer, workers, chunk_size)
+            ds = _run_in_process(
+                compiled, samples, experiment.time, variables, reducer, workers, chunk_size, progress, name
+            )
         else:
             size = chunk_size
             if workers != 1:  # one chunk per worker at least, so every worker has runs
@@ -194,6 +198,8 @@ def _run_in_process(
     reducer: FinalsReducer,
     threads: int | None,
     chunk_size: int,
+    progress: bool = False,
+    label: str = "runs",
 ) -> xr.Dataset:
     """Every sample through the numba kernel in this process, `threads` sharing each chunk, reduced chunk by chunk.
 
@@ -204,12 +210,17 @@ def _run_in_process(
     """
     n = len(next(iter(samples.values())))
     before, compiled.threads = compiled.threads, threads
+    parts = []
+    bar = tqdm(
+        total=n, unit="run", unit_scale=True, desc=label, file=sys.stderr, dynamic_ncols=True, disable=not progress
+    )
     try:
-        parts = [
-            reducer(compiled.run({k: v[lo : lo + chunk_size] for k, v in samples.items()}, time, variables), lo)
-            for lo in range(0, n, chunk_size)
-        ]
+        for lo in range(0, n, chunk_size):
+            chunk = compiled.run({k: v[lo : lo + chunk_size] for k, v in samples.items()}, time, variables)
+            parts.append(reducer(chunk, lo))
+            bar.update(min(chunk_size, n - lo))
     finally:
+        bar.close()
         compiled.threads = before
     return xr.concat(parts, dim="run") if len(parts) > 1 else parts[0]
 
