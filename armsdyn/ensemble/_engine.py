@@ -510,8 +510,6 @@ class CompiledModel(VariableLookup):
             if pilot and lo > 0:
                 pilot = False
                 per_sample = (perf_counter() - started) / lo
-                if auto and lo >= _MIN_TIMED:
-                    self._record(names, spec, "numpy", per_sample / steps)
                 numba = timings.get("numba", per_sample / _NUMBA_SPEEDUP / steps) * steps
                 study = max(n, self.study_runs or 0) - lo
                 if (per_sample - numba) * study > self._kernel_cost(names, spec):
@@ -530,6 +528,8 @@ class CompiledModel(VariableLookup):
             for arr, res in zip(out, results, strict=True):
                 arr[..., lo:hi] = res
         if auto and n >= _MIN_TIMED:
+            # Whole calls only: numpy's fixed cost per time step makes a short pilot chunk's time per run
+            # several times a full chunk's (measured: numba chosen, 1.5x slower, on a SMOOTH model at 10^5).
             self._record(names, spec, "numpy", (perf_counter() - started) / n / steps)
         return out
 
