@@ -61,9 +61,9 @@ from armsdyn.ensemble import (
     compile_model,
 )
 from armsdyn.errors import ModelError
-from armsdyn.experiment import _element_params
 from armsdyn.model import Model, TimeSettings, pysd_module, quiet_pysd
 from armsdyn.richardson import Richardson
+from armsdyn.scenario_inputs import element_params
 
 #: Relative tolerance under which a real part of an eigenvalue counts as zero.
 ZERO_RTOL = 1e-7
@@ -251,7 +251,7 @@ def _compiled_flows(
     exp: Experiment, compiled: CompiledModel, scenario: Scenario, stocks: Sequence[str]
 ) -> tuple[RateFunction, np.ndarray]:
     """A scenario's rate function on the compiled engine, and the stocks' values at the initial time."""
-    params = _element_params(exp, scenario.parameters)
+    params = element_params(exp.model, scenario.parameters)
     lookups = {v.name for v in exp.model.of_kind("lookup")}
     numbers = {k: float(v) for k, v in params.items() if not isinstance(v, tuple)}
     series = {k: v for k, v in params.items() if isinstance(v, tuple) and k not in lookups}

@@ -74,11 +74,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from armsdyn.ensemble import UnsupportedConstruct, compile_model
+from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_model
 from armsdyn.errors import ModelError, did_you_mean
 from armsdyn.feedback import find_loops, on_feedback_loops
 from armsdyn.ltm import loop_dominance, named_scenarios
 from armsdyn.model import Model, TimeSettings, cache_dir, load_model
+from armsdyn.scenario_inputs import batch_inputs
 from armsdyn.specs import AttributionSpec, Experiment, LoopGroup, Scenario
 
 #: The label of what no named group accounts for.
@@ -373,18 +374,17 @@ def _run_all(
     """Every scenario under every knockout: ``runs[scenario][mask][stock]`` at every step, and the engine.
 
     Every scenario and knockout runs as one batch of the compiled engine, as an experiment runs
-    its scenarios: constants given as numbers are samples; a constant given as a time series in any
-    scenario is a series for every run (a number as a series of one point, the model's own value
-    where a scenario leaves it), and a redrawn lookup a table per run. Where the engine cannot
-    compile the model, a series or a table, or `compiled` is false, PySD runs them one by one.
-    The engine is returned as ``"compiled"`` or ``"pysd"``.
+    its scenarios (numbers, time series and redrawn lookups alike). Where the engine cannot
+    compile the model, a series or a table (warned, naming the construct), or `compiled` is false,
+    PySD runs them one by one. The engine is returned as ``"compiled"`` or ``"pysd"``.
     """
     out: list[list[dict[str, np.ndarray]]] = [[{} for _ in masks] for _ in named]
     cuts = [f"{_CUT_PREFIX} {i + 1}" for i in range(len(masks[0]))]
     if compiled:
         try:
             ds = _run_compiled(path, model, named, masks, cuts, stocks, settings)
-        except UnsupportedConstruct:  # a construct, series or table it does not compile
+        except UnsupportedConstruct as exc:  # a construct, series or table it does not compile
+            warnings.warn(f"{exc}; the attribution's knockouts run with PySD instead", FallbackWarning, stacklevel=3)
             ds = None
         if ds is not None:
             for r, (s, m) in enumerate(itertools.product(range(len(named)), range(len(masks)))):
@@ -410,42 +410,21 @@ def _run_compiled(
     stocks: list[str],
     settings: TimeSettings,
 ) -> xr.Dataset:
-    """The knockout runs as one batch of the compiled engine, run ``s * len(masks) + m``."""
+    """The knockout runs as one batch of the compiled engine, run ``s * len(masks) + m``.
+
+    Each run is its scenario's overrides (split by :func:`armsdyn.scenario_inputs.batch_inputs`)
+    and its knockout's cut constants.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = compile_model(path, backend="numpy")
     rows = list(itertools.product(range(len(named)), range(len(masks))))
-    keys = sorted({k for _, params in named for k in params})
-    timed = {k for _, params in named for k, v in params.items() if isinstance(v, pd.Series | tuple)}
-    tables = {k for k in timed if model.element(k)[0].kind == "lookup"}
-    t0 = float(settings.initial)
-
-    def timed_value(value: Any) -> Any:
-        # A number where another scenario gives a series: a series of one point, held.
-        return value if value is None or isinstance(value, pd.Series | tuple) else ((t0, float(value)),)
-
-    samples = {
-        k: np.array([float(named[s][1].get(k, _model_value(model, k))) for s, _ in rows])
-        for k in keys
-        if k not in timed
-    }
+    samples, series, lookups = batch_inputs(model, [named[s][1] for s, _ in rows])
     for c, cut in enumerate(cuts):
         samples[cut] = np.array([1.0 - masks[m][c] for _, m in rows])
-    series = {k: [timed_value(named[s][1].get(k)) for s, _ in rows] for k in sorted(timed - tables)}
-    lookups = {k: [named[s][1].get(k) for s, _ in rows] for k in sorted(tables)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return engine.run(samples, time=settings, variables=stocks, series=series, lookups=lookups)
-
-
-def _model_value(model: Model, key: str) -> float:
-    var, element = model.element(key)
-    if element is None:
-        if var.default is None:  # scenarios override constants only, and a scalar one has a value
-            msg = f"{key!r} has no value in the model file to run the other scenarios at"
-            raise ModelError(msg)
-        return float(var.default)
-    return float(var.defaults[var.elements().index(tuple(element))])
 
 
 def _step_index(settings: TimeSettings, t: float, model: Model) -> int:

@@ -11,7 +11,7 @@ import math
 import os
 import time as _time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -23,7 +23,7 @@ from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_mode
 from armsdyn.errors import ModelError, NumericalError, NumericalWarning
 from armsdyn.model import SimulationError, Variable
 from armsdyn.results import Fault, find_faults
-from armsdyn.specs import ParameterValue
+from armsdyn.scenario_inputs import batch_inputs
 
 
 def run(
@@ -184,30 +184,15 @@ def run(
 def _run_compiled(exp: Experiment) -> dict[int, dict[str, np.ndarray]]:
     """Every scenario, as one batch of runs of the compiled engine.
 
-    Constants given as numbers are the batch's samples; constants given as a
-    time series in any scenario are series for every run (a number as a series
-    of one point, the model's own value where a scenario leaves it); a lookup
-    a scenario redraws is a table per run (the model's own where a scenario
-    keeps it). Returns each scenario's values by index, shaped as
+    The scenarios' overrides become the batch's samples, series and lookup
+    tables as :func:`armsdyn.scenario_inputs.batch_inputs` splits them.
+    Returns each scenario's values by index, shaped as
     :meth:`armsdyn.model.Model.simulate` gives them. A model, series or table
     the engine cannot compile is warned about once and left to PySD.
     """
-    lookups = {v.name for v in exp.model.of_kind("lookup")}
     try:
         compiled = compile_model(exp.model.path, backend="numpy")  # a few runs: no kernel to compile
-        params = [_element_params(exp, s.parameters) for s in exp.scenarios]
-        keys = sorted({k for p in params for k in p})
-        timed = {k for p in params for k, v in p.items() if isinstance(v, tuple)}
-        numbers = [{k: v for k, v in p.items() if not isinstance(v, tuple)} for p in params]
-        t0 = float(exp.time.initial)
-        samples = {
-            k: np.array([float(n.get(k, _model_value(exp, k))) for n in numbers]) for k in keys if k not in timed
-        }
-        series = {
-            k: [v if isinstance(v := p.get(k), tuple) or v is None else ((t0, float(v)),) for p in params]
-            for k in sorted(timed - lookups)
-        }
-        tables = {k: [p.get(k) for p in params] for k in sorted(timed & lookups)}
+        samples, series, tables = batch_inputs(exp.model, [s.parameters for s in exp.scenarios])
         # With no overrides at all the engine runs the model once, and every scenario is that run.
         ds = compiled.run(samples, time=exp.time, variables=exp.variables, series=series, lookups=tables)
     except UnsupportedConstruct as exc:
@@ -219,41 +204,6 @@ def _run_compiled(exp: Experiment) -> dict[int, dict[str, np.ndarray]]:
         i: {name: ds[key].isel(run=i if several else 0).values for name, key in keyed.items()}
         for i in range(len(exp.scenarios))
     }
-
-
-def _element_params(exp: Experiment, parameters: Mapping[str, ParameterValue]) -> dict[str, ParameterValue]:
-    """A scenario's overrides with a whole subscripted constant given element by element.
-
-    An element's own override wins over the whole constant's, as with PySD
-    (:meth:`armsdyn.model.Model.pysd_values`); element keys are the model's
-    names (``"k[USA, China]"``), so every scenario names an element alike.
-    """
-    out: dict[str, ParameterValue] = {}
-    for key, value in parameters.items():
-        var, element = exp.model.element(key)
-        if element is not None:
-            out[var.element_name(element)] = value
-    for key, value in parameters.items():
-        var, element = exp.model.element(key)
-        if element is not None:
-            continue
-        if var.dims:
-            for each in var.elements():
-                out.setdefault(var.element_name(each), value)
-        else:
-            out[var.name] = value
-    return out
-
-
-def _model_value(exp: Experiment, key: str) -> float:
-    """The model file's value of a constant or of one element of it."""
-    var, element = exp.model.element(key)
-    if element is None:
-        if var.default is None:
-            msg = f"{var.name!r} has no single value in model {exp.model.path}"
-            raise ModelError(msg)
-        return var.default
-    return var.defaults[var.elements().index(tuple(element))]
 
 
 def _add_dims(ds: xr.Dataset, var: Variable) -> None:

@@ -22,9 +22,9 @@ from armsdyn.attribution import OTHER, attribute, knockout_model
 from armsdyn.config import load_config
 from armsdyn.ensemble import compile_model
 from armsdyn.errors import ConfigError
-from armsdyn.model import Model, file_sha256, load_model
+from armsdyn.model import Model, TimeSettings, file_sha256, load_model
 from armsdyn.pipeline import run_experiment
-from armsdyn.specs import AttributionSpec, LoopGroup
+from armsdyn.specs import AttributionSpec, LoopGroup, Scenario
 from tests.conftest import CONFIGS, MODELS, run_cli, write_config
 
 RICHARDSON = MODELS / "richardson.mdl"
@@ -155,6 +155,31 @@ def test_time_series_scenarios_run_on_the_compiled_engine_and_agree_with_pysd(ri
     np.testing.assert_allclose(
         attribute(richardson, spec, flat)["attribution_share"], constant["attribution_share"], rtol=1e-9
     )
+
+
+@pytest.mark.parametrize("grievance", [5.0, ((0.0, 100.0), (1.0, -50.0))], ids=["number", "time-series"])
+def test_a_whole_subscripted_override_beside_scenarios_without_it_runs_compiled_as_pysd_runs_it(
+    grievance: float | tuple[tuple[float, float], ...],
+) -> None:
+    # One scenario overrides the whole of a subscripted constant, one leaves it, one sets an element
+    # and one both (the element wins): the runs that leave an element take the model file's value.
+    model = load_model(MODELS / "richardson_n.mdl")
+    time = TimeSettings(0.0, 2.0, 0.0625, 0.0625, "Year")  # short: PySD's subscripted runs are slow
+    spec = AttributionSpec(("arms",), (LoopGroup("action-reaction", ("reaction",)),), window=(0.0, 2.0))
+    scenarios = [
+        Scenario("whole", parameters={"grievance g": grievance}),
+        Scenario("own"),
+        Scenario("element", parameters={"grievance g[China]": 400.0}),
+        Scenario("both", parameters={"grievance g": grievance, "grievance g[USA]": -100.0}),
+    ]
+    compiled = attribute(model, spec, scenarios, time=time)
+    pysd = attribute(model, spec, scenarios, time=time, engine="pysd")
+    assert (compiled.attrs["engine"], pysd.attrs["engine"]) == ("compiled", "pysd")
+    for key in ("attribution_share", "attribution_change", "knockout_change", "stock_change"):
+        np.testing.assert_allclose(compiled[key], pysd[key], rtol=1e-9, atol=1e-9)
+    # Every scenario changes the stocks differently, so the comparison tells them apart.
+    change = compiled["stock_change"].values
+    assert len({tuple(np.round(row, 6)) for row in change}) == len(scenarios)
 
 
 #: Richardson's model with X's reaction a graphical function of Y's arms, which a scenario redraws.
