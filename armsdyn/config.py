@@ -51,13 +51,13 @@ from armsdyn import metrics
 from armsdyn.attribution import CUTTABLE, MAX_GROUPS, OTHER
 from armsdyn.errors import ConfigError, ModelError, did_you_mean
 from armsdyn.feedback import diagram_refusal, on_feedback_loops
-from armsdyn.figures import FIGURE_KINDS
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.sensitivity_methods import METHODS
 from armsdyn.specs import (
     AGGREGATES,
     DISTRIBUTIONS,
     ENGINES,
+    FIGURE_KINDS,
     LOOP_GROUP_KINDS,
     AttributionSpec,
     Experiment,

@@ -56,18 +56,17 @@ import xarray as xr
 
 from armsdyn import __version__
 from armsdyn.errors import ArmsdynError, ResultsError
-from armsdyn.figures import LOOPS_FILE
 from armsdyn.model import file_sha256
 from armsdyn.output import (
     ENSEMBLE_FILE,
     INDICES_FILE,
     MANIFEST_FILE,
-    RESULTS_FILE,
     STUDY_DIR,
     atomic_folder,
     locked,
     now,
 )
+from armsdyn.results import LOOPS_FILE, RESULTS_FILE
 
 #: How a study's ensemble names its outputs (see :mod:`armsdyn.sensitivity`).
 OUTPUT_PREFIX = "output: "

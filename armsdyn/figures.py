@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import itertools
 import re
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,13 @@ from armsdyn.diagram import causal_diagram, diagram_layout
 from armsdyn.errors import ConfigError, ResultsError
 from armsdyn.metrics import compute_metrics, richardson_parameters
 from armsdyn.model import load_model
-from armsdyn.results import case_dim, find_variable, parameter_values
-from armsdyn.specs import FigureSpec
+from armsdyn.results import LOOPS_FILE, case_dim, find_variable, parameter_values
+from armsdyn.specs import FIGURE_KINDS, FigureSpec
 
 STYLE = Path(__file__).with_name("paper.mplstyle")
 SINGLE_COLUMN = 3.5  # inches
 DOUBLE_COLUMN = 7.2  # inches
 FORMATS = ("pdf", "svg", "png")
-#: The loop analysis of a results folder (written by :func:`armsdyn.run_experiment`).
-LOOPS_FILE = "loops.nc"
 
 
 @contextlib.contextmanager
@@ -208,7 +206,7 @@ def time_series(
     return fig, axes
 
 
-TIME_SERIES_LAYOUTS = ("overlay", "small_multiples")
+TIME_SERIES_LAYOUTS = FIGURE_KINDS["time_series"].layouts
 
 
 def phase_portrait(
@@ -875,7 +873,7 @@ _OTHER_LOOPS = "0.62"
 #: Loops drawn one by one in a loop dominance figure; the others are summed as "other loops".
 DOMINANCE_TOP = 6
 
-LOOP_DOMINANCE_LAYOUTS = ("stacked", "lines")
+LOOP_DOMINANCE_LAYOUTS = FIGURE_KINDS["loop_dominance"].layouts
 
 
 def _base_name(node: str) -> str:
@@ -1187,102 +1185,184 @@ def model_diagram(
     return fig, [ax]
 
 
-def _phase_portrait_of(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
-    """Draw a phase portrait figure spec, whose variables are x then y.
+# The drawing functions FIGURE_KINDS (armsdyn.specs) names: each reads a config's FigureSpec.
+
+
+def draw_time_series(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
+    """Draw a ``time_series`` figure spec with :func:`time_series`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The results.
+    spec : FigureSpec
+        The figure: its variables, scenarios (empty: all) and layout.
+
+    Returns
+    -------
+    tuple
+        The figure and its axes.
+    """
+    return time_series(ds, spec.variables, spec.scenarios or None, layout=spec.layout or "overlay")
+
+
+def draw_phase_portrait(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
+    """Draw a ``phase_portrait`` figure spec with :func:`phase_portrait`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The results.
+    spec : FigureSpec
+        The figure: its two variables (x, then y) and scenarios (empty: all).
+
+    Returns
+    -------
+    tuple
+        The figure and its axes.
 
     Raises
     ------
     ValueError
-        If the spec does not name exactly two variables. A config is checked for this when read;
-        a FigureSpec built in Python is not, and its third variable would be taken for the
-        scenarios drawn.
+        If the spec does not name exactly two variables.
     """
     if len(spec.variables) != 2:
+        # A config is checked for this when read; a FigureSpec built in Python is not, and its
+        # third variable would be taken for the scenarios drawn.
         msg = f"figure {spec.name!r}: a phase portrait takes exactly two variables (x, y), got {len(spec.variables)}"
         raise ValueError(msg)
     x, y = spec.variables
     return phase_portrait(ds, x, y, spec.scenarios or None)
 
 
-@dataclass(frozen=True)
-class FigureKind:
-    """A figure kind a config may ask for: an entry of :data:`FIGURE_KINDS`.
+def draw_scenario_grid(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
+    """Draw a ``scenario_grid`` figure spec with :func:`scenario_grid`.
 
-    Attributes
+    Parameters
     ----------
-    draw : callable
-        ``(results Dataset, FigureSpec) -> (Figure, list of Axes)``; for a kind that reads the loop
-        analysis, ``(results Dataset, FigureSpec, loops Dataset)``.
-    layouts : tuple of str
-        The layouts it offers, the first the default.
-    required : tuple of str
-        The FigureSpec keys it needs (``variables``, ``panels``, ``metrics``, ``parameter``).
-    optional : tuple of str
-        The FigureSpec keys it may take besides.
-    reads_loops : bool
-        Whether it draws the loop analysis (``loops.nc``), which the config must then ask for.
-    needs : str
-        The config table that makes the run write what it draws (``"loop_dominance"`` or
-        ``"attribution"``), for a kind that reads the loop analysis.
+    ds : xarray.Dataset
+        The results.
+    spec : FigureSpec
+        The figure: its panels and scenarios (empty: all).
+
+    Returns
+    -------
+    tuple
+        The figure and its axes.
     """
-
-    draw: Callable[..., tuple[Figure, list[Axes]]]
-    layouts: tuple[str, ...]
-    required: tuple[str, ...]
-    optional: tuple[str, ...] = ()
-    reads_loops: bool = False
-    needs: str = ""
+    return scenario_grid(ds, spec.panels, spec.scenarios or None)
 
 
-#: Figure kinds, keyed as in configs. The config validator reads the layouts and
-#: required keys; adding a kind is its drawing function and one line here.
-FIGURE_KINDS: dict[str, FigureKind] = {
-    "time_series": FigureKind(
-        lambda ds, spec: time_series(ds, spec.variables, spec.scenarios or None, layout=spec.layout or "overlay"),
-        TIME_SERIES_LAYOUTS,
-        ("variables",),
-    ),
-    "phase_portrait": FigureKind(
-        lambda ds, spec: _phase_portrait_of(ds, spec),
-        ("small_multiples",),
-        ("variables",),
-    ),
-    "scenario_grid": FigureKind(
-        lambda ds, spec: scenario_grid(ds, spec.panels, spec.scenarios or None), ("rows_are_scenarios",), ("panels",)
-    ),
-    "metric_bars": FigureKind(
-        lambda ds, spec: metric_bars(ds, spec.metrics, spec.scenarios or None), ("grouped",), ("metrics",)
-    ),
-    "metric_vs_parameter": FigureKind(
-        lambda ds, spec: metric_vs_parameter(ds, spec.parameter, spec.metrics, spec.scenarios or None),
-        ("line",),
-        ("parameter", "metrics"),
-    ),
-    "loop_dominance": FigureKind(
-        lambda ds, spec, loops: loop_dominance(
-            loops, spec.scenarios or None, spec.variables, layout=spec.layout or "stacked", results=ds
-        ),
-        LOOP_DOMINANCE_LAYOUTS,
-        (),
-        ("variables",),
-        reads_loops=True,
-        needs="loop_dominance",
-    ),
-    "attribution_shares": FigureKind(
-        lambda ds, spec, loops: attribution_shares(loops, spec.scenarios or None, spec.variables),
-        ("stacked_bars",),
-        (),
-        ("variables",),
-        reads_loops=True,
-        needs="attribution",
-    ),
-    "model_diagram": FigureKind(
-        lambda ds, spec: model_diagram(spec.model, spec.variables),
-        ("causal_loop",),
-        (),
-        ("variables",),
-    ),
-}
+def draw_metric_bars(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
+    """Draw a ``metric_bars`` figure spec with :func:`metric_bars`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The results.
+    spec : FigureSpec
+        The figure: its metrics and scenarios (empty: all).
+
+    Returns
+    -------
+    tuple
+        The figure and its axes.
+    """
+    return metric_bars(ds, spec.metrics, spec.scenarios or None)
+
+
+def draw_metric_vs_parameter(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
+    """Draw a ``metric_vs_parameter`` figure spec with :func:`metric_vs_parameter`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The results.
+    spec : FigureSpec
+        The figure: its parameter, metrics and scenarios (empty: all).
+
+    Returns
+    -------
+    tuple
+        The figure and its axes.
+    """
+    return metric_vs_parameter(ds, spec.parameter, spec.metrics, spec.scenarios or None)
+
+
+def draw_loop_dominance(ds: xr.Dataset, spec: FigureSpec, loops: xr.Dataset) -> tuple[Figure, list[Axes]]:
+    """Draw a ``loop_dominance`` figure spec with :func:`loop_dominance`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The results.
+    spec : FigureSpec
+        The figure: its stocks (variables), scenarios (empty: all) and layout.
+    loops : xarray.Dataset
+        The loop analysis (``loops.nc``).
+
+    Returns
+    -------
+    tuple
+        The figure and its axes.
+    """
+    return loop_dominance(loops, spec.scenarios or None, spec.variables, layout=spec.layout or "stacked", results=ds)
+
+
+def draw_attribution_shares(ds: xr.Dataset, spec: FigureSpec, loops: xr.Dataset) -> tuple[Figure, list[Axes]]:
+    """Draw a ``attribution_shares`` figure spec with :func:`attribution_shares`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The results.
+    spec : FigureSpec
+        The figure: its stocks (variables) and scenarios (empty: all).
+    loops : xarray.Dataset
+        The loop analysis (``loops.nc``).
+
+    Returns
+    -------
+    tuple
+        The figure and its axes.
+    """
+    return attribution_shares(loops, spec.scenarios or None, spec.variables)
+
+
+def draw_model_diagram(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
+    """Draw a ``model_diagram`` figure spec with :func:`model_diagram`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The results.
+    spec : FigureSpec
+        The figure: its model file and variables (empty: all but the constants).
+
+    Returns
+    -------
+    tuple
+        The figure and its axes.
+    """
+    return model_diagram(spec.model, spec.variables)
+
+
+def figure_drawer(kind: str) -> Callable[..., tuple[Figure, list[Axes]]]:
+    """The drawing function of figure kind `kind` (a key of :data:`armsdyn.specs.FIGURE_KINDS`), imported now.
+
+    Parameters
+    ----------
+    kind : str
+        A figure kind, e.g. ``"time_series"``.
+
+    Returns
+    -------
+    callable
+        ``(results Dataset, FigureSpec[, loops Dataset]) -> (Figure, list of Axes)``.
+    """
+    module, _, function = FIGURE_KINDS[kind].draw.partition(":")
+    draw: Callable[..., tuple[Figure, list[Axes]]] = getattr(importlib.import_module(module), function)
+    return draw
 
 
 def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
@@ -1338,12 +1418,12 @@ def draw_figures(
     written = []
     with paper_style():
         for spec in specs:
-            kind = FIGURE_KINDS[spec.kind]
-            if kind.reads_loops:
+            draw = figure_drawer(spec.kind)
+            if FIGURE_KINDS[spec.kind].reads_loops:
                 loops = _loops_for(folder) if loops is None else loops
-                fig, _ = kind.draw(ds, spec, loops)
+                fig, _ = draw(ds, spec, loops)
             else:
-                fig, _ = kind.draw(ds, spec)
+                fig, _ = draw(ds, spec)
             try:
                 written += save_figure(fig, folder / spec.name)
             finally:

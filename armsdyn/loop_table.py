@@ -22,8 +22,8 @@ import xarray as xr
 from armsdyn.config import load_config
 from armsdyn.errors import ResultsError
 from armsdyn.feedback import Loop, find_loops, group_names
-from armsdyn.figures import LOOPS_FILE
 from armsdyn.model import Model, load_model
+from armsdyn.results import LOOPS_FILE
 
 #: The loop table's columns (its index is the loop id, ``"R1"``, ``"B2"``, ...).
 COLUMNS = ("name", "variables", "length", "polarity")

@@ -33,6 +33,7 @@ from armsdyn.errors import ResultsError
 from armsdyn.figures import draw_figures, draw_study_figures
 from armsdyn.metrics import compute_metrics
 from armsdyn.model import Model, file_sha256, parse_model
+from armsdyn.results import RESULTS_FILE
 from armsdyn.sensitivity import reanalyse
 
 try:
@@ -40,7 +41,6 @@ try:
 except ImportError:  # Windows: no flock; the lock is then an exclusively created file
     fcntl = None  # type: ignore[assignment]
 
-RESULTS_FILE = "results.nc"
 METRICS_FILE = "metrics.csv"
 MANIFEST_FILE = "manifest.json"
 FIGURES_DIR = "figures"

@@ -23,7 +23,7 @@ from armsdyn.config import load_config
 from armsdyn.ensemble import choose_workers
 from armsdyn.errors import ArmsdynError, NumericalWarning, ResultsError
 from armsdyn.experiment import run
-from armsdyn.figures import FIGURE_KINDS, LOOPS_FILE, draw_figures
+from armsdyn.figures import draw_figures
 from armsdyn.metrics import compute_metrics
 from armsdyn.model import file_sha256
 from armsdyn.output import (
@@ -37,9 +37,10 @@ from armsdyn.output import (
     write_results,
     writing,
 )
+from armsdyn.results import LOOPS_FILE
 from armsdyn.runner import ChunkWriteError, needs, refuse_unfit, remove_store
 from armsdyn.sensitivity import run_study
-from armsdyn.specs import Experiment
+from armsdyn.specs import FIGURE_KINDS, Experiment
 
 
 class StudyInterrupted(ArmsdynError):

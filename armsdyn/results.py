@@ -14,6 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+# The data files of a results folder, here at the leaf so that everything that reads a folder (the
+# loop table, export, figures) names them without importing the writer or the figures.
+#: The runs' saved time series.
+RESULTS_FILE = "results.nc"
+#: The loop analysis (loop dominance and loop-group attribution) a run writes when asked.
+LOOPS_FILE = "loops.nc"
+
 
 @dataclass(frozen=True)
 class Fault:

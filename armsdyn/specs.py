@@ -173,7 +173,7 @@ class FigureSpec:
     Attributes
     ----------
     kind : str
-        One of :data:`armsdyn.figures.FIGURE_KINDS`.
+        One of :data:`FIGURE_KINDS`.
     name : str
         File name stem inside ``figures/``.
     variables : tuple of str
@@ -201,6 +201,68 @@ class FigureSpec:
     metrics: tuple[str, ...] = ()
     parameter: str = ""
     model: str = ""
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """A figure kind a config may ask for: an entry of :data:`FIGURE_KINDS`.
+
+    Attributes
+    ----------
+    draw : str
+        Its drawing function, ``"module:function"`` (as :data:`armsdyn.cli.COMMANDS` names a
+        subcommand's), taking ``(results Dataset, FigureSpec)``, or for a kind that reads the loop
+        analysis ``(results Dataset, FigureSpec, loops Dataset)``, and returning the figure and
+        its axes; :func:`armsdyn.figures.figure_drawer` imports it when a figure is drawn.
+    layouts : tuple of str
+        The layouts it offers, the first the default.
+    required : tuple of str
+        The FigureSpec keys it needs (``variables``, ``panels``, ``metrics``, ``parameter``).
+    optional : tuple of str
+        The FigureSpec keys it may take besides.
+    reads_loops : bool
+        Whether it draws the loop analysis (``loops.nc``), which the config must then ask for.
+    needs : str
+        The config table that makes the run write what it draws (``"loop_dominance"`` or
+        ``"attribution"``), for a kind that reads the loop analysis.
+    """
+
+    draw: str
+    layouts: tuple[str, ...]
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    reads_loops: bool = False
+    needs: str = ""
+
+
+#: Figure kinds, keyed as in configs: the one place each kind is defined. The config validator
+#: reads the layouts and keys (without loading matplotlib: this module is light) and
+#: :func:`armsdyn.figures.draw_figures` calls the drawing function; adding a kind is its drawing
+#: function and one line here.
+FIGURE_KINDS: dict[str, FigureKind] = {
+    "time_series": FigureKind("armsdyn.figures:draw_time_series", ("overlay", "small_multiples"), ("variables",)),
+    "phase_portrait": FigureKind("armsdyn.figures:draw_phase_portrait", ("small_multiples",), ("variables",)),
+    "scenario_grid": FigureKind("armsdyn.figures:draw_scenario_grid", ("rows_are_scenarios",), ("panels",)),
+    "metric_bars": FigureKind("armsdyn.figures:draw_metric_bars", ("grouped",), ("metrics",)),
+    "metric_vs_parameter": FigureKind("armsdyn.figures:draw_metric_vs_parameter", ("line",), ("parameter", "metrics")),
+    "loop_dominance": FigureKind(
+        "armsdyn.figures:draw_loop_dominance",
+        ("stacked", "lines"),
+        (),
+        ("variables",),
+        reads_loops=True,
+        needs="loop_dominance",
+    ),
+    "attribution_shares": FigureKind(
+        "armsdyn.figures:draw_attribution_shares",
+        ("stacked_bars",),
+        (),
+        ("variables",),
+        reads_loops=True,
+        needs="attribution",
+    ),
+    "model_diagram": FigureKind("armsdyn.figures:draw_model_diagram", ("causal_loop",), (), ("variables",)),
+}
 
 
 @dataclass(frozen=True)

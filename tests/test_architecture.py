@@ -144,7 +144,7 @@ def test_no_package_import_hides_inside_a_function() -> None:
 
 #: The only functions that import by name at run time: the command line's registry of
 #: subcommands (COMMANDS) and the package's lazy public names (PEP 562).
-DYNAMIC_IMPORTERS = {("armsdyn.cli", "command"), ("armsdyn", "__getattr__")}
+DYNAMIC_IMPORTERS = {("armsdyn.cli", "command"), ("armsdyn", "__getattr__"), ("armsdyn.figures", "figure_drawer")}
 
 
 def _dynamic_imports(path: Path) -> list[tuple[str, int]]:
@@ -253,9 +253,9 @@ def test_importing_the_package_leaves_matplotlibs_backend_alone() -> None:
 
 
 def test_every_registry_entry_is_documented_in_the_readme() -> None:
-    from armsdyn.figures import FIGURE_KINDS
     from armsdyn.metrics import METRIC_FAMILIES
     from armsdyn.sensitivity_methods import METHODS
+    from armsdyn.specs import FIGURE_KINDS
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for registry in (FIGURE_KINDS, METRIC_FAMILIES):
@@ -267,6 +267,58 @@ def test_every_registry_entry_is_documented_in_the_readme() -> None:
 
 #: Modules the command line and ``import armsdyn`` must not load before a subcommand needs them (seconds each).
 HEAVY = ("matplotlib", "scipy.stats", "statsmodels")
+
+
+def _reach(graph: dict[str, set[str]], module: str) -> set[str]:
+    """The package modules importing `module` runs (its imports, theirs, ...)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_reading_a_config_or_the_loop_table_reaches_no_figure_code() -> None:
+    # Data flows config -> ... -> figures: the config validator reads the figure kinds from specs
+    # (it once imported them from figures, and so matplotlib), and what reads loops.nc names the
+    # file from results (loop_table and export once imported it from figures).
+    graph, _ = _graph()
+    for module in ("armsdyn.config", "armsdyn.loop_table"):
+        assert not {"armsdyn.figures", "armsdyn.diagram"} & _reach(graph, module), module
+    assert "armsdyn.figures" not in graph["armsdyn.export"]
+    assert _reach({"a": {"b"}, "b": {"c"}, "c": set()}, "a") == {"b", "c"}
+
+
+def test_every_figure_kind_names_a_drawing_function() -> None:
+    from armsdyn.figures import figure_drawer
+    from armsdyn.specs import FIGURE_KINDS
+
+    for kind, entry in FIGURE_KINDS.items():
+        assert entry.draw.startswith("armsdyn."), kind
+        assert callable(figure_drawer(kind)), kind
+        assert entry.layouts, kind
+        assert bool(entry.needs) == entry.reads_loops, kind
+
+
+def test_validating_an_experiment_config_loads_no_matplotlib() -> None:
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from armsdyn.config import load_config
+exp = load_config({str(ROOT / "configs" / "knowledge_loops.toml")!r})
+assert {{f.kind for f in exp.figures}} >= {{"loop_dominance", "model_diagram"}}, exp.figures
+heavy = [m for m in ("matplotlib", "networkx", "scipy.stats", "statsmodels") if m in sys.modules]
+assert not heavy, f"load_config loaded {{heavy}}"
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
 
 
 def test_the_public_names_are_their_modules_objects_loaded_on_first_use() -> None:

@@ -46,7 +46,7 @@ def test_a_phase_portrait_spec_needs_exactly_two_variables(
 
 def test_a_phase_portrait_spec_of_two_variables_draws_its_scenarios(ds: xr.Dataset, tmp_path: Path) -> None:
     spec = FigureSpec(kind="phase_portrait", name="plane", variables=("arms X", "arms Y"), scenarios=("high",))
-    fig, axes = figures.FIGURE_KINDS["phase_portrait"].draw(ds, spec)
+    fig, axes = figures.figure_drawer("phase_portrait")(ds, spec)
     try:
         assert [ax.get_title() for ax in axes] == ["high"]
         assert axes[0].get_xlabel() == "arms X (arms)"
