@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from armsdyn.calibration import calibrate, load_calibration
+from armsdyn.calibration import calibrate, load_calibration, write_calibration
 from armsdyn.ensemble import FallbackWarning
+from armsdyn.errors import ConfigError
 from armsdyn.model import TimeSettings, load_model
 from tests.conftest import MODELS
 
@@ -78,6 +80,9 @@ def test_a_fixed_time_series_posterior_runs_on_the_compiled_engine(tmp_path: Pat
     text = path.read_text().replace('method = "trajectory"', 'method = "bayes"\nsteps = 40\nburn = 20\nseed = 3')
     path.write_text(text)
     result = calibrate(path)
+    # The posterior's own simulator, which the least-squares fit's summary["engine"] does not speak for.
+    assert result.summary["posterior"]["engine"] == "compiled"
+    assert result.summary["posterior"]["backend"] in ("numba", "numpy")
     assert result.summary["engine"] == "compiled"
     assert result.posterior is not None
     # Every walker sits near the truth the series-driven data came from (40 steps: no convergence claimed).
@@ -91,8 +96,8 @@ GROWTH = (
 )
 
 
-def test_a_model_the_compiled_engine_cannot_compile_is_fitted_with_pysd(tmp_path: Path) -> None:
-    # A FINAL TIME defined by a model variable is beyond the compiled engine: the fit warns once and uses PySD.
+def _growth_config(tmp_path: Path, method: str) -> Path:
+    """A calibration of GROWTH's k, a model the compiled engine cannot compile, to its own noisy run."""
     model_path = tmp_path / "growth.mdl"
     model_path.write_text(GROWTH, encoding="utf-8")
     times = TimeSettings(0, 10, 0.5, 1.0, "")
@@ -103,11 +108,38 @@ def test_a_model_the_compiled_engine_cannot_compile_is_fitted_with_pysd(tmp_path
     path.write_text(
         f'[experiment]\nname = "growth"\nmodel = "{model_path.as_posix()}"\n'
         '[data]\nfile = "d.csv"\ntime = "t"\nunits = "u"\ncolumns = { s = "stock" }\n'
-        '[calibration]\nmethod = "trajectory"\n'
+        f'[calibration]\nmethod = "{method}"\n'
         '[calibration.parameters]\n"k" = { initial = 0.3, bounds = [0, 1] }\n',
         encoding="utf-8",
     )
+    return path
+
+
+def test_a_model_the_compiled_engine_cannot_compile_is_fitted_with_pysd(tmp_path: Path) -> None:
+    # A FINAL TIME defined by a model variable is beyond the compiled engine: the fit warns once and uses PySD.
+    path = _growth_config(tmp_path, "trajectory")
     with pytest.warns(FallbackWarning, match="FINAL TIME.*the calibration simulates with PySD instead"):
         result = calibrate(path)
     assert result.summary["engine"] == "pysd"
     assert result.estimates.loc["k", "estimate"] == pytest.approx(0.1, abs=0.005)
+    # The manifest records the engine that ran, not the one the config asked for (the compiled default).
+    folder = write_calibration(result, tmp_path / "out")
+    manifest = json.loads((folder / "manifest.json").read_text())["calibration"]
+    assert manifest["engine"] == "pysd"
+    assert manifest["posterior_engine"] is None
+    assert json.loads((folder / "summary.json").read_text())["engine"] == "pysd"
+
+
+def test_a_posterior_of_a_model_the_compiled_engine_cannot_compile_is_refused(tmp_path: Path) -> None:
+    # PySD would run emcee's 2000 steps x 32 walkers one at a time: a hang, not a fallback. Refused at
+    # once, before the least-squares fit, naming the construct and what to do instead.
+    pytest.importorskip("emcee")
+    path = _growth_config(tmp_path, "bayes")
+    with pytest.raises(ConfigError) as caught:
+        calibrate(path)
+    message = str(caught.value)
+    assert message.startswith(f'{path}: calibration.method = "bayes" needs the compiled engine')
+    assert "growth.mdl" in message
+    assert "FINAL TIME" in message
+    assert "64,000 runs (2000 steps x 32 walkers)" in message
+    assert 'use method = "trajectory"' in message
