@@ -176,8 +176,10 @@ def _from_scores(ds: xr.Dataset, groups: dict[str, tuple[str, ...]], where: str)
     found = []
     if "loop" in ds.dims:
         n = ds.sizes["loop"]
-        # Written before loops were named from the model's documentation: no documented groups.
-        documented = ds["loop_groups"].values if "loop_groups" in ds.coords else [""] * n
+        # Earlier runs wrote the coordinate as "loop_groups", and before loops were named from the
+        # model's documentation, not at all.
+        key = next((k for k in ("documented_groups", "loop_groups") if k in ds.coords), None)
+        documented = ds[key].values if key else [""] * n
         for loop_id, variables, polarity, named in zip(
             ds["loop"].values, ds["loop_variables"].values, ds["polarity"].values, documented, strict=True
         ):

@@ -85,8 +85,9 @@ def loop_dominance(
         ``link_score`` with dims ``(scenario, link, time)``, ``stock_level`` (the levels of the
         loops' stocks) with dims ``(scenario, stock, time)``. Coordinates on ``loop``: ``polarity``
         (R, B or ?, from the links' signs over the model file's run), ``length``, ``loop_variables``
-        (the loop's variables joined by ``" -> "``), ``loop_groups`` (the loop groups the model file's
-        documentation names it after, joined by ``", "``) and ``partition`` (its cycle partition); on
+        (the loop's variables joined by ``" -> "``), ``documented_groups`` (the loop groups the model
+        file's documentation names it after, joined by ``", "``; not the attribution's ``loop_group``
+        dimension, which holds a config's groups) and ``partition`` (its cycle partition); on
         ``link``: ``source`` and ``target`` (model names).
     """
     if isinstance(model, Experiment):
@@ -139,7 +140,7 @@ def loop_dominance(
         "polarity": ("loop", [loop.polarity for loop in loops]),
         "length": ("loop", [loop.length for loop in loops]),
         "loop_variables": ("loop", [" -> ".join(loop.variables) for loop in loops]),
-        "loop_groups": ("loop", [", ".join(loop.groups) for loop in loops]),
+        "documented_groups": ("loop", [", ".join(loop.groups) for loop in loops]),
         "partition": ("loop", partitions),
         "source": ("link", [a for a, _ in links]),
         "target": ("link", [b for _, b in links]),

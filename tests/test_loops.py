@@ -439,10 +439,26 @@ def test_the_cli_names_loops_from_the_models_documentation() -> None:
     assert rows["R1"].endswith("[action-reaction]")
     assert rows["B1"].endswith("[fatigue]")
     assert rows["B2"].endswith("[fatigue]")
-    # loops.nc keeps the names: the Dataset of the scores has them per loop.
+    # loops.nc keeps the names: the Dataset of the scores has them per loop, as a coordinate named
+    # apart from the attribution's loop_group dimension (a different thing: a config's groups).
     ds = loop_dominance(MODELS / "richardson.mdl")
-    assert dict(zip(ds["loop"].values, ds["loop_groups"].values, strict=True)) == {
+    assert dict(zip(ds["loop"].values, ds["documented_groups"].values, strict=True)) == {
         "B1": "fatigue",
         "B2": "fatigue",
         "R1": "action-reaction",
     }
+    assert "loop_groups" not in ds.coords
+
+
+@pytest.mark.parametrize("written_as", ["documented_groups", "loop_groups", None])
+def test_the_loop_table_reads_loops_nc_as_written_now_and_before(tmp_path: Path, written_as: str | None) -> None:
+    # loops.nc of earlier runs has the documented groups as "loop_groups", or (older still) none.
+    ds = loop_dominance(MODELS / "richardson.mdl")
+    if written_as is None:
+        ds = ds.drop_vars("documented_groups")
+    elif written_as != "documented_groups":
+        ds = ds.rename({"documented_groups": written_as})
+    ds.to_netcdf(tmp_path / "loops.nc", engine="netcdf4")
+    named = loops(tmp_path).table["name"].to_dict()
+    expected = {"B1": "fatigue", "B2": "fatigue", "R1": "action-reaction"}
+    assert named == (expected if written_as else dict.fromkeys(expected, ""))
