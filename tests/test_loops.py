@@ -26,7 +26,7 @@ from armsdyn.loop_table import loops
 from armsdyn.ltm import loop_dominance
 from armsdyn.model import load_model
 from armsdyn.pipeline import run_experiment
-from tests.conftest import MODELS, ROOT, run_cli, write_config
+from tests.conftest import MODELS, ROOT, call_cli, write_config
 
 HAND_MADE = """{UTF-8}
 population= INTEG (births - deaths, 100)
@@ -170,7 +170,7 @@ def test_knowledge_model_links_are_signed_over_the_run() -> None:
 
 
 def test_cli_prints_the_loops() -> None:
-    out = run_cli("loops", MODELS / "richardson.mdl")
+    out = call_cli("loops", MODELS / "richardson.mdl")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["id", "pol", "len", "variables"]
@@ -213,16 +213,16 @@ def test_cli_names_loops_after_a_configs_groups_and_keeps_loops_through_a_variab
         '[[attribution.groups]]\nname = "action-reaction"\nvariables = ["reaction of X", "reaction of Y"]\n',
         encoding="utf-8",
     )
-    proc = run_cli("loops", MODELS / "richardson.mdl", "--groups", config)
+    proc = call_cli("loops", MODELS / "richardson.mdl", "--groups", config)
     assert proc.returncode == 0, proc.stderr
     named = [line for line in proc.stdout.splitlines() if line.endswith("[action-reaction]")]
     assert len(named) == 1
     assert named[0].startswith("R1")
-    proc = run_cli("loops", MODELS / "richardson.mdl", "--through", "fatigue of Y")
+    proc = call_cli("loops", MODELS / "richardson.mdl", "--through", "fatigue of Y")
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == ["B1"]
     assert "fatigue of Y" in proc.stdout
-    proc = run_cli("loops", MODELS / "richardson.mdl", "--through", "fatigue of Z")
+    proc = call_cli("loops", MODELS / "richardson.mdl", "--through", "fatigue of Z")
     assert proc.returncode == 2
     assert "'fatigue of Z'" in proc.stderr
 
@@ -371,7 +371,7 @@ def test_documentation_names_loop_groups_in_a_sentence_of_its_own(tmp_path: Path
         ("population", "deaths"): ("mortality",),
         ("population", "crowding", "birth rate", "births"): ("carrying capacity", "limits"),
     }
-    proc = run_cli("loops", path)
+    proc = call_cli("loops", path)
     assert proc.returncode == 0, proc.stderr
     assert [line.rsplit("  ", 1)[-1] for line in proc.stdout.splitlines()[1:] if line.endswith("]")] == [
         "[mortality]",
@@ -433,7 +433,7 @@ def test_a_loop_group_note_on_a_variable_on_no_loop_is_refused(tmp_path: Path, v
 
 
 def test_the_cli_names_loops_from_the_models_documentation() -> None:
-    proc = run_cli("loops", MODELS / "richardson.mdl")
+    proc = call_cli("loops", MODELS / "richardson.mdl")
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
     assert rows["R1"].endswith("[action-reaction]")

@@ -13,7 +13,7 @@ import armsdyn
 from armsdyn.feedback import Loop, find_loops
 from armsdyn.ltm import loop_dominance
 from armsdyn.model import load_model
-from tests.conftest import MODELS, ROOT, SHARED, run_cli
+from tests.conftest import MODELS, ROOT, SHARED, call_cli
 
 CASES = SHARED / "test-models"
 
@@ -321,7 +321,7 @@ def test_models_pysimlin_cannot_check_are_named_with_the_reason(path: Path) -> N
 
 
 def test_cli_shows_each_loops_share_of_loop_activity() -> None:
-    out = run_cli("loops", "--dominance", MODELS / "richardson.mdl")
+    out = call_cli("loops", "--dominance", MODELS / "richardson.mdl")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["id", "pol", "len", "mean", "peak", "variables"]
