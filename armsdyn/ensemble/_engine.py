@@ -510,9 +510,10 @@ class CompiledModel(VariableLookup):
             if pilot and lo > 0:
                 pilot = False
                 per_sample = (perf_counter() - started) / lo
-                numba = timings.get("numba", per_sample / _NUMBA_SPEEDUP / steps) * steps
+                # numba's stored speed alone is not used here: against the pilot's time per run, which
+                # overstates numpy's, it switched too eagerly (security_dilemma at 10^4 runs: 2.7x slower).
                 study = max(n, self.study_runs or 0) - lo
-                if (per_sample - numba) * study > self._kernel_cost(names, spec):
+                if per_sample * study * (1 - 1 / _NUMBA_SPEEDUP) > self._kernel_cost(names, spec):
                     try:
                         rest = self._simulate_numba({k: v[lo:] for k, v in values.items()}, n - lo, grid, names,
                                                     chunk_size)  # fmt: skip
