@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import xarray as xr
 import armsdyn
 from armsdyn.errors import ResultsError
 from armsdyn.export import export_results
-from tests.conftest import CONFIGS, run_cli, write_config
+from tests.conftest import CONFIGS, call_cli, write_config
 
 #: A Richardson race that overflows (inf, then NaN) beside a stable one, and a small Latin study.
 STUDY = """
@@ -65,12 +66,15 @@ aggregate = "max"
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def folders(
+    tmp_path_factory: pytest.TempPathFactory, richardson_results: subprocess.CompletedProcess[str]
+) -> dict[str, Path]:
     """Real results folders: Richardson's regimes, the subscripted four nations, a study with an overflow."""
     base = tmp_path_factory.mktemp("export")
     study = write_config(base, STUDY, name="study")
     return {
-        "richardson": armsdyn.run_experiment(CONFIGS / "richardson.toml", out=base / "richardson"),
+        # The session's run of configs/richardson.toml, copied: an export writes inside the folder.
+        "richardson": Path(shutil.copytree(richardson_results.args[-1], base / "richardson")),
         "four_nations": armsdyn.run_experiment(
             CONFIGS / "richardson_1909_four_nations.toml", out=base / "four_nations"
         ),
@@ -263,15 +267,15 @@ def test_parquet_without_pyarrow_says_what_to_install(folders: dict[str, Path], 
 
 def test_cli_writes_refuses_and_replaces(folders: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "tables"
-    proc = run_cli("export", folders["richardson"], "--out", out)
+    proc = call_cli("export", folders["richardson"], "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert (out / "results.csv").is_file()
     first = (out / "results.csv").read_bytes()
-    proc = run_cli("export", folders["richardson"], "--out", out)
+    proc = call_cli("export", folders["richardson"], "--out", out)
     assert proc.returncode == 2
     assert str(out) in proc.stderr
     assert "--force" in proc.stderr
-    proc = run_cli("export", folders["richardson"], "--out", out, "--force")
+    proc = call_cli("export", folders["richardson"], "--out", out, "--force")
     assert proc.returncode == 0, proc.stderr
     assert (out / "results.csv").read_bytes() == first  # the same results give the same bytes
     assert not list(tmp_path.glob(".tables.*"))  # no partial folder or lock left behind
@@ -287,7 +291,7 @@ def test_cli_writes_refuses_and_replaces(folders: dict[str, Path], tmp_path: Pat
 )
 def test_cli_bad_results_folder_exits_2_naming_it(tmp_path: Path, make: object, says: str) -> None:
     path = make(tmp_path)  # type: ignore[operator]
-    proc = run_cli("export", path)
+    proc = call_cli("export", path)
     assert proc.returncode == 2
     assert str(path) in proc.stderr
     assert says in proc.stderr
@@ -296,14 +300,14 @@ def test_cli_bad_results_folder_exits_2_naming_it(tmp_path: Path, make: object, 
 
 
 def test_cli_unknown_format_lists_the_allowed(folders: dict[str, Path]) -> None:
-    proc = run_cli("export", folders["richardson"], "--format", "xlsx")
+    proc = call_cli("export", folders["richardson"], "--format", "xlsx")
     assert proc.returncode == 2
     assert "csv" in proc.stderr
     assert "parquet" in proc.stderr
 
 
 def test_export_never_replaces_the_results_folder(folders: dict[str, Path]) -> None:
-    proc = run_cli("export", folders["richardson"], "--out", folders["richardson"], "--force")
+    proc = call_cli("export", folders["richardson"], "--out", folders["richardson"], "--force")
     assert proc.returncode == 2
     assert "name another export folder" in proc.stderr
     assert (folders["richardson"] / "results.nc").is_file()
@@ -406,7 +410,7 @@ name = "action-reaction"
 variables = ["reaction of X", "reaction of Y"]
 """
     out = tmp_path / "out"
-    assert run_cli("run", write_config(tmp_path, body), "--out", out).returncode == 0
+    assert call_cli("run", write_config(tmp_path, body), "--out", out).returncode == 0
     folder = export_results(out)
     shares = pd.read_csv(folder / "attribution.csv", keep_default_na=False)
     assert list(shares.columns) == ["scenario", "stock", "group", "kind", "share", "change"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,14 +16,16 @@ import armsdyn
 from armsdyn import figures
 from armsdyn.diagram import causal_diagram, diagram_layout
 from armsdyn.errors import ModelError
-from tests.conftest import CONFIGS, MODELS, ROOT, run_cli
+from tests.conftest import CONFIGS, MODELS, ROOT, call_cli
 
 BASELINE = ROOT / "tests" / "baseline"
 
 
 @pytest.fixture(scope="module")
-def ds() -> xr.Dataset:
-    return armsdyn.run(CONFIGS / "richardson.toml")
+def ds(richardson_results: subprocess.CompletedProcess[str]) -> xr.Dataset:
+    """configs/richardson.toml's results: the session's run (the same Dataset armsdyn.run returns)."""
+    with xr.open_dataset(Path(richardson_results.args[-1]) / "results.nc") as saved:
+        return saved.load()
 
 
 @pytest.mark.parametrize("layout", figures.TIME_SERIES_LAYOUTS)
@@ -151,12 +155,14 @@ def test_scenario_grid_and_metric_figures_from_the_main_experiment() -> None:
         plt.close(fig)
 
 
-def test_figures_command_redraws_without_running(tmp_path: Path) -> None:
-    out = tmp_path / "r"
-    assert run_cli("run", CONFIGS / "richardson.toml", "--out", out).returncode == 0
+def test_figures_command_redraws_without_running(
+    tmp_path: Path, richardson_results: subprocess.CompletedProcess[str]
+) -> None:
+    # A copy of the session's run of configs/richardson.toml: the redraw changes the folder.
+    out = Path(shutil.copytree(richardson_results.args[-1], tmp_path / "r"))
     before = {p.name: p.read_bytes() for p in (out / "figures").iterdir() if p.suffix in (".pdf", ".svg")}
     (out / "figures" / "phase_portrait.pdf").unlink()
-    proc = run_cli("figures", out)
+    proc = call_cli("figures", out)
     assert proc.returncode == 0, proc.stderr
     after = {p.name: p.read_bytes() for p in (out / "figures").iterdir() if p.suffix in (".pdf", ".svg")}
     assert after == before
@@ -171,7 +177,7 @@ def test_figures_command_redraws_without_running(tmp_path: Path) -> None:
         .replace('"../models/richardson.mdl"', f'"{MODELS / "richardson.mdl"}"')
         .replace('name = "phase_portrait"', 'name = "portrait_two"')
     )
-    proc = run_cli("figures", out, "--config", other)
+    proc = call_cli("figures", out, "--config", other)
     assert proc.returncode == 0, proc.stderr
     assert (out / "figures" / "portrait_two.pdf").is_file()
     assert not (out / "figures" / "phase_portrait.pdf").exists()
