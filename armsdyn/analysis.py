@@ -63,7 +63,7 @@ from armsdyn.ensemble import (
 from armsdyn.errors import ModelError
 from armsdyn.model import Model, TimeSettings, pysd_module, quiet_pysd
 from armsdyn.richardson import Richardson
-from armsdyn.scenario_inputs import element_params
+from armsdyn.scenario_inputs import batch_inputs
 
 #: Relative tolerance under which a real part of an eigenvalue counts as zero.
 ZERO_RTOL = 1e-7
@@ -251,11 +251,10 @@ def _compiled_flows(
     exp: Experiment, compiled: CompiledModel, scenario: Scenario, stocks: Sequence[str]
 ) -> tuple[RateFunction, np.ndarray]:
     """A scenario's rate function on the compiled engine, and the stocks' values at the initial time."""
-    params = element_params(exp.model, scenario.parameters)
-    lookups = {v.name for v in exp.model.of_kind("lookup")}
-    numbers = {k: float(v) for k, v in params.items() if not isinstance(v, tuple)}
-    series = {k: v for k, v in params.items() if isinstance(v, tuple) and k not in lookups}
-    tables = {k: v for k, v in params.items() if isinstance(v, tuple) and k in lookups}
+    inputs = batch_inputs(exp.model, [scenario.parameters])  # the one split every compiled caller uses
+    numbers = {k: float(v[0]) for k, v in inputs.samples.items()}
+    series = {k: v[0] for k, v in inputs.series.items() if v[0] is not None}
+    tables = {k: v[0] for k, v in inputs.lookups.items() if v[0] is not None}
     flows = compiled.rates(stocks, exp.time, numbers, series, tables)
     time = exp.time
     short = TimeSettings(time.initial, time.initial + time.step, time.step, time.step, time.units)
