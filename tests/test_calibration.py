@@ -885,6 +885,9 @@ def test_bayes_posterior_agrees_with_least_squares_and_is_written(tmp_path: Path
     assert (folder / "figures" / "posterior_predictive.png").is_file()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["calibration"]["sampler"]["package"] == "emcee"
+    # The engines that ran: the least-squares fit's and the posterior's (summary.json says the same).
+    assert manifest["calibration"]["engine"] == result.summary["engine"] == "compiled"
+    assert manifest["calibration"]["posterior_engine"] == post["engine"] == "compiled"
 
 
 @pytest.mark.slow
