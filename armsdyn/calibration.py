@@ -2075,9 +2075,10 @@ def _walkers(spec: CalibrationSpec, d: int) -> int:
 def _posterior_simulator(spec: CalibrationSpec) -> _Simulator:
     """The compiled simulator of a ``method = "bayes"`` calibration, refusing what only PySD can run.
 
-    emcee makes ``steps x walkers`` runs (770,000 for the cold-war posterior);
-    on PySD, one run at a time, that is days, so a model or fixed series the
-    compiled engine cannot take is a config error here, not a silent fallback.
+    emcee makes ``steps x walkers`` runs (816,000 for the cold-war posterior:
+    70 s of CPU compiled, over an hour on PySD at 5 ms a run, and far longer for
+    a bigger model), so a model or fixed series the compiled engine cannot take
+    is a config error here, not a silent fallback.
     One run at the initial values finds a series or lookup the engine refuses
     only when it reads it.
 
@@ -2097,7 +2098,7 @@ def _posterior_simulator(spec: CalibrationSpec) -> _Simulator:
         msg = (
             f'{where}: calibration.method = "bayes" needs the compiled engine, which cannot simulate '
             f"{spec.model.path.name}: {exc}. The sampler's {runs:,} runs ({spec.steps} steps x "
-            f'{runs // spec.steps} walkers) would take days on PySD; use method = "trajectory" '
+            f'{runs // spec.steps} walkers) would run one at a time on PySD; use method = "trajectory" '
             "(least squares, which runs on PySD), or rewrite that construct so the compiled engine takes it"
         )
         raise ConfigError(msg) from None
