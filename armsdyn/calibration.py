@@ -164,6 +164,7 @@ from armsdyn.figures import DOUBLE_COLUMN, SINGLE_COLUMN, paper_style, save_figu
 from armsdyn.model import Model, TimeSettings, file_sha256
 from armsdyn.output import atomic_folder, build_manifest, now
 from armsdyn.richardson import N_PARAMETER_NAMES, PARAMETER_NAMES, Richardson
+from armsdyn.scenario_inputs import batch_inputs
 
 __all__ = [
     "DATA_KINDS",
@@ -354,12 +355,8 @@ class _Simulator:
         self.variables = list(variables)
         self.engine = engine
         self.fixed = Scenario("fit", parameters=dict(fixed)).pysd_params()
-        # The compiled engine takes numbers as samples, time series as series and redrawn lookups as tables.
-        lookups = {v.name for v in model.of_kind("lookup")}
-        self.constants = {k: float(v) for k, v in fixed.items() if not isinstance(v, tuple)}
-        timed = {k: v for k, v in fixed.items() if isinstance(v, tuple)}
-        self.series = {k: v for k, v in timed.items() if model.element(k)[0].name not in lookups}
-        self.tables = {k: v for k, v in timed.items() if model.element(k)[0].name in lookups}
+        # The fixed values as the compiled engine takes them, for one run; every batch repeats them.
+        self.inputs = batch_inputs(model, [fixed])
         self.runs = 0
         # Each observed variable is a model variable, or one element of a subscripted one ("arms[USA]").
         self.sources: list[tuple[str, tuple[int, ...]]] = []
@@ -387,10 +384,12 @@ class _Simulator:
         n_saved = len(self.time.save_times())
         out = np.empty((len(thetas), n_saved, len(self.variables)))
         if self.engine == "compiled":
-            samples = {k: np.full(len(thetas), v) for k, v in self.constants.items()}
+            n = len(thetas)
+            samples = {k: np.repeat(v, n) for k, v in self.inputs.samples.items()}
+            # A fitted element of a constant fixed as a whole replaces its share of the fixed value.
             samples.update({name: thetas[:, j] for j, name in enumerate(self.names)})
-            series = {k: [v] * len(thetas) for k, v in self.series.items()}
-            tables = {k: [v] * len(thetas) for k, v in self.tables.items()}
+            series = {k: v * n for k, v in self.inputs.series.items()}
+            tables = {k: v * n for k, v in self.inputs.lookups.items()}
             # simulate_arrays skips building a Dataset, a third of the cost of a small batch.
             try:
                 values, n = self.compiled.normalise_inputs(samples, series, tables)
