@@ -311,6 +311,10 @@ class Model(VariableLookup):
         self.variables = self._read_variables()
         self.time = self._read_time()
         self._touched: set[str] = set()
+        # The file's tables, kept before any run redraws them (PySD redraws the loaded object in place).
+        self._file_tables = {
+            var.name: self._pysd_table(var) for var in self.variables.values() if var.kind == "lookup" and var.dims
+        }
         self._index_variables()
 
     def _read_variables(self) -> dict[str, Variable]:
@@ -419,9 +423,12 @@ class Model(VariableLookup):
         """
         out: dict[str, Any] = {}
         elementwise: dict[str, dict[tuple[str, ...], Any]] = {}
+        tables: dict[str, dict[tuple[str, ...] | None, Any]] = {}
         for key, value in params.items():
             var, element = self.element(key)
-            if element is None:
+            if var.kind == "lookup" and var.dims:
+                tables.setdefault(var.name, {})[element] = value
+            elif element is None:
                 out[var.name] = value
             else:
                 elementwise.setdefault(var.name, {})[element] = value
@@ -458,7 +465,42 @@ class Model(VariableLookup):
                         frame.loc[dict(zip(var.dim_names, element, strict=True))] = at
                 frames.append(frame)
             out[name] = pd.Series(frames, index=times)
+        for name, given in tables.items():
+            out[name] = self._redrawn_table(self.variables[name], given)
         return out
+
+    def _pysd_table(self, var: Variable) -> tuple[Any, str]:
+        """PySD's table of a subscripted lookup (``lookup_dim`` first, then its ranges) and its kind."""
+        obj = getattr(self.pysd_model.components, self.pysd_model._dependencies[var.py_name]["__lookup__"])
+        return obj.data.transpose("lookup_dim", *var.dim_names).copy(), str(obj.interp)
+
+    def _redrawn_table(self, var: Variable, given: Mapping[tuple[str, ...] | None, Any]) -> pd.Series:
+        """A subscripted lookup with some elements' tables redrawn, as PySD's ``run(params=...)`` takes it.
+
+        `given` maps an element (None: every element) to its table, a ``pandas.Series`` of y indexed
+        by x; an element's own table wins over the whole lookup's, and the others keep the file's.
+        PySD keeps one x axis for all elements, so every table is put on the union of their points,
+        continued beyond its own points as the lookup's kind continues it: each element still reads
+        exactly its own table.
+        """
+        data, kind = self._file_tables[var.name]
+        file_x = np.asarray(data["lookup_dim"].values, dtype=float)
+        flat = np.asarray(data.values, dtype=float).reshape(len(file_x), -1)
+        own: list[tuple[np.ndarray, np.ndarray]] = []
+        for k, element in enumerate(var.elements()):
+            table = given.get(element, given.get(None))
+            if table is None:
+                own.append((file_x, flat[:, k]))
+            else:
+                points = (table if isinstance(table, pd.Series) else _pairs_series(table)).sort_index()
+                own.append((points.index.to_numpy(dtype=float), points.to_numpy(dtype=float)))
+        knots = np.unique(np.concatenate([x for x, _ in own]))
+        values = np.stack([_table_on(kind, knots, x, y) for x, y in own], axis=-1).reshape((len(knots), *var.shape))
+        import xarray as xr
+
+        coords = {n: list(e) for n, e in var.dims}
+        frames = [xr.DataArray(row, coords=coords, dims=var.dim_names) for row in values]
+        return pd.Series(frames, index=knots)
 
     def simulate(
         self,
@@ -581,6 +623,23 @@ class SimulationError(ModelError):
 
 
 _ELEMENT = re.compile(r"^([^\[\]]+)\[([^\[\]]*)\]\s*$")
+
+
+def _pairs_series(pairs: Sequence[Sequence[float]]) -> pd.Series:
+    """``(x, y)`` pairs as a ``pandas.Series`` of y indexed by x."""
+    return pd.Series([float(y) for _, y in pairs], index=[float(x) for x, _ in pairs], dtype=float)
+
+
+def _table_on(kind: str, knots: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A lookup table `x`, `y` of PySD's kind `kind` at `knots`: held, extrapolated or stepped beyond its points."""
+    if kind == "hold_backward":
+        return y[np.clip(np.searchsorted(x, knots, side="right") - 1, 0, len(x) - 1)]
+    out = np.interp(knots, x, y)
+    if kind == "extrapolate" and len(x) > 1:
+        hi, lo = knots > x[-1], knots < x[0]
+        out[hi] = y[-1] + (y[-1] - y[-2]) / (x[-1] - x[-2]) * (knots[hi] - x[-1])
+        out[lo] = y[0] + (y[1] - y[0]) / (x[1] - x[0]) * (knots[lo] - x[0])
+    return out
 
 
 def _file_value(var: Variable) -> Any:

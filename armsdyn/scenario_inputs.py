@@ -43,7 +43,7 @@ class BatchInputs(NamedTuple):
 
 
 def element_params(model: Model, parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's overrides keyed by the model's names, a whole subscripted constant element by element.
+    """A run's overrides keyed by the model's names, a whole subscripted constant or lookup by element.
 
     Keys become the model's own spelling (``"grievance g"``, ``"k[USA, China]"``), so that runs
     naming a constant differently (``"grievance_g"``, a whole constant or its elements) still give
@@ -59,8 +59,8 @@ def element_params(model: Model, parameters: Mapping[str, Any]) -> dict[str, Any
     Returns
     -------
     dict
-        The same values; a whole subscripted constant's value under each of its elements. An
-        element's own override wins over the whole constant's, as with PySD
+        The same values; a whole subscripted constant's (or lookup's) value under each of its
+        elements. An element's own override wins over the whole constant's, as with PySD
         (:meth:`armsdyn.model.Model.pysd_values`).
 
     Raises
@@ -73,7 +73,7 @@ def element_params(model: Model, parameters: Mapping[str, Any]) -> dict[str, Any
     for _, value, var, element in named:
         if element is not None:
             continue
-        if var.dims and var.kind == "constant":
+        if var.dims and var.kind in ("constant", "lookup"):
             for each in var.elements():
                 out.setdefault(var.element_name(each), value)
         else:

@@ -35,7 +35,7 @@ import numpy as np
 
 from armsdyn.ensemble._errors import UnsupportedConstruct
 from armsdyn.ensemble._optimise import optimise_loop
-from armsdyn.ensemble._runtime import NAMESPACE
+from armsdyn.ensemble._runtime import LOOKUP_KINDS, NAMESPACE
 from armsdyn.errors import ModelError
 from armsdyn.model import parse_model
 
@@ -283,7 +283,7 @@ def with_series(graph: ModelGraph, series: dict[str, int]) -> ModelGraph:
     out.nodes = dict(graph.nodes)
     out.series = dict(series)
     by_constant: dict[str, dict[str, str]] = {}
-    tables = [key for key in series if key in graph.elements and graph.elements[key].kind == "lookup"]
+    tables = [key for key in series if lookup_key(graph, key) is not None]
     if tables:
         _redraw(out, tables)
     for key in series:
@@ -370,8 +370,13 @@ def with_state(graph: ModelGraph, stocks: list[str]) -> ModelGraph:
     return out
 
 
-LOOKUP_KINDS = {"interpolate": 0, "extrapolate": 1, "hold_backward": 2}
-"""Lookup kinds by the code ``_lookup_runs`` takes."""
+def lookup_key(graph: ModelGraph, key: str) -> tuple[str, str] | None:
+    """``(py, label)`` if series key `key` names a lookup (``"py"``) or one element of one (``"py[e1,e2]"``)."""
+    py, bracket, label = key.partition("[")
+    info = graph.elements.get(py)
+    if info is None or info.kind != "lookup" or bool(bracket) != bool(info.dims):
+        return None
+    return py, label[:-1]
 
 
 def _redraw(graph: ModelGraph, lookups: list[str]) -> None:
@@ -379,17 +384,37 @@ def _redraw(graph: ModelGraph, lookups: list[str]) -> None:
 
     Every call of such a lookup (in variables, stateful operands and constants
     the compiler folded) becomes ``_lookup_runs(kind, xs, ys, x)``, which
-    interpolates as the lookup's own kind does. Raises UnsupportedConstruct for
-    a subscripted lookup (a table per element).
+    interpolates as the lookup's own kind does. A key ``"py[e1,e2]"`` redraws
+    one element of a subscripted lookup: the calls of that lookup become
+    ``_lookup_many_runs``, reading the redrawn elements' tables per run and the
+    others' from the model.
     """
-    calls = {}
-    for py in lookups:
+    calls: dict[re.Pattern[str], Any] = {}  # a replacement text or function (re.sub's repl)
+    elements: dict[str, dict[int, str]] = {}
+    for key in lookups:
+        py, label = lookup_key(graph, key) or (key, "")
+        x, y = series_keys(key)
+        if label:
+            info = graph.elements[py]
+            labels = [",".join(e) for e in itertools.product(*(els for _, els in info.dims))]
+            elements.setdefault(py, {})[labels.index(label)] = f"C[{x!r}], C[{y!r}]"
+            continue
         table = f"LK_{py}"
-        if table not in graph.lookups:
-            raise UnsupportedConstruct(graph.path, graph.elements[py].name, "a redrawn subscripted lookup")
-        x, y = series_keys(py)
         pattern = re.compile(rf"\b_lookup(?:_extrapolate|_hold)?\({re.escape(table)}_x, {re.escape(table)}_y, ")
         calls[pattern] = f"_lookup_runs({LOOKUP_KINDS[graph.lookups[table][2]]}, C[{x!r}], C[{y!r}], "
+    for py, redrawn_tables in elements.items():
+        # A call's tables are every element's, in C order from element 0 (Compiler._subscripted_lookup_call).
+        start = re.compile(rf"\b_lookup_many\(\(\(LK_{re.escape(py)}_0_x, ")
+        calls[start] = f"_lookup_many_runs(((LK_{py}_0_x, "
+        entry = re.compile(rf"\(LK_{re.escape(py)}_(\d+)_x, LK_{re.escape(py)}_\d+_y, ('\w+')\)")
+
+        def per_run(found: re.Match[str], tables: dict[int, str] = redrawn_tables) -> str:
+            k = int(found.group(1))
+            if k in tables:
+                return f"({tables[k]}, {found.group(2)}, True)"
+            return f"{found.group(0)[:-1]}, False)"
+
+        calls[entry] = per_run
 
     def redrawn(code: Code) -> Code:
         text = code.text

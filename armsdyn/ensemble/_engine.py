@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -299,7 +300,11 @@ class CompiledModel(VariableLookup):
             one table per sample, ``(x, y)`` pairs with x increasing (or a
             ``pandas.Series`` of y indexed by x, or None for the model's own
             table), read as the lookup's own kind reads its table (as PySD
-            reads a ``pandas.Series`` given for a lookup).
+            reads a ``pandas.Series`` given for a lookup). A subscripted
+            lookup is redrawn whole (every element's table) or by element
+            (``"effect of threat[USA]"``); an element's own tables win over
+            the whole lookup's, None among them being the element's table in
+            the model.
 
         Returns
         -------
@@ -1027,8 +1032,9 @@ def normalise_series(
     n : int or None
         The number of samples, if the samples fix it.
     lookups : mapping, optional
-        Lookup (graphical function) to one table per sample: ``(x, y)`` pairs,
-        a ``pandas.Series`` of y indexed by x, or None for the model's own table.
+        Lookup (graphical function), or one element of a subscripted one, to
+        one table per sample: ``(x, y)`` pairs, a ``pandas.Series`` of y
+        indexed by x, or None for the model's own table.
 
     Returns
     -------
@@ -1048,7 +1054,6 @@ def normalise_series(
     """
     given: dict[str, tuple[str, Sequence[SeriesLike | None], Any]] = {}
     wholes: list[tuple[Variable, Sequence[SeriesLike | None]]] = []
-    graph = model.graph()
     for key, per_sample in series.items():
         try:
             var, element = _model_element(model, str(key))
@@ -1075,25 +1080,7 @@ def normalise_series(
             name = f"{var.py_name}[{','.join(element)}]"
             if name not in given and name not in values:  # an element's own value wins, as with PySD
                 given[name] = (var.element_name(element), per_sample, ((0.0, var.defaults[k]),))
-    kinds: dict[str, str] = {}
-    for key, per_sample in (lookups or {}).items():
-        try:
-            var = model.variable(str(key))
-        except KeyError as exc:
-            raise SampleError(exc.args[0]) from None
-        table = graph.lookups.get(f"LK_{var.py_name}")
-        if var.kind != "lookup" or table is None:
-            what = "a subscripted lookup" if var.kind == "lookup" else f"a {var.kind}, not a lookup"
-            msg = f"{var.name!r} in model {model.path} is {what}, so its table cannot be redrawn"
-            raise SampleError(msg)
-        sampled = sorted(py for py, code in graph.folded.items() if f"LK_{var.py_name}_x" in code.text and py in values)
-        if sampled:
-            # The samples would give the file's value to the runs that leave the constant alone, where
-            # PySD computes it from each run's table.
-            what = f"a number computed from lookup {var.name!r}, sampled while the lookup is redrawn"
-            raise UnsupportedConstruct(model.path, model.variable(sampled[0]).name, what)
-        kinds[var.py_name] = table[2]
-        given[var.py_name] = (var.name, per_sample, tuple(zip(table[0].tolist(), table[1].tolist(), strict=True)))
+    kinds = _redrawn_lookups(model, lookups or {}, values, given)
     tables: dict[str, np.ndarray] = {}
     for name, (what, per_sample, default) in given.items():
         if isinstance(per_sample, pd.Series) or not isinstance(per_sample, Sequence):
@@ -1113,6 +1100,70 @@ def normalise_series(
         tables[f"~x:{name}"] = np.broadcast_to(knots, (n, knots.size))
         tables[f"~y:{name}"] = on_knots
     return tables, 1 if n is None else n
+
+
+def _redrawn_lookups(
+    model: CompiledModel,
+    lookups: Mapping[str, Sequence[SeriesLike | None]],
+    values: Mapping[str, np.ndarray],
+    given: dict[str, tuple[str, Sequence[SeriesLike | None], Any]],
+) -> dict[str, str]:
+    """Add the tables of redrawn `lookups` to `given` (see :func:`normalise_series`); their kinds by key.
+
+    A subscripted lookup is redrawn whole (every element's table) or by
+    element (``"name[USA]"``); an element's own table wins over the whole
+    lookup's, as with constants. Each element keeps its own table where a run
+    gives none.
+    """
+    graph = model.graph()
+    kinds: dict[str, str] = {}
+    wholes: list[tuple[Variable, Sequence[SeriesLike | None]]] = []
+    chosen: list[tuple[Variable, tuple[str, ...] | None, Sequence[SeriesLike | None]]] = []
+    for key, per_sample in lookups.items():
+        try:
+            var, element = _model_element(model, str(key))
+        except KeyError as exc:
+            raise SampleError(exc.args[0]) from None
+        if var.kind != "lookup":
+            msg = f"{var.name!r} in model {model.path} is a {var.kind}, not a lookup, so it has no table to redraw"
+            raise SampleError(msg)
+        if var.dims and element is None:
+            wholes.append((var, per_sample))
+        else:
+            chosen.append((var, element, per_sample))
+    own = {(var.py_name, element) for var, element, _ in chosen}
+    for var, per_sample in wholes:
+        chosen += [(var, e, per_sample) for e in var.elements() if (var.py_name, e) not in own]
+    labels: dict[str, list[str]] = {}
+    for var, element, per_sample in chosen:
+        if element is None:
+            name, table, what = var.py_name, f"LK_{var.py_name}", var.name
+        else:
+            label = ",".join(element)
+            all_labels = labels.setdefault(var.py_name, [",".join(e) for e in var.elements()])
+            name, table = f"{var.py_name}[{label}]", f"LK_{var.py_name}_{all_labels.index(label)}"
+            what = var.element_name(element)
+        if name in given:
+            msg = f"lookup {what!r} is given twice"
+            raise SampleError(msg)
+        if table not in graph.lookups:
+            msg = f"{what!r} in model {model.path} has no table of points of its own, so it cannot be redrawn"
+            raise SampleError(msg)
+        reads = re.compile(rf"\b{re.escape(table)}_x\b")
+        sampled = sorted(
+            py
+            for py, code in graph.folded.items()
+            if reads.search(code.text) and any(k.partition("[")[0] == py for k in values)
+        )
+        if sampled:
+            # The samples would give the file's value to the runs that leave the constant alone, where
+            # PySD computes it from each run's table.
+            what = f"a number computed from lookup {var.name!r}, sampled while the lookup is redrawn"
+            raise UnsupportedConstruct(model.path, model.variable(sampled[0]).name, what)
+        xs, ys, kind = graph.lookups[table]
+        kinds[name] = kind
+        given[name] = (what, per_sample, tuple(zip(xs.tolist(), ys.tolist(), strict=True)))
+    return kinds
 
 
 def _grouped_points(what: str, items: list[SeriesLike]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

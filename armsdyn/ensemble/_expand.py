@@ -30,6 +30,7 @@ import numpy as np
 
 from armsdyn.ensemble._compiler import Code, ModelGraph, Program, Stateful
 from armsdyn.ensemble._errors import UnsupportedConstruct
+from armsdyn.ensemble._runtime import LOOKUP_KINDS
 
 MAX_STATEMENTS = 3000
 """Scalar statements an expanded program may have: beyond this numba's compile time runs to minutes
@@ -394,7 +395,7 @@ class _Expander:
             return np.broadcast_to(value, (*shape, 1))
         if name == "_assemble":
             return self._assemble(node)
-        if name == "_lookup_many":
+        if name in ("_lookup_many", "_lookup_many_runs"):
             return self._lookup_many(node)
         if name == "_put":
             return self._put(node)
@@ -471,22 +472,35 @@ class _Expander:
         return out
 
     def _lookup_many(self, node: ast.Call) -> np.ndarray:
-        """``_lookup_many(tables, index, x)``: each element's own table applied to its argument."""
+        """``_lookup_many(tables, index, x)``: each element's own table applied to its argument.
+
+        In ``_lookup_many_runs`` a table ``(xs, ys, kind, True)`` is redrawn per
+        run: its element reads ``_lookup_runs(kind, xs, ys, x)``, the sample's own table.
+        """
+        runs = ast.unparse(node.func) == "_lookup_many_runs"
         tables = node.args[0]
         if not isinstance(tables, ast.Tuple):
             raise self.unsupported("a subscripted lookup of unknown tables")
-        funcs = []
+        calls: list[Callable[[ast.expr], ast.expr]] = []
         for table in tables.elts:
-            if not isinstance(table, ast.Tuple) or len(table.elts) != 3:
+            if not isinstance(table, ast.Tuple) or len(table.elts) != (4 if runs else 3):
                 raise self.unsupported("a subscripted lookup of unknown tables")
-            xs, ys, kind = table.elts
-            funcs.append((xs, ys, _LOOKUP_FUNCS[ast.literal_eval(kind)]))
+            xs, ys, kind = table.elts[:3]
+            calls.append(_table_call(xs, ys, ast.literal_eval(kind), runs and ast.literal_eval(table.elts[3])))
         index, x = np.broadcast_arrays(self._ev(node.args[1]), self._ev(node.args[2]))
         out = np.empty(index.shape, dtype=object)
         for pos in np.ndindex(*index.shape):
-            xs, ys, func = funcs[int(ast.literal_eval(index.item(pos)))]
-            out[pos] = ast.Call(ast.Name(func, ast.Load()), [xs, ys, x.item(pos)], [])
+            out[pos] = calls[int(ast.literal_eval(index.item(pos)))](x.item(pos))
         return out
+
+
+def _table_call(xs: ast.expr, ys: ast.expr, kind: str, per_run: bool) -> Callable[[ast.expr], ast.expr]:
+    """The call of one element's table on an argument: the model's table, or the run's own (``_lookup_runs``)."""
+    if per_run:
+        code = ast.Constant(LOOKUP_KINDS[kind])
+        return lambda x: ast.Call(ast.Name("_lookup_runs", ast.Load()), [code, xs, ys, x], [])
+    func = _LOOKUP_FUNCS[kind]
+    return lambda x: ast.Call(ast.Name(func, ast.Load()), [xs, ys, x], [])
 
 
 # ---------------------------------------------------------------------- helpers

@@ -541,7 +541,8 @@ def _series_rows(graph: Any, rows: dict[str, int]) -> tuple[list[str], dict[str,
     for key, points in graph.series.items():
         py = key.partition("[")[0]
         info = graph.elements[py]
-        if info.dims and py not in done:
+        # A redrawn element of a subscripted lookup reads only its table: the others keep the model's.
+        if info.dims and info.kind != "lookup" and py not in done:
             done.add(py)
             labels = (",".join(e) for e in itertools.product(*(els for _, els in info.dims)))
             keys += [f"{py}[{label}]" for label in labels if f"{py}[{label}]" not in rows]

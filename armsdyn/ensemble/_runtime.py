@@ -268,13 +268,17 @@ def lookup_runs(kind: int, xs: np.ndarray, ys: np.ndarray, x: Num) -> np.ndarray
     m = ys.shape[1]
     shape = np.broadcast_shapes(np.shape(x), (m,))
     xb = np.broadcast_to(np.asarray(x, dtype=float), shape)
-    cols = np.broadcast_to(np.arange(m), shape)
+    return _runs_at(kind, xs, ys, xb, np.broadcast_to(np.arange(m), shape))
+
+
+def _runs_at(kind: int, xs: np.ndarray, ys: np.ndarray, xb: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """:func:`lookup_runs` at values `xb`, each read from the table of the sample in `cols` (same shape)."""
     last = len(xs) - 1
     j = np.searchsorted(xs, xb, side="right") - 1
     if kind == 2:
         return ys[np.clip(j, 0, last), cols]
     if last == 0:
-        return ys[np.zeros(shape, dtype=int), cols]
+        return ys[np.zeros(xb.shape, dtype=int), cols]
     j = np.clip(j, 0, last - 1)
     x0 = xs[j]
     y0, y1 = ys[j, cols], ys[j + 1, cols]
@@ -297,6 +301,39 @@ def lookup_runs(kind: int, xs: np.ndarray, ys: np.ndarray, x: Num) -> np.ndarray
     return np.where(xb <= xs[0], first, out)
 
 
+LOOKUP_KINDS = {"interpolate": 0, "extrapolate": 1, "hold_backward": 2}
+"""Lookup kinds by the code :func:`lookup_runs` takes."""
+
+
+def lookup_many_runs(
+    tables: tuple[tuple[np.ndarray, np.ndarray, str, bool], ...], index: np.ndarray, x: Num
+) -> np.ndarray:
+    """:func:`lookup_many` where some elements' tables are redrawn per sample.
+
+    Each of `tables` is ``(xs, ys, kind, runs)``: the model's own table
+    (`runs` false, as :func:`lookup_many` reads it) or one redrawn per sample
+    (`runs` true: `xs` ``(K,)`` and `ys` ``(K, m)``, read as :func:`lookup_runs`
+    reads them, each value from its own sample's table).
+    """
+    x = np.asarray(x, dtype=float)
+    m = max((ys.shape[1] for _, ys, _, runs in tables if runs), default=1)
+    shape = np.broadcast_shapes(index.shape, x.shape, (m,))
+    xb = np.broadcast_to(x, shape)
+    ib = np.broadcast_to(index, shape)
+    cols = np.broadcast_to(np.arange(m), shape)
+    out = np.empty(shape)
+    funcs = {"interpolate": lookup, "extrapolate": lookup_extrapolate, "hold_backward": lookup_hold}
+    for k, (xs, ys, kind, runs) in enumerate(tables):
+        mask = ib == k
+        if not mask.any():
+            continue
+        if runs:
+            out[mask] = _runs_at(LOOKUP_KINDS[kind], xs, ys, xb[mask], cols[mask])
+        else:
+            out[mask] = funcs[kind](xs, ys, xb[mask])
+    return out
+
+
 NAMESPACE = {
     "np": np,
     "_full": full,
@@ -305,6 +342,7 @@ NAMESPACE = {
     "_shaped": shaped,
     "_assemble": assemble,
     "_lookup_many": lookup_many,
+    "_lookup_many_runs": lookup_many_runs,
     "_f": as_float,
     "_uniform": uniform,
     "_delay_order": delay_order,

@@ -1,0 +1,153 @@
+"""A subscripted graphical function (lookup) redrawn per run: whole, or one element's table.
+
+A three-state model written as a Vensim user writes it (tests/data/threat_lookup_subscripted.mdl):
+each state's response reads its own table of ``effect of threat[state]``, in a flow and in a
+number the compiler computes once (``base effect``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from armsdyn.ensemble import SampleError, UnsupportedConstruct, compile_model
+from armsdyn.model import load_model
+from armsdyn.scenario_inputs import batch_inputs
+
+DATA = Path(__file__).parent / "data"
+MODEL = DATA / "threat_lookup_subscripted.mdl"
+VARIABLES = ["arms", "response", "base effect", "threat"]
+NUMBA = importlib.util.find_spec("numba") is not None
+BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="numba is not installed"))]
+
+# Tables of other lengths and ranges than the file's (threat runs from about -2 to 4).
+A = ((0.0, 0.2), (1.0, 2.0), (4.0, 4.0))
+B = ((0.5, 1.0), (1.7, 0.3), (2.5, 3.0), (6.0, 1.0))
+C = ((-1.0, 0.5), (0.9, 1.5))
+# More points than the numba kernel reads branch-free (it then searches each run's table).
+DENSE = tuple((x / 4, 1 + 0.5 * np.sin(x)) for x in range(-4, 20))
+
+RUSSIA_FILE = ((0.0, 0.5), (2.0, 1.0), (3.0, 2.0))  # Russia's table in the model file
+
+# One run per row: the whole lookup's table and Russia's own (None: the run gives none). The
+# engine takes Russia's column as Russia's in every run, as for a constant's elements: None
+# there is the file's table, whatever the whole lookup's column says.
+RUNS = [
+    (None, A),  # one element redrawn, the others the file's
+    (B, None),  # every element redrawn but Russia
+    (A, C),  # Russia's own table wins over the whole lookup's
+    (None, None),  # the file's tables
+    (DENSE, B),
+]
+
+
+def _series(table: tuple[tuple[float, float], ...]) -> pd.Series:
+    return pd.Series([y for _, y in table], index=[x for x, _ in table], dtype=float)
+
+
+def _pysd_params(whole: tuple | None, russia: tuple | None) -> dict[str, pd.Series]:
+    params = {}
+    if whole is not None:
+        params["effect of threat"] = _series(whole)
+    if russia is not None or whole is not None:
+        params["effect of threat[Russia]"] = _series(RUSSIA_FILE if russia is None else russia)
+    return params
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_compiled_engine_redraws_elements_of_a_subscripted_lookup_as_pysd_does(backend: str) -> None:
+    """Every run (whole, one element, both, neither) equals PySD's run with the same tables to 1e-9."""
+    compiled = compile_model(MODEL, backend=backend)
+    lookups = {
+        "effect of threat": [whole for whole, _ in RUNS],
+        "effect of threat[Russia]": [russia for _, russia in RUNS],
+    }
+    ds = compiled.run({}, variables=VARIABLES, lookups=lookups)
+    model = load_model(MODEL)
+    for j, (whole, russia) in enumerate(RUNS):
+        reference = model.simulate(_pysd_params(whole, russia), model.time, VARIABLES)
+        for name in VARIABLES:
+            got = ds[model.variable(name).py_name].isel(run=j).transpose("time", "state").values
+            np.testing.assert_allclose(got, reference[name], rtol=1e-9, atol=1e-12, err_msg=f"run {j} {name!r}")
+    # Not vacuous: every run differs from the others.
+    final = ds["arms"].isel(time=-1).transpose("run", "state").values
+    assert len({tuple(np.round(row, 6)) for row in final}) == len(RUNS)
+
+
+def _edited_model(folder: Path, element: str, table: tuple[tuple[float, float], ...]) -> Path:
+    """The model file with one element's points written in, as a user redraws it in Vensim."""
+    text = MODEL.read_text()
+    points = ",".join(f"({x:g},{y:g})" for x, y in table)
+    text, count = re.subn(
+        rf"(effect of threat\[{element}\]\(\[\(0,0\)-\(4,4\)\]),[^)]*\)(?:,\([^)]*\))*", rf"\1,{points}", text
+    )
+    assert count == 1
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / MODEL.name
+    path.write_text(text)
+    return path
+
+
+def test_pysd_runs_a_redrawn_element_as_the_edited_model_file(tmp_path: Path) -> None:
+    """The reference side: an element's table given to PySD gives what editing that element in the file gives."""
+    model = load_model(MODEL)
+    got = model.simulate({"effect of threat[Russia]": _series(B)}, model.time, VARIABLES)
+    edited = load_model(_edited_model(tmp_path, "Russia", B))
+    expected = edited.simulate({}, edited.time, VARIABLES)
+    for name in VARIABLES:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-12, err_msg=name)
+    # The next run starts from the file's tables again (PySD redraws its loaded lookup in place).
+    again = model.simulate({}, model.time, VARIABLES)
+    original = load_model(MODEL).simulate({}, model.time, VARIABLES)
+    np.testing.assert_array_equal(again["arms"], original["arms"])
+    assert not np.allclose(got["arms"], original["arms"])
+
+
+def test_a_batch_of_scenarios_splits_a_whole_lookup_into_its_elements() -> None:
+    """Scenario overrides: a whole lookup is each element's table; an element's own wins; others keep the file's."""
+    model = load_model(MODEL)
+    runs = [
+        {"effect of threat": A},
+        {"effect of threat[China]": B},
+        {"effect of threat": A, "effect of threat[USA]": C},
+    ]
+    inputs = batch_inputs(model, runs)
+    assert inputs.samples == {}
+    assert inputs.series == {}
+    assert inputs.lookups == {
+        "effect of threat[USA]": [A, None, C],
+        "effect of threat[Russia]": [A, None, A],
+        "effect of threat[China]": [A, B, A],
+    }
+
+
+@pytest.mark.parametrize(
+    ("lookups", "error", "message"),
+    [
+        (
+            {"effect of threat[Rusia]": [A]},
+            SampleError,
+            r"'effect of threat' has no element 'Rusia' in subscript range 'state'; did you mean 'Russia'\?"
+            r" \(allowed: USA, Russia, China\)",
+        ),
+        ({"gain": [A]}, SampleError, r"'gain' in model .* is a constant, not a lookup, so it has no table to redraw"),
+        ({"effect of threat[USA]": [((0, 1), (0, 2))]}, SampleError, r"'effect of threat\[USA\]'.*increase strictly"),
+    ],
+    ids=["misspelt element", "not a lookup", "bad points"],
+)
+def test_bad_redraws_name_the_lookup_and_element(lookups: dict, error: type, message: str) -> None:
+    compiled = compile_model(MODEL, backend="numpy")
+    with pytest.raises(error, match=message):
+        compiled.run({}, variables=["arms"], lookups=lookups)
+
+
+def test_sampling_a_number_computed_from_a_redrawn_element_is_unsupported() -> None:
+    """The batch cannot both sample ``base effect`` and compute it from a run's table of one element."""
+    compiled = compile_model(MODEL, backend="numpy")
+    with pytest.raises(UnsupportedConstruct, match="'base effect' uses a number computed from lookup"):
+        compiled.run({"base effect[USA]": [1.0, 2.0]}, lookups={"effect of threat[China]": [A, None]})
