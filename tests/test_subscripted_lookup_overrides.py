@@ -151,3 +151,48 @@ def test_sampling_a_number_computed_from_a_redrawn_element_is_unsupported() -> N
     compiled = compile_model(MODEL, backend="numpy")
     with pytest.raises(UnsupportedConstruct, match="'base effect' uses a number computed from lookup"):
         compiled.run({"base effect[USA]": [1.0, 2.0]}, lookups={"effect of threat[China]": [A, None]})
+
+
+XMILE_MODEL = """<xmile xmlns="http://docs.oasis-open.org/xmile/ns/XMILE/v1.0" version="1.0">
+    <header><options namespace="std"/><vendor>armsdyn tests</vendor><product lang="en">armsdyn</product></header>
+    <sim_specs method="Euler" time_units="Year"><start>0</start><stop>10</stop><dt>0.25</dt></sim_specs>
+    <dimensions><dim name="state"><elem name="USA"/><elem name="Russia"/></dim></dimensions>
+    <model>
+        <variables>
+            <aux name="TIME STEP"><eqn>0.25</eqn><units>Year</units></aux>
+            <aux name="INITIAL TIME"><eqn>0</eqn><units>Year</units></aux>
+            <aux name="FINAL TIME"><eqn>10</eqn><units>Year</units></aux>
+            <aux name="SAVEPER"><eqn>1</eqn><units>Year</units></aux>
+            <stock name="arms"><dimensions><dim name="state"/></dimensions><eqn>1</eqn>
+                <inflow>response</inflow><outflow>retirement</outflow></stock>
+            <flow name="response"><dimensions><dim name="state"/></dimensions>
+                <eqn>effect_of_threat[state](threat[state]) * 2 + 1</eqn></flow>
+            <flow name="retirement"><dimensions><dim name="state"/></dimensions><eqn>arms[state] / 5</eqn></flow>
+            <aux name="threat"><dimensions><dim name="state"/></dimensions>
+                <eqn>arms[state] / 10 + (TIME - 4) / 2</eqn></aux>
+            <gf name="effect of threat" type="{kind}"><dimensions><dim name="state"/></dimensions>
+                <xscale min="0" max="3"/><ypts>0.2,1,1.5,2</ypts></gf>
+        </variables>
+    </model>
+</xmile>
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["extrapolate", "discrete"])
+def test_redrawn_elements_of_xmile_lookups_keep_their_kind(tmp_path: Path, backend: str, kind: str) -> None:
+    """An element's table is continued beyond its points (or stepped) as PySD continues the lookup's kind."""
+    path = tmp_path / f"{kind}.xmile"
+    path.write_text(XMILE_MODEL.format(kind=kind))
+    tables = [A, B, None, DENSE]
+    ds = compile_model(path, backend=backend).run(
+        {}, variables=["response"], lookups={"effect of threat[Russia]": tables}
+    )
+    model = load_model(path)
+    for j, table in enumerate(tables):
+        params = {} if table is None else {"effect of threat[Russia]": _series(table)}
+        reference = model.simulate(params, model.time, ["response"])["response"]
+        got = ds["response"].isel(run=j).transpose("time", "state").values
+        np.testing.assert_allclose(got, reference, rtol=1e-9, atol=1e-12, err_msg=f"run {j}")
+    # Not vacuous: threat runs beyond the redrawn tables' points, where the kinds differ.
+    assert len({round(float(v), 6) for v in ds["response"].isel(time=-1).sel(state="Russia").values}) == len(tables)
