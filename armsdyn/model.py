@@ -313,7 +313,9 @@ class Model(VariableLookup):
         self._touched: set[str] = set()
         # The file's tables, kept before any run redraws them (PySD redraws the loaded object in place).
         self._file_tables = {
-            var.name: self._pysd_table(var) for var in self.variables.values() if var.kind == "lookup" and var.dims
+            var.name: table
+            for var in self.variables.values()
+            if var.kind == "lookup" and var.dims and (table := self._pysd_table(var)) is not None
         }
         self._index_variables()
 
@@ -469,10 +471,17 @@ class Model(VariableLookup):
             out[name] = self._redrawn_table(self.variables[name], given)
         return out
 
-    def _pysd_table(self, var: Variable) -> tuple[Any, str]:
-        """PySD's table of a subscripted lookup (``lookup_dim`` first, then its ranges) and its kind."""
-        obj = getattr(self.pysd_model.components, self.pysd_model._dependencies[var.py_name]["__lookup__"])
-        return obj.data.transpose("lookup_dim", *var.dim_names).copy(), str(obj.interp)
+    def _pysd_table(self, var: Variable) -> tuple[Any, str] | None:
+        """PySD's table of a subscripted lookup (``lookup_dim`` first, then its ranges) and its kind.
+
+        None for a lookup PySD keeps no such table of (one read from a data file PySD could not
+        load, say): a run cannot redraw it then (:meth:`_redrawn_table` says so).
+        """
+        try:
+            obj = getattr(self.pysd_model.components, self.pysd_model._dependencies[var.py_name]["__lookup__"])
+            return obj.data.transpose("lookup_dim", *var.dim_names).copy(), str(obj.interp)
+        except (AttributeError, KeyError, ValueError):
+            return None
 
     def _redrawn_table(self, var: Variable, given: Mapping[tuple[str, ...] | None, Any]) -> pd.Series:
         """A subscripted lookup with some elements' tables redrawn, as PySD's ``run(params=...)`` takes it.
@@ -483,6 +492,9 @@ class Model(VariableLookup):
         continued beyond its own points as the lookup's kind continues it: each element still reads
         exactly its own table.
         """
+        if var.name not in self._file_tables:
+            msg = f"{self.path}: PySD keeps no table of points for lookup {var.name!r}, so it cannot be redrawn"
+            raise ModelError(msg)
         data, kind = self._file_tables[var.name]
         file_x = np.asarray(data["lookup_dim"].values, dtype=float)
         flat = np.asarray(data.values, dtype=float).reshape(len(file_x), -1)

@@ -18,6 +18,7 @@ import pytest
 from armsdyn.ensemble import SampleError, UnsupportedConstruct, compile_model
 from armsdyn.model import load_model
 from armsdyn.scenario_inputs import batch_inputs
+from tests.conftest import SHARED
 
 DATA = Path(__file__).parent / "data"
 MODEL = DATA / "threat_lookup_subscripted.mdl"
@@ -196,3 +197,28 @@ def test_redrawn_elements_of_xmile_lookups_keep_their_kind(tmp_path: Path, backe
         np.testing.assert_allclose(got, reference, rtol=1e-9, atol=1e-12, err_msg=f"run {j}")
     # Not vacuous: threat runs beyond the redrawn tables' points, where the kinds differ.
     assert len({round(float(v), 6) for v in ds["response"].isel(time=-1).sel(state="Russia").values}) == len(tables)
+
+
+SHARED_LOOKUPS = SHARED / "test-models" / "subscripted_lookups" / "test_subscripted_lookups.mdl"
+
+
+@pytest.mark.skipif(not SHARED_LOOKUPS.is_file(), reason="the shared test models are not present")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_elements_of_two_dimensional_lookups_are_redrawn_as_pysd_does(backend: str) -> None:
+    """The shared case: an element of a lookup over two ranges (``"lookup2dim[B, D]"``) and a whole one-range one."""
+    model = load_model(SHARED_LOOKUPS)
+    outputs = [v.name for v in model.variables.values() if v.kind not in ("lookup", "constant")]
+    runs = [(A, B), (B, None), (None, A)]
+    lookups = {"lookup2dim[B, D]": [r for r, _ in runs], "lookup1dim": [w for _, w in runs]}
+    ds = compile_model(SHARED_LOOKUPS, backend=backend).run({}, variables=outputs, lookups=lookups)
+    for j, (element, whole) in enumerate(runs):
+        params = {} if element is None else {"lookup2dim[B, D]": _series(element)}
+        if whole is not None:
+            params["lookup1dim"] = _series(whole)
+        reference = model.simulate(params, model.time, outputs)
+        for name in outputs:
+            var = model.variable(name)
+            got = ds[var.py_name].isel(run=j).transpose("time", *var.dim_names).values
+            np.testing.assert_allclose(got, reference[name], rtol=1e-9, atol=1e-12, err_msg=f"run {j} {name!r}")
+    # Not vacuous: the redrawn element changes what reads it.
+    assert not np.allclose(ds["lookup2vardim1"].isel(run=0).values, ds["lookup2vardim1"].isel(run=2).values)
