@@ -30,6 +30,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
 
 if TYPE_CHECKING:  # the names as type checkers and IDEs see them; at run time __getattr__ imports them
     from armsdyn.analysis import analyse
+    from armsdyn.attribution import analyse_loops, attribute
     from armsdyn.audit import audit
     from armsdyn.calibration import (
         CalibrationResult,
@@ -92,6 +93,8 @@ _MODULES: dict[str, str] = {
     "export_results": "export",
     "Loop": "feedback",
     "find_loops": "feedback",
+    "analyse_loops": "attribution",
+    "attribute": "attribution",
     "LoopReport": "loop_table",
     "loops": "loop_table",
     "loop_dominance": "ltm",
@@ -166,6 +169,8 @@ __all__ = [
     "Variable",
     "__version__",
     "analyse",
+    "analyse_loops",
+    "attribute",
     "audit",
     "calibrate",
     "compare_results",
