@@ -71,7 +71,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_model
@@ -153,7 +152,7 @@ def attribute(
     path = knockout_model(model, groups)
     masks = list(itertools.product((0.0, 1.0), repeat=n))  # 1: the group is active (not cut)
     stocks = [model.variable(name) for name in spec.stocks]
-    labels = [var.element_name(e) if var.dims else var.name for var in stocks for e in _elements(var)]
+    labels = stock_labels(model, spec)
     # change[s, m, j]: the change of stock element j in scenario s with active groups masks[m].
     change = np.full((len(named), len(masks), len(labels)), np.nan)
     runs, ran_on = _run_all(
@@ -338,27 +337,36 @@ def knockout_model(model: Model, groups: Sequence[LoopGroup]) -> Path:
     return path
 
 
-def attribution_columns(ds: xr.Dataset) -> pd.DataFrame:
-    """The attribution as metrics columns: ``"<stock element> change share: <group>"`` per scenario.
+def stock_labels(model: Model, spec: AttributionSpec) -> list[str]:
+    """The attributed stock elements, as the ``attributed`` coordinate names them (``"effective power[A]"``)."""
+    stocks = [model.variable(name) for name in spec.stocks]
+    return [var.element_name(e) if var.dims else var.name for var in stocks for e in _elements(var)]
+
+
+def attribution_metric_names(model: Model, spec: AttributionSpec) -> list[str]:
+    """The metrics columns :func:`armsdyn.metrics.attribution_columns` gives a run with `spec`, before it runs.
+
+    So that a config can name them (a ``metric_bars`` figure) and be checked before anything runs.
 
     Parameters
     ----------
-    ds : xarray.Dataset
-        From :func:`attribute` (or ``loops.nc``).
+    model : Model
+        The experiment's model.
+    spec : AttributionSpec
+        The config's ``[attribution]``.
 
     Returns
     -------
-    pandas.DataFrame
-        Indexed by scenario; one column per stock element and group (``other`` included), and
-        ``"<stock element> change"`` (the change over the window, in the stock's units).
+    list of str
+        ``"<stock element> change"`` and ``"<stock element> change share: <group>"`` for every
+        group and ``other``, in the order :func:`armsdyn.metrics.attribution_columns` gives them.
     """
-    columns: dict[str, Any] = {}
-    for stock in ds["attributed"].values.tolist():
-        columns[f"{stock} change"] = ds["stock_change"].sel(attributed=stock).values
-        for group in ds["loop_group"].values.tolist():
-            share = ds["attribution_share"].sel(attributed=stock, loop_group=group)
-            columns[f"{stock} change share: {group}"] = share.values
-    return pd.DataFrame(columns, index=pd.Index([str(s) for s in ds["scenario"].values], name="scenario"))
+    groups = [*(g.name for g in spec.groups), OTHER]
+    return [
+        name
+        for stock in stock_labels(model, spec)
+        for name in (f"{stock} change", *(f"{stock} change share: {group}" for group in groups))
+    ]
 
 
 def _run_all(

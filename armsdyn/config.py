@@ -44,11 +44,12 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from armsdyn import metrics
-from armsdyn.attribution import CUTTABLE, MAX_GROUPS, OTHER
+from armsdyn.attribution import CUTTABLE, MAX_GROUPS, OTHER, attribution_metric_names
 from armsdyn.errors import ConfigError, ModelError, did_you_mean
 from armsdyn.feedback import diagram_refusal, on_feedback_loops
 from armsdyn.model import Model, TimeSettings, Variable, load_model
@@ -300,13 +301,14 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     variables = _parse_output(top.get("output", {}), model, problems)
     figures = _parse_figures(top.get("figures", []), {s.name for s in scenarios}, model, problems)
     metrics = _parse_metrics(top.get("metrics", {}), {s.name for s in scenarios}, problems)
-    needed = _check_metric_names(figures, variables, model, problems)
+    dominance = _parse_loop_dominance(top["loop_dominance"], model, problems) if "loop_dominance" in top else None
+    attribution = _parse_attribution(top["attribution"], model, time, problems) if "attribution" in top else None
+    attributed = attribution_metric_names(model, attribution) if attribution is not None else []
+    figures, needed = _check_metric_names(figures, variables, model, attributed, problems)
     sensitivity = None
     if "sensitivity" in top:
         sensitivity, more = _parse_sensitivity(top["sensitivity"], scenarios, variables, model, problems)
         needed += more
-    dominance = _parse_loop_dominance(top["loop_dominance"], model, problems) if "loop_dominance" in top else None
-    attribution = _parse_attribution(top["attribution"], model, time, problems) if "attribution" in top else None
     asked = {"loop_dominance": dominance, "attribution": attribution or top.get("attribution")}
     for i, fig in enumerate(figures):
         needs = FIGURE_KINDS[fig.kind].needs
@@ -321,7 +323,7 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
     # Figures are redrawn from saved results, so what they draw must be saved.
     for fig in figures:
         if fig.kind == "model_diagram" or FIGURE_KINDS[fig.kind].reads_loops:
-            continue  # drawn from the model file or loops.nc
+            continue  # drawn from the model file or loops.nc (a metric figure's attribution columns too)
         drawn = (*fig.variables, *(v for panel in fig.panels for v in panel))
         variables += tuple(v for v in drawn if v not in variables)
     variables += tuple(v for v in needed if v not in variables)
@@ -963,22 +965,38 @@ def _parse_figures(
 
 
 def _check_metric_names(
-    figures: tuple[FigureSpec, ...], variables: tuple[str, ...], model: Model, problems: Problems
-) -> tuple[str, ...]:
-    """Check metric names that figures use; return model variables the metrics need saved."""
+    figures: tuple[FigureSpec, ...],
+    variables: tuple[str, ...],
+    model: Model,
+    attributed: list[str],
+    problems: Problems,
+) -> tuple[tuple[FigureSpec, ...], tuple[str, ...]]:
+    """Check metric names that figures use; return the figures and the model variables the metrics need saved.
+
+    `attributed` are the ``[attribution]`` columns of ``metrics.csv``: a ``metric_bars`` figure may
+    draw them (it then reads ``loops.nc``); they are per scenario, so no other figure can.
+    """
 
     needed: list[str] = []
     available = metrics.metric_names(model, variables)
+    known = [*available, *attributed]
+    checked = []
     for i, fig in enumerate(figures):
+        loops = False
         for j, name in enumerate(fig.metrics):
-            if name not in available:
+            where = f"figures[{i}].metrics[{j}]"
+            if name in available:
+                needed += available[name]
+            elif name in attributed and fig.kind == "metric_bars":
+                loops = True
+            elif name in attributed:
                 problems.add(
-                    f"figures[{i}].metrics[{j}]",
-                    f"unknown metric {name!r} for this model{did_you_mean(name, available)}",
+                    where, f"{name!r} is an [attribution] column, one value a scenario: draw it with metric_bars"
                 )
             else:
-                needed += available[name]
-    return tuple(dict.fromkeys(needed))
+                problems.add(where, f"unknown metric {name!r} for this model{did_you_mean(name, known)}")
+        checked.append(replace(fig, attribution_metrics=True) if loops else fig)
+    return tuple(checked), tuple(dict.fromkeys(needed))
 
 
 def _parse_metrics(table: dict[str, Any], scenario_names: set[str], problems: Problems) -> MetricsSpec:

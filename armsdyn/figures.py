@@ -20,6 +20,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -27,7 +28,7 @@ from matplotlib.patches import FancyArrowPatch
 
 from armsdyn.diagram import causal_diagram, diagram_layout
 from armsdyn.errors import ConfigError, ResultsError
-from armsdyn.metrics import compute_metrics, richardson_parameters
+from armsdyn.metrics import compute_metrics, metrics_table, richardson_parameters
 from armsdyn.model import load_model
 from armsdyn.results import LOOPS_FILE, case_dim, find_variable, parameter_values
 from armsdyn.specs import FIGURE_KINDS, FigureSpec
@@ -425,6 +426,7 @@ def metric_bars(
     metrics: Sequence[str],
     scenarios: Sequence[str] | None = None,
     ax: Axes | None = None,
+    table: pd.DataFrame | None = None,
 ) -> tuple[Figure, list[Axes]]:
     """Metrics per scenario as grouped horizontal bars, values labelled.
 
@@ -440,13 +442,16 @@ def metric_bars(
     scenarios : sequence of str, optional
         Scenarios, a group each; all by default.
     ax : Axes, optional
+    table : pandas.DataFrame, optional
+        The metrics table (one row per scenario); :func:`armsdyn.compute_metrics` of `ds` by
+        default. ``metrics.csv`` of a run with ``[attribution]`` adds the attribution columns.
 
     Returns
     -------
     (Figure, list of Axes)
     """
 
-    table = compute_metrics(ds)
+    table = compute_metrics(ds) if table is None else table
     names = _scenarios(ds, scenarios)
     if ax is None:
         fig, ax = plt.subplots(figsize=(SINGLE_COLUMN, 0.6 + 0.22 * len(names) * len(metrics)), layout="constrained")
@@ -1253,7 +1258,7 @@ def draw_scenario_grid(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[A
     return scenario_grid(ds, spec.panels, spec.scenarios or None)
 
 
-def draw_metric_bars(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
+def draw_metric_bars(ds: xr.Dataset, spec: FigureSpec, loops: xr.Dataset | None = None) -> tuple[Figure, list[Axes]]:
     """Draw a ``metric_bars`` figure spec with :func:`metric_bars`.
 
     Parameters
@@ -1262,13 +1267,16 @@ def draw_metric_bars(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axe
         The results.
     spec : FigureSpec
         The figure: its metrics and scenarios (empty: all).
+    loops : xarray.Dataset, optional
+        The run's loop analysis, when the metrics include attribution columns
+        (:func:`armsdyn.metrics.attribution_columns`), as ``metrics.csv`` has them.
 
     Returns
     -------
     tuple
         The figure and its axes.
     """
-    return metric_bars(ds, spec.metrics, spec.scenarios or None)
+    return metric_bars(ds, spec.metrics, spec.scenarios or None, table=metrics_table(ds, loops))
 
 
 def draw_metric_vs_parameter(ds: xr.Dataset, spec: FigureSpec) -> tuple[Figure, list[Axes]]:
@@ -1419,7 +1427,7 @@ def draw_figures(
     with paper_style():
         for spec in specs:
             draw = figure_drawer(spec.kind)
-            if FIGURE_KINDS[spec.kind].reads_loops:
+            if spec.reads_loops:
                 loops = _loops_for(folder) if loops is None else loops
                 fig, _ = draw(ds, spec, loops)
             else:

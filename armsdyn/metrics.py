@@ -349,3 +349,48 @@ METRIC_FAMILIES: dict[str, MetricFamily] = {
     "richardson_n": MetricFamily(_richardson_n_names, _richardson_n_columns),
     "treaty": MetricFamily(_treaty_names, _treaty_table),
 }
+
+
+def attribution_columns(ds: xr.Dataset) -> pd.DataFrame:
+    """The attribution as metrics columns: ``"<stock element> change share: <group>"`` per scenario.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`armsdyn.attribution.attribute` (or ``loops.nc``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by scenario; one column per stock element and group (``other`` included), and
+        ``"<stock element> change"`` (the change over the window, in the stock's units).
+    """
+    columns: dict[str, Any] = {}
+    for stock in ds["attributed"].values.tolist():
+        columns[f"{stock} change"] = ds["stock_change"].sel(attributed=stock).values
+        for group in ds["loop_group"].values.tolist():
+            share = ds["attribution_share"].sel(attributed=stock, loop_group=group)
+            columns[f"{stock} change share: {group}"] = share.values
+    return pd.DataFrame(columns, index=pd.Index([str(s) for s in ds["scenario"].values], name="scenario"))
+
+
+def metrics_table(ds: xr.Dataset, loops: xr.Dataset | None = None) -> pd.DataFrame:
+    """The metrics table of a run as ``metrics.csv`` holds it: :func:`compute_metrics`, and the attribution.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The results.
+    loops : xarray.Dataset, optional
+        The run's loop analysis (``loops.nc``); with an attribution in it, its columns
+        (:func:`attribution_columns`) join the table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per scenario.
+    """
+    table = compute_metrics(ds)
+    if loops is not None and "attribution_share" in loops:
+        table = table.join(attribution_columns(loops))
+    return table

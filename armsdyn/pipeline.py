@@ -18,13 +18,13 @@ from typing import Any
 
 import xarray as xr
 
-from armsdyn.attribution import analyse_loops, attribution_columns
+from armsdyn.attribution import analyse_loops
 from armsdyn.config import load_config
 from armsdyn.ensemble import choose_workers
 from armsdyn.errors import ArmsdynError, NumericalWarning, ResultsError
 from armsdyn.experiment import run
 from armsdyn.figures import draw_figures
-from armsdyn.metrics import compute_metrics
+from armsdyn.metrics import metrics_table
 from armsdyn.model import file_sha256
 from armsdyn.output import (
     FIGURES_DIR,
@@ -40,7 +40,7 @@ from armsdyn.output import (
 from armsdyn.results import LOOPS_FILE
 from armsdyn.runner import ChunkWriteError, needs, refuse_unfit, remove_store
 from armsdyn.sensitivity import run_study
-from armsdyn.specs import FIGURE_KINDS, Experiment
+from armsdyn.specs import Experiment
 
 
 class StudyInterrupted(ArmsdynError):
@@ -202,8 +202,8 @@ def _write_with_loops(
     attribution columns, the loop figures are drawn and the manifest lists every file; only then
     is the folder swapped into place, so no reader ever sees a folder without its loop analysis.
     """
-    plain = tuple(spec for spec in experiment.figures if not FIGURE_KINDS[spec.kind].reads_loops)
-    looped = tuple(spec for spec in experiment.figures if FIGURE_KINDS[spec.kind].reads_loops)
+    plain = tuple(spec for spec in experiment.figures if not spec.reads_loops)
+    looped = tuple(spec for spec in experiment.figures if spec.reads_loops)
     with atomic_folder(target, force=force) as tmp:
         inner = tmp / "results"
         write_results(
@@ -222,7 +222,7 @@ def _write_with_loops(
             loops.to_netcdf(tmp / LOOPS_FILE, engine="netcdf4")
         if "attribution_share" in loops:
             with writing(tmp / METRICS_FILE):
-                compute_metrics(ds).join(attribution_columns(loops)).to_csv(tmp / METRICS_FILE)
+                metrics_table(ds, loops).to_csv(tmp / METRICS_FILE)
         with writing(tmp / FIGURES_DIR):
             draw_figures(ds, looped, tmp / FIGURES_DIR, loops=loops)
         manifest = json.loads((tmp / MANIFEST_FILE).read_text(encoding="utf-8"))

@@ -190,6 +190,9 @@ class FigureSpec:
         For ``metric_vs_parameter``: the model constant on the horizontal axis.
     model : str
         The model file, for ``model_diagram`` (set by the config; absolute).
+    attribution_metrics : bool
+        For ``metric_bars``: some metrics are loop-group attribution columns, which come from
+        ``loops.nc`` (set by the config).
     """
 
     kind: str
@@ -201,6 +204,12 @@ class FigureSpec:
     metrics: tuple[str, ...] = ()
     parameter: str = ""
     model: str = ""
+    attribution_metrics: bool = False
+
+    @property
+    def reads_loops(self) -> bool:
+        """Whether drawing this figure needs the run's loop analysis (``loops.nc``)."""
+        return self.attribution_metrics or FIGURE_KINDS[self.kind].reads_loops
 
 
 @dataclass(frozen=True)

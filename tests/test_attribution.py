@@ -13,6 +13,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,7 +26,7 @@ from armsdyn.errors import ConfigError
 from armsdyn.model import Model, TimeSettings, file_sha256, load_model
 from armsdyn.pipeline import run_experiment
 from armsdyn.specs import AttributionSpec, LoopGroup, Scenario
-from tests.conftest import CONFIGS, MODELS, run_cli, write_config
+from tests.conftest import CONFIGS, MODELS, call_cli, run_cli, write_config
 
 RICHARDSON = MODELS / "richardson.mdl"
 KNOWLEDGE = MODELS / "knowledge_engine.mdl"
@@ -521,3 +522,79 @@ def test_a_configs_time_series_scenario_is_attributed_on_the_compiled_engine(tmp
     assert experiment.attribution is not None
     reference = attribute(RICHARDSON, experiment.attribution, experiment.scenarios, time=experiment.time, engine="pysd")
     np.testing.assert_allclose(loops["attribution_share"], reference["attribution_share"], rtol=1e-9)
+
+
+ATTRIBUTED_BARS = """
+[[scenarios]]
+name = "race"
+parameters = { "initial arms X" = 0, "initial arms Y" = 0 }
+
+[[scenarios]]
+name = "no_reaction"
+parameters = { "initial arms X" = 0, "initial arms Y" = 0, "defence coefficient k" = 0, "defence coefficient l" = 0 }
+
+[attribution]
+stocks = ["arms X"]
+window = [0, 5]
+
+[[attribution.groups]]
+name = "action-reaction"
+variables = ["reaction of X", "reaction of Y"]
+
+[[figures]]
+kind = "metric_bars"
+name = "drivers"
+metrics = ["arms X change share: action-reaction", "arms X change share: other", "final arms X"]
+"""
+
+
+def test_metric_bars_draw_the_attribution_columns_as_metrics_csv_has_them(tmp_path: Path) -> None:
+    """metrics.csv's attribution columns were not names a figure could use; metric_bars draws them now."""
+    from armsdyn.figures import draw_metric_bars
+    from armsdyn.metrics import metrics_table
+
+    config = write_config(tmp_path, ATTRIBUTED_BARS)
+    spec = load_config(config).figures[0]
+    assert spec.reads_loops  # the attribution comes from loops.nc, which the run writes
+    out = tmp_path / "out"
+    proc = call_cli("run", config, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "figures" / "drivers.pdf").is_file()
+    metrics = pd.read_csv(out / "metrics.csv", index_col=0)
+    with xr.open_dataset(out / "results.nc") as ds, xr.open_dataset(out / "loops.nc") as loops:
+        table = metrics_table(ds.load(), loops.load())
+        fig, (ax,) = draw_metric_bars(ds, spec, loops)
+    plt.close(fig)
+    pd.testing.assert_frame_equal(table[list(spec.metrics)], metrics[list(spec.metrics)], check_names=False)
+    # The bars are metrics.csv's numbers: one container per metric, a bar per scenario.
+    for container, metric in zip(ax.containers, spec.metrics, strict=True):
+        widths = [bar.get_width() for bar in container]
+        np.testing.assert_allclose(widths, np.nan_to_num(metrics.loc[["race", "no_reaction"], metric]), rtol=1e-12)
+    assert metrics.loc["no_reaction", "arms X change share: action-reaction"] == 0.0
+    # Redrawn from the folder's files alone.
+    (out / "figures" / "drivers.pdf").unlink()
+    assert call_cli("figures", out).returncode == 0
+    assert (out / "figures" / "drivers.pdf").is_file()
+
+
+#: The same config without its [attribution] table.
+WITHOUT_ATTRIBUTION = re.sub(r"\[attribution\].*?\n\n\[\[figures", "[[figures", ATTRIBUTED_BARS, flags=re.S)
+#: ... and with a parameter sweep's figure, which has no per-scenario attribution to draw.
+SWEEP_FIGURE = ATTRIBUTED_BARS.replace(
+    'kind = "metric_bars"', 'kind = "metric_vs_parameter"\nparameter = "grievance g"'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (WITHOUT_ATTRIBUTION, "unknown metric 'arms X change share: action-reaction'"),
+        (SWEEP_FIGURE, "is an [attribution] column, one value a scenario: draw it with metric_bars"),
+    ],
+)
+def test_attribution_metrics_are_refused_where_no_figure_can_draw_them(tmp_path: Path, body: str, message: str) -> None:
+    assert "[attribution]" not in WITHOUT_ATTRIBUTION
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(tmp_path, body))
+    assert message in str(err.value)
+    assert "figures[0].metrics[0]" in str(err.value)
