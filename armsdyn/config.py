@@ -1152,14 +1152,6 @@ def _parse_sensitivity(
         fan_variables=fan,
         variables=tuple(dict.fromkeys(needed)),
     )
-    series = [k for k, v in next(s for s in scenarios if s.name == scenario).parameters.items() if isinstance(v, tuple)]
-    if series:
-        problems.add(
-            "sensitivity.scenario",
-            f"scenario {scenario!r} sets {', '.join(map(repr, series))} as a time series; "
-            "a sensitivity study starts from constants only",
-        )
-        return None, ()
     return spec, spec.variables
 
 

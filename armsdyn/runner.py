@@ -35,7 +35,7 @@ import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,22 @@ class Reducer:
 
 
 @dataclass(frozen=True)
+class SharedInputs:
+    """Inputs every run of a study shares: a scenario's time series and redrawn lookups.
+
+    Attributes
+    ----------
+    series : mapping
+        Constant (or element) to its time series, ``(time, value)`` pairs.
+    lookups : mapping
+        Lookup (or element) to its redrawn ``(x, y)`` points.
+    """
+
+    series: Mapping[str, Any] = field(default_factory=dict)
+    lookups: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class _Task:
     index: int
     start: int
@@ -129,6 +145,7 @@ class _Task:
     variables: tuple[str, ...]
     reduce: Reducer
     study_runs: int  # runs of the whole study: the engine chooses its backend for the study, not the chunk
+    shared: SharedInputs
 
 
 def _run_task(task: _Task) -> tuple[int, xr.Dataset]:
@@ -138,14 +155,27 @@ def _run_task(task: _Task) -> tuple[int, xr.Dataset]:
     with warnings.catch_warnings():
         # Worker processes cannot report warnings usefully; the parent checks compilability.
         warnings.simplefilter("ignore")
+        n = len(next(iter(task.samples.values()))) if task.samples else 1
         ds = run_ensemble(
-            task.model_path, task.samples, task.time, list(task.variables), workers=1, study_runs=task.study_runs
+            task.model_path,
+            task.samples,
+            task.time,
+            list(task.variables),
+            workers=1,
+            study_runs=task.study_runs,
+            series={k: [v] * n for k, v in task.shared.series.items()} or None,
+            lookups={k: [v] * n for k, v in task.shared.lookups.items()} or None,
         )
     return task.index, task.reduce(ds, task.start)
 
 
 def plan_hash(
-    model_path: Path, samples: Mapping[str, np.ndarray], time: TimeSettings, chunk_size: int, reduce: Reducer
+    model_path: Path,
+    samples: Mapping[str, np.ndarray],
+    time: TimeSettings,
+    chunk_size: int,
+    reduce: Reducer,
+    shared: SharedInputs | None = None,
 ) -> str:
     """A fingerprint of everything that determines a study's chunks."""
     h = hashlib.sha256()
@@ -154,6 +184,8 @@ def plan_hash(
         h.update(name.encode())
         h.update(np.ascontiguousarray(samples[name], dtype=float).tobytes())
     h.update(repr((time, chunk_size, reduce)).encode())
+    if shared is not None and (shared.series or shared.lookups):
+        h.update(repr((sorted(shared.series.items()), sorted(shared.lookups.items()))).encode())
     return h.hexdigest()
 
 
@@ -170,6 +202,7 @@ def run_chunked(
     workers: int | None = 1,
     scheduler: str | None = None,
     progress: bool = False,
+    shared: SharedInputs | None = None,
 ) -> xr.Dataset:
     """Simulate every sample in chunks and return the reduced results, in run order.
 
@@ -196,6 +229,8 @@ def run_chunked(
         Address of a Dask distributed scheduler to send the chunks to.
     progress : bool
         Show a progress bar with rate and ETA on stderr.
+    shared : SharedInputs, optional
+        Time series and redrawn lookups every run takes (a study's scenario sets them).
 
     Returns
     -------
@@ -214,7 +249,8 @@ def run_chunked(
     temporary = store is None
     folder = Path(tempfile.mkdtemp(prefix="armsdyn-study-")) if store is None else Path(store)
     try:
-        digest = plan_hash(model_path, samples, time, chunk_size, reduce)
+        shared = shared or SharedInputs()
+        digest = plan_hash(model_path, samples, time, chunk_size, reduce, shared)
         n_chunks = max(1, -(-n // chunk_size))
         _prepare_store(folder, digest, n_chunks, resume)
         pending = [
@@ -232,6 +268,7 @@ def run_chunked(
                 variables=tuple(variables),
                 reduce=reduce,
                 study_runs=n,
+                shared=shared,
             )
             for i in pending
         )

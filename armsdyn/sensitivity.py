@@ -42,7 +42,8 @@ import xarray as xr
 from armsdyn.ensemble import FallbackWarning, UnsupportedConstruct, compile_model
 from armsdyn.metrics import compute_metrics
 from armsdyn.results import find_variable
-from armsdyn.runner import FAN_DIM, Reducer, run_chunked, study_chunk
+from armsdyn.runner import FAN_DIM, Reducer, SharedInputs, run_chunked, study_chunk
+from armsdyn.scenario_inputs import batch_inputs
 from armsdyn.sensitivity_methods import METHODS
 from armsdyn.specs import Experiment, Output, SensitivitySpec
 
@@ -217,13 +218,20 @@ def run_study(
     draws = sample(spec)
     n = len(next(iter(draws.values())))
     samples = dict(draws)
+    timed = {}
     for key, value in experiment.scenario(spec.scenario).parameters.items():
-        if isinstance(value, tuple):  # the config refuses this; a study starts from constants only
-            msg = f"scenario {spec.scenario!r} sets {key!r} as a time series; a sensitivity study needs constants"
-            raise ValueError(msg)
-        samples.setdefault(key, np.full(n, value))
+        if isinstance(value, tuple):  # a time series or a redrawn lookup: the same in every run
+            timed[key] = value
+        else:
+            samples.setdefault(key, np.full(n, value))
     for p in spec.parameters:
         samples |= {other: draws[p.name] for other in p.also}
+    # A parameter the study samples is the study's, even where the scenario gives it a series.
+    split = batch_inputs(experiment.model, [{k: v for k, v in timed.items() if k not in samples}])
+    shared = SharedInputs(
+        series={k: v[0] for k, v in split.series.items() if v[0] is not None},
+        lookups={k: v[0] for k, v in split.lookups.items() if v[0] is not None},
+    )
     try:
         engine = f"compiled ({compile_model(experiment.model.path).backend})"
     except UnsupportedConstruct as exc:
@@ -246,6 +254,7 @@ def run_study(
         workers=workers,
         scheduler=scheduler,
         progress=progress,
+        shared=shared,
     )
     ds.attrs.update(
         {

@@ -402,3 +402,31 @@ def test_sobol_bootstrap_memory_is_bounded_by_a_batch() -> None:
     # the bootstrap adds at most one batch.
     assert ours <= 4 * y.nbytes + budget, (ours, y.nbytes)
     assert theirs > 4 * ours  # what the batches save at this size: 100 resamples of 20,000 rows
+
+
+def test_a_study_of_a_scenario_with_a_time_series_runs_it_in_every_sample(tmp_path: Path) -> None:
+    """A study's scenario may set a time series (the config refused it): each run takes it, as PySD does."""
+    from dataclasses import replace
+
+    from armsdyn.specs import Scenario
+
+    series = ((0.0, 1.0), (30.0, 3.0))
+    text = OAT.replace('"grievance h" = 1.0', '"grievance h" = [[0, 1.0], [30, 3.0]]')
+    exp = armsdyn.load_config(write_config(tmp_path, text))
+    # Two worker processes and small chunks: the shared series travels with every chunk.
+    ensemble, _ = run_study(exp, workers=2, chunk_size=4)
+    (tmp_path / "constant").mkdir()
+    constant, _ = run_study(armsdyn.load_config(write_config(tmp_path / "constant", OAT)))
+    got = ensemble["output: arms X final"].values
+    assert not np.allclose(got, constant["output: arms X final"].values)  # the series acts in every run
+    base = exp.scenario(exp.sensitivity.scenario).parameters
+    assert base["grievance h"] == series
+    sampled = [p.name for p in exp.sensitivity.parameters]
+    by_name = {c.attrs.get("long_name", k): c.values for k, c in ensemble.coords.items() if c.dims == ("run",)}
+    runs = [0, 4, 8]
+    scenarios = tuple(
+        Scenario(f"run{i}", parameters={**base, **{name: float(by_name[name][i]) for name in sampled}}) for i in runs
+    )
+    reference = armsdyn.run(replace(exp, scenarios=scenarios, sensitivity=None, engine="pysd"))
+    final = reference["arms_x"].isel(time=-1).values
+    np.testing.assert_allclose(got[runs], final, rtol=1e-9)
