@@ -308,6 +308,7 @@ class Model(VariableLookup):
             except Exception as exc:  # a broken translation is a model error
                 msg = f"{path}: PySD could not load the translated model: {' '.join(str(exc).split())}"
                 raise ModelError(msg) from exc
+        self.data_hashes = self._data_hashes()
         self.variables = self._read_variables()
         self.time = self._read_time()
         self._touched: set[str] = set()
@@ -318,6 +319,17 @@ class Model(VariableLookup):
             if var.kind == "lookup" and var.dims and (table := self._pysd_table(var)) is not None
         }
         self._index_variables()
+
+    def _data_hashes(self) -> dict[str, str]:
+        """SHA-256 of each data file PySD read at load (GET DIRECT/XLS), by path."""
+        paths: set[str] = set()
+        for external in getattr(self.pysd_model, "_external_elements", ()):
+            paths.update(str(f) for f in getattr(external, "files", ()) or () if isinstance(f, str | os.PathLike))
+        return {path: _hash_or_reason(Path(path)) for path in sorted(paths)}
+
+    def data_changed(self) -> bool:
+        """Whether a data file the model read at load has changed since (so a load must read it again)."""
+        return any(_hash_or_reason(Path(path)) != digest for path, digest in self.data_hashes.items())
 
     def _read_variables(self) -> dict[str, Variable]:
         doc = self.pysd_model.doc
@@ -662,6 +674,13 @@ def _file_value(var: Variable) -> Any:
 _loaded: dict[tuple[str, str], Model] = {}
 
 
+def _hash_or_reason(path: Path) -> str:
+    try:
+        return file_sha256(path)
+    except OSError as exc:  # gone or unreadable since: differs from any hash, so the model is loaded again
+        return f"unreadable: {exc.strerror or exc}"
+
+
 def load_model(path: str | os.PathLike[str]) -> Model:
     """Load a Vensim (``.mdl``) or XMILE (``.xmile``, ``.stmx``) model through PySD.
 
@@ -691,8 +710,9 @@ def load_model(path: str | os.PathLike[str]) -> Model:
         raise ModelError(msg)
     sha = file_sha256(path)
     key = (str(path.resolve()), sha)
-    if key not in _loaded or _range_files_problem(_loaded[key].translation.parent) is not None:
-        # A subscript range read from a file that changed since is another model.
+    known = _loaded.get(key)
+    if known is None or _range_files_problem(known.translation.parent) is not None or known.data_changed():
+        # A subscript range or data read from a file that changed since is another model.
         _loaded[key] = Model(path, sha, _translate(path, sha))
     return _loaded[key]
 

@@ -494,9 +494,7 @@ def model_data_files(model: Model) -> list[dict[str, str]]:
         already read it.
     """
     home = model.path.resolve().parent
-    paths: set[Path] = set()
-    for external in getattr(model.pysd_model, "_external_elements", ()):
-        paths.update(Path(f) for f in getattr(external, "files", ()) or () if isinstance(f, str | os.PathLike))
+    paths: set[Path] = {Path(p) for p in model.data_hashes}  # what PySD read at load
     text = model.path.read_text(encoding="utf-8", errors="replace")
     if _FILE_SUBSCRIPT.search(text):
         for section in parse_model(model.path).sections:

@@ -187,6 +187,18 @@ def test_a_model_reads_files_beside_it_not_beside_its_translation(tmp_path: Path
     np.testing.assert_allclose(model.simulate({}, model.time, ["stock"])["stock"], _expected_stock())
 
 
+def test_a_data_file_changed_after_loading_is_read_again_in_the_same_process(tmp_path: Path) -> None:
+    """A long-lived process (the explorer, a notebook) kept the data it first loaded; it reloads changed data."""
+    path = _data_folder(tmp_path / "archive")
+    first = load_model(path)
+    np.testing.assert_allclose(first.simulate({}, first.time, ["stock"])["stock"], _expected_stock())
+    assert load_model(path) is first  # unchanged files: the loaded model is reused
+    (path.parent / "data" / "series.csv").write_text("time,demand\n0,10\n5,20\n10,40\n")
+    again = load_model(path)
+    assert again is not first
+    np.testing.assert_allclose(again.simulate({}, again.time, ["stock"])["stock"], _expected_stock(10.0))
+
+
 def test_the_same_model_in_two_folders_reads_its_own_data(tmp_path: Path) -> None:
     first = _data_folder(tmp_path / "one")
     second = _data_folder(tmp_path / "two", scale=10.0)
