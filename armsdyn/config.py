@@ -639,9 +639,7 @@ def parse_parameters(
             problems.add(path, f"unknown parameter in model {model.path}{hint}")
             continue
         if var.kind == "lookup":
-            points = _parse_lookup(var, value, path, problems)
-            if points is not None:
-                out[var.name] = points
+            out.update(_parse_lookup(model, var, key, value, path, problems))
             continue
         if var.kind != "constant":
             problems.add(
@@ -722,22 +720,52 @@ def _range_checker(model: Model, problems: Problems) -> Any:
     return in_range
 
 
-def _parse_lookup(var: Variable, value: Any, path: str, problems: Problems) -> ParameterValue | None:
-    """A graphical function (lookup) replaced by a list of [x, y] points, as Vensim users redraw one."""
-    if var.dims:
-        problems.add(path, f"{var.name!r} is a subscripted lookup; replacing one is not supported yet")
-        return None
+def _parse_lookup(
+    model: Model, var: Variable, key: str, value: Any, path: str, problems: Problems
+) -> dict[str, ParameterValue]:
+    """A graphical function (lookup) replaced by a list of [x, y] points, as Vensim users redraw one.
+
+    A subscripted lookup is redrawn whole (the same points for every element) or by element
+    (``"effect of threat[USA]"``); either way the result holds one entry per element, keyed
+    ``"name[element, ...]"``, so that an element's own points win over the whole lookup's, as
+    for constants.
+    """
+    if "[" in key:
+        try:
+            _, element = model.element(f"{var.name}{key[len(key.split('[', 1)[0]) :]}")
+        except KeyError as exc:
+            problems.add(path, str(exc.args[0]))
+            return {}
+        name = var.name if element is None else var.element_name(element)
+        points = _lookup_points(name, value, path, problems)
+        return {} if points is None else {name: points}
+    if var.dims and isinstance(value, dict):
+        first = ", ".join(var.elements()[0])
+        problems.add(
+            path,
+            f"{var.name!r} is a subscripted lookup: give one list of [x, y] points for every element, "
+            f'or set one element, e.g. "{var.name}[{first}]" = [[0, 0], [1, 1]]',
+        )
+        return {}
+    points = _lookup_points(var.name, value, path, problems)
+    if points is None:
+        return {}
+    return {var.element_name(e): points for e in var.elements()} if var.dims else {var.name: points}
+
+
+def _lookup_points(name: str, value: Any, path: str, problems: Problems) -> ParameterValue | None:
+    """The [x, y] points of one lookup's (or element's) new table, or None with the problem recorded."""
     if not isinstance(value, list) or len(value) < 2:
         problems.add(
             path,
-            f"{var.name!r} is a lookup (graphical function): give at least two [x, y] points, "
+            f"{name!r} is a lookup (graphical function): give at least two [x, y] points, "
             f"e.g. [[0, 0], [1, 1]], got {describe_input(value)}",
         )
         return None
     parsed = _parse_value(value, path, Problems(""))
     if parsed is None or not isinstance(parsed, tuple):
         what = "its points must be [x, y] pairs of finite numbers, x increasing strictly"
-        problems.add(path, f"{var.name!r} is a lookup: {what}")
+        problems.add(path, f"{name!r} is a lookup: {what}")
         return None
     return parsed
 

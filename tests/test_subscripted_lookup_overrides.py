@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import armsdyn
+from armsdyn import ConfigError
+from armsdyn.config import parse_config
 from armsdyn.ensemble import SampleError, UnsupportedConstruct, compile_model
 from armsdyn.model import load_model
 from armsdyn.scenario_inputs import batch_inputs
@@ -222,3 +225,94 @@ def test_elements_of_two_dimensional_lookups_are_redrawn_as_pysd_does(backend: s
             np.testing.assert_allclose(got, reference[name], rtol=1e-9, atol=1e-12, err_msg=f"run {j} {name!r}")
     # Not vacuous: the redrawn element changes what reads it.
     assert not np.allclose(ds["lookup2vardim1"].isel(run=0).values, ds["lookup2vardim1"].isel(run=2).values)
+
+
+# ---------------------------------------------------------------------- configs
+def _config(model: Path, scenarios: list[dict], parameters: dict | None = None, engine: str = "compiled") -> dict:
+    data = {
+        "experiment": {"name": "lk", "model": str(model), "engine": engine},
+        "scenarios": scenarios,
+        "output": {"variables": ["arms", "response", "base effect"]},
+    }
+    if parameters is not None:
+        data["parameters"] = parameters
+    return data
+
+
+def _points(table: tuple[tuple[float, float], ...]) -> list[list[float]]:
+    return [[x, y] for x, y in table]
+
+
+def test_a_config_redraws_a_subscripted_lookup_whole_and_by_element(tmp_path: Path) -> None:
+    """Scenarios run compiled, equal to PySD's runs; an element's own points win over the whole lookup's."""
+    scenarios = [
+        {"name": "file"},
+        {"name": "whole", "parameters": {"effect of threat": _points(A)}},
+        {"name": "usa", "parameters": {"effect of threat[USA]": _points(B)}},
+        {"name": "both", "parameters": {"effect of threat": _points(A), "effect of threat[usa]": _points(B)}},
+        # The same tables element by element: must equal "both".
+        {
+            "name": "each",
+            "parameters": {
+                f"effect of threat[{s}]": _points(B if s == "USA" else A) for s in ("USA", "Russia", "China")
+            },
+        },
+        # A scenario's whole lookup over the base's element.
+        {"name": "over_base", "parameters": {"effect of threat": _points(C)}},
+    ]
+    data = _config(MODEL, scenarios, parameters={"effect of threat[China]": _points(B)})
+    ds = armsdyn.run(parse_config(data))
+    assert ds.attrs["engine"] == "compiled (numpy)"
+    reference = armsdyn.run(parse_config(_config(MODEL, scenarios, data["parameters"], engine="pysd")))
+    for name in ("arms", "response", "base_effect"):
+        np.testing.assert_allclose(ds[name].values, reference[name].values, rtol=1e-9, atol=1e-12, err_msg=name)
+    arms = ds["arms"].isel(time=-1)
+    np.testing.assert_array_equal(arms.sel(scenario="both").values, arms.sel(scenario="each").values)
+    # The base redraws China only; "over_base" redraws every element, China included.
+    model = load_model(MODEL)
+    over = model.simulate({"effect of threat": _series(C)}, model.time, ["arms"])["arms"]
+    np.testing.assert_allclose(ds["arms"].sel(scenario="over_base").transpose("time", "state").values, over, rtol=1e-9)
+    # Not vacuous: the scenarios differ.
+    assert len({tuple(np.round(arms.sel(scenario=s).values, 6)) for s in ("file", "whole", "usa", "both")}) == 4
+
+
+@pytest.mark.parametrize(
+    ("parameters", "where", "message"),
+    [
+        (
+            {"effect of threat[Rusia]": _points(A)},
+            '"effect of threat[Rusia]"',
+            "'effect of threat' has no element 'Rusia' in subscript range 'state'; did you mean 'Russia'? "
+            "(allowed: USA, Russia, China)",
+        ),
+        (
+            {"effect of threat[USA]": 2.0},
+            '"effect of threat[USA]"',
+            "'effect of threat[USA]' is a lookup (graphical function): give at least two [x, y] points",
+        ),
+        (
+            {"effect of threat[USA]": [[1, 0], [0, 1]]},
+            '"effect of threat[USA]"',
+            "'effect of threat[USA]' is a lookup: its points must be [x, y] pairs of finite numbers, x increasing",
+        ),
+        (
+            {"effect of threat": {"USA": _points(A)}},
+            '"effect of threat"',
+            "'effect of threat' is a subscripted lookup: give one list of [x, y] points for every element, "
+            'or set one element, e.g. "effect of threat[USA]"',
+        ),
+        (
+            {"effect of threat[USA, China]": _points(A)},
+            '"effect of threat[USA, China]"',
+            "'effect of threat' has 1 subscript(s) [state], got 2",
+        ),
+    ],
+    ids=["misspelt element", "number", "decreasing x", "table of elements", "two subscripts"],
+)
+def test_bad_redraws_in_a_config_name_the_key_the_element_and_what_is_allowed(
+    parameters: dict, where: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_config(MODEL, [{"name": "bad", "parameters": parameters}]))
+    assert f"scenarios[0].parameters.{where}" in str(err.value)
+    assert message in str(err.value)
