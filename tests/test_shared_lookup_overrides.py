@@ -55,7 +55,7 @@ def test_every_lookup_of_a_shared_case_redrawn_runs_as_pysd_runs_it(path: Path, 
         pytest.skip(f"PySD cannot run this case: {exc}")
     lookups = [v.name for v in model.variables.values() if v.kind == "lookup"]
     if not lookups:
-        pytest.skip("no graphical function PySD keeps as a lookup (an inline table inside an equation)")
+        pytest.skip("no lookup variable to redraw (its tables, if any, are inline in an equation: WITH LOOKUP)")
     try:
         compiled = compile_model(path, backend=backend)
         names = [v.name for v in compiled.variables.values() if v.kind != "lookup"]
