@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,6 +128,27 @@ def notebook_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
         log.close()
 
 
+def _run_all_cells(page: Any, attempts: int = 4) -> None:
+    """Run > Run All Cells, again if no cell started: a Run All sent before the kernel connects is dropped.
+
+    The kernel's idle indicator can show before the notebook's session reaches the kernel, so
+    the sign that the cells run is a cell's prompt leaving ``[ ]`` (``[*]`` or ``[1]``).
+    """
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
+    started = (
+        "() => [...document.querySelectorAll('.jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"
+    )
+    for _ in range(attempts):
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function(started, timeout=30_000)
+            return
+        except Exception:  # Playwright's TimeoutError: the cells did not start; ask again
+            continue
+    raise AssertionError(f"no cell started after {attempts} Run All Cells")
+
+
 def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
     notebook_server: tuple[str, str, Path],
 ) -> None:
@@ -139,11 +161,8 @@ def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("request", lambda r: requests.append(r.url))
             page.goto(f"{url}notebooks/explore.ipynb?token={token}", timeout=120_000)
-            # A Run All sent before the kernel is connected is dropped: wait for it to be idle.
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
             # Run the notebook as a reader would: Run > Run All Cells.
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            _run_all_cells(page)
             try:
                 page.wait_for_function(
                     "() => window.Bokeh && Bokeh.documents.length > 0"
