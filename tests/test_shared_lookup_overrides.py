@@ -23,8 +23,15 @@ CASES = SHARED / "test-models"
 CASE_FILES = sorted(CASES.glob("*/*.mdl")) + sorted(CASES.glob("*/*.xmile")) if CASES.is_dir() else []
 NUMBA = importlib.util.find_spec("numba") is not None
 BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="numba is not installed"))]
-# Cases whose numba kernel takes tens of seconds to compile (hundreds of element statements).
-NUMBA_SLOW = {"test_subscripted_delays.mdl", "test_subscripted_smooth.mdl", "test_subscript_definition.mdl"}
+# Cases whose numba kernel takes tens of seconds to compile (hundreds of element statements), and
+# subscripted_lookups, whose redraws tests/test_subscripted_lookup_overrides.py runs on numba already
+# (64 s here for its per-run tables: the suite's third-slowest test, for no new coverage).
+NUMBA_SLOW = {
+    "test_subscripted_delays.mdl",
+    "test_subscripted_smooth.mdl",
+    "test_subscript_definition.mdl",
+    "test_subscripted_lookups.mdl",
+}
 
 
 def _lookup_cases() -> list[Path]:
@@ -48,7 +55,7 @@ TABLE = ((-100.0, -1.0), (-1.0, 0.5), (0.0, 1.0), (0.5, 0.25), (2.0, 3.0), (10.0
 @pytest.mark.parametrize("path", LOOKUP_CASES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_lookup_of_a_shared_case_redrawn_runs_as_pysd_runs_it(path: Path, backend: str) -> None:
     if backend == "numba" and path.name in NUMBA_SLOW:
-        pytest.skip("numba compiles this case for tens of seconds; its lookups are checked with numpy")
+        pytest.skip("numba compiles this case for tens of seconds; its redraws run here on numpy (see NUMBA_SLOW)")
     try:
         model = load_model(path)
     except Exception as exc:  # whatever PySD itself cannot run is not a redraw case
