@@ -20,6 +20,28 @@ CONFIGS = ROOT / "configs"
 SHARED = ROOT.parent / "shared"
 
 
+#: Richardson's race from zero arms and the same race without reaction, with the growth of arms X
+#: over the first five years attributed to the action-reaction loop: the config body the loop tests
+#: share (append [loop_dominance] or [[figures]] tables to it).
+RACE_ATTRIBUTION = """
+[[scenarios]]
+name = "race"
+parameters = { "initial arms X" = 0, "initial arms Y" = 0 }
+
+[[scenarios]]
+name = "no_reaction"
+parameters = { "initial arms X" = 0, "initial arms Y" = 0, "defence coefficient k" = 0, "defence coefficient l" = 0 }
+
+[attribution]
+stocks = ["arms X"]
+window = [0, 5]
+
+[[attribution.groups]]
+name = "action-reaction"
+variables = ["reaction of X", "reaction of Y"]
+"""
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Tests must not depend on (or pollute) the user's translation cache; the

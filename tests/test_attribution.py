@@ -26,7 +26,7 @@ from armsdyn.errors import ConfigError
 from armsdyn.model import Model, TimeSettings, file_sha256, load_model
 from armsdyn.pipeline import run_experiment
 from armsdyn.specs import AttributionSpec, LoopGroup, Scenario
-from tests.conftest import CONFIGS, MODELS, call_cli, run_cli, write_config
+from tests.conftest import CONFIGS, MODELS, RACE_ATTRIBUTION, call_cli, run_cli, write_config
 
 RICHARDSON = MODELS / "richardson.mdl"
 KNOWLEDGE = MODELS / "knowledge_engine.mdl"
@@ -383,24 +383,10 @@ def test_a_variable_on_no_loop_is_refused_as_a_loop_group_and_accepted_as_a_driv
 
 
 def test_run_writes_loops_nc_and_attribution_metrics_and_figures_redraw_from_it(tmp_path: Path) -> None:
-    body = """
-[[scenarios]]
-name = "race"
-parameters = { "initial arms X" = 0, "initial arms Y" = 0 }
-
-[[scenarios]]
-name = "no_reaction"
-parameters = { "initial arms X" = 0, "initial arms Y" = 0, "defence coefficient k" = 0, "defence coefficient l" = 0 }
-
+    body = (
+        RACE_ATTRIBUTION
+        + """
 [loop_dominance]
-
-[attribution]
-stocks = ["arms X"]
-window = [0, 5]
-
-[[attribution.groups]]
-name = "action-reaction"
-variables = ["reaction of X", "reaction of Y"]
 
 [[figures]]
 kind = "loop_dominance"
@@ -414,6 +400,7 @@ variables = ["arms X"]
 kind = "model_diagram"
 name = "diagram"
 """
+    )
     out = tmp_path / "out"
     proc = run_cli("run", write_config(tmp_path, body), "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -524,28 +511,15 @@ def test_a_configs_time_series_scenario_is_attributed_on_the_compiled_engine(tmp
     np.testing.assert_allclose(loops["attribution_share"], reference["attribution_share"], rtol=1e-9)
 
 
-ATTRIBUTED_BARS = """
-[[scenarios]]
-name = "race"
-parameters = { "initial arms X" = 0, "initial arms Y" = 0 }
-
-[[scenarios]]
-name = "no_reaction"
-parameters = { "initial arms X" = 0, "initial arms Y" = 0, "defence coefficient k" = 0, "defence coefficient l" = 0 }
-
-[attribution]
-stocks = ["arms X"]
-window = [0, 5]
-
-[[attribution.groups]]
-name = "action-reaction"
-variables = ["reaction of X", "reaction of Y"]
-
+ATTRIBUTED_BARS = (
+    RACE_ATTRIBUTION
+    + """
 [[figures]]
 kind = "metric_bars"
 name = "drivers"
 metrics = ["arms X change share: action-reaction", "arms X change share: other", "final arms X"]
 """
+)
 
 
 def test_metric_bars_draw_the_attribution_columns_as_metrics_csv_has_them(tmp_path: Path) -> None:

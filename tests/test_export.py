@@ -18,7 +18,7 @@ import xarray as xr
 import armsdyn
 from armsdyn.errors import ResultsError
 from armsdyn.export import export_results
-from tests.conftest import CONFIGS, call_cli, write_config
+from tests.conftest import CONFIGS, RACE_ATTRIBUTION, call_cli, write_config
 
 #: A Richardson race that overflows (inf, then NaN) beside a stable one, and a small Latin study.
 STUDY = """
@@ -390,25 +390,7 @@ aggregate = "final"
 
 def test_the_loop_analysis_is_exported(tmp_path: Path) -> None:
     """loops.nc's attribution and loop scores become long tables that equal the netCDF values."""
-    body = """
-[[scenarios]]
-name = "race"
-parameters = { "initial arms X" = 0, "initial arms Y" = 0 }
-
-[[scenarios]]
-name = "no_reaction"
-parameters = { "initial arms X" = 0, "initial arms Y" = 0, "defence coefficient k" = 0, "defence coefficient l" = 0 }
-
-[loop_dominance]
-
-[attribution]
-stocks = ["arms X"]
-window = [0, 5]
-
-[[attribution.groups]]
-name = "action-reaction"
-variables = ["reaction of X", "reaction of Y"]
-"""
+    body = RACE_ATTRIBUTION + "\n[loop_dominance]\n"
     out = tmp_path / "out"
     assert call_cli("run", write_config(tmp_path, body), "--out", out).returncode == 0
     folder = export_results(out)
