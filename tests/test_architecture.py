@@ -144,7 +144,12 @@ def test_no_package_import_hides_inside_a_function() -> None:
 
 #: The only functions that import by name at run time: the command line's registry of
 #: subcommands (COMMANDS) and the package's lazy public names (PEP 562).
-DYNAMIC_IMPORTERS = {("armsdyn.cli", "command"), ("armsdyn", "__getattr__"), ("armsdyn.figures", "figure_drawer")}
+DYNAMIC_IMPORTERS = {
+    ("armsdyn.cli", "command"),
+    ("armsdyn", "__getattr__"),
+    ("armsdyn.audit", "__getattr__"),  # the audit package's public names, as the package's own
+    ("armsdyn.figures", "figure_drawer"),
+}
 
 
 def _dynamic_imports(path: Path) -> list[tuple[str, int]]:
@@ -321,6 +326,27 @@ print("ok")
     assert proc.stdout.strip() == "ok"
 
 
+def test_checking_an_audit_config_loads_no_matplotlib() -> None:
+    # `armsdyn check` validates; the audit's figures (and so matplotlib) are for `armsdyn audit`.
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from armsdyn.cli import main
+assert main(["check", {str(ROOT / "configs" / "audit_knowledge_argument.toml")!r}]) in (0, None)
+heavy = [m for m in ("matplotlib", "networkx", "statsmodels") if m in sys.modules]
+assert not heavy, f"armsdyn check loaded {{heavy}}"
+import importlib
+package = importlib.import_module("armsdyn.audit")
+assert set(package.__all__) == set(package._MODULES) and all(getattr(package, n) for n in package.__all__)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok"), proc.stdout
+
+
 def test_the_public_names_are_their_modules_objects_loaded_on_first_use() -> None:
     import subprocess
     import sys
@@ -336,7 +362,7 @@ for name in armsdyn.__all__:
         module = importlib.import_module("armsdyn." + armsdyn._MODULES[name])
         assert getattr(armsdyn, name) is getattr(module, name), name
 import armsdyn.audit  # the submodule of the same name does not replace the function
-assert callable(armsdyn.audit) and armsdyn.audit.__module__ == "armsdyn.audit"
+assert callable(armsdyn.audit) and armsdyn.audit.__module__ == "armsdyn.audit.pipeline"
 from armsdyn import figures  # a submodule that is no public name is still importable this way
 assert figures.__name__ == "armsdyn.figures"
 try:

@@ -46,8 +46,10 @@ value each (Bryant and Lempert 2010); and a CART tree as a second view.
 The package's modules, one job each: :mod:`~armsdyn.audit.spec` (the config),
 :mod:`~armsdyn.audit.runs` (draws, runs, metrics tables),
 :mod:`~armsdyn.audit.discovery` (verdicts, shares, PRIM boxes, CART),
-:mod:`~armsdyn.audit.report` (the ``audit/`` folder and ``report.md``) and
-:mod:`~armsdyn.audit.figures`; every public name is importable from here.
+:mod:`~armsdyn.audit.report` (the ``audit/`` folder and ``report.md``),
+:mod:`~armsdyn.audit.figures` and :mod:`~armsdyn.audit.pipeline` (:func:`audit`, the whole
+audit); every public name is importable from here, and each is imported from its module on
+first use, so validating an audit config (``armsdyn check``) loads no matplotlib.
 
 References
 ----------
@@ -64,39 +66,77 @@ References
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from armsdyn.audit.discovery import (
-    SIGNIFICANCE,
-    AuditResult,
-    Box,
-    ClaimResult,
-    box_words,
-    cart_view,
-    evaluate_claims,
-    find_boxes,
-    prim_frame,
-    require_prim,
-    select_box,
-    wilson,
-)
-from armsdyn.audit.figures import box_limits, claim_summary, draw_audit_figures, pair_scatter, tradeoff
-from armsdyn.audit.report import report_text, summary_lines, write_audit
-from armsdyn.audit.runs import FinalsReducer, metric_tables, numba_model, sample
-from armsdyn.audit.spec import (
-    AuditSpec,
-    Claim,
-    Switch,
-    constant_values,
-    is_baseline_metric,
-    is_text_metric,
-    load_audit,
-    parse_audit,
-    predicate_names,
-)
-from armsdyn.errors import ConfigError
-from armsdyn.output import now
+if TYPE_CHECKING:  # the names as type checkers see them; at run time __getattr__ imports them
+    from armsdyn.audit.discovery import (
+        SIGNIFICANCE,
+        AuditResult,
+        Box,
+        ClaimResult,
+        box_words,
+        cart_view,
+        evaluate_claims,
+        find_boxes,
+        prim_frame,
+        require_prim,
+        select_box,
+        wilson,
+    )
+    from armsdyn.audit.figures import box_limits, claim_summary, draw_audit_figures, pair_scatter, tradeoff
+    from armsdyn.audit.pipeline import audit
+    from armsdyn.audit.report import report_text, summary_lines, write_audit
+    from armsdyn.audit.runs import FinalsReducer, metric_tables, numba_model, sample
+    from armsdyn.audit.spec import (
+        AuditSpec,
+        Claim,
+        Switch,
+        constant_values,
+        is_baseline_metric,
+        is_text_metric,
+        load_audit,
+        parse_audit,
+        predicate_names,
+    )
+
+#: Where each public name lives: ``armsdyn.audit.NAME`` is ``armsdyn.audit.<module>.NAME``.
+_MODULES: dict[str, str] = {
+    "SIGNIFICANCE": "discovery",
+    "AuditResult": "discovery",
+    "Box": "discovery",
+    "ClaimResult": "discovery",
+    "box_words": "discovery",
+    "cart_view": "discovery",
+    "evaluate_claims": "discovery",
+    "find_boxes": "discovery",
+    "prim_frame": "discovery",
+    "require_prim": "discovery",
+    "select_box": "discovery",
+    "wilson": "discovery",
+    "box_limits": "figures",
+    "claim_summary": "figures",
+    "draw_audit_figures": "figures",
+    "pair_scatter": "figures",
+    "tradeoff": "figures",
+    "report_text": "report",
+    "summary_lines": "report",
+    "write_audit": "report",
+    "FinalsReducer": "runs",
+    "metric_tables": "runs",
+    "numba_model": "runs",
+    "sample": "runs",
+    "AuditSpec": "spec",
+    "Claim": "spec",
+    "Switch": "spec",
+    "constant_values": "spec",
+    "is_baseline_metric": "spec",
+    "is_text_metric": "spec",
+    "load_audit": "spec",
+    "parse_audit": "spec",
+    "predicate_names": "spec",
+    "audit": "pipeline",
+}
 
 __all__ = [
     "SIGNIFICANCE",
@@ -126,6 +166,7 @@ __all__ = [
     "predicate_names",
     "prim_frame",
     "report_text",
+    "require_prim",
     "sample",
     "select_box",
     "summary_lines",
@@ -135,55 +176,16 @@ __all__ = [
 ]
 
 
-def audit(
-    config_or_experiment: str | os.PathLike[str] | AuditSpec,
-    *,
-    out: str | os.PathLike[str] | None = None,
-    samples: int | None = None,
-    force: bool = False,
-    workers: int | None = 1,
-    chunk_size: int = 8192,
-    progress: bool = False,
-    command: Sequence[str] | None = None,
-) -> AuditResult:
-    """Audit the claims of a config over its uncertainty space.
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        # Not a public name: a submodule not yet imported is found by the import system after this.
+        msg = f"module 'armsdyn.audit' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f"armsdyn.audit.{module}"), name)
+    globals()[name] = value
+    return value
 
-    Parameters
-    ----------
-    config_or_experiment : path-like or AuditSpec
-        An audit config (see the module docstring) or a spec from :func:`load_audit`.
-    out : path-like, optional
-        Write the ``audit/`` folder here (atomically, with a manifest); nothing
-        is written without it.
-    samples : int, optional
-        Runs (default: the config's ``[audit] samples``).
-    force : bool
-        Replace an existing folder armsdyn wrote.
-    workers : int or None
-        Threads sharing the numba kernel's runs, or local processes without numba
-        (None: one per CPU); results do not depend on it.
-    chunk_size : int
-        Samples simulated together.
-    progress : bool
-        Show a progress bar on stderr.
-    command : sequence of str, optional
-        The command line recorded in the manifest.
 
-    Returns
-    -------
-    AuditResult
-    """
-
-    started = now()
-    spec = config_or_experiment if isinstance(config_or_experiment, AuditSpec) else load_audit(config_or_experiment)
-    if samples is not None and samples < 2:
-        msg = f"--samples must be at least 2, got {samples}"
-        raise ConfigError(msg)
-    draws = sample(spec, samples)
-    require_prim()
-    tables = metric_tables(spec, draws, workers=workers, chunk_size=max(1, chunk_size), progress=progress)
-    results = evaluate_claims(spec, draws, tables)
-    result = AuditResult(spec, draws, results, tables)
-    if out is not None:
-        result.folder = write_audit(result, out, force=force, started=started, command=command)
-    return result
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULES})
