@@ -322,7 +322,7 @@ def parse_config(data: Mapping[str, Any], *, text: str = "", source: Path | None
 
     # Figures are redrawn from saved results, so what they draw must be saved.
     for fig in figures:
-        if fig.kind == "model_diagram" or FIGURE_KINDS[fig.kind].reads_loops:
+        if FIGURE_KINDS[fig.kind].reads_model or FIGURE_KINDS[fig.kind].reads_loops:
             continue  # drawn from the model file or loops.nc (a metric figure's attribution columns too)
         drawn = (*fig.variables, *(v for panel in fig.panels for v in panel))
         variables += tuple(v for v in drawn if v not in variables)
@@ -933,7 +933,7 @@ def _parse_figures(
                 problems.add(f"{where}.{key}", f"missing or empty; kind {kind!r} needs it")
         variables = _check_variables(good.get("variables", []), f"{where}.variables", model, problems)
         # Refused here, not after the runs when the figure is drawn (and on every redraw).
-        refusal = diagram_refusal(model, variables) if kind == "model_diagram" else None
+        refusal = diagram_refusal(model, variables) if FIGURE_KINDS[kind].reads_model else None
         if refusal:
             problems.add(f"{where}.variables", refusal)
         if kind == "phase_portrait" and good.get("variables") and len(good["variables"]) != 2:
@@ -986,7 +986,7 @@ def _parse_figures(
                 panels=panels,
                 metrics=tuple(good.get("metrics", [])),
                 parameter=parameter,
-                model=str(model.path.resolve()) if kind == "model_diagram" else "",
+                model=str(model.path.resolve()) if FIGURE_KINDS[kind].reads_model else "",
             )
         )
     return tuple(figures)

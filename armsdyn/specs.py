@@ -234,6 +234,9 @@ class FigureKind:
     needs : str
         The config table that makes the run write what it draws (``"loop_dominance"`` or
         ``"attribution"``), for a kind that reads the loop analysis.
+    reads_model : bool
+        Whether it draws the model file's structure, not its results: its variables need not
+        be saved, and the config gives it the model's path (``FigureSpec.model``).
     """
 
     draw: str
@@ -242,6 +245,7 @@ class FigureKind:
     optional: tuple[str, ...] = ()
     reads_loops: bool = False
     needs: str = ""
+    reads_model: bool = False
 
 
 #: Figure kinds, keyed as in configs: the one place each kind is defined. The config validator
@@ -270,7 +274,9 @@ FIGURE_KINDS: dict[str, FigureKind] = {
         reads_loops=True,
         needs="attribution",
     ),
-    "model_diagram": FigureKind("armsdyn.figures:draw_model_diagram", ("causal_loop",), (), ("variables",)),
+    "model_diagram": FigureKind(
+        "armsdyn.figures:draw_model_diagram", ("causal_loop",), (), ("variables",), reads_model=True
+    ),
 }
 
 
