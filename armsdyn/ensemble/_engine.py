@@ -42,6 +42,7 @@ _COMPILE_BASE = 1.5  # seconds: importing numba and compiling the smallest kerne
 _COMPILE_PER_LINE2 = 2.2e-5  # seconds per squared line of kernel source
 
 _PILOT_SAMPLES = 1024  # samples "auto" runs with numpy before deciding whether numba pays
+_PROBE_SAMPLES = 64  # the pilot's first, shorter chunk: with the second, it separates numpy's fixed cost
 _MIN_TIMED = _PILOT_SAMPLES  # samples: a call this large measures a backend's speed well enough to keep
 
 _MIN_PER_THREAD = 64  # samples: below this a chunk is not worth sharing between threads
@@ -507,18 +508,21 @@ class CompiledModel(VariableLookup):
         n_save = sum(grid.save)
         out = [np.empty((n_save, *self._shape(py), n)) for py in names]
         starts = list(range(0, n, chunk_size))
+        decide_at = chunk_size  # where the pilot ends
         if pilot and min(n, chunk_size) > _PILOT_SAMPLES:
-            # A short first chunk decides sooner: a whole chunk of numpy is seconds that numba would save.
-            starts.insert(1, _PILOT_SAMPLES)
+            # Two short chunks first decide sooner (a whole chunk of numpy is seconds that numba would
+            # save), and their two sizes separate numpy's cost per chunk (Python's work per time step,
+            # whatever the chunk's size) from its cost per sample: a short chunk's time per sample,
+            # scaled to the study, overstated numpy's time several times over on cheap models.
+            starts[1:1] = [_PROBE_SAMPLES, _PILOT_SAMPLES]
+            decide_at = _PILOT_SAMPLES
         started = perf_counter()
+        piloted: list[tuple[int, float]] = []  # (samples, seconds) of the pilot's chunks
         for lo, hi in itertools.pairwise([*starts, n]):
-            if pilot and lo > 0:
+            if pilot and lo == decide_at:
                 pilot = False
-                per_sample = (perf_counter() - started) / lo
-                # numba's stored speed alone is not used here: against the pilot's time per run, which
-                # overstates numpy's, it switched too eagerly (security_dilemma at 10^4 runs: 2.7x slower).
                 study = max(n, self.study_runs or 0) - lo
-                if per_sample * study * (1 - 1 / _NUMBA_SPEEDUP) > self._kernel_cost(names, spec):
+                if _numba_pays(piloted, study, chunk_size, self._kernel_cost(names, spec)):
                     try:
                         rest = self._simulate_numba({k: v[lo:] for k, v in values.items()}, n - lo, grid, names,
                                                     chunk_size)  # fmt: skip
@@ -530,7 +534,12 @@ class CompiledModel(VariableLookup):
                             arr[..., lo:] = res
                         return out
             chunk = {k: v[lo:hi] for k, v in values.items()}
+            timed = perf_counter()
             results = self._run_chunk(func, chunk, hi - lo, grid, list(names))
+            if pilot:
+                # The chunk alone: copying it into `out` first touches the memory of the whole
+                # study's result (numpy asks for huge pages), which either backend pays alike.
+                piloted.append((hi - lo, perf_counter() - timed))
             for arr, res in zip(out, results, strict=True):
                 arr[..., lo:hi] = res
         if auto and n >= _MIN_TIMED:
@@ -883,6 +892,33 @@ def build_dataset(
 
 
 _compiled: dict[tuple[str, str], CompiledModel] = {}
+
+
+def _numba_pays(piloted: Sequence[tuple[int, float]], runs: int, chunk_size: int, cost: float) -> bool:
+    """Whether numba, at `cost` seconds to load or compile its kernel, beats numpy on `runs` more runs.
+
+    numpy's time is projected from the pilot's chunks, ``(samples, seconds)``;
+    numba is taken to save a chunk's fixed cost and :data:`_NUMBA_SPEEDUP` of
+    the cost per sample. (numba's stored speed alone is not used here: against
+    the pilot's figure, which overstates numpy's, it switched too eagerly:
+    security_dilemma at 10^4 runs ran 2.7x slower.)
+    """
+    per_chunk, per_sample = _split_cost(piloted)
+    saving = per_chunk * -(-runs // chunk_size) + per_sample * runs * (1 - 1 / _NUMBA_SPEEDUP)
+    return saving > cost
+
+
+def _split_cost(chunks: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """Seconds per chunk and per sample of numpy, from the pilot's (samples, seconds) chunks.
+
+    Two chunks of different sizes give a line through both times (never negative:
+    on a busy machine the shorter chunk can take longer); one chunk is all cost per sample.
+    """
+    (m1, t1), (m2, t2) = chunks[0], chunks[-1]
+    if m1 == m2:
+        return 0.0, sum(t for _, t in chunks) / sum(m for m, _ in chunks)
+    per_sample = max(0.0, (t2 - t1) / (m2 - m1))
+    return max(0.0, t1 - per_sample * m1), per_sample
 
 
 def _check_backend(backend: str) -> str:

@@ -1,0 +1,62 @@
+"""The automatic backend's pilot: numpy's cost split into per chunk and per sample, and what it decides.
+
+The numbers are the numpy backend's pilot chunks as measured on this project's machine (CPU
+seconds of 64 and 960 samples; see benchmarks/README.md); the decisions they must give are
+the measured best backends of those studies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from armsdyn.ensemble import compile_model
+from armsdyn.ensemble._engine import _numba_pays, _split_cost
+from armsdyn.model import TimeSettings
+from tests.conftest import MODELS
+
+# (64 samples, seconds), (960 samples, seconds) of numpy's pilot chunks.
+SMOOTH = [(64, 0.0010), (960, 0.0020)]  # shared test_smooth_and_stock.mdl: 181 steps, two stocks
+SECURITY = [(64, 0.183), (960, 0.428)]  # models/security_dilemma.mdl: 1,601 steps
+
+
+def test_two_chunks_of_different_sizes_separate_the_fixed_cost_from_the_cost_per_sample() -> None:
+    per_chunk, per_sample = _split_cost([(64, 0.1 + 64 * 2e-4), (960, 0.1 + 960 * 2e-4)])
+    assert per_chunk == pytest.approx(0.1)
+    assert per_sample == pytest.approx(2e-4)
+    # A busy machine can make the shorter chunk the slower one: nothing negative comes out.
+    per_chunk, per_sample = _split_cost([(64, 0.05), (960, 0.04)])
+    assert per_sample == 0.0
+    assert per_chunk == pytest.approx(0.05)
+    # Chunks of one size cannot separate the two: all of it counts per sample.
+    assert _split_cost([(512, 0.2), (512, 0.4)]) == (0.0, pytest.approx(0.3 / 512))
+
+
+def test_a_cheap_model_stays_on_numpy_where_its_time_per_sample_scaled_up_would_have_switched() -> None:
+    # 10^5 runs of the SMOOTH model took 2.0 s on numpy and 8.0 s when the pilot switched to numba
+    # (compiling, ~1.6 s estimated). The old pilot timed its 1,024 samples together with their copy
+    # into the study's result, which first touches that whole array (2.56 s measured), and scaled the
+    # time per sample up to the study.
+    runs, chunk, compile_cost = 100_000 - 1024, 8192, 1.6
+    assert 2.56 / 1024 * runs * (1 - 1 / 3) > compile_cost  # the old rule switched
+    assert not _numba_pays(SMOOTH, runs, chunk, compile_cost)
+    busy = [(m, t * 3) for m, t in SMOOTH]  # wall time on a machine loaded 3x over
+    assert not _numba_pays(busy, runs, chunk, compile_cost)
+
+
+def test_an_expensive_model_switches_to_numba_when_the_study_is_large_enough() -> None:
+    assert _numba_pays(SECURITY, 100_000 - 1024, 8192, 3.0)
+    assert not _numba_pays(SECURITY, 10, 8192, 3.0)  # ten more runs do not pay a 3 s compilation
+
+
+def test_the_two_chunk_pilot_leaves_every_run_as_numpy_computes_it() -> None:
+    # The pilot's two short chunks (64 and 960 samples) change where chunks start, not any value.
+    path = MODELS / "richardson.mdl"
+    rng = np.random.default_rng(5)
+    samples = {"defence coefficient k": rng.uniform(0.5, 1.5, 3000), "fatigue coefficient a": rng.uniform(0.5, 1, 3000)}
+    time = TimeSettings(initial=0, final=20, step=0.25, saveper=1, units="Year")
+    want = compile_model(path, backend="numpy").run(samples, time, chunk_size=2048)
+    auto = compile_model(path).with_backend("numpy").with_backend("auto")
+    got = auto.run(samples, time, chunk_size=2048)
+    for name in want.data_vars:
+        np.testing.assert_allclose(got[name].values, want[name].values, rtol=1e-12, atol=1e-12)
