@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,12 +147,16 @@ def value_names(model: CompiledModel) -> list[str]:
 
 
 def assert_matches_pysd(
-    path: Path, ds, samples: dict[str, np.ndarray], names: list[str], time: TimeSettings | None = None
+    path: Path,
+    ds,
+    samples: dict[str, np.ndarray],
+    names: list[str],
+    time: TimeSettings | None = None,
+    runs: Sequence[int] | None = None,
 ) -> None:
-    """Each run of `ds` equals PySD's run of the same sample, variable by variable."""
+    """Each run of `ds` (or those numbered `runs`) equals PySD's run of the same sample, variable by variable."""
     pysd_model = load_model(path)
-    n = ds.sizes["run"]
-    for i in range(n):
+    for i in range(ds.sizes["run"]) if runs is None else runs:
         params = {name: float(values[i]) for name, values in samples.items()}
         expected = pysd_run(path, params, time, names)
         for name in names:
@@ -184,14 +189,30 @@ def test_models_match_pysd_for_sampled_constants(path: Path, backend: str) -> No
         # PySD runs a subscripted model through xarray, seconds a run: ten model years (every equation
         # evaluated at each of hundreds of steps) instead of the file's fifty for richardson_n.mdl.
         time = replace(time, final=min(time.final, time.initial + 10))
-    ds = model.run(samples, time, variables=names, chunk_size=8)  # several chunks, last one partial
+    ds = model.run(samples, time, variables=names, chunk_size=CHUNK)  # several chunks, last one partial
     assert ds.sizes["run"] == 20
     if twin is not None:
         # PySD takes minutes a run on the subscripted knowledge model (xarray per equation): its
         # reference is the same equations written per state (tests/test_knowledge_states.py).
         assert_matches_scalar_twin(twin, ds, samples, model)
     else:
-        assert_matches_pysd(path, ds, samples, names, time)
+        assert_matches_pysd(path, ds, samples, names, time, runs=chunk_edges(20, CHUNK))
+
+
+#: Samples per chunk in the sampled-constants test: 20 samples make two whole chunks and a partial one.
+CHUNK = 8
+
+
+def chunk_edges(n: int, chunk: int) -> list[int]:
+    """The first and the last run of every chunk of `chunk` runs among `n`: ``0, 7, 8, 15, 16, 19`` for 20 and 8.
+
+    A chunk's samples go through the same array code as one block, so a value that goes wrong
+    for one sample only does so by its place in the block (a row mixed up with its neighbour, an
+    edge of a numba block or thread's share), which the first and last run of each chunk show.
+    PySD's reference runs of the subscripted models take over a second each (xarray per
+    equation), the bulk of these tests' time: these runs are the ones PySD checks.
+    """
+    return sorted({i for start in range(0, n, chunk) for i in (start, min(start + chunk, n) - 1)})
 
 
 def assert_matches_scalar_twin(twin: Path, ds, samples: dict[str, np.ndarray], model: CompiledModel) -> None:
@@ -350,13 +371,20 @@ def test_compiled_model_is_cached_by_content(tmp_path: Path) -> None:
     assert compile_model(copy).variable("defence coefficient k").default == 0.7
 
 
+#: The knowledge model's numba kernel takes ten seconds of CPU to compile: the tests that run it save every
+#: variable (one kernel) and run on the worker of its sampled-constants test, which compiles it first.
+KNOWLEDGE = MODELS / "knowledge_engine.mdl"
+
+
 @pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+@pysd_group(KNOWLEDGE)
 def test_backends_agree_and_report_unusable_delay_orders_alike(tmp_path: Path) -> None:
-    path = MODELS / "knowledge_engine.mdl"
+    path = KNOWLEDGE
     samples = vary_constants(compile_model(path), 30, seed=3)
     time = TimeSettings(initial=0, final=40, step=0.125, saveper=1, units="Year")
-    by_numpy = compile_model(path, backend="numpy").run(samples, time, chunk_size=16)
-    by_numba = compile_model(path, backend="numba").run(samples, time, chunk_size=16)
+    names = value_names(compile_model(path))
+    by_numpy = compile_model(path, backend="numpy").run(samples, time, variables=names, chunk_size=16)
+    by_numba = compile_model(path, backend="numba").run(samples, time, variables=names, chunk_size=16)
     assert set(by_numba.data_vars) == set(by_numpy.data_vars)
     for name in by_numpy.data_vars:
         np.testing.assert_allclose(by_numba[name], by_numpy[name], rtol=RTOL, atol=ATOL, equal_nan=True)
@@ -369,20 +397,25 @@ def test_backends_agree_and_report_unusable_delay_orders_alike(tmp_path: Path) -
 
 
 @pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+@pysd_group(KNOWLEDGE)
 def test_numba_layouts_agree_with_numpy_across_block_and_thread_edges(tmp_path: Path) -> None:
     # Scalar states: the blocked, vectorised kernel. 150 samples in chunks of 150 split between two
     # threads (75 each) and of 100 (100 then 50): no piece is a whole number of blocks.
-    path = MODELS / "knowledge_engine.mdl"
+    path = KNOWLEDGE
     fast = compile_model(path, backend="numba")
-    assert "prefer_wide_vectors()" in fast.source()
+    names = value_names(fast)
+    assert "prefer_wide_vectors()" in fast.source(names)
     samples = vary_constants(fast, 150, seed=5)
     time = TimeSettings(initial=0, final=60, step=0.25, saveper=2, units="Year")
-    want = compile_model(path, backend="numpy").run(samples, time)
-    fast.threads = 2
-    for chunk in (150, 100):
-        got = fast.run(samples, time, chunk_size=chunk)
-        for name in want.data_vars:
-            np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, equal_nan=True)
+    want = compile_model(path, backend="numpy").run(samples, time, variables=names)
+    threads, fast.threads = fast.threads, 2  # the compiled model is shared (cached): put its setting back
+    try:
+        for chunk in (150, 100):
+            got = fast.run(samples, time, variables=names, chunk_size=chunk)
+            for name in want.data_vars:
+                np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, equal_nan=True)
+    finally:
+        fast.threads = threads
     # Delays keep an array per state: the per-sample kernel.
     constructs = tmp_path / "constructs.mdl"
     constructs.write_text(CONSTRUCTS_MDL)
