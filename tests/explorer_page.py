@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,17 +66,71 @@ def page_state(page: Any) -> dict[str, Any]:
     )
 
 
-def settle(page: Any, timeout: float = 60.0) -> dict[str, Any]:
-    """Wait until updates stop (the count unchanged for a second) and return the page's state."""
-    deadline = time.monotonic() + timeout
-    state = page_state(page)
-    while time.monotonic() < deadline:
-        page.wait_for_timeout(1000)
-        now = page_state(page)
-        if now["count"] == state["count"] and now["count"] > 0:
-            return now
-        state = now
-    raise AssertionError(f"the page kept updating (or never did) for {timeout} s")
+def first_update(page: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """The page's state once its document holds the explorer's first update (made as the page is built)."""
+    page.wait_for_function(
+        "() => /data-update='[1-9]/.test(Bokeh.documents[0].get_model_by_name('timing').text)", timeout=timeout * 1e3
+    )
+    return page_state(page)
+
+
+def slider_moved(page: Any, name: str, beyond: float, timeout: float = 60.0) -> float:
+    """Wait until slider `name` stands above `beyond` on the page (its model's value) and return its value."""
+    page.wait_for_function(
+        "([name, beyond]) => Bokeh.documents[0].get_model_by_name('slider:' + name).value > beyond",
+        arg=[name, beyond],
+        timeout=timeout * 1e3,
+    )
+    return float(page_state(page)["sliders"][name])
+
+
+def showing(
+    page: Any,
+    series: Mapping[str, Sequence[float]],
+    metrics: Mapping[str, float] | None = None,
+    rtol: float = 1e-9,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Wait until the page's panels show `series` and its metrics table `metrics`; return the page's state.
+
+    Each panel's current run (``y0``) equals the name's values, and each metric's cell the value,
+    to `rtol`: the page has caught up with the last slider move, as soon as it has, with no fixed
+    wait. A page that never shows them fails, naming what it showed instead.
+    """
+    expected = {
+        "series": {k: [float(v) for v in values] for k, values in series.items()},
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "rtol": rtol,
+    }
+    check = r"""(want) => {
+        const doc = Bokeh.documents[0];
+        const close = (a, b) => Math.abs(a - b) <= want.rtol * Math.abs(b) || (Number.isNaN(a) && Number.isNaN(b));
+        for (const [name, values] of Object.entries(want.series)) {
+            const data = doc.get_model_by_name('series:' + name).data;  // a Map or a plain object
+            const got = data instanceof Map ? data.get('y0') : data['y0'];
+            if (!got || got.length !== values.length || !values.every((v, i) => close(got[i], v))) return false;
+        }
+        const table = doc.get_model_by_name('metrics_table').text;
+        for (const [name, value] of Object.entries(want.metrics)) {
+            const quoted = name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+            const pattern = "data-column='current' data-metric='" + quoted + "' data-value='([^']*)'";
+            const cell = new RegExp(pattern).exec(table);
+            if (!cell || !close(Number(cell[1]), value)) return false;
+        }
+        return true;
+    }"""
+    try:
+        page.wait_for_function(check, arg=expected, timeout=timeout * 1e3)
+    except Exception as exc:  # Playwright's TimeoutError: say what the page shows instead
+        state = page_state(page)
+        shown = {k: state["series"].get(k, {}).get("y0", [])[-3:] for k in series}
+        wanted = {k: v[-3:] for k, v in expected["series"].items()}
+        msg = (
+            f"the page did not show the expected run within {timeout} s: last values {shown}, expected {wanted}; "
+            f"table {table_values(state['metrics'] or '')}, expected {expected['metrics']}"
+        )
+        raise AssertionError(msg) from exc
+    return page_state(page)
 
 
 def table_values(text: str) -> dict[str, float]:

@@ -19,8 +19,17 @@ import xarray as xr
 from armsdyn.cli import main
 from armsdyn.config import load_config
 from armsdyn.metrics import compute_metrics
-from tests.conftest import ROOT
-from tests.explorer_page import CHROMIUM, as_run, browser_or_skip, settle, table_values
+from tests.conftest import ROOT, call_cli
+from tests.explorer_page import (
+    CHROMIUM,
+    as_run,
+    browser_or_skip,
+    first_update,
+    page_state,
+    showing,
+    slider_moved,
+    table_values,
+)
 
 pytest.importorskip("bokeh", reason="the explorer needs Bokeh (pip install '.[explore]')")
 
@@ -228,7 +237,7 @@ def test_the_page_moves_with_a_slider_to_armsdyn_runs_values_and_saves_a_runnabl
             page.on("request", lambda r: requests.append(r.url))
             page.goto(url, timeout=120_000)
             page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=60_000)
-            before = settle(page)
+            before = first_update(page)
             assert before["count"] >= 1
             assert before["sliders"]["grievance g"] == 1.0  # the first scenario, 'stable'
 
@@ -237,23 +246,28 @@ def test_the_page_moves_with_a_slider_to_armsdyn_runs_values_and_saves_a_runnabl
             page.wait_for_function(
                 "() => Bokeh.documents[0].get_model_by_name('slider:defence coefficient k').value === 1.2"
             )
-            order = [k.key for k in knobs(load_config(config))]  # the sliders' order on the page
+            exp = load_config(config)
+            order = [k.key for k in knobs(exp)]  # the sliders' order on the page
             handle = page.locator(".noUi-handle").nth(order.index("grievance g"))
             handle.focus()
             for _ in range(25):
                 handle.press("ArrowRight")
-            state = settle(page)
+            assert slider_moved(page, "grievance g", 1.249) == pytest.approx(1.25)
+
+            # The plotted series and the table equal armsdyn.run with the page's parameters, once the
+            # page has caught up with the last key press.
+            params = {k: float(f"{v:.12g}") for k, v in page_state(page)["sliders"].items()}
+            assert params["defence coefficient k"] == 1.2
+            probe = as_run(config, "runaway", params)
+            reference = probe.sel(scenario="probe")
+            expected = compute_metrics(probe).loc["probe"]
+            panels = {name: reference[exp.model.variable(name).py_name].values for name in ("arms X", "arms Y")}
+            state = showing(page, panels, {"final arms X": expected["final arms X"]})
             assert state["sliders"]["grievance g"] == pytest.approx(1.25)
             assert state["sliders"]["defence coefficient k"] == 1.2
-
-            # The plotted series and the table equal armsdyn.run with the page's parameters.
-            params = {k: float(f"{v:.12g}") for k, v in state["sliders"].items()}
-            reference = as_run(config, "runaway", params).sel(scenario="probe")
-            for name in ("arms X", "arms Y"):  # the panels shown (the config's figures)
-                py = load_config(config).model.variable(name).py_name
-                np.testing.assert_allclose(state["series"][name]["y0"], reference[py].values, rtol=1e-9)
+            for name, values in panels.items():  # the panels shown (the config's figures)
+                np.testing.assert_allclose(state["series"][name]["y0"], values, rtol=1e-9)
             shown = table_values(state["metrics"])
-            expected = compute_metrics(as_run(config, "runaway", params)).loc["probe"]
             for metric in ("final arms X", "equilibrium X", "determinant ab-kl", "eigenvalue 1 real"):
                 np.testing.assert_allclose(shown[metric], expected[metric], rtol=1e-9)
             # ... and the table a person reads shows them.
@@ -275,13 +289,7 @@ def test_the_page_moves_with_a_slider_to_armsdyn_runs_values_and_saves_a_runnabl
     saved = load_config(config).scenario("runaway_explored")
     assert {k: saved.parameters[k] for k in params} == params
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "armsdyn", "run", str(config), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = call_cli("run", config, "--out", out)
     assert proc.returncode == 0, proc.stderr
     with xr.open_dataset(out / "results.nc") as ds:
         np.testing.assert_allclose(

@@ -26,7 +26,7 @@ import pytest
 from armsdyn.config import load_config
 from armsdyn.explore import knobs
 from tests.conftest import ROOT
-from tests.explorer_page import CHROMIUM, as_run, browser_or_skip, settle
+from tests.explorer_page import CHROMIUM, as_run, browser_or_skip, first_update, page_state, showing, slider_moved
 from tests.test_explore import RICHARDSON
 
 pytest.importorskip("bokeh", reason="the explorer needs Bokeh (pip install '.[explore]')")
@@ -172,10 +172,11 @@ def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
             except Exception as exc:
                 shown = page.locator(".jp-OutputArea").all_inner_texts()
                 raise AssertionError(f"the explorer never appeared; the cells' outputs: {shown}") from exc
-            before = settle(page)
+            before = first_update(page)
             assert before["sliders"]["grievance g"] == 1.0  # the first scenario, 'stable'
 
-            order = [k.key for k in knobs(load_config(config))]  # the sliders' order in the cell
+            exp = load_config(config)
+            order = [k.key for k in knobs(exp)]  # the sliders' order in the cell
             handle = page.locator(".noUi-handle").nth(order.index("grievance g"))
             # Dragged with the mouse: the notebook's own key bindings take arrow keys in command mode.
             handle.scroll_into_view_if_needed()
@@ -185,16 +186,17 @@ def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
             page.mouse.down()
             page.mouse.move(box["x"] + box["width"] / 2 + 40, box["y"] + box["height"] / 2, steps=8)
             page.mouse.up()
-            state = settle(page)
-            assert state["sliders"]["grievance g"] > 1.0
+            assert slider_moved(page, "grievance g", 1.0) > 1.0
+            # The panels follow to armsdyn.run's values for the page's parameters (waited for, not slept on).
+            params = {k: float(f"{v:.12g}") for k, v in page_state(page)["sliders"].items()}
+            reference = as_run(config, "stable", params).sel(scenario="probe")
+            panels = {name: reference[exp.model.variable(name).py_name].values for name in ("arms X", "arms Y")}
+            state = showing(page, panels)
         finally:
             browser.close()
-    params = {k: float(f"{v:.12g}") for k, v in state["sliders"].items()}
-    reference = as_run(config, "stable", params).sel(scenario="probe")
-    for name in ("arms X", "arms Y"):
-        py = load_config(config).model.variable(name).py_name
-        assert not np.allclose(before["series"][name]["y0"], reference[py].values)  # the slider moved the run
-        np.testing.assert_allclose(state["series"][name]["y0"], reference[py].values, rtol=1e-9)
+    for name, values in panels.items():
+        assert not np.allclose(before["series"][name]["y0"], values)  # the slider moved the run
+        np.testing.assert_allclose(state["series"][name]["y0"], values, rtol=1e-9)
     # The notebook server and the kernel's Bokeh server, both on this machine, served everything.
     assert all(re.match(r"(http|ws)://127\.0\.0\.1:\d+/", u) or u.startswith(("data:", "blob:")) for u in requests), [
         u for u in requests if "127.0.0.1" not in u
