@@ -46,6 +46,16 @@ SUFFIXES = (".mdl", ".xmile", ".stmx")
 CONTROL_NAMES = ("INITIAL TIME", "FINAL TIME", "TIME STEP", "SAVEPER", "Time")
 
 
+def control_name(name: str) -> str | None:
+    """The time control (as :data:`CONTROL_NAMES` writes it) a model calls `name`, or None.
+
+    Vensim names ignore case and read an underscore as a space, so ``FINAL_TIME``
+    and ``final time`` are ``FINAL TIME``.
+    """
+    key = " ".join(name.replace("_", " ").split()).casefold()
+    return next((control for control in CONTROL_NAMES if control.casefold() == key), None)
+
+
 @contextlib.contextmanager
 def quiet_pysd() -> Iterator[None]:
     """Silence PySD's and pandas' own deprecation chatter and numeric warnings.
@@ -342,7 +352,7 @@ class Model(VariableLookup):
         variables = {}
         for row in doc.itertuples(index=False):
             name = row[doc.columns.get_loc("Real Name")]
-            if name in CONTROL_NAMES:
+            if control_name(name):
                 continue
             py_name = row[doc.columns.get_loc("Py Name")]
             vtype = row[doc.columns.get_loc("Type")]
@@ -408,7 +418,9 @@ class Model(VariableLookup):
 
     def _read_time(self) -> TimeSettings:
         comp = self.pysd_model.components
-        units = self.pysd_model.doc.set_index("Real Name").loc["TIME STEP", "Units"]
+        doc = self.pysd_model.doc
+        rows = doc.loc[[control_name(name) == "TIME STEP" for name in doc["Real Name"]], "Units"]
+        units = rows.iloc[0] if len(rows) else ""
         return TimeSettings(
             initial=float(comp.initial_time()),
             final=float(comp.final_time()),

@@ -257,3 +257,24 @@ def test_the_cli_runs_a_data_reading_model_from_any_folder(tmp_path: Path) -> No
     np.testing.assert_allclose(ds["stock"].sel(scenario="base").values, _expected_stock())
     assert float(ds["stock"].sel(scenario="double")[-1]) > float(ds["stock"].sel(scenario="base")[-1])
     assert not list((tmp_path / "archive").glob("*.py")), "PySD output leaked next to the model"
+
+
+def test_time_controls_written_with_underscores_or_in_any_case_are_the_time_controls(tmp_path: Path) -> None:
+    # Vensim reads FINAL_TIME as FINAL TIME (names ignore case, an underscore is a space); models
+    # written so (two of the peer test models) ran on neither path before.
+    from armsdyn.ensemble import compile_model
+    from armsdyn.model import control_name
+
+    assert control_name("FINAL_TIME") == control_name("final  time") == "FINAL TIME"
+    assert control_name("TIME_STEP") == "TIME STEP"
+    assert control_name("FINAL TIMES") is None
+    text = (MODELS / "richardson.mdl").read_text(encoding="utf-8")
+    path = tmp_path / "underscored.mdl"
+    path.write_text(text.replace("FINAL TIME  =", "FINAL_TIME  =").replace("TIME STEP  =", "Time_Step  ="))
+    original = load_model(MODELS / "richardson.mdl")
+    model = load_model(path)
+    assert model.time == original.time
+    assert set(model.variables) == set(original.variables)  # the controls are no model variables
+    ds = compile_model(path, backend="numpy").run({})
+    want = original.simulate({}, original.time, ["arms X"])
+    np.testing.assert_allclose(ds["arms_x"].values[0], want["arms X"], rtol=1e-9)

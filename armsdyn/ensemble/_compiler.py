@@ -37,7 +37,7 @@ from armsdyn.ensemble._errors import UnsupportedConstruct
 from armsdyn.ensemble._optimise import optimise_loop
 from armsdyn.ensemble._runtime import LOOKUP_KINDS, NAMESPACE
 from armsdyn.errors import ModelError
-from armsdyn.model import parse_model
+from armsdyn.model import control_name, parse_model
 
 CONTROL = {"initial_time": "t0", "final_time": "tf", "time_step": "dt", "saveper": "sp"}
 """PySD names of the time controls and the local names the generated code gives them."""
@@ -578,7 +578,7 @@ class Compiler:
     def _control(self, element: Any, py: str) -> None:
         if py not in CONTROL:
             raise UnsupportedConstruct(self.path, element.name, "a time control PySD does not know")
-        if element.name != _CONTROL_NAMES[py]:
+        if control_name(element.name) != _CONTROL_NAMES[py]:
             # armsdyn.model reads the controls by these names (PySD's documentation table): the PySD path
             # cannot run the model, so the engine does not claim to.
             what = f"a time control not written {_CONTROL_NAMES[py]!r}"
