@@ -21,6 +21,7 @@ import pytest
 import xarray as xr
 
 import armsdyn
+import armsdyn.runner
 from armsdyn import NumericalError
 from armsdyn.cli import main
 from armsdyn.sensitivity import run_study
@@ -38,22 +39,23 @@ def complete(folder: Path) -> dict[str, object]:
     return manifest
 
 
-#: A child that runs ``armsdyn run CONFIG --out OUT --force`` and, on reaching the kill point named
-#: by its first argument, says "reached" on stdout and waits for its SIGKILL. The wrappers pass every
-#: call through; only "between the two renames" also makes the atomic exchange unavailable, as on a
-#: system without renameat2 (macOS, Windows, older Linux), so the folder is swapped by two renames.
+#: A child that runs ``armsdyn ARGS`` (its arguments after the first) and, on reaching the kill point
+#: named by its first argument, says "reached" on stdout and waits there: for its SIGKILL, or for a
+#: line on stdin to go on (the end of stdin, its test gone, ends it). The wrappers pass every call
+#: through; only "between the two renames" also makes the atomic exchange unavailable, as on a system
+#: without renameat2 (macOS, Windows, older Linux), so the folder is swapped by two renames.
 KILL_CHILD = """
-import os, pathlib, signal, sys
+import os, pathlib, sys
 import matplotlib.figure
-import armsdyn.output, armsdyn.pipeline
+import armsdyn.output, armsdyn.pipeline, armsdyn.runner
 from armsdyn.cli import main
 
-point, config, out = sys.argv[1:]
+point, *args = sys.argv[1:]
 
 def reached():
     os.write(1, b"reached\\n")
-    while True:
-        signal.pause()
+    if not sys.stdin.readline():
+        os._exit(1)
 
 def before(owner, name):
     original = getattr(owner, name)
@@ -71,6 +73,9 @@ def after(owner, name, when=lambda *args: True):
         return result
     setattr(owner, name, wrapper)
 
+def chunks_written(count):
+    return lambda folder, *_: len(list(folder.glob("chunk-*.nc"))) == count
+
 if point == "while the scenarios run":
     before(armsdyn.pipeline, "run")
 elif point == "after results.nc is written":
@@ -86,9 +91,13 @@ elif point == "after the swap, before the earlier results are removed":
 elif point == "between the two renames":
     armsdyn.output._exchange = lambda a, b: False
     after(pathlib.Path, "rename", lambda src, dst: ".old-" in pathlib.Path(dst).name)
+elif point == "after a study's first chunk is written":
+    after(armsdyn.runner, "_write_chunk", chunks_written(1))
+elif point == "after a study's second chunk is written":
+    after(armsdyn.runner, "_write_chunk", chunks_written(2))
 else:
     raise SystemExit(f"unknown kill point {point!r}")
-sys.exit(main(["run", config, "--out", out, "--force"]))
+sys.exit(main(args))
 """
 
 #: Where a run is killed, and whether the folder then holds the new results (else the earlier ones).
@@ -114,22 +123,37 @@ variables = ["arms X", "arms Y"]
 """
 
 
-def _kill_at(point: str, config: Path, out: Path) -> None:
-    """Run the KILL_CHILD on `config` to `point` and SIGKILL it (its whole process group) there."""
+def reach(point: str, *args: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
+    """Start the KILL_CHILD running ``armsdyn ARGS`` in a process group of its own; return it paused at `point`.
+
+    The caller then SIGKILLs it (:func:`kill_at`) or lets it go on with a line on its stdin.
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_CHILD, point, str(config), str(out)],
+        [sys.executable, "-c", KILL_CHILD, point, *map(str, args)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    line = b""
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 300)
         line = proc.stdout.readline() if ready else b""
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if line != b"reached\n":  # no child is left behind, whatever went wrong
+            os.killpg(proc.pid, signal.SIGKILL)
+    if line != b"reached\n":
         _, err = proc.communicate()
-    assert line == b"reached\n", f"the run did not reach the kill point {point!r}:\n{err.decode()[-2000:]}"
+        pytest.fail(f"the run did not reach the kill point {point!r}:\n{err.decode()[-2000:]}")
+    return proc
+
+
+def kill_at(point: str, *args: str | os.PathLike[str]) -> None:
+    """Run ``armsdyn ARGS`` in a child process to the kill point `point` and SIGKILL it (its process group) there."""
+    proc = reach(point, *args)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
 
 
 @pytest.mark.slow
@@ -142,14 +166,14 @@ def test_a_kill_at_any_point_never_leaves_a_half_written_folder(tmp_path: Path) 
     assert first.returncode == 0, first.stderr
     earlier = complete(out)["started"]
     for point, replaced in KILL_POINTS.items():
-        _kill_at(point, config, out)
+        kill_at(point, "run", config, "--out", out, "--force")
         # Whatever the moment, the folder is a complete run: the earlier one, or the new one once swapped in.
         started = complete(out)["started"]
         assert (started != earlier) == replaced, point
         earlier = started
     # Without an atomic exchange a kill between the two renames leaves no folder, the earlier results
     # hidden beside it; the next run puts them back (here one without --force, which then refuses).
-    _kill_at("between the two renames", config, out)
+    kill_at("between the two renames", "run", config, "--out", out, "--force")
     assert not out.exists()
     (hidden,) = tmp_path.glob(".richardson.old-*")
     assert complete(hidden)["started"] == earlier
@@ -469,8 +493,13 @@ def test_a_disk_filling_inside_a_compressed_pdf_stream_is_a_message(
         pytest.fail("no limit made matplotlib's compressor fail (zlib.error):\n" + "\n".join(seen))
 
 
-def test_an_unreachable_scheduler_fails_fast_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unreachable_scheduler_fails_fast_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    # A second instead of the 5 the runner gives a real scheduler: the test then waits less, and
+    # a timeout not passed on to Dask (its own is 30 s) fails it all the same.
+    monkeypatch.setattr(armsdyn.runner, "CONNECT_TIMEOUT", 1)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -480,8 +509,8 @@ def test_an_unreachable_scheduler_fails_fast_with_a_message(tmp_path: Path, caps
     elapsed = time.monotonic() - start
     assert code == 2
     line = _one_line_error(capsys.readouterr().err)
-    assert f"tcp://127.0.0.1:{port}: cannot reach the Dask scheduler" in line
-    assert elapsed < 20, f"took {elapsed:.0f} s"
+    assert f"tcp://127.0.0.1:{port}: cannot reach the Dask scheduler within 1 s" in line
+    assert elapsed < 15, f"took {elapsed:.0f} s"
     assert not (tmp_path / "out").exists()
 
 
@@ -632,32 +661,38 @@ def test_a_killed_scheduler_is_a_message_and_the_study_resumes(tmp_path: Path) -
         ],
         **quiet,
     )
-    config = write_config(tmp_path, STUDY.replace("samples = 64", "samples = 20000"))
+    config = write_config(tmp_path, STUDY)  # four chunks of 16 runs
     out = tmp_path / "out"
     store = tmp_path / ".out.study"
-    args = ["run", str(config), "--out", str(out), "--chunk-size", "100"]
+    args = ["run", str(config), "--out", str(out), "--chunk-size", "16"]
+    study = None
     try:
-        study = subprocess.Popen(
-            [sys.executable, "-m", "armsdyn", *args, "--scheduler", address],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # The scheduler answers before the study asks for it (the study gives it CONNECT_TIMEOUT).
         deadline = time.monotonic() + 120
-        while not list(store.glob("chunk-*.nc")) and time.monotonic() < deadline and study.poll() is None:
-            time.sleep(0.05)
+        while scheduler.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as s, contextlib.suppress(OSError):
+                s.connect(("127.0.0.1", port))
+                break
+            time.sleep(0.1)
+        # The study waits after writing its first chunk, with the next ones on the cluster; the
+        # scheduler dies there, and then the study goes on.
+        study = reach("after a study's first chunk is written", *args, "--scheduler", address)
         os.killpg(scheduler.pid, signal.SIGKILL)
-        _, err = study.communicate(timeout=120)
+        scheduler.wait()
+        _, stderr = study.communicate(b"go on\n", timeout=120)
+        err = stderr.decode()
     finally:
-        for proc in (scheduler, worker):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        for proc in (scheduler, worker, study):
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     assert study.returncode == 2, err
     line = _one_line_error(err)
     assert f"{address}: lost the Dask scheduler while the study ran" in line
     assert "--resume" in line
     assert not out.exists()
+    assert [p.name for p in store.glob("chunk-*.nc")] == ["chunk-000000.nc"]
     resumed = call_cli(*args, "--resume", "--workers", "1")
     assert resumed.returncode == 0, resumed.stderr
     complete(out)
