@@ -14,7 +14,7 @@ import armsdyn
 from armsdyn import ConfigError, Richardson
 from armsdyn.sensitivity import run_study, sample
 from armsdyn.sensitivity_methods import METHODS
-from tests.conftest import MODELS, ROOT, run_cli, write_config
+from tests.conftest import MODELS, ROOT, call_cli, write_config
 
 DATA = ROOT / "tests" / "data"
 
@@ -115,7 +115,7 @@ def test_cli_writes_the_study_with_its_figures(tmp_path: Path) -> None:
     text = OAT.replace('method = "oat"', 'method = "morris"\nsamples = 8\nseed = 1\nfan_variables = ["arms X"]')
     text = text.replace("levels = 3", "levels = 4")
     out = tmp_path / "out"
-    proc = run_cli("run", write_config(tmp_path, text), "--out", out, "--workers", "1")
+    proc = call_cli("run", write_config(tmp_path, text), "--out", out, "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     assert "sensitivity study: morris" in proc.stderr
     with xr.open_dataset(out / "sensitivity" / "indices.nc") as indices:
@@ -130,7 +130,7 @@ def test_cli_writes_the_study_with_its_figures(tmp_path: Path) -> None:
     with xr.open_dataset(out / "sensitivity" / "indices.nc") as before:
         first = before.load()
     (out / "figures" / "fan_chart_arms_X.pdf").unlink()
-    again = run_cli("figures", out)
+    again = call_cli("figures", out)
     assert again.returncode == 0, again.stderr
     assert (out / "figures" / "fan_chart_arms_X.pdf").is_file()
     with xr.open_dataset(out / "sensitivity" / "indices.nc") as after:
@@ -267,7 +267,7 @@ variable = "arms X"
 """,
         encoding="utf-8",
     )
-    proc = run_cli("run", config, "--out", tmp_path / "out")
+    proc = call_cli("run", config, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     with xr.open_dataset(tmp_path / "out" / "sensitivity" / "indices.nc") as indices:
         assert float(indices["spearman"].sel(output="arms X final", parameter="grievance g")) == pytest.approx(1.0)

@@ -116,6 +116,11 @@ def _reference_params(scenario: str) -> dict[str, object]:
     return params
 
 
+#: The tests that read :func:`three_state` run on one pytest-xdist worker: a module fixture is built once per
+#: worker, and the CLI's five commands on the three-state model cost seconds each time.
+THREE_STATE = pytest.mark.xdist_group("three_state")
+
+
 @pytest.fixture(scope="module")
 def three_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The config through check, run, analyse, figures and describe, in-process via the CLI."""
@@ -138,6 +143,7 @@ def three_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return captured
 
 
+@THREE_STATE
 @pytest.mark.parametrize("command", ["check", "run", "analyse", "figures", "describe"])
 def test_every_command_succeeds_without_a_traceback(three_state: dict[str, object], command: str) -> None:
     status, stdout, stderr = three_state[command]
@@ -146,6 +152,7 @@ def test_every_command_succeeds_without_a_traceback(three_state: dict[str, objec
     assert "error" not in stderr.lower()
 
 
+@THREE_STATE
 def test_results_keep_dimensions_and_match_pysd_directly(three_state: dict[str, object], tmp_path: Path) -> None:
     ds = xr.open_dataset(three_state["out"] / "results.nc")
     assert ds["arms"].dims == ("scenario", "time", "state")
@@ -180,6 +187,7 @@ def test_results_keep_dimensions_and_match_pysd_directly(three_state: dict[str, 
                 np.testing.assert_allclose(got, df[f"arming rate[{state}]"].to_numpy(), rtol=1e-9, atol=1e-9)
 
 
+@THREE_STATE
 def test_metrics_have_a_column_per_element_and_the_closed_form(three_state: dict[str, object]) -> None:
     ds = xr.open_dataset(three_state["out"] / "results.nc")
     table = pd.read_csv(three_state["out"] / "metrics.csv", index_col="scenario")
@@ -197,6 +205,7 @@ def test_metrics_have_a_column_per_element_and_the_closed_form(three_state: dict
     assert table.loc["series", "regime"].startswith("not analysed")
 
 
+@THREE_STATE
 def test_analyse_finds_the_closed_form_equilibrium(three_state: dict[str, object]) -> None:
     table = three_state["equilibria"].set_index("scenario")
     _, stdout, _ = three_state["analyse"]
@@ -214,6 +223,7 @@ def test_analyse_finds_the_closed_form_equilibrium(three_state: dict[str, object
     assert len(exp.scenarios) == len(table.index.unique())
 
 
+@THREE_STATE
 def test_figures_draw_a_line_per_element_with_element_legends(three_state: dict[str, object]) -> None:
     folder = three_state["out"] / "figures"
     for stem in ("ts_overlay", "ts_multiples", "phase", "grid", "bars"):
@@ -238,6 +248,7 @@ def test_figures_draw_a_line_per_element_with_element_legends(three_state: dict[
     np.testing.assert_array_equal(sorted(axes[0].get_lines()[0].get_xdata()), [50, 312.5])
 
 
+@THREE_STATE
 def test_describe_and_check_show_dimensions_and_element_values(three_state: dict[str, object]) -> None:
     _, described, _ = three_state["describe"]
     assert "arms [state: USA, Russia, China]" in described

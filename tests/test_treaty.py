@@ -11,7 +11,7 @@ import xarray as xr
 
 import armsdyn
 from armsdyn.treaty import OPTIONAL, WORLD, columns, required_variables, treaty_metrics
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, call_cli
 
 T = np.arange(0.0, 20.5, 0.5)
 
@@ -101,7 +101,7 @@ def test_each_scenario_is_compared_with_its_own_baseline() -> None:
 
 def test_main_experiment_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "dvk"
-    proc = run_cli("run", CONFIGS / "disarmament_vs_knowledge.toml", "--out", out)
+    proc = call_cli("run", CONFIGS / "disarmament_vs_knowledge.toml", "--out", out)
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(out / "metrics.csv", index_col="scenario")
     assert table.loc["baseline", "treaty status"] == "no treaty"
