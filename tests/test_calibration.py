@@ -18,6 +18,7 @@ from statsmodels.tsa.vector_ar.vecm import coint_johansen
 from armsdyn.calibration import (
     FittedParameter,
     calibrate,
+    calibrate_many,
     diagnose,
     fit_trajectories,
     format_summary,
@@ -576,8 +577,23 @@ def test_india_pakistan_specifications_ranked_and_written(tmp_path: Path) -> Non
     verdict = result.summary["comparison"]["verdict"]
     assert any(line.startswith("group 1") and "preferred by AIC" in line for line in verdict)
     assert verdict[-1].startswith("4 groups fit different observations")
+    # What `armsdyn calibrate` prints after the estimates (tests/test_calibration_cli.py runs the command):
+    # the honest verdicts, in words, beside the numbers; the ranking, and which specification is
+    # preferred by how much.
+    lines = format_summary(result).splitlines()
+    assert any(line.startswith("stability: indeterminate (the 95% interval of ab - kl") for line in lines)
+    assert any(line.startswith("diagnostics: series are I(1) and not cointegrated") for line in lines)
+    assert any(line.startswith("identification: weakly identified: at a bound") for line in lines)
+    assert "specifications ranked by AIC within groups fitted to the same observations:" in lines
+    preferred = [line for line in lines if line.startswith("group 1 (levels of arms X, arms Y")]
+    assert len(preferred) == 1
+    assert "preferred by AIC 'trajectory, no fatigue', 4.0 below 'trajectory'" in preferred[0]
+    assert "AIC and BIC rank specifications within a group only" in lines[-1]
     folder = write_calibration(result, tmp_path / "ip")
     back = pd.read_csv(folder / "comparison.csv", index_col="specification")
+    for name, row in back.iterrows():
+        shown = next(line for line in lines if line.startswith(f"{name} "))
+        assert f"{row['aic']:.1f}" in shown, name
     pd.testing.assert_series_equal(back["aic"], table["aic"], check_names=False)
     assert list(back["rank_aic"]) == list(table["rank_aic"])
     estimates = pd.read_csv(folder / "specifications.csv")
@@ -893,13 +909,17 @@ def test_bayes_posterior_agrees_with_least_squares_and_is_written(tmp_path: Path
 @pytest.mark.slow
 def test_bayes_posterior_covers_the_truth_at_the_nominal_rate(tmp_path: Path) -> None:
     pytest.importorskip("emcee")
-    hits = []
+    specs = []
     for seed in range(16):
         folder = tmp_path / str(seed)
         folder.mkdir()
         config = _bayes_config(folder, _synthetic(np.random.default_rng(100 + seed), sigma=0.1), steps=500, burn=200,
                                extra="walkers = 16\n")  # fmt: skip
-        est = calibrate(config).estimates
+        specs.append(load_calibration(config))
+    hits = []
+    # The 16 posteriors sampled together; each is calibrate()'s (tests/test_calibration_posterior.py).
+    for result in calibrate_many(specs):
+        est = result.estimates
         hits.append([est.loc[n, "posterior_low"] <= TRUTH[n] <= est.loc[n, "posterior_high"] for n in TRUTH])
     # 96 intervals (6 per fit, correlated within a fit): about 3 binomial sd of 16 fits around 0.95.
     rate = float(np.mean(hits))

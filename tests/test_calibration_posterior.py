@@ -16,8 +16,10 @@ from armsdyn.calibration import (
     ACCEPTANCE_MIN,
     RIDGE_CONDITION,
     TAU_MULTIPLE,
+    _run_ensembles,
     _SamplerCoordinates,
     calibrate,
+    calibrate_many,
     convergence_report,
     format_summary,
     load_calibration,
@@ -103,6 +105,84 @@ def test_rarely_accepted_proposals_are_not_convergence() -> None:
     found = convergence_report(chain, _autocorrelation_time(chain), np.full(32, 0.01), ["x", "y"])
     assert not found["converged"]
     assert f"acceptance fraction 0.010 < {ACCEPTANCE_MIN}: the walkers barely move" in found["convergence"]
+
+
+# --------------------------------------------------------------------------- the sampler
+
+
+def _gaussian_with_a_wall(x: np.ndarray) -> np.ndarray:
+    """Rows of (log density, x0 squared): a correlated Gaussian cut off at x3 = 1.5, as a box's bound cuts."""
+    precision = np.linalg.inv([[1.0, 0.9, 0, 0], [0.9, 1.0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 0.5]])
+    density = -0.5 * np.einsum("ij,jk,ik->i", x, precision, x)
+    return np.column_stack([np.where(x[:, 3] > 1.5, -np.inf, density), x[:, 0] ** 2])
+
+
+def test_ensembles_stepped_together_are_each_emcees_chain() -> None:
+    # Two ensembles stepped by _run_ensembles, their proposals evaluated in one call a split, against
+    # emcee's own EnsembleSampler with the same moves and seed: the same chain, blobs and acceptance,
+    # to the last bit (the same random numbers drawn in the same order, the same arithmetic).
+    emcee = pytest.importorskip("emcee")
+    seeds = [5, 17]
+    rng = np.random.default_rng(0)
+    starts = [0.1 * rng.standard_normal((16, 4)) for _ in seeds]
+    calls = []
+
+    def both(us: list[np.ndarray]) -> list[np.ndarray]:
+        calls.append([len(u) for u in us])
+        return [_gaussian_with_a_wall(u) if len(u) else np.empty((0, 2)) for u in us]
+
+    runs = _run_ensembles(both, starts, 400, 100, seeds)
+    # One call per split for both ensembles: 2 a differential-evolution step, 4 a snooker step.
+    assert len(calls) <= 1 + 4 * 400
+    assert all(len(c) == 2 for c in calls)
+    for seed, start, run in zip(seeds, starts, runs, strict=True):
+        moves = [(emcee.moves.DEMove(), 0.8), (emcee.moves.DESnookerMove(), 0.2)]
+        sampler = emcee.EnsembleSampler(16, 4, _gaussian_with_a_wall, vectorize=True, moves=moves, blobs_dtype=float)
+        sampler.random_state = np.random.RandomState(seed).get_state()
+        sampler.run_mcmc(start, 400, progress=False)
+        np.testing.assert_array_equal(run["chain"], sampler.get_chain(discard=100))
+        np.testing.assert_array_equal(run["blobs"], sampler.get_blobs(discard=100))
+        np.testing.assert_array_equal(run["acceptance"], sampler.acceptance_fraction)
+        assert 0.1 < run["acceptance"].mean() < 0.9
+    assert not np.array_equal(runs[0]["chain"], runs[1]["chain"])
+
+
+def _race_specs(tmp_path: Path, n: int) -> list:
+    """`n` short method = "bayes" calibrations of the ridge race, each with its own noise and seed."""
+    spec = replace(load_calibration(_ridge_config(tmp_path, steps=120, burn=60)), walkers=26)
+    rng = np.random.default_rng(8)
+    out = []
+    for i in range(n):
+        noisy = spec.observations + rng.normal(0, RIDGE_NOISE, spec.observations.shape)
+        out.append(replace(spec, observations=noisy, seed=100 + i))
+    return out
+
+
+def test_calibrate_many_gives_each_data_set_its_own_calibration(tmp_path: Path) -> None:
+    pytest.importorskip("emcee")
+    specs = _race_specs(tmp_path, 3)
+    # The third data set's walkers move in the parameters themselves, the others' in Richardson's modes.
+    specs[2] = replace(specs[2], coordinates="parameters")
+    together = calibrate_many(specs)
+    assert [r.summary["posterior"]["coordinates"] for r in together] == ["modes", "modes", "parameters"]
+    for spec, batched in zip(specs, together, strict=True):
+        alone = calibrate(spec)
+        assert batched.posterior is not None
+        assert alone.posterior is not None
+        pd.testing.assert_frame_equal(batched.posterior, alone.posterior, check_exact=True)
+        pd.testing.assert_frame_equal(batched.estimates, alone.estimates, check_exact=True)
+        pd.testing.assert_frame_equal(batched.predictive, alone.predictive, check_exact=True)
+        assert batched.summary["posterior"] == alone.summary["posterior"]
+    assert not together[0].posterior.equals(together[1].posterior)
+
+
+def test_calibrate_many_refuses_calibrations_that_cannot_share_a_sampler(tmp_path: Path) -> None:
+    specs = _race_specs(tmp_path, 2)
+    with pytest.raises(ValueError, match=r"specs\[1\] differs from specs\[0\] in steps; "):
+        calibrate_many([specs[0], replace(specs[1], steps=200)])
+    shorter = specs[1].observations.iloc[:-1]
+    with pytest.raises(ValueError, match="in walkers, observations' times"):
+        calibrate_many([specs[0], replace(specs[1], observations=shorter, walkers=30)])
 
 
 # --------------------------------------------------------------------------- mode coordinates

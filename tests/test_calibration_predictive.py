@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from armsdyn.calibration import CalibrationSpec, calibrate, load_calibration
+from armsdyn.calibration import CalibrationSpec, calibrate_many, load_calibration
 
 #: A straight line, level = start + slope * time (Euler is exact for it), so the posterior predictive
 #: under uniform priors and Jeffreys' prior on the noise variance is exactly the least-squares
@@ -64,10 +64,12 @@ def test_the_posterior_predictive_band_covers_held_out_observations_at_the_nomin
     leverage = np.einsum("ij,jk,ik->i", design, np.linalg.inv(design.T @ design), design)
     dof = len(TIMES) - design.shape[1]
     rng = np.random.default_rng(7)
+    data = [TRUTH + rng.normal(0, NOISE, TIMES.size) for _ in range(REPLICATES)]
+    specs = [replace(spec, observations=pd.DataFrame({"level": observed}, index=TIMES), seed=i)
+             for i, observed in enumerate(data)]  # fmt: skip
     posterior, exact = [], []
-    for i in range(REPLICATES):
-        observed = TRUTH + rng.normal(0, NOISE, TIMES.size)
-        result = calibrate(replace(spec, observations=pd.DataFrame({"level": observed}, index=TIMES), seed=i))
+    # Sampled together, each data set's posterior as calibrate() samples it (tests/test_calibration_posterior.py).
+    for observed, result in zip(data, calibrate_many(specs), strict=True):
         assert result.predictive is not None
         band = result.predictive.set_index("time").loc[TIMES]
         posterior.append(_coverage(band["low"].to_numpy(), band["high"].to_numpy()))
