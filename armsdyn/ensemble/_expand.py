@@ -16,12 +16,18 @@ chains of scalar operations that skip NaN as ``np.nansum`` and friends do.
 The result is an ordinary scalar program (``v_x__0``, ``v_x__1``, ... in C
 order of the elements), which the numba backend compiles like any scalar model:
 straight-line code that vectorises across samples, with no element loops.
+A model with delays or higher-order smooths gets a kernel per sample instead,
+which does not vectorise across samples anyway; there :func:`roll_elements`
+turns its elements into arrays and its statements per element back into
+loops, as numba compiles a statement per element slowly.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import itertools
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -567,3 +573,249 @@ def _literal_index(node: ast.expr) -> Any:
     if value is None or isinstance(value, int):
         return value
     raise ValueError(f"the index {ast.unparse(node)!r}")
+
+
+# ---------------------------------------------------------------------- element loops for the kernel
+_ELEMENT_NAME = re.compile(r"(.+)__(\d+)")
+MIN_ROLLED = 3
+"""Consecutive statements of one form that become a loop over elements (fewer stay as they are)."""
+
+
+@dataclass
+class RolledCode:
+    """Scalar statements whose elements live in arrays and whose repeated forms are loops.
+
+    Attributes
+    ----------
+    sections : list of list of str
+        The statements given to :func:`roll_elements`, section by section.
+    arrays : dict of str to int
+        Each array's name and its number of elements (``x`` for the names ``x__0``, ``x__1``, ...).
+    tables : list of str
+        Module-level definitions of the index tables the loops read.
+    """
+
+    sections: list[list[str]]
+    arrays: dict[str, int]
+    tables: list[str]
+
+
+def roll_elements(sections: list[list[str]]) -> RolledCode:
+    """An expanded program's element statements as loops over arrays of elements.
+
+    The expansion gives every element its own scalar statement, so a kernel
+    has a statement per element and numba's compile time grows with their
+    number (faster than linearly). Here each element name ``x__k`` becomes
+    ``x[k]`` of an array ``x``, and each run of at least :data:`MIN_ROLLED`
+    consecutive statements that differ only in the integer indices they read
+    and write becomes one ``for`` loop; an index that changes from one
+    statement to the next by the same step is computed from the loop counter,
+    any other is read from a table of its values. The loop runs the statements
+    in their order, on the same operands with the same operations: results
+    are those of the statements it replaces, bit for bit.
+
+    Parameters
+    ----------
+    sections : list of list of str
+        Blocks of statements (the first is run first and gets no allocations:
+        the caller allocates :attr:`RolledCode.arrays` before it).
+    """
+    trees = [ast.parse("\n".join(lines)) for lines in sections]
+    sizes: dict[str, int] = {}
+    plain: set[str] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                match = _ELEMENT_NAME.fullmatch(node.id)
+                if match is None:
+                    plain.add(node.id)
+                else:
+                    base, k = match.group(1), int(match.group(2))
+                    sizes[base] = max(sizes.get(base, 0), k + 1)
+    arrays = {base: size for base, size in sizes.items() if base not in plain}  # a name both ways: left alone
+    roller = _Roller(arrays)
+    out = []
+    for tree in trees:
+        body = [roller.to_arrays.visit(stmt) for stmt in tree.body]
+        out.append(ast.unparse(ast.Module(roller.roll(body), [])).splitlines() if body else [])
+    return RolledCode(out, arrays, roller.table_lines)
+
+
+class _ToArrays(ast.NodeTransformer):
+    """``x__k`` as ``x[k]`` for the names of element arrays."""
+
+    def __init__(self, arrays: dict[str, int]) -> None:
+        self.arrays = arrays
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        match = _ELEMENT_NAME.fullmatch(node.id)
+        if match is None or match.group(1) not in self.arrays:
+            return node
+        return ast.Subscript(ast.Name(match.group(1), ast.Load()), ast.Constant(int(match.group(2))), node.ctx)
+
+
+class _Holes(ast.NodeTransformer):
+    """Takes the integer indices out of a statement (in a fixed order), leaving a form to compare.
+
+    For each index, :attr:`accesses` records the array it indexes (None for
+    anything but a name) and whether it is written there.
+    """
+
+    HOLE = "_hole_"
+
+    def __init__(self) -> None:
+        self.values: list[int] = []
+        self.accesses: list[tuple[str | None, bool]] = []
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        self.generic_visit(node)
+        index = node.slice
+        if isinstance(index, ast.Tuple) and index.elts and (value := _int(index.elts[0])) is not None:
+            index.elts[0] = ast.Name(self.HOLE, ast.Load())
+        elif (value := _int(index)) is not None:
+            node.slice = ast.Name(self.HOLE, ast.Load())
+        else:
+            return node
+        self.values.append(value)
+        array = node.value.id if isinstance(node.value, ast.Name) else None
+        self.accesses.append((array, isinstance(node.ctx, ast.Store)))
+        return node
+
+
+def _int(node: ast.expr) -> int | None:
+    return node.value if isinstance(node, ast.Constant) and type(node.value) is int else None
+
+
+class _Fill(ast.NodeTransformer):
+    """Puts index expressions into a form's holes, in the order :class:`_Holes` took them out."""
+
+    def __init__(self, fills: list[ast.expr]) -> None:
+        self.fills = iter(fills)
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        self.generic_visit(node)
+        index = node.slice
+        if isinstance(index, ast.Tuple) and index.elts and _is_hole(index.elts[0]):
+            index.elts[0] = next(self.fills)
+        elif _is_hole(index):
+            node.slice = next(self.fills)
+        return node
+
+
+def _is_hole(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id == _Holes.HOLE
+
+
+@dataclass
+class _Run:
+    """Consecutive statements of one form: its first, and each index's values from one statement to the next."""
+
+    first: ast.Assign
+    columns: list[list[int]]
+    accesses: list[tuple[str | None, bool]]
+
+    @property
+    def length(self) -> int:
+        return len(self.columns[0])
+
+
+def _fusable(runs: list[_Run]) -> bool:
+    """Whether `runs` (of one length) can share a loop: each iteration then runs one statement of each.
+
+    True when no element is carried from one iteration to another: every array
+    a run writes is read and written by the runs at the counter's own element
+    only, or (as the outputs) never read by them and written at elements no
+    other run writes. Arrays only read may be read at any element.
+    """
+    identity = list(range(runs[0].length))
+    written = {a for run in runs for a, store in run.accesses if store}
+    if None in written or not all(isinstance(run.first.targets[0], ast.Subscript) for run in runs):
+        return False
+    for array in written:
+        seen = [
+            (store, col)
+            for run in runs
+            for (a, store), col in zip(run.accesses, run.columns, strict=True)
+            if a == array
+        ]
+        if all(col == identity for _, col in seen):
+            continue
+        if any(not store for store, _ in seen):
+            return False
+        rows = [set(col) for _, col in seen]
+        if sum(len(r) for r in rows) != len(set().union(*rows)):
+            return False
+    return True
+
+
+class _Roller:
+    def __init__(self, arrays: dict[str, int]) -> None:
+        self.to_arrays = _ToArrays(arrays)
+        self.tables: dict[tuple[int, ...], str] = {}
+        self.table_lines: list[str] = []
+        self.loops = 0
+
+    def roll(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        """`body` with its runs of one form as loops, consecutive runs of one length fused where they can be."""
+        forms: list[tuple[str, _Holes] | None] = []
+        for stmt in body:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+                holes = _Holes()
+                form = holes.visit(copy.deepcopy(stmt))
+                forms.append((ast.dump(form), holes) if holes.values else None)
+            else:
+                forms.append(None)
+        items: list[ast.stmt | _Run] = []
+        i = 0
+        while i < len(body):
+            j = i + 1
+            here = forms[i]
+            if here is not None:
+                while j < len(body) and (there := forms[j]) is not None and there[0] == here[0]:
+                    j += 1
+            if j - i >= MIN_ROLLED and here is not None:
+                found = [f[1] for f in forms[i:j] if f is not None]
+                columns = [list(col) for col in zip(*(h.values for h in found), strict=True)]
+                first = body[i]
+                assert isinstance(first, ast.Assign)  # a form is taken of assignments only
+                items.append(_Run(first, columns, here[1].accesses))
+            else:
+                items.extend(body[i:j])
+            i = j
+        out: list[ast.stmt] = []
+        group: list[_Run] = []
+        for item in [*items, None]:
+            if isinstance(item, _Run) and group and item.length == group[0].length and _fusable([*group, item]):
+                group.append(item)
+                continue
+            if group:
+                out.append(self._loop(group))
+                group = []
+            if isinstance(item, _Run):
+                group = [item]
+            elif item is not None:
+                out.append(item)
+        return out
+
+    def _loop(self, runs: list[_Run]) -> ast.stmt:
+        counter = f"_l{self.loops}"
+        self.loops += 1
+        body = []
+        for run in runs:
+            fills = [self._index(counter, column) for column in run.columns]
+            body.append(_Fill(fills).visit(_Holes().visit(copy.deepcopy(run.first))))
+        loop = ast.For(ast.Name(counter, ast.Store()), _call("range", [ast.Constant(runs[0].length)]), body, [])
+        return ast.fix_missing_locations(loop)
+
+    def _index(self, counter: str, column: list[int]) -> ast.expr:
+        """The index `column[e]` of the loop's `e`-th statement, from the counter or a table."""
+        start, step = column[0], column[1] - column[0]
+        if all(v == start + step * e for e, v in enumerate(column)):
+            expr = counter if step == 1 else f"{step} * {counter}"
+            return ast.parse(f"{start} + {expr}" if start else expr, mode="eval").body if step else ast.Constant(start)
+        key = tuple(column)
+        if key not in self.tables:
+            name = f"_ix{len(self.tables)}"
+            self.tables[key] = name
+            self.table_lines.append(f"{name} = np.array({list(key)!r}, dtype=np.int64)")
+        return ast.parse(f"{self.tables[key]}[{counter}]", mode="eval").body

@@ -16,7 +16,11 @@ Two kernel layouts (see :func:`generate_module`):
 Subscripted models are first expanded into one scalar statement per element
 (:mod:`armsdyn.ensemble._expand`), so they get the same kernels; a subscripted
 delay or smooth keeps an ``(elements, order)`` array advanced in a loop over
-its elements.
+its elements. In a per-sample kernel the elements of every value are arrays
+and the statements per element loops over them
+(:func:`~armsdyn.ensemble._expand.roll_elements`): numba's compile time grows
+faster than the number of statements, and a per-sample kernel gains nothing
+from straight-line code.
 
 Either kernel releases the GIL and takes a range of samples, so
 :class:`~armsdyn.ensemble.CompiledModel` shares a chunk between threads itself.
@@ -56,7 +60,7 @@ import numpy as np
 
 from armsdyn.ensemble._compiler import Program, Stateful, build_program
 from armsdyn.ensemble._errors import UnsupportedConstruct
-from armsdyn.ensemble._expand import ElementArrays, base_name, expand_program, scalar_program
+from armsdyn.ensemble._expand import ElementArrays, base_name, expand_program, roll_elements, scalar_program
 from armsdyn.ensemble._optimise import optimise_loop
 
 _BLOCK = 32
@@ -517,7 +521,6 @@ def _statements(graph: Any, outputs: list[str]) -> _Code:
         updates=updates,
         outputs=flat.outputs,
     )
-    _use_reciprocals(code)
     return code
 
 
@@ -563,38 +566,89 @@ def _names(lines: list[str], ctx: type) -> set[str]:
 
 
 class _Reciprocal(ast.NodeTransformer):
-    """``a / c`` with `c` fixed during the run becomes ``a * _rN``, ``_rN = 1.0 / c`` computed once."""
+    """``a / c`` with `c` fixed during the run becomes ``a * _rN``, ``_rN = 1.0 / c`` computed once.
 
-    def __init__(self, invariant: set[str], found: dict[str, str]) -> None:
+    An element ``x[i]`` of an array fixed during the run becomes ``_rN[i]``,
+    ``_rN = 1.0 / x`` (each element's reciprocal, as ``1.0 / x__i`` would be).
+    """
+
+    def __init__(self, invariant: set[str], arrays: AbstractSet[str], found: dict[str, str]) -> None:
         self.invariant = invariant
+        self.arrays = arrays
         self.found = found
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)  # transforms the children in place (and returns node itself)
-        if isinstance(node.op, ast.Div) and isinstance(node.right, ast.Name) and node.right.id in self.invariant:
-            name = self.found.setdefault(node.right.id, f"_r{len(self.found)}")
+        if not isinstance(node.op, ast.Div):
+            return node
+        right = node.right
+        if isinstance(right, ast.Name) and right.id in self.invariant:
+            name = self.found.setdefault(right.id, f"_r{len(self.found)}")
             return ast.BinOp(node.left, ast.Mult(), ast.Name(name, ast.Load()))
+        if (
+            isinstance(right, ast.Subscript)
+            and isinstance(right.value, ast.Name)
+            and right.value.id in self.arrays
+            and right.value.id in self.invariant
+        ):
+            name = self.found.setdefault(right.value.id, f"_r{len(self.found)}")
+            return ast.BinOp(node.left, ast.Mult(), ast.Subscript(ast.Name(name, ast.Load()), right.slice, ast.Load()))
         return node
 
 
-def _use_reciprocals(code: _Code) -> None:
+def _stored(lines: list[str]) -> set[str]:
+    """Names `lines` assign, whole or through an index (``x = ...``, ``x[i] = ...``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        target = node
+        if isinstance(target, ast.Subscript) and isinstance(target.ctx, ast.Store):
+            while isinstance(target, ast.Subscript):
+                target = target.value
+            if isinstance(target, ast.Name):
+                names.add(target.id)
+        elif isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store):
+            names.add(target.id)
+    return names
+
+
+def _use_reciprocals(code: _Code, arrays: AbstractSet[str] = frozenset()) -> None:
     """Divide by run-constant denominators through their reciprocals.
 
     Division is the slowest arithmetic instruction by far (a 512-bit vector
     division takes about 16 cycles, a multiplication 0.5), and most divisions
     of a system-dynamics model are by ``dt`` or by time constants. ``a * (1/c)``
     differs from ``a / c`` by at most one rounding (none when ``c`` is a power
-    of two, as ``dt`` usually is).
+    of two, as ``dt`` usually is). `arrays` are the element arrays of
+    :func:`~armsdyn.ensemble._expand.roll_elements`.
     """
     loop = code.per_step + code.per_save + code.updates
-    invariant = (_names(code.init, ast.Store) - _names(loop, ast.Store)) | {"dt"}
+    invariant = (_names(code.init, ast.Store) - _stored(loop)) | {"dt"}
     found: dict[str, str] = {}
-    rewrite = _Reciprocal(invariant, found)
+    rewrite = _Reciprocal(invariant, arrays, found)
     code.per_step, code.per_save, code.updates = (
         ast.unparse(rewrite.visit(ast.parse("\n".join(lines)))).splitlines() if lines else []
         for lines in (code.per_step, code.per_save, code.updates)
     )
     code.init += [f"{r} = 1.0 / {name}" for name, r in found.items()]
+
+
+def _roll(code: _Code) -> list[str]:
+    """A subscripted model's per-sample kernel with its elements in arrays and loops over them.
+
+    Its statements, outputs included, go through
+    :func:`~armsdyn.ensemble._expand.roll_elements` (numba compiles a
+    statement per element in a time that grows faster than their number: 26 s
+    for the 1,900 lines of a model of five subscripted delays); the outputs
+    are then saved with the per-save statements. Returns the module-level
+    index tables the loops read.
+    """
+    saves = [f"O[{o}, k, off + j] = {name}" for o, name in enumerate(code.outputs)]
+    rolled = roll_elements([code.init, code.per_step, code.per_save + saves, code.updates])
+    init, code.per_step, code.per_save, code.updates = rolled.sections
+    code.init = [f"{name} = np.empty({size})" for name, size in rolled.arrays.items()] + init
+    code.outputs = []
+    _use_reciprocals(code, rolled.arrays.keys())
+    return rolled.tables
 
 
 def _per_sample_body(code: _Code) -> list[str]:
@@ -753,6 +807,11 @@ def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], lis
     """
     code = _statements(graph, outputs)
     array_states = any("np.empty(" in line for line in code.init)
+    if array_states and getattr(graph, "subscripted", False):
+        tables = _roll(code)  # loops over elements, with their own reciprocals
+    else:
+        tables = []
+        _use_reciprocals(code)
     kernel = _per_sample_body(code) if array_states else _blocked_body(code)
     lines = [
         "# Generated by armsdyn.ensemble._numba; do not edit.",
@@ -781,7 +840,7 @@ def generate_module(graph: Any, outputs: list[str]) -> tuple[str, list[str], lis
         else:
             lines.append(f"{table}_x = np.array({xs_text})")
             lines.append(f"{table}_y = np.array({ys_text})")
-    lines += ["", "", *kernel, ""]
+    lines += [*tables, "", "", *kernel, ""]
     source = "\n".join(lines)
     ast.parse(source)  # generated code must be valid Python
     return source, code.constants, code.states
