@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from armsdyn.ensemble import SampleError, UnsupportedConstruct, compile_model, run_ensemble
+from armsdyn.ensemble._expand import roll_elements
 from armsdyn.model import TimeSettings, load_model
 from tests.conftest import MODELS, SHARED
 from tests.test_ensemble import (
@@ -187,3 +189,70 @@ def test_auto_backend_pilot_on_a_subscripted_model_gives_numpys_values() -> None
     want = compile_model(path, backend="numpy").run(samples, time, ["arms"], chunk_size=2048)
     got = auto.run(samples, time, ["arms"], chunk_size=2048)
     np.testing.assert_allclose(got["arms"], want["arms"], rtol=RTOL, atol=1e-12)
+
+
+DELAYS_OVER = """{{UTF-8}}
+s: (e1-e{n}) ~~|
+delay time[s] = 1.5 ~~|
+inflow[s] = STEP(2, 1) + delay time[s] ~~|
+outflow[s] = DELAY3(inflow[s], delay time[s]) ~~|
+stock[s] = INTEG(inflow[s] - outflow[s], 1) ~~|
+smoothed[s] = SMOOTH3(stock[s], delay time[s] * 2) ~~|
+first = stock[e1] + outflow[e{n}] ~~|
+INITIAL TIME = 0 ~~|
+FINAL TIME = 4 ~~|
+TIME STEP = 0.25 ~~|
+SAVEPER = 0.5 ~~|
+"""
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_a_subscripted_delay_kernel_loops_over_elements_and_runs_as_numpy(tmp_path: Path) -> None:
+    # numba's compile time grows faster than a kernel's length: a per-sample kernel must not
+    # grow with the number of elements (a statement per element made the peer model
+    # subscripted_delays, 20 elements, a 26-second compile), and its loops must compute what
+    # the numpy backend does.
+    lengths = {}
+    for n in (4, 40):
+        path = tmp_path / f"delays{n}.mdl"
+        path.write_text(DELAYS_OVER.format(n=n), encoding="utf-8")
+        lengths[n] = len(compile_model(path, backend="numba").source(backend="numba").splitlines())
+    assert lengths[40] == lengths[4]
+    samples = {"delay time[e2]": np.array([0.5, 1.0, 2.5]), "delay time[e40]": np.array([3.0, 1.0, 0.75])}
+    names = ["inflow", "outflow", "stock", "smoothed", "first"]
+    got = compile_model(path, backend="numba").run(samples, variables=names)
+    want = compile_model(path, backend="numpy").run(samples, variables=names)
+    for name in names:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-13, atol=0, err_msg=name)
+    assert not np.array_equal(got["outflow"].values[0], got["outflow"].values[2])  # the samples differ
+
+
+def _run_statements(lines: list[str], arrays: dict[str, int]) -> dict[str, np.ndarray]:
+    """Executes generated scalar statements (our own generator's, not a model's) on fresh arrays."""
+    scope: dict[str, object] = {"np": np, **{name: np.arange(size) + 0.5 for name, size in arrays.items()}}
+    exec("\n".join(lines), scope)
+    return {name: np.asarray(scope[name]) for name in arrays}
+
+
+def test_rolled_element_statements_compute_what_the_unrolled_ones_do() -> None:
+    n = 6
+    unrolled = [f"c__{k} = d__{k} * 3" for k in range(n)]
+    unrolled += [f"a__{k} = c__{k} * 2" for k in range(n)]
+    unrolled += [f"b__{k} = a__{(k + 1) % n} - c__{(k * 5) % n}" for k in range(n)]  # a neighbour: no fusion with a
+    unrolled += [f"a__{k} = a__{k} + b__{k}" for k in range(n)]  # a again, after b read the old one
+    unrolled += [f"r__{k} = r__{k - 1} + a__{k}" if k else f"r__{k} = a__{k}" for k in range(n)]  # carried along
+    sizes = {"a": n, "b": n, "c": n, "d": n, "r": n}
+    rolled = roll_elements([unrolled])
+    assert rolled.arrays == sizes
+    assert len(rolled.sections[0]) < len(unrolled) / 2
+    assert any("_ix" in line for line in rolled.sections[0])  # the permuted index reads a table
+    want = _run_statements([_subscripted(line) for line in unrolled], sizes)
+    scope = {line.partition(" = ")[0]: line for line in rolled.tables}
+    got = _run_statements([*scope.values(), *rolled.sections[0]], sizes)
+    for name in sizes:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def _subscripted(line: str) -> str:
+    """``x__3`` as ``x[3]``: the unrolled statements on the same arrays."""
+    return re.sub(r"\b([a-z])__(\d+)\b", r"\1[\2]", line)
