@@ -54,11 +54,18 @@ def samples_for(model, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     samples = {}
     for var in model.variables.values():
-        if var.kind == "constant" and var.default is not None:
-            factor = rng.uniform(0.7, 1.3, n) if np.isfinite(var.default) else np.ones(n)
-            values = var.default * factor
+        if var.kind != "constant":
+            continue
+        # Every element of a subscripted constant too (they were left out, so that the choice table's
+        # subscripted rows before 2026-12-02 timed a single run).
+        named = [(var.name, var.default)] if var.default is not None else [
+            (var.element_name(e), d) for e, d in zip(var.elements(), var.defaults, strict=False)
+        ]  # fmt: skip
+        for name, default in named:
+            factor = rng.uniform(0.7, 1.3, n) if np.isfinite(default) else np.ones(n)
+            values = default * factor
             # Fractions stay fractions (see tests/test_ensemble.py).
-            samples[var.name] = np.minimum(values, 1) if 0 < var.default <= 1 else values
+            samples[name] = np.minimum(values, 1) if 0 < default <= 1 else values
     return samples
 
 
