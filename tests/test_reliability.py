@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import multiprocessing
 import os
 import re
-import select
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
+import matplotlib.figure
 import numpy as np
 import pytest
 import xarray as xr
 
 import armsdyn
+import armsdyn.output
+import armsdyn.pipeline
 import armsdyn.runner
 from armsdyn import NumericalError
 from armsdyn.cli import main
@@ -39,66 +50,187 @@ def complete(folder: Path) -> dict[str, object]:
     return manifest
 
 
-#: A child that runs ``armsdyn ARGS`` (its arguments after the first) and, on reaching the kill point
-#: named by its first argument, says "reached" on stdout and waits there: for its SIGKILL, or for a
-#: line on stdin to go on (the end of stdin, its test gone, ends it). The wrappers pass every call
-#: through; only "between the two renames" also makes the atomic exchange unavailable, as on a system
-#: without renameat2 (macOS, Windows, older Linux), so the folder is swapped by two renames.
-KILL_CHILD = """
-import os, pathlib, sys
-import matplotlib.figure
-import armsdyn.output, armsdyn.pipeline, armsdyn.runner
-from armsdyn.cli import main
+#: What the children below import, once, in the process they are forked from (multiprocessing's
+#: fork server): each child is a process of its own that a test can SIGKILL or limit, without a new
+#: interpreter's seconds of imports. Beside the CLI, what a run imports lazily (the PySD translator,
+#: units, netCDF, Dask, the figure backends): about as much again.
+PRELOAD = [
+    "armsdyn.cli",
+    "armsdyn.commands.run",
+    "armsdyn.figures",
+    "armsdyn.sensitivity",
+    "pysd.translators",
+    "pysd.builders",
+    "pint",
+    "netCDF4",
+    "dask.array",
+    "distributed",
+    "scipy.stats",
+    "fontTools.subset",
+    "matplotlib.backends.backend_pdf",
+    "matplotlib.backends.backend_svg",
+    "tests.test_reliability",
+]
 
-point, *args = sys.argv[1:]
 
-def reached():
-    os.write(1, b"reached\\n")
-    if not sys.stdin.readline():
-        os._exit(1)
+def _install_kill_point(point: str, reached: Callable[[], None]) -> None:
+    """Make the run call `reached` at the kill point `point`.
 
-def before(owner, name):
-    original = getattr(owner, name)
-    def wrapper(*args, **kwargs):
-        reached()
-        return original(*args, **kwargs)
-    setattr(owner, name, wrapper)
+    The wrappers pass every call through; only "between the two renames" also makes the atomic
+    exchange unavailable, as on a system without renameat2 (macOS, Windows, older Linux), so the
+    folder is swapped by two renames.
+    """
 
-def after(owner, name, when=lambda *args: True):
-    original = getattr(owner, name)
-    def wrapper(*args, **kwargs):
-        result = original(*args, **kwargs)
-        if when(*args):
+    def before(owner: object, name: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             reached()
-        return result
-    setattr(owner, name, wrapper)
+            return original(*args, **kwargs)
 
-def chunks_written(count):
-    return lambda folder, *_: len(list(folder.glob("chunk-*.nc"))) == count
+        setattr(owner, name, wrapper)
 
-if point == "while the scenarios run":
-    before(armsdyn.pipeline, "run")
-elif point == "after results.nc is written":
-    before(armsdyn.output, "compute_metrics")
-elif point == "while a figure is saved":
-    before(matplotlib.figure.Figure, "savefig")
-elif point == "before the manifest is written":
-    before(armsdyn.output, "build_manifest")
-elif point == "before the swap":
-    before(armsdyn.output, "_replace")
-elif point == "after the swap, before the earlier results are removed":
-    after(armsdyn.output, "_exchange")
-elif point == "between the two renames":
-    armsdyn.output._exchange = lambda a, b: False
-    after(pathlib.Path, "rename", lambda src, dst: ".old-" in pathlib.Path(dst).name)
-elif point == "after a study's first chunk is written":
-    after(armsdyn.runner, "_write_chunk", chunks_written(1))
-elif point == "after a study's second chunk is written":
-    after(armsdyn.runner, "_write_chunk", chunks_written(2))
-else:
-    raise SystemExit(f"unknown kill point {point!r}")
-sys.exit(main(args))
-"""
+    def after(owner: object, name: str, when: Callable[..., bool] = lambda *args: True) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            if when(*args):
+                reached()
+            return result
+
+        setattr(owner, name, wrapper)
+
+    def chunks_written(count: int) -> Callable[..., bool]:
+        return lambda folder, *_: len(list(folder.glob("chunk-*.nc"))) == count
+
+    if point == "while the scenarios run":
+        before(armsdyn.pipeline, "run")
+    elif point == "after results.nc is written":
+        before(armsdyn.output, "compute_metrics")
+    elif point == "while a figure is saved":
+        before(matplotlib.figure.Figure, "savefig")
+    elif point == "before the manifest is written":
+        before(armsdyn.output, "build_manifest")
+    elif point == "before the swap":
+        before(armsdyn.output, "_replace")
+    elif point == "after the swap, before the earlier results are removed":
+        after(armsdyn.output, "_exchange")
+    elif point == "between the two renames":
+        armsdyn.output._exchange = lambda a, b: False
+        after(Path, "rename", lambda src, dst: ".old-" in Path(dst).name)
+    elif point == "after a study's first chunk is written":
+        after(armsdyn.runner, "_write_chunk", chunks_written(1))
+    elif point == "after a study's second chunk is written":
+        after(armsdyn.runner, "_write_chunk", chunks_written(2))
+    else:
+        raise ValueError(f"unknown kill point {point!r}")
+
+
+def _armsdyn_child(conn: Connection, args: list[str], point: str | None, file_size: int | None) -> None:
+    """Run ``armsdyn ARGS`` in this (forked) child and send ``("exit", status, stdout, stderr)`` on `conn`.
+
+    At the kill point `point` it sends "reached" and waits there: for its SIGKILL, or for a message
+    to go on (the pipe's end, its test gone, ends it). With `file_size`, a file-size limit makes
+    writes fail as on a full disk (SIGXFSZ ignored so the write returns an error instead of killing
+    the process).
+    """
+    os.setsid()  # a process group of its own, as a command started from a shell
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # not the test's captured output, which a file-size limit would cut
+        os.dup2(null, fd)
+
+    def reached() -> None:
+        conn.send("reached")
+        try:
+            conn.recv()
+        except EOFError:
+            os._exit(1)
+
+    out, err = io.StringIO(), io.StringIO()
+    status: int | str | None = 1
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if point is not None:
+                _install_kill_point(point, reached)
+            if file_size is not None:
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+            status = main(args)
+        except SystemExit as exc:  # argparse's usage errors, as the command exits with them
+            status = exc.code
+        except BaseException:
+            traceback.print_exc()
+    conn.send(("exit", status, out.getvalue(), err.getvalue()))
+
+
+@dataclass
+class Child:
+    """An ``armsdyn`` command running in a child process of its own (see :func:`_armsdyn_child`)."""
+
+    process: BaseProcess
+    conn: Connection
+
+    @classmethod
+    def start(cls, *args: str | os.PathLike[str], point: str | None = None, file_size: int | None = None) -> Child:
+        """Start ``armsdyn ARGS`` in a child forked from a process that has imported armsdyn."""
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)  # read when the fork server starts, the first time
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_armsdyn_child, args=(theirs, [str(a) for a in args], point, file_size))
+        process.start()
+        theirs.close()
+        return cls(process, ours)
+
+    def _message(self, timeout: float) -> Any:
+        try:
+            return self.conn.recv() if self.conn.poll(timeout) else None
+        except EOFError:  # it died
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL the child (its whole process group) and reap it."""
+        assert self.process.pid is not None
+        with contextlib.suppress(ProcessLookupError):  # gone already, or not yet in a group of its own
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+    def result(self, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Let the child go on, if it waits at a kill point, and wait for its command's exit status and output."""
+        with contextlib.suppress(OSError):
+            self.conn.send("go on")
+        message = self._message(timeout)
+        self.kill()  # nothing is left of it, whatever happened
+        assert isinstance(message, tuple), f"the child ended without a result: {message!r}"
+        _, status, out, err = message
+        return subprocess.CompletedProcess(["armsdyn"], status, out, err)
+
+
+def reach(point: str, *args: str | os.PathLike[str]) -> Child:
+    """Start ``armsdyn ARGS`` in a child process; return it waiting at the kill point `point`.
+
+    The caller then SIGKILLs it (:meth:`Child.kill`) or lets it go on (:meth:`Child.result`).
+    """
+    child = Child.start(*args, point=point)
+    message = child._message(300)
+    if message != "reached":
+        child.kill()
+        err = message[3][-2000:] if isinstance(message, tuple) else message
+        pytest.fail(f"the run did not reach the kill point {point!r}:\n{err}")
+    return child
+
+
+def kill_at(point: str, *args: str | os.PathLike[str]) -> None:
+    """Run ``armsdyn ARGS`` in a child process to the kill point `point` and SIGKILL it (its process group) there."""
+    reach(point, *args).kill()
+
+
+def run_limited(file_size: int, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``armsdyn ARGS`` in a child process that may write no file larger than `file_size` bytes."""
+    return Child.start(*args, file_size=file_size).result()
+
 
 #: Where a run is killed, and whether the folder then holds the new results (else the earlier ones).
 KILL_POINTS = {
@@ -121,39 +253,6 @@ parameters = { "defence coefficient k" = 1.2, "defence coefficient l" = 1.2 }
 kind = "time_series"
 variables = ["arms X", "arms Y"]
 """
-
-
-def reach(point: str, *args: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
-    """Start the KILL_CHILD running ``armsdyn ARGS`` in a process group of its own; return it paused at `point`.
-
-    The caller then SIGKILLs it (:func:`kill_at`) or lets it go on with a line on its stdin.
-    """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_CHILD, point, *map(str, args)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    line = b""
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 300)
-        line = proc.stdout.readline() if ready else b""
-    finally:
-        if line != b"reached\n":  # no child is left behind, whatever went wrong
-            os.killpg(proc.pid, signal.SIGKILL)
-    if line != b"reached\n":
-        _, err = proc.communicate()
-        pytest.fail(f"the run did not reach the kill point {point!r}:\n{err.decode()[-2000:]}")
-    return proc
-
-
-def kill_at(point: str, *args: str | os.PathLike[str]) -> None:
-    """Run ``armsdyn ARGS`` in a child process to the kill point `point` and SIGKILL it (its process group) there."""
-    proc = reach(point, *args)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
 
 
 @pytest.mark.slow
@@ -190,17 +289,7 @@ def test_a_kill_at_any_point_never_leaves_a_half_written_folder(tmp_path: Path) 
 
 def test_full_disk_gives_a_clear_error_and_no_folder(tmp_path: Path) -> None:
     out = tmp_path / "results" / "richardson"
-    # A file-size limit makes writes fail as on a full disk (SIGXFSZ ignored so
-    # the write returns an error instead of killing the process).
-    code = (
-        "import resource, signal, sys\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "from armsdyn.cli import main\n"
-        "import armsdyn.figures\n"  # import before the limit: imports may write caches
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
-        f"sys.exit(main(['run', {str(CONFIGS / 'richardson.toml')!r}, '--out', {str(out)!r}]))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_limited(20000, "run", CONFIGS / "richardson.toml", "--out", out)
     assert proc.returncode == 2, proc.stderr
     assert "could not write" in proc.stderr
     assert "nothing was written" in proc.stderr
@@ -415,15 +504,7 @@ def test_a_nearly_full_disk_at_any_file_is_a_message(
     limit = (limit or study_sizes[fails_at]) - 1
     config = write_config(tmp_path, STUDY)
     out = tmp_path / "results" / "study"
-    code = (
-        "import resource, signal, sys\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "from armsdyn.cli import main\n"
-        "import armsdyn.figures, armsdyn.sensitivity, armsdyn.ensemble\n"
-        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
-        f"sys.exit(main(['run', {str(config)!r}, '--out', {str(out)!r}, '--chunk-size', '16', '--workers', '1']))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_limited(limit, "run", config, "--out", out, "--chunk-size", "16", "--workers", "1")
     assert proc.returncode == 2, proc.stderr
     line = _one_line_error(proc.stderr)
     assert "could not write" in line
@@ -471,15 +552,7 @@ def test_a_disk_filling_inside_a_compressed_pdf_stream_is_a_message(
     for fraction in (0.8, 0.7, 0.9, 0.6, 0.5, 0.95):
         limit = int(before + fraction * (pdf - before))
         out = tmp_path / f"out-{limit}"
-        code = (
-            "import resource, signal, sys\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "from armsdyn.cli import main\n"
-            "import armsdyn.figures\n"
-            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
-            f"sys.exit(main(['run', {str(config)!r}, '--out', {str(out)!r}]))\n"
-        )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        proc = run_limited(limit, "run", config, "--out", out)
         assert proc.returncode == 2, proc.stderr
         line = _one_line_error(proc.stderr)
         assert f"{out}: could not write figures/phase_portrait.pdf (" in line, line
@@ -679,16 +752,16 @@ def test_a_killed_scheduler_is_a_message_and_the_study_resumes(tmp_path: Path) -
         study = reach("after a study's first chunk is written", *args, "--scheduler", address)
         os.killpg(scheduler.pid, signal.SIGKILL)
         scheduler.wait()
-        _, stderr = study.communicate(b"go on\n", timeout=120)
-        err = stderr.decode()
+        lost = study.result(timeout=120)
     finally:
-        for proc in (scheduler, worker, study):
-            if proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    assert study.returncode == 2, err
-    line = _one_line_error(err)
+        if study is not None:
+            study.kill()
+        for proc in (scheduler, worker):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert lost.returncode == 2, lost.stderr
+    line = _one_line_error(lost.stderr)
     assert f"{address}: lost the Dask scheduler while the study ran" in line
     assert "--resume" in line
     assert not out.exists()

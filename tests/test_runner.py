@@ -64,6 +64,7 @@ def test_store_refuses_another_study_and_unrequested_resume(
         run_study(exp, store=store, chunk_size=24, resume=True)
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_uninterrupted_result(
     tmp_path: Path, reference: tuple[xr.Dataset, xr.Dataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
