@@ -621,9 +621,9 @@ def test_two_forced_studies_at_once_the_second_is_refused(tmp_path: Path) -> Non
     store.mkdir()
     (store / "plan.json").write_text("{}")
     (store / "chunk-000000.nc").write_bytes(b"a running study's chunk")
-    args = [sys.executable, "-m", "armsdyn", "run", str(config), "--out", str(out), "--force", "--workers", "1"]
+    args = ["run", str(config), "--out", str(out), "--force", "--workers", "1"]
     with locked(out):
-        second = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+        second = Child.start(*args).result()  # another process, as a second armsdyn run is
     assert second.returncode == 2
     line = _one_line_error(second.stderr)
     assert "another armsdyn run is writing this results folder" in line
@@ -633,7 +633,7 @@ def test_two_forced_studies_at_once_the_second_is_refused(tmp_path: Path) -> Non
     # Once the lock is free, the same command runs and clears the store it replaces.
     (store / "plan.json").unlink()
     (store / "chunk-000000.nc").unlink()
-    done = call_cli(*args[3:])
+    done = call_cli(*args)
     assert done.returncode == 0, done.stderr
     complete(out)
     assert not store.exists()
