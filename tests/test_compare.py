@@ -13,7 +13,7 @@ import xarray as xr
 
 import armsdyn
 from armsdyn.compare import CompareError, compare_results, draw_comparison
-from tests.conftest import CONFIGS, MODELS, run_cli
+from tests.conftest import CONFIGS, MODELS, call_cli
 
 BODY = """
 [time]
@@ -160,7 +160,7 @@ def test_the_figure_draws_the_variables_that_differ(folders: dict[str, Path], tm
 
 def test_cli_compare_with_a_figure(folders: dict[str, Path], tmp_path: Path) -> None:
     figure = tmp_path / "figs" / "compare.png"
-    proc = run_cli("compare", folders["a"], folders["b"], "--figure", figure, "--top", "3")
+    proc = call_cli("compare", folders["a"], folders["b"], "--figure", figure, "--top", "3")
     assert proc.returncode == 0, proc.stderr
     assert "config.sha256" in proc.stdout
     assert '+"grievance g" = 2.5' in proc.stdout
@@ -178,7 +178,7 @@ def test_cli_compare_with_a_figure(folders: dict[str, Path], tmp_path: Path) -> 
     ],
 )
 def test_cli_bad_figure_options_exit_2(folders: dict[str, Path], tmp_path: Path, extra: list[str], says: str) -> None:
-    proc = run_cli("compare", folders["a"], folders["b"], *extra, cwd=tmp_path)
+    proc = call_cli("compare", folders["a"], folders["b"], *extra, cwd=tmp_path)
     assert proc.returncode == 2
     assert says in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -190,7 +190,7 @@ def test_cli_compare_refuses_a_folder_that_is_not_results(folders: dict[str, Pat
     (tmp_path / "notes" / "results.nc").write_text("not netCDF")
     (tmp_path / "notes" / "manifest.json").write_text("{}")
     for bad, says in ((tmp_path / "missing", "does not exist"), (tmp_path / "notes", "cannot read")):
-        proc = run_cli("compare", folders["a"], bad)
+        proc = call_cli("compare", folders["a"], bad)
         assert proc.returncode == 2
         assert str(bad) in proc.stderr
         assert says in proc.stderr
@@ -252,7 +252,7 @@ def test_runs_that_overflow_compare_equal_to_themselves(tmp_path: Path) -> None:
 
 def test_cli_compare_writes_its_tables(folders: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "comparison"
-    proc = run_cli("compare", folders["a"], folders["b"], "--out", out)
+    proc = call_cli("compare", folders["a"], folders["b"], "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "config.diff",
@@ -277,11 +277,11 @@ def test_cli_compare_writes_its_tables(folders: dict[str, Path], tmp_path: Path)
     assert manifest["compare"]["b"] == str(folders["b"].resolve())
     assert manifest["identical"] is False
     # An existing folder is refused before anything is compared; --force replaces it.
-    proc = run_cli("compare", folders["a"], folders["b"], "--out", out)
+    proc = call_cli("compare", folders["a"], folders["b"], "--out", out)
     assert proc.returncode == 2
     assert str(out) in proc.stderr
     assert "--force" in proc.stderr
     assert proc.stdout == ""
-    proc = run_cli("compare", folders["a"], folders["again"], "--out", out, "--force")
+    proc = call_cli("compare", folders["a"], folders["again"], "--out", out, "--force")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["identical"] is True

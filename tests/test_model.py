@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 import xarray as xr
 
 from armsdyn import ModelError, TimeSettings, load_model
-from tests.conftest import MODELS, run_cli
+from armsdyn.ensemble import FallbackWarning
+from tests.conftest import MODELS, call_cli
 
 
 def test_metadata_lists_constants_stocks_and_flows_with_units_and_docs() -> None:
@@ -249,10 +251,13 @@ def test_the_cli_runs_a_data_reading_model_from_any_folder(tmp_path: Path) -> No
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for command in (["check", "../archive/exp.toml"], ["describe", str(path)]):
-        done = run_cli(*command, cwd=elsewhere)
+        done = call_cli(*command, cwd=elsewhere)
         assert done.returncode == 0, done.stderr
-    done = run_cli("run", "../archive/exp.toml", "--out", "out", cwd=elsewhere)
+    with warnings.catch_warnings():  # the engine hands the model to PySD, and the CLI says so
+        warnings.simplefilter("always", FallbackWarning)
+        done = call_cli("run", "../archive/exp.toml", "--out", "out", cwd=elsewhere)
     assert done.returncode == 0, done.stderr
+    assert "DATA variables" in done.stdout + done.stderr
     ds = xr.open_dataset(elsewhere / "out" / "results.nc")
     np.testing.assert_allclose(ds["stock"].sel(scenario="base").values, _expected_stock())
     assert float(ds["stock"].sel(scenario="double")[-1]) > float(ds["stock"].sel(scenario="base")[-1])

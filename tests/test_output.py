@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import xarray as xr
 
 import armsdyn
 from armsdyn import FigureSpec, ResultsError, load_config, write_results
-from tests.conftest import CONFIGS, run_cli
+from armsdyn.ensemble import FallbackWarning
+from tests.conftest import CONFIGS, call_cli
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +107,11 @@ def test_the_manifest_pins_every_data_file_the_model_reads(tmp_path: Path) -> No
     config.write_text('[experiment]\nname = "data"\nmodel = "demand.mdl"\n', encoding="utf-8")
 
     def run(out: str) -> tuple[dict[str, dict[str, str]], float]:
-        done = run_cli("run", config, "--out", tmp_path / out)
+        with warnings.catch_warnings():  # the engine hands the model to PySD, and the CLI says so
+            warnings.simplefilter("always", FallbackWarning)
+            done = call_cli("run", config, "--out", tmp_path / out)
         assert done.returncode == 0, done.stderr
+        assert "subscript ranges read from files" in done.stdout + done.stderr
         manifest = json.loads((tmp_path / out / "manifest.json").read_text(encoding="utf-8"))
         with xr.open_dataset(tmp_path / out / "results.nc") as ds:
             final = float(ds["arms"].isel(time=-1).sum())

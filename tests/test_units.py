@@ -9,7 +9,7 @@ import pytest
 
 from armsdyn.errors import ModelError
 from armsdyn.units import check_units, parse_units, show
-from tests.conftest import CONFIGS, MODELS, run_cli, write_config
+from tests.conftest import CONFIGS, MODELS, call_cli, write_config
 
 CONTROL = """
 INITIAL TIME = 0
@@ -203,12 +203,12 @@ variables = ["arms X"]
 
 def test_check_units_warns_and_strict_fails(tmp_path: Path) -> None:
     config = write_config(tmp_path, CONFIG, model=_broken_richardson(tmp_path))
-    warned = run_cli("check", "--units", config)
+    warned = call_cli("check", "--units", config)
     assert warned.returncode == 0, warned.stderr
     assert "units:" in warned.stdout
     assert "warning: arming rate X" in warned.stdout
     assert "[arms/Year] vs [arms]" in warned.stdout or "[arms] vs [arms/Year]" in warned.stdout
-    strict = run_cli("check", "--units", "--strict", config)
+    strict = call_cli("check", "--units", "--strict", config)
     assert strict.returncode == 2
     assert "error: arming rate X" in strict.stdout
 
@@ -216,10 +216,10 @@ def test_check_units_warns_and_strict_fails(tmp_path: Path) -> None:
 def test_check_units_on_a_clean_model_and_without_the_flag(tmp_path: Path) -> None:
     model = Path(shutil.copy(MODELS / "richardson.mdl", tmp_path / "richardson.mdl"))
     config = write_config(tmp_path, CONFIG, model=model)
-    clean = run_cli("check", "--units", "--strict", config)
+    clean = call_cli("check", "--units", "--strict", config)
     assert clean.returncode == 0, clean.stderr
     assert "consistent" in clean.stdout
-    plain = run_cli("check", config)
+    plain = call_cli("check", config)
     assert plain.returncode == 0, plain.stderr
     assert "units:" not in plain.stdout
 
@@ -248,7 +248,7 @@ negated = -apples
 
 
 def test_check_units_reads_an_audit_configs_model() -> None:
-    done = run_cli("check", "--units", "--strict", CONFIGS / "audit_knowledge_argument.toml")
+    done = call_cli("check", "--units", "--strict", CONFIGS / "audit_knowledge_argument.toml")
     assert done.returncode == 0, done.stderr
     assert "valid audit" in done.stdout
     assert "knowledge_engine.mdl: consistent" in done.stdout
