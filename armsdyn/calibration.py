@@ -24,7 +24,9 @@ Four estimators are offered:
   the compiled engine (:func:`sample_posterior`, in Richardson's mode
   coordinates where the fit lies on its ridge), with convergence checked
   (:func:`convergence_report`), a posterior predictive figure and the posterior
-  probability that the race is stable.
+  probability that the race is stable. :func:`calibrate_many` calibrates one
+  model to several data sets, their posteriors sampled together (a coverage
+  study over simulated races).
 
 Further specifications of the same question (``[[specifications]]``) are fitted
 beside the config's own and ranked by AIC and BIC within groups fitted to the
