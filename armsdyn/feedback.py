@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import re
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -409,8 +410,30 @@ class RunStates:
         ValueError
             If `part` is ``"input"`` or ``"delay time"`` and `target` holds no stateful object.
         """
-        overrides = dict(overrides or {})
-        series = {name: overrides.get(name, self.values[name]) for name in self.inputs(target)}
+        return self.evaluate_stacked(target, [overrides or {}], part)[0]
+
+    def evaluate_stacked(
+        self, target: str, overrides: Sequence[Mapping[str, np.ndarray]], part: str = "equation"
+    ) -> list[np.ndarray]:
+        """:meth:`evaluate` for several sets of overrides at once: one array per set.
+
+        The sets' series are stacked along time, the clock repeated with them, and the equation
+        called once: PySD's and xarray's cost of a call dwarfs its arithmetic, and an equation is
+        evaluated step by step independently (element-wise in time), so each set's values are
+        those :meth:`evaluate` gives it alone.
+
+        Raises
+        ------
+        ValueError
+            If `part` is ``"input"`` or ``"delay time"`` and `target` holds no stateful object.
+        """
+        count = len(overrides)
+        names = self.inputs(target)
+        series = {name: overrides[0].get(name, self.values[name]) for name in names}
+        times = self.times
+        if count > 1:
+            series = {name: np.concatenate([o.get(name, self.values[name]) for o in overrides]) for name in names}
+            times = np.tile(self.times, count)
         obj = self.stateful(target)
         if part in ("input", "delay time"):
             if obj is None:
@@ -427,9 +450,10 @@ class RunStates:
             function = obj.ddt
         var = self.by_py.get(target)
         try:
-            return self._vectorised(function, series, var)
+            result = self._vectorised(function, series, var, times)
         except Exception:  # an equation PySD will not evaluate on series: one step at a time
-            return self._stepwise(function, series, var)
+            result = self._stepwise(function, series, var, times)
+        return np.split(result, count) if count > 1 else [result]
 
     def _call(
         self,
@@ -470,20 +494,20 @@ class RunStates:
         return xr.DataArray(array, dims=dims, coords=coords)
 
     def _vectorised(
-        self, function: Callable[[], Any], series: Mapping[str, np.ndarray], var: Variable | None
+        self, function: Callable[[], Any], series: Mapping[str, np.ndarray], var: Variable | None, times: np.ndarray
     ) -> np.ndarray:
         inputs = {name: self._as_series(name, array) for name, array in series.items()}
         # PySD wraps scalar expressions in float() and spreads them over subscripts with
         # xr.DataArray(value, coords, dims); on series both must keep the time dimension.
         patches = {"float": _passthrough, "xr": _SeriesXarray()}
-        result = self._call(function, inputs, _Clock(self._as_series("", self.times), self.time), patches)
-        return _shaped(result, ("__t",), (self.times.size,), var)
+        result = self._call(function, inputs, _Clock(self._as_series("", times), self.time), patches)
+        return _shaped(result, ("__t",), (times.size,), var)
 
     def _stepwise(
-        self, function: Callable[[], Any], series: Mapping[str, np.ndarray], var: Variable | None
+        self, function: Callable[[], Any], series: Mapping[str, np.ndarray], var: Variable | None, times: np.ndarray
     ) -> np.ndarray:
         rows = []
-        for i, t in enumerate(self.times):
+        for i, t in enumerate(times):
             inputs: dict[str, xr.DataArray | float] = {}
             for name, array in series.items():
                 source = self.by_py.get(name)
@@ -605,9 +629,11 @@ def find_loops(
     graph = causal_graph(model)
     by_py = {v.py_name: v for v in model.variables.values()}
     states: RunStates | None = None
-    if any(by_py[n].dims for n in graph if graph[n]):
+    if any(by_py[n].dims for n in graph if graph[n]) and params:
         states = RunStates(model, params)
         nodes, link_signs = element_graph(model, states, graph)
+    elif any(by_py[n].dims for n in graph if graph[n]):
+        nodes, link_signs = _own_element_graph(model, graph)
     else:
         nodes = {n: {by_py[m].name for m in targets} for n, targets in graph.items()}
         nodes = {by_py[n].name: targets for n, targets in nodes.items()}
@@ -619,13 +645,12 @@ def find_loops(
     }
     found = elementary_cycles(nodes, max_length) if not through else _cycles_through(nodes, through, max_length)
     cycles = [_rotate(cycle, stocks) for cycle in itertools.islice(found, limit)]
-    if cycles and states is None:
-        states = RunStates(model, params)
     table = []
     for cycle in cycles:
         links = list(zip(cycle, cycle[1:] + cycle[:1], strict=True))
         for source, target in links:
-            if (source, target) not in link_signs and states is not None:
+            if (source, target) not in link_signs:
+                states = run_states(model, params) if states is None else states
                 link_signs[source, target] = link_polarity(
                     states, model.variable(source).py_name, model.variable(target).py_name
                 )
@@ -736,6 +761,54 @@ def _cycles_through(nodes: dict[str, set[str]], through: Sequence[str], max_leng
                 yield cycle
 
 
+#: Each loaded model's own run at every step, and its element graph over that run (the one the
+#: loops are searched in): signing every element link takes seconds for the knowledge model, and a
+#: session asks for its loops again and again (each max_length, each --through, a run's loop
+#: analysis, whose scores read the same run). Keyed by the Model object, which
+#: :func:`armsdyn.model.load_model` replaces when the file or its data change.
+_OWN_RUNS: weakref.WeakKeyDictionary[Model, RunStates] = weakref.WeakKeyDictionary()
+_OWN_ELEMENT_GRAPHS: weakref.WeakKeyDictionary[
+    Model, tuple[dict[str, set[str]], dict[tuple[str, str], tuple[int, bool]]]
+] = weakref.WeakKeyDictionary()
+
+
+def run_states(model: Model, params: Mapping[str, Any] | None = None, time: TimeSettings | None = None) -> RunStates:
+    """``RunStates(model, params, time)``, the model file's own run made once per loaded model.
+
+    Parameters
+    ----------
+    model : Model
+        The loaded model.
+    params : mapping, optional
+        Overrides (a scenario's); none for the file's own run.
+    time : TimeSettings, optional
+        Time settings (default: the model file's).
+
+    Returns
+    -------
+    RunStates
+        The run; the file's own (no `params`, the file's time settings) is shared, so not to be edited.
+    """
+    if params or (time is not None and time != model.time):
+        return RunStates(model, params, time)
+    known = _OWN_RUNS.get(model)
+    if known is None:
+        known = _OWN_RUNS[model] = RunStates(model)
+    return known
+
+
+def _own_element_graph(
+    model: Model, graph: dict[str, set[str]]
+) -> tuple[dict[str, set[str]], dict[tuple[str, str], tuple[int, bool]]]:
+    """:func:`element_graph` over the model file's own run, computed once per loaded model (a copy to edit)."""
+    known = _OWN_ELEMENT_GRAPHS.get(model)
+    if known is None:
+        known = element_graph(model, run_states(model), graph)
+        _OWN_ELEMENT_GRAPHS[model] = known
+    nodes, signs = known
+    return {node: set(targets) for node, targets in nodes.items()}, dict(signs)
+
+
 def element_graph(
     model: Model, states: RunStates, graph: dict[str, set[str]] | None = None
 ) -> tuple[dict[str, set[str]], dict[tuple[str, str], tuple[int, bool]]]:
@@ -767,8 +840,8 @@ def element_graph(
         for target in targets:
             z = by_py[target]
             found: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[int, bool]] = {}
-            for f in _elements(x):
-                for e, sign in _element_polarities(states, source, target, f).items():
+            for f, by_target in _polarities_by_element(states, source, target, _elements(x)).items():
+                for e, sign in by_target.items():
                     found[f, e] = sign
             if not found:
                 # Never responds, even with its constants varied: the ranges' names decide.
@@ -820,45 +893,63 @@ def _element_polarities(
     states: RunStates, source: str, target: str, element: tuple[str, ...]
 ) -> dict[tuple[str, ...], tuple[int, bool]]:
     """Polarity of the link from one element of `source` to each element of `target` it acts on."""
+    return _polarities_by_element(states, source, target, [element])[element]
+
+
+def _polarities_by_element(
+    states: RunStates, source: str, target: str, elements: Sequence[tuple[str, ...]]
+) -> dict[tuple[str, ...], dict[tuple[str, ...], tuple[int, bool]]]:
+    """For each of `elements` of `source`, the polarity of its link to each element of `target` it acts on.
+
+    The elements are signed side by side, each as if alone (its own draws of the states around
+    the run's), so that each round of nudges is one evaluation of the target's equation.
+    """
     z = states.by_py[target]
     if not states.evaluable(target):
         # DELAY, higher-order SMOOTH and the like: a positively weighted history of their input.
         if source not in states.inputs(target):
-            return {}
-        return dict.fromkeys(_elements(z), (1, False))
-    out: dict[tuple[str, ...], tuple[int, bool]] = {}
-    run = _nudged_signs(states, source, target, element, {})
-    for e, signs in run.items():
-        if signs:
-            out[e] = (signs.pop(), False) if len(signs) == 1 else (0, True)
-    if len(out) == len(run):
-        return out
+            return {f: {} for f in elements}
+        return {f: dict.fromkeys(_elements(z), (1, False)) for f in elements}
+    out: dict[tuple[str, ...], dict[tuple[str, ...], tuple[int, bool]]] = {f: {} for f in elements}
+    runs = dict(zip(elements, _nudged_signs(states, source, target, [(f, {}) for f in elements]), strict=True))
+    for f, run in runs.items():
+        for e, signs in run.items():
+            if signs:
+                out[f][e] = (signs.pop(), False) if len(signs) == 1 else (0, True)
     # Never active in the run: states around the run's, each input rescaled by a random factor
     # (or set to 1 where it is 0), so such branches bind somewhere. Non-negative factors first,
     # which keep every input's sign; then factors of either sign (a net quantity such as indicated
     # procurement can turn negative where the run's did not); then the constants varied as well
     # (a coefficient of zero, a switch that is off), which gives the link's structural sign.
-    rng = np.random.default_rng(20200417)
+    rngs = {f: np.random.default_rng(20200417) for f in elements}
     signed = np.concatenate([_FACTORS, -_FACTORS[1:]])
     for factors, constants in ((_FACTORS, False), (signed, False), (_FACTORS, True)):
-        missing = [e for e in run if e not in out]
-        if not missing:
+        missing = {f: [e for e in runs[f] if e not in out[f]] for f in elements}
+        pending = [f for f in elements if missing[f]]
+        if not pending:
             break
-        found: dict[tuple[str, ...], set[int]] = {e: set() for e in missing}
-        for _ in range(_SAMPLED_ROUNDS):
-            around = {}
-            for name in states.inputs(target):
-                if states.by_py[name].kind == "constant" and not constants:
-                    continue
-                values = states.values[name]
-                factor = rng.choice(factors, size=values.shape)
-                around[name] = np.where(values == 0, np.sign(factor) * (np.abs(factor) > 1), values * factor)
-            for e, signs in _nudged_signs(states, source, target, element, around).items():
-                if e in found:
-                    found[e] |= signs
-        for e, signs in found.items():
-            if signs:
-                out[e] = (signs.pop(), False) if len(signs) == 1 else (0, False)
+        cases: list[tuple[tuple[str, ...], dict[str, np.ndarray]]] = []
+        for f in pending:
+            for _ in range(_SAMPLED_ROUNDS):
+                around = {}
+                for name in states.inputs(target):
+                    if states.by_py[name].kind == "constant" and not constants:
+                        continue
+                    values = states.values[name]
+                    factor = rngs[f].choice(factors, size=values.shape)
+                    around[name] = np.where(values == 0, np.sign(factor) * (np.abs(factor) > 1), values * factor)
+                cases.append((f, around))
+        found: dict[tuple[str, ...], dict[tuple[str, ...], set[int]]] = {
+            f: {e: set() for e in missing[f]} for f in pending
+        }
+        for (f, _), responses in zip(cases, _nudged_signs(states, source, target, cases), strict=True):
+            for e, signs in responses.items():
+                if e in found[f]:
+                    found[f][e] |= signs
+        for f in pending:
+            for e, signs in found[f].items():
+                if signs:
+                    out[f][e] = (signs.pop(), False) if len(signs) == 1 else (0, False)
     return out
 
 
@@ -868,35 +959,52 @@ _SAMPLED_ROUNDS = 3
 
 
 def _nudged_signs(
-    states: RunStates, source: str, target: str, element: tuple[str, ...], at: Mapping[str, np.ndarray]
-) -> dict[tuple[str, ...], set[int]]:
-    """Per target element, the signs of its response to nudging one source element up, at each step.
+    states: RunStates,
+    source: str,
+    target: str,
+    cases: Sequence[tuple[tuple[str, ...], Mapping[str, np.ndarray]]],
+) -> list[dict[tuple[str, ...], set[int]]]:
+    """Per case, per target element, the signs of its response to nudging one source element up, at each step.
 
-    The states are the run's, with `at` overriding some inputs.
+    A case is the source element nudged and the states, the run's with some inputs overridden.
+    Every case's nudges up and down are one stacked evaluation (:meth:`RunStates.evaluate_stacked`).
     """
     x = states.by_py[source]
     z = states.by_py[target]
-    base = at.get(source, states.values[source])
-    mask = np.zeros(base.shape[1:])
-    if element:
-        mask[tuple(x.dims[i][1].index(name) for i, name in enumerate(element))] = 1.0
-    else:
-        mask = np.ones(base.shape[1:])
-    step = _NUDGE * (np.abs(base) + 1.0) * mask
+    nudged: list[dict[str, np.ndarray]] = []
+    for element, at in cases:
+        base = at.get(source, states.values[source])
+        mask = np.zeros(base.shape[1:])
+        if element:
+            mask[tuple(x.dims[i][1].index(name) for i, name in enumerate(element))] = 1.0
+        else:
+            mask = np.ones(base.shape[1:])
+        step = _NUDGE * (np.abs(base) + 1.0) * mask
+        nudged += [{**at, source: base + step}, {**at, source: base - step}]
     try:
-        up = states.evaluate(target, {**at, source: base + step})
-        down = states.evaluate(target, {**at, source: base - step})
-    except Exception:  # an equation that cannot be evaluated on these states: no evidence
-        return {}
-    out = {}
-    with np.errstate(all="ignore"):
-        delta = up - down
-        scale = np.maximum(np.abs(up), 1.0)
-        active = np.isfinite(delta) & (np.abs(delta) > 1e-12 * scale)
-    for i, e in enumerate(_elements(z)):
-        index = (slice(None), *np.unravel_index(i, z.shape)) if z.dims else (slice(None),)
-        d = delta[index]
-        out[e] = set(np.sign(d[active[index]]).astype(int).tolist())
+        responses: list[np.ndarray] | None = states.evaluate_stacked(target, nudged)
+    except Exception:  # some case cannot be evaluated: each on its own, so the others keep their evidence
+        responses = None
+    out: list[dict[tuple[str, ...], set[int]]] = []
+    for k in range(len(cases)):
+        if responses is not None:
+            up, down = responses[2 * k], responses[2 * k + 1]
+        else:
+            try:
+                up = states.evaluate(target, nudged[2 * k])
+                down = states.evaluate(target, nudged[2 * k + 1])
+            except Exception:  # an equation that cannot be evaluated on these states: no evidence
+                out.append({})
+                continue
+        with np.errstate(all="ignore"):
+            delta = up - down
+            scale = np.maximum(np.abs(up), 1.0)
+            active = np.isfinite(delta) & (np.abs(delta) > 1e-12 * scale)
+        signs = {}
+        for i, e in enumerate(_elements(z)):
+            index = (slice(None), *np.unravel_index(i, z.shape)) if z.dims else (slice(None),)
+            signs[e] = set(np.sign(delta[index][active[index]]).astype(int).tolist())
+        out.append(signs)
     return out
 
 
@@ -962,12 +1070,12 @@ def variable_link_polarities(
         ``{(source, target): sign}``: +1, -1, or 0 when element links differ, a link is mixed or
         none acts.
     """
-    states = RunStates(model, params)
+    states = run_states(model, params)
     out: dict[tuple[str, str], int] = {}
     for source, target in links:
         x, z = model.variable(source), model.variable(target)
         signs: set[int] = set()
-        for f in _elements(x):
-            signs |= {sign for sign, _ in _element_polarities(states, x.py_name, z.py_name, f).values()}
+        for by_target in _polarities_by_element(states, x.py_name, z.py_name, _elements(x)).values():
+            signs |= {sign for sign, _ in by_target.values()}
         out[source, target] = signs.pop() if len(signs) == 1 else 0
     return out

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from armsdyn.feedback import Loop, RunStates, find_loops, group_names
+from armsdyn.feedback import Loop, RunStates, find_loops, group_names, run_states
 from armsdyn.model import Model, TimeSettings, Variable, load_model
 from armsdyn.specs import Experiment, Scenario
 
@@ -115,7 +115,7 @@ def loop_dominance(
     relative = np.zeros_like(loop_scores)
     index = {link: i for i, link in enumerate(links)}
     for s, (_, params) in enumerate(named):
-        states = RunStates(model, params, settings)
+        states = run_states(model, params, settings)
         for i, node in enumerate(stocks):
             var, element = model.element(node)
             levels[s, i] = states.values[var.py_name][_index(var, element or ())][::every][: save.size]
