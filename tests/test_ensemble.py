@@ -220,7 +220,7 @@ def assert_matches_scalar_twin(twin: Path, ds, samples: dict[str, np.ndarray], m
     pysd_model = load_model(twin)
     scalar = {scalar_name(k): v for k, v in samples.items()}
     subscripted = {v.name for v in model.variables.values() if v.dims}
-    for i in range(4):  # PySD's share of the time: four runs cover both chunks' kinds of sample
+    for i in chunk_edges(ds.sizes["run"], CHUNK):  # as assert_matches_pysd is given: every chunk's edges
         names = [v.name for v in pysd_model.variables.values() if v.kind != "lookup"]
         expected = pysd_run(twin, {k: float(v[i]) for k, v in scalar.items()}, None, names)
         for name in names:
