@@ -119,10 +119,9 @@ def loop_dominance(
         for i, node in enumerate(stocks):
             var, element = model.element(node)
             levels[s, i] = states.values[var.py_name][_index(var, element or ())][::every][: save.size]
-        scores = np.zeros((len(links), states.times.size))
-        for i, (a, b) in enumerate(links):
-            (x, f), (z, e) = ends[a], ends[b]
-            scores[i] = link_score(states, x.py_name, z.py_name, f or (), e or ())
+        scores = _link_scores(
+            states, [(ends[a][0].py_name, ends[b][0].py_name, ends[a][1] or (), ends[b][1] or ()) for a, b in links]
+        )
         loop_full = np.ones((len(loops), states.times.size))
         for j, loop in enumerate(loops):
             for link in loop.links:
@@ -207,6 +206,45 @@ def link_score(
     held[source] = moved
     partial = states.evaluate(target, held)
     return _ratio_score(partial[fz], z[fz], x[fx])
+
+
+def _link_scores(states: RunStates, links: Sequence[tuple[str, str, tuple[str, ...], tuple[str, ...]]]) -> np.ndarray:
+    """:func:`link_score` of each link ``(source, target, source element, target element)``, shape ``(link, step)``.
+
+    The links into one equation (any element of its variable) are scored from one stacked
+    evaluation of it (:meth:`armsdyn.feedback.RunStates.evaluate_stacked`), its own value with
+    them: the same values as link by link, for a fraction of the calls.
+    """
+    scores = np.zeros((len(links), states.times.size))
+    by_target: dict[str, list[int]] = {}
+    for i, (source, target, source_element, target_element) in enumerate(links):
+        obj = states.stateful(target)
+        if type(obj).__name__ == "Delay" or not states.evaluable(target):
+            scores[i] = link_score(states, source, target, source_element, target_element)
+        else:
+            by_target.setdefault(target, []).append(i)
+    for target, rows in by_target.items():
+        inputs = states.inputs(target)
+        cases = []
+        for i in rows:
+            source, _, source_element, _ = links[i]
+            held = {name: _previous(states.values[name]) for name in inputs}
+            # Ceteris paribus: only this element of the source moves; its other elements are held too.
+            fx = _index(states.by_py[source], source_element)
+            moved = held[source].copy() if source in held else _previous(states.values[source])
+            moved[fx] = states.values[source][fx]
+            held[source] = moved
+            cases.append(held)
+        # For a stock (or SMOOTH) the equation scored is its net rate, evaluated with the partials.
+        own = states.stateful(target) is not None
+        values = states.evaluate_stacked(target, [{}, *cases] if own else cases)
+        z = values[0] if own else states.values[target]
+        for i, partial in zip(rows, values[1:] if own else values, strict=True):
+            source, _, source_element, target_element = links[i]
+            fx = _index(states.by_py[source], source_element)
+            fz = _index(states.by_py[target], target_element)
+            scores[i] = _ratio_score(partial[fz], z[fz], states.values[source][fx])
+    return scores
 
 
 def _delay_score(
