@@ -106,7 +106,7 @@ def simlin_rate(path: Path, model, settings, samples: dict[str, np.ndarray], run
     except Exception as exc:  # report, do not fail the benchmark
         return f"could not load the model: {type(exc).__name__}: {exc}"
     by_name = {v.name: v.py_name for v in model.variables.values()}
-    params = [n for n in samples if by_name[n] in names]
+    params = [n for n in samples if n in by_name and by_name[n] in names]  # scalar constants: Simlin's names
     # Simlin names a subscripted variable's series by element ("arms[usa]").
     outputs = [
         o for v in variables for o in ([by_name[v]] if by_name[v] in names else
@@ -148,17 +148,21 @@ def speed(args: argparse.Namespace) -> None:
     # PySD evaluates subscripted equations through xarray (about 100 s a run of the knowledge model);
     # its reference is the scalar twin, the same equations written per state (tests/test_knowledge_states.py).
     twin = ROOT / "tests" / "data" / f"{path.stem}_scalar.mdl"
-    pysd_path, pysd_variables = path, variables
+    pysd_path, pysd_variables, pysd_samples = path, variables, samples
     if twin.is_file():
         pysd_path = twin
         pysd_variables = [f"{v} {s}" if model.variable(v).dims else v for v in variables for s in ("A", "B")]
         pysd_variables = list(dict.fromkeys(pysd_variables))
+        # The twin writes element "x[A]" as the variable "x A".
+        pysd_samples = {k.replace("[", " ").rstrip("]"): v for k, v in samples.items()}
         print(f"PySD runs the scalar twin {twin.name} (identical results, one equation per state)")
     pysd_model = load_model(pysd_path)
+    known = {v.name for v in pysd_model.variables.values()}
+    pysd_samples = {k: v for k, v in pysd_samples.items() if k in known}  # the twin has no rivalry matrix
     pysd_model.simulate({}, settings, pysd_variables)  # warm-up: imports and caches
     started = time.perf_counter()
     for i in range(args.pysd_runs):
-        pysd_model.simulate({k: float(v[i]) for k, v in samples.items()}, settings, pysd_variables)
+        pysd_model.simulate({k: float(v[i]) for k, v in pysd_samples.items()}, settings, pysd_variables)
     pysd_s = time.perf_counter() - started
     pysd_rate = args.pysd_runs / pysd_s
     print(f"PySD sequential: {args.pysd_runs} runs in {pysd_s:.2f} s = {pysd_rate:.2f} runs/s")
