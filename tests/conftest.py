@@ -42,6 +42,29 @@ variables = ["reaction of X", "reaction of Y"]
 """
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give ``--dist loadgroup`` its groups under pytest 9, where pytest-xdist 3.8 cannot.
+
+    pytest-xdist marks a test of an ``xdist_group`` by appending ``@group`` to its node id
+    (``item._nodeid``), the scope its scheduler sends to one worker; pytest 9 builds the node id
+    from ``item._id`` instead, so the suffix never showed and every group's tests were spread
+    over the workers (each paying again for the PySD reference runs, module fixtures and numba
+    kernels the group shares). Here a worker's items of a group get the suffix the scheduler
+    reads; where pytest-xdist already gave it (pytest 8), nothing changes.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        groups = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        )
+        if groups and item.nodeid.rfind("@") <= item.nodeid.rfind("]") and hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId  # pytest 9's structured node id (the hasattr above: pytest 9 only)
+
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     # Tests must not depend on (or pollute) the user's translation cache; the
