@@ -499,7 +499,7 @@ class RunStates:
         inputs = {name: self._as_series(name, array) for name, array in series.items()}
         # PySD wraps scalar expressions in float() and spreads them over subscripts with
         # xr.DataArray(value, coords, dims); on series both must keep the time dimension.
-        patches = {"float": _passthrough, "xr": _SeriesXarray()}
+        patches = {"float": _passthrough, "xr": _SeriesXarray(times.size)}
         result = self._call(function, inputs, _Clock(self._as_series("", times), self.time), patches)
         return _shaped(result, ("__t",), (times.size,), var)
 
@@ -566,16 +566,28 @@ _ABSENT = object()
 
 
 class _SeriesXarray:
-    """xarray as the translated model sees it, but ``DataArray(value, coords, dims)`` keeps ``__t``."""
+    """xarray as the translated model sees it, but ``DataArray(value, coords, dims)`` keeps ``__t``.
+
+    `steps` is the length of the series being evaluated.
+    """
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
 
     def __getattr__(self, name: str) -> Any:
         return getattr(xr, name)
 
-    @staticmethod
-    def DataArray(data: Any = np.nan, coords: Any = None, dims: Any = None, **kwargs: Any) -> xr.DataArray:
+    def DataArray(self, data: Any = np.nan, coords: Any = None, dims: Any = None, **kwargs: Any) -> xr.DataArray:
         if isinstance(data, xr.DataArray) and "__t" in data.dims and dims is not None:
             template = xr.DataArray(np.zeros([len(coords[d]) for d in dims]), coords, dims, **kwargs)
             return (data + template).transpose("__t", *dims)
+        if isinstance(data, np.ndarray) and dims is not None and coords is not None:
+            # A subscript mapping: PySD relabels a series' values (``arms[DimB].values``) with the
+            # mapped range's names by position. The series is time first; the rest must be the
+            # ranges' sizes, and time's length none of them, so the time axis is not mistaken.
+            sizes = tuple(len(coords[d]) for d in dims)
+            if data.shape == (self.steps, *sizes) and self.steps not in sizes:
+                return xr.DataArray(data, coords, ["__t", *dims], **kwargs)
         return xr.DataArray(data, coords, dims, **kwargs)
 
 
