@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,7 @@ from armsdyn.ensemble._engine import (
     series_points,
 )
 from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
+from armsdyn.errors import ResultsError
 from armsdyn.model import Model, TimeSettings, load_model
 
 # Per-process state of worker processes: each compiles (or loads) its model once.
@@ -160,7 +161,7 @@ def _shared_arrays(shapes: Sequence[tuple[int, ...]]) -> Iterator[tuple[SharedAr
     path = _reserve(nbytes)
     where: SharedArrays = (path, [tuple(shape) for shape in shapes])
     try:
-        arrays = _mapped(where, "w+")
+        arrays = _mapped(where)  # not "w+", which would truncate the file and undo the reservation
         yield where, arrays
         if os.name == "nt":  # pragma: no cover - CI runs Linux
             arrays[:] = [np.array(a) for a in arrays]
@@ -178,7 +179,10 @@ def _reserve(nbytes: int) -> str:
     """
     folders = [f for f in ("/dev/shm", None) if f is None or os.path.isdir(f)]
     for folder in folders:
-        fd, path = tempfile.mkstemp(prefix="armsdyn-ensemble-", suffix=".f64", dir=folder)
+        try:
+            fd, path = tempfile.mkstemp(prefix="armsdyn-ensemble-", suffix=".f64", dir=folder)
+        except OSError:  # not writable: the next folder
+            continue
         try:
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(fd, 0, nbytes)
@@ -192,14 +196,14 @@ def _reserve(nbytes: int) -> str:
         return path
     places = " or ".join(f or tempfile.gettempdir() for f in folders)
     msg = f"no room for the ensemble's results ({nbytes / 2**30:.2f} GiB) in {places}; run with one worker"
-    raise OSError(msg)
+    raise ResultsError(msg)
 
 
-def _mapped(where: SharedArrays, mode: Literal["w+", "r+"]) -> list[np.ndarray]:
+def _mapped(where: SharedArrays) -> list[np.ndarray]:
     """The arrays of `where`, one after another in its file, mapped into this process."""
     path, shapes = where
     sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
-    block = np.memmap(path, dtype=np.float64, mode=mode, shape=(max(1, sum(sizes)),))
+    block = np.memmap(path, dtype=np.float64, mode="r+", shape=(max(1, sum(sizes)),))
     starts = itertools.accumulate(sizes, initial=0)
     # Plain ndarray views (the mapping stays referenced by them): results behave as any other array.
     return [
@@ -249,7 +253,7 @@ def _task_compiled(
 ) -> None:
     assert _worker_model is not None
     results = _worker_model.simulate_arrays(values, n, grid, names, chunk_size)
-    for arr, res in zip(_mapped(where, "r+"), results, strict=True):
+    for arr, res in zip(_mapped(where), results, strict=True):
         arr[..., lo : lo + n] = res
 
 
