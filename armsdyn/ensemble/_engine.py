@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -39,8 +39,8 @@ small enough that a step's working set stays in the CPU cache."""
 
 _NUMBA_SPEEDUP = 3.0  # numba kernel against numpy per sample: at least this (3-7x measured), on one core
 _LOAD_SECONDS = 0.7  # importing numba and loading a cached kernel
-_COMPILE_BASE = 1.5  # seconds: importing numba and compiling the smallest kernel
-_COMPILE_PER_LINE2 = 2.2e-5  # seconds per squared line of kernel source
+_COMPILE_BASE = 1.0  # seconds: importing numba and compiling the smallest kernel
+_COMPILE_PER_LINE2 = 2.8e-6  # seconds per squared line of kernel source
 
 _PILOT_SAMPLES = 1024  # samples "auto" runs with numpy before deciding whether numba pays
 _PROBE_SAMPLES = 64  # the pilot's first, shorter chunk: with the second, it separates numpy's fixed cost
@@ -473,9 +473,9 @@ class CompiledModel(VariableLookup):
         and the tables of time series and redrawn lookups (a row per sample).
 
         Chunks always start at multiples of `chunk_size` (besides the automatic
-        backend choice's short first chunk), so a sample meets the same
-        neighbours (and numpy the same array layout) however the samples are
-        later split across processes.
+        backend choice's two short pilot chunks, of 64 and 960 samples), so a
+        sample meets the same neighbours (and numpy the same array layout)
+        however the samples are later split across processes.
         """
         if chunk_size < 1:
             msg = f"chunk_size must be at least 1, got {chunk_size}"
@@ -535,12 +535,14 @@ class CompiledModel(VariableLookup):
                             arr[..., lo:] = res
                         return out
             chunk = {k: v[lo:hi] for k, v in values.items()}
-            timed = perf_counter()
+            timed = thread_time()
             results = self._run_chunk(func, chunk, hi - lo, grid, list(names))
             if pilot:
                 # The chunk alone: copying it into `out` first touches the memory of the whole
-                # study's result (numpy asks for huge pages), which either backend pays alike.
-                piloted.append((hi - lo, perf_counter() - timed))
+                # study's result (numpy asks for huge pages), which either backend pays alike. CPU
+                # time of this thread: a pause of the process on a busy machine (10-20 ms against a
+                # 64-sample chunk's 0.3-4 ms) is no cost of numpy's.
+                piloted.append((hi - lo, thread_time() - timed))
             for arr, res in zip(out, results, strict=True):
                 arr[..., lo:hi] = res
         if auto and n >= _MIN_TIMED:
@@ -616,8 +618,13 @@ class CompiledModel(VariableLookup):
         return _numba.kernel_cached(source, cache_dir() / "ensemble-numba")
 
     def _compile_estimate(self, names: Sequence[str], spec: Spec = ()) -> float:
-        # Seconds to compile a kernel, from its length (measured: 2 s for 130 lines, 40 s for 1,350;
-        # numba's SSA construction grows faster than linearly).
+        # Seconds to compile a kernel, from its length: numba's SSA construction grows faster than
+        # linearly. Measured on a quiet machine (2026-12-02, numba 0.68), blocked kernels:
+        # richardson 87 lines 0.84 s, triad_lookup 184 lines 0.94 s, security_dilemma 523 lines
+        # 1.73 s, knowledge_engine 1,206 lines 4.86 s. (The earlier 2.2e-5 s per squared line
+        # overstated security_dilemma's 4x, and its 10^4-run study stayed on numpy: 4.0 s against
+        # 2.5 s.) Per-sample kernels (delays, higher-order smooths over subscripts) compile slower
+        # per line: subscripted_delays' 234 lines took ~7 s, which this underestimates.
 
         lines = len(self._numba_module([f"v_{py}" for py in names], spec)[0].splitlines())
         return _COMPILE_BASE + _COMPILE_PER_LINE2 * lines**2
@@ -706,8 +713,8 @@ class CompiledModel(VariableLookup):
         shapes = [self._shape(py) for py in names]
         sizes = [int(np.prod(shape, dtype=int)) for shape in shapes]
         out = np.empty((sum(sizes), sum(grid.save), n))
-        # Threads only where a chunk is shared: starting a pool cost more than a small batch's runs
-        # (the calibration's 960 runs: 0.7 ms of CPU against 0.18 ms on one thread).
+        # Threads only where a chunk is shared: starting a pool costs more than a small batch's
+        # runs (an analysis's batch of states, an explorer update of one run).
         threads = max(1, self.threads or os.cpu_count() or 1) if min(n, chunk_size) >= 2 * _MIN_PER_THREAD else 1
         with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
             self._numba_chunks(kernel, constants, states, values, n, grid, chunk_size, out, threads, pool)
@@ -907,6 +914,12 @@ def _numba_pays(piloted: Sequence[tuple[int, float]], runs: int, chunk_size: int
     security_dilemma at 10^4 runs ran 2.7x slower.)
     """
     per_chunk, per_sample = _split_cost(piloted)
+    # A full chunk costs at least the larger pilot chunk's time per sample: where its working set
+    # leaves the CPU cache it is slower per sample than the pilot's line says (security_dilemma:
+    # 0.18 ms on the line, 0.29 ms in the 960-sample chunk, 0.44 ms in a chunk of 7,104), and the
+    # larger chunk's share of the fixed cost is small.
+    last, seconds = piloted[-1]
+    per_sample = max(per_sample, seconds / last)
     saving = per_chunk * -(-runs // chunk_size) + per_sample * runs * (1 - 1 / _NUMBA_SPEEDUP)
     return saving > cost
 
