@@ -2165,6 +2165,14 @@ def _run_ensembles(
     randoms = [np.random.RandomState(seed) for seed in seeds]
     coords = [np.array(p, dtype=float) for p in starts]
     n, (walkers, d) = len(coords), coords[0].shape
+    # The two checks EnsembleSampler makes before sampling: too few walkers, or walkers on one
+    # line, give a chain that cannot explore the posterior.
+    if walkers < 2 * d:
+        msg = f"{walkers} walkers for {d} parameters: the sampler needs at least {2 * d}"
+        raise ValueError(msg)
+    if not all(emcee.ensemble.walkers_independent(p) for p in coords):
+        msg = "the starting walkers are not linearly independent: the sampler cannot move them apart"
+        raise ValueError(msg)
     for move in moves:
         move.setup(coords[0])  # DEMove's stretch factor, from the dimension
     first = log_prob(coords)

@@ -60,9 +60,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
         )
         if groups and item.nodeid.rfind("@") <= item.nodeid.rfind("]") and hasattr(item, "_id"):
-            from _pytest.nodeid import NodeId  # pytest 9's structured node id (the hasattr above: pytest 9 only)
+            try:
+                from _pytest.nodeid import NodeId  # pytest 9's structured node id (private: guarded)
 
-            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+                item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+            except (ImportError, AttributeError):  # a pytest that moved it: slower, still correct
+                return  # (tests/test_suite_setup.py then fails, naming the groups that no longer hold)
 
 
 @pytest.fixture(scope="session", autouse=True)

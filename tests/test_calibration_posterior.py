@@ -145,6 +145,12 @@ def test_ensembles_stepped_together_are_each_emcees_chain() -> None:
         np.testing.assert_array_equal(run["acceptance"], sampler.acceptance_fraction)
         assert 0.1 < run["acceptance"].mean() < 0.9
     assert not np.array_equal(runs[0]["chain"], runs[1]["chain"])
+    # emcee's own refusals before sampling: too few walkers, walkers on one line.
+    with pytest.raises(ValueError, match="at least 8"):
+        _run_ensembles(both, [s[:6] for s in starts], 10, 0, seeds)
+    flat = np.outer(np.arange(16.0), [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="not linearly independent"):
+        _run_ensembles(both, [flat, flat], 10, 0, seeds)
 
 
 def _race_specs(tmp_path: Path, n: int) -> list:
