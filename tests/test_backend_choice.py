@@ -7,10 +7,13 @@ the measured best backends of those studies.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from armsdyn.ensemble import compile_model
+from armsdyn.ensemble import CompiledModel, compile_model
 from armsdyn.ensemble._engine import _numba_pays, _split_cost
 from armsdyn.model import TimeSettings
 from tests.conftest import MODELS
@@ -59,4 +62,24 @@ def test_the_two_chunk_pilot_leaves_every_run_as_numpy_computes_it() -> None:
     auto = compile_model(path).with_backend("numpy").with_backend("auto")
     got = auto.run(samples, time, chunk_size=2048)
     for name in want.data_vars:  # bit for bit: numpy computes each sample alone, wherever its chunk starts
+        np.testing.assert_array_equal(got[name].values, want[name].values)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+def test_a_pilot_that_hands_the_study_to_numba_returns_numbas_runs_for_every_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a chunk of a study of a billion runs, numba pays at once: the pilot's own runs are run
+    # again by numba, so the whole result is numba's (one backend's values, no copy of a numpy part).
+    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))  # nothing measured yet: the pilot decides
+    path = MODELS / "richardson.mdl"
+    rng = np.random.default_rng(6)
+    samples = {"defence coefficient k": rng.uniform(0.5, 1.5, 3000)}
+    time = TimeSettings(initial=0, final=20, step=0.25, saveper=1, units="Year")
+    want = compile_model(path, backend="numba").run(samples, time, chunk_size=2048)
+    auto = CompiledModel(compile_model(path)._graph, "sha", backend="auto")
+    auto.study_runs = 10**9
+    got = auto.run(samples, time, chunk_size=2048)
+    assert len(auto._kernels) == 1
+    for name in want.data_vars:
         np.testing.assert_array_equal(got[name].values, want[name].values)

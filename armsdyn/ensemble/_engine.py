@@ -507,7 +507,6 @@ class CompiledModel(VariableLookup):
                     self._resolved = "numpy"  # numba could not compile the kernel: numpy can
         func = self.program(names, spec)
         n_save = sum(grid.save)
-        out = [np.empty((n_save, *self._shape(py), n)) for py in names]
         starts = list(range(0, n, chunk_size))
         decide_at = chunk_size  # where the pilot ends
         if pilot and min(n, chunk_size) > _PILOT_SAMPLES:
@@ -519,32 +518,43 @@ class CompiledModel(VariableLookup):
             decide_at = _PILOT_SAMPLES
         started = perf_counter()
         piloted: list[tuple[int, float]] = []  # (samples, seconds) of the pilot's chunks
+        # The result is allocated once numpy is to finish the study: a pilot that hands the study to
+        # numba leaves numba's own arrays as the result, not a copy of them into these.
+        out: list[np.ndarray] = []
+        held: list[tuple[int, int, list[np.ndarray]]] = []  # the pilot's chunks until then
+
+        def place() -> None:
+            if not out:
+                out.extend(np.empty((n_save, *self._shape(py), n)) for py in names)
+            for a, b, done in held:
+                for arr, res in zip(out, done, strict=True):
+                    arr[..., a:b] = res
+            held.clear()
+
         for lo, hi in itertools.pairwise([*starts, n]):
             if pilot and lo == decide_at:
                 pilot = False
                 study = max(n, self.study_runs or 0) - lo
                 if _numba_pays(piloted, study, chunk_size, self._kernel_cost(names, spec)):
                     try:
-                        rest = self._simulate_numba({k: v[lo:] for k, v in values.items()}, n - lo, grid, names,
-                                                    chunk_size)  # fmt: skip
+                        # Every run, the pilot's too (a tenth of a 10^4-run study): one backend's values.
+                        return self._simulate_numba(values, n, grid, names, chunk_size)
                     except UnsupportedConstruct:
                         if not spec:
                             self._resolved = "numpy"
-                    else:
-                        for arr, res in zip(out, rest, strict=True):
-                            arr[..., lo:] = res
-                        return out
             chunk = {k: v[lo:hi] for k, v in values.items()}
             timed = thread_time()
             results = self._run_chunk(func, chunk, hi - lo, grid, list(names))
+            held.append((lo, hi, results))
             if pilot:
                 # The chunk alone: copying it into `out` first touches the memory of the whole
                 # study's result (numpy asks for huge pages), which either backend pays alike. CPU
                 # time of this thread: a pause of the process on a busy machine (10-20 ms against a
                 # 64-sample chunk's 0.3-4 ms) is no cost of numpy's.
                 piloted.append((hi - lo, thread_time() - timed))
-            for arr, res in zip(out, results, strict=True):
-                arr[..., lo:hi] = res
+            else:
+                place()
+        place()  # a study that ended within the pilot
         if auto and n >= _MIN_TIMED:
             # Whole calls only: numpy's fixed cost per time step makes a short pilot chunk's time per run
             # several times a full chunk's (measured: numba chosen, 1.5x slower, on a SMOOTH model at 10^5).
