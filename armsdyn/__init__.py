@@ -17,11 +17,12 @@ matplotlib, scipy.stats or statsmodels until something asks for them.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from armsdyn._lazy import lazy_names
 
 try:
     __version__ = importlib.metadata.version("armsdyn")
@@ -113,21 +114,7 @@ _MODULES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from its module on first access (PEP 562) and keep it here."""
-    module = _MODULES.get(name)
-    if module is None:
-        # Not a public name: a submodule not yet imported ("from armsdyn import figures") is
-        # found by the import system after this AttributeError.
-        msg = f"module 'armsdyn' has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(f"armsdyn.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MODULES))
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)
 
 
 class _Package(types.ModuleType):

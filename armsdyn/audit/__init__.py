@@ -66,8 +66,9 @@ References
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from armsdyn._lazy import lazy_names
 
 if TYPE_CHECKING:  # the names as type checkers see them; at run time __getattr__ imports them
     from armsdyn.audit.discovery import (
@@ -176,16 +177,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        # Not a public name: a submodule not yet imported is found by the import system after this.
-        msg = f"module 'armsdyn.audit' has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(f"armsdyn.audit.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_MODULES})
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)
