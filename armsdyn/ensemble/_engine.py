@@ -1026,10 +1026,7 @@ def normalise_samples(model: VariableLookup, samples: Samples) -> tuple[dict[str
         raise SampleError(msg)
     values: dict[str, np.ndarray] = {}
     for key, raw in items:
-        try:
-            var, element = _model_element(model, str(key))
-        except KeyError as exc:
-            raise SampleError(exc.args[0]) from None
+        var, element = _model_element(model, str(key))
         if var.kind != "constant":
             msg = f"{var.name!r} in model {model.path} is a {var.kind}, not a constant, so it cannot be sampled"
             raise SampleError(msg)
@@ -1117,10 +1114,7 @@ def normalise_series(
     given: dict[str, tuple[str, Sequence[SeriesLike | None], Any]] = {}
     wholes: list[tuple[Variable, Sequence[SeriesLike | None]]] = []
     for key, per_sample in series.items():
-        try:
-            var, element = _model_element(model, str(key))
-        except KeyError as exc:
-            raise SampleError(exc.args[0]) from None
+        var, element = _model_element(model, str(key))
         if var.kind != "constant" or (var.dims and not var.defaults) or (not var.dims and var.default is None):
             msg = f"{var.name!r} in model {model.path} is not a constant of numbers, so it cannot vary over time"
             raise SampleError(msg)
@@ -1182,10 +1176,7 @@ def _redrawn_lookups(
     wholes: list[tuple[Variable, Sequence[SeriesLike | None]]] = []
     chosen: list[tuple[Variable, tuple[str, ...] | None, Sequence[SeriesLike | None]]] = []
     for key, per_sample in lookups.items():
-        try:
-            var, element = _model_element(model, str(key))
-        except KeyError as exc:
-            raise SampleError(exc.args[0]) from None
+        var, element = _model_element(model, str(key))
         if var.kind != "lookup":
             msg = f"{var.name!r} in model {model.path} is a {var.kind}, not a lookup, so it has no table to redraw"
             raise SampleError(msg)
@@ -1311,8 +1302,17 @@ def series_points(what: str, value: SeriesLike) -> tuple[np.ndarray, np.ndarray]
 
 
 def _model_element(model: VariableLookup, key: str) -> tuple[Variable, tuple[str, ...] | None]:
-    """The variable and element a sample key names: ``"grievance g"`` or ``"k[USA, China]"``."""
-    return model.element(key)
+    """The variable and element a sample key names: ``"grievance g"`` or ``"k[USA, China]"``.
+
+    Raises
+    ------
+    SampleError
+        If the model has no such variable or element (the message suggests the closest name).
+    """
+    try:
+        return model.element(key)
+    except KeyError as exc:
+        raise SampleError(exc.args[0]) from None
 
 
 def sample_meta(model: VariableLookup, key: str) -> OutputMeta:
