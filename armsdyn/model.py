@@ -34,13 +34,19 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from armsdyn.errors import ModelError, did_you_mean
 from armsdyn.safety import check_model_text, check_translation, install_literal_eval
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and xarray are imported where PySD's inputs are built (PySD imports them anyway), not
+# here: the compiled engine's worker processes import this module, and pandas was most of their
+# start-up.
 
 SUFFIXES = (".mdl", ".xmile", ".stmx")
 CONTROL_NAMES = ("INITIAL TIME", "FINAL TIME", "TIME STEP", "SAVEPER", "Time")
@@ -447,6 +453,8 @@ class Model(VariableLookup):
         a time series, a ``pandas.Series`` of DataArrays over the union of their
         times (held constant beyond the ends, as for scalar series).
         """
+        import pandas as pd
+
         out: dict[str, Any] = {}
         elementwise: dict[str, dict[tuple[str, ...], Any]] = {}
         tables: dict[str, dict[tuple[str, ...] | None, Any]] = {}
@@ -516,6 +524,9 @@ class Model(VariableLookup):
         continued beyond its own points as the lookup's kind continues it: each element still reads
         exactly its own table.
         """
+        import pandas as pd
+        import xarray as xr
+
         if var.name not in self._file_tables:
             msg = f"{self.path}: PySD keeps no table of points for lookup {var.name!r}, so it cannot be redrawn"
             raise ModelError(msg)
@@ -532,8 +543,6 @@ class Model(VariableLookup):
                 own.append((points.index.to_numpy(dtype=float), points.to_numpy(dtype=float)))
         knots = np.unique(np.concatenate([x for x, _ in own]))
         values = np.stack([_table_on(kind, knots, x, y) for x, y in own], axis=-1).reshape((len(knots), *var.shape))
-        import xarray as xr
-
         coords = {n: list(e) for n, e in var.dims}
         frames = [xr.DataArray(row, coords=coords, dims=var.dim_names) for row in values]
         return pd.Series(frames, index=knots)
@@ -663,6 +672,8 @@ _ELEMENT = re.compile(r"^([^\[\]]+)\[([^\[\]]*)\]\s*$")
 
 def _pairs_series(pairs: Sequence[Sequence[float]]) -> pd.Series:
     """``(x, y)`` pairs as a ``pandas.Series`` of y indexed by x."""
+    import pandas as pd
+
     return pd.Series([float(y) for _, y in pairs], index=[float(x) for x, _ in pairs], dtype=float)
 
 

@@ -1,4 +1,4 @@
-"""The result arrays that run_ensemble's worker processes write into (armsdyn.ensemble._parallel)."""
+"""run_ensemble's worker processes (armsdyn.ensemble._parallel): their chunks, start-up and result arrays."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
+from armsdyn.ensemble import TimeGrid, compile_model, run_ensemble
+from armsdyn.ensemble._engine import chunk_bounds
 from armsdyn.ensemble._parallel import _mapped, _shared_arrays
 from armsdyn.errors import ResultsError
+from tests.conftest import MODELS
+from tests.test_backend_choice import EXP_MODEL
 
 SHAPES = [(201, 1000), (201, 2, 1000)]
 NBYTES = 8 * (201 * 1000 + 201 * 2 * 1000)
@@ -53,3 +58,83 @@ def test_no_room_anywhere_is_a_results_error_naming_the_size_and_places(monkeypa
         pass
     after = {p.name for p in Path("/dev/shm").glob("armsdyn-ensemble-*")} if Path("/dev/shm").is_dir() else set()
     assert after <= before  # nothing left behind
+
+
+KILLED = """
+import os, signal, sys
+from armsdyn.ensemble._parallel import _shared_arrays
+with _shared_arrays([(1000,)]) as (where, arrays):
+    print(where[0], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the `finally` that removes the file never runs
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="only /dev/shm files are shared-memory objects")
+def test_a_killed_parents_results_file_is_removed_by_the_resource_tracker() -> None:
+    import subprocess
+    import sys
+    import time
+
+    done = subprocess.run([sys.executable, "-c", KILLED], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -9, done.stderr
+    path = Path(done.stdout.strip())
+    assert path.parent == Path("/dev/shm"), path
+    # The tracker notices its last user gone and unlinks what was registered; poll, not a fixed sleep.
+    deadline = time.monotonic() + 30
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not path.exists(), f"{path} left behind by a killed run"
+
+
+@pytest.mark.parametrize(
+    ("n", "chunk"),
+    [(10_000, 8192), (50, 7), (1, 8192), (8192, 8192), (8193, 8192), (10**6, 8192)],
+)
+def test_chunks_are_as_few_as_the_chunk_size_allows_and_of_equal_sizes(n: int, chunk: int) -> None:
+    edges = chunk_bounds(n, chunk)
+    sizes = np.diff(edges)
+    assert edges[0] == 0
+    assert edges[-1] == n
+    assert len(sizes) == -(-n // chunk)
+    assert sizes.max() <= chunk
+    assert sizes.max() - sizes.min() <= 1
+
+
+def test_two_workers_share_a_study_of_two_chunks_evenly_and_agree_with_one_bit_for_bit(tmp_path: Path) -> None:
+    # An EXP model: numpy's vectorised exp could differ in the last bits if a sample met other neighbours.
+    path = tmp_path / "exp.mdl"
+    path.write_text(EXP_MODEL, encoding="utf-8")
+    ks = np.linspace(0.5, 2.0, 1000)
+    serial = run_ensemble(path, {"k": ks}, workers=1, chunk_size=600, backend="numpy")
+    parallel = run_ensemble(path, {"k": ks}, workers=2, chunk_size=600, backend="numpy")
+    assert chunk_bounds(1000, 600) == [0, 500, 1000]  # two tasks of 500, not 600 and 400
+    xr.testing.assert_identical(parallel, serial)
+
+
+WORKER = """
+import pickle, sys
+from armsdyn.ensemble import _parallel
+model, values, grid, names, shapes = pickle.loads(sys.stdin.buffer.read())
+with _parallel._shared_arrays(shapes) as (where, arrays):
+    _parallel._init_compiled(model)
+    _parallel._task_compiled(values, 4, grid, names, where, 0)
+    assert arrays[0][-1].min() > 0, arrays[0]
+print(sorted(m for m in ("pandas", "xarray", "scipy", "pysd", "matplotlib") if m in sys.modules))
+"""
+
+
+def test_a_worker_process_runs_its_chunk_without_importing_pandas_or_xarray() -> None:
+    # A worker's start-up is paid by every parallel study: pandas and xarray were two thirds of it.
+    import pickle
+    import subprocess
+    import sys
+
+    model = compile_model(MODELS / "richardson.mdl", backend="numpy")
+    values, n = model.normalise_inputs({"defence coefficient k": np.full(4, 0.8)}, None, None)
+    names = model._output_names(None)
+    grid = TimeGrid.from_settings(model.time, model.path)
+    shapes = [(sum(grid.save), n) for _ in names]
+    payload = pickle.dumps((model, values, grid, names, shapes))
+    done = subprocess.run([sys.executable, "-c", WORKER], input=payload, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == "[]"

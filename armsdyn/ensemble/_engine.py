@@ -12,11 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter, thread_time
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import pandas as pd
-import xarray as xr
 
 from armsdyn.ensemble import _numba
 from armsdyn.ensemble._compiler import (
@@ -32,6 +30,14 @@ from armsdyn.ensemble._errors import SampleError, UnsupportedConstruct
 from armsdyn.ensemble._runtime import NAMESPACE, NonUniformOrder
 from armsdyn.errors import ModelError
 from armsdyn.model import SUFFIXES, TimeSettings, Variable, VariableLookup, cache_dir, file_sha256
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+# pandas and xarray are imported by the functions that read inputs and build Datasets, not here: a
+# worker process of a parallel study imports this module and runs chunks, and importing them was
+# two thirds of its start-up (0.56 of 0.8 s of CPU), more than a small study's share of the work.
 
 DEFAULT_CHUNK_SIZE = 8192
 """Samples advanced together: large enough to amortise numpy's per-call overhead,
@@ -53,8 +59,8 @@ BACKENDS = ("auto", "numpy", "numba")
 vectorised across samples; needs the numba package), ``auto`` (numba when it is
 installed and supports every construct of the model, else numpy)."""
 
-Samples: TypeAlias = Mapping[str, Any] | pd.DataFrame
-SeriesLike: TypeAlias = pd.Series | Sequence[tuple[float, float]] | Sequence[Sequence[float]]
+Samples: TypeAlias = "Mapping[str, Any] | pd.DataFrame"
+SeriesLike: TypeAlias = "pd.Series | Sequence[tuple[float, float]] | Sequence[Sequence[float]]"
 Spec = tuple[tuple[str, int], ...]  # constants (or elements) given as time series, with their points
 _SERIES_PREFIX = "~"  # keys of series tables among the sampled values: "~x:key" and "~y:key"
 
@@ -472,10 +478,11 @@ class CompiledModel(VariableLookup):
         `values` are what :meth:`normalise_inputs` returns: sampled constants,
         and the tables of time series and redrawn lookups (a row per sample).
 
-        Chunks always start at multiples of `chunk_size` (besides the automatic
+        The samples are split into as few chunks of at most `chunk_size` as
+        will do, of equal sizes (see :func:`chunk_bounds`; besides the automatic
         backend choice's two short pilot chunks, of 64 and 960 samples), so a
         sample meets the same neighbours (and numpy the same array layout)
-        however the samples are later split across processes.
+        whether the study runs in one process or its chunks are shared out.
         """
         if chunk_size < 1:
             msg = f"chunk_size must be at least 1, got {chunk_size}"
@@ -507,9 +514,9 @@ class CompiledModel(VariableLookup):
                     self._resolved = "numpy"  # numba could not compile the kernel: numpy can
         func = self.program(names, spec)
         n_save = sum(grid.save)
-        starts = list(range(0, n, chunk_size))
-        decide_at = chunk_size  # where the pilot ends
-        if pilot and min(n, chunk_size) > _PILOT_SAMPLES:
+        starts = chunk_bounds(n, chunk_size)[:-1]
+        decide_at = starts[1] if len(starts) > 1 else n  # where the pilot ends: after the first chunk
+        if pilot and decide_at > _PILOT_SAMPLES:
             # Two short chunks first decide sooner (a whole chunk of numpy is seconds that numba would
             # save), and their two sizes separate numpy's cost per chunk (Python's work per time step,
             # whatever the chunk's size) from its cost per sample: a short chunk's time per sample,
@@ -754,8 +761,7 @@ class CompiledModel(VariableLookup):
         time = grid.settings
         controls = (float(time.step), float(time.initial), float(time.final), float(time.saveper))
         rows = [self._constant_row(name, values) for name in constants]
-        for lo in range(0, n, chunk_size):
-            hi = min(n, lo + chunk_size)
+        for lo, hi in itertools.pairwise(chunk_bounds(n, chunk_size)):
             m = hi - lo
             cv = np.empty((len(constants), m))
             for row, value in enumerate(rows):
@@ -877,6 +883,8 @@ def build_dataset(
     engine: str,
 ) -> xr.Dataset:
     """A ``(run, time)`` Dataset of saved variables with the sampled constants as ``run`` coordinates."""
+    import xarray as xr
+
     n = arrays[0].shape[-1] if arrays else len(next(iter(values.values()), [0]))
     ds = xr.Dataset(
         coords={
@@ -912,6 +920,17 @@ def build_dataset(
 
 
 _compiled: dict[tuple[str, str], CompiledModel] = {}
+
+
+def chunk_bounds(n: int, chunk_size: int) -> list[int]:
+    """Edges of the chunks `n` samples are run in: as few as chunks of `chunk_size` allow, of equal sizes.
+
+    Equal sizes, not full chunks and a remainder: a remainder pays a whole chunk's fixed cost for a
+    few samples, and two processes given 10^4 runs in chunks of 8,192 got 8,192 and 1,808 of them.
+    ``chunk_bounds(10_000, 8192)`` is ``[0, 5000, 10000]``.
+    """
+    k = max(1, -(-n // chunk_size))
+    return [i * n // k for i in range(k + 1)]
 
 
 def _numba_pays(piloted: Sequence[tuple[int, float]], runs: int, chunk_size: int, cost: float) -> bool:
@@ -1015,6 +1034,8 @@ def normalise_samples(model: VariableLookup, samples: Samples) -> tuple[dict[str
         For an unknown name (with the closest one), a non-constant, a constant
         sampled twice, non-numbers, or arrays that are not 1-D of one length.
     """
+    import pandas as pd
+
     if isinstance(samples, pd.DataFrame):
         items = [(str(c), samples[c].to_numpy()) for c in samples.columns]
         n = len(samples.index)
@@ -1139,7 +1160,7 @@ def normalise_series(
     kinds = _redrawn_lookups(model, lookups or {}, values, given)
     tables: dict[str, np.ndarray] = {}
     for name, (what, per_sample, default) in given.items():
-        if isinstance(per_sample, pd.Series) or not isinstance(per_sample, Sequence):
+        if not isinstance(per_sample, Sequence):  # a pandas.Series is not one: one series for every sample
             msg = f"time series of {what!r}: give one series per sample (a list), not {type(per_sample).__name__}"
             raise SampleError(msg)
         if n is None:
@@ -1278,6 +1299,8 @@ def _on_points(kind: str, knots: np.ndarray, x: np.ndarray, y: np.ndarray) -> np
 
 def series_points(what: str, value: SeriesLike) -> tuple[np.ndarray, np.ndarray]:
     """The times and values of one series, checked."""
+    import pandas as pd
+
     try:
         if isinstance(value, pd.Series):
             x = value.index.to_numpy(dtype=float)

@@ -10,12 +10,11 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import resource_tracker
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import xarray as xr
 
 from armsdyn.ensemble._engine import (
     DEFAULT_CHUNK_SIZE,
@@ -25,6 +24,7 @@ from armsdyn.ensemble._engine import (
     SeriesLike,
     TimeGrid,
     build_dataset,
+    chunk_bounds,
     compile_model,
     normalise_samples,
     sample_meta,
@@ -33,6 +33,13 @@ from armsdyn.ensemble._engine import (
 from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
 from armsdyn.errors import ResultsError
 from armsdyn.model import Model, TimeSettings, load_model
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+# pandas is imported where PySD's inputs are built, not here: worker processes import this module
+# (see armsdyn.ensemble._engine).
 
 # Per-process state of worker processes: each compiles (or loads) its model once.
 _worker_model: CompiledModel | None = None
@@ -123,11 +130,9 @@ def _run_compiled(
     values, n = model.normalise_inputs(samples, series, lookups)
     names = model._output_names(variables)
     grid = TimeGrid.from_settings(time or model.time, model.path)
-    # Tasks are whole chunks, so every sample is computed in the same chunk as in a serial run;
-    # several tasks per worker keep the workers busy until the end.
-    n_chunks = -(-n // chunk_size)
-    per_task = max(1, -(-n_chunks // (workers * 8)))
-    bounds = [(lo, min(n, lo + per_task * chunk_size)) for lo in range(0, n, per_task * chunk_size)]
+    # A task per chunk: every sample is computed in the same chunk as in a serial run, and the
+    # chunks' equal sizes share a study of a few chunks evenly between the workers.
+    bounds = list(itertools.pairwise(chunk_bounds(n, chunk_size)))
     n_save = sum(grid.save)
     shapes = [(n_save, *model._shape(py), n) for py in names]
     # The workers write their runs straight into the result's memory (a file mapped by every process),
@@ -135,15 +140,15 @@ def _run_compiled(
     # gigabytes (the knowledge model, 10^4 runs on 2 processes, took 1.7x one process's time).
     with _shared_arrays(shapes) as (where, arrays), _pool(min(workers, len(bounds)), _init_compiled, (model,)) as pool:
         futures = [
-            pool.submit(
-                _task_compiled, {k: v[lo:hi] for k, v in values.items()}, hi - lo, grid, names, chunk_size, where, lo
-            )
+            pool.submit(_task_compiled, {k: v[lo:hi] for k, v in values.items()}, hi - lo, grid, names, where, lo)
             for lo, hi in bounds
         ]
         for future in futures:
             future.result()
     return model.dataset(values, grid, names, arrays)
 
+
+_SHM = "/dev/shm"  # RAM-backed where it exists (Linux): POSIX shared memory objects are its files
 
 #: Where a worker finds the result's arrays: the file they live in and their shapes.
 SharedArrays = tuple[str, list[tuple[int, ...]]]
@@ -160,14 +165,26 @@ def _shared_arrays(shapes: Sequence[tuple[int, ...]]) -> Iterator[tuple[SharedAr
     nbytes = 8 * max(1, sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes))
     path = _reserve(nbytes)
     where: SharedArrays = (path, [tuple(shape) for shape in shapes])
+    # A file under /dev/shm is a POSIX shared-memory object: multiprocessing's resource tracker (a
+    # process of its own) removes it if this process is killed before the `finally` below runs,
+    # instead of leaving it to fill RAM until reboot.
+    shm_name = "/" + os.path.basename(path) if os.path.dirname(path) == _SHM else None
+    if shm_name is not None:
+        resource_tracker.register(shm_name, "shared_memory")
+    arrays: list[np.ndarray] = []
     try:
         arrays = _mapped(where)  # not "w+", which would truncate the file and undo the reservation
         yield where, arrays
         if os.name == "nt":  # pragma: no cover - CI runs Linux
-            arrays[:] = [np.array(a) for a in arrays]
+            arrays[:] = [np.array(a) for a in arrays]  # Windows cannot remove a mapped file
+    except BaseException:
+        arrays.clear()  # the mapping goes with the failed run's arrays (and, on Windows, lets the file go)
+        raise
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+        if shm_name is not None:
+            resource_tracker.unregister(shm_name, "shared_memory")
 
 
 def _reserve(nbytes: int) -> str:
@@ -177,7 +194,7 @@ def _reserve(nbytes: int) -> str:
     sparse file with no room left kills the writing process instead (SIGBUS). Containers often
     give /dev/shm only 64 MB.
     """
-    folders = [f for f in ("/dev/shm", None) if f is None or os.path.isdir(f)]
+    folders = [f for f in (_SHM, None) if f is None or os.path.isdir(f)]
     for folder in folders:
         try:
             fd, path = tempfile.mkstemp(prefix="armsdyn-ensemble-", suffix=".f64", dir=folder)
@@ -247,12 +264,11 @@ def _task_compiled(
     n: int,
     grid: TimeGrid,
     names: list[str],
-    chunk_size: int,
     where: SharedArrays,
     lo: int,
 ) -> None:
     assert _worker_model is not None
-    results = _worker_model.simulate_arrays(values, n, grid, names, chunk_size)
+    results = _worker_model.simulate_arrays(values, n, grid, names, chunk_size=n)  # one chunk
     for arr, res in zip(_mapped(where), results, strict=True):
         arr[..., lo : lo + n] = res
 
@@ -321,7 +337,7 @@ def _pysd_series(
         except KeyError as exc:
             raise SampleError(exc.args[0]) from None
         name = var.name if element is None else var.element_name(element)
-        if isinstance(per_sample, pd.Series) or not isinstance(per_sample, Sequence):
+        if not isinstance(per_sample, Sequence):  # a pandas.Series is not one: one series for every sample
             msg = f"time series of {name!r}: give one series per sample (a list), not {type(per_sample).__name__}"
             raise SampleError(msg)
         n = len(per_sample) if n is None else n
@@ -333,6 +349,8 @@ def _pysd_series(
 
 
 def _as_series(name: str, value: SeriesLike) -> pd.Series:
+    import pandas as pd
+
     if isinstance(value, pd.Series):
         return value
     x, y = series_points(name, value)
