@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from armsdyn.cli import main
 from armsdyn.ensemble import compile_model
 from armsdyn.model import load_model
 from armsdyn.safety import check_translation
-from tests.conftest import MODELS, run_cli, write_config
+from tests.conftest import MODELS, call_cli, write_config
 
 PAYLOAD = "__import__('pathlib').Path({marker!r}).touch()"
 
@@ -218,7 +219,14 @@ def test_generated_code_that_reaches_for_the_interpreter_is_refused(tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def richardson_results() -> tuple[armsdyn.Experiment, object]:
+    """configs/richardson.toml and its results, without its figures.
+
+    What these tests check is which folder --force may replace, not the drawing: each figure
+    would cost every write about a second of matplotlib (the replacing write of
+    test_force_replaces_armsdyns_own_results_and_an_empty_folder, two of them, took 7 s of CPU).
+    """
     experiment = armsdyn.load_config(Path(__file__).parents[1] / "configs" / "richardson.toml")
+    experiment = replace(experiment, figures=())
     return experiment, armsdyn.run(experiment)
 
 
@@ -408,7 +416,7 @@ def test_a_subscript_range_read_from_a_file_is_data(tmp_path: Path, names: str, 
     (tmp_path / "states.csv").write_text(f"state\n{names}\n")
     model = tmp_path / "m.mdl"
     model.write_text(_FILE_RANGE_MODEL)
-    proc = run_cli("describe", model)
+    proc = call_cli("describe", model)
     if refused:
         assert proc.returncode == 2
         assert "read from a data file has element 'Ru\"ssia'" in proc.stderr
@@ -421,9 +429,9 @@ def test_a_subscript_range_read_from_a_file_is_data(tmp_path: Path, names: str, 
 def test_a_changed_range_file_is_read_again_not_served_from_the_cache(tmp_path: Path) -> None:
     """Subscript elements read from a file are written into the translation: a changed file is a new model.
 
-    Checked in this process (the loaded-model cache) and in a new one (the translation
-    cache on disk), and a cache entry whose record of range files is malformed is
-    translated afresh rather than trusted.
+    Checked with the loaded-model cache and with the translation cache on disk alone (the
+    loaded models forgotten, as in a new process), and a cache entry whose record of range
+    files is malformed is translated afresh rather than trusted.
     """
     states = tmp_path / "states.csv"
     states.write_text("state\nUSA\nRussia\nChina\n")
@@ -432,12 +440,14 @@ def test_a_changed_range_file_is_read_again_not_served_from_the_cache(tmp_path: 
     assert load_model(model).variable("arms").dims == (("state", ("USA", "Russia", "China")),)
     states.write_text("state\nFrance\nGermany\nItaly\n")
     assert load_model(model).variable("arms").dims == (("state", ("France", "Germany", "Italy")),)
-    proc = run_cli("describe", model)
+    armsdyn.model._loaded.clear()  # what a new process finds: the cache entry on disk only
+    proc = call_cli("describe", model)
     assert proc.returncode == 0, proc.stderr
     assert "arms [state: France, Germany, Italy]" in proc.stdout
     entry = load_model(model).translation.parent
     (entry / "range_files.json").write_text('["not", "a", "record"]')
     states.write_text("state\nIndia\nPakistan\nChina\n")
-    proc = run_cli("describe", model)
+    armsdyn.model._loaded.clear()
+    proc = call_cli("describe", model)
     assert proc.returncode == 0, proc.stderr
     assert "arms [state: India, Pakistan, China]" in proc.stdout
