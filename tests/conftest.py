@@ -110,11 +110,17 @@ def call_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> subproce
     :func:`run_cli` where the process is the point (the entry point, exit codes, signals).
     """
     out, err = io.StringIO(), io.StringIO()
+    backend = os.environ.get("MPLBACKEND")  # main() sets it for its process: not for the tests after this one
     with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main([str(a) for a in args])
         except SystemExit as exc:  # argparse's --help, --version and usage errors
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        finally:
+            if backend is None:
+                os.environ.pop("MPLBACKEND", None)
+            else:
+                os.environ["MPLBACKEND"] = backend
     return subprocess.CompletedProcess(["armsdyn", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
