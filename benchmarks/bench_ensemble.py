@@ -304,6 +304,69 @@ def choices(args: argparse.Namespace) -> None:
             print(f"| {path.name} | {n:,} | {row} | {ratio:.2f} |", flush=True)
 
 
+def compile_cost_cell(path: Path) -> str:
+    """Lines, kind, measured and estimated CPU seconds of `path`'s numba kernel (stocks and flows), compiled
+    in this fresh process with an empty cache; numba is imported first and its import reported apart."""
+    os.environ["ARMSDYN_CACHE_DIR"] = tempfile.mkdtemp()
+    started = time.process_time()
+    import numba  # noqa: F401
+
+    imported = time.process_time() - started
+    from armsdyn.ensemble import _engine, compile_model
+
+    model = compile_model(path, backend="numba")
+    names = model.default_variables()
+    source = model.source(names, "numba")
+    estimate = model._compile_estimate(names)
+    started = time.process_time()
+    model.kernel(names)
+    seconds = time.process_time() - started
+    kind = "per sample" if _engine._PER_SAMPLE_MARK in source else "blocked"
+    lines = len(source.splitlines())
+    return f"| {path.name} | {kind} | {lines} | {imported + seconds:.2f} | {estimate:.2f} |"
+
+
+def delay_chain(folder: Path, k: int) -> Path:
+    """A model of `k` chained DELAY Ns feeding stocks: a per-sample kernel of a length that grows with `k`."""
+    lines = ["{UTF-8}", "input = 1 + STEP(1, 5) ~ units ~ |", "dtime = 3 ~ Year ~ |", "norder = 3 ~ dmnl ~ |"]
+    previous = "input"
+    for i in range(k):
+        lines += [
+            f"d{i} = DELAY N({previous}, dtime, 1, norder) ~ units ~ |",
+            f"s{i} = INTEG(d{i} - s{i} / 4, 0) ~ units ~ |",
+        ]
+        previous = f"d{i}"
+    lines += [
+        f"{name} ~ Year ~ |" for name in ("INITIAL TIME = 0", "FINAL TIME = 20", "TIME STEP = 0.25", "SAVEPER = 1")
+    ]
+    path = folder / f"delay_chain_{k}.mdl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def compile_costs(args: argparse.Namespace) -> None:
+    """Measured numba compile time (CPU, numba's import included) against the engine's estimate, per model."""
+    import subprocess
+
+    shared = ROOT.parent / "shared" / "test-models"
+    with tempfile.TemporaryDirectory() as folder:
+        models = [
+            *sorted((ROOT / "models").glob("*.mdl")),
+            *sorted((ROOT / "benchmarks" / "models").glob("*.mdl")),
+            *[delay_chain(Path(folder), k) for k in (1, 4, 8, 16)],
+            *sorted(p for p in [shared / "subscripted_delays" / "test_subscripted_delays.mdl"] if p.exists()),
+        ]
+        print("| model | kernel | lines | compile CPU s | estimate s |")
+        print("|---|---|---:|---:|---:|")
+        for path in models:
+            cmd = [sys.executable, __file__, "--compile-cell", str(path)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            print(
+                done.stdout.strip().splitlines()[-1] if done.returncode == 0 else f"| {path.name} | failed |",
+                flush=True,
+            )
+
+
 SUBSCRIPTED = Path(__file__).parent / "models" / "triad_lookup.mdl"
 SUBSCRIPTED_TWIN = Path(__file__).parent / "models" / "triad_lookup_twin.mdl"
 
@@ -375,6 +438,10 @@ def main() -> None:
     parser.add_argument("--choices", action="store_true", help="the automatic-choice table (see CHOICE_MODES)")
     parser.add_argument("--models", default="", help="comma-separated model files of --choices")
     parser.add_argument("--sizes", default="1e3,1e4,1e5", help="study sizes of --choices")
+    parser.add_argument("--compile-costs", action="store_true", help="numba compile times against their estimate")
+    if sys.argv[1:2] == ["--compile-cell"]:
+        print(compile_cost_cell(Path(sys.argv[2])))
+        return
     if sys.argv[1:2] == ["--cell"]:
         _, path, n, mode, cache = sys.argv[1:]
         print(choice_cell(Path(path), int(n), mode, cache))
@@ -384,6 +451,8 @@ def main() -> None:
         subscripts(args)
     elif args.choices:
         choices(args)
+    elif args.compile_costs:
+        compile_costs(args)
     elif args.study:
         study(args)
     else:

@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from armsdyn.ensemble import CompiledModel, compile_model
+from armsdyn.ensemble import CompiledModel, _engine, compile_model
 from armsdyn.ensemble._engine import _numba_pays, _split_cost
+from tests.conftest import MODELS
+
+NUMBA = importlib.util.find_spec("numba") is not None
 
 # (64 samples, seconds), (960 samples, seconds) of numpy's pilot chunks.
 SMOOTH = [(64, 0.0010), (960, 0.0020)]  # shared test_smooth_and_stock.mdl: 181 steps, two stocks
@@ -96,3 +99,34 @@ def test_a_pilot_that_hands_the_study_to_numba_returns_numbas_runs_for_every_sam
     got = auto.run(samples, chunk_size=2048)
     assert len(auto._kernels) == 1
     np.testing.assert_array_equal(got["x"].values, want["x"].values)
+
+
+#: Two chained DELAY Ns: their states are arrays of a per-sample length, so numba compiles a
+#: per-sample kernel (a loop over samples around the time loop), several times slower per line.
+DELAY_N_MODEL = """{UTF-8}
+input = 1 + STEP(1, 5) ~ units ~ |
+d0 = DELAY N(input, dtime, 1, norder) ~ units ~ |
+d1 = DELAY N(d0, dtime, 1, norder) ~ units ~ |
+s = INTEG(d1 - s / 4, 0) ~ units ~ |
+dtime = 3 ~ Year ~ |
+norder = 3 ~ dmnl ~ |
+INITIAL TIME = 0 ~ Year ~ |
+FINAL TIME = 20 ~ Year ~ |
+TIME STEP = 0.25 ~ Year ~ |
+SAVEPER = 1 ~ Year ~ |
+"""
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_a_per_sample_kernel_is_estimated_on_its_own_slower_line(tmp_path: Path) -> None:
+    blocked = compile_model(MODELS / "richardson.mdl", backend="numba")
+    path = tmp_path / "delay_n.mdl"
+    path.write_text(DELAY_N_MODEL, encoding="utf-8")
+    per_sample = compile_model(path, backend="numba")
+    for model, marked in ((blocked, False), (per_sample, True)):
+        names = model.default_variables()
+        source = model.source(names, "numba")
+        assert (_engine._PER_SAMPLE_MARK in source) is marked  # the generator's per-sample function
+        lines = len(source.splitlines())
+        on_the_blocked_line = _engine._COMPILE_BASE + _engine._COMPILE_PER_LINE2 * lines**2
+        assert (model._compile_estimate(names) > 1.5 * on_the_blocked_line) is marked

@@ -47,6 +47,9 @@ _NUMBA_SPEEDUP = 3.0  # numba kernel against numpy per sample: at least this (3-
 _LOAD_SECONDS = 0.7  # importing numba and loading a cached kernel
 _COMPILE_BASE = 1.0  # seconds: importing numba and compiling the smallest kernel
 _COMPILE_PER_LINE2 = 2.8e-6  # seconds per squared line of kernel source
+_PER_SAMPLE_PER_LINE = 8.2e-3  # seconds per line of a per-sample kernel (delays, higher-order smooths)
+_PER_SAMPLE_PER_LINE2 = 1.8e-5  # and per squared line
+_PER_SAMPLE_MARK = "\ndef sample("  # a per-sample kernel's function of one sample (armsdyn.ensemble._numba)
 
 _PILOT_SAMPLES = 1024  # samples "auto" runs with numpy before deciding whether numba pays
 _PROBE_SAMPLES = 64  # the pilot's first, shorter chunk: with the second, it separates numpy's fixed cost
@@ -640,10 +643,14 @@ class CompiledModel(VariableLookup):
         # richardson 87 lines 0.84 s, triad_lookup 184 lines 0.94 s, security_dilemma 523 lines
         # 1.73 s, knowledge_engine 1,206 lines 4.86 s. (The earlier 2.2e-5 s per squared line
         # overstated security_dilemma's 4x, and its 10^4-run study stayed on numpy: 4.0 s against
-        # 2.5 s.) Per-sample kernels (delays, higher-order smooths over subscripts) compile slower
-        # per line: subscripted_delays' 234 lines took ~7 s, which this underestimates.
-
-        lines = len(self._numba_module([f"v_{py}" for py in names], spec)[0].splitlines())
+        # 2.5 s.) Per-sample kernels (a loop over samples around the time loop) cost several times
+        # more per line; fitted on chains of 1-16 DELAY Ns (64-424 lines: 0.8-7.0 s of CPU besides
+        # numba's import; `python benchmarks/bench_ensemble.py --compile-costs`). The blocked line
+        # gave 1.2 s for subscripted_delays' 227 lines, which took 6.8 s; this gives 3.8 s.
+        source = self._numba_module([f"v_{py}" for py in names], spec)[0]
+        lines = len(source.splitlines())
+        if _PER_SAMPLE_MARK in source:
+            return _COMPILE_BASE + _PER_SAMPLE_PER_LINE * lines + _PER_SAMPLE_PER_LINE2 * lines**2
         return _COMPILE_BASE + _COMPILE_PER_LINE2 * lines**2
 
     def _run_chunk(
