@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import ast
+import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -66,7 +72,12 @@ def _resolve(name: str) -> str | None:
     return None
 
 
+@functools.cache
 def _graph() -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str]]]]:
+    """The package's import graph (module -> modules it imports at run time) and its function-level imports.
+
+    Parsed once per test process (the sources do not change while the tests run); read-only.
+    """
     graph, nested = {}, {}
     for path in sorted(PACKAGE.rglob("*.py")):
         top, inner = _imports(path)
@@ -117,6 +128,7 @@ def test_the_cycle_check_finds_a_cycle() -> None:
 OPTIONAL_DEPENDENCIES = ("numba", "llvmlite", "distributed", "ema_workbench", "sklearn", "bokeh")
 
 
+@functools.cache
 def _needs_optional(module: str) -> bool:
     path = ROOT.joinpath(*module.split("."))
     path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
@@ -190,33 +202,117 @@ def test_every_subcommand_has_a_registered_function_and_nothing_else_is_register
         assert callable(command(name)), name
 
 
-def test_the_command_line_loads_heavy_modules_only_for_the_subcommand_that_needs_them() -> None:
-    import subprocess
-    import sys
+#: Modules the command line and ``import armsdyn`` must not load before a subcommand needs them (seconds each).
+HEAVY = ("matplotlib", "scipy.stats", "statsmodels")
 
-    code = f"""
-import contextlib, io, sys
-import armsdyn.cli
-assert not [m for m in {HEAVY!r} if m in sys.modules], "import armsdyn.cli"
-with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
-    armsdyn.cli.main(["--help"])
-assert not [m for m in {HEAVY!r} if m in sys.modules], "armsdyn --help"
-with contextlib.redirect_stdout(io.StringIO()):
+#: What a new interpreter loads, step by step, in one process (the ``fresh`` fixture). sys.modules
+#: only grows, so each step's check sees every module its own work loads (loaded then or by an
+#: earlier step): a step that would fail alone fails here too. The steps run from the strictest
+#: check to the most permissive, so none is blamed for a module an earlier step may load; the
+#: backend step imports armsdyn.figures for the first time (every step before it refuses
+#: matplotlib), and the steps that load every public name come last.
+FRESH_STEPS = f"""
+import contextlib, importlib, io, json, sys
+results = {{}}
+
+@contextlib.contextmanager
+def step(name):
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    except BaseException as exc:  # an assertion, or SystemExit from the command line
+        results[name] = f"{{type(exc).__name__}}: {{exc}}"
+    else:
+        results[name] = "ok"
+
+def loaded(*names):
+    return [m for m in names if m in sys.modules]
+
+with step("import armsdyn"):
+    import armsdyn
+    assert not loaded(*{HEAVY!r}), f"import armsdyn loaded {{loaded(*{HEAVY!r})}}"
+    assert set(armsdyn.__all__) <= set(dir(armsdyn))
+with step("import armsdyn.cli"):
+    import armsdyn.cli
+    assert not loaded(*{HEAVY!r}), f"import armsdyn.cli loaded {{loaded(*{HEAVY!r})}}"
+with step("armsdyn --help"):
+    with contextlib.suppress(SystemExit):
+        armsdyn.cli.main(["--help"])
+    assert not loaded(*{HEAVY!r}), f"armsdyn --help loaded {{loaded(*{HEAVY!r})}}"
+with step("load_config"):
+    from armsdyn.config import load_config
+    exp = load_config({str(ROOT / "configs" / "knowledge_loops.toml")!r})
+    assert {{f.kind for f in exp.figures}} >= {{"loop_dominance", "model_diagram"}}, exp.figures
+    heavy = loaded("matplotlib", "networkx", "scipy.stats", "statsmodels")
+    assert not heavy, f"load_config loaded {{heavy}}"
+with step("armsdyn check experiment"):
     assert armsdyn.cli.main(["check", {str(ROOT / "configs" / "richardson.toml")!r}]) == 0
-assert not [m for m in ("scipy.stats", "statsmodels") if m in sys.modules], "armsdyn check"
-assert "armsdyn.calibration" not in sys.modules and "armsdyn.compare" not in sys.modules, "armsdyn check"
-print("ok")
+    assert not loaded("scipy.stats", "statsmodels"), f"armsdyn check loaded {{loaded('scipy.stats', 'statsmodels')}}"
+    assert not loaded("armsdyn.calibration", "armsdyn.compare"), "armsdyn check"
+with step("armsdyn check audit"):
+    assert armsdyn.cli.main(["check", {str(ROOT / "configs" / "audit_knowledge_argument.toml")!r}]) in (0, None)
+    heavy = loaded("matplotlib", "networkx", "statsmodels")
+    assert not heavy, f"armsdyn check loaded {{heavy}}"
+with step("matplotlib backend"):
+    assert "armsdyn.figures" not in sys.modules
+    import matplotlib
+    matplotlib.use("svg")
+    import armsdyn.figures
+    assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+with step("audit names"):
+    package = importlib.import_module("armsdyn.audit")
+    assert set(package.__all__) == set(package._MODULES) and all(getattr(package, n) for n in package.__all__)
+with step("public names"):
+    for name in armsdyn.__all__:
+        if name != "__version__":
+            module = importlib.import_module("armsdyn." + armsdyn._MODULES[name])
+            assert getattr(armsdyn, name) is getattr(module, name), name
+    import armsdyn.audit  # the submodule of the same name does not replace the function
+    assert callable(armsdyn.audit) and armsdyn.audit.__module__ == "armsdyn.audit.pipeline"
+    from armsdyn import figures  # a submodule that is no public name is still importable this way
+    assert figures.__name__ == "armsdyn.figures"
+    try:
+        armsdyn.no_such_name
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("an unknown name was found")
+print("RESULTS", json.dumps(results))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def fresh() -> dict[str, str]:
+    """Each step of FRESH_STEPS, run in one new interpreter: "ok" or what failed.
+
+    One interpreter for the checks that need a clean sys.modules, instead of one each (about
+    two seconds of imports apiece).
+    """
+    proc = subprocess.run([sys.executable, "-c", FRESH_STEPS], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")), None)
+    assert line is not None, proc.stdout + proc.stderr
+    results: dict[str, str] = json.loads(line.removeprefix("RESULTS "))
+    return results
+
+
+def test_the_fresh_interpreter_steps_fail_on_a_heavy_import() -> None:
+    # The step runner records a failing check and goes on to the next step.
+    code = FRESH_STEPS.split("with step(")[0] + (
+        'with step("a"):\n    import json\n    assert not loaded("json"), "loaded json"\n'
+        'with step("b"):\n    pass\nprint("RESULTS", json.dumps(results))\n'
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(proc.stdout.split("RESULTS ", 1)[1]) == {"a": "AssertionError: loaded json", "b": "ok"}
+
+
+def test_the_command_line_loads_heavy_modules_only_for_the_subcommand_that_needs_them(fresh: dict[str, str]) -> None:
+    for name in ("import armsdyn.cli", "armsdyn --help", "armsdyn check experiment"):
+        assert fresh[name] == "ok", f"{name}: {fresh[name]}"
 
 
 def test_the_package_imports_and_locks_without_posix_flock(tmp_path: Path) -> None:
     """Windows has no fcntl: import armsdyn and take a results lock as it would there."""
-    import subprocess
-    import sys
-
     code = f"""
 import sys
 sys.modules["fcntl"] = None  # as on Windows: importing it fails
@@ -246,14 +342,8 @@ print("ok")
     assert proc.stdout.strip() == "ok"
 
 
-def test_importing_the_package_leaves_matplotlibs_backend_alone() -> None:
-    import subprocess
-    import sys
-
-    code = "import matplotlib; matplotlib.use('svg'); import armsdyn, armsdyn.figures; print(matplotlib.get_backend())"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "svg"
+def test_importing_the_package_leaves_matplotlibs_backend_alone(fresh: dict[str, str]) -> None:
+    assert fresh["matplotlib backend"] == "ok", fresh["matplotlib backend"]
 
 
 def test_every_registry_entry_is_documented_in_the_readme() -> None:
@@ -267,10 +357,6 @@ def test_every_registry_entry_is_documented_in_the_readme() -> None:
             assert f"`{name}`" in readme, f"{name!r} is registered but not documented in README.md"
     for name in METHODS:
         assert name in readme.split("## Sensitivity studies")[1].split("\n## ")[0], name
-
-
-#: Modules the command line and ``import armsdyn`` must not load before a subcommand needs them (seconds each).
-HEAVY = ("matplotlib", "scipy.stats", "statsmodels")
 
 
 def _reach(graph: dict[str, set[str]], module: str) -> set[str]:
@@ -307,71 +393,16 @@ def test_every_figure_kind_names_a_drawing_function() -> None:
         assert bool(entry.needs) == entry.reads_loops, kind
 
 
-def test_validating_an_experiment_config_loads_no_matplotlib() -> None:
-    import subprocess
-    import sys
-
-    code = f"""
-import sys
-from armsdyn.config import load_config
-exp = load_config({str(ROOT / "configs" / "knowledge_loops.toml")!r})
-assert {{f.kind for f in exp.figures}} >= {{"loop_dominance", "model_diagram"}}, exp.figures
-heavy = [m for m in ("matplotlib", "networkx", "scipy.stats", "statsmodels") if m in sys.modules]
-assert not heavy, f"load_config loaded {{heavy}}"
-print("ok")
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+def test_validating_an_experiment_config_loads_no_matplotlib(fresh: dict[str, str]) -> None:
+    assert fresh["load_config"] == "ok", fresh["load_config"]
 
 
-def test_checking_an_audit_config_loads_no_matplotlib() -> None:
+def test_checking_an_audit_config_loads_no_matplotlib(fresh: dict[str, str]) -> None:
     # `armsdyn check` validates; the audit's figures (and so matplotlib) are for `armsdyn audit`.
-    import subprocess
-    import sys
-
-    code = f"""
-import sys
-from armsdyn.cli import main
-assert main(["check", {str(ROOT / "configs" / "audit_knowledge_argument.toml")!r}]) in (0, None)
-heavy = [m for m in ("matplotlib", "networkx", "statsmodels") if m in sys.modules]
-assert not heavy, f"armsdyn check loaded {{heavy}}"
-import importlib
-package = importlib.import_module("armsdyn.audit")
-assert set(package.__all__) == set(package._MODULES) and all(getattr(package, n) for n in package.__all__)
-print("ok")
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().endswith("ok"), proc.stdout
+    for name in ("armsdyn check audit", "audit names"):
+        assert fresh[name] == "ok", f"{name}: {fresh[name]}"
 
 
-def test_the_public_names_are_their_modules_objects_loaded_on_first_use() -> None:
-    import subprocess
-    import sys
-
-    code = f"""
-import importlib, sys
-import armsdyn
-heavy = [m for m in {HEAVY!r} if m in sys.modules]
-assert not heavy, f"import armsdyn loaded {{heavy}}"
-assert set(armsdyn.__all__) <= set(dir(armsdyn))
-for name in armsdyn.__all__:
-    if name != "__version__":
-        module = importlib.import_module("armsdyn." + armsdyn._MODULES[name])
-        assert getattr(armsdyn, name) is getattr(module, name), name
-import armsdyn.audit  # the submodule of the same name does not replace the function
-assert callable(armsdyn.audit) and armsdyn.audit.__module__ == "armsdyn.audit.pipeline"
-from armsdyn import figures  # a submodule that is no public name is still importable this way
-assert figures.__name__ == "armsdyn.figures"
-try:
-    armsdyn.no_such_name
-except AttributeError as exc:
-    assert "no_such_name" in str(exc)
-else:
-    raise SystemExit("an unknown name was found")
-print("ok")
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+def test_the_public_names_are_their_modules_objects_loaded_on_first_use(fresh: dict[str, str]) -> None:
+    for name in ("import armsdyn", "public names"):
+        assert fresh[name] == "ok", f"{name}: {fresh[name]}"
