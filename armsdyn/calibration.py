@@ -121,6 +121,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -128,7 +129,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -388,6 +389,22 @@ class _Simulator:
                 return
             self.grid = TimeGrid.from_settings(time, model.path)
             self.py_names = [self.compiled.variable(v).py_name for v in self.model_variables]
+            self.one_run: tuple[dict[str, np.ndarray], list[str]] | None = None
+
+    def _normalised_one_run(self) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The engine's fixed inputs of one run (the fitted names left out), and the fitted names' keys.
+
+        Checked once by the engine (:meth:`CompiledModel.normalise_inputs`), for a
+        batch of one: a batch of any size repeats those rows, which is what the
+        engine's checks of that many identical runs give, at a fraction of their
+        cost (a posterior makes tens of thousands of calls).
+        """
+        samples = {k: np.asarray(v, dtype=float) for k, v in self.inputs.samples.items()}
+        # A fitted element of a constant fixed as a whole replaces its share of the fixed value.
+        samples.update({name: np.zeros(1) for name in self.names})
+        values, _ = self.compiled.normalise_inputs(samples, self.inputs.series, self.inputs.lookups)
+        fitted = list(self.compiled.normalise_samples({name: np.zeros(1) for name in self.names})[0])
+        return {k: v for k, v in values.items() if k not in fitted}, fitted
 
     def __call__(self, thetas: np.ndarray) -> np.ndarray:
         """Shape ``(len(thetas), n_saved, n_variables)``."""
@@ -397,14 +414,15 @@ class _Simulator:
         out = np.empty((len(thetas), n_saved, len(self.variables)))
         if self.engine == "compiled":
             n = len(thetas)
-            samples = {k: np.repeat(v, n) for k, v in self.inputs.samples.items()}
-            # A fitted element of a constant fixed as a whole replaces its share of the fixed value.
-            samples.update({name: thetas[:, j] for j, name in enumerate(self.names)})
-            series = {k: v * n for k, v in self.inputs.series.items()}
-            tables = {k: v * n for k, v in self.inputs.lookups.items()}
             # simulate_arrays skips building a Dataset, a third of the cost of a small batch.
             try:
-                values, n = self.compiled.normalise_inputs(samples, series, tables)
+                if self.one_run is None:
+                    self.one_run = self._normalised_one_run()
+                fixed, fitted = self.one_run
+                # Every run has the fixed inputs of the one run (its row of each array, series and
+                # lookups alike: the engine's tables are a row per run), and its own fitted values.
+                values = {key: np.repeat(row, n, axis=0) for key, row in fixed.items()}
+                values.update({key: thetas[:, j] for j, key in enumerate(fitted)})
                 try:
                     found = self.compiled.simulate_arrays(values, n, self.grid, self.py_names)
                 except UnsupportedConstruct:
@@ -2045,27 +2063,22 @@ def _sample_posteriors(
         free = _SamplerCoordinates(names, lower, upper, modes=kind == "modes")
         frees.append(free)
         p0s.append(free.to_free(_initial_walkers(each, start, walkers)))
+    # The data sets' coordinates differ only in whether they are Richardson's modes: one of each serves all.
+    in_modes = np.array([free.modes is not None for free in frees])
+    mode_coordinates = next((free for free in frees if free.modes is not None), None)
 
-    def log_prob(us: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Per data set, rows of (log density of u, log posterior of theta); every run in one batch."""
-        out = [np.full((len(u), 2), -np.inf) for u in us]
-        picked = []
-        for i, (u, free) in enumerate(zip(us, frees, strict=True)):
-            if not len(u):
-                continue
-            thetas, log_jac = free.from_free(u)
-            # Mode coordinates reach outside the box (a < 0, say), where the prior is zero.
-            inside = np.all((thetas >= lower) & (thetas <= upper), axis=1) & np.isfinite(log_jac)
-            if inside.any():
-                picked.append((i, inside, thetas[inside], log_jac[inside]))
-        if picked:
-            owner = np.concatenate([np.full(len(thetas), i) for i, _, thetas, _ in picked])
-            dens = log_posterior(np.concatenate([thetas for _, _, thetas, _ in picked]), owner)
-            at = 0
-            for i, inside, thetas, log_jac in picked:
-                part = dens[at : at + len(thetas)]
-                at += len(thetas)
-                out[i][inside] = np.column_stack([part + log_jac, part])
+    def log_prob(us: np.ndarray, owner: np.ndarray) -> np.ndarray:
+        """Rows of (log density of u, log posterior of theta) for sampler coordinates `us` of data sets `owner`."""
+        thetas, log_jac = np.array(us, dtype=float), np.zeros(len(us))
+        moded = in_modes[owner]
+        if mode_coordinates is not None and moded.any():
+            thetas[moded], log_jac[moded] = mode_coordinates.from_free(us[moded])
+        out = np.full((len(us), 2), -np.inf)
+        # Mode coordinates reach outside the box (a < 0, say), where the prior is zero.
+        inside = np.all((thetas >= lower) & (thetas <= upper), axis=1) & np.isfinite(log_jac)
+        if inside.any():
+            dens = log_posterior(thetas[inside], owner[inside])
+            out[inside] = np.column_stack([dens + log_jac[inside], dens])
         return out
 
     with warnings.catch_warnings():
@@ -2119,8 +2132,155 @@ def _initial_walkers(spec: CalibrationSpec, start: pd.DataFrame, walkers: int) -
                    np.where(np.isfinite(upper), upper - margin, np.inf))  # fmt: skip
 
 
+#: Share of the steps emcee's ensemble takes by differential evolution; the rest by its snooker update.
+_DE_WEIGHT = 0.8
+
+
+def _snooker_orders() -> np.ndarray:
+    """Rows of the snooker move's three drawn walkers as ``(z, z1, z2)``, by RandomState.shuffle's two draws.
+
+    ``shuffle`` of three rows swaps row 2 with row ``a`` (``a`` in 0..2), then row 1 with row
+    ``b`` (0..1), Fisher and Yates' shuffle; entry ``[a, b]`` lists which drawn row ends where.
+    """
+    orders = np.empty((3, 2, 3), dtype=np.intp)
+    for a in range(3):
+        for b in range(2):
+            rows = [0, 1, 2]
+            rows[2], rows[a] = rows[a], rows[2]
+            rows[1], rows[b] = rows[b], rows[1]
+            orders[a, b] = rows
+    return orders
+
+
+_SNOOKER_ORDERS = _snooker_orders()
+
+
+def _legacy_random_state(seed: int) -> tuple[np.random.RandomState, np.random.MT19937]:
+    """``numpy.random.RandomState(seed)``, emcee's random state, and the bit generator it draws from.
+
+    Its bounded integers are the bit generator's 32-bit outputs, masked and
+    rejected (:func:`_bounded_draws` reads those outputs directly).
+    """
+    bits = np.random.MT19937()
+    # RandomState seeds MT19937 its legacy way; its state, handed over, is that seeding.
+    bits.state = cast("Any", np.random.RandomState(seed).get_state(legacy=False))
+    return np.random.RandomState(bits), bits
+
+
+def _bounded_draws(bits: np.random.MT19937, tops: Sequence[int], rounds: int) -> list[int]:
+    """`rounds` times, an integer in ``[0, top]`` for each of `tops` in turn, as RandomState draws them.
+
+    ``RandomState.randint(top + 1)`` and ``shuffle``'s swap positions both take
+    32-bit outputs of the bit generator, masked to the smallest ``2**k - 1`` at
+    least `top` and rejected while above `top` (a top of 0 takes none). Drawing
+    them here, a few hundred to a step, avoids a call per integer (what made
+    emcee's snooker move slow); the state after them is that of those calls,
+    for no more outputs are taken than the draws consume.
+    """
+    masks = [(1 << top.bit_length()) - 1 for top in tops]
+    # Each draw with a top above 0 takes at least one output: asking for what is left never overdraws.
+    left = rounds * sum(top > 0 for top in tops)
+    raw: list[int] = []
+    at = 0
+    out = []
+    for _ in range(rounds):
+        for top, mask in zip(tops, masks, strict=True):
+            value = 0
+            if top:
+                while True:
+                    if at == len(raw):
+                        raw, at = bits.random_raw(left).tolist(), 0
+                    value = raw[at] & mask
+                    at += 1
+                    if value <= top:
+                        break
+                left -= 1
+            out.append(value)
+    return out
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot products of the last axes, each summed as ``numpy.dot`` of two vectors sums it (matmul's vector case)."""
+    return (a[..., None, :] @ b[..., :, None])[..., 0, 0]
+
+
+@functools.lru_cache(maxsize=4)
+def _nondiagonal_pairs(n: int) -> np.ndarray:
+    """emcee's ordered pairs of distinct walkers of an `n`-walker complement, in its order."""
+    rows, cols = np.tril_indices(n, -1)
+    return np.column_stack([np.concatenate([rows, cols]), np.concatenate([cols, rows])])
+
+
+Proposals = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _split_sets(labels: np.ndarray, nsplits: int) -> list[np.ndarray]:
+    """Per split, each ensemble's (row of `labels`, alike in their counts) walkers in it, in walker order."""
+    order = np.argsort(labels, axis=1, kind="stable")
+    edges = np.cumsum(np.bincount(labels[0], minlength=nsplits))
+    return np.split(order, edges[:-1], axis=1)
+
+
+def _de_proposals(
+    coords: np.ndarray, rows: np.ndarray, sets: list[np.ndarray], split: int, move: Any, states: Sequence[Any]
+) -> Proposals:
+    """emcee's ``DEMove`` proposals for the walkers of `split` in ensembles `rows`.
+
+    Per ensemble, ``choice`` of a pair of distinct complement walkers per walker
+    (which is ``randint`` over the pairs) and ``randn`` of its stretch, as emcee
+    (3.1.5 and later) draws them; the arithmetic on every ensemble at once.
+    `sets` are the ensembles' splits (:func:`_split_sets`). Returns the proposals'
+    ensembles, walkers, positions and log Metropolis factors.
+    """
+    members = sets[split]
+    complement = np.concatenate(sets[:split] + sets[split + 1 :], axis=1)
+    m, ns = members.shape
+    pairs = _nondiagonal_pairs(complement.shape[1])
+    picks = np.empty((m, ns), dtype=np.intp)
+    stretch = np.empty((m, ns, 1))
+    for r, i in enumerate(rows):
+        picks[r] = states[i].randint(0, len(pairs), size=ns)
+        stretch[r] = states[i].randn(ns, 1)
+    at = np.arange(m)[:, None]
+    x = coords[rows]
+    pair = complement[at[..., None], pairs[picks]]  # (m, ns, 2) walkers
+    diffs = x[at, pair[..., 1]] - x[at, pair[..., 0]]
+    gamma = move.g0 * (1 + move.sigma * stretch)
+    q = x[at, members] + gamma * diffs
+    return np.repeat(rows, ns), members.ravel(), q.reshape(m * ns, -1), np.zeros(m * ns)
+
+
+def _snooker_proposals(
+    coords: np.ndarray, rows: np.ndarray, sets: list[np.ndarray], split: int, move: Any, bits: Sequence[Any]
+) -> Proposals:
+    """emcee's ``DESnookerMove`` proposals for the walkers of `split` in ensembles `rows` (see :func:`_de_proposals`).
+
+    Per walker emcee draws one walker of each of the three other splits
+    (``randint``) and shuffles the three (``shuffle``): the same integers, from
+    the same outputs, come from :func:`_bounded_draws`. The products are summed
+    as emcee's ``numpy.dot`` and ``numpy.linalg.norm`` sum them (:func:`_dot`).
+    """
+    members, others = sets[split], sets[:split] + sets[split + 1 :]
+    m, ns = members.shape
+    tops = [s.shape[1] - 1 for s in others] + [2, 1]
+    draws = np.array([_bounded_draws(bits[i], tops, ns) for i in rows], dtype=np.intp).reshape(m, ns, len(tops))
+    at = np.arange(m)[:, None]
+    drawn = np.stack([s[at, draws[..., j]] for j, s in enumerate(others)], axis=-1)  # (m, ns, 3) walkers
+    z, z1, z2 = np.take_along_axis(drawn, _SNOOKER_ORDERS[draws[..., 3], draws[..., 4]], axis=-1).transpose(2, 0, 1)
+    x = coords[rows]
+    s = x[at, members]
+    delta = s - x[at, z]
+    norm = np.sqrt(_dot(delta, delta))
+    u = delta / np.sqrt(norm)[..., None]
+    q = s + u * move.gammas * (_dot(u, x[at, z1]) - _dot(u, x[at, z2]))[..., None]
+    away = q - x[at, z]
+    metropolis = np.log(np.sqrt(_dot(away, away))) - np.log(norm)
+    d = coords.shape[2]
+    return np.repeat(rows, ns), members.ravel(), q.reshape(m * ns, d), (0.5 * (d - 1.0) * metropolis).ravel()
+
+
 def _run_ensembles(
-    log_prob: Callable[[Sequence[np.ndarray]], list[np.ndarray]],
+    log_prob: Callable[[np.ndarray, np.ndarray], np.ndarray],
     starts: Sequence[np.ndarray],
     steps: int,
     burn: int,
@@ -2133,20 +2293,21 @@ def _run_ensembles(
     random numbers in the same order as ``EnsembleSampler(walkers, d, log_prob,
     vectorize=True, moves=..., blobs_dtype=float)`` with that random state does
     (the move, the split of the walkers, the proposal, one uniform per proposed
-    walker), so its chain is emcee's. What differs is the bookkeeping: the
-    proposals of every ensemble at a split go to `log_prob` in one call (the
-    compiled engine simulates them as one batch), and emcee's per-step State
-    objects, random-state copies and per-walker Python loops are gone; on
-    Richardson's model they cost more than the simulations.
+    walker) and doing the same arithmetic, so its chain is emcee's to the last
+    bit (emcee 3.1.5 and later; tests/test_calibration_posterior.py checks it).
+    What differs is the bookkeeping: the proposals of every ensemble at a split
+    are computed together and go to `log_prob` in one call (the compiled engine
+    simulates them as one batch), and emcee's per-walker Python loops, per-step
+    State objects and random-state copies are gone. On Richardson's model those
+    cost several times the simulations.
 
     Parameters
     ----------
     log_prob : callable
-        Given a proposal array (rows of walkers, possibly none) per ensemble, returns per ensemble
-        an array of rows (log density, a float kept beside it) that are -inf, never NaN, where a
-        proposal is impossible.
+        Given proposals (rows) and the ensemble each belongs to, returns rows of (log density,
+        a float kept beside it) that are -inf, never NaN, where a proposal is impossible.
     starts : sequence of numpy.ndarray
-        Each ensemble's starting walkers, shape (walkers, d).
+        Each ensemble's starting walkers, shape (walkers, d), alike for all ensembles.
     steps, burn : int
         Steps to take, and how many of the first to leave out of the returned chain.
     seeds : sequence of int
@@ -2160,11 +2321,8 @@ def _run_ensembles(
     """
     import emcee
 
-    moves = [emcee.moves.DEMove(), emcee.moves.DESnookerMove()]
-    weights = np.array([0.8, 0.2])
-    randoms = [np.random.RandomState(seed) for seed in seeds]
-    coords = [np.array(p, dtype=float) for p in starts]
-    n, (walkers, d) = len(coords), coords[0].shape
+    coords = np.array(starts, dtype=float)  # (ensembles, walkers, d)
+    n, walkers, d = coords.shape
     # The two checks EnsembleSampler makes before sampling: too few walkers, or walkers on one
     # line, give a chain that cannot explore the posterior.
     if walkers < 2 * d:
@@ -2173,42 +2331,51 @@ def _run_ensembles(
     if not all(emcee.ensemble.walkers_independent(p) for p in coords):
         msg = "the starting walkers are not linearly independent: the sampler cannot move them apart"
         raise ValueError(msg)
-    for move in moves:
-        move.setup(coords[0])  # DEMove's stretch factor, from the dimension
-    first = log_prob(coords)
-    density = [f[:, 0].copy() for f in first]
-    blob = [f[:, 1].copy() for f in first]
+    de, snooker = emcee.moves.DEMove(), emcee.moves.DESnookerMove()
+    de.setup(coords[0])  # the stretch factor, from the dimension
+    # RandomState.choice(2, p=weights) is the first move where a uniform falls below the weights' cdf.
+    cdf = np.cumsum([_DE_WEIGHT, 1 - _DE_WEIGHT])
+    cdf /= cdf[-1]
+    states, bits = zip(*(_legacy_random_state(seed) for seed in seeds), strict=True)
+    unsplit = {move.nsplits: np.arange(walkers) % move.nsplits for move in (de, snooker)}
+    first = log_prob(coords.reshape(n * walkers, d), np.repeat(np.arange(n), walkers))
+    density = first[:, 0].reshape(n, walkers).copy()
+    blob = first[:, 1].reshape(n, walkers).copy()
     chains = np.empty((n, steps - burn, walkers, d))
     blobs = np.empty((n, steps - burn, walkers))
     accepted = np.zeros((n, walkers))
-    none = np.empty((0, d))
+    labels = np.empty((n, walkers), dtype=np.intp)
     for step in range(steps):
-        chosen = [moves[rng.choice(len(moves), p=weights)] for rng in randoms]
-        splits = []
-        for rng, move in zip(randoms, chosen, strict=True):
-            inds = np.arange(walkers) % move.nsplits
-            rng.shuffle(inds)
-            splits.append(inds)
-        for split in range(max(move.nsplits for move in chosen)):
-            proposals: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-            for i, move in enumerate(chosen):
-                if split < move.nsplits:
-                    sets = [coords[i][splits[i] == j] for j in range(move.nsplits)]
-                    proposals[i] = move.get_proposal(sets[split], sets[:split] + sets[split + 1 :], randoms[i])
-            found = log_prob([proposals[i][0] if i in proposals else none for i in range(n)])
-            for i, (q, factors) in proposals.items():
-                members = np.flatnonzero(splits[i] == split)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    take = factors + found[i][:, 0] - density[i][members] > np.log(randoms[i].rand(len(q)))
-                moved = members[take]
-                coords[i][moved] = q[take]
-                density[i][moved] = found[i][take, 0]
-                blob[i][moved] = found[i][take, 1]
-                accepted[i, moved] += 1
+        snooking = np.array([state.random_sample() >= cdf[0] for state in states])
+        for i, state in enumerate(states):
+            labels[i] = unsplit[(snooker if snooking[i] else de).nsplits]
+            state.shuffle(labels[i])
+        by_de, by_snooker = np.flatnonzero(~snooking), np.flatnonzero(snooking)
+        de_sets = _split_sets(labels[by_de], de.nsplits) if len(by_de) else []
+        snooker_sets = _split_sets(labels[by_snooker], snooker.nsplits) if len(by_snooker) else []
+        for split in range(snooker.nsplits if len(by_snooker) else de.nsplits):
+            parts = []
+            if len(by_de) and split < de.nsplits:
+                parts.append(_de_proposals(coords, by_de, de_sets, split, de, states))
+            if len(by_snooker):
+                parts.append(_snooker_proposals(coords, by_snooker, snooker_sets, split, snooker, bits))
+            owner, member, q, factors = (np.concatenate(p) for p in zip(*parts, strict=True))
+            if len(parts) > 1:  # the batch in ensemble order, as one ensemble's own batch would be laid out
+                order = np.argsort(owner, kind="stable")
+                owner, member, q, factors = owner[order], member[order], q[order], factors[order]
+            found = log_prob(q, owner)
+            counts = np.bincount(owner, minlength=n)
+            uniforms = np.concatenate([states[i].rand(counts[i]) for i in np.flatnonzero(counts)])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                take = factors + found[:, 0] - density[owner, member] > np.log(uniforms)
+            who, walker = owner[take], member[take]
+            coords[who, walker] = q[take]
+            density[who, walker] = found[take, 0]
+            blob[who, walker] = found[take, 1]
+            accepted[who, walker] += 1
         if step >= burn:
-            for i in range(n):
-                chains[i, step - burn] = coords[i]
-                blobs[i, step - burn] = blob[i]
+            chains[:, step - burn] = coords
+            blobs[:, step - burn] = blob
     return [{"chain": chains[i], "blobs": blobs[i], "acceptance": accepted[i] / steps} for i in range(n)]
 
 
