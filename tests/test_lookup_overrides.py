@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -110,6 +111,7 @@ XMILE_MODEL = """<xmile xmlns="http://docs.oasis-open.org/xmile/ns/XMILE/v1.0" v
     </model>
 </xmile>
 """
+Table = tuple[tuple[float, float], ...]
 # Tables of other lengths and ranges than the file's (threat runs from about -2 to 4).
 TABLES = [
     ((0.0, 0.2), (1.0, 2.0), (4.0, 4.0)),
@@ -124,6 +126,20 @@ BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, r
 DENSE = tuple((x / 4, 1 + 0.5 * np.sin(x)) for x in range(-4, 20))
 
 
+@functools.cache
+def _pysd(path: Path, table: Table | None, variables: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """PySD's run of `path` with "effect of threat" redrawn as `table` (None: the file's), once per process.
+
+    The numpy and numba variant of a test (one xdist group, so one worker) compare with the same runs.
+    """
+    model = load_model(path)
+    redrawn = None if table is None else pd.Series([y for _, y in table], index=[x for x, _ in table])
+    out = model.simulate({} if redrawn is None else {"effect of threat": redrawn}, model.time, variables)
+    for values in out.values():
+        values.setflags(write=False)  # shared: no test may change another's reference
+    return out
+
+
 def _assert_tables_match_pysd(path: Path, backend: str, variables: list[str], dense: bool = False) -> None:
     """Each run of the compiled engine, one table per run (or the file's), equals PySD's with that table."""
     compiled = compile_model(path, backend=backend)
@@ -131,30 +147,40 @@ def _assert_tables_match_pysd(path: Path, backend: str, variables: list[str], de
     ds = compiled.run({}, variables=variables, lookups={"effect of threat": tables})
     model = load_model(path)
     for j, table in enumerate(tables):
-        redrawn = None if table is None else pd.Series([y for _, y in table], index=[x for x, _ in table])
-        params = {} if redrawn is None else {"effect of threat": redrawn}
-        reference = model.simulate(params, model.time, variables)
+        reference = _pysd(path, table, tuple(variables))
         for name in variables:
             got = ds[model.variable(name).py_name].isel(run=j).values
             np.testing.assert_allclose(got, reference[name], rtol=1e-9, atol=0, err_msg=f"run {j} {name!r}")
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The folded model and the XMILE model of each kind, one file each for both backends' tests."""
+    folder = tmp_path_factory.mktemp("lookups")
+    paths = {"folded": folder / "folded.mdl", "extrapolate": folder / "extrapolate.xmile"}
+    paths["discrete"] = folder / "discrete.xmile"
+    paths["folded"].write_text(FOLDED_MODEL.format(points=FILE_POINTS))
+    for kind in ("extrapolate", "discrete"):
+        paths[kind].write_text(XMILE_MODEL.format(kind=kind))
+    return paths
+
+
+@pytest.mark.xdist_group("lookups:folded")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dense", [False, True], ids=["few points", "many points"])
-def test_the_compiled_engine_redraws_a_lookup_per_run_as_pysd_does(tmp_path: Path, backend: str, dense: bool) -> None:
+def test_the_compiled_engine_redraws_a_lookup_per_run_as_pysd_does(
+    models: dict[str, Path], backend: str, dense: bool
+) -> None:
     """Calls in flows, in a stock's initial value and in a number computed once all read the run's table."""
-    path = tmp_path / "folded.mdl"
-    path.write_text(FOLDED_MODEL.format(points=FILE_POINTS))
-    _assert_tables_match_pysd(path, backend, ["arms", "response", "base effect", "threat"], dense)
+    _assert_tables_match_pysd(models["folded"], backend, ["arms", "response", "base effect", "threat"], dense)
 
 
+@pytest.mark.xdist_group("lookups:xmile")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["extrapolate", "discrete"])
-def test_redrawn_xmile_lookups_keep_their_kind(tmp_path: Path, backend: str, kind: str) -> None:
+def test_redrawn_xmile_lookups_keep_their_kind(models: dict[str, Path], backend: str, kind: str) -> None:
     """XMILE's extrapolating and discrete graphical functions continue a redrawn table as PySD does."""
-    path = tmp_path / f"{kind}.xmile"
-    path.write_text(XMILE_MODEL.format(kind=kind))
-    _assert_tables_match_pysd(path, backend, ["arms", "response", "threat"])
+    _assert_tables_match_pysd(models[kind], backend, ["arms", "response", "threat"])
 
 
 def test_scenarios_that_redraw_a_lookup_run_compiled_with_the_others(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ variable with PySD's run, in both backends.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 import warnings
@@ -41,10 +42,28 @@ STARTS_BEFORE = ((-1.0, 0.5), (4.0, 2.0), (7.25, 0.25), (20.0, 4.0))
 LATE_START = ((3.0, 4.0), (5.5, 0.5))  # starts after the initial time: the first value holds before it
 EARLY_END = ((0.0, 2.0), (1.5, 6.0), (4.0, 1.0))  # ends before the final time: the last value holds after it
 ONE_POINT = ((5.0, 2.5),)
+# Every shape at once. The numba kernel reads a batch's series at the points of all its runs together, so
+# its code depends on how many points that is: the scalar model's tests each run every shape (theirs
+# first), and share one kernel instead of compiling one each, seconds apiece.
+SHAPES = (INSIDE, STARTS_BEFORE, LATE_START, EARLY_END, ONE_POINT)
 
 
 def _series(points: tuple[tuple[float, float], ...]) -> pd.Series:
     return pd.Series([v for _, v in points], index=[t for t, _ in points], dtype=float)
+
+
+@functools.cache
+def _pysd(path: Path, params: tuple[tuple[str, object], ...], variables: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """PySD's run of `path` with the overrides `params` (a tuple of points: a series), once per process.
+
+    The numpy and numba variant of a test (one xdist group, so one worker) compare with the same runs.
+    """
+    model = load_model(path)
+    pysd_params = {k: _series(v) if isinstance(v, tuple) else v for k, v in params}
+    out = model.simulate(pysd_params, model.time, variables)
+    for values in out.values():
+        values.setflags(write=False)  # shared: no test may change another's reference
+    return out
 
 
 def _assert_equal_to_pysd(
@@ -53,17 +72,17 @@ def _assert_equal_to_pysd(
     """Run j of `ds` equals PySD's run with the overrides `runs[j]`, for every variable."""
     model = load_model(path)
     for j, params in enumerate(runs):
-        pysd_params = {k: _series(v) if isinstance(v, tuple) else v for k, v in params.items()}
-        reference = model.simulate(pysd_params, model.time, variables)
+        reference = _pysd(path, tuple(sorted(params.items())), tuple(variables))
         for name in variables:
             got = ds[model.variable(name).py_name].isel(run=j).values
             np.testing.assert_allclose(got, reference[name], rtol=RTOL, atol=0, err_msg=f"{label} run {j} {name!r}")
 
 
+@pytest.mark.xdist_group("series:scalar")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_series_feeding_a_flow_an_initial_and_a_stock_initial_value_equals_pysd(backend: str) -> None:
     compiled = compile_model(SCALAR, backend=backend)
-    runs = [INSIDE, STARTS_BEFORE]
+    runs = list(SHAPES)
     ds = compiled.run({}, variables=SCALAR_VARIABLES, series={"grievance": runs})
     _assert_equal_to_pysd(ds, SCALAR, [{"grievance": r} for r in runs], SCALAR_VARIABLES, backend)
     # Not vacuous: the series reached the INITIAL and the stock's initial value (the model has 1 and 10).
@@ -73,12 +92,13 @@ def test_a_series_feeding_a_flow_an_initial_and_a_stock_initial_value_equals_pys
     assert np.ptp(ds["grievance_weight"].isel(run=1).values) > 1
 
 
+@pytest.mark.xdist_group("series:scalar")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_series_starting_late_or_ending_early_hold_their_end_values_as_pysd_does(backend: str) -> None:
     compiled = compile_model(SCALAR, backend=backend)
-    runs = [LATE_START, EARLY_END, ONE_POINT]
-    ds = compiled.run({"service life": [5.0, 4.0, 6.0]}, variables=SCALAR_VARIABLES, series={"grievance": runs})
-    lives = [5.0, 4.0, 6.0]
+    runs = [LATE_START, EARLY_END, ONE_POINT, INSIDE, STARTS_BEFORE]
+    lives = [5.0, 4.0, 6.0, 5.5, 4.5]
+    ds = compiled.run({"service life": lives}, variables=SCALAR_VARIABLES, series={"grievance": runs})
     expected = [{"grievance": r, "service life": life} for r, life in zip(runs, lives, strict=True)]
     _assert_equal_to_pysd(ds, SCALAR, expected, SCALAR_VARIABLES, backend)
     # The held ends themselves: the first value before the first point, the last after the last.
@@ -88,6 +108,7 @@ def test_series_starting_late_or_ending_early_hold_their_end_values_as_pysd_does
     assert float(weight.isel(run=2).sel(time=0)) == 2.5 * 6
 
 
+@pytest.mark.xdist_group("series:subscripted_element")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_series_on_one_element_of_a_subscripted_constant_equals_pysd(backend: str) -> None:
     compiled = compile_model(SUBSCRIPTED, backend=backend)
@@ -105,6 +126,7 @@ def test_a_series_on_one_element_of_a_subscripted_constant_equals_pysd(backend: 
     assert first.sel(state="USA") == 5.0  # a sampled element
 
 
+@pytest.mark.xdist_group("series:subscripted_whole")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_series_on_a_whole_subscripted_constant_leaves_a_sampled_element_its_value(backend: str) -> None:
     compiled = compile_model(SUBSCRIPTED, backend=backend)
@@ -115,22 +137,31 @@ def test_a_series_on_a_whole_subscripted_constant_leaves_a_sampled_element_its_v
     assert ds["first_grievance"].isel(run=0, time=0).sel(state="USSR") == 7.0
 
 
+@pytest.mark.xdist_group("series:scalar")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_runs_with_different_points_share_one_batch(backend: str) -> None:
     """Each run's series is its own, though the batch reads them at the points of all runs together."""
     compiled = compile_model(SCALAR, backend=backend)
-    runs = [INSIDE, STARTS_BEFORE, LATE_START, EARLY_END, ONE_POINT]
+    runs = list(SHAPES)
     ds = compiled.run({}, variables=SCALAR_VARIABLES, series={"grievance": runs}, chunk_size=2)
     _assert_equal_to_pysd(ds, SCALAR, [{"grievance": r} for r in runs], SCALAR_VARIABLES, backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_series_into_a_delay_equals_pysd(tmp_path: Path, backend: str) -> None:
-    """A delay's operands read the series too (numba: the kernel that runs one sample at a time)."""
-    path = tmp_path / "delayed.mdl"
+@pytest.fixture(scope="module")
+def delayed_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scalar model with a DELAY3 of the series, one file for both backends' runs (and their PySD references)."""
+    path = tmp_path_factory.mktemp("delayed") / "delayed.mdl"
     delayed = "delayed grievance = DELAY3(grievance, delay time) ~ arms/Year ~ The grievance, three years late. |\n"
     delayed += "delay time = 1 + grievance ~ Year ~ Slower with more grievance. |\n"
     path.write_text(SCALAR.read_text().replace("grievance = 1 ~", delayed + "grievance = 1 ~", 1))
+    return path
+
+
+@pytest.mark.xdist_group("series:delay")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_series_into_a_delay_equals_pysd(delayed_model: Path, backend: str) -> None:
+    """A delay's operands read the series too (numba: the kernel that runs one sample at a time)."""
+    path = delayed_model
     variables = [*SCALAR_VARIABLES, "delayed grievance"]
     runs = [INSIDE, STARTS_BEFORE, LATE_START]
     ds = compile_model(path, backend=backend).run({}, variables=variables, series={"grievance": runs})

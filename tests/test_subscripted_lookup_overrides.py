@@ -7,6 +7,7 @@ number the compiler computes once (``base effect``).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 from pathlib import Path
@@ -28,6 +29,8 @@ MODEL = DATA / "threat_lookup_subscripted.mdl"
 VARIABLES = ["arms", "response", "base effect", "threat"]
 NUMBA = importlib.util.find_spec("numba") is not None
 BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="numba is not installed"))]
+
+Table = tuple[tuple[float, float], ...]
 
 # Tables of other lengths and ranges than the file's (threat runs from about -2 to 4).
 A = ((0.0, 0.2), (1.0, 2.0), (4.0, 4.0))
@@ -54,15 +57,36 @@ def _series(table: tuple[tuple[float, float], ...]) -> pd.Series:
     return pd.Series([y for _, y in table], index=[x for x, _ in table], dtype=float)
 
 
-def _pysd_params(whole: tuple | None, russia: tuple | None) -> dict[str, pd.Series]:
+def _pysd_params(whole: tuple | None, russia: tuple | None) -> dict[str, Table]:
     params = {}
     if whole is not None:
-        params["effect of threat"] = _series(whole)
+        params["effect of threat"] = whole
     if russia is not None or whole is not None:
-        params["effect of threat[Russia]"] = _series(RUSSIA_FILE if russia is None else russia)
+        params["effect of threat[Russia]"] = RUSSIA_FILE if russia is None else russia
     return params
 
 
+@functools.cache
+def _pysd_cached(
+    path: Path, tables: tuple[tuple[str, Table], ...], variables: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    model = load_model(path)
+    out = model.simulate({name: _series(table) for name, table in tables}, model.time, variables)
+    for values in out.values():
+        values.setflags(write=False)  # shared by the tests that ask for it: none may change it
+    return out
+
+
+def _pysd(path: Path, tables: dict[str, Table], variables: list[str]) -> dict[str, np.ndarray]:
+    """PySD's run of the model file `path` with redrawn `tables`, computed once per process.
+
+    PySD runs a subscripted lookup through xarray, a second or more a run: the numpy and numba
+    variant of a test (one xdist group, so one worker) compare with the same reference runs.
+    """
+    return _pysd_cached(path, tuple(sorted(tables.items())), tuple(variables))
+
+
+@pytest.mark.xdist_group("subscripted_lookups:threat")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_compiled_engine_redraws_elements_of_a_subscripted_lookup_as_pysd_does(backend: str) -> None:
     """Every run (whole, one element, both, neither) equals PySD's run with the same tables to 1e-9."""
@@ -74,7 +98,7 @@ def test_the_compiled_engine_redraws_elements_of_a_subscripted_lookup_as_pysd_do
     ds = compiled.run({}, variables=VARIABLES, lookups=lookups)
     model = load_model(MODEL)
     for j, (whole, russia) in enumerate(RUNS):
-        reference = model.simulate(_pysd_params(whole, russia), model.time, VARIABLES)
+        reference = _pysd(MODEL, _pysd_params(whole, russia), VARIABLES)
         for name in VARIABLES:
             got = ds[model.variable(name).py_name].isel(run=j).transpose("time", "state").values
             np.testing.assert_allclose(got, reference[name], rtol=1e-9, atol=1e-12, err_msg=f"run {j} {name!r}")
@@ -97,6 +121,7 @@ def _edited_model(folder: Path, element: str, table: tuple[tuple[float, float], 
     return path
 
 
+@pytest.mark.xdist_group("subscripted_lookups:threat")
 def test_pysd_runs_a_redrawn_element_as_the_edited_model_file(tmp_path: Path) -> None:
     """The reference side: an element's table given to PySD gives what editing that element in the file gives."""
     model = load_model(MODEL)
@@ -107,7 +132,7 @@ def test_pysd_runs_a_redrawn_element_as_the_edited_model_file(tmp_path: Path) ->
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-12, err_msg=name)
     # The next run starts from the file's tables again (PySD redraws its loaded lookup in place).
     again = model.simulate({}, model.time, VARIABLES)
-    original = load_model(MODEL).simulate({}, model.time, VARIABLES)
+    original = _pysd(MODEL, {}, VARIABLES)  # the file's tables: computed before or after any redraw, the same
     np.testing.assert_array_equal(again["arms"], original["arms"])
     assert not np.allclose(got["arms"], original["arms"])
 
@@ -182,20 +207,36 @@ XMILE_MODEL = """<xmile xmlns="http://docs.oasis-open.org/xmile/ns/XMILE/v1.0" v
 """
 
 
+@pytest.fixture(scope="module")
+def xmile_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The XMILE model with each kind of graphical function, one file per kind that both backends' tests share."""
+    folder = tmp_path_factory.mktemp("xmile")
+    paths = {kind: folder / f"{kind}.xmile" for kind in ("extrapolate", "discrete")}
+    for kind, path in paths.items():
+        path.write_text(XMILE_MODEL.format(kind=kind))
+    return paths
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kind", ["extrapolate", "discrete"])
-def test_redrawn_elements_of_xmile_lookups_keep_their_kind(tmp_path: Path, backend: str, kind: str) -> None:
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(kind, marks=pytest.mark.xdist_group(f"subscripted_lookups:xmile_{kind}"))
+        for kind in ("extrapolate", "discrete")
+    ],
+)
+def test_redrawn_elements_of_xmile_lookups_keep_their_kind(
+    xmile_models: dict[str, Path], backend: str, kind: str
+) -> None:
     """An element's table is continued beyond its points (or stepped) as PySD continues the lookup's kind."""
-    path = tmp_path / f"{kind}.xmile"
-    path.write_text(XMILE_MODEL.format(kind=kind))
+    path = xmile_models[kind]
     tables = [A, B, None, DENSE]
     ds = compile_model(path, backend=backend).run(
         {}, variables=["response"], lookups={"effect of threat[Russia]": tables}
     )
-    model = load_model(path)
     for j, table in enumerate(tables):
-        params = {} if table is None else {"effect of threat[Russia]": _series(table)}
-        reference = model.simulate(params, model.time, ["response"])["response"]
+        params = {} if table is None else {"effect of threat[Russia]": table}
+        reference = _pysd(path, params, ["response"])["response"]
         got = ds["response"].isel(run=j).transpose("time", "state").values
         np.testing.assert_allclose(got, reference, rtol=1e-9, atol=1e-12, err_msg=f"run {j}")
     # Not vacuous: threat runs beyond the redrawn tables' points, where the kinds differ.
@@ -206,6 +247,7 @@ SHARED_LOOKUPS = SHARED / "test-models" / "subscripted_lookups" / "test_subscrip
 
 
 @pytest.mark.skipif(not SHARED_LOOKUPS.is_file(), reason="the shared test models are not present")
+@pytest.mark.xdist_group("subscripted_lookups:two_dimensional")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_elements_of_two_dimensional_lookups_are_redrawn_as_pysd_does(backend: str) -> None:
     """The shared case: an element of a lookup over two ranges (``"lookup2dim[B, D]"``) and a whole one-range one."""
@@ -215,10 +257,10 @@ def test_elements_of_two_dimensional_lookups_are_redrawn_as_pysd_does(backend: s
     lookups = {"lookup2dim[B, D]": [r for r, _ in runs], "lookup1dim": [w for _, w in runs]}
     ds = compile_model(SHARED_LOOKUPS, backend=backend).run({}, variables=outputs, lookups=lookups)
     for j, (element, whole) in enumerate(runs):
-        params = {} if element is None else {"lookup2dim[B, D]": _series(element)}
+        params = {} if element is None else {"lookup2dim[B, D]": element}
         if whole is not None:
-            params["lookup1dim"] = _series(whole)
-        reference = model.simulate(params, model.time, outputs)
+            params["lookup1dim"] = whole
+        reference = _pysd(SHARED_LOOKUPS, params, outputs)
         for name in outputs:
             var = model.variable(name)
             got = ds[var.py_name].isel(run=j).transpose("time", *var.dim_names).values
