@@ -18,6 +18,11 @@ from armsdyn import FigureSpec, ResultsError, load_config, write_results
 from armsdyn.ensemble import FallbackWarning
 from tests.conftest import CONFIGS, call_cli
 
+# One worker runs the modules that read the session's run of configs/richardson.toml
+# (tests/conftest.py's richardson_results: the run and its two figures, about 4 s of CPU), so
+# it runs once, not once on each worker: test_cli, test_export, test_figures and test_output.
+pytestmark = pytest.mark.xdist_group("richardson_run")
+
 
 @pytest.fixture(scope="module")
 def experiment() -> armsdyn.Experiment:

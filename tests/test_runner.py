@@ -15,8 +15,10 @@ from armsdyn.sensitivity import run_study
 from tests.conftest import CONFIGS, MODELS, call_cli
 from tests.test_reliability import kill_at
 
-# One worker runs this module, so the studies its module fixtures run are run once.
-pytestmark = pytest.mark.xdist_group("runner")
+# One worker runs this module, so the studies its module fixtures run are run once; and
+# test_reliability, whose fork server (tests.test_reliability.Child, about 3.5 s of imports
+# preloaded) the kill test here uses too: it then starts once.
+pytestmark = pytest.mark.xdist_group("forkserver")
 
 STUDY = (CONFIGS / "knowledge_sensitivity.toml").read_text().replace('"../models/', f'"{MODELS}/')
 
