@@ -475,11 +475,15 @@ class CompiledModel(VariableLookup):
         grid: TimeGrid,
         names: Sequence[str],
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        out: Sequence[np.ndarray] | None = None,
     ) -> list[np.ndarray]:
-        """Run `n` samples chunk by chunk; one ``(n_save, n)`` array per saved variable.
+        """Run `n` samples chunk by chunk; one ``(n_save, *elements, n)`` array per saved variable.
 
         `values` are what :meth:`normalise_inputs` returns: sampled constants,
         and the tables of time series and redrawn lookups (a row per sample).
+        `out`, if given, are the arrays to write the runs into (and return),
+        one per saved variable of that shape: a worker process's share of the
+        study's result.
 
         The samples are split into as few chunks of at most `chunk_size` as
         will do, of equal sizes (see :func:`chunk_bounds`; besides the automatic
@@ -509,7 +513,7 @@ class CompiledModel(VariableLookup):
             numba_wins = not pilot
         if self.backend == "numba" and numba_wins:
             try:
-                return self._simulate_numba(values, n, grid, names, chunk_size)
+                return _into(out, self._simulate_numba(values, n, grid, names, chunk_size))
             except UnsupportedConstruct:
                 if self._requested == "numba":
                     raise
@@ -528,16 +532,18 @@ class CompiledModel(VariableLookup):
             decide_at = _PILOT_SAMPLES
         started = perf_counter()
         piloted: list[tuple[int, float]] = []  # (samples, seconds) of the pilot's chunks
-        # The result is allocated once numpy is to finish the study: a pilot that hands the study to
-        # numba leaves numba's own arrays as the result, not a copy of them into these.
-        out: list[np.ndarray] = []
+        # The result is allocated once numpy is to finish the study, and each chunk then writes its
+        # runs straight into it (a chunk's own arrays, copied in, were a quarter of security_dilemma's
+        # numpy time: 46 values saved 201 times). A pilot that hands the study to numba leaves
+        # numba's own arrays as the result, not a copy of them into these.
+        result: list[np.ndarray] = list(out) if out is not None else []
         held: list[tuple[int, int, list[np.ndarray]]] = []  # the pilot's chunks until then
 
         def place() -> None:
-            if not out:
-                out.extend(np.empty((n_save, *self._shape(py), n)) for py in names)
+            if not result:
+                result.extend(np.empty((n_save, *self._shape(py), n)) for py in names)
             for a, b, done in held:
-                for arr, res in zip(out, done, strict=True):
+                for arr, res in zip(result, done, strict=True):
                     arr[..., a:b] = res
             held.clear()
 
@@ -548,28 +554,28 @@ class CompiledModel(VariableLookup):
                 if _numba_pays(piloted, study, chunk_size, self._kernel_cost(names, spec)):
                     try:
                         # Every run, the pilot's too (a tenth of a 10^4-run study): one backend's values.
-                        return self._simulate_numba(values, n, grid, names, chunk_size)
+                        return _into(out, self._simulate_numba(values, n, grid, names, chunk_size))
                     except UnsupportedConstruct:
                         if not spec:
                             self._resolved = "numpy"
             chunk = {k: v[lo:hi] for k, v in values.items()}
-            timed = thread_time()
-            results = self._run_chunk(func, chunk, hi - lo, grid, list(names))
-            held.append((lo, hi, results))
             if pilot:
-                # The chunk alone: copying it into `out` first touches the memory of the whole
-                # study's result (numpy asks for huge pages), which either backend pays alike. CPU
-                # time of this thread: a pause of the process on a busy machine (10-20 ms against a
-                # 64-sample chunk's 0.3-4 ms) is no cost of numpy's.
+                # The chunk alone, into arrays of its own: writing into the study's result first touches
+                # that memory (numpy asks for huge pages), which either backend pays alike. CPU time of
+                # this thread: a pause of the process on a busy machine (10-20 ms against a 64-sample
+                # chunk's 0.3-4 ms) is no cost of numpy's.
+                timed = thread_time()
+                held.append((lo, hi, self._run_chunk(func, chunk, hi - lo, grid, list(names))))
                 piloted.append((hi - lo, thread_time() - timed))
             else:
                 place()
+                self._run_chunk(func, chunk, hi - lo, grid, list(names), [arr[..., lo:hi] for arr in result])
         place()  # a study that ended within the pilot
         if auto and n >= _MIN_TIMED:
             # Whole calls only: numpy's fixed cost per time step makes a short pilot chunk's time per run
             # several times a full chunk's (measured: numba chosen, 1.5x slower, on a SMOOTH model at 10^5).
             self._record(names, spec, "numpy", (perf_counter() - started) / n / steps)
-        return out
+        return result
 
     def _timings(self, names: Sequence[str], spec: Spec) -> dict[str, float]:
         """Seconds per run and time step of each backend on this kernel, as earlier studies measured them."""
@@ -654,10 +660,17 @@ class CompiledModel(VariableLookup):
         return _COMPILE_BASE + _COMPILE_PER_LINE2 * lines**2
 
     def _run_chunk(
-        self, func: Callable[..., int], chunk: dict[str, np.ndarray], m: int, grid: TimeGrid, names: list[str]
+        self,
+        func: Callable[..., int],
+        chunk: dict[str, np.ndarray],
+        m: int,
+        grid: TimeGrid,
+        names: list[str],
+        out: list[np.ndarray] | None = None,
     ) -> list[np.ndarray]:
+        """Run one chunk of `m` samples with the numpy program `func`, into `out` (new arrays by default)."""
         n_save = sum(grid.save)
-        out = [np.empty((n_save, *self._shape(py), m)) for py in names]
+        out = out if out is not None else [np.empty((n_save, *self._shape(py), m)) for py in names]
         # numpy floats throughout, so that a division by zero gives inf or nan (numpy's arithmetic,
         # PySD's with sampled values) instead of raising as Python floats do.
         constants = self._chunk_constants(chunk, m)
@@ -927,6 +940,15 @@ def build_dataset(
 
 
 _compiled: dict[tuple[str, str], CompiledModel] = {}
+
+
+def _into(out: Sequence[np.ndarray] | None, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """`arrays` copied into `out` (and `out` returned) where the caller gave arrays to fill, else `arrays`."""
+    if out is None:
+        return arrays
+    for target, values in zip(out, arrays, strict=True):
+        target[...] = values
+    return list(out)
 
 
 def chunk_bounds(n: int, chunk_size: int) -> list[int]:

@@ -268,9 +268,9 @@ def _task_compiled(
     lo: int,
 ) -> None:
     assert _worker_model is not None
-    results = _worker_model.simulate_arrays(values, n, grid, names, chunk_size=n)  # one chunk
-    for arr, res in zip(_mapped(where), results, strict=True):
-        arr[..., lo : lo + n] = res
+    # One chunk, its runs written straight into their place in the result.
+    share = [arr[..., lo : lo + n] for arr in _mapped(where)]
+    _worker_model.simulate_arrays(values, n, grid, names, chunk_size=n, out=share)
 
 
 # ---------------------------------------------------------------------- PySD fallback
