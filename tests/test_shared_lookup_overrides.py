@@ -8,6 +8,7 @@ same table, in both backends, or the engine must refuse the case cleanly (``Unsu
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -50,9 +51,27 @@ LOOKUP_CASES = _lookup_cases()
 TABLE = ((-100.0, -1.0), (-1.0, 0.5), (0.0, 1.0), (0.5, 0.25), (2.0, 3.0), (10.0, 2.0), (100.0, 5.0))
 
 
+@functools.cache
+def _pysd(path: Path, lookups: tuple[str, ...], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """PySD's run of `path` with every lookup in `lookups` redrawn as TABLE, once per process.
+
+    Both backends' variant of a case (one xdist group, so one worker) compare with the same runs.
+    """
+    model = load_model(path)
+    redrawn = pd.Series([y for _, y in TABLE], index=[x for x, _ in TABLE])
+    out = model.simulate({name: redrawn for name in lookups}, model.time, list(names))
+    for values in out.values():
+        values.setflags(write=False)  # shared: no test may change another's reference
+    return out
+
+
 @pytest.mark.skipif(not LOOKUP_CASES, reason=f"peer conformance models not found in {CASES}")
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("path", LOOKUP_CASES, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.xdist_group(f"shared_lookups:{p.parent.name}/{p.name}")) for p in LOOKUP_CASES],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
 def test_every_lookup_of_a_shared_case_redrawn_runs_as_pysd_runs_it(path: Path, backend: str) -> None:
     if backend == "numba" and path.name in NUMBA_SLOW:
         pytest.skip("numba compiles this case for tens of seconds; its redraws run here on numpy (see NUMBA_SLOW)")
@@ -70,9 +89,8 @@ def test_every_lookup_of_a_shared_case_redrawn_runs_as_pysd_runs_it(path: Path, 
         ds = compiled.run({}, variables=names, lookups={name: [TABLE, None] for name in lookups})
     except UnsupportedConstruct as exc:
         pytest.skip(f"unsupported construct {exc.construct} in {exc.variable!r}")
-    redrawn = pd.Series([y for _, y in TABLE], index=[x for x, _ in TABLE])
-    for run, params in enumerate(({name: redrawn for name in lookups}, {})):
-        reference = model.simulate(params, model.time, names)
+    for run, redrawn in enumerate((tuple(lookups), ())):
+        reference = _pysd(path, redrawn, tuple(names))
         for name in names:
             got = ds[model.variable(name).py_name].isel(run=run).values
             np.testing.assert_allclose(
