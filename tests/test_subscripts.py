@@ -57,7 +57,10 @@ parameters = { "grievance g[China]" = [[0, -137.5], [3, 250]], "grievance g[USA]
 
 [output]
 variables = ["arms", "arming rate", "reaction"]
+"""
 
+#: The five figure kinds on the three-state results: the config ``armsdyn figures --config`` draws them from.
+FIGURES = """
 [[figures]]
 kind = "time_series"
 name = "ts_overlay"
@@ -123,16 +126,22 @@ THREE_STATE = pytest.mark.xdist_group("three_state")
 
 @pytest.fixture(scope="module")
 def three_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The config through check, run, analyse, figures and describe, in-process via the CLI."""
+    """The config through check, run, analyse, figures and describe, in-process via the CLI.
+
+    The run's config has no ``[[figures]]``: ``figures`` draws the five of :data:`FIGURES` onto its
+    results (``--config``), so each is drawn once (drawn by ``run`` too, they were two thirds of
+    this fixture's time); ``run`` and ``figures`` draw with the same function.
+    """
     folder = tmp_path_factory.mktemp("subscripts")
     cfg = write_config(folder, BODY, model=MODEL, name="three")
+    drawn = write_config(folder, BODY + FIGURES, model=MODEL, name="three_figures")
     out = folder / "results"
     captured: dict[str, object] = {"cfg": cfg, "out": out}
     for name, argv in {
-        "check": ["check", str(cfg)],
+        "check": ["check", str(drawn)],
         "run": ["run", str(cfg), "--out", str(out)],
         "analyse": ["analyse", str(cfg), "--out", str(folder / "eq.csv")],
-        "figures": ["figures", str(out)],
+        "figures": ["figures", str(out), "--config", str(drawn)],
         "describe": ["describe", str(MODEL)],
     }.items():
         stdout, stderr = io.StringIO(), io.StringIO()
