@@ -40,7 +40,8 @@ def _simulate(case: tuple[float, ...], step: float, final: float = 10.0) -> tupl
 def test_euler_converges_to_exact_solution_at_first_order(case: tuple[float, ...]) -> None:
     rich = Richardson(*case[:6])
     errors = []
-    for step in (1 / 32, 1 / 64, 1 / 128):
+    # Steps down to 1/64 of a year: the error ratios are within 3% of 2 there (1/128 adds nothing but cost).
+    for step in (1 / 16, 1 / 32, 1 / 64):
         t, sim = _simulate(case, step)
         exact = rich.solve(case[6], case[7], t)
         scale = np.abs(exact).max()
@@ -200,13 +201,17 @@ def test_n_state_closed_form_matches_the_simulation(model_file: str, stable: boo
         errors.append(np.abs(sim - exact).max() / np.abs(exact).max())
     assert errors[-1] < 0.1
     assert errors[0] / errors[1] == pytest.approx(2.0, rel=0.15)  # Euler's error halves with the step
-    # Where the trajectory goes is what the closed form says.
+    # Where the trajectory goes is what the closed form says. Euler's fixed point is the equilibrium
+    # whatever the step, and a step with |1 + step * eigenvalue| < 1 for every eigenvalue converges
+    # to it (asserted below): the long run needs no finer step than that, PySD's subscripted steps
+    # being the cost here.
     eq = rich.equilibrium()
-    time = TimeSettings(initial=0.0, final=60.0, step=1 / 8, saveper=60.0)
+    time = TimeSettings(initial=0.0, final=60.0, step=1 / 4, saveper=60.0)
     final = model_n.simulate(_as_params(rich, states, x0), time, ["arms"])["arms"][-1]
     regime = rich.regime(x0)
     if stable:
         assert regime.startswith("stable")
+        assert np.all(np.abs(1 + time.step * rich.eigenvalues()) < 1)
         np.testing.assert_allclose(final, eq, rtol=1e-4, atol=1e-6)
     elif regime == "runaway race":
         assert np.all(final > 10 * np.abs(x0).max())
