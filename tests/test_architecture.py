@@ -13,6 +13,10 @@ import pytest
 
 from tests.conftest import ROOT
 
+# One worker runs this module: the `fresh` interpreter below is a module fixture, which
+# pytest-xdist would otherwise start again on each worker given some of its tests.
+pytestmark = pytest.mark.xdist_group("architecture")
+
 PACKAGE = ROOT / "armsdyn"
 
 
