@@ -26,6 +26,11 @@ from armsdyn.cli import main
 from armsdyn.errors import ConfigError
 from armsdyn.predicates import parse_predicate
 
+#: One worker runs this file: its tests share the module's Richardson audit, the EMA Workbench's
+#: import (2-4 s a process) and the knowledge model's translation and numba kernel (6-7 s to
+#: compile) instead of paying each on both workers.
+pytestmark = pytest.mark.xdist_group("audit")
+
 ROOT = Path(__file__).resolve().parent.parent
 RICHARDSON = ROOT / "models" / "richardson.mdl"
 KNOWLEDGE_AUDIT = ROOT / "configs" / "audit_knowledge_argument.toml"
@@ -361,17 +366,25 @@ def test_knowledge_claims_weaken_when_idle_knowledge_is_forgotten(tmp_path: Path
 
 @pytest.mark.slow
 def test_without_numba_the_audit_runs_numpy_and_gets_the_same_tables(tmp_path: Path) -> None:
-    """The fallback: numba hidden (as when it is not installed), the runs go through the runner with numpy."""
+    """The fallback: numba hidden (as when it is not installed), the runs go through the runner with numpy.
+
+    The process without numba makes the audit's runs and metrics tables as :func:`audit` does
+    (:func:`sample`, then :func:`metric_tables`, the only step that uses numba); the claims'
+    verdicts, boxes and report are computed from those tables alike on either path (the EMA
+    Workbench, scikit-learn and the report use no numba), so it skips them and the 2-4 s of the
+    EMA Workbench's import.
+    """
     path = richardson_config(tmp_path, 10, STABLE + STABLE_METRIC)
     out = tmp_path / "numpy.csv"
     code = f"""
 import sys
 sys.modules["numba"] = None  # as without numba: importing it fails
-from armsdyn.audit import audit, load_audit, numba_model
+from armsdyn.audit import load_audit, numba_model, sample
+from armsdyn.audit.runs import metric_tables
 spec = load_audit({str(path)!r})
 assert numba_model(spec.experiment.model.path) is None
-result = audit(spec, samples=400, workers=1)
-next(iter(result.values.values())).to_csv({str(out)!r}, index=False)
+tables = metric_tables(spec, sample(spec, 400), workers=1, chunk_size=8192, progress=False)
+next(iter(tables.values())).to_csv({str(out)!r}, index=False)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
