@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
-import os
 import re
 import socket
-import subprocess
-import sys
+import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 
+import armsdyn
 from armsdyn.cli import main
 from armsdyn.config import load_config
 from armsdyn.metrics import compute_metrics
-from tests.conftest import ROOT, call_cli
+from tests.conftest import ROOT
 from tests.explorer_page import (
     CHROMIUM,
     as_run,
@@ -188,38 +188,50 @@ def test_cli_refuses_a_bad_config_and_port_with_status_2(tmp_path: Path, capsys:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """`armsdyn explore` on a copy of the Richardson config, as a subprocess; yields its URL and the copy."""
+    """`armsdyn explore` on a copy of the Richardson config, in a thread of this process; yields its URL and the copy.
+
+    The command itself (:func:`armsdyn.cli.main`) runs, with its own event loop in the thread:
+    a new interpreter would cost seconds of imports, the model's load and its numba kernel's,
+    and the page does not depend on which process serves it. The port is the test's, so it
+    knows where to wait; the server is stopped by stopping that loop, after which the command
+    must return 0.
+    """
     sync_playwright = browser_or_skip()
     del sync_playwright
     config = tmp_path / "richardson.toml"
     config.write_text(
         RICHARDSON.read_text(encoding="utf-8").replace('"../models/', f'"{ROOT / "models"}/'), encoding="utf-8"
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "armsdyn", "explore", str(config), "--no-browser"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until the server is up (or the process died)
-        found = re.search(r"http://127\.0\.0\.1:\d+/", line)
-        assert found, f"no URL in {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
-        yield found.group(0), config
-    finally:
-        proc.terminate()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    status: list[int | BaseException] = []
+
+    def command() -> None:
+        asyncio.set_event_loop(loop)
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+            status.append(main(["explore", str(config), "--no-browser", "--port", str(port)]))
+        except BaseException as exc:  # shown by the test, not lost in the thread
+            status.append(exc)
+
+    thread = threading.Thread(target=command, name="armsdyn explore", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the port listens once the explorer's workbench is built
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert thread.is_alive(), f"armsdyn explore ended before serving: {status}"
+            assert time.monotonic() < deadline, f"armsdyn explore did not listen on {port} within 120 s"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}/", config
+    finally:
+        loop.call_soon_threadsafe(loop.stop)  # ends the server's IOLoop.start(): serve() then stops the server
+        thread.join(timeout=30)
+        loop.close()
+    assert status == [0], status
 
 
 @pytest.mark.slow
@@ -288,13 +300,12 @@ def test_the_page_moves_with_a_slider_to_armsdyn_runs_values_and_saves_a_runnabl
             browser.close()
     saved = load_config(config).scenario("runaway_explored")
     assert {k: saved.parameters[k] for k in params} == params
-    out = tmp_path / "out"
-    proc = call_cli("run", config, "--out", out)
-    assert proc.returncode == 0, proc.stderr
-    with xr.open_dataset(out / "results.nc") as ds:
-        np.testing.assert_allclose(
-            ds["arms_x"].sel(scenario="runaway_explored").values, state["series"]["arms X"]["y0"], rtol=1e-9
-        )
+    # armsdyn.run, as `armsdyn run` runs a config (the command's writing of results and figures is
+    # test_cli's and test_output's), runs the config with the saved scenario.
+    ds = armsdyn.run(config)
+    np.testing.assert_allclose(
+        ds["arms_x"].sel(scenario="runaway_explored").values, state["series"]["arms X"]["y0"], rtol=1e-9
+    )
     # Nothing but the explorer's own server was asked for anything.
     assert requests
     assert all(re.match(rf"(http|ws)://127\.0\.0\.1:{port}/", u) for u in requests), requests
