@@ -114,7 +114,7 @@ def notebook_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
-            time.sleep(0.5)
+            time.sleep(0.05)  # a connect attempt is cheap: poll finely, do not wait out half seconds
         else:
             raise AssertionError(f"the notebook server did not listen on {port}")
         yield url, token, config
