@@ -47,6 +47,10 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+#: The two tests that run the scalar file with PySD share one worker, so they share its translation.
+TWINS = pytest.mark.xdist_group("security_twins")
+
+
 def _parameters(case: dict[str, Any], element: str) -> dict[str, Any]:
     """A case's parameters named per element: ``"{name} A"`` (scalar file) or ``"{name}[A]"``."""
     return {element.format(name=name, s=s): v for name, by_state in case.items() for s, v in by_state.items()}
@@ -77,6 +81,7 @@ def _assert_twins(scalar: xr.Dataset, subscripted: xr.Dataset) -> None:
         np.testing.assert_allclose(_twin(subscripted, name).values, da.values, rtol=1e-9, atol=1e-12, err_msg=name)
 
 
+@TWINS
 @pytest.mark.slow
 def test_the_subscripted_model_is_its_scalar_twin() -> None:
     """Every variable of the scalar file (PySD) equals its element of the shipped model (default engine)."""
@@ -93,6 +98,7 @@ def test_the_subscripted_model_is_its_scalar_twin() -> None:
     _assert_twins(scalar, subscripted)
 
 
+@TWINS
 @pytest.mark.slow
 def test_pysd_runs_the_subscripted_model_as_its_scalar_twin() -> None:
     """The reference engine on the subscripted file itself, on a coarse grid (PySD is slow on subscripts)."""
