@@ -122,6 +122,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import json
 import math
 import os
@@ -371,6 +372,7 @@ class _Simulator:
         # The fixed values as the compiled engine takes them, for one run; every batch repeats them.
         self.inputs = batch_inputs(model, [fixed])
         self.runs = 0
+        self.n_saved = len(time.save_times())
         # Each observed variable is a model variable, or one element of a subscripted one ("arms[USA]").
         self.sources: list[tuple[str, tuple[int, ...]]] = []
         for name in self.variables:
@@ -410,8 +412,7 @@ class _Simulator:
         """Shape ``(len(thetas), n_saved, n_variables)``."""
         thetas = np.atleast_2d(thetas)
         self.runs += len(thetas)
-        n_saved = len(self.time.save_times())
-        out = np.empty((len(thetas), n_saved, len(self.variables)))
+        out = np.empty((len(thetas), self.n_saved, len(self.variables)))
         if self.engine == "compiled":
             n = len(thetas)
             # simulate_arrays skips building a Dataset, a third of the cost of a small batch.
@@ -2041,18 +2042,22 @@ def _sample_posteriors(
     prior_mean = np.array([spec.priors.get(n, (0.0, math.inf))[0] for n in names])
     prior_sd = np.array([spec.priors.get(n, (0.0, math.inf))[1] for n in names])
 
+    every_observed = bool(mask.all())
+
     def log_posterior(thetas: np.ndarray, owner: np.ndarray) -> np.ndarray:
         """Log posterior density of parameter vectors (rows) of data sets `owner`, -inf where a run fails."""
         with np.errstate(all="ignore"):
-            # C order, so each run's squared residuals add up in one order however the batch is laid out
-            # (sim(...)[:, rows, :] is not C-contiguous, and a sum follows the memory order).
-            res = np.ascontiguousarray(sim(thetas)[:, rows, :]) - observed[owner]
-            res = np.where(mask[owner], res, 0.0)
+            # C order (take's, unlike sim(...)[:, rows, :], whose copy is laid out time first and costs
+            # more than the runs), so each run's squared residuals add up in one order however the batch
+            # is laid out: a sum follows the memory order.
+            res = np.take(sim(thetas), rows, axis=1) - observed[owner]
+            if not every_observed:
+                res = np.where(mask[owner], res, 0.0)
             # One noise variance for every series, as the least-squares fit pools them (see the docstring).
             ssr = (res**2).sum(axis=(1, 2))
-            loglik = -n_observed[owner] / 2 * np.log(ssr)
-            logprior = -0.5 * (((thetas - prior_mean) / prior_sd) ** 2).sum(axis=1)
-        value = loglik + logprior
+            value = -n_observed[owner] / 2 * np.log(ssr)
+            if spec.priors:  # a uniform prior adds -0.0 to every density: nothing
+                value = value - 0.5 * (((thetas - prior_mean) / prior_sd) ** 2).sum(axis=1)
         return np.where(np.isfinite(value), value, -np.inf)
 
     frees, p0s = [], []
@@ -2069,16 +2074,19 @@ def _sample_posteriors(
 
     def log_prob(us: np.ndarray, owner: np.ndarray) -> np.ndarray:
         """Rows of (log density of u, log posterior of theta) for sampler coordinates `us` of data sets `owner`."""
-        thetas, log_jac = np.array(us, dtype=float), np.zeros(len(us))
-        moded = in_modes[owner]
-        if mode_coordinates is not None and moded.any():
+        thetas, log_jac = us, np.zeros(len(us))
+        if mode_coordinates is not None and (moded := in_modes[owner]).any():
+            thetas = us.copy()
             thetas[moded], log_jac[moded] = mode_coordinates.from_free(us[moded])
         out = np.full((len(us), 2), -np.inf)
         # Mode coordinates reach outside the box (a < 0, say), where the prior is zero.
         inside = np.all((thetas >= lower) & (thetas <= upper), axis=1) & np.isfinite(log_jac)
-        if inside.any():
+        if inside.all():  # the usual batch: no copies
+            dens = log_posterior(thetas, owner)
+            out[:, 0], out[:, 1] = dens + log_jac, dens
+        elif inside.any():
             dens = log_posterior(thetas[inside], owner[inside])
-            out[inside] = np.column_stack([dens + log_jac[inside], dens])
+            out[inside, 0], out[inside, 1] = dens + log_jac[inside], dens
         return out
 
     with warnings.catch_warnings():
@@ -2155,16 +2163,28 @@ def _snooker_orders() -> np.ndarray:
 _SNOOKER_ORDERS = _snooker_orders()
 
 
-def _legacy_random_state(seed: int) -> tuple[np.random.RandomState, np.random.MT19937]:
-    """``numpy.random.RandomState(seed)``, emcee's random state, and the bit generator it draws from.
+class _EnsembleRandom:
+    """``numpy.random.RandomState(seed)``, emcee's random state (:attr:`random`), and its bit generator (:attr:`bits`).
 
-    Its bounded integers are the bit generator's 32-bit outputs, masked and
-    rejected (:func:`_bounded_draws` reads those outputs directly).
+    The random state's bounded integers are the bit generator's 32-bit outputs,
+    masked and rejected: :func:`_bounded_draws` reads those outputs directly.
     """
-    bits = np.random.MT19937()
-    # RandomState seeds MT19937 its legacy way; its state, handed over, is that seeding.
-    bits.state = cast("Any", np.random.RandomState(seed).get_state(legacy=False))
-    return np.random.RandomState(bits), bits
+
+    def __init__(self, seed: int) -> None:
+        self.bits = np.random.MT19937()
+        # RandomState seeds MT19937 its legacy way; its state, handed over, is that seeding.
+        self.bits.state = cast("Any", np.random.RandomState(seed).get_state(legacy=False))
+        self.random = np.random.RandomState(self.bits)
+
+
+@functools.lru_cache(maxsize=8)
+def _bounded_plan(tops: tuple[int, ...], rounds: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """Each draw's (top, mask) for :func:`_bounded_draws`, and the least outputs the draws from each on take."""
+    slots = [(top, (1 << top.bit_length()) - 1) for top in tops] * rounds
+    least = [0] * (len(slots) + 1)
+    for i in range(len(slots) - 1, -1, -1):
+        least[i] = least[i + 1] + (slots[i][0] > 0)
+    return slots, least
 
 
 def _bounded_draws(bits: np.random.MT19937, tops: Sequence[int], rounds: int) -> list[int]:
@@ -2175,27 +2195,24 @@ def _bounded_draws(bits: np.random.MT19937, tops: Sequence[int], rounds: int) ->
     least `top` and rejected while above `top` (a top of 0 takes none). Drawing
     them here, a few hundred to a step, avoids a call per integer (what made
     emcee's snooker move slow); the state after them is that of those calls,
-    for no more outputs are taken than the draws consume.
+    for no more outputs are taken than the draws consume: each draw still to
+    come takes at least one.
     """
-    masks = [(1 << top.bit_length()) - 1 for top in tops]
-    # Each draw with a top above 0 takes at least one output: asking for what is left never overdraws.
-    left = rounds * sum(top > 0 for top in tops)
-    raw: list[int] = []
+    slots, least = _bounded_plan(tuple(tops), rounds)
+    raw = bits.random_raw(least[0]).tolist()
     at = 0
     out = []
-    for _ in range(rounds):
-        for top, mask in zip(tops, masks, strict=True):
-            value = 0
-            if top:
-                while True:
-                    if at == len(raw):
-                        raw, at = bits.random_raw(left).tolist(), 0
-                    value = raw[at] & mask
-                    at += 1
-                    if value <= top:
-                        break
-                left -= 1
-            out.append(value)
+    for i, (top, mask) in enumerate(slots):
+        value = 0
+        if top:
+            while True:
+                if at == len(raw):
+                    raw += bits.random_raw(least[i]).tolist()
+                value = raw[at] & mask
+                at += 1
+                if value <= top:
+                    break
+        out.append(value)
     return out
 
 
@@ -2211,26 +2228,32 @@ def _nondiagonal_pairs(n: int) -> np.ndarray:
     return np.column_stack([np.concatenate([rows, cols]), np.concatenate([cols, rows])])
 
 
-Proposals = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: A split's proposals: their ensembles, walkers, positions, log Metropolis factors and acceptance uniforms.
+Proposals = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _split_sets(labels: np.ndarray, nsplits: int) -> list[np.ndarray]:
-    """Per split, each ensemble's (row of `labels`, alike in their counts) walkers in it, in walker order."""
+def _split_sets(labels: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Per split, each ensemble's (row of `labels`) walkers in it, in walker order; `sizes` are the splits' sizes."""
     order = np.argsort(labels, axis=1, kind="stable")
-    edges = np.cumsum(np.bincount(labels[0], minlength=nsplits))
-    return np.split(order, edges[:-1], axis=1)
+    edges = np.cumsum([0, *sizes])
+    return [order[:, lo:hi] for lo, hi in itertools.pairwise(edges)]
 
 
 def _de_proposals(
-    coords: np.ndarray, rows: np.ndarray, sets: list[np.ndarray], split: int, move: Any, states: Sequence[Any]
+    coords: np.ndarray,
+    rows: np.ndarray,
+    sets: list[np.ndarray],
+    split: int,
+    move: Any,
+    randoms: Sequence[_EnsembleRandom],
 ) -> Proposals:
-    """emcee's ``DEMove`` proposals for the walkers of `split` in ensembles `rows`.
+    """emcee's ``DEMove`` proposals for the walkers of `split` in ensembles `rows`, and their acceptance uniforms.
 
     Per ensemble, ``choice`` of a pair of distinct complement walkers per walker
-    (which is ``randint`` over the pairs) and ``randn`` of its stretch, as emcee
-    (3.1.5 and later) draws them; the arithmetic on every ensemble at once.
-    `sets` are the ensembles' splits (:func:`_split_sets`). Returns the proposals'
-    ensembles, walkers, positions and log Metropolis factors.
+    (which is ``randint`` over the pairs), ``randn`` of its stretch, as emcee
+    (3.1.5 and later) draws them, then the uniform of each proposal's
+    acceptance (the log density drawn nothing in between); the arithmetic on
+    every ensemble at once. `sets` are the ensembles' splits (:func:`_split_sets`).
     """
     members = sets[split]
     complement = np.concatenate(sets[:split] + sets[split + 1 :], axis=1)
@@ -2238,20 +2261,27 @@ def _de_proposals(
     pairs = _nondiagonal_pairs(complement.shape[1])
     picks = np.empty((m, ns), dtype=np.intp)
     stretch = np.empty((m, ns, 1))
+    uniforms = np.empty((m, ns))
     for r, i in enumerate(rows):
-        picks[r] = states[i].randint(0, len(pairs), size=ns)
-        stretch[r] = states[i].randn(ns, 1)
-    at = np.arange(m)[:, None]
-    x = coords[rows]
-    pair = complement[at[..., None], pairs[picks]]  # (m, ns, 2) walkers
-    diffs = x[at, pair[..., 1]] - x[at, pair[..., 0]]
+        random = randoms[i].random
+        picks[r] = random.randint(0, len(pairs), size=ns)
+        stretch[r] = random.randn(ns, 1)
+        uniforms[r] = random.random_sample(ns)
+    ensemble = rows[:, None]
+    pair = complement[np.arange(m)[:, None, None], pairs[picks]]  # (m, ns, 2) walkers
+    diffs = coords[ensemble, pair[..., 1]] - coords[ensemble, pair[..., 0]]
     gamma = move.g0 * (1 + move.sigma * stretch)
-    q = x[at, members] + gamma * diffs
-    return np.repeat(rows, ns), members.ravel(), q.reshape(m * ns, -1), np.zeros(m * ns)
+    q = coords[ensemble, members] + gamma * diffs
+    return np.repeat(rows, ns), members.ravel(), q.reshape(m * ns, -1), np.zeros(m * ns), uniforms.ravel()
 
 
 def _snooker_proposals(
-    coords: np.ndarray, rows: np.ndarray, sets: list[np.ndarray], split: int, move: Any, bits: Sequence[Any]
+    coords: np.ndarray,
+    rows: np.ndarray,
+    sets: list[np.ndarray],
+    split: int,
+    move: Any,
+    randoms: Sequence[_EnsembleRandom],
 ) -> Proposals:
     """emcee's ``DESnookerMove`` proposals for the walkers of `split` in ensembles `rows` (see :func:`_de_proposals`).
 
@@ -2263,20 +2293,27 @@ def _snooker_proposals(
     members, others = sets[split], sets[:split] + sets[split + 1 :]
     m, ns = members.shape
     tops = [s.shape[1] - 1 for s in others] + [2, 1]
-    draws = np.array([_bounded_draws(bits[i], tops, ns) for i in rows], dtype=np.intp).reshape(m, ns, len(tops))
+    draws = np.empty((m, ns * len(tops)), dtype=np.intp)
+    uniforms = np.empty((m, ns))
+    for r, i in enumerate(rows):
+        draws[r] = _bounded_draws(randoms[i].bits, tops, ns)
+        uniforms[r] = randoms[i].random.random_sample(ns)
+    draws = draws.reshape(m, ns, len(tops))
     at = np.arange(m)[:, None]
     drawn = np.stack([s[at, draws[..., j]] for j, s in enumerate(others)], axis=-1)  # (m, ns, 3) walkers
     z, z1, z2 = np.take_along_axis(drawn, _SNOOKER_ORDERS[draws[..., 3], draws[..., 4]], axis=-1).transpose(2, 0, 1)
-    x = coords[rows]
-    s = x[at, members]
-    delta = s - x[at, z]
+    ensemble = rows[:, None]
+    s = coords[ensemble, members]
+    start = coords[ensemble, z]
+    delta = s - start
     norm = np.sqrt(_dot(delta, delta))
     u = delta / np.sqrt(norm)[..., None]
-    q = s + u * move.gammas * (_dot(u, x[at, z1]) - _dot(u, x[at, z2]))[..., None]
-    away = q - x[at, z]
+    q = s + u * move.gammas * (_dot(u, coords[ensemble, z1]) - _dot(u, coords[ensemble, z2]))[..., None]
+    away = q - start
     metropolis = np.log(np.sqrt(_dot(away, away))) - np.log(norm)
     d = coords.shape[2]
-    return np.repeat(rows, ns), members.ravel(), q.reshape(m * ns, d), (0.5 * (d - 1.0) * metropolis).ravel()
+    factors = 0.5 * (d - 1.0) * metropolis
+    return np.repeat(rows, ns), members.ravel(), q.reshape(m * ns, d), factors.ravel(), uniforms.ravel()
 
 
 def _run_ensembles(
@@ -2336,8 +2373,9 @@ def _run_ensembles(
     # RandomState.choice(2, p=weights) is the first move where a uniform falls below the weights' cdf.
     cdf = np.cumsum([_DE_WEIGHT, 1 - _DE_WEIGHT])
     cdf /= cdf[-1]
-    states, bits = zip(*(_legacy_random_state(seed) for seed in seeds), strict=True)
+    randoms = [_EnsembleRandom(seed) for seed in seeds]
     unsplit = {move.nsplits: np.arange(walkers) % move.nsplits for move in (de, snooker)}
+    sizes = {k: np.bincount(labels, minlength=k).tolist() for k, labels in unsplit.items()}
     first = log_prob(coords.reshape(n * walkers, d), np.repeat(np.arange(n), walkers))
     density = first[:, 0].reshape(n, walkers).copy()
     blob = first[:, 1].reshape(n, walkers).copy()
@@ -2345,27 +2383,25 @@ def _run_ensembles(
     blobs = np.empty((n, steps - burn, walkers))
     accepted = np.zeros((n, walkers))
     labels = np.empty((n, walkers), dtype=np.intp)
+    moves = ((de, _de_proposals), (snooker, _snooker_proposals))
     for step in range(steps):
-        snooking = np.array([state.random_sample() >= cdf[0] for state in states])
-        for i, state in enumerate(states):
+        snooking = np.array([each.random.random_sample() >= cdf[0] for each in randoms])
+        for i, each in enumerate(randoms):
             labels[i] = unsplit[(snooker if snooking[i] else de).nsplits]
-            state.shuffle(labels[i])
-        by_de, by_snooker = np.flatnonzero(~snooking), np.flatnonzero(snooking)
-        de_sets = _split_sets(labels[by_de], de.nsplits) if len(by_de) else []
-        snooker_sets = _split_sets(labels[by_snooker], snooker.nsplits) if len(by_snooker) else []
-        for split in range(snooker.nsplits if len(by_snooker) else de.nsplits):
-            parts = []
-            if len(by_de) and split < de.nsplits:
-                parts.append(_de_proposals(coords, by_de, de_sets, split, de, states))
-            if len(by_snooker):
-                parts.append(_snooker_proposals(coords, by_snooker, snooker_sets, split, snooker, bits))
-            owner, member, q, factors = (np.concatenate(p) for p in zip(*parts, strict=True))
+            each.random.shuffle(labels[i])
+        groups = []
+        for (move, propose), rows in zip(moves, (np.flatnonzero(~snooking), np.flatnonzero(snooking)), strict=True):
+            if len(rows):
+                groups.append((move, propose, rows, _split_sets(labels[rows], sizes[move.nsplits])))
+        for split in range(max(move.nsplits for move, *_ in groups)):
+            parts = [propose(coords, rows, sets, split, move, randoms)
+                     for move, propose, rows, sets in groups if split < move.nsplits]  # fmt: skip
+            owner, member, q, factors, uniforms = parts[0]
             if len(parts) > 1:  # the batch in ensemble order, as one ensemble's own batch would be laid out
+                owner, member, q, factors, uniforms = (np.concatenate(p) for p in zip(*parts, strict=True))
                 order = np.argsort(owner, kind="stable")
-                owner, member, q, factors = owner[order], member[order], q[order], factors[order]
+                owner, member, q, factors, uniforms = (a[order] for a in (owner, member, q, factors, uniforms))
             found = log_prob(q, owner)
-            counts = np.bincount(owner, minlength=n)
-            uniforms = np.concatenate([states[i].rand(counts[i]) for i in np.flatnonzero(counts)])
             with np.errstate(divide="ignore", invalid="ignore"):
                 take = factors + found[:, 0] - density[owner, member] > np.log(uniforms)
             who, walker = owner[take], member[take]
@@ -2579,7 +2615,7 @@ def _posterior_predictive(spec: CalibrationSpec, sim: _Simulator, draws: np.ndar
     rows = np.array([int(np.argmin(np.abs(saved - t))) for t in spec.observations.index.to_numpy(dtype=float)])
     observed = spec.observations.to_numpy(dtype=float)
     mask = np.isfinite(observed)
-    res = np.where(mask, paths[:, rows, :] - observed, 0.0)
+    res = np.where(mask, np.take(paths, rows, axis=1) - observed, 0.0)
     # The likelihood's one noise variance is drawn, not set to its maximum-likelihood value SSR/n (too
     # narrow a band on short series): under Jeffreys' prior p(sigma^2) ~ 1/sigma^2, sigma^2 given theta has
     # density ~ sigma^-(n+2) exp(-SSR/2sigma^2), i.e. SSR/chi2 on n degrees of freedom (integrating it out
