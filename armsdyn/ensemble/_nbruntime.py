@@ -23,6 +23,9 @@ SMALL_VENSIM = 1e-6
 # annotation would be unchecked and could be wrong. mypy sees numba as untyped
 # and checks their bodies as untyped functions.
 _jit = njit(cache=True, error_model="numpy", inline="always")
+# Functions a kernel calls only before its time loop: inlining them (numba's inlining types their
+# code again at each call site) made per-sample kernels slower to compile, and saves nothing at run time.
+_jit_called = njit(cache=True, error_model="numpy")
 
 
 # The most frequent helpers are written in LLVM IR (inlined by LLVM, not numba: faster to compile).
@@ -63,6 +66,48 @@ def _step(e: Emit, t: Any, dt: Any, value: Any, tstep: Any) -> Any:
     return e.mul(value, e.select(after, e.c(1.0), e.c(0.0)))
 
 
+def _truth(e: Emit, a: Any) -> Any:
+    return e.b.fcmp_unordered("!=", a, e.c(0.0))  # Python's bool(a): NaN is true
+
+
+# Logical operators give 1.0 or 0.0 (numba's bool would be the same number wherever it is used:
+# a condition of _where, arithmetic, an output).
+def _land(e: Emit, a: Any, b: Any) -> Any:
+    return e.select(e.b.and_(_truth(e, a), _truth(e, b)), e.c(1.0), e.c(0.0))
+
+
+def _lor(e: Emit, a: Any, b: Any) -> Any:
+    return e.select(e.b.or_(_truth(e, a), _truth(e, b)), e.c(1.0), e.c(0.0))
+
+
+def _lnot(e: Emit, a: Any) -> Any:
+    return e.select(_truth(e, a), e.c(0.0), e.c(1.0))
+
+
+def _quantum(e: Emit, a: Any, b: Any) -> Any:
+    # a * 1.0 if b < SMALL_VENSIM else b * trunc(a / b): both computed, one chosen (no traps, error_model numpy).
+    trunc = e.b.module.declare_intrinsic("llvm.trunc", [ir.DoubleType()])
+    whole = e.mul(b, e.b.call(trunc, [e.b.fdiv(a, b)]))
+    return e.select(e.cmp("<", b, e.c(SMALL_VENSIM)), e.mul(a, e.c(1.0)), whole)
+
+
+def _modulo(e: Emit, x: Any, m: Any) -> Any:
+    return e.b.fsub(x, _quantum(e, x, m))
+
+
+def _started(e: Emit, t: Any, start: Any) -> Any:
+    return e.select(e.cmp(">", e.b.fadd(t, e.c(SMALL_VENSIM)), start), e.c(1.0), e.c(0.0))
+
+
+def _ramp2(e: Emit, t: Any, slope: Any, start: Any) -> Any:
+    return e.mul(e.mul(_started(e, t, start), slope), e.b.fsub(t, start))
+
+
+def _ramp3(e: Emit, t: Any, slope: Any, start: Any, finish: Any) -> Any:
+    final = _minimum(e, finish, t)
+    return e.mul(e.mul(_started(e, t, start), slope), e.b.fsub(final, start))
+
+
 # Vensim's SUM, PROD, VMIN and VMAX skip NaN (xarray's reductions, np.nansum and friends).
 def _nan0(e: Emit, a: Any) -> Any:
     return e.select(e.is_nan(a), e.c(0.0), a)
@@ -92,42 +137,13 @@ as_float = ir_function("as_float", _as_float)
 xidz = ir_function("xidz", _xidz)
 zidz = ir_function("zidz", _zidz)
 step = ir_function("step", _step)
-
-
-@_jit
-def land(a, b):
-    return bool(a) and bool(b)
-
-
-@_jit
-def lor(a, b):
-    return bool(a) or bool(b)
-
-
-@_jit
-def lnot(a):
-    return not bool(a)
-
-
-@_jit
-def quantum(a, b):
-    return a * 1.0 if b < SMALL_VENSIM else b * np.trunc(a / b)
-
-
-@_jit
-def modulo(x, m):
-    return x - quantum(x, m)
-
-
-@_jit
-def ramp3(t, slope, start, finish):
-    final = minimum(finish, t)
-    return (1.0 if t + SMALL_VENSIM > start else 0.0) * slope * (final - start)
-
-
-@_jit
-def ramp2(t, slope, start):
-    return (1.0 if t + SMALL_VENSIM > start else 0.0) * slope * (t - start)
+land = ir_function("land", _land)
+lor = ir_function("lor", _lor)
+lnot = ir_function("lnot", _lnot)
+quantum = ir_function("quantum", _quantum)
+modulo = ir_function("modulo", _modulo)
+ramp2 = ir_function("ramp2", _ramp2)
+ramp3 = ir_function("ramp3", _ramp3)
 
 
 @_jit
@@ -227,7 +243,7 @@ def lookup_runs(kind, xs, ys, x):
     return series(x, xs, ys)
 
 
-@_jit
+@_jit_called
 def order(value):
     """The order as an int, or -1 if it is not a whole number of at least 1."""
     if not np.isfinite(value) or value < 1 or value != int(value):
@@ -235,7 +251,7 @@ def order(value):
     return int(value)
 
 
-@_jit
+@_jit_called
 def delay_order(k0, d, dt):
     k = np.trunc(k0 * 1.0)
     if not k > 0:
@@ -248,6 +264,6 @@ def delay_order(k0, d, dt):
     return k
 
 
-@_jit
+@_jit_called
 def fixed_order(d, dt):
     return np.rint(maximum(d / dt, 1) + SMALL_VENSIM)

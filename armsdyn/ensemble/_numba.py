@@ -803,10 +803,13 @@ def _blocked_body(code: _Code) -> list[str]:
         "        if SV[i]:",
     ]
     # The outputs' rows of W are consecutive: one loop copies them all (a loop per output, with a
-    # subscripted model's thousands of elements, would multiply the kernel's compile time).
+    # subscripted model's thousands of elements, would multiply the kernel's compile time). Its
+    # count is read from O (a row per output), not written as a number: LLVM unrolled a loop of a
+    # known count of up to 16 or so outputs into as many vectorised copy loops, each with its
+    # remainder and overlap checks, which tripled the machine-code generation time of a small kernel.
     if out_row:
         body += [
-            f"            for o in range({len(out_row)}):",
+            "            for o in range(O.shape[0]):",
             "                for jj in range(b):",
             f"                    O[o, k, off + lo0 + jj] = W[{out_row[0]} + o * {_BLOCK} + jj]",
         ]
