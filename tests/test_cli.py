@@ -24,7 +24,7 @@ from tests.conftest import CONFIGS, MODELS, ROOT, call_cli
 
 # One worker runs the modules that read the session's run of configs/richardson.toml
 # (tests/conftest.py's richardson_results: the run and its two figures, about 4 s of CPU), so
-# it runs once, not once on each worker: test_cli, test_export, test_figures and test_output.
+# it runs once, not once on each worker: test_cli, test_export and test_figures.
 pytestmark = pytest.mark.xdist_group("richardson_run")
 
 

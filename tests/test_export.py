@@ -23,7 +23,7 @@ from tests.conftest import CONFIGS, RACE_ATTRIBUTION, call_cli, write_config
 
 # One worker runs the modules that read the session's run of configs/richardson.toml
 # (tests/conftest.py's richardson_results: the run and its two figures, about 4 s of CPU), so
-# it runs once, not once on each worker: test_cli, test_export, test_figures and test_output.
+# it runs once, not once on each worker: test_cli, test_export and test_figures.
 pytestmark = pytest.mark.xdist_group("richardson_run")
 
 #: A Richardson race that overflows (inf, then NaN) beside a stable one, and a small Latin study.

@@ -21,7 +21,7 @@ from tests.conftest import CONFIGS, MODELS, ROOT, call_cli
 
 # One worker runs the modules that read the session's run of configs/richardson.toml
 # (tests/conftest.py's richardson_results: the run and its two figures, about 4 s of CPU), so
-# it runs once, not once on each worker: test_cli, test_export, test_figures and test_output.
+# it runs once, not once on each worker: test_cli, test_export and test_figures.
 pytestmark = pytest.mark.xdist_group("richardson_run")
 
 BASELINE = ROOT / "tests" / "baseline"
@@ -99,8 +99,10 @@ def test_pdf_fonts_are_embedded_truetype(written: Path) -> None:
 
 
 def test_renders_are_byte_identical(written: Path, redrawn: Path) -> None:
-    # Two renders of the same results: the run's (from the Dataset it ran) and the redraw's (from
-    # results.nc read back); a date, a version or a random id in a file would differ.
+    # Two renders of the same results in one process: the run's (write_results, from the Dataset it
+    # ran) and the redraw's (from results.nc read back); a date, a version, a random id or a
+    # counter in a file would differ. The results folder's writer and the redraw share
+    # draw_figures, so this is the byte-identity check for both.
     again = redrawn / "figures"
     kept = (".pdf", ".svg", ".md")
     compared = sorted(p.name for p in written.iterdir() if p.suffix in kept)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import subprocess
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -17,11 +16,6 @@ import armsdyn
 from armsdyn import FigureSpec, ResultsError, load_config, write_results
 from armsdyn.ensemble import FallbackWarning
 from tests.conftest import CONFIGS, call_cli
-
-# One worker runs the modules that read the session's run of configs/richardson.toml
-# (tests/conftest.py's richardson_results: the run and its two figures, about 4 s of CPU), so
-# it runs once, not once on each worker: test_cli, test_export, test_figures and test_output.
-pytestmark = pytest.mark.xdist_group("richardson_run")
 
 
 @pytest.fixture(scope="module")
@@ -70,23 +64,6 @@ def test_existing_folder_is_refused_without_force(
     (tmp_path / "out").mkdir()
     with pytest.raises(ResultsError, match="already exists; pass --force"):
         write_results(ds, experiment, tmp_path / "out")
-
-
-def test_figures_are_byte_identical_across_renders(
-    tmp_path: Path,
-    experiment: armsdyn.Experiment,
-    ds: xr.Dataset,
-    richardson_results: subprocess.CompletedProcess[str],
-) -> None:
-    # This write's renders against those of the session's `armsdyn run` of the same config
-    # (tests/conftest.py): a render of its own would cost two figures' drawing again.
-    a = write_results(ds, experiment, tmp_path / "a")
-    b = Path(richardson_results.args[-1])
-    pdfs = sorted(p.name for p in (a / "figures").glob("*.pdf"))
-    assert pdfs == sorted(p.name for p in (b / "figures").glob("*.pdf"))
-    assert len(pdfs) == len(experiment.figures)
-    for name in pdfs:
-        assert (a / "figures" / name).read_bytes() == (b / "figures" / name).read_bytes(), name
 
 
 _DATA_MODEL = """{UTF-8}

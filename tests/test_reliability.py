@@ -615,9 +615,10 @@ def test_an_unreachable_scheduler_fails_fast_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("distributed", reason="Dask distributed is not installed")
-    # A second instead of the 5 the runner gives a real scheduler: the test then waits less, and
-    # a timeout not passed on to Dask (its own is 30 s) fails it all the same.
-    monkeypatch.setattr(armsdyn.runner, "CONNECT_TIMEOUT", 1)
+    # A quarter of a second instead of the 5 the runner gives a real scheduler: the test then waits
+    # less (nobody listens, so no timeout is too short), and a timeout not passed on to Dask (its
+    # own is 30 s) fails it all the same.
+    monkeypatch.setattr(armsdyn.runner, "CONNECT_TIMEOUT", 0.25)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -627,7 +628,7 @@ def test_an_unreachable_scheduler_fails_fast_with_a_message(
     elapsed = time.monotonic() - start
     assert code == 2
     line = _one_line_error(capsys.readouterr().err)
-    assert f"tcp://127.0.0.1:{port}: cannot reach the Dask scheduler within 1 s" in line
+    assert f"tcp://127.0.0.1:{port}: cannot reach the Dask scheduler within 0.25 s" in line
     assert elapsed < 15, f"took {elapsed:.0f} s"
     assert not (tmp_path / "out").exists()
 
