@@ -1,9 +1,12 @@
-"""The ensemble engine on subscripted models: every shared subscripted case, element samples, result layout."""
+"""The ensemble engine on subscripted models: element samples, result layout, rolled element loops.
+
+The shared subscripted cases run in ``tests/test_ensemble.py``'s conformance test, at their defaults
+and with every element of every constant varied, in both backends.
+"""
 
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,83 +14,9 @@ import pytest
 
 from armsdyn.ensemble import SampleError, UnsupportedConstruct, compile_model, run_ensemble
 from armsdyn.ensemble._expand import roll_elements
-from armsdyn.model import TimeSettings, load_model
-from tests.conftest import MODELS, SHARED
-from tests.test_ensemble import (
-    NUMBA,
-    NUMBA_SLOW,
-    RTOL,
-    assert_matches_pysd,
-    pysd_group,
-    value_names,
-    vary_constants,
-)
-
-CASES = SHARED / "test-models"
-PREFIXES = ("subscript_", "subscripted_", "subrange_merge", "vector_select")
-SUBSCRIPTED = (
-    sorted(p for p in CASES.glob("*/*") if p.parent.name.startswith(PREFIXES) and p.suffix in (".mdl", ".xmile"))
-    if CASES.is_dir()
-    else []
-)
-# Cases PySD runs whose constructs the engine does not compile (it raises UnsupportedConstruct for them).
-NOT_COMPILED = {"test_vector_select.mdl"}
-
-
-def _backend_cases() -> list:
-    params = [pytest.param(p, "numpy", id=f"numpy-{p.parent.name}/{p.name}", marks=pysd_group(p)) for p in SUBSCRIPTED]
-    for p in SUBSCRIPTED:
-        marks = [pysd_group(p), pytest.mark.skipif(not NUMBA, reason="numba is not installed")]
-        if p.name in NUMBA_SLOW:
-            marks.append(pytest.mark.slow)
-        params.append(pytest.param(p, "numba", id=f"numba-{p.parent.name}/{p.name}", marks=marks))
-    return params
-
-
-def _pysd_runs(path: Path) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            load_model(path)
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.parametrize(("path", "backend"), _backend_cases())
-def test_shared_subscripted_cases_match_pysd_or_fall_back_cleanly(path: Path, backend: str) -> None:
-    if not _pysd_runs(path):
-        pytest.skip("PySD cannot run this case")
-    if path.name in NOT_COMPILED:
-        with pytest.raises(UnsupportedConstruct) as info:
-            compile_model(path, backend=backend).backend  # noqa: B018 - resolving the backend compiles
-        assert info.value.variable
-        assert info.value.construct
-        return
-    model = compile_model(path, backend=backend)
-    assert model.backend == backend
-    samples = vary_constants(model, 3, seed=4)
-    names = value_names(model)
-    ds = model.run(samples, variables=names, chunk_size=2)
-    assert_matches_pysd(path, ds, samples, names)
-
-
-@pytest.mark.skipif(not SUBSCRIPTED, reason=f"shared test models not found in {CASES}")
-@pytest.mark.parametrize(
-    "backend", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not NUMBA, reason="no numba"))]
-)
-def test_how_many_shared_subscripted_cases_compile(backend: str) -> None:
-    runnable = [p for p in SUBSCRIPTED if _pysd_runs(p)]
-    compiled = []
-    for path in runnable:
-        try:
-            # The numba backend generates (and checks) its kernel source here; compiling it is left to a run.
-            compile_model(path, backend=backend).backend  # noqa: B018
-        except UnsupportedConstruct:
-            continue
-        compiled.append(path.name)
-    assert len(runnable) >= 29
-    assert len(compiled) == len(runnable) - len(NOT_COMPILED), sorted(compiled)
+from armsdyn.model import TimeSettings
+from tests.conftest import MODELS
+from tests.test_ensemble import NUMBA, RTOL, assert_matches_pysd
 
 
 def test_richardson_n_matches_pysd_for_sampled_elements() -> None:
