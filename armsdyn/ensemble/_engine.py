@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import os
 import re
@@ -104,6 +105,23 @@ class TimeGrid:
             raise ModelError(msg)
         return cls(tuple(times), tuple(save), time)
 
+    # Read by every call of the engine: a calibration makes tens of thousands of small calls, where
+    # converting the tuples each time was a fifth of a call's overhead.
+    @functools.cached_property
+    def time_array(self) -> np.ndarray:
+        """`times` as a float array."""
+        return np.asarray(self.times, dtype=float)
+
+    @functools.cached_property
+    def save_array(self) -> np.ndarray:
+        """`save` as a bool array."""
+        return np.asarray(self.save, dtype=np.bool_)
+
+    @functools.cached_property
+    def n_save(self) -> int:
+        """Number of saved times."""
+        return int(sum(self.save))
+
 
 @dataclass(frozen=True)
 class OutputMeta:
@@ -161,6 +179,7 @@ class CompiledModel(VariableLookup):
         self._state_models: dict[tuple[str, ...], CompiledModel] = {}
         self._constants_cache: dict[str, Any] | None = None
         self._positions: dict[str, dict[str, tuple[int, ...]]] = {}
+        self._timings_read: dict[tuple[Path, tuple[str, ...], Spec], dict[str, float]] = {}
         self._requested = _check_backend(backend)
         self._resolved: str | None = None
         self.threads: int | None = None
@@ -520,7 +539,7 @@ class CompiledModel(VariableLookup):
                 if not spec:
                     self._resolved = "numpy"  # numba could not compile the kernel: numpy can
         func = self.program(names, spec)
-        n_save = sum(grid.save)
+        n_save = grid.n_save
         starts = chunk_bounds(n, chunk_size)[:-1]
         decide_at = starts[1] if len(starts) > 1 else n  # where the pilot ends: after the first chunk
         if pilot and decide_at > _PILOT_SAMPLES:
@@ -579,12 +598,19 @@ class CompiledModel(VariableLookup):
 
     def _timings(self, names: Sequence[str], spec: Spec) -> dict[str, float]:
         """Seconds per run and time step of each backend on this kernel, as earlier studies measured them."""
-        source = self._numba_module([f"v_{py}" for py in names], spec)[0]
-        return _numba.read_timings(source, cache_dir() / "ensemble-numba")
+        # Read once per process and cache folder (and again after this process records one): a
+        # calibration's tens of thousands of small calls each read the file, a quarter of a call.
+        where = (cache_dir() / "ensemble-numba", tuple(names), spec)
+        if where not in self._timings_read:
+            source = self._numba_module([f"v_{py}" for py in names], spec)[0]
+            self._timings_read[where] = _numba.read_timings(source, where[0])
+        return self._timings_read[where]
 
     def _record(self, names: Sequence[str], spec: Spec, backend: str, seconds: float) -> None:
         source = self._numba_module([f"v_{py}" for py in names], spec)[0]
-        _numba.write_timing(source, cache_dir() / "ensemble-numba", backend, seconds)
+        folder = cache_dir() / "ensemble-numba"
+        _numba.write_timing(source, folder, backend, seconds)
+        self._timings_read.pop((folder, tuple(names), spec), None)
 
     def _kernel_cost(self, names: Sequence[str], spec: Spec) -> float:
         """Seconds before the numba kernel saving `names` can run: none, loading it, or compiling it."""
@@ -669,7 +695,7 @@ class CompiledModel(VariableLookup):
         out: list[np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """Run one chunk of `m` samples with the numpy program `func`, into `out` (new arrays by default)."""
-        n_save = sum(grid.save)
+        n_save = grid.n_save
         out = out if out is not None else [np.empty((n_save, *self._shape(py), m)) for py in names]
         # numpy floats throughout, so that a division by zero gives inf or nan (numpy's arithmetic,
         # PySD's with sampled values) instead of raising as Python floats do.
@@ -681,7 +707,7 @@ class CompiledModel(VariableLookup):
             # Overflow and NaN are results to report, not errors (as with PySD in armsdyn.model).
             with np.errstate(all="ignore"):
                 saved = func(
-                    constants, m, np.asarray(grid.times, dtype=float), grid.save, f64(time.step),
+                    constants, m, grid.time_array, grid.save, f64(time.step),
                     f64(time.initial), f64(time.final), f64(time.saveper), out,
                 )  # fmt: skip
         except NonUniformOrder as exc:
@@ -749,7 +775,7 @@ class CompiledModel(VariableLookup):
         # subscripted output has a row per element (C order): a view reshapes it to (time, *elements, run).
         shapes = [self._shape(py) for py in names]
         sizes = [int(np.prod(shape, dtype=int)) for shape in shapes]
-        out = np.empty((sum(sizes), sum(grid.save), n))
+        out = np.empty((sum(sizes), grid.n_save, n))
         # Threads only where a chunk is shared: starting a pool costs more than a small batch's
         # runs (an analysis's batch of states, an explorer update of one run).
         threads = max(1, self.threads or os.cpu_count() or 1) if min(n, chunk_size) >= 2 * _MIN_PER_THREAD else 1
@@ -776,8 +802,8 @@ class CompiledModel(VariableLookup):
         threads: int,
         pool: ThreadPoolExecutor | None,
     ) -> None:
-        times = np.asarray(grid.times, dtype=float)
-        save = np.asarray(grid.save, dtype=np.bool_)
+        times = grid.time_array
+        save = grid.save_array
         time = grid.settings
         controls = (float(time.step), float(time.initial), float(time.final), float(time.saveper))
         rows = [self._constant_row(name, values) for name in constants]

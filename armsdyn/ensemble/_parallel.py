@@ -133,7 +133,7 @@ def _run_compiled(
     # A task per chunk: every sample is computed in the same chunk as in a serial run, and the
     # chunks' equal sizes share a study of a few chunks evenly between the workers.
     bounds = list(itertools.pairwise(chunk_bounds(n, chunk_size)))
-    n_save = sum(grid.save)
+    n_save = grid.n_save
     shapes = [(n_save, *model._shape(py), n) for py in names]
     # The workers write their runs straight into the result's memory (a file mapped by every process),
     # instead of pickling them back through a pipe to be copied again: a study's saved series are
