@@ -46,10 +46,11 @@ small enough that a step's working set stays in the CPU cache."""
 
 _NUMBA_SPEEDUP = 3.0  # numba kernel against numpy per sample: at least this (3-7x measured), on one core
 _LOAD_SECONDS = 0.7  # importing numba and loading a cached kernel
-_COMPILE_BASE = 1.0  # seconds: importing numba and compiling the smallest kernel
-_COMPILE_PER_LINE2 = 2.8e-6  # seconds per squared line of kernel source
-_PER_SAMPLE_PER_LINE = 8.2e-3  # seconds per line of a per-sample kernel (delays, higher-order smooths)
-_PER_SAMPLE_PER_LINE2 = 1.8e-5  # and per squared line
+_COMPILE_BASE = 1.19  # seconds: importing numba (about 0.5 s) and compiling the smallest kernel
+_COMPILE_PER_LINE = 2.87e-3  # seconds per line of a blocked kernel's source
+_COMPILE_PER_LINE2 = 2.92e-6  # and per squared line
+_PER_SAMPLE_PER_LINE = 6.4e-3  # seconds per line of a per-sample kernel (delays, higher-order smooths)
+_PER_SAMPLE_PER_LINE2 = 1.7e-5  # and per squared line
 _PER_SAMPLE_MARK = "\ndef sample("  # a per-sample kernel's function of one sample (armsdyn.ensemble._numba)
 
 _PILOT_SAMPLES = 1024  # samples "auto" runs with numpy before deciding whether numba pays
@@ -670,20 +671,20 @@ class CompiledModel(VariableLookup):
         return _numba.kernel_cached(source, cache_dir() / "ensemble-numba")
 
     def _compile_estimate(self, names: Sequence[str], spec: Spec = ()) -> float:
-        # Seconds to compile a kernel, from its length: numba's SSA construction grows faster than
-        # linearly. Measured on a quiet machine (2026-12-02, numba 0.68), blocked kernels:
-        # richardson 87 lines 0.84 s, triad_lookup 184 lines 0.94 s, security_dilemma 523 lines
-        # 1.73 s, knowledge_engine 1,206 lines 4.86 s. (The earlier 2.2e-5 s per squared line
-        # overstated security_dilemma's 4x, and its 10^4-run study stayed on numpy: 4.0 s against
-        # 2.5 s.) Per-sample kernels (a loop over samples around the time loop) cost several times
-        # more per line; fitted on chains of 1-16 DELAY Ns (64-424 lines: 0.8-7.0 s of CPU besides
-        # numba's import; `python benchmarks/bench_ensemble.py --compile-costs`). The blocked line
-        # gave 1.2 s for subscripted_delays' 227 lines, which took 6.8 s; this gives 3.8 s.
+        # Seconds to import numba and compile a kernel, from its length: numba's SSA construction
+        # grows faster than linearly. Fitted on a quiet machine (2026-12-02 17:42, numba 0.68, after
+        # a26a22a; `python benchmarks/bench_ensemble.py --compile-costs`, CPU of a fresh process with
+        # numba's import): blocked kernels of 87-1,206 lines, richardson 1.43 s, triad_lookup 1.55-1.79
+        # s, security_dilemma 3.55 s, knowledge_engine 8.89 s (the earlier fit left out numba's import
+        # and gave 1.8 s and 5.1 s for the last two). Per-sample kernels (a loop over samples around
+        # the time loop) cost several times more per line: fitted on chains of 1-16 DELAY Ns (64-424
+        # lines, 1.3-6.9 s). The blocked line had given 1.2 s for subscripted_delays' 227 lines, which
+        # took 7.8 s; this gives 3.5 s (its rolled subscript loops compile slower than the chains).
         source = self._numba_module([f"v_{py}" for py in names], spec)[0]
         lines = len(source.splitlines())
         if _PER_SAMPLE_MARK in source:
             return _COMPILE_BASE + _PER_SAMPLE_PER_LINE * lines + _PER_SAMPLE_PER_LINE2 * lines**2
-        return _COMPILE_BASE + _COMPILE_PER_LINE2 * lines**2
+        return _COMPILE_BASE + _COMPILE_PER_LINE * lines + _COMPILE_PER_LINE2 * lines**2
 
     def _run_chunk(
         self,
