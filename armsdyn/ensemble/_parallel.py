@@ -232,12 +232,11 @@ def choose_workers(path: str | os.PathLike[str], n: int, backend: str = "auto", 
     """Worker processes that run a study of `n` samples of a model fastest (the default of ``workers``).
 
     The compiled engine runs in one process: the numba backend already shares
-    each chunk between a thread per core, and extra processes only add their
-    start-up (a fresh interpreter importing numpy, PySD and numba), their own
-    kernel loading and a copy of every result (measured: 2 processes slower
-    than 1 at 20,000 runs and no faster at 100,000, with either backend; see
-    ``benchmarks/README.md``). A model that falls back to PySD (about one run
-    per second) uses a process per core, up to one per sample.
+    each chunk between a thread per core. (numpy on two processes now beats one
+    on studies of more than about a second, 1.7-2.2x, and on costly models at
+    10^4 runs beats numba's compile too; this choice does not yet weigh that:
+    see ``benchmarks/README.md``.) A model that falls back to PySD (about one
+    run per second) uses a process per core, up to one per sample.
     """
     cpus = max(1, cpus or os.cpu_count() or 1)
     try:
