@@ -125,7 +125,9 @@ def run_experiment(
             if force and not resume:
                 remove_store(store)
             if workers is None and scheduler is None:
-                workers = choose_workers(experiment.model.path, needs(experiment).runs)
+                workers = choose_workers(
+                    experiment.model.path, needs(experiment).runs, variables=spec.variables, time=experiment.time
+                )
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
                 try:

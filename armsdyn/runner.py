@@ -146,6 +146,7 @@ class _Task:
     reduce: Reducer
     study_runs: int  # runs of the whole study: the engine chooses its backend for the study, not the chunk
     shared: SharedInputs
+    backend: str = "auto"  # "numpy" where the automatic choice shared numpy's chunks between processes
 
 
 def _run_task(task: _Task) -> tuple[int, xr.Dataset]:
@@ -162,6 +163,7 @@ def _run_task(task: _Task) -> tuple[int, xr.Dataset]:
             task.time,
             list(task.variables),
             workers=1,
+            backend=task.backend,
             study_runs=task.study_runs,
             series={k: [v] * n for k, v in task.shared.series.items()} or None,
             lookups={k: [v] * n for k, v in task.shared.lookups.items()} or None,
@@ -243,8 +245,12 @@ def run_chunked(
         If `store` holds another study's chunks, or holds chunks and `resume` is false.
     """
     n = len(next(iter(samples.values())))
+    backend = "auto"
     if workers is None and scheduler is None:
-        workers = choose_workers(model_path, n)  # measured per model: see armsdyn.ensemble.choose_workers
+        # From speeds measured for the model: see armsdyn.ensemble.choose_workers. More than one
+        # process only where numpy on every core beats numba's threads, so the processes run numpy.
+        workers = choose_workers(model_path, n, variables=variables, time=time, chunk_size=chunk_size)
+        backend = "numpy" if workers > 1 else "auto"
     model_path = Path(model_path)
     temporary = store is None
     folder = Path(tempfile.mkdtemp(prefix="armsdyn-study-")) if store is None else Path(store)
@@ -269,6 +275,7 @@ def run_chunked(
                 reduce=reduce,
                 study_runs=n,
                 shared=shared,
+                backend=backend,
             )
             for i in pending
         )
@@ -683,8 +690,8 @@ def needs(experiment: Any, *, workers: int | None = None, chunk_size: int = 8192
     if spec is not None:
         runs = study_runs(spec)
         chunk_size = study_chunk(experiment, chunk_size)
-        if workers is None:
-            workers = choose_workers(model.path, runs)  # what `run` will use
+        if workers is None:  # what `run` will use
+            workers = choose_workers(model.path, runs, variables=spec.variables, time=experiment.time)
         chunks = -(-runs // chunk_size)
         n_workers = max(1, min(workers, chunks))
         sampled = len(spec.parameters) + sum(len(p.also) for p in spec.parameters)

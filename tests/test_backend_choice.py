@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from armsdyn.ensemble import CompiledModel, _engine, compile_model
-from armsdyn.ensemble._engine import _numba_pays, _split_cost
+from armsdyn.ensemble._choice import NumpyCost, Plan, choose, numpy_seconds, pilot_cost
 from tests.conftest import MODELS
 
 NUMBA = importlib.util.find_spec("numba") is not None
@@ -25,32 +25,49 @@ SECURITY = [(64, 0.183), (960, 0.428)]  # models/security_dilemma.mdl: 1,601 ste
 
 
 def test_two_chunks_of_different_sizes_separate_the_fixed_cost_from_the_cost_per_sample() -> None:
-    per_chunk, per_sample = _split_cost([(64, 0.1 + 64 * 2e-4), (960, 0.1 + 960 * 2e-4)])
-    assert per_chunk == pytest.approx(0.1)
-    assert per_sample == pytest.approx(2e-4)
-    # A busy machine can make the shorter chunk the slower one: nothing negative comes out.
-    per_chunk, per_sample = _split_cost([(64, 0.05), (960, 0.04)])
-    assert per_sample == 0.0
-    assert per_chunk == pytest.approx(0.05)
+    cost = pilot_cost([(64, 0.1 + 64 * 2e-4), (960, 0.1 + 960 * 2e-4)])
+    assert cost.per_chunk == pytest.approx(0.1)
+    assert cost.per_sample == pytest.approx(2e-4)
+    # A busy machine can make the shorter chunk the slower one: nothing negative comes out, and the
+    # time is all counted per sample (the cost of a study is not taken to be nothing).
+    assert pilot_cost([(64, 0.05), (960, 0.04)]) == NumpyCost(0.0, pytest.approx(0.09 / 1024))
     # Chunks of one size cannot separate the two: all of it counts per sample.
-    assert _split_cost([(512, 0.2), (512, 0.4)]) == (0.0, pytest.approx(0.3 / 512))
+    assert pilot_cost([(512, 0.2), (512, 0.4)]) == NumpyCost(0.0, pytest.approx(0.3 / 512))
 
 
-def test_a_cheap_model_stays_on_numpy_where_its_time_per_sample_scaled_up_would_have_switched() -> None:
+def test_a_cheap_model_stays_on_numpy_in_one_process_where_its_time_per_sample_scaled_up_would_have_switched() -> None:
     # 10^5 runs of the SMOOTH model took 2.0 s on numpy and 8.0 s when the pilot switched to numba
     # (compiling, ~1.6 s estimated). The old pilot timed its 1,024 samples together with their copy
     # into the study's result, which first touches that whole array (2.56 s measured), and scaled the
     # time per sample up to the study.
     # (The old rule switched: 2.56 s / 1,024 samples x 98,976 more x 2/3 saved = 165 s > 1.6 s.)
     runs, chunk, compile_cost = 100_000 - 1024, 8192, 1.6
-    assert not _numba_pays(SMOOTH, runs, chunk, compile_cost)
-    busy = [(m, t * 3) for m, t in SMOOTH]  # wall time on a machine loaded 3x over
-    assert not _numba_pays(busy, runs, chunk, compile_cost)
+    for pilot in (SMOOTH, [(m, t * 3) for m, t in SMOOTH]):  # and wall time on a machine loaded 3x over
+        plan = choose(pilot_cost(pilot), runs, chunk, cpus=2, processes=2, numba_ready=compile_cost)
+        assert (plan.backend, plan.processes) == ("numpy", 1)  # 0.2 s of work: not worth a second process
 
 
-def test_an_expensive_model_switches_to_numba_when_the_study_is_large_enough() -> None:
-    assert _numba_pays(SECURITY, 100_000 - 1024, 8192, 3.0)
-    assert not _numba_pays(SECURITY, 10, 8192, 3.0)  # ten more runs do not pay a 3 s compilation
+def test_an_expensive_model_shares_numpy_at_ten_thousand_runs_and_compiles_numba_at_a_hundred_thousand() -> None:
+    # security_dilemma, measured cold on 2 cores (benchmarks/README.md): at 10^4 runs numpy on two
+    # processes 2.2 s, numba with its 3.5 s compile 4.0 s, numpy on one 4.2 s; at 10^5, 16.1, 11.6, 34.7 s.
+    cost, compile_cost = pilot_cost(SECURITY), 3.5
+    plan = choose(cost, 10_000 - 1024, 8192, cpus=2, processes=2, numba_ready=compile_cost)
+    assert (plan.backend, plan.processes) == ("numpy", 2)
+    plan = choose(cost, 100_000 - 1024, 8192, cpus=2, processes=2, numba_ready=compile_cost)
+    assert (plan.backend, plan.processes) == ("numba", 1)
+    # In one process (a chunk of a study that already shares its chunks out), numba or numpy alone.
+    assert choose(cost, 10_000 - 1024, 8192, cpus=2, processes=1, numba_ready=compile_cost).processes == 1
+    assert choose(cost, 10, 8192, cpus=2, processes=2, numba_ready=compile_cost).backend == "numpy"  # 10 more runs
+    # Where numba cannot run the model, numpy on every core still pays for the large study.
+    assert choose(cost, 100_000, 8192, cpus=2, processes=2) == Plan("numpy", 2, pytest.approx(numpy_seconds(
+        cost, 100_000, 8192, 2)))  # fmt: skip
+
+
+def test_a_measured_numba_speed_is_taken_as_it_is() -> None:
+    # Measured slower than numpy (the shared SMOOTH model is such a case): numpy, however large the study.
+    numpy = NumpyCost(0.0, 1e-5)
+    assert choose(numpy, 10**6, 8192, cpus=2, processes=1, numba_ready=0.7, numba_per_sample=2e-5).backend == "numpy"
+    assert choose(numpy, 10**6, 8192, cpus=2, processes=1, numba_ready=0.7, numba_per_sample=1e-6).backend == "numba"
 
 
 #: A model whose numpy and numba runs differ in the last bits (numba's vectorised EXP), so that a

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter, thread_time
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from armsdyn.ensemble import _numba
+from armsdyn.ensemble._choice import MIN_PER_THREAD, NumpyCost, Plan, choose, pilot_cost
 from armsdyn.ensemble._compiler import (
     STATE_PREFIX,
     Compiler,
@@ -44,7 +45,6 @@ DEFAULT_CHUNK_SIZE = 8192
 """Samples advanced together: large enough to amortise numpy's per-call overhead,
 small enough that a step's working set stays in the CPU cache."""
 
-_NUMBA_SPEEDUP = 3.0  # numba kernel against numpy per sample: at least this (3-7x measured), on one core
 _LOAD_SECONDS = 0.7  # importing numba and loading a cached kernel
 _COMPILE_BASE = 1.19  # seconds: importing numba (about 0.5 s) and compiling the smallest kernel
 _COMPILE_PER_LINE = 2.87e-3  # seconds per line of a blocked kernel's source
@@ -55,9 +55,9 @@ _PER_SAMPLE_MARK = "\ndef sample("  # a per-sample kernel's function of one samp
 
 _PILOT_SAMPLES = 1024  # samples "auto" runs with numpy before deciding whether numba pays
 _PROBE_SAMPLES = 64  # the pilot's first, shorter chunk: with the second, it separates numpy's fixed cost
-_MIN_TIMED = _PILOT_SAMPLES  # samples: a call this large measures a backend's speed well enough to keep
-
-_MIN_PER_THREAD = 64  # samples: below this a chunk is not worth sharing between threads
+_MIN_TIMED = _PILOT_SAMPLES  # samples: a call this large measures a backend's speed well enough to keep,
+_MIN_TIMED_STEPS = 2**20  # if it also advances this many runs by a step: a smaller call's fixed costs (a thread
+# pool's start, allocating the result) overstated numba's time per run up to 10x (3,000 runs of 81 steps)
 
 BACKENDS = ("auto", "numpy", "numba")
 """Code generators: ``numpy`` (whole-chunk array statements), ``numba`` (compiled,
@@ -285,7 +285,7 @@ class CompiledModel(VariableLookup):
         `backend` is ``"numpy"`` or ``"numba"``; the model's own by default.
         """
 
-        outputs = [f"v_{py}" for py in self._output_names(variables)]
+        outputs = [f"v_{py}" for py in self.output_names(variables)]
         if (backend or self.backend) == "numba":
             return self._numba_module(outputs)[0]
         return generate_source(self._graph, outputs)
@@ -352,7 +352,7 @@ class CompiledModel(VariableLookup):
             If the time settings are unusable or the model cannot be initialised.
         """
         values, n = self.normalise_inputs(samples, series, lookups)
-        names = self._output_names(variables)
+        names = self.output_names(variables)
         grid = TimeGrid.from_settings(time or self.time, self.path)
         arrays = self.simulate_arrays(values, n, grid, names, chunk_size)
         return self.dataset(values, grid, names, arrays)
@@ -445,7 +445,8 @@ class CompiledModel(VariableLookup):
         tables, n = normalise_series(self, series or {}, values, n if values else None, lookups)
         return {**values, **tables}, n
 
-    def _output_names(self, variables: Sequence[str] | None) -> list[str]:
+    def output_names(self, variables: Sequence[str] | None) -> list[str]:
+        """Python-safe names of `variables` (model or Python-safe names; stocks and flows by default)."""
         if variables is None:
             return self.default_variables()
         if isinstance(variables, str):
@@ -511,28 +512,72 @@ class CompiledModel(VariableLookup):
         sample meets the same neighbours (and numpy the same array layout)
         whether the study runs in one process or its chunks are shared out.
         """
+        begun = self.begin(values, n, grid, names, chunk_size)
+        return self.finish(begun, values, n, grid, names, chunk_size, out)
+
+    def begin(
+        self,
+        values: Mapping[str, np.ndarray],
+        n: int,
+        grid: TimeGrid,
+        names: Sequence[str],
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        processes: int = 1,
+    ) -> Begun:
+        """Choose how to run `n` samples: piloting numpy on the first ones where nothing is measured yet.
+
+        The plan weighs numpy in this process, numpy shared between `processes`
+        and numba on this process's threads (see :mod:`armsdyn.ensemble._choice`),
+        by the study this call belongs to (:attr:`study_runs`). Without a
+        measured numpy speed for this kernel, two short chunks of numpy (64
+        and 960 samples) measure it first; their runs are kept in the result
+        if numpy goes on. :meth:`finish` runs the rest in this process.
+        """
         if chunk_size < 1:
             msg = f"chunk_size must be at least 1, got {chunk_size}"
             raise ValueError(msg)
+        started = perf_counter()
         spec = series_spec(values)
-        key = (tuple(names), spec)
-        auto = self._requested == "auto" and self.backend == "numba"
-        # Per run and time step, as measured by earlier studies of this kernel (stored beside it).
-        timings = self._timings(names, spec) if auto else {}
-        steps = len(grid.times)
-        if len(timings) == 2:
-            # Both backends measured: choose at once, judging the call by the study it belongs to.
-            study = max(n, self.study_runs or 0)
-            cost = 0.0 if key in self._kernels else self._kernel_cost(names, spec)
-            numba_wins = (timings["numba"] * steps * study + cost) < timings["numpy"] * steps * study
-            pilot = False
-        else:
-            # "auto" with no compiled kernel at hand: numpy first, numba once its compilation pays.
-            # (A kernel cached on disk still costs importing numba and loading it: more than a small study.)
-            pilot = auto and key not in self._kernels
-            numba_wins = not pilot
-        if self.backend == "numba" and numba_wins:
+        study = max(n, self.study_runs or 0)
+        plan = self.plan(names, spec, grid, study, chunk_size, processes)
+        edges = [0, _PROBE_SAMPLES, _PILOT_SAMPLES] if chunk_bounds(n, chunk_size)[1] > _PILOT_SAMPLES else []
+        if plan is not None or not edges:
+            # Measured before, or a study no longer than the pilot: nothing to pilot for.
+            return Begun(plan or Plan("numpy"), started=started)
+        func = self.program(names, spec)
+        held: list[tuple[int, int, list[np.ndarray]]] = []
+        piloted: list[tuple[int, float]] = []
+        for lo, hi in itertools.pairwise(edges):
+            # Each chunk alone, into arrays of its own: writing into the study's result first touches
+            # that memory (numpy asks for huge pages), which every plan pays alike. CPU time of this
+            # thread: a pause of the process on a busy machine (10-20 ms against a 64-sample chunk's
+            # 0.3-4 ms) is no cost of numpy's.
+            timed = thread_time()
+            held.append((lo, hi, self._run_chunk(func, {k: v[lo:hi] for k, v in values.items()}, hi - lo, grid,
+                                                 list(names))))  # fmt: skip
+            piloted.append((hi - lo, thread_time() - timed))
+        cost = pilot_cost(piloted)
+        # Kept until a whole numpy call is timed (which replaces it): saves the next study its pilot.
+        self.record_timing(names, spec, "numpy", cost.per_sample / len(grid.times))
+        plan = self.plan(names, spec, grid, study - edges[-1], chunk_size, processes, numpy=cost)
+        assert plan is not None
+        return Begun(plan, edges[-1], held, started)
+
+    def finish(
+        self,
+        begun: Begun,
+        values: Mapping[str, np.ndarray],
+        n: int,
+        grid: TimeGrid,
+        names: Sequence[str],
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        out: Sequence[np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """Run the samples :meth:`begin` left, in this process, as its plan says (see :meth:`simulate_arrays`)."""
+        spec = series_spec(values)
+        if begun.plan.backend == "numba":
             try:
+                # Every run, the pilot's too (a tenth of a 10^4-run study): one backend's values.
                 return _into(out, self._simulate_numba(values, n, grid, names, chunk_size))
             except UnsupportedConstruct:
                 if self._requested == "numba":
@@ -540,62 +585,66 @@ class CompiledModel(VariableLookup):
                 if not spec:
                     self._resolved = "numpy"  # numba could not compile the kernel: numpy can
         func = self.program(names, spec)
-        n_save = grid.n_save
-        starts = chunk_bounds(n, chunk_size)[:-1]
-        decide_at = starts[1] if len(starts) > 1 else n  # where the pilot ends: after the first chunk
-        if pilot and decide_at > _PILOT_SAMPLES:
-            # Two short chunks first decide sooner (a whole chunk of numpy is seconds that numba would
-            # save), and their two sizes separate numpy's cost per chunk (Python's work per time step,
-            # whatever the chunk's size) from its cost per sample: a short chunk's time per sample,
-            # scaled to the study, overstated numpy's time several times over on cheap models.
-            starts[1:1] = [_PROBE_SAMPLES, _PILOT_SAMPLES]
-            decide_at = _PILOT_SAMPLES
-        started = perf_counter()
-        piloted: list[tuple[int, float]] = []  # (samples, seconds) of the pilot's chunks
-        # The result is allocated once numpy is to finish the study, and each chunk then writes its
-        # runs straight into it (a chunk's own arrays, copied in, were a quarter of security_dilemma's
-        # numpy time: 46 values saved 201 times). A pilot that hands the study to numba leaves
-        # numba's own arrays as the result, not a copy of them into these.
-        result: list[np.ndarray] = list(out) if out is not None else []
-        held: list[tuple[int, int, list[np.ndarray]]] = []  # the pilot's chunks until then
-
-        def place() -> None:
-            if not result:
-                result.extend(np.empty((n_save, *self._shape(py), n)) for py in names)
-            for a, b, done in held:
-                for arr, res in zip(result, done, strict=True):
-                    arr[..., a:b] = res
-            held.clear()
-
-        for lo, hi in itertools.pairwise([*starts, n]):
-            if pilot and lo == decide_at:
-                pilot = False
-                study = max(n, self.study_runs or 0) - lo
-                if _numba_pays(piloted, study, chunk_size, self._kernel_cost(names, spec)):
-                    try:
-                        # Every run, the pilot's too (a tenth of a 10^4-run study): one backend's values.
-                        return _into(out, self._simulate_numba(values, n, grid, names, chunk_size))
-                    except UnsupportedConstruct:
-                        if not spec:
-                            self._resolved = "numpy"
+        # The result is allocated once numpy is to finish the study, and each chunk writes its runs
+        # straight into it (a chunk's own arrays, copied in, were a quarter of security_dilemma's numpy
+        # time: 46 values saved 201 times).
+        result = list(out) if out is not None else [np.empty((grid.n_save, *self.element_shape(py), n)) for py in names]
+        begun.place(result)
+        edges = [begun.done, *(b for b in chunk_bounds(n, chunk_size) if b > begun.done)]
+        for lo, hi in itertools.pairwise(edges):
             chunk = {k: v[lo:hi] for k, v in values.items()}
-            if pilot:
-                # The chunk alone, into arrays of its own: writing into the study's result first touches
-                # that memory (numpy asks for huge pages), which either backend pays alike. CPU time of
-                # this thread: a pause of the process on a busy machine (10-20 ms against a 64-sample
-                # chunk's 0.3-4 ms) is no cost of numpy's.
-                timed = thread_time()
-                held.append((lo, hi, self._run_chunk(func, chunk, hi - lo, grid, list(names))))
-                piloted.append((hi - lo, thread_time() - timed))
-            else:
-                place()
-                self._run_chunk(func, chunk, hi - lo, grid, list(names), [arr[..., lo:hi] for arr in result])
-        place()  # a study that ended within the pilot
-        if auto and n >= _MIN_TIMED:
+            self._run_chunk(func, chunk, hi - lo, grid, list(names), [arr[..., lo:hi] for arr in result])
+        if self._times_backends() and _timed(n, grid):
             # Whole calls only: numpy's fixed cost per time step makes a short pilot chunk's time per run
             # several times a full chunk's (measured: numba chosen, 1.5x slower, on a SMOOTH model at 10^5).
-            self._record(names, spec, "numpy", (perf_counter() - started) / n / steps)
+            self.record_timing(names, spec, "numpy", (perf_counter() - begun.started) / n / len(grid.times))
         return result
+
+    def plan(
+        self,
+        names: Sequence[str],
+        spec: Spec,
+        grid: TimeGrid,
+        runs: int,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        processes: int = 1,
+        numpy: NumpyCost | None = None,
+    ) -> Plan | None:
+        """The fastest plan for `runs` samples saving `names`; None while numpy's cost is unknown.
+
+        numpy's cost is `numpy` (a pilot's), else its speed stored by an earlier
+        study of the kernel. numba is weighed at its stored speed, else at
+        numpy's :data:`~armsdyn.ensemble._choice.NUMBA_SPEEDUP` times over, plus
+        loading or compiling its kernel. numpy may share its chunks between
+        `processes`. A backend asked for by name is the plan's.
+        """
+        if self._requested == "numba":
+            return Plan("numba")
+        timings = self._timings(names, spec) if self._times_backends() else {}
+        steps = len(grid.times)
+        if numpy is None:
+            if "numpy" in timings:
+                numpy = NumpyCost(0.0, timings["numpy"] * steps)
+            elif processes == 1 and not self._times_backends():
+                return Plan("numpy")  # numpy in this process: nothing to choose
+            else:
+                return None
+        cpus = max(1, self.threads or os.cpu_count() or 1)
+        ready = self._kernel_cost(names, spec) if self._times_backends() else None
+        numba = timings["numba"] * steps if "numba" in timings else None
+        return choose(numpy, runs, chunk_size, cpus, processes, ready, numba)
+
+    def _times_backends(self) -> bool:
+        """Whether the automatic choice weighs numba for this model (and so keeps the backends' speeds)."""
+        return self._requested == "auto" and self.backend == "numba"
+
+    def record_timing(self, names: Sequence[str], spec: Spec, backend: str, seconds: float) -> None:
+        """Keep `backend`'s measured `seconds` per run and time step for the kernel saving `names`.
+
+        Kept only where the automatic choice weighs numba for this model.
+        """
+        if self._times_backends():
+            self._record(names, spec, backend, seconds)
 
     def _timings(self, names: Sequence[str], spec: Spec) -> dict[str, float]:
         """Seconds per run and time step of each backend on this kernel, as earlier studies measured them."""
@@ -619,7 +668,7 @@ class CompiledModel(VariableLookup):
             return 0.0
         return _LOAD_SECONDS if self.kernel_ready(names, spec) else self._compile_estimate(names, spec)
 
-    def _shape(self, py: str) -> tuple[int, ...]:
+    def element_shape(self, py: str) -> tuple[int, ...]:
         """Number of elements along each subscript range of variable `py` (empty for a scalar)."""
         info = self._graph.elements.get(py)
         return tuple(len(e) for _, e in info.dims) if info is not None else ()
@@ -697,7 +746,7 @@ class CompiledModel(VariableLookup):
     ) -> list[np.ndarray]:
         """Run one chunk of `m` samples with the numpy program `func`, into `out` (new arrays by default)."""
         n_save = grid.n_save
-        out = out if out is not None else [np.empty((n_save, *self._shape(py), m)) for py in names]
+        out = out if out is not None else [np.empty((n_save, *self.element_shape(py), m)) for py in names]
         # numpy floats throughout, so that a division by zero gives inf or nan (numpy's arithmetic,
         # PySD's with sampled values) instead of raising as Python floats do.
         constants = self._chunk_constants(chunk, m)
@@ -774,15 +823,15 @@ class CompiledModel(VariableLookup):
         started = perf_counter()  # the kernel is loaded: what follows is the backend's own speed
         # The kernel writes each chunk's results into its columns of this array: no copies. A
         # subscripted output has a row per element (C order): a view reshapes it to (time, *elements, run).
-        shapes = [self._shape(py) for py in names]
+        shapes = [self.element_shape(py) for py in names]
         sizes = [int(np.prod(shape, dtype=int)) for shape in shapes]
         out = np.empty((sum(sizes), grid.n_save, n))
         # Threads only where a chunk is shared: starting a pool costs more than a small batch's
         # runs (an analysis's batch of states, an explorer update of one run).
-        threads = max(1, self.threads or os.cpu_count() or 1) if min(n, chunk_size) >= 2 * _MIN_PER_THREAD else 1
+        threads = max(1, self.threads or os.cpu_count() or 1) if min(n, chunk_size) >= 2 * MIN_PER_THREAD else 1
         with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
             self._numba_chunks(kernel, constants, states, values, n, grid, chunk_size, out, threads, pool)
-        if n >= _MIN_TIMED:  # numba asked for or chosen: either way a measure for later automatic choices
+        if _timed(n, grid):  # numba asked for or chosen: either way a measure for later automatic choices
             self._record(names, spec, "numba", (perf_counter() - started) / n / len(grid.times))
         starts = itertools.accumulate(sizes, initial=0)
         return [
@@ -815,10 +864,10 @@ class CompiledModel(VariableLookup):
                 cv[row] = value[lo:hi] if isinstance(value, np.ndarray) else value
             err = np.zeros(m, dtype=np.int64)
             errv = np.zeros(m)
-            if pool is not None and m >= 2 * _MIN_PER_THREAD:
+            if pool is not None and m >= 2 * MIN_PER_THREAD:
                 # The kernel releases the GIL: threads share the chunk (each sample is computed alone,
                 # so the split does not change any value).
-                bounds = np.linspace(0, m, min(threads, m // _MIN_PER_THREAD) + 1).astype(int)
+                bounds = np.linspace(0, m, min(threads, m // MIN_PER_THREAD) + 1).astype(int)
                 jobs = [
                     pool.submit(kernel, cv, times, save, *controls, out, lo, err, errv, int(a), int(b))
                     for a, b in itertools.pairwise(bounds)
@@ -969,6 +1018,28 @@ def build_dataset(
 _compiled: dict[tuple[str, str], CompiledModel] = {}
 
 
+@dataclass
+class Begun:
+    """A call :meth:`CompiledModel.begin` began: its plan, and the pilot's runs of the first `done` samples."""
+
+    plan: Plan
+    done: int = 0
+    held: list[tuple[int, int, list[np.ndarray]]] = field(default_factory=list)
+    started: float = 0.0  # perf_counter() at the call's start: numpy's whole call is timed from it
+
+    def place(self, result: Sequence[np.ndarray]) -> None:
+        """Copy the pilot's runs into their columns of the study's `result` (and let them go)."""
+        for lo, hi, arrays in self.held:
+            for arr, res in zip(result, arrays, strict=True):
+                arr[..., lo:hi] = res
+        self.held = []
+
+
+def _timed(n: int, grid: TimeGrid) -> bool:
+    """Whether a call of `n` runs on `grid` is large enough to keep its measured speed."""
+    return n >= _MIN_TIMED and n * len(grid.times) >= _MIN_TIMED_STEPS
+
+
 def _into(out: Sequence[np.ndarray] | None, arrays: list[np.ndarray]) -> list[np.ndarray]:
     """`arrays` copied into `out` (and `out` returned) where the caller gave arrays to fill, else `arrays`."""
     if out is None:
@@ -987,39 +1058,6 @@ def chunk_bounds(n: int, chunk_size: int) -> list[int]:
     """
     k = max(1, -(-n // chunk_size))
     return [i * n // k for i in range(k + 1)]
-
-
-def _numba_pays(piloted: Sequence[tuple[int, float]], runs: int, chunk_size: int, cost: float) -> bool:
-    """Whether numba, at `cost` seconds to load or compile its kernel, beats numpy on `runs` more runs.
-
-    numpy's time is projected from the pilot's chunks, ``(samples, seconds)``;
-    numba is taken to save a chunk's fixed cost and :data:`_NUMBA_SPEEDUP` of
-    the cost per sample. (numba's stored speed alone is not used here: against
-    the pilot's figure, which overstates numpy's, it switched too eagerly:
-    security_dilemma at 10^4 runs ran 2.7x slower.)
-    """
-    per_chunk, per_sample = _split_cost(piloted)
-    # A full chunk costs at least the larger pilot chunk's time per sample: where its working set
-    # leaves the CPU cache it is slower per sample than the pilot's line says (security_dilemma:
-    # 0.18 ms on the line, 0.29 ms in the 960-sample chunk, 0.44 ms in a chunk of 7,104), and the
-    # larger chunk's share of the fixed cost is small.
-    last, seconds = piloted[-1]
-    per_sample = max(per_sample, seconds / last)
-    saving = per_chunk * -(-runs // chunk_size) + per_sample * runs * (1 - 1 / _NUMBA_SPEEDUP)
-    return saving > cost
-
-
-def _split_cost(chunks: Sequence[tuple[int, float]]) -> tuple[float, float]:
-    """Seconds per chunk and per sample of numpy, from the pilot's (samples, seconds) chunks.
-
-    Two chunks of different sizes give a line through both times (never negative:
-    on a busy machine the shorter chunk can take longer); one chunk is all cost per sample.
-    """
-    (m1, t1), (m2, t2) = chunks[0], chunks[-1]
-    if m1 == m2:
-        return 0.0, sum(t for _, t in chunks) / sum(m for m, _ in chunks)
-    per_sample = max(0.0, (t2 - t1) / (m2 - m1))
-    return max(0.0, t1 - per_sample * m1), per_sample
 
 
 def _check_backend(backend: str) -> str:

@@ -12,12 +12,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import resource_tracker
 from pathlib import Path
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from armsdyn.ensemble._engine import (
     DEFAULT_CHUNK_SIZE,
+    Begun,
     CompiledModel,
     OutputMeta,
     Samples,
@@ -29,6 +31,7 @@ from armsdyn.ensemble._engine import (
     normalise_samples,
     sample_meta,
     series_points,
+    series_spec,
 )
 from armsdyn.ensemble._errors import FallbackWarning, SampleError, UnsupportedConstruct
 from armsdyn.errors import ResultsError
@@ -78,9 +81,14 @@ def run_ensemble(
     variables : sequence of str, optional
         Variables to save; stocks and flows by default.
     workers : int or None
-        Processes to use; None means one per CPU. Results do not depend on it.
-        Workers are started with ``spawn`` (safe whatever threads the caller
-        runs), so a script that uses ``workers > 1`` needs the usual
+        Processes to use. None chooses: numpy in this process, numpy on every
+        core, or numba's threads in this process, whichever the measured
+        speeds project fastest (see :meth:`CompiledModel.begin`); a model
+        that falls back to PySD uses a process per core. Values do not depend
+        on the number of processes; the two backends can differ in the last
+        bits (numba's vectorised ``EXP``, ``LN``, ``**``). Workers are
+        started with ``spawn`` (safe whatever threads the caller runs), so a
+        script that uses ``workers > 1``, or None, needs the usual
         ``if __name__ == "__main__":`` guard.
     chunk_size : int
         Samples advanced together by the compiled engine.
@@ -100,13 +108,13 @@ def run_ensemble(
     xarray.Dataset
         Dims ``(run, time)``, as :meth:`CompiledModel.run` returns.
     """
-    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    workers = None if workers is None else max(1, int(workers))
     try:
         model = compile_model(path, backend=backend)
     except UnsupportedConstruct as exc:
         msg = f"{exc}; running the model with PySD instead, one sample at a time"
         warnings.warn(msg, FallbackWarning, stacklevel=2)
-        return _run_pysd(Path(path), samples, time, variables, workers, series, lookups)
+        return _run_pysd(Path(path), samples, time, variables, workers or os.cpu_count() or 1, series, lookups)
     # The compiled model is shared in-process: the study size holds for this call only.
     model.study_runs = study_runs
     try:
@@ -120,7 +128,7 @@ def _run_compiled(
     samples: Samples,
     time: TimeSettings | None,
     variables: Sequence[str] | None,
-    workers: int,
+    workers: int | None,
     chunk_size: int,
     series: Mapping[str, Sequence[SeriesLike | None]] | None,
     lookups: Mapping[str, Sequence[SeriesLike | None]] | None,
@@ -128,23 +136,43 @@ def _run_compiled(
     if workers == 1:
         return model.run(samples, time, variables, chunk_size, series=series, lookups=lookups)
     values, n = model.normalise_inputs(samples, series, lookups)
-    names = model._output_names(variables)
+    names = model.output_names(variables)
     grid = TimeGrid.from_settings(time or model.time, model.path)
-    # A task per chunk: every sample is computed in the same chunk as in a serial run, and the
-    # chunks' equal sizes share a study of a few chunks evenly between the workers.
-    bounds = list(itertools.pairwise(chunk_bounds(n, chunk_size)))
-    n_save = grid.n_save
-    shapes = [(n_save, *model._shape(py), n) for py in names]
+    begun: Begun | None = None
+    if workers is None:
+        # The automatic plan: numpy here, numpy on every core, or numba's threads here (after a pilot of
+        # numpy where nothing is measured yet; its runs are kept).
+        begun = model.begin(values, n, grid, names, chunk_size, processes=os.cpu_count() or 1)
+        if begun.plan.processes == 1:
+            return model.dataset(values, grid, names, model.finish(begun, values, n, grid, names, chunk_size))
+        workers = begun.plan.processes
+        rest = n - begun.done
+        # At least a chunk per process (a study of one chunk would leave the other cores idle).
+        edges = [begun.done + b for b in chunk_bounds(rest, min(chunk_size, -(-rest // workers)))]
+        task_model = model.with_backend(begun.plan.backend)
+    else:
+        # A task per chunk: every sample is computed in the same chunk as in a serial run, and the
+        # chunks' equal sizes share a study of a few chunks evenly between the workers.
+        edges = chunk_bounds(n, chunk_size)
+        task_model = model
+    bounds = list(itertools.pairwise(edges))
+    shapes = [(grid.n_save, *model.element_shape(py), n) for py in names]
     # The workers write their runs straight into the result's memory (a file mapped by every process),
     # instead of pickling them back through a pipe to be copied again: a study's saved series are
     # gigabytes (the knowledge model, 10^4 runs on 2 processes, took 1.7x one process's time).
-    with _shared_arrays(shapes) as (where, arrays), _pool(min(workers, len(bounds)), _init_compiled, (model,)) as pool:
-        futures = [
-            pool.submit(_task_compiled, {k: v[lo:hi] for k, v in values.items()}, hi - lo, grid, names, where, lo)
-            for lo, hi in bounds
-        ]
-        for future in futures:
-            future.result()
+    with _shared_arrays(shapes) as (where, arrays):
+        if begun is not None:
+            begun.place(arrays)
+        with _pool(min(workers, len(bounds)), _init_compiled, (task_model,)) as pool:
+            futures = [
+                pool.submit(_task_compiled, {k: v[lo:hi] for k, v in values.items()}, hi - lo, grid, names, where, lo)
+                for lo, hi in bounds
+            ]
+            seconds = sum(future.result() for future in futures)
+    if begun is not None and edges[-1] > edges[0]:
+        # numpy's speed in a whole chunk, as the workers measured it: for later automatic choices.
+        spec = series_spec(values)
+        model.record_timing(names, spec, "numpy", seconds / (edges[-1] - edges[0]) / len(grid.times))
     return model.dataset(values, grid, names, arrays)
 
 
@@ -228,22 +256,34 @@ def _mapped(where: SharedArrays) -> list[np.ndarray]:
     ]
 
 
-def choose_workers(path: str | os.PathLike[str], n: int, backend: str = "auto", cpus: int | None = None) -> int:
-    """Worker processes that run a study of `n` samples of a model fastest (the default of ``workers``).
+def choose_workers(
+    path: str | os.PathLike[str],
+    n: int,
+    backend: str = "auto",
+    cpus: int | None = None,
+    variables: Sequence[str] | None = None,
+    time: TimeSettings | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> int:
+    """Worker processes that run a study of `n` samples of a model fastest, saving `variables`.
 
-    The compiled engine runs in one process: the numba backend already shares
-    each chunk between a thread per core. (numpy on two processes now beats one
-    on studies of more than about a second, 1.7-2.2x, and on costly models at
-    10^4 runs beats numba's compile too; this choice does not yet weigh that:
-    see ``benchmarks/README.md``.) A model that falls back to PySD (about one
-    run per second) uses a process per core, up to one per sample.
+    From the speeds earlier studies measured for the model's kernel (see
+    :meth:`CompiledModel.plan`): more than one only where numpy shared between
+    the cores beats numpy in one process and numba's threads, so the workers
+    then run numpy. Where nothing is measured yet, one: that process pilots
+    numpy and chooses between numpy and numba (``run_ensemble(workers=None)``
+    also weighs numpy on every core after its pilot). A model that falls back
+    to PySD (about one run per second) uses a process per core, up to one per
+    sample.
     """
     cpus = max(1, cpus or os.cpu_count() or 1)
     try:
-        compile_model(path, backend=backend)
+        model = compile_model(path, backend=backend)
     except UnsupportedConstruct:
         return max(1, min(cpus, n))
-    return 1
+    grid = TimeGrid.from_settings(time or model.time, model.path)
+    plan = model.plan(model.output_names(variables), (), grid, n, chunk_size, processes=cpus)
+    return 1 if plan is None else plan.processes
 
 
 def _pool(workers: int, initializer: Any, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
@@ -265,11 +305,13 @@ def _task_compiled(
     names: list[str],
     where: SharedArrays,
     lo: int,
-) -> None:
+) -> float:
+    """Run one chunk, its runs written straight into their place in the result; its seconds."""
     assert _worker_model is not None
-    # One chunk, its runs written straight into their place in the result.
     share = [arr[..., lo : lo + n] for arr in _mapped(where)]
+    started = perf_counter()
     _worker_model.simulate_arrays(values, n, grid, names, chunk_size=n, out=share)
+    return perf_counter() - started
 
 
 # ---------------------------------------------------------------------- PySD fallback
