@@ -20,7 +20,6 @@ import xarray as xr
 
 from armsdyn.attribution import analyse_loops
 from armsdyn.config import load_config
-from armsdyn.ensemble import choose_workers
 from armsdyn.errors import ArmsdynError, NumericalWarning, ResultsError
 from armsdyn.experiment import run
 from armsdyn.figures import draw_figures
@@ -124,10 +123,6 @@ def run_experiment(
             )
             if force and not resume:
                 remove_store(store)
-            if workers is None and scheduler is None:
-                workers = choose_workers(
-                    experiment.model.path, needs(experiment).runs, variables=spec.variables, time=experiment.time
-                )
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
                 try:
@@ -160,7 +155,9 @@ def run_experiment(
             for w in caught:
                 say(f"armsdyn: warning: {w.message}")
             say(f"  {study[0].sizes['run']} runs")
-        provenance = {"workers": f"dask {scheduler}" if scheduler else workers} if study is not None else None
+        provenance = None
+        if study is not None:
+            provenance = {"workers": f"dask {scheduler}" if scheduler else study[0].attrs.get("workers", workers)}
         loops = None
         if experiment.loop_dominance is not None or experiment.attribution is not None:
             parts = {"loop dominance": experiment.loop_dominance, "attribution": experiment.attribution}

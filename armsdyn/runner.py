@@ -226,7 +226,9 @@ def run_chunked(
     chunk_size : int
         Samples per chunk.
     workers : int or None
-        Local processes (None: one per CPU); ignored with `scheduler`.
+        Local processes; None chooses from the speeds measured for the model
+        (:func:`armsdyn.ensemble.choose_workers`; where none are, after running
+        the first chunk in this process). Ignored with `scheduler`.
     scheduler : str, optional
         Address of a Dask distributed scheduler to send the chunks to.
     progress : bool
@@ -245,12 +247,11 @@ def run_chunked(
         If `store` holds another study's chunks, or holds chunks and `resume` is false.
     """
     n = len(next(iter(samples.values())))
-    backend = "auto"
-    if workers is None and scheduler is None:
+    auto = workers is None and scheduler is None
+    if auto:
         # From speeds measured for the model: see armsdyn.ensemble.choose_workers. More than one
         # process only where numpy on every core beats numba's threads, so the processes run numpy.
         workers = choose_workers(model_path, n, variables=variables, time=time, chunk_size=chunk_size)
-        backend = "numpy" if workers > 1 else "auto"
     model_path = Path(model_path)
     temporary = store is None
     folder = Path(tempfile.mkdtemp(prefix="armsdyn-study-")) if store is None else Path(store)
@@ -264,8 +265,9 @@ def run_chunked(
             for i in range(n_chunks)
             if not _chunk_ok(_chunk_path(folder, i), min(chunk_size, n - i * chunk_size), len(reduce.outputs))
         ]
-        tasks = (
-            _Task(
+
+        def task(i: int, backend: str) -> _Task:
+            return _Task(
                 index=i,
                 start=i * chunk_size,
                 model_path=str(model_path),
@@ -277,16 +279,28 @@ def run_chunked(
                 shared=shared,
                 backend=backend,
             )
-            for i in pending
-        )
+
         bar = _progress_bar(n_chunks, n_chunks - len(pending), n, chunk_size, progress)
         try:
+            if auto and workers == 1 and len(pending) > 1:
+                # With nothing measured yet the choice was one process: the first chunk runs here (its
+                # numpy pilot, or numba, keeps the backend's speed), and the rest is planned on that.
+                index, chunk = _run_task(task(pending.pop(0), "auto"))
+                _write_chunk(folder, index, chunk)
+                bar.update(min(chunk_size, n - index * chunk_size))
+                left = sum(min(chunk_size, n - i * chunk_size) for i in pending)
+                workers = choose_workers(model_path, left, variables=variables, time=time, chunk_size=chunk_size)
+            backend = "numpy" if auto and workers is not None and workers > 1 else "auto"
+            tasks = (task(i, backend) for i in pending)
             for index, chunk in _execute(tasks, len(pending), workers, scheduler):
                 _write_chunk(folder, index, chunk)
                 bar.update(min(chunk_size, n - index * chunk_size))
         finally:
             bar.close()
-        return _combine(folder, n_chunks, n)
+        combined = _combine(folder, n_chunks, n)
+        if auto:
+            combined.attrs["workers"] = workers  # the choice, for the study's provenance
+        return combined
     finally:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)

@@ -246,14 +246,15 @@ def study(args: argparse.Namespace) -> None:
 CHOICE_MODES = ("numpy-1p", "numpy-2p", "numba-cold", "numba-warm", "auto-cold", "auto-warm")
 """Columns of the --choices table: numpy in one process and in two (``run_ensemble(workers=2)``);
 numba (one process, a thread per core) with an empty kernel cache (compilation included) and with a
-filled one; the automatic choice (``backend="auto"``, ``workers=choose_workers(...)``) both ways, warm
+filled one; the automatic choice (``backend="auto"``, ``workers=None``: the plan weighs numpy on one
+process and on every core against numba's threads, see ``armsdyn.ensemble._choice``) both ways, warm
 meaning a later study of the same model (an earlier auto study of the same size ran, and numba ran
 2,048 runs: the kernel and both backends' timings are in the cache)."""
 
 
 def choice_cell(path: Path, n: int, mode: str, cache: str) -> float:
     """Wall seconds of one study of `n` runs of `path` in `mode`, in this (fresh) process."""
-    from armsdyn.ensemble import choose_workers, compile_model, run_ensemble
+    from armsdyn.ensemble import compile_model, run_ensemble
 
     os.environ["ARMSDYN_CACHE_DIR"] = cache
     backend = mode.split("-")[0]
@@ -267,9 +268,7 @@ def choice_cell(path: Path, n: int, mode: str, cache: str) -> float:
             subprocess_cell(path, n, "auto-cold", cache)
         compile_model(path, backend="numba").run({k: v[:2048] for k, v in samples.items()})
         return float(subprocess_cell(path, n, mode.replace("warm", "cold"), cache))
-    workers = 2 if mode == "numpy-2p" else 1
-    if backend == "auto":
-        workers = choose_workers(path, n)
+    workers = 2 if mode == "numpy-2p" else None if backend == "auto" else 1
     start = time.perf_counter()
     run_ensemble(path, samples, workers=workers, backend=backend)
     return time.perf_counter() - start

@@ -213,3 +213,29 @@ def test_stored_speeds_choose_processes_at_once_and_the_workers_measure_numpy_ag
     # The workers' own measure replaced the stored one; a process of this size now runs the study alone.
     assert _numba.read_timings(source, kernels)["numpy"] < 1e-4
     assert choose_workers(path, len(ks), variables=["x"]) == 1
+
+
+@pytest.mark.slow
+def test_a_chunked_study_with_nothing_measured_plans_its_workers_after_its_first_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from armsdyn.audit.runs import FinalsReducer
+    from armsdyn.ensemble import _numba
+    from armsdyn.runner import run_chunked
+
+    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "costly.mdl"
+    path.write_text(COSTLY_MODEL, encoding="utf-8")
+    model = compile_model(path)
+    if model.backend == "numba":  # numba measured slow here: the choice is between one process and two
+        _numba.write_timing(model.source(["total"], "numba"), tmp_path / "ensemble-numba", "numba", 1e-3)
+    assert choose_workers(path, 18_000, variables=["total"]) == 1  # numpy not measured: this process first
+    ks = np.random.default_rng(8).uniform(0.5, 2.0, 18_000)
+    reduce = FinalsReducer(outputs=("total",), attrs={})
+    before = _children_cpu()
+    ds = run_chunked(path, {"k": ks}, model.time, ["total"], reduce, chunk_size=6000, workers=None)
+    # The first chunk measured numpy here; the other two, 3 s of numpy, went to two worker processes.
+    assert ds.attrs["workers"] == 2
+    assert _children_cpu() - before > 1.0
+    want = compile_model(path, backend="numpy").run({"k": ks[[0, 5999, 6000, 17_999]]}, variables=["total"])
+    np.testing.assert_array_equal(ds["output: total"].values[[0, 5999, 6000, 17_999]], want["total"].values[:, -1])
