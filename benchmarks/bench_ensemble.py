@@ -16,7 +16,10 @@ are shared and noisy), all measured in the same run:
   ``run_ensemble(..., workers=os.cpu_count())`` including worker start-up);
 - ratios to PySD and Simlin, and peak resident memory (``ru_maxrss``).
 
-``--study N`` instead runs an N-sample Richardson study through
+``--rates`` gives that table for every shipped model and the benchmark's own
+(``benchmarks/models``: a three-state race with a lookup and a SMOOTH, and
+their scalar twins), numpy and numba on one core and on all, and what the
+automatic plan chose. ``--study N`` instead runs an N-sample Richardson study through
 :func:`armsdyn.runner.run_chunked` (a :class:`~armsdyn.runner.Reducer` keeping
 two numbers per run) and reports its wall time and peak memory, to show that
 memory stays bounded whatever the number of samples.
@@ -366,63 +369,75 @@ def compile_costs(args: argparse.Namespace) -> None:
             )
 
 
-SUBSCRIPTED = Path(__file__).parent / "models" / "triad_lookup.mdl"
-SUBSCRIPTED_TWIN = Path(__file__).parent / "models" / "triad_lookup_twin.mdl"
+def rates(args: argparse.Namespace) -> None:
+    """runs/s of every engine on each model, in one run: the issue 13 table.
 
-
-def subscripts(args: argparse.Namespace) -> None:
-    """runs/s of the three-state subscripted model (lookup, SMOOTH) and its hand-expanded scalar twin.
-
-    One table, one run: sequential PySD and Simlin, the numpy backend (one
-    process) and the numba backend on one thread and on every core, warm
-    (compilation excluded; numba's first call compiles the kernel), and what
-    ``backend="auto"`` chose for a study of that size, with its wall time.
+    Sequential PySD (until ``--pysd-runs`` runs or 20 s, at least one run) and
+    Simlin, the numpy backend in one process and in one per core, the numba
+    backend on one thread and on one per core (warm: compilation excluded;
+    numba's first call compiles the kernel), and ``run_ensemble(workers=None)``
+    (the automatic plan, with both backends' speeds now measured), with what
+    it chose. Stocks saved; every constant varied +-30 %.
     """
     os.environ.setdefault("ARMSDYN_CACHE_DIR", str(Path(tempfile.gettempdir()) / "armsdyn-bench-cache"))
-    from armsdyn.ensemble import compile_model
+    from armsdyn.ensemble import TimeGrid, compile_model, run_ensemble
     from armsdyn.model import load_model
 
+    models = [Path(p) for p in args.models.split(",")] if args.models else [
+        *sorted((ROOT / "models").glob("*.mdl")), *sorted((ROOT / "benchmarks" / "models").glob("*.mdl")),
+    ]  # fmt: skip
     n = args.numpy_samples
     cores = os.cpu_count() or 1
-    print(f"# {cores} CPUs; {n:,} runs per ensemble cell, {args.pysd_runs} PySD runs, {args.simlin_runs} Simlin runs")
-    print("| model | PySD | Simlin | numpy, 1 core | numba, 1 thread | numba, all cores | auto (chose) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for path in (SUBSCRIPTED, SUBSCRIPTED_TWIN):
-        pysd = load_model(path)
-        names = [v.name for v in pysd.of_kind("stock")]
-        pysd.simulate({}, pysd.time, names)  # warm-up: imports and caches
-        started = time.perf_counter()
-        for _ in range(args.pysd_runs):
-            pysd.simulate({}, pysd.time, names)
-        cells = [f"{args.pysd_runs / (time.perf_counter() - started):,.2f}"]
-        rng = np.random.default_rng(0)
-        samples = {"service life": rng.uniform(20, 30, n), "perception delay": rng.uniform(1, 3, n)}
+    print(f"# {cores} CPUs; {n:,} runs per ensemble cell; PySD up to {args.pysd_runs} runs or 20 s")
+    print(f"| model | PySD | Simlin | numpy, 1 process | numpy, {cores} processes | numba, 1 thread "
+          f"| numba, {cores} threads | auto (chose) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for path in models:
         base = compile_model(path, backend="numpy")
+        names = [v.name for v in base.variables.values() if v.kind == "stock"]
+        samples = samples_for(base, n)
+        pysd = load_model(path)
+        pysd.simulate({}, pysd.time, names)  # warm-up: imports and caches
+        started, runs = time.perf_counter(), 0
+        while runs < max(1, args.pysd_runs) and (runs == 0 or time.perf_counter() - started < 20):
+            pysd.simulate({k: float(v[runs]) for k, v in samples.items()}, pysd.time, names)
+            runs += 1
+        cells = [f"{runs / (time.perf_counter() - started):,.2f}"]
         simlin = simlin_rate(path, base, base.time, samples, args.simlin_runs, names)
         cells.append(f"{simlin:,.0f}" if isinstance(simlin, float) else "-")
-        for backend, threads in (("numpy", 1), ("numba", 1), ("numba", cores)):
+        base.run({k: v[:8] for k, v in samples.items()}, variables=names)  # warm-up: code generation
+        started = time.perf_counter()
+        base.run(samples, variables=names)
+        cells.append(f"{n / (time.perf_counter() - started):,.0f}")
+        started = time.perf_counter()
+        run_ensemble(path, samples, variables=names, workers=cores, backend="numpy")
+        cells.append(f"{n / (time.perf_counter() - started):,.0f}")
+        for threads in (1, cores):
             try:
-                model = compile_model(path, backend=backend)
+                model = compile_model(path, backend="numba")
                 model.backend  # noqa: B018 - resolves the backend, raising if it cannot run the model
             except Exception as exc:  # numba not installed, or the model not compiled for it
                 cells.append(f"- ({type(exc).__name__})")
                 continue
             model.threads = threads
-            model.run({k: v[:100] for k, v in samples.items()}, variables=names)  # warm (numba compiles here)
+            model.run({k: v[:8] for k, v in samples.items()}, variables=names)  # warm (numba compiles here)
             started = time.perf_counter()
             model.run(samples, variables=names)
             cells.append(f"{n / (time.perf_counter() - started):,.0f}")
-        auto = compile_model(path)  # in-process: the kernel compiled above is at hand
+            model.threads = None
+        auto = compile_model(path)
+        grid = TimeGrid.from_settings(auto.time, path)
+        plan = auto.plan(auto.output_names(names), (), grid, n, processes=cores)
         started = time.perf_counter()
-        auto.run(samples, variables=names)
-        seconds = time.perf_counter() - started
-        cells.append(f"{n / seconds:,.0f} ({auto.backend})")
+        run_ensemble(path, samples, variables=names, workers=None)
+        chose = "pilot" if plan is None else f"{plan.backend}, {plan.processes}p"
+        cells.append(f"{n / (time.perf_counter() - started):,.0f} ({chose})")
         print(f"| {path.name} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subscripts", action="store_true", help="the subscripted model against its scalar twin")
+    parser.add_argument("--rates", action="store_true", help="runs/s of every engine on each model (--models)")
     parser.add_argument("--samples", type=int, default=100_000, help="ensemble size (default 100000)")
     parser.add_argument("--numpy-samples", type=int, default=20_000, help="at most this many for numpy (slower)")
     parser.add_argument("--pysd-runs", type=int, default=20, help="sequential PySD runs to time (default 20)")
@@ -435,7 +450,7 @@ def main() -> None:
     parser.add_argument("--study-chunk", type=int, default=50_000, help="chunk size of --study")
     parser.add_argument("--workers", type=int, default=None, help="worker processes of --study (default: CPUs)")
     parser.add_argument("--choices", action="store_true", help="the automatic-choice table (see CHOICE_MODES)")
-    parser.add_argument("--models", default="", help="comma-separated model files of --choices")
+    parser.add_argument("--models", default="", help="comma-separated model files of --rates and --choices")
     parser.add_argument("--sizes", default="1e3,1e4,1e5", help="study sizes of --choices")
     parser.add_argument("--compile-costs", action="store_true", help="numba compile times against their estimate")
     if sys.argv[1:2] == ["--compile-cell"]:
@@ -446,8 +461,8 @@ def main() -> None:
         print(choice_cell(Path(path), int(n), mode, cache))
         return
     args = parser.parse_args()
-    if args.subscripts:
-        subscripts(args)
+    if args.rates:
+        rates(args)
     elif args.choices:
         choices(args)
     elif args.compile_costs:
