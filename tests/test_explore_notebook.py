@@ -149,6 +149,36 @@ def _run_all_cells(page: Any, attempts: int = 4) -> None:
     raise AssertionError(f"no cell started after {attempts} Run All Cells")
 
 
+#: Both cells run by the kernel: a ``[*]`` prompt is only the notebook's request, an ``[n]`` the kernel's reply.
+RAN = (
+    "() => { const p = [...document.querySelectorAll('.jp-InputPrompt')];"
+    " return p.length > 1 && p.every(e => /\\[\\d+\\]/.test(e.textContent)); }"
+)
+
+
+def _state(page: Any, server_log: Path, console: list[str], bokeh: list[str]) -> str:
+    """What the notebook, its kernel, BokehJS and the servers did: for a failure's message."""
+    try:
+        prompts = page.locator(".jp-InputPrompt").all_inner_texts()
+        kernel = page.locator(".jp-Notebook-ExecutionIndicator").first.get_attribute("data-status", timeout=1_000)
+        outputs = page.locator(".jp-OutputArea").evaluate_all(
+            "areas => areas.map(a => [...a.querySelectorAll('.jp-OutputArea-output')]"
+            ".map(o => `${o.dataset.mimeType}: ${o.textContent.slice(0, 300)}`))"
+        )
+        bokehjs = page.evaluate(
+            "() => window.Bokeh ? `BokehJS ${Bokeh.version}, ${Bokeh.documents.length} document(s)` : 'no BokehJS'"
+        )
+        page_state_ = f"prompts {prompts}, kernel {kernel}, {bokehjs}; outputs {outputs}"
+    except Exception as exc:  # the page itself is gone: say so, and still show the logs
+        page_state_ = f"the page could not be read ({exc})"
+    log = server_log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
+    return (
+        f"{page_state_}\nthe kernel's Bokeh server: {bokeh or 'never asked'}\n"
+        f"the browser's console (last 20): {console[-20:]}\n"
+        "the notebook server's log (last 40 lines):\n" + "\n".join(log)
+    )
+
+
 def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
     notebook_server: tuple[str, str, Path],
 ) -> None:
@@ -160,9 +190,22 @@ def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("request", lambda r: requests.append(r.url))
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text[:300]}"))
+            page.on("pageerror", lambda e: console.append(f"uncaught: {str(e)[:300]}"))
+            bokeh: list[str] = []  # the kernel's Bokeh server's answers (its autoload.js and websocket)
+            page.on("response", lambda r: "autoload.js" in r.url and bokeh.append(f"{r.status} {r.url[:120]}"))
+            page.on("requestfailed", lambda r: "autoload.js" in r.url and bokeh.append(f"failed: {r.failure}"))
+            page.on("websocket", lambda ws: "/ws" in ws.url and bokeh.append(f"websocket {ws.url[:80]}"))
+            server_log = config.parent / "server.log"
             page.goto(f"{url}notebooks/explore.ipynb?token={token}", timeout=120_000)
             # Run the notebook as a reader would: Run > Run All Cells.
             _run_all_cells(page)
+            try:
+                page.wait_for_function(RAN, timeout=180_000)
+            except Exception as exc:
+                msg = f"the kernel did not run both cells: {_state(page, server_log, console, bokeh)}"
+                raise AssertionError(msg) from exc
             try:
                 page.wait_for_function(
                     "() => window.Bokeh && Bokeh.documents.length > 0"
@@ -170,8 +213,8 @@ def test_the_explorer_in_a_notebook_moves_with_a_slider_to_armsdyn_runs_values(
                     timeout=180_000,
                 )
             except Exception as exc:
-                shown = page.locator(".jp-OutputArea").all_inner_texts()
-                raise AssertionError(f"the explorer never appeared; the cells' outputs: {shown}") from exc
+                msg = f"the explorer never appeared: {_state(page, server_log, console, bokeh)}"
+                raise AssertionError(msg) from exc
             before = first_update(page)
             assert before["sliders"]["grievance g"] == 1.0  # the first scenario, 'stable'
 
