@@ -174,7 +174,7 @@ def test_the_automatic_plan_shares_a_costly_numpy_study_between_processes_after_
     path.write_text(COSTLY_MODEL, encoding="utf-8")
     model = compile_model(path)
     if model.backend == "numba":  # numba measured slow here: the choice is between one process and two
-        _numba.write_timing(model.source(["total"], "numba"), tmp_path / "ensemble-numba", "numba", 1e-3)
+        _numba.write_timing(model.timing_key(["total"]), tmp_path / "ensemble-numba", "numba", 1e-3)
     ks = np.random.default_rng(7).uniform(0.5, 2.0, 12_000)
     before = _children_cpu()
     ds = run_ensemble(path, {"k": ks}, variables=["total"], workers=None)
@@ -196,7 +196,7 @@ def test_stored_speeds_choose_processes_at_once_and_the_workers_measure_numpy_ag
     path = tmp_path / "exp.mdl"
     path.write_text(EXP_MODEL, encoding="utf-8")
     model = compile_model(path)
-    source, kernels = model.source(["x"], "numba"), tmp_path / "ensemble-numba"
+    source, kernels = model.timing_key(["x"]), tmp_path / "ensemble-numba"
     # Stored by an earlier study: both backends slow per run, so numpy on both cores pays for starting them.
     _numba.write_timing(source, kernels, "numpy", 1e-3)
     _numba.write_timing(source, kernels, "numba", 1e-3)
@@ -228,7 +228,7 @@ def test_a_chunked_study_with_nothing_measured_plans_its_workers_after_its_first
     path.write_text(COSTLY_MODEL, encoding="utf-8")
     model = compile_model(path)
     if model.backend == "numba":  # numba measured slow here: the choice is between one process and two
-        _numba.write_timing(model.source(["total"], "numba"), tmp_path / "ensemble-numba", "numba", 1e-3)
+        _numba.write_timing(model.timing_key(["total"]), tmp_path / "ensemble-numba", "numba", 1e-3)
     assert choose_workers(path, 18_000, variables=["total"]) == 1  # numpy not measured: this process first
     ks = np.random.default_rng(8).uniform(0.5, 2.0, 18_000)
     reduce = FinalsReducer(outputs=("total",), attrs={})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import importlib.metadata
 import itertools
 import os
 import re
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from armsdyn.ensemble import _numba
-from armsdyn.ensemble._choice import MIN_PER_THREAD, NumpyCost, Plan, choose, pilot_cost
+from armsdyn.ensemble._choice import MIN_PER_THREAD, NumpyCost, Plan, choose, numpy_seconds, pilot_cost
 from armsdyn.ensemble._compiler import (
     STATE_PREFIX,
     Compiler,
@@ -630,13 +631,28 @@ class CompiledModel(VariableLookup):
             else:
                 return None
         cpus = max(1, self.threads or os.cpu_count() or 1)
-        ready = self._kernel_cost(names, spec) if self._times_backends() else None
         numba = timings["numba"] * steps if "numba" in timings else None
+        ready = None
+        if (tuple(names), spec) in self._kernels:
+            ready = 0.0
+        elif self._times_backends() and numpy_seconds(numpy, runs, chunk_size) > _LOAD_SECONDS:
+            # Only a study numba could win needs numba's kernel generated (a noticeable fraction of a
+            # second for a subscripted model) to see whether it is cached and what compiling it costs.
+            try:
+                ready = self._kernel_cost(names, spec)
+            except UnsupportedConstruct:
+                if not spec:
+                    self._resolved = "numpy"
         return choose(numpy, runs, chunk_size, cpus, processes, ready, numba)
 
     def _times_backends(self) -> bool:
-        """Whether the automatic choice weighs numba for this model (and so keeps the backends' speeds)."""
-        return self._requested == "auto" and self.backend == "numba"
+        """Whether the automatic choice weighs numba for this model (and so keeps the backends' speeds).
+
+        Whether numba can compile the model is found out only when numba could
+        win (:meth:`plan`): generating its kernel for a check would cost a small
+        study more than running it.
+        """
+        return self._requested == "auto" and self._resolved != "numpy" and _numba.available()
 
     def record_timing(self, names: Sequence[str], spec: Spec, backend: str, seconds: float) -> None:
         """Keep `backend`'s measured `seconds` per run and time step for the kernel saving `names`.
@@ -652,15 +668,24 @@ class CompiledModel(VariableLookup):
         # calibration's tens of thousands of small calls each read the file, a quarter of a call.
         where = (cache_dir() / "ensemble-numba", tuple(names), spec)
         if where not in self._timings_read:
-            source = self._numba_module([f"v_{py}" for py in names], spec)[0]
-            self._timings_read[where] = _numba.read_timings(source, where[0])
+            self._timings_read[where] = _numba.read_timings(self.timing_key(names, spec), where[0])
         return self._timings_read[where]
 
     def _record(self, names: Sequence[str], spec: Spec, backend: str, seconds: float) -> None:
-        source = self._numba_module([f"v_{py}" for py in names], spec)[0]
         folder = cache_dir() / "ensemble-numba"
-        _numba.write_timing(source, folder, backend, seconds)
+        _numba.write_timing(self.timing_key(names, spec), folder, backend, seconds)
         self._timings_read.pop((folder, tuple(names), spec), None)
+
+    def timing_key(self, names: Sequence[str], spec: Spec = ()) -> str:
+        """What the backends' stored speeds for the program saving `names` are kept under.
+
+        The model file's hash, the saved names, the series and armsdyn's
+        version: known without generating either backend's code, which would
+        cost a small study more than its runs. A stale speed (code generation
+        changed within a version) only skews one choice: every timed run
+        stores its own.
+        """
+        return f"armsdyn {_armsdyn_version()}\nmodel {self.sha256}\nsaves {list(names)!r}\nseries {spec!r}\n"
 
     def _kernel_cost(self, names: Sequence[str], spec: Spec) -> float:
         """Seconds before the numba kernel saving `names` can run: none, loading it, or compiling it."""
@@ -1033,6 +1058,14 @@ class Begun:
             for arr, res in zip(result, arrays, strict=True):
                 arr[..., lo:hi] = res
         self.held = []
+
+
+@functools.cache
+def _armsdyn_version() -> str:
+    try:
+        return importlib.metadata.version("armsdyn")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
 
 
 def _timed(n: int, grid: TimeGrid) -> bool:
