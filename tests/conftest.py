@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,20 +69,68 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 return  # (tests/test_suite_setup.py then fails, naming the groups that no longer hold)
 
 
+def _kept_kernels() -> Path | None:
+    """Where numba kernels compiled by earlier test sessions on this machine are kept (None: nowhere).
+
+    ``ARMSDYN_TEST_KERNELS`` names the folder, or is ``off`` for a session that compiles every
+    kernel itself (to time the suite cold); by default ``armsdyn-tests/ensemble-numba`` in the
+    user's cache folder.
+    """
+    where = os.environ.get("ARMSDYN_TEST_KERNELS", "")
+    if where == "off":
+        return None
+    if where:
+        return Path(where)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "armsdyn-tests" / "ensemble-numba"
+
+
+def _copy_kernels(source: Path, target: Path) -> None:
+    """Copy the compiled kernels of `source` that `target` lacks: generated modules and numba's files.
+
+    Measured backend speeds (``*.timings.json``) stay behind, so the automatic choices a session
+    makes do not depend on what ran before it. Each file lands whole (``os.replace``), with its
+    time stamp, which numba checks its index against; a file another process copied first is kept.
+    """
+    if not source.is_dir():
+        return
+    for folder in (Path(), Path("__pycache__")):
+        if not (source / folder).is_dir():
+            continue
+        (target / folder).mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path in (source / folder).iterdir():
+            if path.suffix not in {".py", ".nbi", ".nbc"} or (target / folder / path.name).exists():
+                continue
+            tmp = target / folder / f".{path.name}.{os.getpid()}.tmp"
+            try:
+                shutil.copy2(path, tmp)
+                os.replace(tmp, target / folder / path.name)
+            except OSError:  # a cache that cannot be read or written only costs compile time
+                tmp.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # Tests must not depend on (or pollute) the user's translation cache; the
     # variable is inherited by CLI subprocesses too. Each pytest-xdist worker has
     # its own (tests check what a translation leaves in the cache), but the
     # workers of one run share the numba kernels compiled into it: a kernel one
     # worker compiled, another loads from disk instead of compiling it again
-    # (numba and armsdyn write those files atomically).
+    # (numba and armsdyn write those files atomically). Kernels are also kept
+    # between sessions (see _kept_kernels): a kernel's file name is its source's
+    # hash, so a kept one is the kernel a session would compile, and numba
+    # recompiles one whose index no longer matches (another numba, another CPU).
     cache = tmp_path_factory.mktemp("cache")
     os.environ["ARMSDYN_CACHE_DIR"] = str(cache)
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        kernels = tmp_path_factory.getbasetemp().parent / "ensemble-numba"
-        kernels.mkdir(mode=0o700, exist_ok=True)
-        (cache / "ensemble-numba").symlink_to(kernels, target_is_directory=True)
+    base = tmp_path_factory.getbasetemp()
+    kernels = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "ensemble-numba"
+    kernels.mkdir(mode=0o700, exist_ok=True)
+    (cache / "ensemble-numba").symlink_to(kernels, target_is_directory=True)
+    kept = _kept_kernels()
+    if kept is not None:
+        _copy_kernels(kept, kernels)
+    yield
+    if kept is not None:
+        _copy_kernels(kernels, kept)
 
 
 @pytest.fixture(scope="session")
