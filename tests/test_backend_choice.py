@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
-from armsdyn.ensemble import CompiledModel, _engine, compile_model
+from armsdyn.ensemble import CompiledModel, UnsupportedConstruct, _engine, compile_model
 from armsdyn.ensemble._choice import NumpyCost, Plan, choose, numpy_seconds, pilot_cost
-from tests.conftest import MODELS
+from tests.conftest import MODELS, SHARED
 
 NUMBA = importlib.util.find_spec("numba") is not None
 
@@ -96,6 +97,66 @@ def test_the_two_chunk_pilot_leaves_every_run_as_numpy_computes_it(
     got = auto.run(samples, chunk_size=2048)
     assert auto._kernels == {}  # 3,000 cheap runs stay on numpy
     np.testing.assert_array_equal(got["x"].values, want["x"].values)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+@pytest.mark.parametrize(
+    "model",
+    [MODELS / "security_dilemma.mdl", SHARED / "test-models" / "subscripted_smooth" / "test_subscripted_smooth.mdl"],
+    ids=["security_dilemma", "shared:subscripted_smooth"],
+)
+def test_a_study_numpy_finishes_before_numba_could_load_generates_no_numba_code(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Generating numba's kernel module, to see whether numba compiles the model or has it cached,
+    # cost security_dilemma 0.1-0.3 s twice over: more than a study of a thousand runs on numpy.
+    if not model.is_file():
+        pytest.skip(f"{model} is absent (../shared holds the peer test models)")
+    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
+    base = compile_model(model, backend="numpy")
+    # The first constant with a non-zero value (a subscripted one's first element).
+    name, value = next(
+        (v.name, v.default) if v.default is not None else (v.element_name(v.elements()[0]), v.defaults[0])
+        for v in base.variables.values()
+        if v.kind == "constant" and (v.default or (v.defaults and v.defaults[0]))
+    )
+    samples = {name: value * np.linspace(0.9, 1.1, 500)}
+    auto = CompiledModel(base._graph, "sha", backend="auto")
+    got = auto.run(samples)
+    assert auto._sources == {}
+    xr.testing.assert_equal(got, base.run(samples))
+
+
+#: More subscript elements than the numba backend expands: numpy runs it, numba raises UnsupportedConstruct.
+WIDE_MODEL = """{UTF-8}
+i: (i1-i4000) ~~|
+x[i] = INTEG(-k * x[i], 1) ~ units ~ |
+k = 0.1 ~ 1/Year ~ |
+INITIAL TIME = 0 ~ Year ~ |
+FINAL TIME = 10 ~ Year ~ |
+TIME STEP = 1 ~ Year ~ |
+SAVEPER = 10 ~ Year ~ |
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+def test_a_model_numba_cannot_compile_is_found_out_by_the_plan_and_runs_on_numpy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backend is no longer resolved up front (that generated the whole kernel): the plan, pricing
+    # numba for a study it could win, meets UnsupportedConstruct and settles on numpy.
+    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "wide.mdl"
+    path.write_text(WIDE_MODEL, encoding="utf-8")
+    with pytest.raises(UnsupportedConstruct):
+        compile_model(path, backend="numba").backend  # noqa: B018 - resolving raises
+    samples = {"k": np.linspace(0.05, 0.15, 2000)}
+    auto = CompiledModel(compile_model(path)._graph, "sha", backend="auto")
+    auto.study_runs = 10**9  # numba would win so large a study, if it could compile the model
+    got = auto.run(samples)
+    assert auto.backend == "numpy"
+    assert auto._kernels == {}
+    xr.testing.assert_equal(got, compile_model(path, backend="numpy").run(samples))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")

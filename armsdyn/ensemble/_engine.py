@@ -633,9 +633,8 @@ class CompiledModel(VariableLookup):
         cpus = max(1, self.threads or os.cpu_count() or 1)
         numba = timings["numba"] * steps if "numba" in timings else None
         ready = None
-        if (tuple(names), spec) in self._kernels:
-            ready = 0.0
-        elif self._times_backends() and numpy_seconds(numpy, runs, chunk_size) > _LOAD_SECONDS:
+        loaded = (tuple(names), spec) in self._kernels
+        if loaded or (self._times_backends() and numpy_seconds(numpy, runs, chunk_size) > _LOAD_SECONDS):
             # Only a study numba could win needs numba's kernel generated (a noticeable fraction of a
             # second for a subscripted model) to see whether it is cached and what compiling it costs.
             try:
