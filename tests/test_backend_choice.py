@@ -1,26 +1,27 @@
 """The automatic backend's pilot: numpy's cost split into per chunk and per sample, and what it decides.
 
-The numbers are the numpy backend's pilot chunks as measured on this project's machine (CPU
-seconds of 64 and 960 samples; see benchmarks/README.md); the decisions they must give are
+The numbers are numpy's CPU seconds on chunks of two sizes (64 and 960 samples) as measured on
+this project's machine (see benchmarks/README.md); the decisions they must give are
 the measured best backends of those studies.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from armsdyn.ensemble import CompiledModel, UnsupportedConstruct, _engine, compile_model
+from armsdyn.ensemble import CompiledModel, TimeGrid, UnsupportedConstruct, _engine, _numba, compile_model
 from armsdyn.ensemble._choice import NumpyCost, Plan, choose, numpy_seconds, pilot_cost
 from tests.conftest import MODELS, SHARED
 
 NUMBA = importlib.util.find_spec("numba") is not None
 
-# (64 samples, seconds), (960 samples, seconds) of numpy's pilot chunks.
+# (64 samples, seconds), (960 samples, seconds) of numpy's chunks.
 SMOOTH = [(64, 0.0010), (960, 0.0020)]  # shared test_smooth_and_stock.mdl: 181 steps, two stocks
 SECURITY = [(64, 0.183), (960, 0.428)]  # models/security_dilemma.mdl: 1,601 steps
 
@@ -83,10 +84,8 @@ SAVEPER = 1 ~ Year ~ |
 """
 
 
-def test_the_two_chunk_pilot_leaves_every_run_as_numpy_computes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The pilot's two short chunks (64 and 960 samples) change where chunks start, not any value:
+def test_the_pilot_leaves_every_run_as_numpy_computes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pilot's chunk (1,024 samples) and the probe change where chunks start, not any value:
     # bit for bit, with an EXP whose vectorised evaluation would show a dependence on the layout.
     monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))  # nothing measured yet: the pilot decides
     path = tmp_path / "exp.mdl"
@@ -208,3 +207,61 @@ def test_a_per_sample_kernel_is_estimated_on_its_own_slower_line(tmp_path: Path)
         lines = len(source.splitlines())
         blocked_line = _engine._COMPILE_BASE + _engine._COMPILE_PER_LINE * lines + _engine._COMPILE_PER_LINE2 * lines**2
         assert (model._compile_estimate(names) > 1.2 * blocked_line) is marked
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed: without it no speeds are kept")
+def test_a_study_no_longer_than_the_pilot_is_measured_so_that_the_next_one_weighs_numba(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The knowledge model's studies of 1,000 runs were never measured (the pilot needs more runs than
+    # that), so each stayed on numpy, 1.4x numba's time, without weighing numba at all.
+    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "exp.mdl"
+    path.write_text(EXP_MODEL.replace("FINAL TIME = 20", "FINAL TIME = 300"), encoding="utf-8")  # 1,201 steps
+    samples = {"k": np.random.default_rng(9).uniform(0.5, 1.5, 1000)}
+    auto = compile_model(path)
+    grid = TimeGrid.from_settings(auto.time, path)
+    assert auto.plan(["x"], (), grid, 1000) is None  # nothing measured: numpy, without weighing numba
+    got = auto.run(samples, variables=["x"])
+    xr.testing.assert_equal(got, compile_model(path, backend="numpy").run(samples, variables=["x"]))
+    assert auto._kernels == {}  # the study itself ran on numpy
+    timings = _numba.read_timings(auto.timing_key(["x"]), tmp_path / "ensemble-numba")
+    assert timings.keys() == {"numpy", "numpy chunk"}
+    # The next study of the model plans at once, numba weighed; with numba measured 100x faster per run
+    # and its kernel loaded, numba.
+    _numba.write_timing(auto.timing_key(["x"]), tmp_path / "ensemble-numba", "numba", timings["numpy"] / 100)
+    later = compile_model(path).with_backend("numpy").with_backend("auto")
+    later._kernels[(("x",), ())] = later.kernel(["x"])
+    plan = later.plan(["x"], (), grid, 1000)
+    assert plan is not None
+    assert plan.backend == "numba"
+
+
+def _forget_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m.startswith("armsdyn_kernel_")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+def test_loading_a_cached_kernel_is_timed_and_prices_numba_for_the_next_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # numba's start-up was a constant (0.7 s) where the models measure 0.34-0.56 s: on the knowledge
+    # model's studies of 1,000 runs that constant alone kept numpy, 1.4x slower.
+    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "exp.mdl"
+    path.write_text(EXP_MODEL, encoding="utf-8")
+    _forget_kernels(monkeypatch)  # another test's kernel of this source: compiled into another cache
+    compile_model(path, backend="numba").kernel(["x"])  # compiled and cached: nothing to time as a load
+    key, folder = compile_model(path).timing_key(["x"]), tmp_path / "ensemble-numba"
+    assert "numba load" not in _numba.read_timings(key, folder)
+    graph = compile_model(path)._graph
+    _forget_kernels(monkeypatch)  # as in a later process: not imported, its compiled code in the disk cache
+    CompiledModel(graph, compile_model(path).sha256, backend="numba").kernel(["x"])  # loaded from the cache
+    load = _numba.read_timings(key, folder)["numba load"]
+    assert 0 < load < 30
+    fresh = CompiledModel(graph, compile_model(path).sha256, backend="auto")
+    assert fresh._kernel_cost(["x"], ()) == load
+    # Loaded again in the same process it costs nothing, and that is not what a later study would pay.
+    CompiledModel(graph, compile_model(path).sha256, backend="numba").kernel(["x"])
+    assert _numba.read_timings(key, folder)["numba load"] == load

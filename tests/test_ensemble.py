@@ -620,23 +620,25 @@ def test_backend_timings_are_plain_numbers_and_a_bad_file_is_ignored(tmp_path: P
     (stored,) = tmp_path.glob("*.timings.json")
     assert json.loads(stored.read_text(encoding="utf-8")) == {"numpy": 2e-6, "numba": 3e-7}
     assert _numba.read_timings(source, tmp_path) == {"numpy": 2e-6, "numba": 3e-7}
-    # The cache folder is untrusted: anything but finite positive numbers under a second is ignored.
+    # The cache folder is untrusted: anything but finite positive numbers under a second (a minute for a
+    # kernel's load) is ignored.
     bad = [
         "import os; os.remove('x')",
         "[1e-6, 2e-7]",
         '{"numpy": "1e-6", "numba": true}',
         '{"numpy": NaN, "numba": Infinity}',
         '{"numpy": -1e-6, "numba": 5}',
+        '{"numba load": 100, "numpy chunk": 2}',  # seconds to load a kernel, and per chunk and step
         '{"numpy": 1e-6, "numba": ' + "1" * 5000 + "}",
         "\xff\xfe",
     ]
     for text in bad:
         stored.write_text(text, encoding="utf-8", errors="surrogateescape")
         assert _numba.read_timings(source, tmp_path) == {}, text
-    stored.write_text('{"numpy": 1e-6, "numba": "fast", "fortran": 1e-9}', encoding="utf-8")
-    assert _numba.read_timings(source, tmp_path) == {"numpy": 1e-6}
+    stored.write_text('{"numpy": 1e-6, "numba": "fast", "fortran": 1e-9, "numba load": 5}', encoding="utf-8")
+    assert _numba.read_timings(source, tmp_path) == {"numpy": 1e-6, "numba load": 5.0}
     _numba.write_timing(source, tmp_path, "numba", float("nan"))  # not a measurement: not written
-    assert _numba.read_timings(source, tmp_path) == {"numpy": 1e-6}
+    assert _numba.read_timings(source, tmp_path) == {"numpy": 1e-6, "numba load": 5.0}
 
 
 @pytest.mark.skipif(not NUMBA, reason="numba is not installed")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import xarray as xr
 
 from armsdyn.ensemble import TimeGrid, choose_workers, compile_model, run_ensemble
 from armsdyn.ensemble._engine import chunk_bounds
-from armsdyn.ensemble._parallel import _mapped, _shared_arrays
+from armsdyn.ensemble._parallel import _mapped, _pack, _release, _Reservation, _shared_arrays
 from armsdyn.errors import ResultsError
 from tests.conftest import MODELS
 from tests.test_backend_choice import EXP_MODEL
@@ -60,6 +62,81 @@ def test_no_room_anywhere_is_a_results_error_naming_the_size_and_places(monkeypa
         pass
     after = {p.name for p in Path("/dev/shm").glob("armsdyn-ensemble-*")} if Path("/dev/shm").is_dir() else set()
     assert after <= before  # nothing left behind
+
+
+def _results_files() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("armsdyn-ensemble-*")} if Path("/dev/shm").is_dir() else set()
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="space is reserved only where posix_fallocate exists")
+def test_a_reservation_made_in_a_thread_is_taken_whole_or_stopped_and_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The automatic plan reserves the result's memory while its pilot runs, before it knows whether it
+    # shares the study out: taken, the file is fully reserved; not needed, it stops and is removed.
+    before = _results_files()
+    with _Reservation() as reservation:
+        reservation.start(NBYTES)
+        path = reservation.take()
+    assert path is not None
+    assert os.stat(path).st_blocks * 512 >= NBYTES  # the taker's file, kept
+    _release(path)
+    assert not Path(path).exists()
+
+    calls: list[int] = []
+    real = os.posix_fallocate
+    proceed = threading.Event()
+
+    def slow(fd: int, offset: int, length: int) -> None:
+        calls.append(offset)
+        proceed.wait(5)  # the first piece lasts until the study has decided
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", slow)
+    monkeypatch.setattr("armsdyn.ensemble._parallel._PIECE", 4096)
+    with _Reservation() as reservation:
+        reservation.start(100 * 4096)
+        while not calls:
+            time.sleep(0.001)
+        reservation._stop.set()  # what leaving does first: the plan kept the study in this process
+        proceed.set()
+    assert calls == [0]  # stopped after the piece under way, not 100 pieces later
+    assert _results_files() <= before
+
+
+def test_a_reservation_that_failed_is_the_studys_error_only_if_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(nbytes: int, stop: object = None) -> str:
+        raise ResultsError("no room for the ensemble's results")
+
+    monkeypatch.setattr("armsdyn.ensemble._parallel._reserve", full)
+    with _Reservation() as reservation:
+        reservation.start(NBYTES)  # not taken: the failure is no one's
+    with _Reservation() as reservation:
+        reservation.start(NBYTES)
+        with pytest.raises(ResultsError, match="no room"):
+            reservation.take()
+
+
+@pytest.mark.skipif(not (MODELS / "knowledge_engine.mdl").is_file(), reason="the knowledge model is absent")
+def test_a_workers_start_up_message_fits_a_pipes_buffer() -> None:
+    # Larger than a pipe's buffer (64 KiB), the message that starts a worker blocks the parent until the
+    # worker has imported the engine, so two workers started one after the other (0.2 s each). The
+    # knowledge model pickles to about 116 KB, and the numba source the plan generated adds more.
+    model = compile_model(MODELS / "knowledge_engine.mdl")
+    model.kernel_ready(model.output_names(None))  # generates numba's kernel source, as the plan does
+    assert model._sources
+    # The workers of an automatic plan run numpy: they get the model without numba's sources.
+    assert len(_pack(model.with_backend("numpy"))) < 32 * 1024  # room for the rest of the message
+
+
+def test_a_study_the_plan_keeps_in_this_process_leaves_no_reserved_memory_behind(tmp_path: Path) -> None:
+    # The pilot's time is used to reserve the shared result in case the study is shared out; a cheap
+    # study stays here, and the reservation goes.
+    path = tmp_path / "exp.mdl"
+    path.write_text(EXP_MODEL, encoding="utf-8")
+    ks = np.linspace(0.5, 2.0, 3000)
+    files = _results_files()
+    ds = run_ensemble(path, {"k": ks}, variables=["x"], workers=None, backend="numpy")
+    assert _results_files() <= files
+    xr.testing.assert_equal(ds["x"], compile_model(path, backend="numpy").run({"k": ks}, variables=["x"])["x"])
 
 
 KILLED = """
@@ -118,7 +195,7 @@ import pickle, sys
 from armsdyn.ensemble import _parallel
 model, values, grid, names, shapes = pickle.loads(sys.stdin.buffer.read())
 with _parallel._shared_arrays(shapes) as (where, arrays):
-    _parallel._init_compiled(model)
+    _parallel._init_compiled(_parallel._pack(model))
     _parallel._task_compiled(values, 4, grid, names, where, 0)
     assert arrays[0][-1].min() > 0, arrays[0]
 print(sorted(m for m in ("pandas", "xarray", "scipy", "pysd", "matplotlib") if m in sys.modules))
@@ -176,10 +253,11 @@ def test_the_automatic_plan_shares_a_costly_numpy_study_between_processes_after_
     if model.backend == "numba":  # numba measured slow here: the choice is between one process and two
         _numba.write_timing(model.timing_key(["total"]), tmp_path / "ensemble-numba", "numba", 1e-3)
     ks = np.random.default_rng(7).uniform(0.5, 2.0, 12_000)
-    before = _children_cpu()
+    before, files = _children_cpu(), _results_files()
     ds = run_ensemble(path, {"k": ks}, variables=["total"], workers=None)
     # Worker processes ran most of the study (the pilot's 1,024 runs stayed in this process).
     assert _children_cpu() - before > 1.0
+    assert _results_files() <= files  # the shared result's file, reserved during the pilot, is gone
     # Every run as numpy computes it in one process: the pilot's, the first worker's and the last.
     picked = np.r_[0:1100, 11_900:12_000]
     want = compile_model(path, backend="numpy").run({"k": ks[picked]}, variables=["total"])

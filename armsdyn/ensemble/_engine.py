@@ -46,7 +46,9 @@ DEFAULT_CHUNK_SIZE = 8192
 """Samples advanced together: large enough to amortise numpy's per-call overhead,
 small enough that a step's working set stays in the CPU cache."""
 
-_LOAD_SECONDS = 0.7  # importing numba and loading a cached kernel
+# Importing numba and loading a cached kernel, until a load of the model's kernel is measured:
+# 0.34-0.56 s on the shipped models and triad_lookup (2026-12-04; 0.7 s with the numba of 2026-11).
+_LOAD_SECONDS = 0.55
 _COMPILE_BASE = 1.19  # seconds: importing numba (about 0.5 s) and compiling the smallest kernel
 _COMPILE_PER_LINE = 2.87e-3  # seconds per line of a blocked kernel's source
 _COMPILE_PER_LINE2 = 2.92e-6  # and per squared line
@@ -55,7 +57,9 @@ _PER_SAMPLE_PER_LINE2 = 1.7e-5  # and per squared line
 _PER_SAMPLE_MARK = "\ndef sample("  # a per-sample kernel's function of one sample (armsdyn.ensemble._numba)
 
 _PILOT_SAMPLES = 1024  # samples "auto" runs with numpy before deciding whether numba pays
-_PROBE_SAMPLES = 64  # the pilot's first, shorter chunk: with the second, it separates numpy's fixed cost
+_PROBE_SAMPLES = 64  # the probe's samples: with the pilot's chunk, it separates numpy's fixed cost per chunk
+_PROBE_STEP_FRACTION = 8  # the probe runs the first eighth of the time steps (see CompiledModel.begin)
+_SMALL_TIMED = 4 * _PROBE_SAMPLES  # samples: a study this large, and shorter than a pilot, pilots all of itself
 _MIN_TIMED = _PILOT_SAMPLES  # samples: a call this large measures a backend's speed well enough to keep,
 _MIN_TIMED_STEPS = 2**20  # if it also advances this many runs by a step: a smaller call's fixed costs (a thread
 # pool's start, allocating the result) overstated numba's time per run up to 10x (3,000 runs of 81 steps)
@@ -109,6 +113,10 @@ class TimeGrid:
 
     # Read by every call of the engine: a calibration makes tens of thousands of small calls, where
     # converting the tuples each time was a fifth of a call's overhead.
+    def head(self, steps: int) -> TimeGrid:
+        """The grid of the first `steps` time steps (at most all of them), with the same settings."""
+        return TimeGrid(self.times[:steps], self.save[:steps], self.settings)
+
     @functools.cached_property
     def time_array(self) -> np.ndarray:
         """`times` as a float array."""
@@ -225,6 +233,8 @@ class CompiledModel(VariableLookup):
         state = self.__dict__.copy()
         state["_programs"] = {}
         state["_kernels"] = {}
+        if self._requested == "numpy":
+            state["_sources"] = {}  # numba's kernel sources (a worker's start-up message) are not needed
         return state
 
     @property
@@ -509,7 +519,7 @@ class CompiledModel(VariableLookup):
 
         The samples are split into as few chunks of at most `chunk_size` as
         will do, of equal sizes (see :func:`chunk_bounds`; besides the automatic
-        backend choice's two short pilot chunks, of 64 and 960 samples), so a
+        backend choice's pilot chunk of 1,024 samples), so a
         sample meets the same neighbours (and numpy the same array layout)
         whether the study runs in one process or its chunks are shared out.
         """
@@ -524,15 +534,21 @@ class CompiledModel(VariableLookup):
         names: Sequence[str],
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         processes: int = 1,
+        while_piloting: Callable[[], object] | None = None,
     ) -> Begun:
         """Choose how to run `n` samples: piloting numpy on the first ones where nothing is measured yet.
 
         The plan weighs numpy in this process, numpy shared between `processes`
         and numba on this process's threads (see :mod:`armsdyn.ensemble._choice`),
         by the study this call belongs to (:attr:`study_runs`). Without a
-        measured numpy speed for this kernel, two short chunks of numpy (64
-        and 960 samples) measure it first; their runs are kept in the result
-        if numpy goes on. :meth:`finish` runs the rest in this process.
+        measured numpy speed for this kernel, numpy pilots the first 1,024
+        samples (kept in the result if numpy goes on) and probes 64 of them
+        over an eighth of the time steps, which separates its cost per chunk
+        from its cost per sample. A call of one chunk, of 256-1,024 samples
+        and at least 2^20 runs x steps, is piloted whole: measured for the
+        next study's plan. :meth:`finish` runs the rest in this process.
+        `while_piloting` is called just before a pilot runs: a study that may
+        share out its chunks prepares for that meanwhile.
         """
         if chunk_size < 1:
             msg = f"chunk_size must be at least 1, got {chunk_size}"
@@ -541,28 +557,43 @@ class CompiledModel(VariableLookup):
         spec = series_spec(values)
         study = max(n, self.study_runs or 0)
         plan = self.plan(names, spec, grid, study, chunk_size, processes)
-        edges = [0, _PROBE_SAMPLES, _PILOT_SAMPLES] if chunk_bounds(n, chunk_size)[1] > _PILOT_SAMPLES else []
-        if plan is not None or not edges:
-            # Measured before, or a study no longer than the pilot: nothing to pilot for.
-            return Begun(plan or Plan("numpy"), started=started)
+        first = chunk_bounds(n, chunk_size)[1]
+        # The pilot: the study's first samples; or all of a call of one chunk no longer than the pilot, where
+        # it is large enough to measure for the next study (which can then weigh numba: the knowledge
+        # model's studies of 1,000 runs stayed on numpy, 1.4x numba's time).
+        whole = first == n and self._times_backends() and _timed(n, grid, _SMALL_TIMED)
+        if plan is not None or not (first > _PILOT_SAMPLES or whole):
+            return Begun(plan or Plan("numpy"), started=started)  # measured before, or nothing to measure
+        m = _PILOT_SAMPLES if first > _PILOT_SAMPLES else n
+        if while_piloting is not None and m < n:
+            while_piloting()
+        # CPU time of this thread: a pause of the process on a busy machine (10-20 ms against a short
+        # chunk's 0.3-4 ms) is no cost of numpy's. The pilot's chunk goes into arrays of its own:
+        # writing into the study's result first touches that memory (numpy asks for huge pages),
+        # which every plan pays alike.
         func = self.program(names, spec)
-        held: list[tuple[int, int, list[np.ndarray]]] = []
-        piloted: list[tuple[int, float]] = []
-        for lo, hi in itertools.pairwise(edges):
-            # Each chunk alone, into arrays of its own: writing into the study's result first touches
-            # that memory (numpy asks for huge pages), which every plan pays alike. CPU time of this
-            # thread: a pause of the process on a busy machine (10-20 ms against a 64-sample chunk's
-            # 0.3-4 ms) is no cost of numpy's.
-            timed = thread_time()
-            held.append((lo, hi, self._run_chunk(func, {k: v[lo:hi] for k, v in values.items()}, hi - lo, grid,
-                                                 list(names))))  # fmt: skip
-            piloted.append((hi - lo, thread_time() - timed))
-        cost = pilot_cost(piloted)
-        # Kept until a whole numpy call is timed (which replaces it): saves the next study its pilot.
+        pilot = {k: v[:m] for k, v in values.items()}
+        timed = thread_time()
+        held = [(0, m, self._run_chunk(func, pilot, m, grid, list(names)))]
+        piloted = thread_time() - timed
+        # Then the probe: its first samples again, over the first eighth of the time steps, scaled to the
+        # whole run. Nearly all of a short chunk's time is numpy's fixed cost per time step: a probe over
+        # every step was a tenth of a first 10^4-run study's serial time (0.11 s on security_dilemma,
+        # 0.37 s on the knowledge model). After the pilot's chunk, so it does not pay the first call.
+        probe = grid.head(max(2, len(grid.times) // _PROBE_STEP_FRACTION))
+        timed = thread_time()
+        self._run_chunk(func, {k: v[:_PROBE_SAMPLES] for k, v in pilot.items()}, _PROBE_SAMPLES, probe, list(names))
+        probed = (thread_time() - timed) * len(grid.times) / len(probe.times)
+        cost = pilot_cost([(_PROBE_SAMPLES, probed), (m, piloted)])
+        # Kept until a whole numpy call is timed (which replaces the cost per sample): saves the next
+        # study its pilot.
         self.record_timing(names, spec, "numpy", cost.per_sample / len(grid.times))
-        plan = self.plan(names, spec, grid, study - edges[-1], chunk_size, processes, numpy=cost)
+        self.record_timing(names, spec, "numpy chunk", cost.per_chunk / len(grid.times))
+        if m == n:
+            return Begun(Plan("numpy"), m, held, started)
+        plan = self.plan(names, spec, grid, study - m, chunk_size, processes, numpy=cost)
         assert plan is not None
-        return Begun(plan, edges[-1], held, started)
+        return Begun(plan, m, held, started)
 
     def finish(
         self,
@@ -595,10 +626,10 @@ class CompiledModel(VariableLookup):
         for lo, hi in itertools.pairwise(edges):
             chunk = {k: v[lo:hi] for k, v in values.items()}
             self._run_chunk(func, chunk, hi - lo, grid, list(names), [arr[..., lo:hi] for arr in result])
-        if self._times_backends() and _timed(n, grid):
+        if _timed(n, grid):
             # Whole calls only: numpy's fixed cost per time step makes a short pilot chunk's time per run
             # several times a full chunk's (measured: numba chosen, 1.5x slower, on a SMOOTH model at 10^5).
-            self.record_timing(names, spec, "numpy", (perf_counter() - begun.started) / n / len(grid.times))
+            self.record_numpy(names, spec, grid, perf_counter() - begun.started, n, len(edges) - 1)
         return result
 
     def plan(
@@ -625,7 +656,7 @@ class CompiledModel(VariableLookup):
         steps = len(grid.times)
         if numpy is None:
             if "numpy" in timings:
-                numpy = NumpyCost(0.0, timings["numpy"] * steps)
+                numpy = NumpyCost(timings.get("numpy chunk", 0.0) * steps, timings["numpy"] * steps)
             elif processes == 1 and not self._times_backends():
                 return Plan("numpy")  # numpy in this process: nothing to choose
             else:
@@ -661,6 +692,19 @@ class CompiledModel(VariableLookup):
         if self._times_backends():
             self._record(names, spec, backend, seconds)
 
+    def record_numpy(
+        self, names: Sequence[str], spec: Spec, grid: TimeGrid, seconds: float, runs: int, chunks: int
+    ) -> None:
+        """Keep numpy's `seconds` for `runs` runs in `chunks` chunks on `grid`: its time per run and step.
+
+        Less the fixed cost per chunk a pilot measured, so that a later study of a
+        few chunks (or one, short) is not charged it twice; at least half the time
+        counts per run, whatever that estimate.
+        """
+        steps = len(grid.times)
+        per_chunk = self._timings(names, spec).get("numpy chunk", 0.0) * steps if self._times_backends() else 0.0
+        self.record_timing(names, spec, "numpy", max(seconds - chunks * per_chunk, seconds / 2) / runs / steps)
+
     def _timings(self, names: Sequence[str], spec: Spec) -> dict[str, float]:
         """Seconds per run and time step of each backend on this kernel, as earlier studies measured them."""
         # Read once per process and cache folder (and again after this process records one): a
@@ -690,7 +734,9 @@ class CompiledModel(VariableLookup):
         """Seconds before the numba kernel saving `names` can run: none, loading it, or compiling it."""
         if (tuple(names), spec) in self._kernels:
             return 0.0
-        return _LOAD_SECONDS if self.kernel_ready(names, spec) else self._compile_estimate(names, spec)
+        if self.kernel_ready(names, spec):
+            return self._timings(names, spec).get("numba load", _LOAD_SECONDS)
+        return self._compile_estimate(names, spec)
 
     def element_shape(self, py: str) -> tuple[int, ...]:
         """Number of elements along each subscript range of variable `py` (empty for a scalar)."""
@@ -834,8 +880,12 @@ class CompiledModel(VariableLookup):
         key = (tuple(names), spec)
         if key not in self._kernels:
             source, constants, states = self._numba_module([f"v_{py}" for py in names], spec)
+            cached = _numba.kernel_cached(source, cache_dir() / "ensemble-numba") and not _numba.kernel_imported(source)
+            started = perf_counter()
             kernel = _numba.load_kernel(source, cache_dir() / "ensemble-numba")
             _numba.compile_kernel(kernel, len(constants), self.path)
+            if cached:  # what a later study pays before numba runs (0.25-0.6 s measured; numba's import too)
+                self._record(names, spec, "numba load", perf_counter() - started)
             self._kernels[key] = (kernel, constants, states)
         return self._kernels[key]
 
@@ -1067,9 +1117,9 @@ def _armsdyn_version() -> str:
         return "0+unknown"
 
 
-def _timed(n: int, grid: TimeGrid) -> bool:
+def _timed(n: int, grid: TimeGrid, least: int = _MIN_TIMED) -> bool:
     """Whether a call of `n` runs on `grid` is large enough to keep its measured speed."""
-    return n >= _MIN_TIMED and n * len(grid.times) >= _MIN_TIMED_STEPS
+    return n >= least and n * len(grid.times) >= _MIN_TIMED_STEPS
 
 
 def _into(out: Sequence[np.ndarray] | None, arrays: list[np.ndarray]) -> list[np.ndarray]:

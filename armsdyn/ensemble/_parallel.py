@@ -6,8 +6,11 @@ import contextlib
 import itertools
 import multiprocessing
 import os
+import pickle
 import tempfile
+import threading
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import resource_tracker
@@ -138,42 +141,72 @@ def _run_compiled(
     values, n = model.normalise_inputs(samples, series, lookups)
     names = model.output_names(variables)
     grid = TimeGrid.from_settings(time or model.time, model.path)
-    begun: Begun | None = None
-    if workers is None:
-        # The automatic plan: numpy here, numpy on every core, or numba's threads here (after a pilot of
-        # numpy where nothing is measured yet; its runs are kept).
-        begun = model.begin(values, n, grid, names, chunk_size, processes=os.cpu_count() or 1)
-        if begun.plan.processes == 1:
-            return model.dataset(values, grid, names, model.finish(begun, values, n, grid, names, chunk_size))
-        workers = begun.plan.processes
-        rest = n - begun.done
-        # At least a chunk per process (a study of one chunk would leave the other cores idle).
-        edges = [begun.done + b for b in chunk_bounds(rest, min(chunk_size, -(-rest // workers)))]
-        task_model = model.with_backend(begun.plan.backend)
-    else:
-        # A task per chunk: every sample is computed in the same chunk as in a serial run, and the
-        # chunks' equal sizes share a study of a few chunks evenly between the workers.
-        edges = chunk_bounds(n, chunk_size)
-        task_model = model
-    bounds = list(itertools.pairwise(edges))
     shapes = [(grid.n_save, *model.element_shape(py), n) for py in names]
-    # The workers write their runs straight into the result's memory (a file mapped by every process),
-    # instead of pickling them back through a pipe to be copied again: a study's saved series are
-    # gigabytes (the knowledge model, 10^4 runs on 2 processes, took 1.7x one process's time).
-    with _shared_arrays(shapes) as (where, arrays):
-        if begun is not None:
-            begun.place(arrays)
-        with _pool(min(workers, len(bounds)), _init_compiled, (task_model,)) as pool:
+    with _Reservation() as reservation:
+        begun: Begun | None = None
+        if workers is None:
+            # The automatic plan: numpy here, numpy on every core, or numba's threads here (after a pilot of
+            # numpy where nothing is measured yet; its runs are kept). The result's shared memory is reserved
+            # while the pilot runs (a third of a second for security_dilemma's 10^4 runs, in a thread), in
+            # case the plan shares the study out. Starting the workers then too made the pilot twice as
+            # long on two cores, and gained nothing.
+            begun = model.begin(
+                values, n, grid, names, chunk_size, processes=os.cpu_count() or 1,
+                while_piloting=lambda: reservation.start(_nbytes(shapes)),
+            )  # fmt: skip
+            if begun.plan.processes == 1:
+                reservation.stop()
+                return model.dataset(values, grid, names, model.finish(begun, values, n, grid, names, chunk_size))
+            workers = begun.plan.processes
+            rest = n - begun.done
+            # At least a chunk per process (a study of one chunk would leave the other cores idle).
+            edges = [begun.done + b for b in chunk_bounds(rest, min(chunk_size, -(-rest // workers)))]
+            task_model = model.with_backend(begun.plan.backend)
+        else:
+            # A task per chunk: every sample is computed in the same chunk as in a serial run, and the
+            # chunks' equal sizes share a study of a few chunks evenly between the workers.
+            edges = chunk_bounds(n, chunk_size)
+            task_model = model
+        bounds = list(itertools.pairwise(edges))
+        # The processes start (a quarter of a second) while this one maps the result's memory and copies
+        # the pilot's runs into it, not after. They write their runs straight into it (a file mapped by
+        # every process), instead of pickling them back through a pipe to be copied again: a study's
+        # saved series are gigabytes (the knowledge model, 10^4 runs on 2 processes, took 1.7x one
+        # process's time).
+        with (
+            _started_pool(min(workers, len(bounds)), task_model) as pool,
+            _shared_arrays(shapes, reservation.take()) as (where, arrays),
+        ):
             futures = [
                 pool.submit(_task_compiled, {k: v[lo:hi] for k, v in values.items()}, hi - lo, grid, names, where, lo)
                 for lo, hi in bounds
-            ]
+            ]  # fmt: skip
+            if begun is not None:
+                begun.place(arrays)  # columns no task writes
             seconds = sum(future.result() for future in futures)
     if begun is not None and edges[-1] > edges[0]:
         # numpy's speed in a whole chunk, as the workers measured it: for later automatic choices.
         spec = series_spec(values)
-        model.record_timing(names, spec, "numpy", seconds / (edges[-1] - edges[0]) / len(grid.times))
+        model.record_numpy(names, spec, grid, seconds, edges[-1] - edges[0], len(bounds))
     return model.dataset(values, grid, names, arrays)
+
+
+def _started_pool(workers: int, model: CompiledModel) -> ProcessPoolExecutor:
+    """A pool of `workers` processes running `model`, each process already starting."""
+    pool = _pool(workers, _init_compiled, (_pack(model),))
+    for _ in range(workers):
+        pool.submit(os.getpid)  # processes start on demand: one each
+    return pool
+
+
+def _pack(model: CompiledModel) -> bytes:
+    """`model` as the workers' initializer receives it (see :func:`_init_compiled`).
+
+    Compressed (to a quarter): a worker's start-up message larger than a pipe's buffer (64 KiB; the
+    knowledge model pickles to 116 KB) blocks this process until that worker has imported the
+    engine, so the workers started one after another, 0.2 s each.
+    """
+    return zlib.compress(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 _SHM = "/dev/shm"  # RAM-backed where it exists (Linux): POSIX shared memory objects are its files
@@ -182,23 +215,24 @@ _SHM = "/dev/shm"  # RAM-backed where it exists (Linux): POSIX shared memory obj
 SharedArrays = tuple[str, list[tuple[int, ...]]]
 
 
+def _nbytes(shapes: Sequence[tuple[int, ...]]) -> int:
+    """Bytes of float arrays of `shapes` in one file (at least one value's, for an empty study)."""
+    return 8 * max(1, sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes))
+
+
 @contextlib.contextmanager
-def _shared_arrays(shapes: Sequence[tuple[int, ...]]) -> Iterator[tuple[SharedArrays, list[np.ndarray]]]:
+def _shared_arrays(
+    shapes: Sequence[tuple[int, ...]], path: str | None = None
+) -> Iterator[tuple[SharedArrays, list[np.ndarray]]]:
     """Float arrays of `shapes` in one file that worker processes map too (see :func:`_mapped`).
 
-    The file is removed on leaving (RAM-backed under /dev/shm where there is one); the arrays stay
+    The file is `path` if one was reserved already (see :class:`_Reservation`), else reserved here.
+    It is removed on leaving (RAM-backed under /dev/shm where there is one); the arrays stay
     valid, as a POSIX mapping outlives its file's name. Windows cannot remove a mapped file, so
     there the arrays are copied out first.
     """
-    nbytes = 8 * max(1, sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes))
-    path = _reserve(nbytes)
+    path = path or _reserve(_nbytes(shapes))
     where: SharedArrays = (path, [tuple(shape) for shape in shapes])
-    # A file under /dev/shm is a POSIX shared-memory object: multiprocessing's resource tracker (a
-    # process of its own) removes it if this process is killed before the `finally` below runs,
-    # instead of leaving it to fill RAM until reboot.
-    shm_name = "/" + os.path.basename(path) if os.path.dirname(path) == _SHM else None
-    if shm_name is not None:
-        resource_tracker.register(shm_name, "shared_memory")
     arrays: list[np.ndarray] = []
     try:
         arrays = _mapped(where)  # not "w+", which would truncate the file and undo the reservation
@@ -209,18 +243,19 @@ def _shared_arrays(shapes: Sequence[tuple[int, ...]]) -> Iterator[tuple[SharedAr
         arrays.clear()  # the mapping goes with the failed run's arrays (and, on Windows, lets the file go)
         raise
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        if shm_name is not None:
-            resource_tracker.unregister(shm_name, "shared_memory")
+        _release(path)
 
 
-def _reserve(nbytes: int) -> str:
+_PIECE = 2**26  # bytes reserved at a time: a reservation no longer needed stops within a few milliseconds
+
+
+def _reserve(nbytes: int, stop: threading.Event | None = None) -> str:
     """A new file of `nbytes`, its space reserved, under /dev/shm if it has room, else the temp folder.
 
     Reserving the space first turns a full disk into an error here; writing into a mapping of a
     sparse file with no room left kills the writing process instead (SIGBUS). Containers often
-    give /dev/shm only 64 MB.
+    give /dev/shm only 64 MB. Reserving stops early, the file only partly reserved, once `stop`
+    is set. The caller removes the file with :func:`_release`.
     """
     folders = [f for f in (_SHM, None) if f is None or os.path.isdir(f)]
     for folder in folders:
@@ -228,20 +263,87 @@ def _reserve(nbytes: int) -> str:
             fd, path = tempfile.mkstemp(prefix="armsdyn-ensemble-", suffix=".f64", dir=folder)
         except OSError:  # not writable: the next folder
             continue
+        if os.path.dirname(path) == _SHM:
+            # A file under /dev/shm is a POSIX shared-memory object: multiprocessing's resource tracker
+            # (a process of its own) removes it if this process is killed before it is released,
+            # instead of leaving it to fill RAM until reboot.
+            resource_tracker.register("/" + os.path.basename(path), "shared_memory")
         try:
             if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, nbytes)
+                for offset in range(0, nbytes, _PIECE):
+                    if stop is not None and stop.is_set():
+                        break
+                    os.posix_fallocate(fd, offset, min(_PIECE, nbytes - offset))
             else:  # macOS and Windows: no reservation, only the size
                 os.ftruncate(fd, nbytes)
         except OSError:
             os.close(fd)
-            os.unlink(path)
+            _release(path)
             continue
         os.close(fd)
         return path
     places = " or ".join(f or tempfile.gettempdir() for f in folders)
     msg = f"no room for the ensemble's results ({nbytes / 2**30:.2f} GiB) in {places}; run with one worker"
     raise ResultsError(msg)
+
+
+def _release(path: str) -> None:
+    """Remove a file :func:`_reserve` made (its mappings stay valid)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    if os.path.dirname(path) == _SHM:
+        resource_tracker.unregister("/" + os.path.basename(path), "shared_memory")
+
+
+class _Reservation:
+    """The result's file, reserved in a thread of this process while it runs something else.
+
+    A context manager: on leaving, a reservation not taken (:meth:`take`) is stopped and its file
+    removed. :func:`os.posix_fallocate` releases the GIL, so the reservation runs on a core of
+    its own.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._path: str | None = None
+        self._error: Exception | None = None
+
+    def start(self, nbytes: int) -> None:
+        """Begin reserving a file of `nbytes` (see :func:`_reserve`)."""
+        self._thread = threading.Thread(target=self._reserve, args=(nbytes,), name="armsdyn-reserve", daemon=True)
+        self._thread.start()
+
+    def _reserve(self, nbytes: int) -> None:
+        try:
+            self._path = _reserve(nbytes, self._stop)
+        except Exception as exc:  # the study's error only if it takes the file
+            self._error = exc
+
+    def take(self) -> str | None:
+        """The reserved file (the taker removes it), once reserved; None if none was started."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        path, self._path = self._path, None
+        return path
+
+    def stop(self) -> None:
+        """Stop reserving and remove the file."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._path is not None:
+            _release(self._path)
+            self._path = None
+
+    def __enter__(self) -> _Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def _mapped(where: SharedArrays) -> list[np.ndarray]:
@@ -292,8 +394,9 @@ def _pool(workers: int, initializer: Any, initargs: tuple[Any, ...]) -> ProcessP
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs)
 
 
-def _init_compiled(model: CompiledModel) -> None:
+def _init_compiled(packed: bytes) -> None:
     global _worker_model
+    model: CompiledModel = pickle.loads(zlib.decompress(packed))  # this study's own model, from its parent (_pack)
     _worker_model = model
     model.threads = 1  # the processes share the cores already
 
