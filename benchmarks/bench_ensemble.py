@@ -32,6 +32,7 @@ import importlib.util
 import os
 import re
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -290,20 +291,20 @@ def choices(args: argparse.Namespace) -> None:
         *sorted((ROOT / "models").glob("*.mdl")), *sorted((ROOT / "benchmarks" / "models").glob("*.mdl")),
     ]  # fmt: skip
     sizes = [int(float(v)) for v in args.sizes.split(",")]
-    print(f"# {os.cpu_count()} CPUs; wall seconds per study; each cell the best of {args.repeats} fresh processes")
+    print(f"# {os.cpu_count()} CPUs; wall seconds per study; each cell the median of {args.repeats} fresh processes")
     print("| model | runs | " + " | ".join(CHOICE_MODES) + " | cold ratio | warm ratio |")
     print("|---|---:|" + "---:|" * (len(CHOICE_MODES) + 2))
     for path in models:
         for n in sizes:
-            cells = {}
-            for mode in CHOICE_MODES:
-                # The same call in two fresh processes has differed 1.9x (benchmarks/README.md): the
-                # best of --repeats processes, each with its own cache, is the mode's time.
-                times = []
-                for _ in range(args.repeats):
+            # The same call in two fresh processes has differed 1.3-1.9x (benchmarks/README.md): each mode
+            # runs --repeats times, the modes in turn (so that a slower spell of the machine meets them
+            # all), each time with its own cache, and the median is the mode's time.
+            times: dict[str, list[float]] = {mode: [] for mode in CHOICE_MODES}
+            for _ in range(args.repeats):
+                for mode in CHOICE_MODES:
                     with tempfile.TemporaryDirectory() as cache:
-                        times.append(float(subprocess_cell(path, n, mode, cache)))
-                cells[mode] = min(times)
+                        times[mode].append(float(subprocess_cell(path, n, mode, cache)))
+            cells = {mode: statistics.median(values) for mode, values in times.items()}
             best_cold = min(cells[m] for m in ("numpy-1p", "numpy-2p", "numba-cold"))
             best_warm = min(cells[m] for m in ("numpy-1p", "numpy-2p", "numba-warm"))
             ratios = f"{cells['auto-cold'] / best_cold:.2f} | {cells['auto-warm'] / best_warm:.2f}"
@@ -482,7 +483,7 @@ def main() -> None:
     parser.add_argument("--choices", action="store_true", help="the automatic-choice table (see CHOICE_MODES)")
     parser.add_argument("--models", default="", help="comma-separated model files of --rates and --choices")
     parser.add_argument("--sizes", default="1e3,1e4,1e5", help="study sizes of --choices")
-    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per --choices cell (best kept)")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per --choices cell (median shown)")
     parser.add_argument("--compile-costs", action="store_true", help="numba compile times against their estimate")
     if sys.argv[1:2] == ["--compile-cell"]:
         print(compile_cost_cell(Path(sys.argv[2])))
