@@ -631,9 +631,10 @@ class CompiledModel(VariableLookup):
         for lo, hi in itertools.pairwise(edges):
             chunk = {k: v[lo:hi] for k, v in values.items()}
             self._run_chunk(func, chunk, hi - lo, grid, list(names), [arr[..., lo:hi] for arr in result])
-        if _timed(n, grid):
-            # Whole calls only: numpy's fixed cost per time step makes a short pilot chunk's time per run
-            # several times a full chunk's (measured: numba chosen, 1.5x slower, on a SMOOTH model at 10^5).
+        if _timed(n, grid) and len(edges) > 1:
+            # Whole calls only (a pilot that ran them all has kept its measure): numpy's fixed cost per time
+            # step makes a short pilot chunk's time per run several times a full chunk's (measured: numba
+            # chosen, 1.5x slower, on a SMOOTH model at 10^5).
             self.record_numpy(names, spec, grid, perf_counter() - begun.started, n, len(edges) - 1)
         return result
 
