@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,28 @@ def test_loading_a_cached_kernel_is_timed_and_prices_numba_for_the_next_study(
     # Loaded again in the same process it costs nothing, and that is not what a later study would pay.
     CompiledModel(graph, compile_model(path).sha256, backend="numba").kernel(["x"])
     assert _numba.read_timings(key, folder)["numba load"] == load
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba is not installed: without it no speeds are kept")
+def test_numpys_stored_speed_leaves_out_the_first_touch_of_the_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # richardson at 10^5: copying the pilot's runs into the 300 MB result touched all of it first
+    # (0.84 s, which every plan pays alike), and the whole call's time, stored as numpy's speed,
+    # priced numpy 4x too high for the next study. Here the copy is made to take a second.
+    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "exp.mdl"
+    path.write_text(EXP_MODEL.replace("FINAL TIME = 20", "FINAL TIME = 300"), encoding="utf-8")  # 1,201 steps
+    place = _engine.Begun.place
+
+    def slow_place(self: _engine.Begun, result: list[np.ndarray]) -> None:
+        time.sleep(1.0)
+        place(self, result)
+
+    monkeypatch.setattr(_engine.Begun, "place", slow_place)
+    auto = compile_model(path)
+    samples = {"k": np.random.default_rng(10).uniform(0.5, 1.5, 6000)}
+    got = auto.with_backend("numpy").with_backend("auto").run(samples, variables=["x"])  # a pilot, then one chunk
+    xr.testing.assert_equal(got, compile_model(path, backend="numpy").run(samples, variables=["x"]))
+    per_run_step = _numba.read_timings(auto.timing_key(["x"]), tmp_path / "ensemble-numba")["numpy"]
+    assert per_run_step * 6000 * 1201 < 0.5  # the chunks' own time (tens of milliseconds), not the copy's second

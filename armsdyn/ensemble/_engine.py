@@ -553,7 +553,6 @@ class CompiledModel(VariableLookup):
         if chunk_size < 1:
             msg = f"chunk_size must be at least 1, got {chunk_size}"
             raise ValueError(msg)
-        started = perf_counter()
         spec = series_spec(values)
         study = max(n, self.study_runs or 0)
         plan = self.plan(names, spec, grid, study, chunk_size, processes)
@@ -563,7 +562,7 @@ class CompiledModel(VariableLookup):
         # model's studies of 1,000 runs stayed on numpy, 1.4x numba's time).
         whole = first == n and self._times_backends() and _timed(n, grid, _SMALL_TIMED)
         if plan is not None or not (first > _PILOT_SAMPLES or whole):
-            return Begun(plan or Plan("numpy"), started=started)  # measured before, or nothing to measure
+            return Begun(plan or Plan("numpy"))  # measured before, or nothing to measure
         m = _PILOT_SAMPLES if first > _PILOT_SAMPLES else n
         if while_piloting is not None and m < n:
             while_piloting()
@@ -590,10 +589,10 @@ class CompiledModel(VariableLookup):
         self.record_timing(names, spec, "numpy", cost.per_sample / len(grid.times))
         self.record_timing(names, spec, "numpy chunk", cost.per_chunk / len(grid.times))
         if m == n:
-            return Begun(Plan("numpy"), m, held, started)
+            return Begun(Plan("numpy"), m, held)
         plan = self.plan(names, spec, grid, study - m, chunk_size, processes, numpy=cost)
         assert plan is not None
-        return Begun(plan, m, held, started)
+        return Begun(plan, m, held)
 
     def finish(
         self,
@@ -628,14 +627,21 @@ class CompiledModel(VariableLookup):
             ]  # fmt: skip
             begun.place(result)
         edges = [begun.done, *(b for b in chunk_bounds(n, chunk_size) if b > begun.done)]
+        timed: list[tuple[int, float]] = []
         for lo, hi in itertools.pairwise(edges):
             chunk = {k: v[lo:hi] for k, v in values.items()}
+            started = thread_time()
             self._run_chunk(func, chunk, hi - lo, grid, list(names), [arr[..., lo:hi] for arr in result])
-        if _timed(n, grid) and len(edges) > 1:
-            # Whole calls only (a pilot that ran them all has kept its measure): numpy's fixed cost per time
-            # step makes a short pilot chunk's time per run several times a full chunk's (measured: numba
-            # chosen, 1.5x slower, on a SMOOTH model at 10^5).
-            self.record_numpy(names, spec, grid, perf_counter() - begun.started, n, len(edges) - 1)
+            timed.append((hi - lo, thread_time() - started))
+        # numpy's speed for later plans, from the study's full chunks (a short pilot chunk's time per run
+        # is several times a full chunk's: numba was chosen, 1.5x slower, on a SMOOTH model at 10^5).
+        # Not the whole call's time, and not a first chunk that wrote the result first: the first touch
+        # of a large result (richardson, 10^5 runs: 0.84 s for 300 MB) is paid by every plan alike, and
+        # counted in numpy's speed it priced numpy 4x too high.
+        if begun.done == 0:
+            timed = timed[1:]
+        if _timed(n, grid) and timed:
+            self.record_numpy(names, spec, grid, sum(t for _, t in timed), sum(m for m, _ in timed), len(timed))
         return result
 
     def plan(
@@ -1105,7 +1111,6 @@ class Begun:
     plan: Plan
     done: int = 0
     held: list[tuple[int, int, list[np.ndarray]]] = field(default_factory=list)
-    started: float = 0.0  # perf_counter() at the call's start: numpy's whole call is timed from it
 
     def whole(self, n: int) -> bool:
         """Whether the pilot ran all `n` samples, in one chunk."""
