@@ -85,6 +85,14 @@ SAVEPER = 1 ~ Year ~ |
 """
 
 
+def _exp_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, final_time: int = 20) -> Path:
+    """EXP_MODEL in `tmp_path` (to `final_time`, in steps of 0.25), with a cache of its own there."""
+    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "exp.mdl"
+    path.write_text(EXP_MODEL.replace("FINAL TIME = 20", f"FINAL TIME = {final_time}"), encoding="utf-8")
+    return path
+
+
 def test_the_pilot_leaves_every_run_as_numpy_computes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The pilot's chunk (1,024 samples) and the probe change where chunks start, not any value:
     # bit for bit, with an EXP whose vectorised evaluation would show a dependence on the layout.
@@ -216,9 +224,7 @@ def test_a_study_no_longer_than_the_pilot_is_measured_so_that_the_next_one_weigh
 ) -> None:
     # The knowledge model's studies of 1,000 runs were never measured (the pilot needs more runs than
     # that), so each stayed on numpy, 1.4x numba's time, without weighing numba at all.
-    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
-    path = tmp_path / "exp.mdl"
-    path.write_text(EXP_MODEL.replace("FINAL TIME = 20", "FINAL TIME = 300"), encoding="utf-8")  # 1,201 steps
+    path = _exp_model(tmp_path, monkeypatch, final_time=300)  # 1,201 steps
     samples = {"k": np.random.default_rng(9).uniform(0.5, 1.5, 1000)}
     auto = compile_model(path)
     grid = TimeGrid.from_settings(auto.time, path)
@@ -232,7 +238,7 @@ def test_a_study_no_longer_than_the_pilot_is_measured_so_that_the_next_one_weigh
     # and its kernel loaded, numba.
     _numba.write_timing(auto.timing_key(["x"]), tmp_path / "ensemble-numba", "numba", timings["numpy"] / 100)
     later = compile_model(path).with_backend("numpy").with_backend("auto")
-    later._kernels[(("x",), ())] = later.kernel(["x"])
+    later.kernel(["x"])  # compiled here: the plan finds it loaded, nothing more to pay
     plan = later.plan(["x"], (), grid, 1000)
     assert plan is not None
     assert plan.backend == "numba"
@@ -249,9 +255,7 @@ def test_loading_a_cached_kernel_is_timed_and_prices_numba_for_the_next_study(
 ) -> None:
     # numba's start-up was a constant (0.7 s) where the models measure 0.34-0.56 s: on the knowledge
     # model's studies of 1,000 runs that constant alone kept numpy, 1.4x slower.
-    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
-    path = tmp_path / "exp.mdl"
-    path.write_text(EXP_MODEL, encoding="utf-8")
+    path = _exp_model(tmp_path, monkeypatch)
     _forget_kernels(monkeypatch)  # another test's kernel of this source: compiled into another cache
     compile_model(path, backend="numba").kernel(["x"])  # compiled and cached: nothing to time as a load
     key, folder = compile_model(path).timing_key(["x"]), tmp_path / "ensemble-numba"
@@ -275,9 +279,7 @@ def test_numpys_stored_speed_leaves_out_the_first_touch_of_the_result(
     # richardson at 10^5: copying the pilot's runs into the 300 MB result touched all of it first
     # (0.84 s, which every plan pays alike), and the whole call's time, stored as numpy's speed,
     # priced numpy 4x too high for the next study. Here the copy is made to take a second.
-    monkeypatch.setenv("ARMSDYN_CACHE_DIR", str(tmp_path))
-    path = tmp_path / "exp.mdl"
-    path.write_text(EXP_MODEL.replace("FINAL TIME = 20", "FINAL TIME = 300"), encoding="utf-8")  # 1,201 steps
+    path = _exp_model(tmp_path, monkeypatch, final_time=300)  # 1,201 steps
     place = _engine.Begun.place
 
     def slow_place(self: _engine.Begun, result: list[np.ndarray]) -> None:

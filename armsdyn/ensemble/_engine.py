@@ -111,12 +111,12 @@ class TimeGrid:
             raise ModelError(msg)
         return cls(tuple(times), tuple(save), time)
 
-    # Read by every call of the engine: a calibration makes tens of thousands of small calls, where
-    # converting the tuples each time was a fifth of a call's overhead.
     def head(self, steps: int) -> TimeGrid:
         """The grid of the first `steps` time steps (at most all of them), with the same settings."""
         return TimeGrid(self.times[:steps], self.save[:steps], self.settings)
 
+    # Read by every call of the engine: a calibration makes tens of thousands of small calls, where
+    # converting the tuples each time was a fifth of a call's overhead.
     @functools.cached_property
     def time_array(self) -> np.ndarray:
         """`times` as a float array."""
@@ -713,9 +713,11 @@ class CompiledModel(VariableLookup):
         few chunks (or one, short) is not charged it twice; at least half the time
         counts per run, whatever that estimate.
         """
+        if not self._times_backends():
+            return
         steps = len(grid.times)
-        per_chunk = self._timings(names, spec).get("numpy chunk", 0.0) * steps if self._times_backends() else 0.0
-        self.record_timing(names, spec, "numpy", max(seconds - chunks * per_chunk, seconds / 2) / runs / steps)
+        per_chunk = self._timings(names, spec).get("numpy chunk", 0.0) * steps
+        self._record(names, spec, "numpy", max(seconds - chunks * per_chunk, seconds / 2) / runs / steps)
 
     def _timings(self, names: Sequence[str], spec: Spec) -> dict[str, float]:
         """Seconds per run and time step of each backend on this kernel, as earlier studies measured them."""

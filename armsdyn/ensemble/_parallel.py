@@ -155,7 +155,7 @@ def _run_compiled(
                 while_piloting=lambda: reservation.start(_nbytes(shapes)),
             )  # fmt: skip
             if begun.plan.processes == 1:
-                reservation.stop()
+                reservation.stop()  # now: its thread and memory are not the study's
                 return model.dataset(values, grid, names, model.finish(begun, values, n, grid, names, chunk_size))
             workers = begun.plan.processes
             rest = n - begun.done
